@@ -1,0 +1,3 @@
+from tierguard.cli import main
+
+main()

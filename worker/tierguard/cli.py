@@ -1,0 +1,211 @@
+"""The ``tierguard`` command."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tierguard.errors import TierguardError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Shadow-traffic quality monitor for LLM model tiering.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+sim_app = typer.Typer(no_args_is_help=True, help="Simulated models (Messages API).")
+app.add_typer(db_app, name="db")
+app.add_typer(sim_app, name="simulate")
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object as the last line.")
+
+
+def _env():
+    from tierguard.config import get_settings
+    from tierguard.db import check_schema, make_engine
+    from tierguard.policy import load_policy
+
+    settings = get_settings()
+    policy = load_policy(settings.policy)
+    engine = make_engine(settings.database_url)
+    check_schema(engine)
+    return settings, policy, engine
+
+
+def _redis(settings):
+    import redis
+
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+
+def _emit(obj: Any) -> None:
+    print(json.dumps(obj, default=str), flush=True)
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1%}"
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the tables (SQLite or PostgreSQL) to the latest revision."""
+    from tierguard.config import get_settings
+    from tierguard.db import current_revision, make_engine, upgrade
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    console.print(f"database at revision [bold]{current_revision(engine)}[/]")
+
+
+@app.command()
+def status(as_json: bool = JsonOpt) -> None:
+    """Per category: route, samples, agreement, pin, last change."""
+    from tierguard.status import category_status
+
+    _, policy, engine = _env()
+    cats = category_status(engine, policy)
+    if as_json:
+        _emit({"categories": cats})
+        return
+    table = Table(title="tierguard status")
+    for col in ("category", "route", "samples", "errors", "agreement", "threshold", "pinned",
+                "last change"):
+        table.add_column(col)
+    for name, c in cats.items():
+        agreement = c["agreement"]
+        style = "red" if agreement is not None and agreement < c["threshold"] else ""
+        last = c["last_change"]
+        table.add_row(name, c["route"], str(c["samples"]), str(c["errors"]),
+                      f"[{style}]{_pct(agreement)}[/]" if style else _pct(agreement),
+                      _pct(c["threshold"]), c["pin_reason"] or "yes" if c["pinned"] else "",
+                      f"{last['at'][:19]} {last['from']} → {last['to']}" if last else "")
+    console.print(table)
+
+
+@app.command()
+def history(category: Optional[str] = typer.Argument(None), limit: int = 100,
+            as_json: bool = JsonOpt) -> None:
+    """Route changes, newest first: automatic flips and operator actions."""
+    from tierguard.status import history as route_history
+
+    _, _, engine = _env()
+    rows = route_history(engine, category, limit)
+    if as_json:
+        _emit({"changes": rows})
+        return
+    table = Table(title="route changes")
+    for col in ("at", "category", "from", "to", "actor", "reason"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["at"][:19], r["category"], r["from"], r["to"], r["actor"], r["reason"])
+    console.print(table)
+
+
+def _actor(actor: str | None) -> str:
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "operator"
+
+
+@app.command()
+def pin(category: str, model: str = typer.Argument(..., help="a model name, or candidate/reference"),
+        reason: str = typer.Option("", help="why, for the audit trail"),
+        actor: Optional[str] = typer.Option(None, help="who (default: the login name)"),
+        as_json: bool = JsonOpt) -> None:
+    """Route CATEGORY to MODEL; the automatic logic leaves it alone until unpinned."""
+    from tierguard.actions import pin as do_pin
+
+    settings, policy, engine = _env()
+    change = do_pin(engine, _redis(settings), policy, category, model, reason=reason,
+                    actor=_actor(actor))
+    if as_json:
+        _emit({"category": category, "route": change.to_model, "pinned": True})
+    else:
+        console.print(f"{category}: pinned to [bold]{change.to_model}[/] (was {change.from_model})")
+
+
+@app.command()
+def unpin(category: str, reason: str = typer.Option(""), actor: Optional[str] = None,
+          as_json: bool = JsonOpt) -> None:
+    """Return CATEGORY to the automatic logic (its route stays until the logic moves it)."""
+    from tierguard.actions import unpin as do_unpin
+
+    settings, policy, engine = _env()
+    change = do_unpin(engine, _redis(settings), policy, category, reason=reason,
+                      actor=_actor(actor))
+    if as_json:
+        _emit({"category": category, "route": change.to_model, "pinned": False})
+    else:
+        console.print(f"{category}: unpinned, served by [bold]{change.to_model}[/]")
+
+
+@app.command()
+def worker(concurrency: Optional[int] = typer.Option(None, "--concurrency", "-c",
+                                                    help="shadow calls in flight per process"),
+           pool: str = typer.Option("threads", help="threads (default) or another Celery pool"),
+           loglevel: str = "INFO") -> None:
+    """Run a Celery worker that executes shadow jobs (threads pool, at-least-once)."""
+    from tierguard.celery_app import make_celery
+    from tierguard.routes import ensure_categories, sync_to_redis
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    settings, policy, engine = _env()
+    ensure_categories(engine, policy)
+    r = _redis(settings)
+
+    def sync_routes() -> None:  # repairs Redis after a missed post-commit update
+        stop = threading.Event()
+        while not stop.wait(5.0):
+            try:
+                sync_to_redis(engine, r)
+            except Exception as err:
+                logging.getLogger("tierguard.routes").warning("route sync failed: %s", err)
+
+    threading.Thread(target=sync_routes, name="tierguard-route-sync", daemon=True).start()
+    celery = make_celery(settings)
+    n = concurrency or settings.worker_concurrency
+    celery.worker_main(["worker", "-P", pool, "-c", str(n), "-Q", settings.queue,
+                        "-l", loglevel, "-n", f"tierguard-{os.getpid()}@%h",
+                        "--without-gossip", "--without-mingle"])
+
+
+@sim_app.command("serve")
+def simulate_serve(port: int = 8765, host: str = "127.0.0.1",
+                   scenario: Optional[Path] = typer.Option(None, help="scenario YAML")) -> None:
+    """Serve simulated models on HOST:PORT (POST /v1/messages, streaming included)."""
+    from tierguard.simulate import Scenario, SimServer
+
+    sc = Scenario.load(scenario) if scenario else Scenario()
+    server = SimServer(sc, host, port)
+    console.print(f"simulated Messages API on http://{host}:{server.server_address[1]} "
+                  f"(set ANTHROPIC_BASE_URL to it)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.server_close()
+
+
+def main() -> None:
+    try:
+        app()
+    except TierguardError as err:
+        err_console.print(f"[red]error:[/] {err}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

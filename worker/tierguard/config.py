@@ -1,0 +1,37 @@
+"""Process settings from the environment, built on demand by :func:`get_settings`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything a tierguard process reads from ``TIERGUARD_*`` variables.
+
+    Model API credentials are not here: the anthropic SDK reads its own
+    ``ANTHROPIC_API_KEY`` / ``ANTHROPIC_BASE_URL``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TIERGUARD_", extra="ignore")
+
+    policy: Path = Path("tierguard.yaml")
+    database_url: str = "sqlite:///tierguard.db"
+    redis_url: str = "redis://localhost:6379/0"
+    queue: str = "tierguard"
+    # Wrapper side.
+    route_ttl: float = Field(1.0, gt=0, description="seconds between route refreshes")
+    publish_buffer: int = Field(10_000, gt=0, description="shadow jobs held before dropping")
+    # Worker side.
+    worker_concurrency: int = Field(64, gt=0)
+    shadow_timeout: float = Field(45.0, gt=0, description="seconds per shadow model call")
+    shadow_max_attempts: int = Field(6, gt=0)
+    retry_after_cap: float = Field(30.0, gt=0)
+    visibility_timeout: int = Field(60, gt=0)
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read the environment now; keyword arguments win over it."""
+    return Settings(**overrides)  # type: ignore[arg-type]

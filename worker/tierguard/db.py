@@ -1,0 +1,175 @@
+"""Tables (SQLModel), the engine factory and the migration entry points."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Column, Field, Session, SQLModel
+
+from tierguard.errors import SchemaNotReady
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _ts(index: bool = False) -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(sa.DateTime(timezone=True),
+                                                           nullable=False, index=index))
+
+
+class Category(SQLModel, table=True):
+    name: str = Field(primary_key=True)
+    candidate: str
+    reference: str
+    routed_model: str
+    pinned: bool = False
+    pin_reason: str | None = None
+    pinned_by: str | None = None
+    detector_state: dict = Field(default_factory=dict, sa_column=Column(sa.JSON, nullable=False))
+    version: int = 1
+    updated_at: dt.datetime = _ts()
+
+
+class Sample(SQLModel, table=True):
+    job_id: str = Field(primary_key=True)
+    category: str = Field(index=True)
+    served_model: str
+    shadow_model: str
+    agree: bool | None = None
+    score: float | None = None
+    comparator: str
+    reason: str
+    detail: dict = Field(default_factory=dict, sa_column=Column(sa.JSON, nullable=False))
+    error: str | None = None
+    attempts: int = 1
+    primary_latency_ms: float | None = None
+    shadow_latency_ms: float | None = None
+    primary_input_tokens: int | None = None
+    primary_output_tokens: int | None = None
+    primary_cost_usd: float | None = None
+    shadow_input_tokens: int | None = None
+    shadow_output_tokens: int | None = None
+    shadow_cost_usd: float | None = None
+    request_hash: str
+    primary_hash: str
+    shadow_hash: str | None = None
+    request_excerpt: str | None = None
+    primary_excerpt: str | None = None
+    shadow_excerpt: str | None = None
+    requested_at: dt.datetime | None = Field(
+        default=None, sa_column=Column(sa.DateTime(timezone=True), nullable=True))
+    created_at: dt.datetime = _ts(index=True)
+
+
+class RouteChange(SQLModel, table=True):
+    __tablename__ = "route_change"
+
+    id: int | None = Field(default=None, primary_key=True)
+    category: str = Field(index=True)
+    from_model: str
+    to_model: str
+    rule: str
+    reason: str
+    agreement: float | None = None
+    samples: int | None = None
+    numbers: dict = Field(default_factory=dict, sa_column=Column(sa.JSON, nullable=False))
+    actor: str = "auto"
+    trigger_job_id: str | None = None
+    created_at: dt.datetime = _ts(index=True)
+
+
+def insert_ignore(session: Session, table: Any, values: dict[str, Any]) -> int:
+    """INSERT ... ON CONFLICT DO NOTHING; returns the number of rows inserted."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    result = session.execute(insert(table).values(**values).on_conflict_do_nothing())
+    return result.rowcount
+
+
+def normalise_url(url: str) -> str:
+    """Use psycopg 3 for plain ``postgresql://`` URLs."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        _sqlite_immediate(engine)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size,
+                            max_overflow=pool_size, pool_timeout=60)
+
+
+def _sqlite_immediate(engine: Engine) -> None:
+    """SQLite: WAL, and write transactions that take the lock at BEGIN (no upgrade deadlocks)."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def session(engine: Engine) -> Session:
+    return Session(engine, expire_on_commit=False)
+
+
+def _alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
+    command.upgrade(_alembic_config(engine), revision)
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()  # type: ignore[arg-type]
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise :class:`SchemaNotReady` unless the database is at the head revision."""
+    try:
+        current = current_revision(engine)
+    except sa.exc.OperationalError as err:
+        raise SchemaNotReady(f"cannot reach the database: {err.orig}") from None
+    head = head_revision()
+    if current != head:
+        state = "not initialised" if current is None else f"at revision {current}"
+        raise SchemaNotReady(f"database is {state}, head is {head}: run `tierguard db upgrade`")

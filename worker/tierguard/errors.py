@@ -1,0 +1,55 @@
+"""tierguard's exceptions, one tree.
+
+    TierguardError
+    ├── ConfigError            a bad policy file or setting (names the field)
+    ├── SchemaNotReady         the database is not migrated to head
+    ├── RouteConflict          a flip lost the optimistic version race
+    └── ShadowCallError        the shadow model call failed
+        ├── RetryableCallError     429, 529, 5xx, timeouts, connection errors
+        └── PermanentCallError     4xx other than 408/409/429, bad responses
+
+Whether a failed shadow call is retried is decided by its type alone.
+"""
+
+from __future__ import annotations
+
+
+class TierguardError(Exception):
+    """Base class of every error tierguard raises on purpose."""
+
+
+class ConfigError(TierguardError):
+    """A policy file or setting is invalid; ``str()`` is ready to show a user."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        head = f"invalid policy {source}" if source else "invalid configuration"
+        super().__init__(head + ":\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class SchemaNotReady(TierguardError):
+    """The database has no tierguard tables or an old revision."""
+
+
+class RouteConflict(TierguardError):
+    """Another writer changed the category first (version mismatch)."""
+
+
+class ShadowCallError(TierguardError):
+    """The call to the shadow model failed."""
+
+    def __init__(self, message: str, *, kind: str, status: int | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retry_after = retry_after
+
+
+class RetryableCallError(ShadowCallError):
+    """Transient: rate limit, overload, server error, timeout, connection."""
+
+
+class PermanentCallError(ShadowCallError):
+    """Will fail again: bad request, auth, not found, unusable response."""

@@ -1,0 +1,49 @@
+"""The shadow job: what the wrapper hands to a worker, as plain JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ShadowJob:
+    """What the wrapper sends: the request, who served it, and the served answer."""
+
+    job_id: str
+    category: str
+    served_model: str
+    shadow_model: str
+    request: dict[str, Any]
+    primary_text: str
+    primary_input_tokens: int | None = None
+    primary_output_tokens: int | None = None
+    primary_latency_ms: float | None = None
+    requested_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShadowJob:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def digest(value: Any) -> str:
+    if not isinstance(value, str):
+        value = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None

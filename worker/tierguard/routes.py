@@ -1,0 +1,186 @@
+"""Routes: which model serves each category.
+
+The database is the truth. A flip is one transaction with an optimistic version
+check that writes the route and its ``route_change`` row; Redis holds a copy
+(``model|version`` per category, written only forward) for the wrappers, whose
+:class:`RouteTable` keeps an in-process dict refreshed in the background.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis as redis_lib
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from tierguard.db import Category, RouteChange, insert_ignore, session, utcnow
+from tierguard.errors import RouteConflict
+from tierguard.policy import CategoryPolicy, Policy
+
+log = logging.getLogger(__name__)
+
+REDIS_KEY = "tierguard:routes"
+
+# Write model|version only if the stored version is older (never move a route backwards).
+_FORWARD_ONLY = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  local v = tonumber(string.match(cur, '|(%d+)$'))
+  if v and v >= tonumber(ARGV[3]) then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3])
+return 1
+"""
+
+
+def lock_category(s: Session, cat: CategoryPolicy) -> Category:
+    """The category's row, created from the policy when missing, locked for this transaction."""
+    insert_ignore(s, Category.__table__, {
+        "name": cat.name, "candidate": cat.candidate, "reference": cat.reference,
+        "routed_model": cat.initial_route, "pinned": False, "detector_state": {},
+        "version": 1, "updated_at": utcnow()})
+    row = s.exec(select(Category).where(Category.name == cat.name).with_for_update()).one()
+    if (row.candidate, row.reference) != (cat.candidate, cat.reference):
+        row.candidate, row.reference = cat.candidate, cat.reference
+        s.add(row)
+    return row
+
+
+def ensure_categories(engine: Engine, policy: Policy) -> None:
+    """Create rows for every category the policy names."""
+    for name in policy.categories:
+        with session(engine) as s:
+            lock_category(s, policy.category(name))
+            s.commit()
+
+
+def change_route(s: Session, row: Category, to_model: str, *, rule: str, reason: str,
+                 actor: str = "auto", agreement: float | None = None, samples: int | None = None,
+                 numbers: dict | None = None, trigger_job_id: str | None = None,
+                 pin: bool | None = None) -> RouteChange:
+    """Move ``row`` to ``to_model`` if nobody else changed it first (else :class:`RouteConflict`)."""
+    from_model, version = row.routed_model, row.version
+    values: dict[str, Any] = {"routed_model": to_model, "version": version + 1,
+                              "updated_at": utcnow(), "detector_state": row.detector_state}
+    if pin is not None:
+        values.update(pinned=pin, pin_reason=reason if pin else None, pinned_by=actor if pin else None)
+    done = s.execute(sa.update(Category).where(Category.name == row.name,
+                                               Category.version == version).values(**values),
+                     execution_options={"synchronize_session": False})
+    if done.rowcount != 1:
+        raise RouteConflict(f"category {row.name!r} changed concurrently")
+    change = RouteChange(category=row.name, from_model=from_model, to_model=to_model,
+                         rule=rule, reason=reason, agreement=agreement, samples=samples,
+                         numbers=numbers or {}, actor=actor, trigger_job_id=trigger_job_id)
+    s.add(change)
+    for k, v in values.items():
+        setattr(row, k, v)
+    return change
+
+
+def publish(r: redis_lib.Redis, rows: list[Category]) -> None:
+    """Copy routes to Redis, never overwriting a newer version."""
+    script = r.register_script(_FORWARD_ONLY)
+    pipe = r.pipeline(transaction=False)
+    for row in rows:
+        script(keys=[REDIS_KEY], args=[row.name, row.routed_model, row.version], client=pipe)
+    pipe.execute()
+
+
+def publish_quietly(r: redis_lib.Redis | None, rows: list[Category]) -> bool:
+    if r is None or not rows:
+        return False
+    try:
+        publish(r, rows)
+        return True
+    except redis_lib.RedisError as err:
+        log.warning("could not copy %d route(s) to Redis (%s); the periodic sync will", len(rows), err)
+        return False
+
+
+def sync_to_redis(engine: Engine, r: redis_lib.Redis) -> int:
+    with session(engine) as s:
+        rows = list(s.exec(select(Category)))
+    publish(r, rows)
+    return len(rows)
+
+
+def read_db_routes(engine: Engine) -> dict[str, str]:
+    with session(engine) as s:
+        return {row.name: row.routed_model for row in s.exec(select(Category))}
+
+
+class RouteTable:
+    """The wrapper's view of routes: a dict, refreshed every ``ttl`` s off the request thread.
+
+    ``get`` never does I/O. A refresh reads Redis; when Redis is unreachable or
+    holds nothing, it reads the database (if one is configured) and repopulates
+    Redis. A failed refresh keeps the last known routes.
+    """
+
+    def __init__(self, redis_factory: Callable[[], redis_lib.Redis], ttl: float,
+                 engine_factory: Callable[[], Engine] | None = None):
+        self._redis_factory = redis_factory
+        self._engine_factory = engine_factory
+        self._engine: Engine | None = None
+        self._redis: redis_lib.Redis | None = None
+        self.ttl = ttl
+        self.routes: dict[str, str] = {}
+        self.refreshed_at = 0.0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._loaded = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tierguard-routes", daemon=True)
+
+    def start(self, wait: float = 1.0) -> RouteTable:
+        self._thread.start()
+        self._loaded.wait(wait)
+        return self
+
+    def get(self, category: str, default: str) -> str:
+        return self.routes.get(category, default)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def refresh(self) -> None:
+        routes = None
+        try:
+            if self._redis is None:
+                self._redis = self._redis_factory()
+            raw = self._redis.hgetall(REDIS_KEY)
+            if raw:
+                routes = {k.decode(): v.decode().rsplit("|", 1)[0] for k, v in raw.items()}
+        except redis_lib.RedisError:
+            self.failures += 1
+        if routes is None and self._engine_factory is not None:
+            try:
+                if self._engine is None:
+                    self._engine = self._engine_factory()
+                routes = read_db_routes(self._engine)
+                if self._redis is not None and routes:
+                    publish_quietly(self._redis, self._rows_for_redis())
+            except sa.exc.SQLAlchemyError:
+                self.failures += 1
+        if routes is not None:
+            self.routes = routes
+            self.refreshed_at = time.monotonic()
+
+    def _rows_for_redis(self) -> list[Category]:
+        with session(self._engine) as s:  # type: ignore[arg-type]
+            return list(s.exec(select(Category)))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception:  # never let the refresher die
+                log.exception("route refresh failed")
+            self._loaded.set()
+            self._stop.wait(self.ttl)

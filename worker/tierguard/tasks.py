@@ -1,0 +1,82 @@
+"""Thin Celery tasks: deserialize, call plain functions, decide retries."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import Any
+
+import anthropic
+import redis as redis_lib
+import sqlalchemy as sa
+from celery import Celery, Task
+
+from tierguard.config import Settings
+from tierguard.db import make_engine
+from tierguard.errors import RetryableCallError
+from tierguard.job import ShadowJob
+from tierguard.policy import load_policy
+from tierguard.shadow import Context, run_job
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+UNEXPECTED_ERROR_ATTEMPTS = 8
+
+
+def build_context(settings: Settings) -> Context:
+    policy = load_policy(settings.policy)
+    engine = make_engine(settings.database_url, pool_size=min(settings.worker_concurrency, 32))
+    client = anthropic.Anthropic(max_retries=0, timeout=settings.shadow_timeout)
+    r = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    return Context(policy=policy, engine=engine, client=client, redis=r)
+
+
+def context_for(app: Celery) -> Context:
+    ctx = getattr(app, "tierguard_context", None)
+    if ctx is None:
+        with _lock:
+            ctx = getattr(app, "tierguard_context", None)
+            if ctx is None:
+                ctx = app.tierguard_context = build_context(app.tierguard_settings)
+    return ctx
+
+
+def backoff(attempt: int, retry_after: float | None, cap: float) -> float:
+    """Seconds before retry ``attempt`` + 1: the server's retry-after (capped) or jittered 2^n."""
+    if retry_after is not None:
+        return min(retry_after, cap)
+    return min(cap, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+
+
+def shadow(task: Task, job: dict[str, Any]) -> str:
+    settings: Settings = task.app.tierguard_settings
+    ctx = context_for(task.app)
+    parsed = ShadowJob.from_dict(job)
+    attempt = task.request.retries + 1
+    try:
+        outcome = run_job(ctx, parsed, attempt=attempt,
+                          final=attempt >= settings.shadow_max_attempts)
+    except RetryableCallError as err:
+        delay = backoff(attempt, err.retry_after, settings.retry_after_cap)
+        log.info("job %s: %s; retry %d in %.1fs", parsed.job_id, err.kind, attempt, delay)
+        raise task.retry(countdown=delay, max_retries=None) from None
+    except sa.exc.OperationalError as err:
+        # The database is down: keep the job until it is back (nothing lost).
+        delay = backoff(min(attempt, 6), None, settings.retry_after_cap)
+        log.warning("job %s: database unavailable (%s); retry in %.1fs",
+                    parsed.job_id, type(err.orig).__name__, delay)
+        raise task.retry(countdown=delay, max_retries=None) from None
+    except Exception as err:
+        if attempt >= UNEXPECTED_ERROR_ATTEMPTS:
+            raise
+        log.exception("job %s failed unexpectedly; retry %d", parsed.job_id, attempt)
+        raise task.retry(countdown=backoff(attempt, None, settings.retry_after_cap),
+                         max_retries=None) from err
+    return outcome.status
+
+
+def register(app: Celery) -> None:
+    from tierguard.celery_app import SHADOW_TASK
+
+    app.task(name=SHADOW_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(shadow)
