@@ -87,14 +87,14 @@ class RouteChange(SQLModel, table=True):
 
 
 def insert_ignore(session: Session, table: Any, values: dict[str, Any]) -> int:
-    """INSERT ... ON CONFLICT DO NOTHING; returns the number of rows inserted."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
+    """INSERT ... ON CONFLICT DO NOTHING; returns the number of rows inserted (0 or 1)."""
+    if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    result = session.execute(insert(table).values(**values).on_conflict_do_nothing())
-    return result.rowcount
+    pk = list(table.primary_key.columns)[0]
+    stmt = insert(table).values(**values).on_conflict_do_nothing().returning(pk)
+    return len(session.execute(stmt).all())
 
 
 def normalise_url(url: str) -> str:

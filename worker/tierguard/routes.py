@@ -17,6 +17,7 @@ from typing import Any
 import redis as redis_lib
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
 from tierguard.db import Category, RouteChange, insert_ignore, session, utcnow
@@ -80,7 +81,7 @@ def change_route(s: Session, row: Category, to_model: str, *, rule: str, reason:
                          numbers=numbers or {}, actor=actor, trigger_job_id=trigger_job_id)
     s.add(change)
     for k, v in values.items():
-        setattr(row, k, v)
+        set_committed_value(row, k, v)
     return change
 
 

@@ -1,0 +1,159 @@
+"""Fixtures that start real servers: Redis, PostgreSQL, the simulated Messages API, Celery workers.
+
+A missing server binary is a test failure with the reason, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tierguard.config import Settings, get_settings
+from tierguard.db import make_engine, upgrade
+from tierguard.servers import PostgresServer, RedisServer
+from tierguard.simulate import Scenario, SimServer
+
+API_KEY = "sk-ant-test-" + "x" * 24
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    import redis
+
+    if redis_server.proc is None:
+        redis_server.start()
+    redis.Redis.from_url(redis_server.url).flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    return postgres_server.create_database("t_" + uuid.uuid4().hex[:12])
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'tierguard.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tierguard.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def engine(db_url: str):
+    e = make_engine(db_url)
+    upgrade(e)
+    yield e
+    e.dispose()
+
+
+@pytest.fixture
+def simulator() -> Iterator[Callable[..., SimServer]]:
+    servers: list[SimServer] = []
+
+    def start(**scenario: object) -> SimServer:
+        server = SimServer(Scenario.from_dict(scenario)).start_background()
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def write_policy(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
+    """Environment for one pipeline: policy file, DB URL, Redis URL, SDK pointed at a server."""
+
+    class Stack:
+        def __init__(self) -> None:
+            self.workers: list[subprocess.Popen] = []
+            self.env: dict[str, str] = {}
+
+        def configure(self, *, policy: dict, database_url: str, base_url: str,
+                      **settings: object) -> Settings:
+            policy_path = write_policy(tmp_path / "tierguard.yaml", policy)
+            self.env = {"TIERGUARD_POLICY": str(policy_path), "TIERGUARD_DATABASE_URL": database_url,
+                        "TIERGUARD_REDIS_URL": redis_url, "ANTHROPIC_BASE_URL": base_url,
+                        "ANTHROPIC_API_KEY": API_KEY, "TIERGUARD_ROUTE_TTL": "0.2"}
+            self.env.update({f"TIERGUARD_{k.upper()}": str(v) for k, v in settings.items()})
+            for k, v in self.env.items():
+                monkeypatch.setenv(k, v)
+            upgrade(make_engine(database_url))
+            return get_settings()
+
+        def start_worker(self, concurrency: int = 16, pool: str = "threads") -> subprocess.Popen:
+            log = open(tmp_path / f"worker-{len(self.workers)}.log", "w")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tierguard", "worker", "-c", str(concurrency),
+                 "--pool", pool], env={**os.environ, **self.env}, stdout=log,
+                stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+            self.workers.append(proc)
+            wait_for_log(tmp_path / f"worker-{len(self.workers) - 1}.log", "ready.", proc)
+            return proc
+
+        def stop_workers(self) -> None:
+            for p in self.workers:
+                if p.poll() is None:
+                    p.terminate()
+            for p in self.workers:
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+    s = Stack()
+    yield s
+    s.stop_workers()
+
+
+def wait_for_log(path: Path, text: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited ({proc.returncode}):\n{path.read_text()[-3000:]}")
+        time.sleep(0.1)
+    raise AssertionError(f"worker not ready after {timeout}s:\n{path.read_text()[-3000:]}")
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -1,0 +1,81 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tierguard.errors import ConfigError
+from tierguard.policy import load_policy, parse_policy
+
+ISSUE_EXAMPLE = """
+models: {candidate: claude-haiku-4-5, reference: claude-opus-4-7}
+pricing: {claude-haiku-4-5: {input: 1.0, output: 5.0}, claude-opus-4-7: {input: 5.0, output: 25.0}}
+defaults: {sample_rate: 0.05, threshold: 0.90, comparator: exact, min_samples: 50}
+categories:
+  sentiment: {comparator: {type: label, labels: [POSITIVE, NEGATIVE, NEUTRAL]}, sample_rate: 0.1}
+  invoice-extraction: {comparator: {type: json, ignore_keys: [notes]}}
+  summaries: {candidate: claude-sonnet-4-5, reference: claude-opus-4-7}
+"""
+
+
+def test_issue_example_loads_and_merges_defaults(tmp_path):
+    path = tmp_path / "tierguard.yaml"
+    path.write_text(ISSUE_EXAMPLE)
+    policy = load_policy(path)
+    s = policy.category("sentiment")
+    assert (s.sample_rate, s.threshold, s.min_samples) == (0.1, 0.90, 50)
+    assert s.compare.compare("POSITIVE", "positive!").agree
+    assert policy.category("summaries").candidate == "claude-sonnet-4-5"
+    unknown = policy.category("never-configured")
+    assert (unknown.sample_rate, unknown.comparator, unknown.candidate) == (0.05, "exact",
+                                                                            "claude-haiku-4-5")
+    assert policy.cost_usd("claude-opus-4-7", 1_000_000, 1_000_000) == pytest.approx(30.0)
+    assert policy.cost_usd("unpriced-model", 10, 10) is None
+
+
+def test_missing_file_gives_builtin_default(tmp_path):
+    policy = load_policy(tmp_path / "absent.yaml")
+    assert policy.defaults.sample_rate == 0.05
+    assert policy.defaults.threshold == 0.90
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    ({"categories": {"sentiment": {"sample_rate": 1.5}}},
+     "categories.sentiment.sample_rate: must be between 0 and 1"),
+    ({"defaults": {"threshold": -0.1}}, "defaults.threshold: must be between 0 and 1"),
+    ({"categories": {"x": {"sampel_rate": 0.1}}}, "categories.x.sampel_rate: unknown field"),
+    ({"categories": {"x": {"comparator": {"type": "label"}}}},
+     "categories.x.comparator: labels: required for label comparator"),
+    ({"categories": {"x": {"comparator": "fuzzy"}}},
+     "categories.x.comparator: type: unknown comparator 'fuzzy'"),
+    ({"defaults": {"min_samples": 0}}, "defaults.min_samples: Input should be greater than or equal to 1"),
+    ({"pricing": {"m": {"input": "cheap", "output": 1}}}, "pricing.m.input: Input should be a valid number"),
+    ({"categories": {"x": {"candidate": "claude-opus-4-7"}}},
+     "categories.x: candidate and reference are both 'claude-opus-4-7'"),
+    (["not", "a", "mapping"], "top level: must be a mapping, not list"),
+])
+def test_bad_policy_names_field_and_reason(data, problem):
+    with pytest.raises(ConfigError) as err:
+        parse_policy(data, "tierguard.yaml")
+    assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+    assert "invalid policy tierguard.yaml" in str(err.value)
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("defaults:\n  sample_rate: [0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_policy(path)
+    assert "line 3" in str(err.value) and "not valid YAML" in str(err.value)
+
+
+RATE_FIELDS = st.sampled_from(["sample_rate", "threshold"])
+BAD_RATES = st.one_of(st.floats(min_value=1.0001, max_value=1e9), st.floats(max_value=-0.0001,
+                                                                           min_value=-1e9))
+
+
+@settings(max_examples=100, deadline=None)
+@given(name=st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True), field=RATE_FIELDS,
+       value=BAD_RATES)
+def test_any_out_of_range_rate_is_named(name, field, value):
+    with pytest.raises(ConfigError) as err:
+        parse_policy({"categories": {name: {field: value}}})
+    assert err.value.problems == [f"categories.{name}.{field}: must be between 0 and 1"]

@@ -1,0 +1,120 @@
+"""Migrations, idempotent recording and the flip transaction, on SQLite and PostgreSQL."""
+
+import threading
+import uuid
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlmodel import SQLModel, select
+
+from tierguard.calls import Answer
+from tierguard.comparators import Verdict
+from tierguard.db import Category, RouteChange, Sample, check_schema, session
+from tierguard.job import ShadowJob
+from tierguard.policy import parse_policy
+from tierguard.recorder import record
+
+POLICY = parse_policy({"defaults": {"min_samples": 5, "window": 10, "threshold": 0.9},
+                       "payloads": {"store": "hash"}})
+
+
+def job(category="sentiment", served="claude-haiku-4-5", shadow="claude-opus-4-7", **kw):
+    return ShadowJob(job_id=kw.pop("job_id", uuid.uuid4().hex), category=category,
+                     served_model=served, shadow_model=shadow,
+                     request={"max_tokens": 8, "messages": [{"role": "user", "content": "secret text"}]},
+                     primary_text="POSITIVE", primary_input_tokens=100, primary_output_tokens=10, **kw)
+
+
+ANSWER = Answer("NEGATIVE", 100, 10, 12.5)
+
+
+def test_migrations_match_the_models(engine):
+    check_schema(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == []
+
+
+def test_sample_is_recorded_once_with_costs_and_hashes_only(engine):
+    j = job()
+    verdict = Verdict(False, 0.0, "label POSITIVE vs NEGATIVE")
+    assert record(engine, None, POLICY, j, ANSWER, verdict, None, 1).status == "recorded"
+    assert record(engine, None, POLICY, j, ANSWER, verdict, None, 2).status == "duplicate"
+    with session(engine) as s:
+        rows = list(s.exec(select(Sample)))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row.agree is False and row.reason == "label POSITIVE vs NEGATIVE"
+    assert row.primary_cost_usd == (100 * 1.0 + 10 * 5.0) / 1e6
+    assert row.shadow_cost_usd == (100 * 5.0 + 10 * 25.0) / 1e6
+    assert len(row.request_hash) == 64 and row.request_excerpt is None and row.shadow_excerpt is None
+    assert all("secret text" not in str(v) for v in row.model_dump().values())
+
+
+def test_error_sample_never_counts_as_disagreement(engine):
+    outcome = record(engine, None, POLICY, job(), None, None, ("rate_limited", "gave up"), 6)
+    assert outcome.status == "error"
+    with session(engine) as s:
+        row = s.exec(select(Sample)).one()
+        assert row.agree is None and row.error == "rate_limited"
+        assert s.exec(select(Category)).first() is None  # no detector update
+
+
+def test_flip_writes_route_and_audit_row_once(engine):
+    bad = Verdict(False, 0.0, "differ")
+    outcomes = [record(engine, None, POLICY, job(), ANSWER, bad, None, 1) for _ in range(8)]
+    changes = [o.change for o in outcomes if o.change]
+    assert len(changes) == 1 and outcomes[4].change is not None  # min_samples = 5
+    with session(engine) as s:
+        cat = s.get(Category, "sentiment")
+        change = s.exec(select(RouteChange)).one()
+    assert cat.routed_model == "claude-opus-4-7" and cat.version == 2
+    assert (change.from_model, change.to_model, change.actor) == ("claude-haiku-4-5",
+                                                                  "claude-opus-4-7", "auto")
+    assert change.samples == 5 and change.agreement == 0.0 and change.rule == "window"
+    # Later samples measure the candidate as shadow; they never flip again.
+    for _ in range(10):
+        record(engine, None, POLICY, job(served="claude-opus-4-7", shadow="claude-haiku-4-5"),
+               ANSWER, bad, None, 1)
+    with session(engine) as s:
+        assert len(list(s.exec(select(RouteChange)))) == 1
+
+
+def test_racing_writers_produce_exactly_one_route_change(engine):
+    bad = Verdict(False, 0.0, "differ")
+    barrier = threading.Barrier(8)
+    errors = []
+
+    def writer():
+        try:
+            barrier.wait()
+            for _ in range(5):
+                record(engine, None, POLICY, job(category="race"), ANSWER, bad, None, 1)
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with session(engine) as s:
+        assert len(list(s.exec(select(Sample)))) == 40
+        assert len(list(s.exec(select(RouteChange)))) == 1
+
+
+def test_pinned_category_is_never_flipped(engine):
+    from tierguard.actions import pin, unpin
+
+    change = pin(engine, None, POLICY, "sentiment", "candidate", reason="trial", actor="ana")
+    assert (change.rule, change.actor, change.to_model) == ("pin", "ana", "claude-haiku-4-5")
+    bad = Verdict(False, 0.0, "differ")
+    for _ in range(20):
+        assert record(engine, None, POLICY, job(), ANSWER, bad, None, 1).change is None
+    unpin(engine, None, POLICY, "sentiment", reason="", actor="ana")
+    flips = [record(engine, None, POLICY, job(), ANSWER, bad, None, 1).change for _ in range(10)]
+    assert sum(c is not None for c in flips) == 1
+    with session(engine) as s:
+        rules = [c.rule for c in s.exec(select(RouteChange).order_by(RouteChange.id))]
+    assert rules == ["pin", "unpin", "window"]
