@@ -197,6 +197,7 @@ def sse_events(msg: dict[str, Any]) -> bytes:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: SimServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002

@@ -1,0 +1,119 @@
+"""End to end on real parts: wrapper → Redis → Celery worker process → SDK over HTTP → database."""
+
+import anthropic
+import httpx2
+import sqlalchemy as sa
+from sqlmodel import select
+
+import tierguard
+from tierguard.db import RouteChange, Sample, make_engine, session
+from tests.conftest import API_KEY, wait_until
+
+LABELS = ["POSITIVE", "NEGATIVE", "NEUTRAL"]
+QUEUES = ["BILLING", "SHIPPING", "TECHNICAL", "ACCOUNT"]
+SCENARIO = {"seed": 11, "categories": {
+    "sentiment": {"kind": "label", "labels": LABELS, "agreement": 0.98},
+    "ticket-routing": {"kind": "label", "labels": QUEUES, "agreement": 0.98,
+                       "drift": {"after": 300, "agreement": 0.60}},
+    "invoice-extraction": {"kind": "json", "agreement": 0.99}}}
+POLICY = {
+    "defaults": {"sample_rate": 1.0, "threshold": 0.90, "min_samples": 50, "window": 100},
+    "categories": {
+        "sentiment": {"comparator": {"type": "label", "labels": LABELS}},
+        "ticket-routing": {"comparator": {"type": "label", "labels": QUEUES}},
+        "invoice-extraction": {"comparator": {"type": "json", "ignore_keys": ["notes"]}}}}
+SYSTEM = {"sentiment": "sentiment: answer POSITIVE, NEGATIVE or NEUTRAL",
+          "ticket-routing": "ticket-routing: answer the queue",
+          "invoice-extraction": "invoice-extraction: answer JSON"}
+
+
+def samples(url):
+    with session(make_engine(url)) as s:
+        return s.exec(sa.select(sa.func.count()).select_from(Sample)).one()[0]
+
+
+def wrapped_call(client, category, i):
+    return client.messages.create(category=category, max_tokens=64, system=SYSTEM[category],
+                                  messages=[{"role": "user", "content": f"{category} request {i}"}])
+
+
+def test_drifting_category_flips_exactly_once(stack, simulator, postgres_url):
+    sim = simulator(**SCENARIO)
+    stack.configure(policy=POLICY, database_url=postgres_url, base_url=sim.base_url)
+    stack.start_worker(concurrency=16)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    served: dict[str, list[str]] = {c: [] for c in SYSTEM}
+    categories = list(SYSTEM)
+    for i in range(2000):
+        category = categories[i % 3]
+        served[category].append(wrapped_call(client, category, i).model)
+        if i % 100 == 99:  # keep the worker within ~100 requests of production
+            client.tierguard_flush(10)
+            wait_until(lambda: samples(postgres_url) >= i - 100, 60, "the worker to catch up")
+    assert client.tierguard_flush(30)
+    stats = client.tierguard_stats()
+    assert stats["published"] == 2000, stats
+    wait_until(lambda: samples(postgres_url) == 2000, 120, "2000 samples")
+
+    engine = make_engine(postgres_url)
+    with session(engine) as s:
+        changes = list(s.exec(select(RouteChange)))
+        job_ids = list(s.exec(select(Sample.job_id)))
+        errors = s.exec(sa.select(sa.func.count()).select_from(Sample)
+                        .where(Sample.error.is_not(None))).one()[0]
+    assert len(job_ids) == len(set(job_ids)) == 2000
+    assert errors == 0
+    assert [(c.category, c.from_model, c.to_model, c.actor) for c in changes] == [
+        ("ticket-routing", "claude-haiku-4-5", "claude-opus-4-7", "auto")]
+    assert changes[0].agreement < 0.90 and changes[0].samples == 100
+    # Production traffic for the drifting category moved to the reference, once and for good.
+    routing = served["ticket-routing"]
+    switch = routing.index("claude-opus-4-7")
+    assert set(routing[:switch]) == {"claude-haiku-4-5"} and set(routing[switch:]) == {"claude-opus-4-7"}
+    assert 300 < switch < 667
+    for other in ("sentiment", "invoice-extraction"):
+        assert set(served[other]) == {"claude-haiku-4-5"}
+    # After the flip the shadow measures the candidate.
+    with session(engine) as s:
+        late = s.exec(select(Sample).where(Sample.category == "ticket-routing",
+                                           Sample.served_model == "claude-opus-4-7")).all()
+    assert late and {x.shadow_model for x in late} == {"claude-haiku-4-5"}
+    client.tierguard_close()
+
+
+def test_api_errors_are_retried_and_never_disagreements(stack, simulator, sqlite_url):
+    sim = simulator(**SCENARIO)
+    stack.configure(policy=POLICY, database_url=sqlite_url, base_url=sim.base_url,
+                    shadow_max_attempts=4)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    for i in range(60):
+        wrapped_call(client, "sentiment", i)
+    assert client.tierguard_flush(10)
+    # A storm of 429/529/500 hits the shadow calls; every job still gets its answer.
+    for status in (429, 529, 500):
+        httpx2.post(sim.base_url + "/_sim/fail",
+                    json={"status": status, "count": 15, "retry_after": 0.05})
+    stack.start_worker(concurrency=4)
+    wait_until(lambda: samples(sqlite_url) == 60, 90, "60 samples")
+    with session(make_engine(sqlite_url)) as s:
+        rows = list(s.exec(select(Sample)))
+    assert [r for r in rows if r.error] == []
+    assert max(r.attempts for r in rows) > 1
+    assert {r.agree for r in rows} <= {True, False}
+
+    # An outage longer than the retry budget: recorded as errors, not disagreements.
+    stack.stop_workers()
+    for i in range(20):
+        wrapped_call(client, "sentiment", 1000 + i)
+    assert client.tierguard_flush(10)
+    httpx2.post(sim.base_url + "/_sim/fail", json={"status": 529, "count": 1000, "retry_after": 0.05})
+    stack.start_worker(concurrency=4)
+    wait_until(lambda: samples(sqlite_url) == 80, 90, "80 samples")
+    with session(make_engine(sqlite_url)) as s:
+        failed = list(s.exec(select(Sample).where(Sample.error.is_not(None))))
+        changes = list(s.exec(select(RouteChange)))
+    assert len(failed) == 20
+    assert {(r.error, r.agree, r.attempts) for r in failed} == {("overloaded", None, 4)}
+    assert all("gave up after 4 attempts" in r.reason for r in failed)
+    assert changes == []
+    client.tierguard_close()
