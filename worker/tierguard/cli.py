@@ -183,6 +183,21 @@ def worker(concurrency: Optional[int] = typer.Option(None, "--concurrency", "-c"
                         "--without-gossip", "--without-mingle"])
 
 
+@app.command()
+def demo(seconds: float = typer.Option(45.0, help="how long traffic runs"),
+         rate: float = typer.Option(60.0, help="production calls per second"),
+         sample_rate: float = typer.Option(0.5, help="share of calls shadowed"),
+         folder: Path = typer.Option(Path("tierguard-demo"), help="where the database and logs go"),
+         as_json: bool = JsonOpt) -> None:
+    """Run the whole loop locally (SQLite, private Redis, worker, simulated models) and show a flip."""
+    from tierguard.demo import run
+
+    result = run(seconds=seconds, rate=rate, sample_rate=sample_rate, folder=folder,
+                 as_json=as_json, console=err_console if as_json else console)
+    if as_json:
+        _emit(result)
+
+
 @sim_app.command("serve")
 def simulate_serve(port: int = 8765, host: str = "127.0.0.1",
                    scenario: Optional[Path] = typer.Option(None, help="scenario YAML")) -> None:
