@@ -4,18 +4,24 @@ import asyncio
 
 import anthropic
 import redis
-
 import tierguard
 from tierguard.config import get_settings
 from tierguard.policy import parse_policy
 from tierguard.routes import REDIS_KEY
 from tierguard.servers import free_port
+
 from tests.conftest import API_KEY, wait_until
 
 SCENARIO = {"categories": {"sentiment": {"kind": "label", "labels": ["POSITIVE", "NEGATIVE"]}}}
 POLICY = parse_policy({"defaults": {"sample_rate": 1.0},
                        "categories": {"sentiment": {"comparator": {"type": "label",
                                                                    "labels": ["POSITIVE", "NEGATIVE"]}}}})
+
+
+def wrapper(server, **settings):
+    return tierguard.ShadowedAnthropic(
+        anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY),
+        settings=get_settings(**settings), policy=POLICY)
 
 
 def call(client, text="ok", **kw):
@@ -45,10 +51,7 @@ def test_returns_the_sdk_message_and_publishes_a_job(simulator, redis_url, sqlit
 
 def test_route_changes_in_redis_reach_the_wrapper(simulator, redis_url, sqlite_url):
     server = simulator(**SCENARIO)
-    settings = get_settings(redis_url=redis_url, database_url=sqlite_url, route_ttl=0.05)
-    client = tierguard.ShadowedAnthropic(
-        anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY), settings=settings,
-        policy=POLICY)
+    client = wrapper(server, redis_url=redis_url, database_url=sqlite_url, route_ttl=0.05)
     redis.Redis.from_url(redis_url).hset(REDIS_KEY, "sentiment", "claude-opus-4-7|2")
     wait_until(lambda: call(client).model == "claude-opus-4-7", 5, "the new route")
     client.tierguard_close()
@@ -57,10 +60,7 @@ def test_route_changes_in_redis_reach_the_wrapper(simulator, redis_url, sqlite_u
 def test_redis_down_calls_succeed_and_drops_are_counted(simulator, sqlite_url):
     server = simulator(**SCENARIO)
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    settings = get_settings(redis_url=dead, database_url=sqlite_url)
-    client = tierguard.ShadowedAnthropic(
-        anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY), settings=settings,
-        policy=POLICY)
+    client = wrapper(server, redis_url=dead, database_url=sqlite_url)
     messages = [call(client, f"text {i}") for i in range(50)]
     assert all(m.content for m in messages)
     assert client.tierguard_flush()
@@ -73,10 +73,7 @@ def test_redis_down_calls_succeed_and_drops_are_counted(simulator, sqlite_url):
 
 def test_full_buffer_drops_instead_of_blocking(simulator, sqlite_url, redis_url):
     server = simulator(**SCENARIO)
-    settings = get_settings(redis_url=redis_url, database_url=sqlite_url, publish_buffer=1)
-    client = tierguard.ShadowedAnthropic(
-        anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY), settings=settings,
-        policy=POLICY)
+    client = wrapper(server, redis_url=redis_url, database_url=sqlite_url, publish_buffer=1)
     client._core.publisher._stop.set()  # nobody drains the queue now
     client._core.publisher._thread.join()
     for i in range(5):

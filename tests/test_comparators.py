@@ -1,5 +1,4 @@
 import pytest
-
 from tierguard import comparators
 from tierguard.comparators import Comparator, Verdict, resolve
 
@@ -80,7 +79,7 @@ class Shouty:
 
 
 def test_custom_comparator_by_dotted_path():
-    c = resolve({"type": "test_comparators:Shouty", "minimum": 2})
+    c = resolve({"type": "tests.test_comparators:Shouty", "minimum": 2})
     assert isinstance(c, Comparator)
     assert c.minimum == 2
     assert c.compare("HI", "YO").agree is True

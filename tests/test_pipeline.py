@@ -1,12 +1,19 @@
 """End to end on real parts: wrapper → Redis → Celery worker process → SDK over HTTP → database."""
 
+import json
+import os
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import anthropic
 import httpx2
 import sqlalchemy as sa
-from sqlmodel import select
-
 import tierguard
+from sqlmodel import select
 from tierguard.db import RouteChange, Sample, make_engine, session
+
 from tests.conftest import API_KEY, wait_until
 
 LABELS = ["POSITIVE", "NEGATIVE", "NEUTRAL"]
@@ -49,7 +56,7 @@ def test_drifting_category_flips_exactly_once(stack, simulator, postgres_url):
         served[category].append(wrapped_call(client, category, i).model)
         if i % 100 == 99:  # keep the worker within ~100 requests of production
             client.tierguard_flush(10)
-            wait_until(lambda: samples(postgres_url) >= i - 100, 60, "the worker to catch up")
+            wait_until(lambda i=i: samples(postgres_url) >= i - 100, 60, "the worker to catch up")
     assert client.tierguard_flush(30)
     stats = client.tierguard_stats()
     assert stats["published"] == 2000, stats
@@ -116,4 +123,76 @@ def test_api_errors_are_retried_and_never_disagreements(stack, simulator, sqlite
     assert {(r.error, r.agree, r.attempts) for r in failed} == {("overloaded", None, 4)}
     assert all("gave up after 4 attempts" in r.reason for r in failed)
     assert changes == []
+    client.tierguard_close()
+
+
+class _PlainMessagesAPI(BaseHTTPRequestHandler):
+    """A minimal Messages API written from the public docs, unrelated to tierguard's simulator."""
+
+    protocol_version = "HTTP/1.1"
+    answers = {"claude-haiku-4-5": "NEGATIVE", "claude-opus-4-7": "POSITIVE"}
+    seen_keys: list[str] = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen_keys.append(self.headers.get("x-api-key") or self.headers.get("authorization", ""))
+        out = json.dumps({"id": "msg_1", "type": "message", "role": "assistant",
+                          "model": body["model"],
+                          "content": [{"type": "text", "text": self.answers[body["model"]]}],
+                          "stop_reason": "end_turn", "stop_sequence": None,
+                          "usage": {"input_tokens": 10, "output_tokens": 1}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+
+def test_loop_works_against_another_messages_api_server(stack, sqlite_url):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _PlainMessagesAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        stack.configure(policy={**POLICY, "defaults": {**POLICY["defaults"], "min_samples": 20}},
+                        database_url=sqlite_url, base_url=f"http://127.0.0.1:{server.server_port}")
+        stack.start_worker(concurrency=4)
+        client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+        for i in range(20):
+            assert wrapped_call(client, "sentiment", i).content[0].text == "NEGATIVE"
+        client.tierguard_flush(10)
+        wait_until(lambda: samples(sqlite_url) == 20, 60, "20 samples")
+        with session(make_engine(sqlite_url)) as s:
+            changes = list(s.exec(select(RouteChange)))
+            reasons = {r.reason for r in s.exec(select(Sample))}
+        assert reasons == {"label NEGATIVE vs POSITIVE"}
+        assert [(c.category, c.to_model, c.samples) for c in changes] == [
+            ("sentiment", "claude-opus-4-7", 20)]
+        wait_until(lambda: wrapped_call(client, "sentiment", 99).model == "claude-opus-4-7", 10,
+                   "production to follow the flip")
+        assert API_KEY in " ".join(_PlainMessagesAPI.seen_keys)
+        client.tierguard_close()
+    finally:
+        server.shutdown()
+
+
+def test_killed_worker_jobs_are_redelivered_and_counted_once(stack, simulator, postgres_url):
+    sim = simulator(**{**SCENARIO, "latency_ms": 1500})
+    stack.configure(policy=POLICY, database_url=postgres_url, base_url=sim.base_url,
+                    visibility_timeout=5)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    for i in range(40):  # production calls are slow here too; send them in parallel
+        threading.Thread(target=wrapped_call, args=(client, "sentiment", i)).start()
+    wait_until(lambda: client.tierguard_stats().get("published", 0) == 40, 30, "40 published")
+    victim = stack.start_worker(concurrency=40)
+    time.sleep(1.0)  # every job is in flight, none finished (each call takes 1.5 s)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert samples(postgres_url) == 0
+    stack.start_worker(concurrency=40)
+    wait_until(lambda: samples(postgres_url) == 40, 60, "all 40 jobs after redelivery")
+    time.sleep(3)  # a duplicate delivery would show up now
+    with session(make_engine(postgres_url)) as s:
+        assert len(s.exec(select(Sample.job_id)).all()) == 40
     client.tierguard_close()

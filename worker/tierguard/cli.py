@@ -9,7 +9,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -93,7 +93,7 @@ def status(as_json: bool = JsonOpt) -> None:
 
 
 @app.command()
-def history(category: Optional[str] = typer.Argument(None), limit: int = 100,
+def history(category: str | None = typer.Argument(None), limit: int = 100,
             as_json: bool = JsonOpt) -> None:
     """Route changes, newest first: automatic flips and operator actions."""
     from tierguard.status import history as route_history
@@ -123,7 +123,7 @@ def _actor(actor: str | None) -> str:
 @app.command()
 def pin(category: str, model: str = typer.Argument(..., help="a model name, or candidate/reference"),
         reason: str = typer.Option("", help="why, for the audit trail"),
-        actor: Optional[str] = typer.Option(None, help="who (default: the login name)"),
+        actor: str | None = typer.Option(None, help="who (default: the login name)"),
         as_json: bool = JsonOpt) -> None:
     """Route CATEGORY to MODEL; the automatic logic leaves it alone until unpinned."""
     from tierguard.actions import pin as do_pin
@@ -138,7 +138,7 @@ def pin(category: str, model: str = typer.Argument(..., help="a model name, or c
 
 
 @app.command()
-def unpin(category: str, reason: str = typer.Option(""), actor: Optional[str] = None,
+def unpin(category: str, reason: str = typer.Option(""), actor: str | None = None,
           as_json: bool = JsonOpt) -> None:
     """Return CATEGORY to the automatic logic (its route stays until the logic moves it)."""
     from tierguard.actions import unpin as do_unpin
@@ -153,7 +153,7 @@ def unpin(category: str, reason: str = typer.Option(""), actor: Optional[str] = 
 
 
 @app.command()
-def worker(concurrency: Optional[int] = typer.Option(None, "--concurrency", "-c",
+def worker(concurrency: int | None = typer.Option(None, "--concurrency", "-c",
                                                     help="shadow calls in flight per process"),
            pool: str = typer.Option("threads", help="threads (default) or another Celery pool"),
            loglevel: str = "INFO") -> None:
@@ -200,7 +200,7 @@ def demo(seconds: float = typer.Option(45.0, help="how long traffic runs"),
 
 @sim_app.command("serve")
 def simulate_serve(port: int = 8765, host: str = "127.0.0.1",
-                   scenario: Optional[Path] = typer.Option(None, help="scenario YAML")) -> None:
+                   scenario: Path | None = typer.Option(None, help="scenario YAML")) -> None:
     """Serve simulated models on HOST:PORT (POST /v1/messages, streaming included)."""
     from tierguard.simulate import Scenario, SimServer
 

@@ -133,7 +133,7 @@ class PostgresServer:
             try:
                 pw = pwd.getpwnam("postgres")
             except KeyError:
-                raise ServerUnavailable("running as root needs a 'postgres' user to run PostgreSQL")
+                raise ServerUnavailable("running as root needs a 'postgres' user to run PostgreSQL") from None
             os.chown(self.datadir, pw.pw_uid, pw.pw_gid)
             self._user = "postgres"
 
