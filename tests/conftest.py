@@ -112,15 +112,24 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
             upgrade(make_engine(database_url))
             return get_settings()
 
-        def start_worker(self, concurrency: int = 16, pool: str = "threads") -> subprocess.Popen:
+        def start_worker(self, concurrency: int = 16, pool: str = "threads",
+                         wait: bool = True) -> subprocess.Popen:
             log = open(tmp_path / f"worker-{len(self.workers)}.log", "w")
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tierguard", "worker", "-c", str(concurrency),
                  "--pool", pool], env={**os.environ, **self.env}, stdout=log,
                 stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
             self.workers.append(proc)
-            wait_for_log(tmp_path / f"worker-{len(self.workers) - 1}.log", "ready.", proc)
+            if wait:
+                wait_for_log(tmp_path / f"worker-{len(self.workers) - 1}.log", "ready.", proc)
             return proc
+
+        def logs(self) -> list[str]:
+            return [(tmp_path / f"worker-{i}.log").read_text() for i in range(len(self.workers))]
+
+        def wait_ready(self) -> None:
+            for i, proc in enumerate(self.workers):
+                wait_for_log(tmp_path / f"worker-{i}.log", "ready.", proc, timeout=60)
 
         def stop_workers(self) -> None:
             for p in self.workers:

@@ -72,7 +72,7 @@ def test_drifting_category_flips_exactly_once(stack, simulator, postgres_url):
     assert errors == 0
     assert [(c.category, c.from_model, c.to_model, c.actor) for c in changes] == [
         ("ticket-routing", "claude-haiku-4-5", "claude-opus-4-7", "auto")]
-    assert changes[0].agreement < 0.90 and changes[0].samples == 100
+    assert changes[0].agreement < 0.90 and changes[0].rule == "cusum"
     # Production traffic for the drifting category moved to the reference, once and for good.
     routing = served["ticket-routing"]
     switch = routing.index("claude-opus-4-7")
@@ -195,4 +195,32 @@ def test_killed_worker_jobs_are_redelivered_and_counted_once(stack, simulator, p
     time.sleep(3)  # a duplicate delivery would show up now
     with session(make_engine(postgres_url)) as s:
         assert len(s.exec(select(Sample.job_id)).all()) == 40
+    client.tierguard_close()
+
+
+def test_eight_workers_racing_on_one_category_flip_it_once(stack, simulator, postgres_url):
+    sim = simulator(latency_ms=300,
+                    categories={"race": {"kind": "label", "labels": QUEUES, "agreement": 0.0}})
+    stack.configure(policy={"defaults": {"sample_rate": 1.0, "min_samples": 20},
+                            "categories": {"race": {"comparator": {"type": "label", "labels": QUEUES}}}},
+                    database_url=postgres_url, base_url=sim.base_url)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    threads = [threading.Thread(target=client.messages.create, kwargs=dict(
+        category="race", max_tokens=8, system="race: route",
+        messages=[{"role": "user", "content": f"ticket {i}"}])) for i in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert client.tierguard_flush(10)
+    for _ in range(8):  # all queued first, so the workers race from the start
+        stack.start_worker(concurrency=4, wait=False)
+    stack.wait_ready()
+    wait_until(lambda: samples(postgres_url) == 200, 90, "200 samples")
+    with session(make_engine(postgres_url)) as s:
+        changes = list(s.exec(select(RouteChange)))
+    busy = [log for log in stack.logs() if log.count("succeeded in") > 0]
+    assert len(busy) >= 4, "the jobs should have been spread over the workers"
+    assert [(c.category, c.to_model, c.applied) for c in changes] == [
+        ("race", "claude-opus-4-7", True)]
     client.tierguard_close()

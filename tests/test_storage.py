@@ -13,7 +13,7 @@ from tierguard.job import ShadowJob
 from tierguard.policy import parse_policy
 from tierguard.recorder import record
 
-POLICY = parse_policy({"defaults": {"min_samples": 5, "window": 10, "threshold": 0.9},
+POLICY = parse_policy({"defaults": {"min_samples": 5, "threshold": 0.9},
                        "payloads": {"store": "hash"}})
 
 
@@ -61,16 +61,16 @@ def test_error_sample_never_counts_as_disagreement(engine):
 
 def test_flip_writes_route_and_audit_row_once(engine):
     bad = Verdict(False, 0.0, "differ")
-    outcomes = [record(engine, None, POLICY, job(), ANSWER, bad, None, 1) for _ in range(8)]
+    outcomes = [record(engine, None, POLICY, job(), ANSWER, bad, None, 1) for _ in range(25)]
     changes = [o.change for o in outcomes if o.change]
-    assert len(changes) == 1 and outcomes[4].change is not None  # min_samples = 5
+    assert len(changes) == 1 and outcomes[19].change is not None  # 20 × 31 units = h
     with session(engine) as s:
         cat = s.get(Category, "sentiment")
         change = s.exec(select(RouteChange)).one()
     assert cat.routed_model == "claude-opus-4-7" and cat.version == 2
     assert (change.from_model, change.to_model, change.actor) == ("claude-haiku-4-5",
                                                                   "claude-opus-4-7", "auto")
-    assert change.samples == 5 and change.agreement == 0.0 and change.rule == "window"
+    assert change.samples == 20 and change.agreement == 0.0 and change.rule == "cusum"
     # Later samples measure the candidate as shadow; they never flip again.
     for _ in range(10):
         record(engine, None, POLICY, job(served="claude-opus-4-7", shadow="claude-haiku-4-5"),
@@ -87,7 +87,7 @@ def test_racing_writers_produce_exactly_one_route_change(engine):
     def writer():
         try:
             barrier.wait()
-            for _ in range(5):
+            for _ in range(10):
                 record(engine, None, POLICY, job(category="race"), ANSWER, bad, None, 1)
         except Exception as err:  # pragma: no cover - reported below
             errors.append(err)
@@ -99,7 +99,7 @@ def test_racing_writers_produce_exactly_one_route_change(engine):
         t.join()
     assert errors == []
     with session(engine) as s:
-        assert len(list(s.exec(select(Sample)))) == 40
+        assert len(list(s.exec(select(Sample)))) == 80
         assert len(list(s.exec(select(RouteChange)))) == 1
 
 
@@ -109,11 +109,70 @@ def test_pinned_category_is_never_flipped(engine):
     change = pin(engine, None, POLICY, "sentiment", "candidate", reason="trial", actor="ana")
     assert (change.rule, change.actor, change.to_model) == ("pin", "ana", "claude-haiku-4-5")
     bad = Verdict(False, 0.0, "differ")
-    for _ in range(20):
+    for _ in range(40):
         assert record(engine, None, POLICY, job(), ANSWER, bad, None, 1).change is None
     unpin(engine, None, POLICY, "sentiment", reason="", actor="ana")
-    flips = [record(engine, None, POLICY, job(), ANSWER, bad, None, 1).change for _ in range(10)]
-    assert sum(c is not None for c in flips) == 1
+    flips = [record(engine, None, POLICY, job(), ANSWER, bad, None, 1).change for _ in range(25)]
+    assert [i for i, c in enumerate(flips) if c is not None] == [19]
     with session(engine) as s:
         rules = [c.rule for c in s.exec(select(RouteChange).order_by(RouteChange.id))]
-    assert rules == ["pin", "unpin", "window"]
+    assert rules == ["pin", "unpin", "cusum"]
+
+
+def test_expired_pin_returns_control_to_the_engine(engine):
+    import datetime as dt
+
+    from tierguard.actions import pin
+    from tierguard.db import utcnow
+
+    pin(engine, None, POLICY, "sentiment", "candidate", reason="launch week", actor="ana",
+        until=utcnow() + dt.timedelta(seconds=1))
+    bad = Verdict(False, 0.0, "differ")
+    assert record(engine, None, POLICY, job(), ANSWER, bad, None, 1).change is None
+    with session(engine) as s:  # let the pin lapse
+        cat = s.get(Category, "sentiment")
+        cat.pinned_until = utcnow() - dt.timedelta(seconds=1)
+        s.add(cat)
+        s.commit()
+    expired = record(engine, None, POLICY, job(), ANSWER, bad, None, 1).change
+    assert expired is not None and expired.rule == "pin_expired" and expired.actor == "auto"
+    assert "launch week" in expired.reason
+    with session(engine) as s:
+        cat = s.get(Category, "sentiment")
+        assert not cat.pinned and cat.pinned_until is None
+    flips = [record(engine, None, POLICY, job(), ANSWER, bad, None, 1).change for _ in range(25)]
+    assert sum(c is not None for c in flips) == 1
+
+
+def test_observe_mode_records_would_flips_and_never_moves_the_route(engine):
+    observe = parse_policy({"defaults": {"min_samples": 5, "mode": "observe"}})
+    bad = Verdict(False, 0.0, "differ")
+    for _ in range(60):
+        record(engine, None, observe, job(), ANSWER, bad, None, 1)
+    with session(engine) as s:
+        cat = s.get(Category, "sentiment")
+        changes = list(s.exec(select(RouteChange)))
+    assert cat.routed_model == "claude-haiku-4-5" and cat.version == 1
+    assert len(changes) == 3 and not any(c.applied for c in changes)
+    assert all(c.reason.startswith("would flip (observe mode)") for c in changes)
+
+
+def test_operator_promotion_needs_eligibility(engine):
+    import pytest
+
+    from tierguard.actions import ActionRefused, promote
+
+    policy = parse_policy({"defaults": {"min_samples": 5, "promote_min_samples": 100}})
+    bad, good = Verdict(False, 0.0, "differ"), Verdict(True, 1.0, "same")
+    for _ in range(20):
+        record(engine, None, policy, job(), ANSWER, bad, None, 1)
+    with pytest.raises(ActionRefused, match="not eligible"):
+        promote(engine, None, policy, "sentiment", reason="", actor="ana")
+    flipped = {"served": "claude-opus-4-7", "shadow": "claude-haiku-4-5"}
+    decisions = [record(engine, None, policy, job(**flipped), ANSWER, good, None, 1).decision
+                 for _ in range(100)]
+    assert [i for i, d in enumerate(decisions) if d.action == "eligible"] == [99]
+    change = promote(engine, None, policy, "sentiment", reason="fixed prompt", actor="ana")
+    assert (change.to_model, change.actor, change.rule) == ("claude-haiku-4-5", "ana", "promotion")
+    with pytest.raises(ActionRefused, match="already served by its candidate"):
+        promote(engine, None, policy, "sentiment", reason="", actor="ana")

@@ -78,18 +78,38 @@ def status(as_json: bool = JsonOpt) -> None:
         _emit({"categories": cats})
         return
     table = Table(title="tierguard status")
-    for col in ("category", "route", "samples", "errors", "agreement", "threshold", "pinned",
-                "last change"):
+    for col in ("category", "route", "samples", "errors", "agreement", "threshold",
+                "engine", "state", "last change"):
         table.add_column(col)
     for name, c in cats.items():
         agreement = c["agreement"]
         style = "red" if agreement is not None and agreement < c["threshold"] else ""
         last = c["last_change"]
+        state = []
+        if c["pinned"]:
+            until = f" until {c['pinned_until'][:16]}" if c["pinned_until"] else ""
+            state.append(f"[yellow]pinned{until}: {c['pin_reason']}[/]")
+        if c["eligible"]:
+            state.append("[green]eligible for promotion[/]")
+        if c["mode"] == "observe":
+            state.append(f"observe mode ({c['would_flip']} would-flips)")
+        if c["self_agreement"] is not None:
+            state.append(f"self-agreement {_pct(c['self_agreement'])}")
+        state += [f"[red]{w}[/]" for w in c["warnings"]]
+        ft = c["flip_threshold"]
+        engine = (f"{c['watching']}: {c['statistic']:.0%} of h={ft['h_nats']:.2f}"
+                  if c["watching"] != "—" else "—")
         table.add_row(name, c["route"], str(c["samples"]), str(c["errors"]),
                       f"[{style}]{_pct(agreement)}[/]" if style else _pct(agreement),
-                      _pct(c["threshold"]), c["pin_reason"] or "yes" if c["pinned"] else "",
+                      _pct(c["threshold"]), engine, "\n".join(state),
                       f"{last['at'][:19]} {last['from']} → {last['to']}" if last else "")
     console.print(table)
+    any_cat = next(iter(cats.values()), None)
+    if any_cat:
+        ft = any_cat["flip_threshold"]
+        console.print(f"[dim]flip threshold h is derived per category: ≤ {ft['false_flip_rate']:.2%} "
+                      f"false flips per {ft['per_samples']:,} samples at the healthy level "
+                      f"({ft['healthy']:.0%} for the first category)[/]")
 
 
 @app.command()
@@ -135,6 +155,77 @@ def pin(category: str, model: str = typer.Argument(..., help="a model name, or c
         _emit({"category": category, "route": change.to_model, "pinned": True})
     else:
         console.print(f"{category}: pinned to [bold]{change.to_model}[/] (was {change.from_model})")
+
+
+def _parse_until(value: str | None):
+    import datetime as dt
+
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"not an ISO 8601 time: {value!r}", param_hint="--until") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+@app.command()
+def promote(category: str, reason: str = typer.Option(""), actor: str | None = None,
+            force: bool = typer.Option(False, help="promote even if not eligible"),
+            as_json: bool = JsonOpt) -> None:
+    """Serve CATEGORY by its candidate again (it must be eligible, see status)."""
+    from tierguard.actions import promote as do_promote
+
+    settings, policy, engine = _env()
+    change = do_promote(engine, _redis(settings), policy, category, reason=reason,
+                        actor=_actor(actor), force=force)
+    if as_json:
+        _emit({"category": category, "route": change.to_model, "pinned": False})
+    else:
+        console.print(f"{category}: promoted to [bold]{change.to_model}[/] (was {change.from_model})")
+
+
+@app.command()
+def replay(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON lines"),
+           policy_file: Path | None = typer.Option(None, "--policy", help="policy to try"),
+           db: str = typer.Option("sqlite://", help="database URL (default: in memory)"),
+           as_json: bool = JsonOpt) -> None:
+    """Backtest a policy: recorded comparisons through the real comparators, engine and storage."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tierguard.config import get_settings
+    from tierguard.db import make_engine, upgrade
+    from tierguard.policy import load_policy
+    from tierguard.replay import replay as run_replay
+
+    path = policy_file or get_settings().policy
+    if policy_file is not None and not policy_file.exists():
+        raise typer.BadParameter(f"{policy_file} does not exist", param_hint="--policy")
+    pol = load_policy(path)
+    engine = make_engine(db)
+    upgrade(engine)
+    lines = file.read_text().splitlines()
+    with Progress(TextColumn("replay"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+                  TimeRemainingColumn(), console=err_console,
+                  disable=not err_console.is_terminal) as bar:
+        task = bar.add_task("replay", total=len(lines))
+        result = run_replay(lines, pol, engine, progress=lambda i: bar.update(task, completed=i))
+        bar.update(task, completed=len(lines))
+    if as_json:
+        _emit(result)
+        return
+    for c in result["changes"]:
+        console.print(f"line {c['index']}: [bold]{c['category']}[/] {c['from']} → {c['to']} "
+                      f"({c['rule']}): {c['reason']}")
+    for c in result["would_change"]:
+        console.print(f"line {c['index']}: {c['category']} would change {c['from']} → {c['to']} "
+                      "(observe mode)")
+    table = Table(title=f"replay of {file.name}")
+    for col in ("category", "samples", "agreement", "final route"):
+        table.add_column(col)
+    for name, c in result["categories"].items():
+        table.add_row(name, f"{c['samples']:,}", _pct(c["agreement"]), c["route"])
+    console.print(table)
 
 
 @app.command()

@@ -33,14 +33,19 @@ class Category(SQLModel, table=True):
     pinned: bool = False
     pin_reason: str | None = None
     pinned_by: str | None = None
+    pinned_until: dt.datetime | None = Field(
+        default=None, sa_column=Column(sa.DateTime(timezone=True), nullable=True))
     detector_state: dict = Field(default_factory=dict, sa_column=Column(sa.JSON, nullable=False))
     version: int = 1
     updated_at: dt.datetime = _ts()
 
 
 class Sample(SQLModel, table=True):
+    __table_args__ = (sa.Index("ix_sample_category_created_at", "category", "created_at"),)
+
     job_id: str = Field(primary_key=True)
     category: str = Field(index=True)
+    kind: str = Field(default="shadow", sa_column_kwargs={"server_default": "shadow"})
     served_model: str
     shadow_model: str
     agree: bool | None = None
@@ -82,6 +87,7 @@ class RouteChange(SQLModel, table=True):
     samples: int | None = None
     numbers: dict = Field(default_factory=dict, sa_column=Column(sa.JSON, nullable=False))
     actor: str = "auto"
+    applied: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
     trigger_job_id: str | None = None
     created_at: dt.datetime = _ts(index=True)
 
@@ -108,7 +114,9 @@ def normalise_url(url: str) -> str:
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        memory = url in ("sqlite://", "sqlite:///:memory:")
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                                  **({"poolclass": sa.pool.StaticPool} if memory else {}))
         _sqlite_immediate(engine)
         return engine
     return sa.create_engine(url, pool_pre_ping=True, pool_size=pool_size,

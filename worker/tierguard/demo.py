@@ -57,8 +57,7 @@ def scenario(drift_after: int) -> dict[str, Any]:
 
 def policy(sample_rate: float) -> dict[str, Any]:
     return {"models": {"candidate": "claude-haiku-4-5", "reference": "claude-opus-4-7"},
-            "defaults": {"sample_rate": sample_rate, "threshold": 0.90, "min_samples": 50,
-                         "window": 200},
+            "defaults": {"sample_rate": sample_rate, "threshold": 0.90, "min_samples": 50},
             "categories": {
                 "sentiment": {"comparator": {"type": "label", "labels": LABELS}},
                 "invoice-extraction": {"comparator": {"type": "json", "ignore_keys": ["notes"],
@@ -79,13 +78,15 @@ def _bar(value: float | None, threshold: float, width: int = 20) -> str:
 
 def render(cats: dict[str, dict], changes: list[RouteChange], elapsed: float, calls: int) -> Table:
     table = Table(title=f"tierguard demo — {elapsed:4.0f}s, {calls} production calls",
-                  caption="| marks the 90% threshold; agreement over the rule's window")
-    for col in ("category", "served by", "samples", "agreement vs threshold", "flip"):
+                  caption="| marks the 90% threshold; agreement ≈ last 200 comparisons; "
+                          "CUSUM = evidence of a drop, 100% flips")
+    for col in ("category", "served by", "samples", "agreement vs threshold", "CUSUM", "flip"):
         table.add_column(col)
     flips = {c.category: c for c in changes}
     for name, c in cats.items():
         flip = flips.get(name)
         table.add_row(name, c["route"], str(c["samples"]), _bar(c["agreement"], c["threshold"]),
+                      f"{c['statistic']:.0%}" if c["watching"].startswith("candidate") else "—",
                       f"[bold red]→ {flip.to_model}[/] ({flip.agreement:.1%} over {flip.samples})"
                       if flip else "")
     return table

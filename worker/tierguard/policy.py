@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from tierguard import comparators
+from tierguard.detector import Engine, EngineConfig
 from tierguard.errors import ConfigError
 
 
@@ -53,12 +54,30 @@ class _Tunables(_Strict):
 
     sample_rate: float | None = None
     threshold: float | None = None
+    healthy: float | None = None
+    false_flip_rate: float | None = None
+    false_flip_horizon: int | None = Field(None, ge=100, le=1_000_000)
     comparator: ComparatorSpec | None = None
     min_samples: int | None = Field(None, ge=1)
-    window: int | None = Field(None, ge=1)
+    promote_threshold: float | None = None
+    promote_min_samples: int | None = Field(None, ge=1)
+    auto_promote: bool | None = None
+    cooldown_minutes: float | None = Field(None, ge=0)
+    flap_limit: int | None = Field(None, ge=2)
+    flap_window_hours: float | None = Field(None, gt=0)
+    mode: Literal["enforce", "observe"] | None = None
+    noise_floor_rate: float | None = None
     start_on: Literal["candidate", "reference"] | None = None
 
-    _unit_fields = field_validator("sample_rate", "threshold")(_unit)
+    _unit_fields = field_validator("sample_rate", "threshold", "healthy", "promote_threshold",
+                                   "noise_floor_rate")(_unit)
+
+    @field_validator("false_flip_rate")
+    @classmethod
+    def _small_rate(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 < v < 0.5:
+            raise ValueError("must be above 0 and below 0.5")
+        return v
 
     @field_validator("comparator")
     @classmethod
@@ -71,9 +90,19 @@ class _Tunables(_Strict):
 class Defaults(_Tunables):
     sample_rate: float = 0.05
     threshold: float = 0.90
+    healthy: float | None = None  # threshold + 0.03
+    false_flip_rate: float = 0.01
+    false_flip_horizon: int = Field(10_000, ge=100, le=1_000_000)
     comparator: ComparatorSpec = "exact"
     min_samples: int = Field(50, ge=1)
-    window: int = Field(200, ge=1)
+    promote_threshold: float = 0.95
+    promote_min_samples: int = Field(200, ge=1)
+    auto_promote: bool = False
+    cooldown_minutes: float = Field(60, ge=0)
+    flap_limit: int = Field(3, ge=2)
+    flap_window_hours: float = Field(24, gt=0)
+    mode: Literal["enforce", "observe"] = "enforce"
+    noise_floor_rate: float = 0.0
     start_on: Literal["candidate", "reference"] = "candidate"
 
 
@@ -97,14 +126,42 @@ class CategoryPolicy(_Strict):
     reference: str
     sample_rate: float
     threshold: float
+    healthy: float | None
+    false_flip_rate: float
+    false_flip_horizon: int
     comparator: ComparatorSpec
     min_samples: int
-    window: int
+    promote_threshold: float
+    promote_min_samples: int
+    auto_promote: bool
+    cooldown_minutes: float
+    flap_limit: int
+    flap_window_hours: float
+    mode: Literal["enforce", "observe"]
+    noise_floor_rate: float
     start_on: Literal["candidate", "reference"]
 
     @cached_property
     def compare(self) -> comparators.Comparator:
         return comparators.resolve(self.comparator)
+
+    @property
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            threshold=self.threshold, healthy=self.healthy_level,
+            false_flip_rate=self.false_flip_rate, horizon=self.false_flip_horizon,
+            min_samples=self.min_samples, promote_threshold=self.promote_threshold,
+            promote_min_samples=self.promote_min_samples, auto_promote=self.auto_promote,
+            cooldown_s=self.cooldown_minutes * 60, flap_limit=self.flap_limit,
+            flap_window_s=self.flap_window_hours * 3600, observe=self.mode == "observe")
+
+    @cached_property
+    def engine(self) -> Engine:
+        return Engine(self.engine_config)
+
+    @property
+    def healthy_level(self) -> float:
+        return self.healthy if self.healthy is not None else min(self.threshold + 0.03, 0.999)
 
     def other_model(self, served: str) -> str:
         """The model a request served by ``served`` is shadowed to."""
@@ -127,7 +184,16 @@ class Policy(_Strict):
     _resolved: dict[str, CategoryPolicy] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
-    def _distinct_models(self) -> Policy:
+    def _consistent(self) -> Policy:
+        problems = []
+        for where, name in [("defaults", None)] + [(f"categories.{n}", n) for n in self.categories]:
+            c = self._merged(name or "")
+            if c.healthy_level <= c.threshold:
+                problems.append(f"{where}.healthy: must be above threshold ({c.threshold})")
+            if c.promote_threshold < c.threshold:
+                problems.append(f"{where}.promote_threshold: must be at least threshold ({c.threshold})")
+        if problems:
+            raise ValueError("\n".join(problems))
         for name, cat in self.categories.items():
             cand = cat.candidate or self.models.candidate
             ref = cat.reference or self.models.reference
@@ -135,21 +201,22 @@ class Policy(_Strict):
                 raise ValueError(f"categories.{name}: candidate and reference are both {cand!r}")
         return self
 
+    def _merged(self, name: str) -> CategoryPolicy:
+        o = self.categories.get(name) or CategoryOverrides()
+        d = self.defaults
+        return CategoryPolicy(
+            name=name,
+            candidate=o.candidate or self.models.candidate,
+            reference=o.reference or self.models.reference,
+            **{k: getattr(o, k) if getattr(o, k) is not None else getattr(d, k)
+               for k in _Tunables.model_fields},
+        )
+
     def category(self, name: str) -> CategoryPolicy:
         """Effective settings for ``name``; unknown categories get the defaults."""
-        cache = self._resolved
-        found = cache.get(name)
+        found = self._resolved.get(name)
         if found is None:
-            o = self.categories.get(name) or CategoryOverrides()
-            d = self.defaults
-            found = CategoryPolicy(
-                name=name,
-                candidate=o.candidate or self.models.candidate,
-                reference=o.reference or self.models.reference,
-                **{k: getattr(o, k) if getattr(o, k) is not None else getattr(d, k)
-                   for k in _Tunables.model_fields},
-            )
-            cache[name] = found
+            found = self._resolved[name] = self._merged(name)
         return found
 
     def cost_usd(self, model: str, input_tokens: int | None, output_tokens: int | None) -> float | None:
@@ -166,7 +233,7 @@ def _format(err: ValidationError) -> list[str]:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
-        out.append(f"{path}: {msg}" if path else msg)
+        out.extend(f"{path}: {line}" if path else line for line in msg.split("\n"))
     return out
 
 

@@ -1,24 +1,26 @@
 """Record one shadow result and act on it, in a single database transaction.
 
-Insert the sample (idempotent on the job id); when it is a conclusive
-candidate-vs-reference comparison, feed the category's detector under a row
-lock and, if it says demote, flip the route. Redis gets the new route after
-commit.
+Insert the sample (idempotent on the job id). When it is a conclusive
+candidate-vs-reference comparison, lock the category row, expire a pin whose
+time is up, feed the detector, and apply its decision (flip, pin, or an
+observe-mode "would flip" row). Redis gets the new route after commit.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import redis as redis_lib
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from tierguard.calls import content_text
 from tierguard.comparators import Verdict
 from tierguard.db import Category, RouteChange, Sample, insert_ignore, session, utcnow
-from tierguard.detector import Decision, WindowRule
+from tierguard.detector import Decision, Situation
 from tierguard.errors import RouteConflict
 from tierguard.job import ShadowJob, digest, parse_time
 from tierguard.policy import CategoryPolicy, Policy
@@ -37,22 +39,27 @@ class Outcome:
     change: RouteChange | None = None
 
 
-def rule_for(cat: CategoryPolicy) -> WindowRule:
-    return WindowRule(threshold=cat.threshold, min_samples=cat.min_samples, window=cat.window)
-
-
 def _excerpt(policy: Policy, text: str | None) -> str | None:
     if text is None or policy.payloads.store != "excerpt":
         return None
     return text[: policy.payloads.excerpt_chars]
 
 
+def _comparator_name(cat: CategoryPolicy) -> str:
+    spec = cat.comparator
+    return spec if isinstance(spec, str) else str(spec.get("type"))
+
+
+def _request_text(request: dict) -> str:
+    messages = request.get("messages") or []
+    return content_text(messages[-1].get("content", "")) if messages else ""
+
+
 def sample_values(policy: Policy, job: ShadowJob, answer: Answer | None, verdict: Verdict | None,
-                  error: tuple[str, str] | None, attempt: int) -> dict:
+                  error: tuple[str, str] | None, attempt: int, kind: str = "shadow") -> dict:
     cat = policy.category(job.category)
-    request_text = digest(job.request)
     values = dict(
-        job_id=job.job_id, category=job.category, served_model=job.served_model,
+        job_id=job.job_id, category=job.category, kind=kind, served_model=job.served_model,
         shadow_model=job.shadow_model, comparator=_comparator_name(cat), attempts=attempt,
         agree=verdict.agree if verdict else None, score=verdict.score if verdict else None,
         reason=verdict.reason if verdict else (error[1] if error else ""),
@@ -63,7 +70,7 @@ def sample_values(policy: Policy, job: ShadowJob, answer: Answer | None, verdict
         primary_output_tokens=job.primary_output_tokens,
         primary_cost_usd=policy.cost_usd(job.served_model, job.primary_input_tokens,
                                          job.primary_output_tokens),
-        request_hash=request_text, primary_hash=digest(job.primary_text),
+        request_hash=digest(job.request), primary_hash=digest(job.primary_text),
         request_excerpt=_excerpt(policy, _request_text(job.request)),
         primary_excerpt=_excerpt(policy, job.primary_text),
         requested_at=parse_time(job.requested_at), created_at=utcnow(),
@@ -78,56 +85,78 @@ def sample_values(policy: Policy, job: ShadowJob, answer: Answer | None, verdict
     return values
 
 
-def _comparator_name(cat: CategoryPolicy) -> str:
-    spec = cat.comparator
-    return spec if isinstance(spec, str) else str(spec.get("type"))
+def situation(row: Category, now: float) -> Situation:
+    serving = ("candidate" if row.routed_model == row.candidate
+               else "reference" if row.routed_model == row.reference else "other")
+    return Situation(serving=serving, pinned=row.pinned, now=now)  # type: ignore[arg-type]
 
 
-def _request_text(request: dict) -> str:
-    messages = request.get("messages") or []
-    return content_text(messages[-1].get("content", "")) if messages else ""
+def expire_pin(s: Session, row: Category, now: dt.datetime) -> RouteChange | None:
+    """Hand a category whose pin has expired back to the engine."""
+    until = row.pinned_until
+    if not row.pinned or until is None:
+        return None
+    if until.tzinfo is None:  # SQLite returns naive datetimes
+        until = until.replace(tzinfo=dt.UTC)
+    if until > now:
+        return None
+    return change_route(s, row, row.routed_model, rule="pin_expired", actor="auto", pin=False,
+                        reason=f"pin by {row.pinned_by} ({row.pin_reason}) expired at "
+                               f"{until.isoformat(timespec='minutes')}")
+
+
+def apply_decision(s: Session, row: Category, decision: Decision, trigger_job_id: str | None,
+                   at: dt.datetime | None = None) -> RouteChange | None:
+    """Turn a route-changing decision into a route change (or an observe-mode record)."""
+    if not decision.changes_route:
+        return None
+    target = row.candidate if decision.action == "promote" else row.reference
+    fields = dict(rule=decision.rule, reason=decision.reason, agreement=decision.agreement,
+                  samples=decision.samples, numbers=decision.numbers, trigger_job_id=trigger_job_id)
+    if not decision.applied:
+        change = RouteChange(category=row.name, from_model=row.routed_model, to_model=target,
+                             applied=False, created_at=at or utcnow(), **fields)
+        s.add(change)
+        return change
+    try:
+        return change_route(s, row, target, pin=True if decision.pin else None, at=at, **fields)
+    except RouteConflict:
+        log.info("change of %s lost a race; another writer changed it first", row.name)
+        return None
 
 
 def record(engine: Engine, r: redis_lib.Redis | None, policy: Policy, job: ShadowJob,
            answer: Answer | None, verdict: Verdict | None, error: tuple[str, str] | None,
-           attempt: int) -> Outcome:
+           attempt: int, kind: str = "shadow") -> Outcome:
     cat = policy.category(job.category)
-    values = sample_values(policy, job, answer, verdict, error, attempt)
+    values = sample_values(policy, job, answer, verdict, error, attempt, kind)
+    changes: list[RouteChange] = []
+    decision = None
     with session(engine) as s:
         if insert_ignore(s, Sample.__table__, values) == 0:
             s.rollback()
             return Outcome("duplicate")
-        if verdict is None:
+        if verdict is None or kind != "shadow":
             s.commit()
-            return Outcome("error")
+            return Outcome("error" if verdict is None else "recorded")
         row = lock_category(s, cat)
-        pair = {job.served_model, job.shadow_model}
-        if pair != {row.candidate, row.reference}:
-            s.commit()  # a pin to a third model: recorded, but not evidence about the pair
-            return Outcome("recorded")
-        decision, change = evaluate(s, row, cat, verdict.agree, job)
+        now = utcnow()
+        expired = expire_pin(s, row, now)
+        if expired is not None:
+            changes.append(expired)
+        if {job.served_model, job.shadow_model} == {row.candidate, row.reference}:
+            state, decision = cat.engine.update(dict(row.detector_state or {}), verdict.agree,
+                                                situation(row, now.timestamp()))
+            row.detector_state = state
+            s.add(row)
+            change = apply_decision(s, row, decision, job.job_id)
+            if change is not None:
+                changes.append(change)
         s.commit()
-    if change is not None:
-        log.warning("category %s flipped %s -> %s: %s", change.category, change.from_model,
+    for change in changes:
+        log.warning("category %s: %s %s -> %s: %s", change.category,
+                    "changed" if change.applied else "would change", change.from_model,
                     change.to_model, change.reason)
+    if any(c.applied for c in changes):
         publish_quietly(r, [row])
-    return Outcome("recorded", decision, change)
-
-
-def evaluate(s, row: Category, cat: CategoryPolicy, agree: bool,
-             job: ShadowJob) -> tuple[Decision, RouteChange | None]:
-    rule = rule_for(cat)
-    can_demote = row.routed_model == row.candidate and not row.pinned
-    state, decision = rule.update(dict(row.detector_state or {}), agree, can_demote=can_demote)
-    row.detector_state = state
-    change = None
-    if decision.action == "demote":
-        try:
-            change = change_route(s, row, row.reference, rule=decision.rule, reason=decision.reason,
-                                  agreement=decision.agreement, samples=decision.samples,
-                                  numbers=decision.numbers, trigger_job_id=job.job_id)
-        except RouteConflict:
-            log.info("flip of %s lost a race; another worker changed it", row.name)
-    else:
-        s.add(row)
-    return decision, change
+    return Outcome("recorded", decision, changes[-1] if changes else None)

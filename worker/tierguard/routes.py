@@ -8,6 +8,7 @@ check that writes the route and its ``route_change`` row; Redis holds a copy
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -64,13 +65,16 @@ def ensure_categories(engine: Engine, policy: Policy) -> None:
 def change_route(s: Session, row: Category, to_model: str, *, rule: str, reason: str,
                  actor: str = "auto", agreement: float | None = None, samples: int | None = None,
                  numbers: dict | None = None, trigger_job_id: str | None = None,
-                 pin: bool | None = None) -> RouteChange:
+                 pin: bool | None = None, until: dt.datetime | None = None,
+                 at: dt.datetime | None = None) -> RouteChange:
     """Move ``row`` to ``to_model`` if nobody else changed it first (else :class:`RouteConflict`)."""
     from_model, version = row.routed_model, row.version
+    at = at or utcnow()
     values: dict[str, Any] = {"routed_model": to_model, "version": version + 1,
-                              "updated_at": utcnow(), "detector_state": row.detector_state}
+                              "updated_at": at, "detector_state": row.detector_state}
     if pin is not None:
-        values.update(pinned=pin, pin_reason=reason if pin else None, pinned_by=actor if pin else None)
+        values.update(pinned=pin, pin_reason=reason if pin else None,
+                      pinned_by=actor if pin else None, pinned_until=until if pin else None)
     done = s.execute(sa.update(Category).where(Category.name == row.name,
                                                Category.version == version).values(**values),
                      execution_options={"synchronize_session": False})
@@ -78,7 +82,8 @@ def change_route(s: Session, row: Category, to_model: str, *, rule: str, reason:
         raise RouteConflict(f"category {row.name!r} changed concurrently")
     change = RouteChange(category=row.name, from_model=from_model, to_model=to_model,
                          rule=rule, reason=reason, agreement=agreement, samples=samples,
-                         numbers=numbers or {}, actor=actor, trigger_job_id=trigger_job_id)
+                         numbers=numbers or {}, actor=actor, trigger_job_id=trigger_job_id,
+                         created_at=at)
     s.add(change)
     for k, v in values.items():
         set_committed_value(row, k, v)

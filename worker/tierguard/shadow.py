@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 from tierguard.calls import Answer, call_model
 from tierguard.comparators import Verdict
 from tierguard.errors import PermanentCallError, RetryableCallError
-from tierguard.job import ShadowJob
+from tierguard.job import ShadowJob, digest
 from tierguard.policy import Policy
 from tierguard.recorder import Outcome, record
 
@@ -45,15 +45,42 @@ def run_job(ctx: Context, job: ShadowJob, *, attempt: int = 1, final: bool = Tru
         assert error is not None
         verdict = None
     else:
-        verdict = compare(ctx.policy, job, answer.text)
+        verdict = compare(ctx.policy, job, job.primary_text, answer.text)
         if verdict is None:
             error = ("comparator_error", "the comparator raised; see the worker log")
-    return record(ctx.engine, ctx.redis, ctx.policy, job, answer, verdict, error, attempt)
+    outcome = record(ctx.engine, ctx.redis, ctx.policy, job, answer, verdict, error, attempt)
+    if answer is not None and outcome.status != "duplicate" and noise_sampled(ctx.policy, job):
+        measure_noise(ctx, job, answer)
+    return outcome
 
 
-def compare(policy: Policy, job: ShadowJob, shadow_text: str) -> Verdict | None:
+def noise_sampled(policy: Policy, job: ShadowJob) -> bool:
+    """Deterministic per job, so a redelivered job makes the same choice."""
+    rate = policy.category(job.category).noise_floor_rate
+    return rate > 0 and int(digest(job.job_id)[:8], 16) / 2**32 < rate
+
+
+def measure_noise(ctx: Context, job: ShadowJob, answer: Answer) -> None:
+    """Ask the reference again and record how well it agrees with itself (never feeds decisions)."""
+    cat = ctx.policy.category(job.category)
+    first = answer.text if job.shadow_model == cat.reference else job.primary_text
     try:
-        return policy.category(job.category).compare.compare(job.primary_text, shadow_text)
+        second = call_model(ctx.client, cat.reference, job.request)
+    except (RetryableCallError, PermanentCallError) as err:
+        log.info("noise-floor call for %s failed (%s); skipped", job.job_id, err.kind)
+        return
+    verdict = compare(ctx.policy, job, first, second.text)
+    if verdict is None:
+        return
+    noise_job = ShadowJob(**{**job.to_dict(), "job_id": job.job_id + ":noise",
+                             "served_model": cat.reference, "shadow_model": cat.reference,
+                             "primary_text": first})
+    record(ctx.engine, ctx.redis, ctx.policy, noise_job, second, verdict, None, 1, kind="noise")
+
+
+def compare(policy: Policy, job: ShadowJob, primary: str, shadow: str) -> Verdict | None:
+    try:
+        return policy.category(job.category).compare.compare(primary, shadow)
     except Exception:
         log.exception("comparator failed on job %s (%s)", job.job_id, job.category)
         return None

@@ -55,6 +55,7 @@ class CategorySim:
     drift_after: int | None = None
     drift_agreement: float | None = None
     match: str | None = None
+    reference_noise: float = 0.0  # chance per call that the reference itself answers wrongly
 
     def agreement_at(self, candidate_calls: int) -> float:
         if self.drift_after is not None and candidate_calls > self.drift_after:
@@ -129,8 +130,12 @@ class Simulator:
             if not is_reference:
                 self.candidate_calls[cat.name] += 1
             n = self.candidate_calls[cat.name]
-        correct = is_reference or _unit(self.scenario.seed, model, key) < cat.agreement_at(n)
-        wrong_u = _unit(self.scenario.seed, "wrong", model, key)
+        if is_reference:
+            with self.lock:
+                correct = self.rng.random() >= cat.reference_noise
+        else:
+            correct = _unit(self.scenario.seed, model, key) < cat.agreement_at(n)
+        wrong_u = _unit(self.scenario.seed, "wrong", model, key, self.rng.random() if is_reference else 0)
         return cat.name, self._render(cat, truth_u, None if correct else wrong_u, key)
 
     def _render(self, cat: CategorySim, u: float, wrong: float | None, key: str) -> str:
