@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tierguard.config import Settings, get_settings
 from tierguard.db import make_engine, upgrade
 from tierguard.servers import PostgresServer, RedisServer

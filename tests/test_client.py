@@ -4,13 +4,13 @@ import asyncio
 
 import anthropic
 import redis
+
 import tierguard
+from tests.conftest import API_KEY, wait_until
 from tierguard.config import get_settings
 from tierguard.policy import parse_policy
 from tierguard.routes import REDIS_KEY
 from tierguard.servers import free_port
-
-from tests.conftest import API_KEY, wait_until
 
 SCENARIO = {"categories": {"sentiment": {"kind": "label", "labels": ["POSITIVE", "NEGATIVE"]}}}
 POLICY = parse_policy({"defaults": {"sample_rate": 1.0},

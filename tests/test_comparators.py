@@ -1,4 +1,5 @@
 import pytest
+
 from tierguard import comparators
 from tierguard.comparators import Comparator, Verdict, resolve
 

@@ -10,11 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import anthropic
 import httpx2
 import sqlalchemy as sa
-import tierguard
 from sqlmodel import select
-from tierguard.db import RouteChange, Sample, make_engine, session
 
+import tierguard
 from tests.conftest import API_KEY, wait_until
+from tierguard.db import RouteChange, Sample, make_engine, session
 
 LABELS = ["POSITIVE", "NEGATIVE", "NEUTRAL"]
 QUEUES = ["BILLING", "SHIPPING", "TECHNICAL", "ACCOUNT"]

@@ -1,6 +1,7 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tierguard.errors import ConfigError
 from tierguard.policy import load_policy, parse_policy
 

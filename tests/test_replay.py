@@ -5,11 +5,11 @@ import random
 
 import pytest
 
+from tests.test_cli import last_json, tg
 from tierguard.db import make_engine, upgrade
 from tierguard.detector import Engine, EngineConfig, Situation, fresh_state
 from tierguard.policy import parse_policy
 from tierguard.replay import ReplayError, replay
-from tests.test_cli import last_json, tg
 
 
 def memory_db():

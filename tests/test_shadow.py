@@ -5,12 +5,12 @@ import uuid
 import anthropic
 from sqlmodel import select
 
+from tests.conftest import API_KEY
 from tierguard.db import Sample, session
 from tierguard.job import ShadowJob
 from tierguard.policy import parse_policy
 from tierguard.shadow import Context, run_job
 from tierguard.status import category_status
-from tests.conftest import API_KEY
 
 LABELS = ["RED", "GREEN", "BLUE", "AMBER"]
 

@@ -6,6 +6,7 @@ import uuid
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel, select
+
 from tierguard.calls import Answer
 from tierguard.comparators import Verdict
 from tierguard.db import Category, RouteChange, Sample, check_schema, session
