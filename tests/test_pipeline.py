@@ -24,7 +24,7 @@ SCENARIO = {"seed": 11, "categories": {
                        "drift": {"after": 300, "agreement": 0.60}},
     "invoice-extraction": {"kind": "json", "agreement": 0.99}}}
 POLICY = {
-    "defaults": {"sample_rate": 1.0, "threshold": 0.90, "min_samples": 50, "window": 100},
+    "defaults": {"sample_rate": 1.0, "threshold": 0.90, "min_samples": 50},
     "categories": {
         "sentiment": {"comparator": {"type": "label", "labels": LABELS}},
         "ticket-routing": {"comparator": {"type": "label", "labels": QUEUES}},
