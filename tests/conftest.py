@@ -99,6 +99,7 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
     class Stack:
         def __init__(self) -> None:
             self.workers: list[subprocess.Popen] = []
+            self.others: list[subprocess.Popen] = []
             self.env: dict[str, str] = {}
 
         def configure(self, *, policy: dict, database_url: str, base_url: str,
@@ -125,6 +126,15 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
                 wait_for_log(tmp_path / f"worker-{len(self.workers) - 1}.log", "ready.", proc)
             return proc
 
+        def start_beat(self) -> subprocess.Popen:
+            log = tmp_path / "beat.log"
+            proc = subprocess.Popen([sys.executable, "-m", "tierguard", "beat"],
+                                    env={**os.environ, **self.env}, stdout=open(log, "w"),
+                                    stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+            self.others.append(proc)
+            wait_for_log(log, "beat: Starting", proc)
+            return proc
+
         def logs(self) -> list[str]:
             return [(tmp_path / f"worker-{i}.log").read_text() for i in range(len(self.workers))]
 
@@ -133,10 +143,10 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
                 wait_for_log(tmp_path / f"worker-{i}.log", "ready.", proc, timeout=60)
 
         def stop_workers(self) -> None:
-            for p in self.workers:
+            for p in self.workers + self.others:
                 if p.poll() is None:
                     p.terminate()
-            for p in self.workers:
+            for p in self.workers + self.others:
                 try:
                     p.wait(15)
                 except subprocess.TimeoutExpired:
@@ -166,3 +176,12 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def receiver():
+    from tests.receiver import Receiver
+
+    r = Receiver().start()
+    yield r
+    r.stop()

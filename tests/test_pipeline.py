@@ -14,7 +14,7 @@ from sqlmodel import select
 
 import tierguard
 from tests.conftest import API_KEY, wait_until
-from tierguard.db import RouteChange, Sample, make_engine, session
+from tierguard.db import Alert, RouteChange, Sample, make_engine, session
 
 LABELS = ["POSITIVE", "NEGATIVE", "NEUTRAL"]
 QUEUES = ["BILLING", "SHIPPING", "TECHNICAL", "ACCOUNT"]
@@ -198,11 +198,13 @@ def test_killed_worker_jobs_are_redelivered_and_counted_once(stack, simulator, p
     client.tierguard_close()
 
 
-def test_eight_workers_racing_on_one_category_flip_it_once(stack, simulator, postgres_url):
+def test_eight_workers_racing_on_one_category_flip_it_once(stack, simulator, postgres_url,
+                                                           receiver):
     sim = simulator(latency_ms=300,
                     categories={"race": {"kind": "label", "labels": QUEUES, "agreement": 0.0}})
     stack.configure(policy={"defaults": {"sample_rate": 1.0, "min_samples": 20},
-                            "categories": {"race": {"comparator": {"type": "label", "labels": QUEUES}}}},
+                            "categories": {"race": {"comparator": {"type": "label", "labels": QUEUES}}},
+                            "alerts": [{"type": "webhook", "url": receiver.url + "/hook"}]},
                     database_url=postgres_url, base_url=sim.base_url)
     client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
     threads = [threading.Thread(target=client.messages.create, kwargs=dict(
@@ -221,6 +223,32 @@ def test_eight_workers_racing_on_one_category_flip_it_once(stack, simulator, pos
         changes = list(s.exec(select(RouteChange)))
     busy = [log for log in stack.logs() if log.count("succeeded in") > 0]
     assert len(busy) >= 4, "the jobs should have been spread over the workers"
+    wait_until(lambda: len(receiver.requests) >= 1, 30, "the demotion alert")
+    time.sleep(2)  # a duplicate would arrive now
+    assert [r.json["event"] for r in receiver.requests] == ["demoted"]
     assert [(c.category, c.to_model, c.applied) for c in changes] == [
         ("race", "claude-opus-4-7", True)]
+    client.tierguard_close()
+
+
+def test_beat_redelivers_an_alert_until_the_channel_is_back(stack, simulator, sqlite_url, receiver):
+    sim = simulator(categories={"race": {"kind": "label", "labels": QUEUES, "agreement": 0.0}})
+    stack.configure(policy={"defaults": {"sample_rate": 1.0, "min_samples": 20},
+                            "categories": {"race": {"comparator": {"type": "label", "labels": QUEUES}}},
+                            "alerts": [{"type": "webhook", "url": receiver.url + "/hook"}]},
+                    database_url=sqlite_url, base_url=sim.base_url, alert_sweep_seconds=1)
+    receiver.fail_next = 2  # the channel is down for the first two attempts
+    stack.start_worker(concurrency=4)
+    stack.start_beat()
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    for i in range(30):
+        client.messages.create(category="race", max_tokens=8, system="race: route",
+                               messages=[{"role": "user", "content": f"ticket {i}"}])
+    client.tierguard_flush(10)
+    wait_until(lambda: len(receiver.requests) == 1, 60, "the alert after the channel recovered")
+    time.sleep(3)
+    assert len(receiver.requests) == 1 and receiver.requests[0].json["event"] == "demoted"
+    with session(make_engine(sqlite_url)) as s:
+        alert = s.exec(select(Alert)).one()
+    assert (alert.status, alert.attempts) == ("delivered", 3)
     client.tierguard_close()

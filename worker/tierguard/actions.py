@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from tierguard.db import RouteChange, session, utcnow
 from tierguard.detector import note_change
 from tierguard.errors import TierguardError
+from tierguard.events import for_route_change
 from tierguard.policy import Policy
 from tierguard.routes import change_route, lock_category, publish_quietly
 
@@ -71,6 +72,7 @@ def promote(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category:
         change = change_route(s, row, row.candidate, rule="promotion", actor=actor,
                               reason=reason or ("promoted by operator" + ("" if eligible else
                                                                           " (forced, not eligible)")))
+        for_route_change(s, policy, change, "promoted")
         s.commit()
     publish_quietly(r, [row])
     return change

@@ -7,6 +7,8 @@ from celery import Celery
 from tierguard.config import Settings
 
 SHADOW_TASK = "tierguard.shadow"
+DELIVER_TASK = "tierguard.deliver_alerts"
+MONITOR_TASK = "tierguard.monitor"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -31,6 +33,12 @@ def make_celery(settings: Settings) -> Celery:
             "socket_timeout": 10,
         },
         worker_hijack_root_logger=False,
+        beat_schedule={
+            "deliver-alerts": {"task": DELIVER_TASK, "schedule": settings.alert_sweep_seconds,
+                               "options": {"expires": settings.alert_sweep_seconds}},
+            "monitor": {"task": MONITOR_TASK, "schedule": settings.monitor_seconds,
+                        "options": {"expires": settings.monitor_seconds}},
+        },
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     app.tierguard_settings = settings  # type: ignore[attr-defined]

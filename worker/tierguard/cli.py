@@ -22,9 +22,13 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 sim_app = typer.Typer(no_args_is_help=True, help="Simulated models (Messages API).")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: figures measured in one run.")
+alerts_app = typer.Typer(no_args_is_help=True, help="Alert channels and the outbox.")
+grafana_app = typer.Typer(no_args_is_help=True, help="Grafana dashboard and annotations.")
 app.add_typer(db_app, name="db")
 app.add_typer(sim_app, name="simulate")
 app.add_typer(bench_app, name="bench")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(grafana_app, name="grafana")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
@@ -340,6 +344,105 @@ class _nothing:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+@app.command()
+def beat(loglevel: str = "INFO") -> None:
+    """Run Celery beat (exactly one per deployment): alert redelivery and the periodic checks."""
+    import tempfile
+
+    from tierguard.celery_app import make_celery
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings, _, _ = _env()
+    schedule = Path(tempfile.gettempdir()) / f"tierguard-beat-{os.getpid()}"
+    make_celery(settings).start(["beat", "-l", loglevel, "-s", str(schedule)])
+
+
+@alerts_app.command("test")
+def alerts_test(channel: str | None = typer.Option(None, help="a channel name or 0-based index"),
+                as_json: bool = JsonOpt) -> None:
+    """Send a test alert to every channel (or one) now, and say what each answered."""
+    from tierguard.channels import DeliveryError, send
+    from tierguard.config import get_settings
+    from tierguard.db import Event, utcnow
+    from tierguard.events import dashboard_link
+    from tierguard.policy import load_policy
+
+    policy = load_policy(get_settings().policy)
+    channels = policy.alerts.channels
+    if channel is not None:
+        channels = [c for i, c in enumerate(channels) if channel in (c.name, str(i))]
+        if not channels:
+            names = ", ".join(c.name or "" for c in policy.alerts.channels) or "none configured"
+            raise TierguardError(f"no alert channel {channel!r} (channels: {names})")
+    if not channels:
+        raise TierguardError("no alert channels in the policy (alerts: [...])")
+    event = Event(key=f"test:{utcnow().isoformat()}", kind="test", category=None, severity="info",
+                  summary="tierguard test alert: this channel is wired correctly",
+                  details={"numbers": {}, "did": "Nothing; this is a test.",
+                           "actions": ["none needed"], "dashboard": dashboard_link(policy, None)},
+                  created_at=utcnow())
+    results = {}
+    for ch in channels:
+        try:
+            send(ch, event)
+            results[ch.name] = "delivered"
+        except DeliveryError as err:
+            results[ch.name] = f"failed: {err}"
+    if as_json:
+        _emit({"channels": results})
+    else:
+        for name, result in results.items():
+            colour = "green" if result == "delivered" else "red"
+            console.print(f"{name}: [{colour}]{result}[/]")
+    if any(r != "delivered" for r in results.values()):
+        raise typer.Exit(1)
+
+
+@alerts_app.command("list")
+def alerts_list(limit: int = 50, as_json: bool = JsonOpt) -> None:
+    """Recent events and the state of their alerts per channel."""
+    import sqlalchemy as sa
+
+    from tierguard.db import Alert, Event, session
+
+    _, _, engine = _env()
+    with session(engine) as s:
+        events = s.execute(sa.select(Event).order_by(Event.id.desc()).limit(limit)).scalars().all()
+        alerts = s.execute(sa.select(Alert).where(Alert.event_id.in_([e.id for e in events]))).scalars().all()
+    by_event: dict[int, list] = {}
+    for a in alerts:
+        by_event.setdefault(a.event_id, []).append(a)
+    rows = [{"id": e.id, "kind": e.kind, "category": e.category, "severity": e.severity,
+             "summary": e.summary, "at": e.created_at.isoformat(),
+             "alerts": {a.channel: {"status": a.status, "attempts": a.attempts,
+                                    "last_error": a.last_error} for a in by_event.get(e.id, [])}}
+            for e in events]
+    if as_json:
+        _emit({"events": rows})
+        return
+    table = Table(title="events and alerts")
+    for col in ("at", "event", "category", "summary", "alerts"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["at"][:19], f"{r['kind']} ({r['severity']})", r["category"] or "",
+                      r["summary"], "\n".join(f"{c}: {a['status']} ×{a['attempts']}"
+                                               for c, a in r["alerts"].items()))
+    console.print(table)
+
+
+@grafana_app.command("push")
+def grafana_push(dashboard: Path | None = typer.Option(None, help="dashboard JSON"),
+                 as_json: bool = JsonOpt) -> None:
+    """Create the tierguard folder and upsert the dashboard (GRAFANA_URL, GRAFANA_TOKEN)."""
+    from tierguard.grafana import push
+
+    result = push(path=dashboard)
+    if as_json:
+        _emit(result)
+    else:
+        console.print(f"dashboard {result['uid']} pushed (version {result['version']}): {result['url']}")
 
 
 @sim_app.command("serve")

@@ -59,7 +59,10 @@ class _Core:
     def after(self, cat: CategoryPolicy | None, kwargs: dict[str, Any], message: Any,
               started: float) -> None:
         try:
-            if cat is None or kwargs.get("stream") or random.random() >= cat.sample_rate:
+            if cat is None:
+                return
+            self.publisher.count_call(cat.name)
+            if kwargs.get("stream") or random.random() >= cat.sample_rate:
                 return
             model = kwargs["model"]
             self.publisher.submit(cat.name, model, cat.other_model(model), kwargs, message,

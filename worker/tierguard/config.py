@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     shadow_max_attempts: int = Field(6, gt=0)
     retry_after_cap: float = Field(30.0, gt=0)
     visibility_timeout: int = Field(60, gt=0)
+    # Beat.
+    alert_sweep_seconds: float = Field(15.0, gt=0, description="alert redelivery sweep period")
+    monitor_seconds: float = Field(60.0, gt=0, description="monitor-blind / error-rate checks")
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -92,15 +92,49 @@ class RouteChange(SQLModel, table=True):
     created_at: dt.datetime = _ts(index=True)
 
 
-def insert_ignore(session: Session, table: Any, values: dict[str, Any]) -> int:
-    """INSERT ... ON CONFLICT DO NOTHING; returns the number of rows inserted (0 or 1)."""
+def insert_new(session: Session, table: Any, values: dict[str, Any]) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING; the new row's primary key, or None if it existed."""
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
     pk = list(table.primary_key.columns)[0]
     stmt = insert(table).values(**values).on_conflict_do_nothing().returning(pk)
-    return len(session.execute(stmt).all())
+    row = session.execute(stmt).first()
+    return None if row is None else row[0]
+
+
+class Event(SQLModel, table=True):
+    """Something on-call should hear about; ``key`` makes it happen once."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(sa_column=Column(sa.String, nullable=False, unique=True))
+    kind: str = Field(index=True)
+    category: str | None = Field(default=None, index=True)
+    severity: str
+    summary: str
+    details: dict = Field(default_factory=dict, sa_column=Column(sa.JSON, nullable=False))
+    route_change_id: int | None = None
+    created_at: dt.datetime = _ts(index=True)
+
+
+class Alert(SQLModel, table=True):
+    """Outbox row: one event for one channel, delivered until the channel accepts it."""
+
+    __table_args__ = (sa.UniqueConstraint("event_id", "channel", name="uq_alert_event_channel"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: int = Field(index=True)
+    channel: str
+    status: str = Field(default="pending", index=True)  # pending | sending | delivered | failed
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: dt.datetime = _ts()
+    lease_until: dt.datetime | None = Field(
+        default=None, sa_column=Column(sa.DateTime(timezone=True), nullable=True))
+    delivered_at: dt.datetime | None = Field(
+        default=None, sa_column=Column(sa.DateTime(timezone=True), nullable=True))
+    created_at: dt.datetime = _ts()
 
 
 def normalise_url(url: str) -> str:

@@ -25,6 +25,8 @@ from tierguard.job import ShadowJob
 
 log = logging.getLogger(__name__)
 
+TRAFFIC_FLUSH_SECONDS = 5.0
+
 # Request keys that are transport options, not part of the model request.
 _TRANSPORT_KEYS = {"extra_headers", "extra_query", "timeout", "stream", "model"}
 
@@ -57,6 +59,9 @@ class Publisher:
         self._down_until = 0.0
         self._last_warning = 0.0
         self._app = None
+        self.traffic: Counter[str] = Counter()
+        self._traffic_flushed = time.monotonic()
+        self._redis = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tierguard-publisher", daemon=True)
         self._thread.start()
@@ -82,8 +87,36 @@ class Publisher:
         self._app.send_task(SHADOW_TASK, args=[job.to_dict()], task_id=job.job_id,
                             queue=self.settings.queue, retry=False)
 
+    def count_call(self, category: str) -> None:
+        """Count one production call (the monitor-blind check compares it with samples)."""
+        self.traffic[category] += 1
+
+    def _flush_traffic(self) -> None:
+        self._traffic_flushed = time.monotonic()
+        counts, self.traffic = self.traffic, Counter()
+        if not counts:
+            return
+        from tierguard.monitors import TRAFFIC_KEY
+
+        key = TRAFFIC_KEY.format(minute=int(time.time() // 60))
+        try:
+            if self._redis is None:
+                import redis
+
+                self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1,
+                                                   socket_connect_timeout=1)
+            pipe = self._redis.pipeline(transaction=False)
+            for name, n in counts.items():
+                pipe.hincrby(key, name, n)
+            pipe.expire(key, 3 * 3600)
+            pipe.execute()
+        except Exception:
+            self.counts["traffic_reports_dropped"] += 1
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            if time.monotonic() - self._traffic_flushed > TRAFFIC_FLUSH_SECONDS:
+                self._flush_traffic()
             try:
                 item = self.queue.get(timeout=0.2)
             except queue.Empty:
@@ -121,3 +154,4 @@ class Publisher:
     def close(self, timeout: float = 2.0) -> None:
         self.flush(timeout)
         self._stop.set()
+        self._flush_traffic()

@@ -19,9 +19,10 @@ from sqlmodel import Session
 
 from tierguard.calls import content_text
 from tierguard.comparators import Verdict
-from tierguard.db import Category, RouteChange, Sample, insert_ignore, session, utcnow
+from tierguard.db import Category, RouteChange, Sample, insert_new, session, utcnow
 from tierguard.detector import Decision, Situation
 from tierguard.errors import RouteConflict
+from tierguard.events import for_eligible, for_route_change
 from tierguard.job import ShadowJob, digest, parse_time
 from tierguard.policy import CategoryPolicy, Policy
 from tierguard.routes import change_route, lock_category, publish_quietly
@@ -37,6 +38,7 @@ class Outcome:
     status: Literal["recorded", "duplicate", "error"]
     decision: Decision | None = None
     change: RouteChange | None = None
+    events: int = 0
 
 
 def _excerpt(policy: Policy, text: str | None) -> str | None:
@@ -132,8 +134,9 @@ def record(engine: Engine, r: redis_lib.Redis | None, policy: Policy, job: Shado
     values = sample_values(policy, job, answer, verdict, error, attempt, kind)
     changes: list[RouteChange] = []
     decision = None
+    events = 0
     with session(engine) as s:
-        if insert_ignore(s, Sample.__table__, values) == 0:
+        if insert_new(s, Sample.__table__, values) is None:
             s.rollback()
             return Outcome("duplicate")
         if verdict is None or kind != "shadow":
@@ -144,6 +147,7 @@ def record(engine: Engine, r: redis_lib.Redis | None, policy: Policy, job: Shado
         expired = expire_pin(s, row, now)
         if expired is not None:
             changes.append(expired)
+            events += for_route_change(s, policy, expired, "pin_expired") is not None
         if {job.served_model, job.shadow_model} == {row.candidate, row.reference}:
             state, decision = cat.engine.update(dict(row.detector_state or {}), verdict.agree,
                                                 situation(row, now.timestamp()))
@@ -152,6 +156,11 @@ def record(engine: Engine, r: redis_lib.Redis | None, policy: Policy, job: Shado
             change = apply_decision(s, row, decision, job.job_id)
             if change is not None:
                 changes.append(change)
+                if change.applied:
+                    events += for_route_change(s, policy, change, event_kind(decision)) is not None
+            elif decision.action == "eligible":
+                events += for_eligible(s, policy, cat.name, decision.reason, job.job_id,
+                                       decision.numbers) is not None
         s.commit()
     for change in changes:
         log.warning("category %s: %s %s -> %s: %s", change.category,
@@ -159,4 +168,10 @@ def record(engine: Engine, r: redis_lib.Redis | None, policy: Policy, job: Shado
                     change.to_model, change.reason)
     if any(c.applied for c in changes):
         publish_quietly(r, [row])
-    return Outcome("recorded", decision, changes[-1] if changes else None)
+    return Outcome("recorded", decision, changes[-1] if changes else None, events)
+
+
+def event_kind(decision: Decision) -> str:
+    if decision.pin:
+        return "flap_guard"
+    return "promoted" if decision.action == "promote" else "demoted"

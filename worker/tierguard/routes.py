@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
-from tierguard.db import Category, RouteChange, insert_ignore, session, utcnow
+from tierguard.db import Category, RouteChange, insert_new, session, utcnow
 from tierguard.errors import RouteConflict
 from tierguard.policy import CategoryPolicy, Policy
 
@@ -43,7 +43,7 @@ return 1
 
 def lock_category(s: Session, cat: CategoryPolicy) -> Category:
     """The category's row, created from the policy when missing, locked for this transaction."""
-    insert_ignore(s, Category.__table__, {
+    insert_new(s, Category.__table__, {
         "name": cat.name, "candidate": cat.candidate, "reference": cat.reference,
         "routed_model": cat.initial_route, "pinned": False, "detector_state": {},
         "version": 1, "updated_at": utcnow()})

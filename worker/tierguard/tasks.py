@@ -12,10 +12,13 @@ import redis as redis_lib
 import sqlalchemy as sa
 from celery import Celery, Task
 
+from tierguard.celery_app import DELIVER_TASK
 from tierguard.config import Settings
 from tierguard.db import make_engine
 from tierguard.errors import RetryableCallError
 from tierguard.job import ShadowJob
+from tierguard.monitors import check
+from tierguard.outbox import deliver_due
 from tierguard.policy import load_policy
 from tierguard.shadow import Context, run_job
 
@@ -73,10 +76,29 @@ def shadow(task: Task, job: dict[str, Any]) -> str:
         log.exception("job %s failed unexpectedly; retry %d", parsed.job_id, attempt)
         raise task.retry(countdown=backoff(attempt, None, settings.retry_after_cap),
                          max_retries=None) from err
+    if outcome.events:
+        task.app.send_task(DELIVER_TASK, queue=settings.queue)
     return outcome.status
 
 
+def deliver_alerts(task: Task) -> dict[str, int]:
+    """Send every due alert; run after each event and every few seconds by beat."""
+    ctx = context_for(task.app)
+    return dict(deliver_due(ctx.engine, ctx.policy))
+
+
+def monitor(task: Task) -> int:
+    """The periodic checks; new events are delivered right away."""
+    ctx = context_for(task.app)
+    events = check(ctx.engine, ctx.redis, ctx.policy, task.app.tierguard_settings.queue)
+    if events:
+        deliver_due(ctx.engine, ctx.policy)
+    return events
+
+
 def register(app: Celery) -> None:
-    from tierguard.celery_app import SHADOW_TASK
+    from tierguard.celery_app import DELIVER_TASK, MONITOR_TASK, SHADOW_TASK
 
     app.task(name=SHADOW_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(shadow)
+    app.task(name=DELIVER_TASK, bind=True, ignore_result=True)(deliver_alerts)
+    app.task(name=MONITOR_TASK, bind=True, ignore_result=True)(monitor)

@@ -1,0 +1,87 @@
+"""Events on-call hears about, written to the outbox in the caller's transaction.
+
+An event has a ``key`` that makes it happen once (a route change id, a blind
+episode, …); :func:`emit` inserts it and one ``alert`` row per channel that
+wants it. Every event says what happened, the numbers behind it, what tierguard
+already did and what the on-call engineer can do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session
+
+from tierguard.db import Alert, Event, RouteChange, insert_new, utcnow
+from tierguard.policy import Policy
+
+
+def dashboard_link(policy: Policy, category: str | None) -> str | None:
+    url = policy.alerts.dashboard_url
+    if not url:
+        return None
+    return f"{url}{'&' if '?' in url else '?'}var-category={category}" if category else url
+
+
+def emit(s: Session, policy: Policy, *, key: str, kind: str, category: str | None, summary: str,
+         numbers: dict[str, Any] | None = None, did: str = "", actions: list[str] | None = None,
+         route_change_id: int | None = None) -> int | None:
+    """Insert the event and its outbox rows; None if an event with ``key`` already exists."""
+    severity = policy.alerts.severity(kind)
+    details = {"numbers": numbers or {}, "did": did, "actions": actions or [],
+               "dashboard": dashboard_link(policy, category)}
+    event_id = insert_new(s, Event.__table__, {
+        "key": key, "kind": kind, "category": category, "severity": severity, "summary": summary,
+        "details": details, "route_change_id": route_change_id, "created_at": utcnow()})
+    if event_id is None:
+        return None
+    for channel in policy.alerts.channels:
+        if channel.wants(kind, severity):
+            s.add(Alert(event_id=event_id, channel=channel.name))
+    return event_id
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def for_route_change(s: Session, policy: Policy, change: RouteChange, kind: str) -> int | None:
+    """The event for an applied route change: demoted, promoted, flap_guard or pin_expired."""
+    s.flush()  # the change needs its id
+    name = change.category
+    numbers = {"agreement": change.agreement, "samples": change.samples, "from": change.from_model,
+               "to": change.to_model, **(change.numbers or {})}
+    if kind == "pin_expired":
+        summary = f"{name}: pin expired; the engine decides again"
+        did = f"{name} stays on {change.to_model} until the engine decides otherwise."
+        actions = [f"tierguard pin {name} {change.to_model} --until … --reason …  (to pin again)"]
+    elif kind == "flap_guard":
+        summary = f"{name}: flapping, pinned to {change.to_model}"
+        did = (f"Pinned {name} to {change.to_model}: too many automatic route changes in a short "
+               "time. The engine will not move it until an operator unpins it.")
+        actions = [f"tierguard history {name}", f"tierguard unpin {name}  (when the cause is fixed)"]
+    elif kind == "demoted":
+        summary = (f"{name} demoted: {change.from_model} → {change.to_model} "
+                   f"(agreement {_pct(change.agreement)} over the last {change.samples} samples)")
+        did = (f"Production traffic for {name} now goes to {change.to_model}. The candidate "
+               f"{change.from_model} stays shadowed, so recovery is measured.")
+        actions = [f"tierguard status  (agreement and engine state of {name})",
+                   f"tierguard history {name}",
+                   f"tierguard pin {name} {change.to_model} --reason '…'  "
+                   "(keep it there while you investigate)",
+                   f"tierguard promote {name}  (once status says eligible)"]
+    else:
+        summary = f"{name} promoted: {change.from_model} → {change.to_model}"
+        did = f"Production traffic for {name} goes to {change.to_model} again ({change.actor})."
+        actions = [f"tierguard pin {name} {change.from_model} --reason '…'  (to undo)"]
+    return emit(s, policy, key=f"route_change:{change.id}", kind=kind, category=name,
+                summary=summary, numbers=numbers, did=did, actions=actions,
+                route_change_id=change.id)
+
+
+def for_eligible(s: Session, policy: Policy, category: str, reason: str, episode: str,
+                 numbers: dict[str, Any]) -> int | None:
+    return emit(s, policy, key=f"eligible:{category}:{episode}", kind="eligible", category=category,
+                summary=f"{category} is eligible for promotion back to its candidate",
+                numbers=numbers, did=f"Nothing yet: {reason}.",
+                actions=[f"tierguard promote {category}", "tierguard status"])
