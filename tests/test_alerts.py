@@ -36,7 +36,8 @@ def policy_for(receiver, channels=("webhook", "slack", "pagerduty", "alertmanage
     all_channels = {
         "webhook": {"type": "webhook", "url": receiver.url + "/hook", "secret_env": "TG_WEBHOOK_SECRET"},
         "slack": {"type": "slack", "webhook_url_env": "TG_SLACK_URL"},
-        "pagerduty": {"type": "pagerduty", "routing_key_env": "TG_PD_KEY", "url": receiver.url + "/v2/enqueue"},
+        "pagerduty": {"type": "pagerduty", "routing_key_env": "TG_PD_KEY",
+                      "url": receiver.url + "/v2/enqueue"},
         "alertmanager": {"type": "alertmanager", "url": receiver.url},
     }
     return parse_policy({"defaults": {"min_samples": 5},
@@ -92,7 +93,8 @@ def test_demotion_writes_event_and_alerts_in_its_transaction_and_each_channel_ge
     assert pd.json["routing_key"] == PD_KEY and pd.json["event_action"] == "trigger"
     assert pd.json["dedup_key"] == "tierguard/sentiment/quality"
     payload = pd.json["payload"]
-    assert (payload["severity"], payload["source"], payload["component"]) == ("critical", "tierguard", "sentiment")
+    assert (payload["severity"], payload["source"], payload["component"]) == (
+        "critical", "tierguard", "sentiment")
     assert payload["summary"].startswith("sentiment demoted: claude-haiku-4-5 → claude-opus-4-7")
 
     [am] = by_path(receiver, "/api/v2/alerts")
