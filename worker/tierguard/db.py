@@ -30,6 +30,8 @@ class Category(SQLModel, table=True):
     candidate: str
     reference: str
     routed_model: str
+    threshold: float | None = None    # copied from the policy, for dashboards and alert rules
+    sample_rate: float | None = None  # copied from the policy, to scale sampled costs
     pinned: bool = False
     pin_reason: str | None = None
     pinned_by: str | None = None

@@ -64,6 +64,7 @@ def push(grafana=None, path: Path | None = None) -> dict[str, Any]:
     grafana = grafana or api()
     dashboard = json.loads((path or dashboard_path()).read_text())
     dashboard["id"] = None
+    version = _call(lambda: grafana.version)
     try:
         grafana.folder.get_folder(FOLDER_UID)
     except GrafanaClientError as err:
@@ -74,7 +75,7 @@ def push(grafana=None, path: Path | None = None) -> dict[str, Any]:
                    {"dashboard": dashboard, "folderUid": FOLDER_UID, "overwrite": True,
                     "message": "tierguard grafana push"})
     return {"uid": result.get("uid", dashboard.get("uid")), "url": result.get("url"),
-            "version": result.get("version")}
+            "version": result.get("version"), "grafana": version}
 
 
 def annotate(ch: Channel, event: Event) -> None:

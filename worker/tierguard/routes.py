@@ -46,10 +46,12 @@ def lock_category(s: Session, cat: CategoryPolicy) -> Category:
     insert_new(s, Category.__table__, {
         "name": cat.name, "candidate": cat.candidate, "reference": cat.reference,
         "routed_model": cat.initial_route, "pinned": False, "detector_state": {},
+        "threshold": cat.threshold, "sample_rate": cat.sample_rate,
         "version": 1, "updated_at": utcnow()})
     row = s.exec(select(Category).where(Category.name == cat.name).with_for_update()).one()
-    if (row.candidate, row.reference) != (cat.candidate, cat.reference):
-        row.candidate, row.reference = cat.candidate, cat.reference
+    wanted = (cat.candidate, cat.reference, cat.threshold, cat.sample_rate)
+    if (row.candidate, row.reference, row.threshold, row.sample_rate) != wanted:
+        row.candidate, row.reference, row.threshold, row.sample_rate = wanted
         s.add(row)
     return row
 
