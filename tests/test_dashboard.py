@@ -79,6 +79,9 @@ def test_provisioning_files():
 def filled_db(tmp_path_factory, postgres_server, redis_server):
     """A real pipeline run: wrapper → Redis → worker → simulator → PostgreSQL, with a flip and errors."""
 
+    import redis
+
+    redis.Redis.from_url(redis_server.url).flushall()  # no jobs or routes left by other tests
     tmp = tmp_path_factory.mktemp("dash")
     url = postgres_server.create_database("dashboard")
     upgrade(make_engine(url))

@@ -281,7 +281,8 @@ def worker(concurrency: int | None = typer.Option(None, "--concurrency", "-c",
 
 
 @app.command()
-def demo(seconds: float = typer.Option(45.0, help="how long traffic runs"),
+def demo(minutes: float = typer.Option(1.0, help="how long traffic runs"),
+         seconds: float | None = typer.Option(None, hidden=True),
          rate: float = typer.Option(60.0, help="production calls per second"),
          sample_rate: float = typer.Option(0.5, help="share of calls shadowed"),
          folder: Path = typer.Option(Path("tierguard-demo"), help="where the database and logs go"),
@@ -289,10 +290,29 @@ def demo(seconds: float = typer.Option(45.0, help="how long traffic runs"),
     """Run the whole loop locally (SQLite, private Redis, worker, simulated models) and show a flip."""
     from tierguard.demo import run
 
-    result = run(seconds=seconds, rate=rate, sample_rate=sample_rate, folder=folder,
+    result = run(seconds=seconds or minutes * 60, rate=rate, sample_rate=sample_rate, folder=folder,
                  as_json=as_json, console=err_console if as_json else console)
     if as_json:
         _emit(result)
+
+
+@app.command()
+def report(since: str = typer.Option("24h", help="period: 90m, 24h, 7d…"),
+           out: Path = typer.Option(Path("report.png"), help="PNG to write"),
+           as_json: bool = JsonOpt) -> None:
+    """A PNG: agreement over time with thresholds and flips, current routes, spend vs savings."""
+    from tierguard.report import gather, parse_since, render, summary
+
+    _, _, engine = _env()
+    data = gather(engine, parse_since(since))
+    render(data, out)
+    result = summary(data, out)
+    if as_json:
+        _emit(result)
+    else:
+        console.print(f"report written to [bold]{result['out']}[/] ({result['changes']} route "
+                      f"change(s); shadow spend ${result['shadow_spend_usd']:.4f}, estimated "
+                      f"savings ${result['savings_usd_est']:.4f})")
 
 
 @bench_app.command("engine")

@@ -1,31 +1,38 @@
 """``tierguard demo``: the whole loop on the embedded default, in one process tree.
 
-SQLite in ``./tierguard-demo/``, a private Redis, one Celery worker process,
-simulated models, and production-like traffic over three categories; the
-candidate for ``ticket-routing`` degrades partway and tierguard flips it back
-to the reference. Every process the demo starts is stopped at the end.
+SQLite in ``./tierguard-demo/``, a private Redis, a Celery worker and beat,
+simulated models, a local webhook sink standing in for on-call, and
+production-like traffic over three categories; the candidate for
+``ticket-routing`` degrades partway and tierguard flips it back to the
+reference and pages. Every process the demo starts is stopped at the end.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import yaml
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 from sqlmodel import select
 
 from tierguard.config import get_settings
 from tierguard.db import RouteChange, Sample, make_engine, session, upgrade
+from tierguard.errors import TierguardError
 from tierguard.policy import load_policy
 from tierguard.servers import RedisServer
 from tierguard.simulate import Scenario, SimServer
@@ -55,8 +62,27 @@ def scenario(drift_after: int) -> dict[str, Any]:
                            "drift": {"after": drift_after, "agreement": 0.70}}}}
 
 
-def policy(sample_rate: float) -> dict[str, Any]:
+class _Sink(BaseHTTPRequestHandler):
+    """The on-call stand-in: a webhook receiver that keeps what it is sent."""
+
+    received: list[dict[str, Any]] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            self.received.append(json.loads(body))
+        except ValueError:
+            pass
+        self.send_response(204)
+        self.end_headers()
+
+
+def policy(sample_rate: float, sink_url: str) -> dict[str, Any]:
     return {"models": {"candidate": "claude-haiku-4-5", "reference": "claude-opus-4-7"},
+            "alerts": {"channels": [{"type": "webhook", "name": "on-call", "url": sink_url}]},
             "defaults": {"sample_rate": sample_rate, "threshold": 0.90, "min_samples": 50},
             "categories": {
                 "sentiment": {"comparator": {"type": "label", "labels": LABELS}},
@@ -76,7 +102,8 @@ def _bar(value: float | None, threshold: float, width: int = 20) -> str:
     return f"[{colour}]{''.join(cells)} {value:.1%}[/]"
 
 
-def render(cats: dict[str, dict], changes: list[RouteChange], elapsed: float, calls: int) -> Table:
+def render(cats: dict[str, dict], changes: list[RouteChange], elapsed: float, calls: int,
+           alerts: list[dict[str, Any]]) -> Group:
     table = Table(title=f"tierguard demo — {elapsed:4.0f}s, {calls} production calls",
                   caption="| marks the 90% threshold; agreement ≈ last 200 comparisons; "
                           "CUSUM = evidence of a drop, 100% flips")
@@ -89,10 +116,12 @@ def render(cats: dict[str, dict], changes: list[RouteChange], elapsed: float, ca
                       f"{c['statistic']:.0%}" if c["watching"].startswith("candidate") else "—",
                       f"[bold red]→ {flip.to_model}[/] ({flip.agreement:.1%} over {flip.samples})"
                       if flip else "")
-    return table
+    lines = [Text.assemble(("alert → on-call ", "bold red"), f"({a['severity']}) {a['summary']}")
+             for a in alerts[-3:]] or [Text("no alert sent yet", style="dim")]
+    return Group(table, *lines)
 
 
-def run(seconds: float = 45.0, rate: float = 60.0, sample_rate: float = 0.5,
+def run(seconds: float = 60.0, rate: float = 60.0, sample_rate: float = 0.5,
         folder: Path = Path("tierguard-demo"), as_json: bool = False,
         console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
@@ -100,12 +129,17 @@ def run(seconds: float = 45.0, rate: float = 60.0, sample_rate: float = 0.5,
     db_path = folder / "tierguard.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
-    policy_path = folder / "tierguard.yaml"
-    policy_path.write_text(yaml.safe_dump(policy(sample_rate), sort_keys=False))
     drift_after = int(rate * seconds / 3 * 0.4)  # ticket-routing degrades 40% into the run
     live_view = console.is_terminal and not as_json
-    redis = sim = worker = None
+    redis = sim = worker = beat = sink = None
+    _Sink.received = []
+    started = time.monotonic()
     try:
+        sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+        threading.Thread(target=sink.serve_forever, daemon=True).start()
+        policy_path = folder / "tierguard.yaml"
+        policy_path.write_text(yaml.safe_dump(
+            policy(sample_rate, f"http://127.0.0.1:{sink.server_address[1]}/hook"), sort_keys=False))
         redis = RedisServer().start()
         sim = SimServer(Scenario.from_dict(scenario(drift_after))).start_background()
         env = {"TIERGUARD_DATABASE_URL": f"sqlite:///{db_path.resolve()}",
@@ -119,6 +153,9 @@ def run(seconds: float = 45.0, rate: float = 60.0, sample_rate: float = 0.5,
         log = open(folder / "worker.log", "w")
         worker = subprocess.Popen([sys.executable, "-m", "tierguard", "worker", "-c", "16"],
                                   env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+        beat = subprocess.Popen([sys.executable, "-m", "tierguard", "beat"],
+                                env={**os.environ, **env}, stdout=open(folder / "beat.log", "w"),
+                                stderr=subprocess.STDOUT)
         from tierguard.client import ShadowedAnthropic
 
         client = ShadowedAnthropic(anthropic.Anthropic(max_retries=2), settings=settings)
@@ -126,15 +163,42 @@ def run(seconds: float = 45.0, rate: float = 60.0, sample_rate: float = 0.5,
         calls = _traffic(client, rate, seconds, console, live_view, engine, pol)
         client.tierguard_flush(10)
         _drain(engine, client.tierguard_stats().get("published", 0), timeout=30)
+        _wait_for_alerts(engine, timeout=15)
         client.tierguard_close()
         result = summary(engine, pol)
         result["production_calls"] = calls
+        result["alerts"] = [{"event": a["event"], "severity": a["severity"], "summary": a["summary"]}
+                            for a in _Sink.received]
+        report = folder / "report.png"
+        try:
+            from tierguard.report import gather
+            from tierguard.report import render as render_report
+
+            render_report(gather(engine, dt.timedelta(seconds=time.monotonic() - started + 60)),
+                          report)
+            result["report"] = str(report.resolve())
+        except TierguardError as err:  # matplotlib missing: the demo still ends well
+            console.print(f"[yellow]no report: {err}[/]")
+        result["database"] = str(db_path.resolve())
     finally:
-        for stop in (lambda: worker and _stop_process(worker), lambda: sim and sim.stop(),
-                     lambda: redis and redis.stop()):
+        for stop in (lambda: worker and _stop_process(worker), lambda: beat and _stop_process(beat),
+                     lambda: sim and sim.stop(), lambda: redis and redis.stop(),
+                     lambda: sink and (sink.shutdown(), sink.server_close())):
             stop()
     _print_summary(console, result, folder)
     return result
+
+
+def _wait_for_alerts(engine, timeout: float) -> None:
+    """Give the outbox a moment to deliver what the last flips produced."""
+    from tierguard.db import Alert
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with session(engine) as s:
+            if not s.exec(select(Alert).where(Alert.status != "delivered")).first():
+                return
+        time.sleep(0.2)
 
 
 def _traffic(client, rate, seconds, console, live_view, engine, pol) -> int:
@@ -165,16 +229,16 @@ def _traffic(client, rate, seconds, console, live_view, engine, pol) -> int:
                 next_view = elapsed + 0.5
                 cats, changes = _snapshot(engine, pol)
                 if live:
-                    live.update(render(cats, changes, elapsed, count[0]))
+                    live.update(render(cats, changes, elapsed, count[0], _Sink.received))
                 elif elapsed >= next_line:
                     next_line += 10
                     console.print(f"{elapsed:3.0f}s: {count[0]} calls, "
                                   f"{sum(c['samples'] for c in cats.values())} samples, "
-                                  f"{len(changes)} flip(s)")
+                                  f"{len(changes)} flip(s), {len(_Sink.received)} alert(s)")
             time.sleep(max(0.0, start + i / rate - time.monotonic()))
     if live:
         cats, changes = _snapshot(engine, pol)
-        live.update(render(cats, changes, time.monotonic() - start, count[0]))
+        live.update(render(cats, changes, time.monotonic() - start, count[0], _Sink.received))
         live.stop()
     return count[0]
 
@@ -215,12 +279,18 @@ def _print_summary(console: Console, result: dict[str, Any], folder: Path) -> No
             console.print(f"[bold red]FLIP[/] {c['category']}: {c['from']} → {c['to']} — {c['reason']}")
     else:
         console.print("[yellow]no category flipped[/]")
+    for a in result.get("alerts", []):
+        console.print(f"[bold]alert sent to on-call[/] ({a['severity']}): {a['summary']}")
     for name, c in result["categories"].items():
         agreement = "—" if c["agreement"] is None else f"{c['agreement']:.1%}"
         console.print(f"  {name:<20} served by {c['route']:<18} {c['samples']:>5} samples, "
                       f"agreement {agreement}")
-    console.print(f"database: {(folder / 'tierguard.db').resolve()}  "
-                  f"worker log: {(folder / 'worker.log').resolve()}")
+    console.print(f"database: {result.get('database')}")
+    if result.get("report"):
+        console.print(f"report:   {result['report']}")
+    console.print(f"logs:     {(folder / 'worker.log').resolve()}, {(folder / 'beat.log').resolve()}")
+    console.print("look around: TIERGUARD_DATABASE_URL=sqlite:///"
+                  f"{result.get('database')} tierguard status | history | alerts list")
 
 
 def _stop_process(proc: subprocess.Popen) -> None:
