@@ -367,6 +367,28 @@ class _nothing:
 
 
 @app.command()
+def ping(timeout: float = typer.Option(5.0, help="seconds to wait for replies"),
+         local: bool = typer.Option(True, help="only count workers on this host (k8s probes)"),
+         as_json: bool = JsonOpt) -> None:
+    """Ask the workers over the broker whether they are alive; exit 1 if none answers."""
+    import socket
+
+    from tierguard.celery_app import make_celery
+    from tierguard.config import get_settings
+
+    replies = make_celery(get_settings()).control.ping(timeout=timeout) or []
+    names = [name for reply in replies for name in reply]
+    if local:
+        names = [n for n in names if n.endswith("@" + socket.gethostname())]
+    if as_json:
+        _emit({"workers": names})
+    else:
+        console.print("\n".join(names) or "[red]no worker answered[/]")
+    if not names:
+        raise typer.Exit(1)
+
+
+@app.command()
 def beat(loglevel: str = "INFO") -> None:
     """Run Celery beat (exactly one per deployment): alert redelivery and the periodic checks."""
     import tempfile
