@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,6 +78,8 @@ def test_demo_flips_the_drifting_category_and_cleans_up(tmp_path):
     assert cats["sentiment"]["route"] == cats["invoice-extraction"]["route"] == "claude-haiku-4-5"
     assert all(c["samples"] > 100 for c in cats.values())
     assert (tmp_path / "tierguard-demo" / "tierguard.db").exists()
+    assert [(a["event"], a["severity"]) for a in result["alerts"]] == [("demoted", "critical")]
+    assert result["report"].endswith("report.png") and Path(result["report"]).stat().st_size > 10_000
     assert processes("tierguard worker") == []
     assert processes("redis-server") == redis_before
 
