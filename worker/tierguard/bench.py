@@ -125,3 +125,229 @@ def replay_figures(samples: int = 200_000) -> dict[str, Any]:
     return {"samples": samples, "seconds": round(elapsed, 3),
             "samples_per_s": round(samples / elapsed), "goal_samples_per_s": 20_000,
             "changes": len(result["changes"])}
+
+
+class _TimedMessages:
+    """Records how long each inner SDK call takes, so the wrapper's own cost can be isolated."""
+
+    def __init__(self, messages: Any):
+        self._messages = messages
+        self.last = 0.0
+
+    def create(self, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self._messages.create(**kwargs)
+        finally:
+            self.last = time.perf_counter() - t0
+
+
+class _TimedClient:
+    def __init__(self, sdk: Any):
+        self.messages = _TimedMessages(sdk.messages)
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q))
+
+
+def hotpath_figures(calls: int = 5000, sample_rate: float = 0.05) -> dict[str, Any]:
+    """The wrapper against the bare SDK call on a local zero-latency Messages API, interleaved."""
+    import tempfile
+
+    import anthropic
+
+    from tierguard.client import ShadowedAnthropic
+    from tierguard.config import get_settings
+    from tierguard.db import make_engine, upgrade
+    from tierguard.policy import parse_policy
+    from tierguard.servers import RedisServer, free_port
+    from tierguard.simulate import Scenario, SimServer
+
+    sim = SimServer(Scenario()).start_background()
+    redis = RedisServer().start()
+    folder = tempfile.mkdtemp(prefix="tierguard-bench-")
+    db_url = f"sqlite:///{folder}/bench.db"
+    upgrade(make_engine(db_url))
+    policy = parse_policy({"defaults": {"sample_rate": sample_rate}})
+    request = {"category": "bench", "max_tokens": 16, "system": "bench: classify",
+               "messages": [{"role": "user", "content": "The parcel arrived damaged."}]}
+    bare_request = {k: v for k, v in request.items() if k != "category"} | {"model": "claude-haiku-4-5"}
+
+    def measure(redis_url: str, n: int) -> tuple[list[float], list[float], list[float], dict]:
+        sdk = anthropic.Anthropic(base_url=sim.base_url, api_key="sk-bench", max_retries=0)
+        timed = _TimedClient(sdk)
+        wrapped = ShadowedAnthropic(timed, settings=get_settings(redis_url=redis_url, database_url=db_url),
+                                    policy=policy)
+        bare_t, wrapped_t, added = [], [], []
+        for i in range(200):  # warm-up: connections, caches, the route table
+            sdk.messages.create(**bare_request)
+            wrapped.messages.create(**request)
+        for i in range(n):
+            for first in ((True, False) if i % 2 else (False, True)):
+                t0 = time.perf_counter()
+                if first:
+                    sdk.messages.create(**bare_request)
+                    bare_t.append(time.perf_counter() - t0)
+                else:
+                    wrapped.messages.create(**request)
+                    total = time.perf_counter() - t0
+                    wrapped_t.append(total)
+                    added.append(total - timed.messages.last)
+        wrapped.tierguard_flush(10)
+        stats = wrapped.tierguard_stats()
+        wrapped.tierguard_close()
+        return bare_t, wrapped_t, added, stats
+
+    try:
+        bare_t, wrapped_t, added, stats = measure(redis.url, calls)
+        _, _, added_down, stats_down = measure(f"redis://127.0.0.1:{free_port()}/0", calls)
+    finally:
+        redis.stop()
+        sim.stop()
+    us = 1e6
+    return {
+        "calls_each": calls, "sample_rate": sample_rate,
+        "median_ratio": round(_pct(wrapped_t, 50) / _pct(bare_t, 50), 4),
+        "bare_median_us": round(_pct(bare_t, 50) * us, 1),
+        "wrapped_median_us": round(_pct(wrapped_t, 50) * us, 1),
+        "p50_added_us": round(_pct(added, 50) * us, 1),
+        "p99_added_us": round(_pct(added, 99) * us, 1),
+        "max_added_us": round(max(added) * us, 1),
+        "redis_down_p50_added_us": round(_pct(added_down, 50) * us, 1),
+        "redis_down_p99_added_us": round(_pct(added_down, 99) * us, 1),
+        "published": stats.get("published", 0),
+        "redis_down_dropped": stats_down.get("dropped_broker_down", 0),
+        "goals": {"median_ratio": 1.02, "p99_added_us": 200, "redis_down_p99_added_us": 1000},
+    }
+
+
+def pipeline_figures(seconds: float = 20.0, rate: float = 700.0, workers: int = 1,
+                     concurrency: int = 400, latency_ms: float = 1000.0,
+                     categories: int = 8) -> dict[str, Any]:
+    """Enqueue at ``rate`` jobs/s for ``seconds``; workers call a simulator that answers in
+    ``latency_ms``, compare and write PostgreSQL rows. Throughput is measured after a warm-up."""
+    import datetime as dt
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    import uuid
+
+    import sqlalchemy as sa
+    import yaml
+
+    from tierguard.celery_app import SHADOW_TASK, make_celery
+    from tierguard.config import get_settings
+    from tierguard.db import Sample, make_engine, session, upgrade
+    from tierguard.servers import PostgresServer, RedisServer
+    from tierguard.simulate import Scenario, SimServer
+
+    labels = ["A1", "B2", "C3"]
+    names = [f"bench-{i}" for i in range(categories)]
+    sim = SimServer(Scenario.from_dict({"latency_ms": latency_ms, "categories": {
+        n: {"kind": "label", "labels": labels, "agreement": 0.99} for n in names}})).start_background()
+    in_flight = {"now": 0, "max": 0}
+    original = sim.sim.answer
+    lock = threading.Lock()
+
+    def counting(body: dict[str, Any]) -> tuple[str, str]:  # answer() runs after the latency
+        with lock:
+            in_flight["now"] -= 1
+        return original(body)
+
+    sim.sim.answer = counting  # type: ignore[method-assign]
+    original_failure = sim.sim.next_failure
+
+    def arriving() -> Any:  # next_failure() runs when the request arrives
+        with lock:
+            in_flight["now"] += 1
+            in_flight["max"] = max(in_flight["max"], in_flight["now"])
+        return original_failure()
+
+    sim.sim.next_failure = arriving  # type: ignore[method-assign]
+    redis = RedisServer().start()
+    pg = PostgresServer().start()
+    folder = tempfile.mkdtemp(prefix="tierguard-bench-")
+    procs: list[subprocess.Popen] = []
+    try:
+        db_url = pg.create_database("bench")
+        upgrade(make_engine(db_url))
+        policy_path = os.path.join(folder, "tierguard.yaml")
+        with open(policy_path, "w") as f:
+            yaml.safe_dump({"defaults": {"sample_rate": 1.0}, "categories": {
+                n: {"comparator": {"type": "label", "labels": labels}} for n in names}}, f)
+        env = {**os.environ, "TIERGUARD_DATABASE_URL": db_url, "TIERGUARD_REDIS_URL": redis.url,
+               "TIERGUARD_POLICY": policy_path, "ANTHROPIC_BASE_URL": sim.base_url,
+               "ANTHROPIC_API_KEY": "sk-bench"}
+        for i in range(workers):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tierguard", "worker", "-c", str(concurrency),
+                 "--loglevel", "WARNING"],
+                env=env, stdout=open(os.path.join(folder, f"worker-{i}.log"), "w"),
+                stderr=subprocess.STDOUT))
+        app = make_celery(get_settings(redis_url=redis.url))
+        ready_by = time.monotonic() + 60
+        while len(app.control.ping(timeout=0.5) or []) < workers:
+            dead = [p for p in procs if p.poll() is not None]
+            if dead or time.monotonic() > ready_by:
+                raise RuntimeError(f"workers did not start; see {folder}/worker-*.log")
+        sent = [0]
+        stop = threading.Event()
+
+        def produce() -> None:
+            start = time.monotonic()
+            with app.producer_or_acquire() as producer:
+                while not stop.is_set() and time.monotonic() - start < seconds:
+                    i = sent[0]
+                    job = {"job_id": uuid.uuid4().hex, "category": names[i % len(names)],
+                           "served_model": "claude-haiku-4-5", "shadow_model": "claude-opus-4-7",
+                           "request": {"max_tokens": 8, "system": f"{names[i % len(names)]}: label",
+                                       "messages": [{"role": "user", "content": f"item {i}"}]},
+                           "primary_text": labels[i % 3], "requested_at": dt.datetime.now(dt.UTC).isoformat()}
+                    app.send_task(SHADOW_TASK, args=[job], task_id=job["job_id"], producer=producer)
+                    sent[0] += 1
+                    time.sleep(max(0.0, start + sent[0] / rate - time.monotonic()))
+
+        t_start = time.time()
+        producer_thread = threading.Thread(target=produce)
+        producer_thread.start()
+        producer_thread.join()
+        engine = make_engine(db_url)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with session(engine) as s:
+                done = s.execute(sa.select(sa.func.count()).select_from(Sample)).scalar_one()
+            if done >= sent[0]:
+                break
+            time.sleep(0.5)
+        warm = dt.datetime.fromtimestamp(t_start + 3, dt.UTC)
+        end = dt.datetime.fromtimestamp(t_start + seconds, dt.UTC)
+        with session(engine) as s:
+            rows = s.execute(sa.select(Sample.created_at, Sample.requested_at, Sample.shadow_latency_ms,
+                                       Sample.error)).all()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        sim.stop()
+        redis.stop()
+        pg.destroy()
+
+    def aware(t: dt.datetime) -> dt.datetime:
+        return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+    in_window = [r for r in rows if warm <= aware(r[0]) <= end]
+    delays = [(aware(r[0]) - aware(r[1])).total_seconds() - (r[2] or 0) / 1000 for r in rows if r[1]]
+    return {"workers": workers, "concurrency": concurrency, "offered_per_s": rate,
+            "seconds": seconds, "sent": sent[0], "recorded": len(rows),
+            "errors": sum(1 for r in rows if r[3]),
+            "comparisons_per_s": round(len(in_window) / (end - warm).total_seconds(), 1),
+            "in_flight_max": in_flight["max"],
+            "p95_queue_delay_s": round(_pct(delays, 95), 3) if delays else None,
+            "shadow_latency_ms": latency_ms, "goal_comparisons_per_s": 500}
