@@ -180,7 +180,7 @@ def hotpath_figures(calls: int = 5000, sample_rate: float = 0.05) -> dict[str, A
         wrapped = ShadowedAnthropic(timed, settings=get_settings(redis_url=redis_url, database_url=db_url),
                                     policy=policy)
         bare_t, wrapped_t, added = [], [], []
-        for i in range(200):  # warm-up: connections, caches, the route table
+        for _ in range(200):  # warm-up: connections, caches, the route table
             sdk.messages.create(**bare_request)
             wrapped.messages.create(**request)
         for i in range(n):
