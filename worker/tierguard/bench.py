@@ -238,39 +238,26 @@ def pipeline_figures(seconds: float = 20.0, rate: float = 700.0, workers: int = 
     import sqlalchemy as sa
     import yaml
 
-    from tierguard.celery_app import SHADOW_TASK, make_celery
+    from tierguard.celery_app import BATCH_TASK, make_celery
     from tierguard.config import get_settings
     from tierguard.db import Sample, make_engine, session, upgrade
-    from tierguard.servers import PostgresServer, RedisServer
-    from tierguard.simulate import Scenario, SimServer
+    from tierguard.servers import PostgresServer, RedisServer, free_port
 
     labels = ["A1", "B2", "C3"]
     names = [f"bench-{i}" for i in range(categories)]
-    sim = SimServer(Scenario.from_dict({"latency_ms": latency_ms, "categories": {
-        n: {"kind": "label", "labels": labels, "agreement": 0.99} for n in names}})).start_background()
-    in_flight = {"now": 0, "max": 0}
-    original = sim.sim.answer
-    lock = threading.Lock()
-
-    def counting(body: dict[str, Any]) -> tuple[str, str]:  # answer() runs after the latency
-        with lock:
-            in_flight["now"] -= 1
-        return original(body)
-
-    sim.sim.answer = counting  # type: ignore[method-assign]
-    original_failure = sim.sim.next_failure
-
-    def arriving() -> Any:  # next_failure() runs when the request arrives
-        with lock:
-            in_flight["now"] += 1
-            in_flight["max"] = max(in_flight["max"], in_flight["now"])
-        return original_failure()
-
-    sim.sim.next_failure = arriving  # type: ignore[method-assign]
+    folder = tempfile.mkdtemp(prefix="tierguard-bench-")
+    scenario = os.path.join(folder, "scenario.yaml")
+    with open(scenario, "w") as f:
+        yaml.safe_dump({"latency_ms": latency_ms, "categories": {
+            n: {"kind": "label", "labels": labels, "agreement": 0.99} for n in names}}, f)
+    sim_port = free_port()
+    sim_url = f"http://127.0.0.1:{sim_port}"
+    sim = subprocess.Popen([sys.executable, "-m", "tierguard", "simulate", "serve", "--port",
+                            str(sim_port), "--scenario", scenario], stdout=subprocess.DEVNULL,
+                           stderr=open(os.path.join(folder, "simulator.log"), "w"))
     redis = RedisServer().start()
     pg = PostgresServer().start()
-    folder = tempfile.mkdtemp(prefix="tierguard-bench-")
-    procs: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen] = [sim]
     try:
         db_url = pg.create_database("bench")
         upgrade(make_engine(db_url))
@@ -279,7 +266,7 @@ def pipeline_figures(seconds: float = 20.0, rate: float = 700.0, workers: int = 
             yaml.safe_dump({"defaults": {"sample_rate": 1.0}, "categories": {
                 n: {"comparator": {"type": "label", "labels": labels}} for n in names}}, f)
         env = {**os.environ, "TIERGUARD_DATABASE_URL": db_url, "TIERGUARD_REDIS_URL": redis.url,
-               "TIERGUARD_POLICY": policy_path, "ANTHROPIC_BASE_URL": sim.base_url,
+               "TIERGUARD_POLICY": policy_path, "ANTHROPIC_BASE_URL": sim_url,
                "ANTHROPIC_API_KEY": "sk-bench"}
         for i in range(workers):
             procs.append(subprocess.Popen(
@@ -291,24 +278,32 @@ def pipeline_figures(seconds: float = 20.0, rate: float = 700.0, workers: int = 
         ready_by = time.monotonic() + 60
         while len(app.control.ping(timeout=0.5) or []) < workers:
             dead = [p for p in procs if p.poll() is not None]
+            time.sleep(0.2)
             if dead or time.monotonic() > ready_by:
                 raise RuntimeError(f"workers did not start; see {folder}/worker-*.log")
         sent = [0]
         stop = threading.Event()
 
-        def produce() -> None:
+        def produce() -> None:  # as the wrapper's publisher does: batches of up to 50 jobs
             start = time.monotonic()
             with app.producer_or_acquire() as producer:
                 while not stop.is_set() and time.monotonic() - start < seconds:
-                    i = sent[0]
-                    job = {"job_id": uuid.uuid4().hex, "category": names[i % len(names)],
-                           "served_model": "claude-haiku-4-5", "shadow_model": "claude-opus-4-7",
-                           "request": {"max_tokens": 8, "system": f"{names[i % len(names)]}: label",
-                                       "messages": [{"role": "user", "content": f"item {i}"}]},
-                           "primary_text": labels[i % 3], "requested_at": dt.datetime.now(dt.UTC).isoformat()}
-                    app.send_task(SHADOW_TASK, args=[job], task_id=job["job_id"], producer=producer)
-                    sent[0] += 1
-                    time.sleep(max(0.0, start + sent[0] / rate - time.monotonic()))
+                    due = min(int((time.monotonic() - start) * rate) + 1, int(seconds * rate))
+                    batch = []
+                    while sent[0] < due and len(batch) < 50:
+                        i = sent[0]
+                        batch.append({
+                            "job_id": uuid.uuid4().hex, "category": names[i % len(names)],
+                            "served_model": "claude-haiku-4-5", "shadow_model": "claude-opus-4-7",
+                            "request": {"max_tokens": 8, "system": f"{names[i % len(names)]}: label",
+                                        "messages": [{"role": "user", "content": f"item {i}"}]},
+                            "primary_text": labels[i % 3],
+                            "requested_at": dt.datetime.now(dt.UTC).isoformat()})
+                        sent[0] += 1
+                    if batch:
+                        app.send_task(BATCH_TASK, args=[batch], task_id=batch[0]["job_id"],
+                                      producer=producer)
+                    time.sleep(0.01)
 
         t_start = time.time()
         producer_thread = threading.Thread(target=produce)
@@ -327,6 +322,10 @@ def pipeline_figures(seconds: float = 20.0, rate: float = 700.0, workers: int = 
         with session(engine) as s:
             rows = s.execute(sa.select(Sample.created_at, Sample.requested_at, Sample.shadow_latency_ms,
                                        Sample.error)).all()
+        import urllib.request
+
+        with urllib.request.urlopen(sim_url + "/_sim/stats") as response:
+            in_flight_max = json.loads(response.read())["in_flight_max"]
     finally:
         for p in procs:
             p.terminate()
@@ -335,7 +334,6 @@ def pipeline_figures(seconds: float = 20.0, rate: float = 700.0, workers: int = 
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
-        sim.stop()
         redis.stop()
         pg.destroy()
 
@@ -348,6 +346,8 @@ def pipeline_figures(seconds: float = 20.0, rate: float = 700.0, workers: int = 
             "seconds": seconds, "sent": sent[0], "recorded": len(rows),
             "errors": sum(1 for r in rows if r[3]),
             "comparisons_per_s": round(len(in_window) / (end - warm).total_seconds(), 1),
-            "in_flight_max": in_flight["max"],
+            "in_flight_max": in_flight_max,
             "p95_queue_delay_s": round(_pct(delays, 95), 3) if delays else None,
+            "shadow_call_p50_ms": round(_pct([r[2] for r in rows if r[2]], 50), 1) if rows else None,
+            "shadow_call_p95_ms": round(_pct([r[2] for r in rows if r[2]], 95), 1) if rows else None,
             "shadow_latency_ms": latency_ms, "goal_comparisons_per_s": 500}

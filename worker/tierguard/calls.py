@@ -89,3 +89,16 @@ def call_model(client: anthropic.Anthropic, model: str, request: dict[str, Any])
     latency = (time.perf_counter() - t0) * 1000
     inp, out = usage_of(message)
     return Answer(message_text(message), inp, out, latency)
+
+
+async def call_model_async(client: anthropic.AsyncAnthropic, model: str,
+                           request: dict[str, Any]) -> Answer:
+    params = {k: v for k, v in request.items() if k not in ("model", "stream")}
+    t0 = time.perf_counter()
+    try:
+        message = await client.messages.create(model=model, **params)
+    except anthropic.AnthropicError as err:
+        raise classify(err) from None
+    latency = (time.perf_counter() - t0) * 1000
+    inp, out = usage_of(message)
+    return Answer(message_text(message), inp, out, latency)

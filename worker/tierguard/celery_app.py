@@ -7,6 +7,7 @@ from celery import Celery
 from tierguard.config import Settings
 
 SHADOW_TASK = "tierguard.shadow"
+BATCH_TASK = "tierguard.shadow_batch"
 DELIVER_TASK = "tierguard.deliver_alerts"
 MONITOR_TASK = "tierguard.monitor"
 

@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     route_ttl: float = Field(1.0, gt=0, description="seconds between route refreshes")
     publish_buffer: int = Field(10_000, gt=0, description="shadow jobs held before dropping")
     # Worker side.
-    worker_concurrency: int = Field(64, gt=0)
+    worker_concurrency: int = Field(64, gt=0, description="Celery task threads per process")
+    max_in_flight: int = Field(1024, ge=32, description="shadow calls in flight per process")
     shadow_timeout: float = Field(45.0, gt=0, description="seconds per shadow model call")
     shadow_max_attempts: int = Field(6, gt=0)
     retry_after_cap: float = Field(30.0, gt=0)

@@ -1,9 +1,10 @@
 """Hands shadow jobs to Celery from a background thread, so callers never wait on Redis.
 
 ``submit`` is a non-blocking put into a bounded queue; a full queue drops the
-job and counts it. The publishing thread builds the job (hashing, JSON) and
-sends it; when Redis is unreachable it drops, counts, and retries the broker
-after a short pause instead of queueing without bound.
+job and counts it. The publishing thread builds the jobs (hashing, JSON) and
+sends up to ``batch_size`` of them, gathered for at most ``batch_wait`` s, as one
+``shadow_batch`` message; when Redis is unreachable it drops, counts, and tries
+the broker again after a short pause instead of queueing without bound.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections import Counter
 from typing import Any
 
 from tierguard.calls import message_text, usage_of
-from tierguard.celery_app import SHADOW_TASK, make_celery
+from tierguard.celery_app import BATCH_TASK, make_celery
 from tierguard.config import Settings
 from tierguard.job import ShadowJob
 
@@ -51,8 +52,10 @@ def build_job(category: str, served: str, shadow: str, request: dict[str, Any], 
 
 
 class Publisher:
-    def __init__(self, settings: Settings, broker_pause: float = 1.0):
+    def __init__(self, settings: Settings, broker_pause: float = 1.0, batch_size: int = 50,
+                 batch_wait: float = 0.02):
         self.settings = settings
+        self.batch_size, self.batch_wait = batch_size, batch_wait
         self.queue: queue.Queue[tuple] = queue.Queue(maxsize=settings.publish_buffer)
         self.counts: Counter[str] = Counter()
         self.broker_pause = broker_pause
@@ -81,10 +84,10 @@ class Publisher:
             self._last_warning = now
             log.warning("tierguard: %s (counts so far: %s)", message, dict(self.counts))
 
-    def _send(self, job: ShadowJob) -> None:
+    def _send(self, jobs: list[ShadowJob]) -> None:
         if self._app is None:
             self._app = make_celery(self.settings)
-        self._app.send_task(SHADOW_TASK, args=[job.to_dict()], task_id=job.job_id,
+        self._app.send_task(BATCH_TASK, args=[[j.to_dict() for j in jobs]], task_id=jobs[0].job_id,
                             queue=self.settings.queue, retry=False)
 
     def count_call(self, category: str) -> None:
@@ -118,29 +121,39 @@ class Publisher:
             if time.monotonic() - self._traffic_flushed > TRAFFIC_FLUSH_SECONDS:
                 self._flush_traffic()
             try:
-                item = self.queue.get(timeout=0.2)
+                items = [self.queue.get(timeout=0.2)]
             except queue.Empty:
                 continue
+            deadline = time.monotonic() + self.batch_wait
+            while len(items) < self.batch_size and (left := deadline - time.monotonic()) > 0:
+                try:
+                    items.append(self.queue.get(timeout=left))
+                except queue.Empty:
+                    break
             try:
-                self._publish(item)
+                self._publish(items)
             finally:
-                self.queue.task_done()
+                for _ in items:
+                    self.queue.task_done()
 
-    def _publish(self, item: tuple) -> None:
+    def _publish(self, items: list[tuple]) -> None:
         if time.monotonic() < self._down_until:
-            self.counts["dropped_broker_down"] += 1
+            self.counts["dropped_broker_down"] += len(items)
+            return
+        jobs = []
+        for item in items:
+            try:
+                jobs.append(build_job(*item))
+            except Exception:
+                self.counts["dropped_unserializable"] += 1
+                log.exception("tierguard: could not build a shadow job")
+        if not jobs:
             return
         try:
-            job = build_job(*item)
-        except Exception:
-            self.counts["dropped_unserializable"] += 1
-            log.exception("tierguard: could not build a shadow job")
-            return
-        try:
-            self._send(job)
-            self.counts["published"] += 1
+            self._send(jobs)
+            self.counts["published"] += len(jobs)
         except Exception as err:  # kombu/redis errors vary by failure mode
-            self.counts["dropped_broker_down"] += 1
+            self.counts["dropped_broker_down"] += len(jobs)
             self._down_until = time.monotonic() + self.broker_pause
             self._warn(f"cannot publish to the broker ({type(err).__name__}: {err})")
 

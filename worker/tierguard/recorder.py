@@ -19,7 +19,7 @@ from sqlmodel import Session
 
 from tierguard.calls import content_text
 from tierguard.comparators import Verdict
-from tierguard.db import Category, RouteChange, Sample, insert_new, session, utcnow
+from tierguard.db import Category, RouteChange, Sample, session, utcnow
 from tierguard.detector import Decision, Situation
 from tierguard.errors import RouteConflict
 from tierguard.events import for_eligible, for_route_change
@@ -127,48 +127,105 @@ def apply_decision(s: Session, row: Category, decision: Decision, trigger_job_id
         return None
 
 
+@dataclass(frozen=True)
+class Result:
+    """One finished shadow job waiting to be recorded."""
+
+    job: ShadowJob
+    answer: Answer | None
+    verdict: Verdict | None
+    error: tuple[str, str] | None
+    attempt: int
+    kind: str = "shadow"
+
+
 def record(engine: Engine, r: redis_lib.Redis | None, policy: Policy, job: ShadowJob,
            answer: Answer | None, verdict: Verdict | None, error: tuple[str, str] | None,
            attempt: int, kind: str = "shadow") -> Outcome:
-    cat = policy.category(job.category)
-    values = sample_values(policy, job, answer, verdict, error, attempt, kind)
+    return record_many(engine, r, policy, [Result(job, answer, verdict, error, attempt, kind)])[0]
+
+
+def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
+                results: list[Result]) -> list[Outcome]:
+    """Insert every sample and feed the detectors, all in one transaction.
+
+    Categories are locked in name order, so concurrent batches never deadlock;
+    within a category, samples are fed in the order given.
+    """
+    outcomes: list[Outcome | None] = [None] * len(results)
+    changed: dict[str, Category] = {}
     changes: list[RouteChange] = []
-    decision = None
-    events = 0
     with session(engine) as s:
-        if insert_new(s, Sample.__table__, values) is None:
-            s.rollback()
-            return Outcome("duplicate")
-        if verdict is None or kind != "shadow":
-            s.commit()
-            return Outcome("error" if verdict is None else "recorded")
-        row = lock_category(s, cat)
-        now = utcnow()
-        expired = expire_pin(s, row, now)
-        if expired is not None:
-            changes.append(expired)
-            events += for_route_change(s, policy, expired, "pin_expired") is not None
-        if {job.served_model, job.shadow_model} == {row.candidate, row.reference}:
-            state, decision = cat.engine.update(dict(row.detector_state or {}), verdict.agree,
-                                                situation(row, now.timestamp()))
-            row.detector_state = state
+        rows = [sample_values(policy, x.job, x.answer, x.verdict, x.error, x.attempt, x.kind)
+                for x in results]
+        inserted = insert_samples(s, rows)
+        by_category: dict[str, list[int]] = {}
+        seen: set[str] = set()
+        for i, x in enumerate(results):
+            if x.job.job_id not in inserted or x.job.job_id in seen:
+                outcomes[i] = Outcome("duplicate")
+                continue
+            seen.add(x.job.job_id)
+            if x.verdict is None:
+                outcomes[i] = Outcome("error")
+            elif x.kind != "shadow":
+                outcomes[i] = Outcome("recorded")
+            else:
+                by_category.setdefault(x.job.category, []).append(i)
+        for name in sorted(by_category):
+            cat = policy.category(name)
+            row = lock_category(s, cat)
+            for i in by_category[name]:
+                x = results[i]
+                now = utcnow()
+                events = 0
+                change = None
+                expired = expire_pin(s, row, now)
+                if expired is not None:
+                    changes.append(expired)
+                    changed[name] = row
+                    events += for_route_change(s, policy, expired, "pin_expired") is not None
+                decision = None
+                if {x.job.served_model, x.job.shadow_model} == {row.candidate, row.reference}:
+                    state, decision = cat.engine.update(dict(row.detector_state or {}),
+                                                        x.verdict.agree,  # type: ignore[union-attr]
+                                                        situation(row, now.timestamp()))
+                    row.detector_state = state
+                    change = apply_decision(s, row, decision, x.job.job_id)
+                    if change is not None:
+                        changes.append(change)
+                        if change.applied:
+                            changed[name] = row
+                            events += for_route_change(s, policy, change,
+                                                       event_kind(decision)) is not None
+                    elif decision.action == "eligible":
+                        events += for_eligible(s, policy, cat.name, decision.reason, x.job.job_id,
+                                               decision.numbers) is not None
+                outcomes[i] = Outcome("recorded", decision, change or expired, events)
             s.add(row)
-            change = apply_decision(s, row, decision, job.job_id)
-            if change is not None:
-                changes.append(change)
-                if change.applied:
-                    events += for_route_change(s, policy, change, event_kind(decision)) is not None
-            elif decision.action == "eligible":
-                events += for_eligible(s, policy, cat.name, decision.reason, job.job_id,
-                                       decision.numbers) is not None
         s.commit()
     for change in changes:
         log.warning("category %s: %s %s -> %s: %s", change.category,
                     "changed" if change.applied else "would change", change.from_model,
                     change.to_model, change.reason)
-    if any(c.applied for c in changes):
-        publish_quietly(r, [row])
-    return Outcome("recorded", decision, changes[-1] if changes else None, events)
+    if changed:
+        publish_quietly(r, list(changed.values()))
+    return outcomes  # type: ignore[return-value]
+
+
+def insert_samples(s: Session, rows: list[dict]) -> set[str]:
+    """Insert sample rows, skipping job ids already recorded; returns the ids inserted."""
+    if not rows:
+        return set()
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    table = Sample.__table__
+    keys = set().union(*rows)
+    rows = [{k: row.get(k) for k in keys} for row in rows]
+    stmt = insert(table).values(rows).on_conflict_do_nothing().returning(table.c.job_id)
+    return set(s.execute(stmt).scalars().all())
 
 
 def event_kind(decision: Decision) -> str:

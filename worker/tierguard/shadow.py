@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import anthropic
 import redis as redis_lib
@@ -14,19 +17,42 @@ from tierguard.comparators import Verdict
 from tierguard.errors import PermanentCallError, RetryableCallError
 from tierguard.job import ShadowJob, digest
 from tierguard.policy import Policy
-from tierguard.recorder import Outcome, record
+from tierguard.recorder import Outcome, Result, record_many
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Context:
-    """What a worker needs to run jobs; built once per worker process."""
+    """What a worker needs to run jobs; built once per worker process.
+
+    ``client`` is one SDK client, or ``client_factory`` makes one per thread
+    (a shared connection pool's lock becomes the bottleneck with hundreds of
+    threads). ``recorder`` stores results; by default each in its own transaction.
+    """
 
     policy: Policy
     engine: Engine
-    client: anthropic.Anthropic
+    client: anthropic.Anthropic | None = None
     redis: redis_lib.Redis | None = None
+    client_factory: Callable[[], anthropic.Anthropic] | None = None
+    recorder: Callable[[Result], Outcome] | None = None
+    runner: Any = None  # a fanout.LoopRunner, for batches
+    _local: threading.local = field(default_factory=threading.local)
+
+    def sdk(self) -> anthropic.Anthropic:
+        if self.client_factory is None:
+            assert self.client is not None
+            return self.client
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self.client_factory()
+        return client
+
+    def record(self, result: Result) -> Outcome:
+        if self.recorder is not None:
+            return self.recorder(result)
+        return record_many(self.engine, self.redis, self.policy, [result])[0]
 
 
 def run_job(ctx: Context, job: ShadowJob, *, attempt: int = 1, final: bool = True) -> Outcome:
@@ -34,7 +60,7 @@ def run_job(ctx: Context, job: ShadowJob, *, attempt: int = 1, final: bool = Tru
     answer: Answer | None = None
     error: tuple[str, str] | None = None
     try:
-        answer = call_model(ctx.client, job.shadow_model, job.request)
+        answer = call_model(ctx.sdk(), job.shadow_model, job.request)
     except RetryableCallError as err:
         if not final:
             raise
@@ -48,7 +74,7 @@ def run_job(ctx: Context, job: ShadowJob, *, attempt: int = 1, final: bool = Tru
         verdict = compare(ctx.policy, job, job.primary_text, answer.text)
         if verdict is None:
             error = ("comparator_error", "the comparator raised; see the worker log")
-    outcome = record(ctx.engine, ctx.redis, ctx.policy, job, answer, verdict, error, attempt)
+    outcome = ctx.record(Result(job, answer, verdict, error, attempt))
     if answer is not None and outcome.status != "duplicate" and noise_sampled(ctx.policy, job):
         measure_noise(ctx, job, answer)
     return outcome
@@ -65,7 +91,7 @@ def measure_noise(ctx: Context, job: ShadowJob, answer: Answer) -> None:
     cat = ctx.policy.category(job.category)
     first = answer.text if job.shadow_model == cat.reference else job.primary_text
     try:
-        second = call_model(ctx.client, cat.reference, job.request)
+        second = call_model(ctx.sdk(), cat.reference, job.request)
     except (RetryableCallError, PermanentCallError) as err:
         log.info("noise-floor call for %s failed (%s); skipped", job.job_id, err.kind)
         return
@@ -75,7 +101,7 @@ def measure_noise(ctx: Context, job: ShadowJob, answer: Answer) -> None:
     noise_job = ShadowJob(**{**job.to_dict(), "job_id": job.job_id + ":noise",
                              "served_model": cat.reference, "shadow_model": cat.reference,
                              "primary_text": first})
-    record(ctx.engine, ctx.redis, ctx.policy, noise_job, second, verdict, None, 1, kind="noise")
+    ctx.record(Result(noise_job, second, verdict, None, 1, kind="noise"))
 
 
 def compare(policy: Policy, job: ShadowJob, primary: str, shadow: str) -> Verdict | None:

@@ -104,6 +104,8 @@ class Simulator:
         self.candidate_calls: Counter[str] = Counter()
         self.requests: Counter[tuple[str, str]] = Counter()
         self.forced: list[tuple[int, float, float | None]] = []  # (status, delay, retry_after)
+        self.in_flight = 0
+        self.in_flight_max = 0
         self.rng = random.Random(scenario.seed)
 
     def category_of(self, body: dict[str, Any]) -> CategorySim | None:
@@ -237,7 +239,8 @@ class _Handler(BaseHTTPRequestHandler):
             with sim.lock:
                 stats = {"requests": [{"model": m, "category": c, "count": n}
                                       for (m, c), n in sorted(sim.requests.items())],
-                         "candidate_calls": dict(sim.candidate_calls)}
+                         "candidate_calls": dict(sim.candidate_calls),
+                         "in_flight": sim.in_flight, "in_flight_max": sim.in_flight_max}
             return self._json(200, stats)
         self._error(404, f"no route {self.path}")
 
@@ -258,8 +261,15 @@ class _Handler(BaseHTTPRequestHandler):
         if not body.get("model") or not body.get("messages") or not body.get("max_tokens"):
             return self._error(400, "model, messages and max_tokens are required")
         failure = sim.next_failure()
-        if sim.scenario.latency_ms:
-            time.sleep(sim.scenario.latency_ms / 1000)
+        with sim.lock:
+            sim.in_flight += 1
+            sim.in_flight_max = max(sim.in_flight_max, sim.in_flight)
+        try:
+            if sim.scenario.latency_ms:
+                time.sleep(sim.scenario.latency_ms / 1000)
+        finally:
+            with sim.lock:
+                sim.in_flight -= 1
         if failure:
             status, delay, retry_after = failure
             time.sleep(delay)

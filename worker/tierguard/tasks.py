@@ -12,15 +12,18 @@ import redis as redis_lib
 import sqlalchemy as sa
 from celery import Celery, Task
 
-from tierguard.celery_app import DELIVER_TASK
+from tierguard.batcher import BatchRecorder
+from tierguard.celery_app import DELIVER_TASK, SHADOW_TASK
 from tierguard.config import Settings
 from tierguard.db import make_engine
 from tierguard.errors import RetryableCallError
+from tierguard.fanout import POOL_SHARD, LoopRunner, async_client, run_batch
 from tierguard.job import ShadowJob
 from tierguard.monitors import check
 from tierguard.outbox import deliver_due
 from tierguard.policy import load_policy
-from tierguard.shadow import Context, run_job
+from tierguard.recorder import record_many
+from tierguard.shadow import Context, compare, run_job
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -29,10 +32,14 @@ UNEXPECTED_ERROR_ATTEMPTS = 8
 
 def build_context(settings: Settings) -> Context:
     policy = load_policy(settings.policy)
-    engine = make_engine(settings.database_url, pool_size=min(settings.worker_concurrency, 32))
-    client = anthropic.Anthropic(max_retries=0, timeout=settings.shadow_timeout)
+    engine = make_engine(settings.database_url, pool_size=4)
     r = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-    return Context(policy=policy, engine=engine, client=client, redis=r)
+    batcher = BatchRecorder(engine, r, policy)
+    runner = LoopRunner(lambda: async_client(settings.shadow_timeout),
+                        shards=settings.max_in_flight // POOL_SHARD)
+    return Context(policy=policy, engine=engine, redis=r, recorder=batcher.record, runner=runner,
+                   client_factory=lambda: anthropic.Anthropic(max_retries=0,
+                                                              timeout=settings.shadow_timeout))
 
 
 def context_for(app: Celery) -> Context:
@@ -81,6 +88,35 @@ def shadow(task: Task, job: dict[str, Any]) -> str:
     return outcome.status
 
 
+def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
+    """Many jobs in one message: all calls in flight at once, one transaction for the results.
+
+    Jobs whose call failed transiently are re-queued one by one as ``shadow``
+    tasks (with backoff) before this message is acknowledged.
+    """
+    settings: Settings = task.app.tierguard_settings
+    ctx = context_for(task.app)
+    parsed = [ShadowJob.from_dict(j) for j in jobs]
+    attempt = task.request.retries + 1
+    try:
+        results, retries = ctx.runner.run(run_batch(
+            ctx.runner, ctx.policy, parsed, attempt=attempt,
+            final=attempt >= settings.shadow_max_attempts, compare=compare))
+        outcomes = record_many(ctx.engine, ctx.redis, ctx.policy, results) if results else []
+    except sa.exc.OperationalError as err:
+        delay = backoff(min(attempt, 6), None, settings.retry_after_cap)
+        log.warning("batch of %d: database unavailable (%s); retry in %.1fs", len(parsed),
+                    type(err.orig).__name__, delay)
+        raise task.retry(countdown=delay, max_retries=None) from None
+    for item in retries:
+        delay = backoff(attempt, item.error.retry_after, settings.retry_after_cap)
+        task.app.send_task(SHADOW_TASK, args=[item.job.to_dict()], task_id=item.job.job_id,
+                           queue=settings.queue, countdown=delay, retries=attempt)
+    if any(o.events for o in outcomes):
+        task.app.send_task(DELIVER_TASK, queue=settings.queue)
+    return {"recorded": sum(o.status != "duplicate" for o in outcomes), "retried": len(retries)}
+
+
 def deliver_alerts(task: Task) -> dict[str, int]:
     """Send every due alert; run after each event and every few seconds by beat."""
     ctx = context_for(task.app)
@@ -97,8 +133,9 @@ def monitor(task: Task) -> int:
 
 
 def register(app: Celery) -> None:
-    from tierguard.celery_app import DELIVER_TASK, MONITOR_TASK, SHADOW_TASK
+    from tierguard.celery_app import BATCH_TASK, MONITOR_TASK
 
     app.task(name=SHADOW_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(shadow)
+    app.task(name=BATCH_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(shadow_batch)
     app.task(name=DELIVER_TASK, bind=True, ignore_result=True)(deliver_alerts)
     app.task(name=MONITOR_TASK, bind=True, ignore_result=True)(monitor)
