@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 class BatchRecorder:
     def __init__(self, engine: Engine, r: redis_lib.Redis | None, policy: Policy,
-                 max_batch: int = 200, max_wait: float = 0.02):
+                 max_batch: int = 500, max_wait: float = 0.02):
         self.engine, self.redis, self.policy = engine, r, policy
         self.max_batch, self.max_wait = max_batch, max_wait
         self.queue: queue.Queue[tuple[Result, Future]] = queue.Queue()
@@ -38,9 +38,16 @@ class BatchRecorder:
         threading.Thread(target=self._run, name="tierguard-batch-writer", daemon=True).start()
 
     def record(self, result: Result) -> Outcome:
-        future: Future[Outcome] = Future()
-        self.queue.put((result, future))
-        return future.result()
+        return self.record_all([result])[0]
+
+    def record_all(self, results: list[Result]) -> list[Outcome]:
+        """Queue results for the writer and wait until they are committed."""
+        futures: list[Future[Outcome]] = []
+        for result in results:
+            future: Future[Outcome] = Future()
+            self.queue.put((result, future))
+            futures.append(future)
+        return [f.result() for f in futures]
 
     def _collect(self) -> list[tuple[Result, Future]]:
         items = [self.queue.get()]

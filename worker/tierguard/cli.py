@@ -358,6 +358,50 @@ def bench_replay(samples: int = typer.Option(200_000, min=1000), as_json: bool =
                   f"[bold]{fig['samples_per_s']:,}/s[/] (goal ≥ {fig['goal_samples_per_s']:,}/s)")
 
 
+@bench_app.command("hotpath")
+def bench_hotpath(calls: int = typer.Option(5000, min=5000, help="calls each, interleaved"),
+                  as_json: bool = JsonOpt) -> None:
+    """The wrapper vs the bare SDK call on a local zero-latency Messages API (and with Redis down)."""
+    from tierguard.bench import hotpath_figures
+
+    with console.status("measuring…") if not as_json else _nothing():
+        fig = hotpath_figures(calls)
+    if as_json:
+        _emit(fig)
+        return
+    g = fig["goals"]
+    table = Table(title=f"hot path: {calls:,} calls each, sample rate {fig['sample_rate']:.0%}")
+    for col in ("figure", "measured", "goal"):
+        table.add_column(col)
+    table.add_row("median ratio wrapper / bare SDK", f"{fig['median_ratio']:.4f}", f"≤ {g['median_ratio']}")
+    table.add_row("added by tierguard, p50 / p99", f"{fig['p50_added_us']} / {fig['p99_added_us']} µs",
+                  f"p99 ≤ {g['p99_added_us']} µs")
+    table.add_row("added with Redis down, p50 / p99",
+                  f"{fig['redis_down_p50_added_us']} / {fig['redis_down_p99_added_us']} µs",
+                  f"p99 ≤ {g['redis_down_p99_added_us']} µs")
+    table.add_row("bare SDK call, median", f"{fig['bare_median_us']} µs", "")
+    console.print(table)
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(seconds: float = typer.Option(20.0, min=5.0), rate: float = 700.0,
+                   workers: int = typer.Option(1, min=1), concurrency: int = 100,
+                   as_json: bool = JsonOpt) -> None:
+    """End to end on this host: enqueue → 1 s shadow call → compare → PostgreSQL row."""
+    from tierguard.bench import pipeline_figures
+
+    with console.status("running the pipeline…") if not as_json else _nothing():
+        fig = pipeline_figures(seconds=seconds, rate=rate, workers=workers, concurrency=concurrency)
+    if as_json:
+        _emit(fig)
+        return
+    console.print(f"{workers} worker process(es): [bold]{fig['comparisons_per_s']}/s[/] comparisons "
+                  f"(goal ≥ {fig['goal_comparisons_per_s']}/s), offered {rate:g}/s; in flight max "
+                  f"{fig['in_flight_max']}; queue delay p95 {fig['p95_queue_delay_s']} s; shadow call "
+                  f"p50/p95 {fig['shadow_call_p50_ms']}/{fig['shadow_call_p95_ms']} ms; "
+                  f"{fig['recorded']}/{fig['sent']} recorded, {fig['errors']} errors")
+
+
 class _nothing:
     def __enter__(self) -> None:
         return None

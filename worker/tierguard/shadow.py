@@ -36,7 +36,7 @@ class Context:
     client: anthropic.Anthropic | None = None
     redis: redis_lib.Redis | None = None
     client_factory: Callable[[], anthropic.Anthropic] | None = None
-    recorder: Callable[[Result], Outcome] | None = None
+    recorder: Callable[[list[Result]], list[Outcome]] | None = None
     runner: Any = None  # a fanout.LoopRunner, for batches
     _local: threading.local = field(default_factory=threading.local)
 
@@ -50,9 +50,12 @@ class Context:
         return client
 
     def record(self, result: Result) -> Outcome:
+        return self.record_all([result])[0]
+
+    def record_all(self, results: list[Result]) -> list[Outcome]:
         if self.recorder is not None:
-            return self.recorder(result)
-        return record_many(self.engine, self.redis, self.policy, [result])[0]
+            return self.recorder(results)
+        return record_many(self.engine, self.redis, self.policy, results)
 
 
 def run_job(ctx: Context, job: ShadowJob, *, attempt: int = 1, final: bool = True) -> Outcome:

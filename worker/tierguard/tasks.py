@@ -22,7 +22,6 @@ from tierguard.job import ShadowJob
 from tierguard.monitors import check
 from tierguard.outbox import deliver_due
 from tierguard.policy import load_policy
-from tierguard.recorder import record_many
 from tierguard.shadow import Context, compare, run_job
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ def build_context(settings: Settings) -> Context:
     batcher = BatchRecorder(engine, r, policy)
     runner = LoopRunner(lambda: async_client(settings.shadow_timeout),
                         shards=settings.max_in_flight // POOL_SHARD)
-    return Context(policy=policy, engine=engine, redis=r, recorder=batcher.record, runner=runner,
+    return Context(policy=policy, engine=engine, redis=r, recorder=batcher.record_all, runner=runner,
                    client_factory=lambda: anthropic.Anthropic(max_retries=0,
                                                               timeout=settings.shadow_timeout))
 
@@ -102,7 +101,7 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
         results, retries = ctx.runner.run(run_batch(
             ctx.runner, ctx.policy, parsed, attempt=attempt,
             final=attempt >= settings.shadow_max_attempts, compare=compare))
-        outcomes = record_many(ctx.engine, ctx.redis, ctx.policy, results) if results else []
+        outcomes = ctx.record_all(results) if results else []
     except sa.exc.OperationalError as err:
         delay = backoff(min(attempt, 6), None, settings.retry_after_cap)
         log.warning("batch of %d: database unavailable (%s); retry in %.1fs", len(parsed),
