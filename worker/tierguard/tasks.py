@@ -69,19 +69,18 @@ def shadow(task: Task, job: dict[str, Any]) -> str:
     except RetryableCallError as err:
         delay = backoff(attempt, err.retry_after, settings.retry_after_cap)
         log.info("job %s: %s; retry %d in %.1fs", parsed.job_id, err.kind, attempt, delay)
-        raise task.retry(countdown=delay, max_retries=None) from None
+        raise task.retry(countdown=delay) from None
     except sa.exc.OperationalError as err:
         # The database is down: keep the job until it is back (nothing lost).
         delay = backoff(min(attempt, 6), None, settings.retry_after_cap)
         log.warning("job %s: database unavailable (%s); retry in %.1fs",
                     parsed.job_id, type(err.orig).__name__, delay)
-        raise task.retry(countdown=delay, max_retries=None) from None
+        raise task.retry(countdown=delay) from None
     except Exception as err:
         if attempt >= UNEXPECTED_ERROR_ATTEMPTS:
             raise
         log.exception("job %s failed unexpectedly; retry %d", parsed.job_id, attempt)
-        raise task.retry(countdown=backoff(attempt, None, settings.retry_after_cap),
-                         max_retries=None) from err
+        raise task.retry(countdown=backoff(attempt, None, settings.retry_after_cap)) from err
     if outcome.events:
         task.app.send_task(DELIVER_TASK, queue=settings.queue)
     return outcome.status
@@ -106,7 +105,7 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
         delay = backoff(min(attempt, 6), None, settings.retry_after_cap)
         log.warning("batch of %d: database unavailable (%s); retry in %.1fs", len(parsed),
                     type(err.orig).__name__, delay)
-        raise task.retry(countdown=delay, max_retries=None) from None
+        raise task.retry(countdown=delay) from None
     for item in retries:
         delay = backoff(attempt, item.error.retry_after, settings.retry_after_cap)
         task.app.send_task(SHADOW_TASK, args=[item.job.to_dict()], task_id=item.job.job_id,
@@ -134,7 +133,10 @@ def monitor(task: Task) -> int:
 def register(app: Celery) -> None:
     from tierguard.celery_app import BATCH_TASK, MONITOR_TASK
 
-    app.task(name=SHADOW_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(shadow)
-    app.task(name=BATCH_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)(shadow_batch)
+    # max_retries=None: tierguard decides when to stop (shadow_max_attempts for the model API;
+    # never for a database outage), not Celery's default of 3.
+    durable = dict(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+    app.task(name=SHADOW_TASK, **durable)(shadow)
+    app.task(name=BATCH_TASK, **durable)(shadow_batch)
     app.task(name=DELIVER_TASK, bind=True, ignore_result=True)(deliver_alerts)
     app.task(name=MONITOR_TASK, bind=True, ignore_result=True)(monitor)
