@@ -55,7 +55,7 @@ def backoff(attempt: int, retry_after: float | None, cap: float) -> float:
     """Seconds before retry ``attempt`` + 1: the server's retry-after (capped) or jittered 2^n."""
     if retry_after is not None:
         return min(retry_after, cap)
-    return min(cap, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+    return min(cap, 0.5 * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
 
 
 def shadow(task: Task, job: dict[str, Any]) -> str:
