@@ -37,9 +37,6 @@ class BatchRecorder:
         self.batches = 0
         threading.Thread(target=self._run, name="tierguard-batch-writer", daemon=True).start()
 
-    def record(self, result: Result) -> Outcome:
-        return self.record_all([result])[0]
-
     def record_all(self, results: list[Result]) -> list[Outcome]:
         """Queue results for the writer and wait until they are committed."""
         futures: list[Future[Outcome]] = []

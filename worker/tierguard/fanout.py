@@ -22,7 +22,7 @@ from tierguard.errors import PermanentCallError, RetryableCallError
 from tierguard.job import ShadowJob
 from tierguard.policy import Policy
 from tierguard.recorder import Result
-from tierguard.shadow import noise_sampled
+from tierguard.shadow import noise_result, noise_sampled, result_of
 
 
 @dataclass(frozen=True)
@@ -70,40 +70,26 @@ def async_client(timeout: float, max_connections: int = POOL_SHARD) -> anthropic
 
 
 async def run_batch(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *, attempt: int,
-                    final: bool, compare: Callable[..., Any]) -> tuple[list[Result], list[Retry]]:
+                    final: bool) -> tuple[list[Result], list[Retry]]:
     """Call every job's shadow model at once; compare; sort into results and retries."""
 
     async def one(job: ShadowJob) -> list[Result | Retry]:
         try:
             answer = await call_model_async(runner.client, job.shadow_model, job.request)
         except RetryableCallError as err:
-            if not final:
-                return [Retry(job, err)]
-            return [Result(job, None, None, (err.kind, f"gave up after {attempt} attempts: {err}"),
-                           attempt)]
+            return [result_of(policy, job, None, err, attempt) if final else Retry(job, err)]
         except PermanentCallError as err:
-            return [Result(job, None, None, (err.kind, str(err)), attempt)]
-        verdict = compare(policy, job, job.primary_text, answer.text)
-        error = None if verdict else ("comparator_error", "the comparator raised; see the worker log")
-        out: list[Result | Retry] = [Result(job, answer, verdict, error, attempt)]
-        if verdict is not None and noise_sampled(policy, job):
-            out += await noise(job, answer.text)
-        return out
-
-    async def noise(job: ShadowJob, shadow_text: str) -> list[Result | Retry]:
-        cat = policy.category(job.category)
-        first = shadow_text if job.shadow_model == cat.reference else job.primary_text
+            return [result_of(policy, job, None, err, attempt)]
+        result = result_of(policy, job, answer, None, attempt)
+        if result.verdict is None or not noise_sampled(policy, job):
+            return [result]
         try:
-            second = await call_model_async(runner.client, cat.reference, job.request)
+            second = await call_model_async(runner.client, policy.category(job.category).reference,
+                                            job.request)
         except (RetryableCallError, PermanentCallError):
-            return []  # best effort: a noise sample is never retried
-        verdict = compare(policy, job, first, second.text)
-        if verdict is None:
-            return []
-        twin = ShadowJob(**{**job.to_dict(), "job_id": job.job_id + ":noise",
-                            "served_model": cat.reference, "shadow_model": cat.reference,
-                            "primary_text": first})
-        return [Result(twin, second, verdict, None, 1, kind="noise")]
+            return [result]  # a noise sample is best effort, never retried
+        twin = noise_result(policy, job, answer.text, second)
+        return [result] + ([twin] if twin else [])
 
     done = [item for items in await asyncio.gather(*(one(job) for job in jobs)) for item in items]
     return ([d for d in done if isinstance(d, Result)], [d for d in done if isinstance(d, Retry)])

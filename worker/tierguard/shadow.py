@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anthropic
@@ -24,33 +23,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Context:
-    """What a worker needs to run jobs; built once per worker process.
+    """What running jobs needs; a worker builds one per process.
 
-    ``client`` is one SDK client, or ``client_factory`` makes one per thread
-    (a shared connection pool's lock becomes the bottleneck with hundreds of
-    threads). ``recorder`` stores results; by default each in its own transaction.
+    ``client`` is the synchronous SDK client :func:`run_job` uses; the worker's
+    batches go through ``runner`` (a :class:`tierguard.fanout.LoopRunner`).
+    ``recorder`` stores results; by default in one transaction per call.
     """
 
     policy: Policy
     engine: Engine
     client: anthropic.Anthropic | None = None
     redis: redis_lib.Redis | None = None
-    client_factory: Callable[[], anthropic.Anthropic] | None = None
     recorder: Callable[[list[Result]], list[Outcome]] | None = None
-    runner: Any = None  # a fanout.LoopRunner, for batches
-    _local: threading.local = field(default_factory=threading.local)
-
-    def sdk(self) -> anthropic.Anthropic:
-        if self.client_factory is None:
-            assert self.client is not None
-            return self.client
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = self.client_factory()
-        return client
-
-    def record(self, result: Result) -> Outcome:
-        return self.record_all([result])[0]
+    runner: Any = None
 
     def record_all(self, results: list[Result]) -> list[Outcome]:
         if self.recorder is not None:
@@ -58,29 +43,18 @@ class Context:
         return record_many(self.engine, self.redis, self.policy, results)
 
 
-def run_job(ctx: Context, job: ShadowJob, *, attempt: int = 1, final: bool = True) -> Outcome:
-    """Run ``job``. A :class:`RetryableCallError` propagates unless ``final``; then it is recorded."""
-    answer: Answer | None = None
-    error: tuple[str, str] | None = None
-    try:
-        answer = call_model(ctx.sdk(), job.shadow_model, job.request)
-    except RetryableCallError as err:
-        if not final:
-            raise
-        error = (err.kind, f"gave up after {attempt} attempts: {err}")
-    except PermanentCallError as err:
-        error = (err.kind, str(err))
+def result_of(policy: Policy, job: ShadowJob, answer: Answer | None, error: Exception | None,
+              attempt: int) -> Result:
+    """The recordable result of one call: compared, or an error (never a disagreement)."""
     if answer is None:
-        assert error is not None
-        verdict = None
-    else:
-        verdict = compare(ctx.policy, job, job.primary_text, answer.text)
-        if verdict is None:
-            error = ("comparator_error", "the comparator raised; see the worker log")
-    outcome = ctx.record(Result(job, answer, verdict, error, attempt))
-    if answer is not None and outcome.status != "duplicate" and noise_sampled(ctx.policy, job):
-        measure_noise(ctx, job, answer)
-    return outcome
+        if isinstance(error, RetryableCallError):
+            return Result(job, None, None, (error.kind, f"gave up after {attempt} attempts: {error}"),
+                          attempt)
+        assert isinstance(error, PermanentCallError)
+        return Result(job, None, None, (error.kind, str(error)), attempt)
+    verdict = compare(policy, job, job.primary_text, answer.text)
+    failed = None if verdict else ("comparator_error", "the comparator raised; see the worker log")
+    return Result(job, answer, verdict, failed, attempt)
 
 
 def noise_sampled(policy: Policy, job: ShadowJob) -> bool:
@@ -89,22 +63,40 @@ def noise_sampled(policy: Policy, job: ShadowJob) -> bool:
     return rate > 0 and int(digest(job.job_id)[:8], 16) / 2**32 < rate
 
 
-def measure_noise(ctx: Context, job: ShadowJob, answer: Answer) -> None:
-    """Ask the reference again and record how well it agrees with itself (never feeds decisions)."""
-    cat = ctx.policy.category(job.category)
-    first = answer.text if job.shadow_model == cat.reference else job.primary_text
-    try:
-        second = call_model(ctx.sdk(), cat.reference, job.request)
-    except (RetryableCallError, PermanentCallError) as err:
-        log.info("noise-floor call for %s failed (%s); skipped", job.job_id, err.kind)
-        return
-    verdict = compare(ctx.policy, job, first, second.text)
+def noise_result(policy: Policy, job: ShadowJob, shadow_text: str, second: Answer) -> Result | None:
+    """The reference's second answer against its first: self-agreement, never a decision."""
+    cat = policy.category(job.category)
+    first = shadow_text if job.shadow_model == cat.reference else job.primary_text
+    verdict = compare(policy, job, first, second.text)
     if verdict is None:
-        return
-    noise_job = ShadowJob(**{**job.to_dict(), "job_id": job.job_id + ":noise",
-                             "served_model": cat.reference, "shadow_model": cat.reference,
-                             "primary_text": first})
-    ctx.record(Result(noise_job, second, verdict, None, 1, kind="noise"))
+        return None
+    twin = ShadowJob(**{**job.to_dict(), "job_id": job.job_id + ":noise",
+                        "served_model": cat.reference, "shadow_model": cat.reference,
+                        "primary_text": first})
+    return Result(twin, second, verdict, None, 1, kind="noise")
+
+
+def run_job(ctx: Context, job: ShadowJob, *, attempt: int = 1, final: bool = True) -> Outcome:
+    """Run ``job`` synchronously. A :class:`RetryableCallError` propagates unless ``final``."""
+    assert ctx.client is not None
+    answer = error = None
+    try:
+        answer = call_model(ctx.client, job.shadow_model, job.request)
+    except RetryableCallError as err:
+        if not final:
+            raise
+        error = err
+    except PermanentCallError as err:
+        error = err
+    results = [result_of(ctx.policy, job, answer, error, attempt)]
+    if answer is not None and results[0].verdict is not None and noise_sampled(ctx.policy, job):
+        try:
+            second = call_model(ctx.client, ctx.policy.category(job.category).reference, job.request)
+            twin = noise_result(ctx.policy, job, answer.text, second)
+            results += [twin] if twin else []
+        except (RetryableCallError, PermanentCallError) as err:
+            log.info("noise-floor call for %s failed (%s); skipped", job.job_id, err.kind)
+    return ctx.record_all(results)[0]
 
 
 def compare(policy: Policy, job: ShadowJob, primary: str, shadow: str) -> Verdict | None:

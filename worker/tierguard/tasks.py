@@ -7,7 +7,6 @@ import random
 import threading
 from typing import Any
 
-import anthropic
 import redis as redis_lib
 import sqlalchemy as sa
 from celery import Celery, Task
@@ -16,13 +15,12 @@ from tierguard.batcher import BatchRecorder
 from tierguard.celery_app import DELIVER_TASK, SHADOW_TASK
 from tierguard.config import Settings
 from tierguard.db import make_engine
-from tierguard.errors import RetryableCallError
 from tierguard.fanout import POOL_SHARD, LoopRunner, async_client, run_batch
 from tierguard.job import ShadowJob
 from tierguard.monitors import check
 from tierguard.outbox import deliver_due
 from tierguard.policy import load_policy
-from tierguard.shadow import Context, compare, run_job
+from tierguard.shadow import Context
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -36,9 +34,7 @@ def build_context(settings: Settings) -> Context:
     batcher = BatchRecorder(engine, r, policy)
     runner = LoopRunner(lambda: async_client(settings.shadow_timeout),
                         shards=settings.max_in_flight // POOL_SHARD)
-    return Context(policy=policy, engine=engine, redis=r, recorder=batcher.record_all, runner=runner,
-                   client_factory=lambda: anthropic.Anthropic(max_retries=0,
-                                                              timeout=settings.shadow_timeout))
+    return Context(policy=policy, engine=engine, redis=r, recorder=batcher.record_all, runner=runner)
 
 
 def context_for(app: Celery) -> Context:
@@ -58,36 +54,13 @@ def backoff(attempt: int, retry_after: float | None, cap: float) -> float:
     return min(cap, 0.5 * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
 
 
-def shadow(task: Task, job: dict[str, Any]) -> str:
-    settings: Settings = task.app.tierguard_settings
-    ctx = context_for(task.app)
-    parsed = ShadowJob.from_dict(job)
-    attempt = task.request.retries + 1
-    try:
-        outcome = run_job(ctx, parsed, attempt=attempt,
-                          final=attempt >= settings.shadow_max_attempts)
-    except RetryableCallError as err:
-        delay = backoff(attempt, err.retry_after, settings.retry_after_cap)
-        log.info("job %s: %s; retry %d in %.1fs", parsed.job_id, err.kind, attempt, delay)
-        raise task.retry(countdown=delay) from None
-    except sa.exc.OperationalError as err:
-        # The database is down: keep the job until it is back (nothing lost).
-        delay = backoff(min(attempt, 6), None, settings.retry_after_cap)
-        log.warning("job %s: database unavailable (%s); retry in %.1fs",
-                    parsed.job_id, type(err.orig).__name__, delay)
-        raise task.retry(countdown=delay) from None
-    except Exception as err:
-        if attempt >= UNEXPECTED_ERROR_ATTEMPTS:
-            raise
-        log.exception("job %s failed unexpectedly; retry %d", parsed.job_id, attempt)
-        raise task.retry(countdown=backoff(attempt, None, settings.retry_after_cap)) from err
-    if outcome.events:
-        task.app.send_task(DELIVER_TASK, queue=settings.queue)
-    return outcome.status
+def shadow(task: Task, job: dict[str, Any]) -> dict[str, int]:
+    """One job (a retry, or a producer that does not batch): a batch of one."""
+    return shadow_batch(task, [job])
 
 
 def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
-    """Many jobs in one message: all calls in flight at once, one transaction for the results.
+    """Many jobs in one message: all calls in flight at once, their results in one transaction.
 
     Jobs whose call failed transiently are re-queued one by one as ``shadow``
     tasks (with backoff) before this message is acknowledged.
@@ -99,15 +72,22 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
     try:
         results, retries = ctx.runner.run(run_batch(
             ctx.runner, ctx.policy, parsed, attempt=attempt,
-            final=attempt >= settings.shadow_max_attempts, compare=compare))
+            final=attempt >= settings.shadow_max_attempts))
         outcomes = ctx.record_all(results) if results else []
     except sa.exc.OperationalError as err:
+        # The database is down: keep the jobs until it is back (nothing lost).
         delay = backoff(min(attempt, 6), None, settings.retry_after_cap)
         log.warning("batch of %d: database unavailable (%s); retry in %.1fs", len(parsed),
                     type(err.orig).__name__, delay)
         raise task.retry(countdown=delay) from None
+    except Exception as err:
+        if attempt >= UNEXPECTED_ERROR_ATTEMPTS:
+            raise
+        log.exception("batch of %d failed unexpectedly; retry %d", len(parsed), attempt)
+        raise task.retry(countdown=backoff(attempt, None, settings.retry_after_cap)) from err
     for item in retries:
         delay = backoff(attempt, item.error.retry_after, settings.retry_after_cap)
+        log.info("job %s: %s; retry %d in %.1fs", item.job.job_id, item.error.kind, attempt, delay)
         task.app.send_task(SHADOW_TASK, args=[item.job.to_dict()], task_id=item.job.job_id,
                            queue=settings.queue, countdown=delay, retries=attempt)
     if any(o.events for o in outcomes):
