@@ -180,6 +180,7 @@ def run(seconds: float = 60.0, rate: float = 60.0, sample_rate: float = 0.5,
         except TierguardError as err:  # matplotlib missing: the demo still ends well
             console.print(f"[yellow]no report: {err}[/]")
         result["database"] = str(db_path.resolve())
+        result["processes"] = {"worker": worker.pid, "beat": beat.pid, "redis": redis.proc.pid}
     finally:
         for stop in (lambda: worker and _stop_process(worker), lambda: beat and _stop_process(beat),
                      lambda: sim and sim.stop(), lambda: redis and redis.stop(),
