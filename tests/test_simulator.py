@@ -66,3 +66,19 @@ def test_sdk_retries_through_a_short_storm(simulator):
     server = simulator(**SCENARIO)
     httpx2.post(server.base_url + "/_sim/fail", json={"status": 529, "count": 2, "retry_after": 0})
     assert ask(sdk(server, max_retries=2), "claude-opus-4-7", "x").content
+
+
+def test_raw_and_typed_calls_read_the_same_answer(simulator):
+    import asyncio
+
+    from tierguard.calls import call_model, call_model_async
+
+    server = simulator(**SCENARIO)
+    request = {"max_tokens": 64, "system": "invoice: extract",
+               "messages": [{"role": "user", "content": "x"}]}
+    typed = call_model(sdk(server), "claude-opus-4-7", request)
+    raw = asyncio.run(call_model_async(
+        anthropic.AsyncAnthropic(base_url=server.base_url, api_key=API_KEY), "claude-opus-4-7",
+        request))
+    assert (raw.text, raw.input_tokens, raw.output_tokens) == (
+        typed.text, typed.input_tokens, typed.output_tokens)

@@ -93,12 +93,32 @@ def call_model(client: anthropic.Anthropic, model: str, request: dict[str, Any])
 
 async def call_model_async(client: anthropic.AsyncAnthropic, model: str,
                            request: dict[str, Any]) -> Answer:
+    """As :func:`call_model`, reading the raw JSON body (the SDK's ``with_raw_response``):
+    building the typed ``Message`` costs ~12 % of a shadow call's CPU, and a worker only
+    needs the text and the usage."""
     params = {k: v for k, v in request.items() if k not in ("model", "stream")}
     t0 = time.perf_counter()
     try:
-        message = await client.messages.create(model=model, **params)
+        raw = await client.messages.with_raw_response.create(model=model, **params)
+        body = json.loads(raw.http_response.content)
     except anthropic.AnthropicError as err:
         raise classify(err) from None
+    except ValueError:
+        raise PermanentCallError("model API answered with a body that is not JSON",
+                                 kind="bad_response") from None
     latency = (time.perf_counter() - t0) * 1000
-    inp, out = usage_of(message)
-    return Answer(message_text(message), inp, out, latency)
+    usage = body.get("usage") or {}
+    return Answer(content_json_text(body.get("content") or []), usage.get("input_tokens"),
+                  usage.get("output_tokens"), latency)
+
+
+def content_json_text(blocks: list[dict[str, Any]]) -> str:
+    """:func:`message_text` for the JSON form of a Message's content."""
+    parts = []
+    for block in blocks:
+        if block.get("type") == "text":
+            parts.append(block.get("text", ""))
+        elif block.get("type") == "tool_use":
+            parts.append(json.dumps({"tool": block.get("name"), "input": block.get("input")},
+                                    sort_keys=True))
+    return "\n".join(parts)
