@@ -303,7 +303,7 @@ def pipeline_figures(seconds: float = 20.0, rate: float = 700.0, workers: int = 
                     if batch:
                         app.send_task(BATCH_TASK, args=[batch], task_id=batch[0]["job_id"],
                                       producer=producer)
-                    time.sleep(0.01)
+                    time.sleep(0.02)  # the publisher gathers for up to 20 ms
 
         t_start = time.time()
         producer_thread = threading.Thread(target=produce)

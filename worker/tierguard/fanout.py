@@ -33,7 +33,7 @@ class Retry:
     error: RetryableCallError
 
 
-POOL_SHARD = 32  # connections per client: httpcore scans its whole pool on every request
+POOL_SHARD = 8  # connections per client: httpcore scans its whole pool on every request
 
 
 class LoopRunner:

@@ -222,10 +222,11 @@ def insert_samples(s: Session, rows: list[dict]) -> set[str]:
     else:
         from sqlalchemy.dialects.sqlite import insert
     table = Sample.__table__
-    keys = set().union(*rows)
+    keys = sorted(set().union(*rows))
     rows = [{k: row.get(k) for k in keys} for row in rows]
-    stmt = insert(table).values(rows).on_conflict_do_nothing().returning(table.c.job_id)
-    return set(s.execute(stmt).scalars().all())
+    # executemany with RETURNING: one cached statement, sent in pages ("insertmanyvalues").
+    stmt = insert(table).on_conflict_do_nothing().returning(table.c.job_id)
+    return set(s.execute(stmt, rows).scalars().all())
 
 
 def event_kind(decision: Decision) -> str:
