@@ -49,7 +49,7 @@ def test_dashboard_structure():
     assert variables["category"]["multi"] and variables["category"]["includeAll"]
     for panel, target in targets():
         assert panel["datasource"]["uid"] == target["datasource"]["uid"] == "${datasource}"
-        assert "$category" in target["rawSql"] or "($category)" in target["rawSql"]
+        assert "IN ($category)" in target["rawSql"]
     route_changes = [a for a in DASHBOARD["annotations"]["list"] if a["name"] == "Route changes"][0]
     assert route_changes["datasource"]["uid"] == "${datasource}"
     assert {p["title"] for p in DASHBOARD["panels"]} >= {

@@ -16,7 +16,6 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any
 
 import redis as redis_lib
 import sqlalchemy as sa
@@ -34,7 +33,6 @@ class BatchRecorder:
         self.engine, self.redis, self.policy = engine, r, policy
         self.max_batch, self.max_wait = max_batch, max_wait
         self.queue: queue.Queue[tuple[Result, Future]] = queue.Queue()
-        self.batches = 0
         threading.Thread(target=self._run, name="tierguard-batch-writer", daemon=True).start()
 
     def record_all(self, results: list[Result]) -> list[Outcome]:
@@ -82,13 +80,9 @@ class BatchRecorder:
     def _run(self) -> None:
         while True:
             items = self._collect()
-            self.batches += 1
             try:
                 self._write(items)
             except Exception as err:
                 for _, future in items:
                     if not future.done():
                         future.set_exception(err)
-
-    def stats(self) -> dict[str, Any]:
-        return {"batches": self.batches, "waiting": self.queue.qsize()}

@@ -2,8 +2,8 @@
 
 Hundreds of threads each blocking on one model call cost more CPU in switching
 than in work; one asyncio loop holding every call of a batch in flight does not.
-The loop lives in its own thread with one ``AsyncAnthropic`` client (one
-connection pool); Celery's task threads hand it batches and wait.
+The loop lives in its own thread with ``AsyncAnthropic`` clients of small
+connection pools; Celery's task threads hand it batches and wait.
 """
 
 from __future__ import annotations

@@ -172,36 +172,41 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
                 outcomes[i] = Outcome("recorded")
             else:
                 by_category.setdefault(x.job.category, []).append(i)
+        now = utcnow()
         for name in sorted(by_category):
             cat = policy.category(name)
             row = lock_category(s, cat)
-            for i in by_category[name]:
+            expired = expire_pin(s, row, now)
+            expired_events = 0
+            if expired is not None:
+                changes.append(expired)
+                changed[name] = row
+                expired_events = int(for_route_change(s, policy, expired, "pin_expired") is not None)
+            pair = {row.candidate, row.reference}
+            state = dict(row.detector_state or {})
+            sit = situation(row, now.timestamp())
+            for n, i in enumerate(by_category[name]):
                 x = results[i]
-                now = utcnow()
-                events = 0
-                change = None
-                expired = expire_pin(s, row, now)
-                if expired is not None:
-                    changes.append(expired)
-                    changed[name] = row
-                    events += for_route_change(s, policy, expired, "pin_expired") is not None
-                decision = None
-                if {x.job.served_model, x.job.shadow_model} == {row.candidate, row.reference}:
-                    state, decision = cat.engine.update(dict(row.detector_state or {}),
-                                                        x.verdict.agree,  # type: ignore[union-attr]
-                                                        situation(row, now.timestamp()))
-                    row.detector_state = state
-                    change = apply_decision(s, row, decision, x.job.job_id)
-                    if change is not None:
-                        changes.append(change)
-                        if change.applied:
-                            changed[name] = row
-                            events += for_route_change(s, policy, change,
-                                                       event_kind(decision)) is not None
+                # The category's first sample of the batch carries the pin expiry, if any.
+                change, events, decision = (expired, expired_events, None) if n == 0 else (None, 0, None)
+                if {x.job.served_model, x.job.shadow_model} == pair:
+                    state, decision = cat.engine.update(state, x.verdict.agree,  # type: ignore[union-attr]
+                                                        sit)
+                    if decision.changes_route:
+                        row.detector_state = state  # the change writes the state with the route
+                        change = apply_decision(s, row, decision, x.job.job_id)
+                        if change is not None:
+                            changes.append(change)
+                            if change.applied:
+                                changed[name] = row
+                                sit = situation(row, now.timestamp())
+                                events += for_route_change(s, policy, change,
+                                                           event_kind(decision)) is not None
                     elif decision.action == "eligible":
                         events += for_eligible(s, policy, cat.name, decision.reason, x.job.job_id,
                                                decision.numbers) is not None
-                outcomes[i] = Outcome("recorded", decision, change or expired, events)
+                outcomes[i] = Outcome("recorded", decision, change, events)
+            row.detector_state = state
             s.add(row)
         s.commit()
     for change in changes:

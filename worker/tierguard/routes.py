@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -140,7 +139,6 @@ class RouteTable:
         self._redis: redis_lib.Redis | None = None
         self.ttl = ttl
         self.routes: dict[str, str] = {}
-        self.refreshed_at = 0.0
         self.failures = 0
         self._stop = threading.Event()
         self._loaded = threading.Event()
@@ -178,7 +176,6 @@ class RouteTable:
                 self.failures += 1
         if routes is not None:
             self.routes = routes
-            self.refreshed_at = time.monotonic()
 
     def _rows_for_redis(self) -> list[Category]:
         with session(self._engine) as s:  # type: ignore[arg-type]
