@@ -8,20 +8,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.helpers import API_KEY, wait_for_log, write_policy
 from tierguard.config import Settings, get_settings
 from tierguard.db import make_engine, upgrade
-from tierguard.servers import PostgresServer, RedisServer
-from tierguard.simulate import Scenario, SimServer
-
-API_KEY = "sk-ant-test-" + "x" * 24
+from tierguard.ops.servers import PostgresServer, RedisServer
+from tierguard.ops.simulate import Scenario, SimServer
 
 
 @pytest.fixture(scope="session")
@@ -85,11 +82,6 @@ def simulator() -> Iterator[Callable[..., SimServer]]:
     yield start
     for s in servers:
         s.stop()
-
-
-def write_policy(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 @pytest.fixture
@@ -156,26 +148,6 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
     s = Stack()
     yield s
     s.stop_workers()
-
-
-def wait_for_log(path: Path, text: str, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in path.read_text():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"worker exited ({proc.returncode}):\n{path.read_text()[-3000:]}")
-        time.sleep(0.1)
-    raise AssertionError(f"worker not ready after {timeout}s:\n{path.read_text()[-3000:]}")
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture

@@ -7,12 +7,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
-from tierguard.calls import Answer
-from tierguard.comparators import Verdict
+from tierguard.compare import Verdict
 from tierguard.db import Category, RouteChange, Sample, check_schema, session
 from tierguard.job import ShadowJob
+from tierguard.pipeline.calls import Answer
+from tierguard.pipeline.recorder import record
 from tierguard.policy import parse_policy
-from tierguard.recorder import record
 
 POLICY = parse_policy({"defaults": {"min_samples": 5, "threshold": 0.9},
                        "payloads": {"store": "hash"}})
@@ -105,7 +105,7 @@ def test_racing_writers_produce_exactly_one_route_change(engine):
 
 
 def test_pinned_category_is_never_flipped(engine):
-    from tierguard.actions import pin, unpin
+    from tierguard.ops.actions import pin, unpin
 
     change = pin(engine, None, POLICY, "sentiment", "candidate", reason="trial", actor="ana")
     assert (change.rule, change.actor, change.to_model) == ("pin", "ana", "claude-haiku-4-5")
@@ -123,8 +123,8 @@ def test_pinned_category_is_never_flipped(engine):
 def test_expired_pin_returns_control_to_the_engine(engine):
     import datetime as dt
 
-    from tierguard.actions import pin
     from tierguard.db import utcnow
+    from tierguard.ops.actions import pin
 
     pin(engine, None, POLICY, "sentiment", "candidate", reason="launch week", actor="ana",
         until=utcnow() + dt.timedelta(seconds=1))
@@ -161,7 +161,7 @@ def test_observe_mode_records_would_flips_and_never_moves_the_route(engine):
 def test_operator_promotion_needs_eligibility(engine):
     import pytest
 
-    from tierguard.actions import ActionRefused, promote
+    from tierguard.ops.actions import ActionRefused, promote
 
     policy = parse_policy({"defaults": {"min_samples": 5, "promote_min_samples": 100}})
     bad, good = Verdict(False, 0.0, "differ"), Verdict(True, 1.0, "same")

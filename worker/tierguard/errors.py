@@ -4,11 +4,14 @@
     ├── ConfigError            a bad policy file or setting (names the field)
     ├── SchemaNotReady         the database is not migrated to head
     ├── RouteConflict          a flip lost the optimistic version race
-    └── ShadowCallError        the shadow model call failed
-        ├── RetryableCallError     429, 529, 5xx, timeouts, connection errors
-        └── PermanentCallError     4xx other than 408/409/429, bad responses
+    ├── ShadowCallError        the shadow model call failed
+    │   ├── RetryableCallError     429, 529, 5xx, timeouts, connection errors
+    │   └── PermanentCallError     4xx other than 408/409/429, bad responses
+    └── DeliveryError          an alert channel did not accept an alert
+        ├── RetryableDelivery      network error, timeout, 408/425/429/5xx, a secret not set yet
+        └── PermanentDelivery      the receiver rejects the payload (other 4xx)
 
-Whether a failed shadow call is retried is decided by its type alone.
+Whether a failed call or delivery is retried is decided by its type alone.
 """
 
 from __future__ import annotations
@@ -53,3 +56,15 @@ class RetryableCallError(ShadowCallError):
 
 class PermanentCallError(ShadowCallError):
     """Will fail again: bad request, auth, not found, unusable response."""
+
+
+class DeliveryError(TierguardError):
+    """A channel did not accept an alert."""
+
+
+class RetryableDelivery(DeliveryError):
+    """Network error, timeout, 408/429/5xx: try again later."""
+
+
+class PermanentDelivery(DeliveryError):
+    """The receiver rejects the payload (4xx): retrying will not help."""

@@ -21,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from tierguard import comparators
-from tierguard.detector import Engine, EngineConfig
+from tierguard import compare as comparators
+from tierguard.engine.detector import Engine, EngineConfig
 from tierguard.errors import ConfigError
 
 

@@ -20,13 +20,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
+from tierguard import keys
 from tierguard.db import Category, RouteChange, insert_new, session, utcnow
 from tierguard.errors import RouteConflict
 from tierguard.policy import CategoryPolicy, Policy
 
 log = logging.getLogger(__name__)
 
-REDIS_KEY = "tierguard:routes"
+REDIS_KEY = keys.ROUTES
 
 # Write model|version only if the stored version is older (never move a route backwards).
 _FORWARD_ONLY = """
@@ -89,6 +90,20 @@ def change_route(s: Session, row: Category, to_model: str, *, rule: str, reason:
     for k, v in values.items():
         set_committed_value(row, k, v)
     return change
+
+
+def expire_pin(s: Session, row: Category, now: dt.datetime) -> RouteChange | None:
+    """Hand a category whose pin has expired back to the engine."""
+    until = row.pinned_until
+    if not row.pinned or until is None:
+        return None
+    if until.tzinfo is None:  # SQLite returns naive datetimes
+        until = until.replace(tzinfo=dt.UTC)
+    if until > now:
+        return None
+    return change_route(s, row, row.routed_model, rule="pin_expired", actor="auto", pin=False,
+                        reason=f"pin by {row.pinned_by} ({row.pin_reason}) expired at "
+                               f"{until.isoformat(timespec='minutes')}")
 
 
 def publish(r: redis_lib.Redis, rows: list[Category]) -> None:

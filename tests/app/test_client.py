@@ -1,0 +1,99 @@
+"""The wrapper: SDK objects untouched, routes from Redis, never raising when tierguard's side fails."""
+
+import asyncio
+
+import anthropic
+import redis
+
+import tierguard
+from tests.helpers import API_KEY, wait_until
+from tierguard.config import get_settings
+from tierguard.ops.servers import free_port
+from tierguard.policy import parse_policy
+from tierguard.routes import REDIS_KEY
+
+SCENARIO = {"categories": {"sentiment": {"kind": "label", "labels": ["POSITIVE", "NEGATIVE"]}}}
+POLICY = parse_policy({"defaults": {"sample_rate": 1.0},
+                       "categories": {"sentiment": {"comparator": {"type": "label",
+                                                                   "labels": ["POSITIVE", "NEGATIVE"]}}}})
+
+
+def wrapper(server, **settings):
+    return tierguard.ShadowedAnthropic(
+        anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY),
+        settings=get_settings(**settings), policy=POLICY)
+
+
+def call(client, text="ok", **kw):
+    return client.messages.create(category="sentiment", max_tokens=8, system="sentiment: classify",
+                                  messages=[{"role": "user", "content": text}], **kw)
+
+
+def test_returns_the_sdk_message_and_publishes_a_job(simulator, redis_url, sqlite_url):
+    server = simulator(**SCENARIO)
+    sdk = anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY)
+    settings = get_settings(redis_url=redis_url, database_url=sqlite_url, route_ttl=0.1)
+    client = tierguard.ShadowedAnthropic(sdk, settings=settings, policy=POLICY)
+    msg = call(client, model="ignored-by-routing")
+    assert type(msg) is anthropic.types.Message
+    assert msg.model == "claude-haiku-4-5"  # the policy's initial route: the candidate
+    assert client.tierguard_flush()
+    assert client.tierguard_stats()["published"] == 1
+    assert redis.Redis.from_url(redis_url).llen(settings.queue) == 1
+    # Without a category it is the plain SDK call; other attributes pass through.
+    plain = client.messages.create(model="claude-opus-4-7", max_tokens=8, system="x",
+                                   messages=[{"role": "user", "content": "hi"}])
+    assert plain.model == "claude-opus-4-7"
+    assert client.base_url == sdk.base_url
+    assert client.tierguard_stats()["submitted"] == 1
+    client.tierguard_close()
+
+
+def test_route_changes_in_redis_reach_the_wrapper(simulator, redis_url, sqlite_url):
+    server = simulator(**SCENARIO)
+    client = wrapper(server, redis_url=redis_url, database_url=sqlite_url, route_ttl=0.05)
+    redis.Redis.from_url(redis_url).hset(REDIS_KEY, "sentiment", "claude-opus-4-7|2")
+    wait_until(lambda: call(client).model == "claude-opus-4-7", 5, "the new route")
+    client.tierguard_close()
+
+
+def test_redis_down_calls_succeed_and_drops_are_counted(simulator, sqlite_url):
+    server = simulator(**SCENARIO)
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    client = wrapper(server, redis_url=dead, database_url=sqlite_url)
+    messages = [call(client, f"text {i}") for i in range(50)]
+    assert all(m.content for m in messages)
+    assert client.tierguard_flush()
+    stats = client.tierguard_stats()
+    assert stats["submitted"] == 50
+    assert stats["dropped_broker_down"] == 50 and stats.get("published", 0) == 0
+    assert stats["internal_errors"] == 0
+    client.tierguard_close()
+
+
+def test_full_buffer_drops_instead_of_blocking(simulator, sqlite_url, redis_url):
+    server = simulator(**SCENARIO)
+    client = wrapper(server, redis_url=redis_url, database_url=sqlite_url, publish_buffer=1)
+    client._core.publisher._stop.set()  # nobody drains the queue now
+    client._core.publisher._thread.join()
+    for i in range(5):
+        call(client, str(i))
+    stats = client.tierguard_stats()
+    assert stats["submitted"] == 1 and stats["dropped_buffer_full"] == 4
+
+
+def test_async_twin(simulator, redis_url, sqlite_url):
+    server = simulator(**SCENARIO)
+    settings = get_settings(redis_url=redis_url, database_url=sqlite_url)
+    client = tierguard.AsyncShadowedAnthropic(
+        anthropic.AsyncAnthropic(base_url=server.base_url, api_key=API_KEY), settings=settings,
+        policy=POLICY)
+
+    async def main():
+        return await asyncio.gather(*(call(client, f"t{i}") for i in range(5)))
+
+    messages = asyncio.run(main())
+    assert all(type(m) is anthropic.types.Message for m in messages)
+    assert client.tierguard_flush()
+    assert client.tierguard_stats()["published"] == 5
+    client.tierguard_close()

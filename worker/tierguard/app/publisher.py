@@ -1,0 +1,169 @@
+"""Hands shadow jobs to Celery from a background thread, so callers never wait on Redis.
+
+``submit`` is a non-blocking put into a bounded queue; a full queue drops the
+job and counts it. The publishing thread builds the jobs (hashing, JSON) and
+sends up to ``batch_size`` of them, gathered for at most ``batch_wait`` s, as one
+``shadow_batch`` message; when Redis is unreachable it drops, counts, and tries
+the broker again after a short pause instead of queueing without bound.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from tierguard import keys
+from tierguard.broker import BATCH_TASK, make_celery
+from tierguard.config import Settings
+from tierguard.job import ShadowJob
+from tierguard.messages import message_text, usage_of
+
+log = logging.getLogger(__name__)
+
+TRAFFIC_FLUSH_SECONDS = 5.0
+
+# Request keys that are transport options, not part of the model request.
+_TRANSPORT_KEYS = {"extra_headers", "extra_query", "timeout", "stream", "model"}
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json", exclude_none=True)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def build_job(category: str, served: str, shadow: str, request: dict[str, Any], message: Any,
+              latency_ms: float, requested_at: dt.datetime) -> ShadowJob:
+    clean = {k: v for k, v in request.items() if k not in _TRANSPORT_KEYS}
+    clean = json.loads(json.dumps(clean, default=_jsonable))
+    inp, out = usage_of(message)
+    return ShadowJob(job_id=uuid.uuid4().hex, category=category, served_model=served,
+                     shadow_model=shadow, request=clean, primary_text=message_text(message),
+                     primary_input_tokens=inp, primary_output_tokens=out,
+                     primary_latency_ms=round(latency_ms, 3), requested_at=requested_at.isoformat())
+
+
+class Publisher:
+    def __init__(self, settings: Settings, broker_pause: float = 1.0, batch_size: int = 50,
+                 batch_wait: float = 0.02):
+        self.settings = settings
+        self.batch_size, self.batch_wait = batch_size, batch_wait
+        self.queue: queue.Queue[tuple] = queue.Queue(maxsize=settings.publish_buffer)
+        self.counts: Counter[str] = Counter()
+        self.broker_pause = broker_pause
+        self._down_until = 0.0
+        self._last_warning = 0.0
+        self._app = None
+        self.traffic: Counter[str] = Counter()
+        self._traffic_flushed = time.monotonic()
+        self._redis = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tierguard-publisher", daemon=True)
+        self._thread.start()
+
+    def submit(self, *item: Any) -> None:
+        """Queue one sampled call; never blocks, never raises."""
+        try:
+            self.queue.put_nowait(item)
+            self.counts["submitted"] += 1
+        except queue.Full:
+            self.counts["dropped_buffer_full"] += 1
+            self._warn("shadow buffer full; dropping samples")
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warning > 60:
+            self._last_warning = now
+            log.warning("tierguard: %s (counts so far: %s)", message, dict(self.counts))
+
+    def _send(self, jobs: list[ShadowJob]) -> None:
+        if self._app is None:
+            self._app = make_celery(self.settings)
+        self._app.send_task(BATCH_TASK, args=[[j.to_dict() for j in jobs]], task_id=jobs[0].job_id,
+                            queue=self.settings.queue, retry=False)
+
+    def count_call(self, category: str) -> None:
+        """Count one production call (the monitor-blind check compares it with samples)."""
+        self.traffic[category] += 1
+
+    def _flush_traffic(self) -> None:
+        self._traffic_flushed = time.monotonic()
+        counts, self.traffic = self.traffic, Counter()
+        if not counts:
+            return
+        key = keys.TRAFFIC.format(minute=int(time.time() // 60))
+        try:
+            if self._redis is None:
+                import redis
+
+                self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1,
+                                                   socket_connect_timeout=1)
+            pipe = self._redis.pipeline(transaction=False)
+            for name, n in counts.items():
+                pipe.hincrby(key, name, n)
+            pipe.expire(key, 3 * 3600)
+            pipe.execute()
+        except Exception:
+            self.counts["traffic_reports_dropped"] += 1
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if time.monotonic() - self._traffic_flushed > TRAFFIC_FLUSH_SECONDS:
+                self._flush_traffic()
+            try:
+                items = [self.queue.get(timeout=0.2)]
+            except queue.Empty:
+                continue
+            deadline = time.monotonic() + self.batch_wait
+            while len(items) < self.batch_size and (left := deadline - time.monotonic()) > 0:
+                try:
+                    items.append(self.queue.get(timeout=left))
+                except queue.Empty:
+                    break
+            try:
+                self._publish(items)
+            finally:
+                for _ in items:
+                    self.queue.task_done()
+
+    def _publish(self, items: list[tuple]) -> None:
+        if time.monotonic() < self._down_until:
+            self.counts["dropped_broker_down"] += len(items)
+            return
+        jobs = []
+        for item in items:
+            try:
+                jobs.append(build_job(*item))
+            except Exception:
+                self.counts["dropped_unserializable"] += 1
+                log.exception("tierguard: could not build a shadow job")
+        if not jobs:
+            return
+        try:
+            self._send(jobs)
+            self.counts["published"] += len(jobs)
+        except Exception as err:  # kombu/redis errors vary by failure mode
+            self.counts["dropped_broker_down"] += len(jobs)
+            self._down_until = time.monotonic() + self.broker_pause
+            self._warn(f"cannot publish to the broker ({type(err).__name__}: {err})")
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every submitted job is published or dropped."""
+        deadline = time.monotonic() + timeout
+        while self.queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self.queue.unfinished_tasks
+
+    def close(self, timeout: float = 2.0) -> None:
+        self.flush(timeout)
+        self._stop.set()
+        self._flush_traffic()

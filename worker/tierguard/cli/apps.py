@@ -1,0 +1,18 @@
+"""The Typer apps every command module registers on (``tierguard`` and its groups)."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Shadow-traffic quality monitor for LLM model tiering.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+sim_app = typer.Typer(no_args_is_help=True, help="Simulated models (Messages API).")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: figures measured in one run.")
+alerts_app = typer.Typer(no_args_is_help=True, help="Alert channels and the outbox.")
+grafana_app = typer.Typer(no_args_is_help=True, help="Grafana dashboard and annotations.")
+app.add_typer(db_app, name="db")
+app.add_typer(sim_app, name="simulate")
+app.add_typer(bench_app, name="bench")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(grafana_app, name="grafana")

@@ -1,0 +1,96 @@
+"""``tierguard bench``: figures measured in one run."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from tierguard.cli.apps import bench_app
+from tierguard.cli.common import JsonOpt, console, emit, nothing
+
+
+@bench_app.command("engine")
+def bench_engine(runs: int = typer.Option(2000, min=1000, help="Monte Carlo runs per figure"),
+                 as_json: bool = JsonOpt) -> None:
+    """Decision engine vs the naive window rule and an oracle CUSUM (false flips, detection delay)."""
+    from tierguard.ops.bench import engine_figures
+
+    with console.status("simulating…", spinner="dots") if not as_json else nothing():
+        fig = engine_figures(runs)
+    if as_json:
+        emit(fig)
+        return
+    table = Table(title=f"decision engine, {runs:,} Monte Carlo runs per figure")
+    for col in ("scenario", "goal", "tierguard", "naive window-100", "oracle CUSUM"):
+        table.add_column(col)
+    for level, goal in ((0.93, "≤ 1 %"), (0.97, "0")):
+        f = fig[f"false_flips_{level}"]
+        table.add_row(f"false flips at {level}, per 10,000 samples", goal, f"{f['engine']:.1%}",
+                      f"{f['window100']:.1%}", "(tuned to 1 %)")
+    for post, goal in ((0.85, "≤ 300 / ≤ 550"), (0.88, "≤ 600 / ≤ 1,100")):
+        f = fig[f"detect_0.97_to_{post}"]
+        cell = {k: f"{v['median']:.0f} / {v['p95']:.0f}" for k, v in f.items()}
+        early = f["window100"]["flipped_before_change"]
+        table.add_row(f"0.97 → {post} detection, median / p95 samples", goal, cell["engine"],
+                      f"{cell['window100']} ({early} flipped before the drop)", cell["oracle"])
+    console.print(table)
+    d = fig["design"]
+    console.print(f"design: k={d['k']} m={d['m']} h={d['h']} (healthy {d['healthy']}, tuned to "
+                  f"catch {d['detect']:.2f}, false-flip budget {d['false_flip_rate']:.2%})")
+
+
+@bench_app.command("replay")
+def bench_replay(samples: int = typer.Option(200_000, min=1000), as_json: bool = JsonOpt) -> None:
+    """Pre-judged samples per second through replay (comparators, engine, in-memory storage)."""
+    from tierguard.ops.bench import replay_figures
+
+    fig = replay_figures(samples)
+    if as_json:
+        emit(fig)
+        return
+    console.print(f"replay: {fig['samples']:,} samples in {fig['seconds']} s = "
+                  f"[bold]{fig['samples_per_s']:,}/s[/] (goal ≥ {fig['goal_samples_per_s']:,}/s)")
+
+
+@bench_app.command("hotpath")
+def bench_hotpath(calls: int = typer.Option(5000, min=5000, help="calls each, interleaved"),
+                  as_json: bool = JsonOpt) -> None:
+    """The wrapper vs the bare SDK call on a local zero-latency Messages API (and with Redis down)."""
+    from tierguard.ops.bench import hotpath_figures
+
+    with console.status("measuring…") if not as_json else nothing():
+        fig = hotpath_figures(calls)
+    if as_json:
+        emit(fig)
+        return
+    g = fig["goals"]
+    table = Table(title=f"hot path: {calls:,} calls each, sample rate {fig['sample_rate']:.0%}")
+    for col in ("figure", "measured", "goal"):
+        table.add_column(col)
+    table.add_row("median ratio wrapper / bare SDK", f"{fig['median_ratio']:.4f}", f"≤ {g['median_ratio']}")
+    table.add_row("added by tierguard, p50 / p99", f"{fig['p50_added_us']} / {fig['p99_added_us']} µs",
+                  f"p99 ≤ {g['p99_added_us']} µs")
+    table.add_row("added with Redis down, p50 / p99",
+                  f"{fig['redis_down_p50_added_us']} / {fig['redis_down_p99_added_us']} µs",
+                  f"p99 ≤ {g['redis_down_p99_added_us']} µs")
+    table.add_row("bare SDK call, median", f"{fig['bare_median_us']} µs", "")
+    console.print(table)
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(seconds: float = typer.Option(20.0, min=5.0), rate: float = 700.0,
+                   workers: int = typer.Option(1, min=1), concurrency: int = 100,
+                   as_json: bool = JsonOpt) -> None:
+    """End to end on this host: enqueue → 1 s shadow call → compare → PostgreSQL row."""
+    from tierguard.ops.bench import pipeline_figures
+
+    with console.status("running the pipeline…") if not as_json else nothing():
+        fig = pipeline_figures(seconds=seconds, rate=rate, workers=workers, concurrency=concurrency)
+    if as_json:
+        emit(fig)
+        return
+    console.print(f"{workers} worker process(es): [bold]{fig['comparisons_per_s']}/s[/] comparisons "
+                  f"(goal ≥ {fig['goal_comparisons_per_s']}/s), offered {rate:g}/s; in flight max "
+                  f"{fig['in_flight_max']}; queue delay p95 {fig['p95_queue_delay_s']} s; shadow call "
+                  f"p50/p95 {fig['shadow_call_p50_ms']}/{fig['shadow_call_p95_ms']} ms; "
+                  f"{fig['recorded']}/{fig['sent']} recorded, {fig['errors']} errors")

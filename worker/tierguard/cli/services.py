@@ -1,0 +1,81 @@
+"""The long-running processes: worker, beat, and the probe that asks workers if they are alive."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import typer
+
+from tierguard.cli.apps import app
+from tierguard.cli.common import JsonOpt, console, emit, env, redis_client
+
+
+@app.command()
+def worker(concurrency: int | None = typer.Option(
+               None, "--concurrency", "-c",
+               help="Celery task threads: batch messages in progress at once "
+                    "(default TIERGUARD_WORKER_CONCURRENCY)"),
+           pool: str = typer.Option("threads", help="threads (default) or another Celery pool"),
+           loglevel: str = "INFO") -> None:
+    """Run a Celery worker that executes shadow jobs (threads pool, at-least-once)."""
+    from tierguard.pipeline.tasks import worker_app
+    from tierguard.routes import ensure_categories, sync_to_redis
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    settings, policy, engine = env()
+    ensure_categories(engine, policy)
+    r = redis_client(settings)
+
+    def sync_routes() -> None:  # repairs Redis after a missed post-commit update
+        stop = threading.Event()
+        while not stop.wait(5.0):
+            try:
+                sync_to_redis(engine, r)
+            except Exception as err:
+                logging.getLogger("tierguard.routes").warning("route sync failed: %s", err)
+
+    threading.Thread(target=sync_routes, name="tierguard-route-sync", daemon=True).start()
+    celery = worker_app(settings)
+    n = concurrency or settings.worker_concurrency
+    celery.worker_main(["worker", "-P", pool, "-c", str(n), "-Q", settings.queue,
+                        "-l", loglevel, "-n", f"tierguard-{os.getpid()}@%h",
+                        "--without-gossip", "--without-mingle"])
+
+
+@app.command()
+def ping(timeout: float = typer.Option(5.0, help="seconds to wait for replies"),
+         local: bool = typer.Option(True, help="only count workers on this host (k8s probes)"),
+         as_json: bool = JsonOpt) -> None:
+    """Ask the workers over the broker whether they are alive; exit 1 if none answers."""
+    import socket
+
+    from tierguard.broker import make_celery
+    from tierguard.config import get_settings
+
+    replies = make_celery(get_settings()).control.ping(timeout=timeout) or []
+    names = [name for reply in replies for name in reply]
+    if local:
+        names = [n for n in names if n.endswith("@" + socket.gethostname())]
+    if as_json:
+        emit({"workers": names})
+    else:
+        console.print("\n".join(names) or "[red]no worker answered[/]")
+    if not names:
+        raise typer.Exit(1)
+
+
+@app.command()
+def beat(loglevel: str = "INFO") -> None:
+    """Run Celery beat (exactly one per deployment): alert redelivery and the periodic checks."""
+    import tempfile
+
+    from tierguard.broker import make_celery
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings, _, _ = env()
+    schedule = Path(tempfile.gettempdir()) / f"tierguard-beat-{os.getpid()}"
+    make_celery(settings).start(["beat", "-l", loglevel, "-s", str(schedule)])

@@ -1,0 +1,8 @@
+"""The decision core: detector state + one outcome -> new state + a decision with its reason.
+
+Owns the Bernoulli CUSUM's design (:mod:`~tierguard.engine.cusum`), the per-category
+detector that demotes, marks eligible, promotes and guards against flapping
+(:mod:`~tierguard.engine.detector`). Pure: it imports nothing that does I/O (no
+database, broker, network, files or processes) and nothing of tierguard's but
+itself, so every verdict can be replayed and tested sample by sample.
+"""

@@ -1,0 +1,212 @@
+"""Pure decision logic: detector state + one outcome -> new state + decision. No I/O.
+
+Per category, one stream of agree/disagree outcomes (errors never enter it):
+
+- While the **candidate serves**, a Bernoulli CUSUM (see :mod:`tierguard.engine.cusum`)
+  watches for a drop below ``threshold``; no decision before ``min_samples``
+  outcomes since the last restart; crossing ``h`` demotes to the reference.
+  Demotion is never delayed by a cooldown.
+- While the **reference serves**, the candidate is shadowed and the engine waits
+  for agreement back above ``promote_threshold``: eligible when the Wilson 95 %
+  lower bound over at least ``promote_min_samples`` outcomes clears it. When the
+  upper bound falls below it, the evidence restarts (so a later recovery is
+  measured fresh). Promotion is an operator action unless ``auto_promote``;
+  automatic promotion waits out ``cooldown_s`` after the last change.
+- **Flap guard**: the ``flap_limit``-th automatic change inside
+  ``flap_window_s`` pins the category to the reference instead.
+- **Pinned**: decisions hold; the evidence restarts when the pin goes. **Observe mode**: decisions
+  are reported with ``applied=False`` and routes never move.
+
+Every decision carries its rule, reason and numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tierguard.engine.cusum import Design, design
+
+Action = Literal["hold", "demote", "eligible", "promote", "pin"]
+Serving = Literal["candidate", "reference", "other"]
+STATE_VERSION = 2
+EWMA_SPAN = 200
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    threshold: float = 0.90
+    healthy: float = 0.93
+    false_flip_rate: float = 0.01
+    horizon: int = 10_000
+    min_samples: int = 50
+    promote_threshold: float = 0.95
+    promote_min_samples: int = 200
+    auto_promote: bool = False
+    cooldown_s: float = 3600.0
+    flap_limit: int = 3
+    flap_window_s: float = 86_400.0
+    observe: bool = False
+
+    @property
+    def detect(self) -> float:
+        """The agreement level the CUSUM is tuned to catch: one point below the threshold."""
+        return max(self.threshold - 0.01, self.threshold / 2)
+
+
+@dataclass(frozen=True)
+class Situation:
+    serving: Serving
+    pinned: bool
+    now: float  # seconds since the epoch
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    rule: str
+    reason: str
+    agreement: float | None
+    samples: int
+    applied: bool = True
+    pin: bool = False
+    numbers: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def changes_route(self) -> bool:
+        return self.action in ("demote", "promote", "pin")
+
+
+def wilson(agree: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for agree/n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = agree / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    denom = 1 + z * z / n
+    return (centre - spread) / denom, (centre + spread) / denom
+
+
+def fresh_state() -> dict:
+    return {"v": STATE_VERSION, "dir": None, "s": 0, "n": 0, "a": 0, "z": 0, "za": 0, "eligible": False,
+            "ewma": None, "total": 0, "last_change": None, "changes": []}
+
+
+def note_change(state: dict, now: float, window_s: float) -> dict:
+    """Record a route change at ``now`` (automatic or by an operator)."""
+    st = {**fresh_state(), **state} if state.get("v") == STATE_VERSION else fresh_state()
+    st["changes"] = [t for t in st["changes"] if now - t < window_s] + [now]
+    st["last_change"] = now
+    return _restart(st, None)
+
+
+def _restart(st: dict, direction: str | None) -> dict:
+    return {**st, "dir": direction, "s": 0, "n": 0, "a": 0, "z": 0, "za": 0, "eligible": False}
+
+
+class Engine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.design: Design = design(config.healthy, config.detect, config.false_flip_rate,
+                                     config.horizon)
+
+    def statistic(self, state: dict) -> float:
+        """The CUSUM statistic as a share of the flip threshold (1.0 flips)."""
+        return state.get("s", 0) / self.design.h if state.get("v") == STATE_VERSION else 0.0
+
+    def update(self, state: dict, agree: bool, sit: Situation) -> tuple[dict, Decision]:
+        st = {**fresh_state(), **state} if state.get("v") == STATE_VERSION else fresh_state()
+        alpha = 2 / (EWMA_SPAN + 1)
+        st["ewma"] = float(agree) if st["ewma"] is None else st["ewma"] + alpha * (agree - st["ewma"])
+        st["total"] += 1
+        direction = "pinned" if sit.pinned else {"candidate": "demote",
+                                                 "reference": "promote"}.get(sit.serving)
+        if st["dir"] != direction:
+            st = _restart(st, direction)
+        st["n"] += 1
+        st["a"] += int(agree)
+        if direction == "pinned":
+            return st, self._hold(st, "pinned by an operator; the engine restarts when unpinned")
+        if direction == "demote":
+            return self._watch_candidate(st, agree, sit)
+        if direction == "promote":
+            return self._watch_recovery(st, sit)
+        return st, self._hold(st, "served by a model outside the candidate/reference pair")
+
+    def _hold(self, st: dict, reason: str, rule: str = "cusum") -> Decision:
+        return Decision("hold", rule, reason, st["ewma"], st["n"])
+
+    def _flapping(self, st: dict, now: float) -> bool:
+        recent = [t for t in st["changes"] if now - t < self.config.flap_window_s]
+        return len(recent) + 1 >= self.config.flap_limit
+
+    def _watch_candidate(self, st: dict, agree: bool, sit: Situation) -> tuple[dict, Decision]:
+        c, d = self.config, self.design
+        st["s"] = max(0, st["s"] - d.k) if agree else st["s"] + d.m
+        # The evidence segment: samples since the statistic last stood at zero.
+        st["z"], st["za"] = (0, 0) if st["s"] == 0 else (st["z"] + 1, st["za"] + int(agree))
+        if st["n"] < c.min_samples:
+            return st, self._hold(st, f"{st['n']} < min_samples {c.min_samples}")
+        if st["s"] < d.h:
+            return st, self._hold(st, f"CUSUM {st['s']}/{d.h}")
+        seg, seg_agree = st["z"], st["za"]
+        rate = seg_agree / seg
+        numbers = {"statistic": st["s"], "h": d.h, "k": d.k, "m": d.m, "healthy": c.healthy,
+                   "detect": c.detect, "threshold": c.threshold,
+                   "false_flip_rate": d.false_flip_rate, "horizon": d.horizon,
+                   "ewma": st["ewma"], "segment": seg, "segment_agree": seg_agree,
+                   "samples_since_restart": st["n"]}
+        reason = (f"CUSUM reached {st['s']}/{d.h}: {seg_agree}/{seg} = {rate:.3f} agreement over "
+                  f"the last {seg} samples is evidence of a level below threshold "
+                  f"{c.threshold:.2f} (designed for ≤ {d.false_flip_rate:.2%} false flips per "
+                  f"{d.horizon:,} samples at {c.healthy:.2f})")
+        if c.observe:
+            st = _restart(st, "demote")
+            return st, Decision("demote", "cusum", "would flip (observe mode): " + reason,
+                                rate, seg, applied=False, numbers=numbers)
+        pin = self._flapping(st, sit.now)
+        if pin:
+            reason += f"; flap guard: {c.flap_limit} changes within {c.flap_window_s / 3600:g} h, pinned"
+        st = note_change(st, sit.now, c.flap_window_s)
+        return st, Decision("demote", "flap_guard" if pin else "cusum", reason, rate, seg,
+                            pin=pin, numbers=numbers)
+
+    def _watch_recovery(self, st: dict, sit: Situation) -> tuple[dict, Decision]:
+        c = self.config
+        n, a = st["n"], st["a"]
+        low, high = wilson(a, n)
+        numbers = {"wilson_low": low, "wilson_high": high, "promote_threshold": c.promote_threshold,
+                   "promote_min_samples": c.promote_min_samples, "samples": n,
+                   "agreement_since_restart": a / n}
+        if n >= 50 and high < c.promote_threshold:
+            st = _restart(st, "promote")
+            return st, self._hold(st, f"agreement {a}/{n} clearly below {c.promote_threshold:.2f}; "
+                                      "evidence restarted", "promotion")
+        if n < c.promote_min_samples or low < c.promote_threshold:
+            return st, self._hold(st, f"recovery {a}/{n}, Wilson low {low:.3f}", "promotion")
+        reason = (f"agreement {a}/{n} = {a / n:.3f}, Wilson 95% lower bound {low:.3f} ≥ "
+                  f"promote threshold {c.promote_threshold:.2f}")
+        if not c.auto_promote:
+            if st["eligible"]:
+                return st, self._hold(st, "eligible; waiting for `tierguard promote`", "promotion")
+            st["eligible"] = True
+            return st, Decision("eligible", "promotion", reason, st["ewma"], n, numbers=numbers)
+        last = st["last_change"]
+        if last is not None and sit.now - last < c.cooldown_s:
+            st["eligible"] = True
+            wait = c.cooldown_s - (sit.now - last)
+            return st, self._hold(st, f"eligible; cooldown for {wait:.0f} s more", "promotion")
+        if c.observe:
+            st = _restart(st, "promote")
+            return st, Decision("promote", "promotion", "would promote (observe mode): " + reason,
+                                st["ewma"], n, applied=False, numbers=numbers)
+        if self._flapping(st, sit.now):
+            st = note_change(st, sit.now, c.flap_window_s)
+            return st, Decision("pin", "flap_guard",
+                                f"{reason}, but promoting would be the {c.flap_limit}th change "
+                                f"within {c.flap_window_s / 3600:g} h: pinned to the reference",
+                                st["ewma"], n, pin=True, numbers=numbers)
+        st = note_change(st, sit.now, c.flap_window_s)
+        return st, Decision("promote", "promotion", reason, st["ewma"], n, numbers=numbers)

@@ -1,0 +1,7 @@
+"""Every Redis key tierguard writes, besides Celery's own queue (named by ``TIERGUARD_QUEUE``)."""
+
+ROUTES = "tierguard:routes"
+"""Hash: category -> ``model|version``, the database's routes copied forward-only for wrappers."""
+
+TRAFFIC = "tierguard:traffic:{minute}"
+"""Hash per epoch minute: category -> production calls the wrappers counted (kept 3 h)."""

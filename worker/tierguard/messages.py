@@ -1,0 +1,50 @@
+"""The Messages API's shapes: the comparable text of a request or an answer, and its usage.
+
+Shared by the production side (answers are SDK objects) and the worker side
+(answers are JSON bodies), so both reduce an answer to the same text.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def content_text(content: Any) -> str:
+    """The text of a request's ``content``: a string or a list of blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return ""
+
+
+def message_text(message: Any) -> str:
+    """The comparable text of a Message: its text blocks, then any tool calls as JSON."""
+    parts = []
+    for block in getattr(message, "content", None) or []:
+        kind = getattr(block, "type", None)
+        if kind == "text":
+            parts.append(block.text)
+        elif kind == "tool_use":
+            parts.append(json.dumps({"tool": block.name, "input": block.input}, sort_keys=True))
+    return "\n".join(parts)
+
+
+def usage_of(message: Any) -> tuple[int | None, int | None]:
+    usage = getattr(message, "usage", None)
+    if usage is None:
+        return None, None
+    return getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None)
+
+
+def content_json_text(blocks: list[dict[str, Any]]) -> str:
+    """:func:`message_text` for the JSON form of a Message's content."""
+    parts = []
+    for block in blocks:
+        if block.get("type") == "text":
+            parts.append(block.get("text", ""))
+        elif block.get("type") == "tool_use":
+            parts.append(json.dumps({"tool": block.get("name"), "input": block.get("input")},
+                                    sort_keys=True))
+    return "\n".join(parts)

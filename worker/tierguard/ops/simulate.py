@@ -1,0 +1,304 @@
+"""Simulated models: a local HTTP server that speaks the Messages API.
+
+The *reference* models answer each request with its deterministic truth; every
+other model (a candidate) returns the truth with a scripted probability per
+category, which can drift after a number of candidate requests. Outcomes are a
+pure function of (seed, model, request), so a retried request gets the same
+answer. Errors (429/529/500, slow answers) are injected at a rate or on demand
+through ``POST /_sim/fail``. ``GET /_sim/stats`` counts requests.
+
+A scenario file (YAML)::
+
+    seed: 7
+    latency_ms: 0
+    reference_models: [claude-opus-4-7]
+    error_rates: {429: 0.0, 529: 0.0, 500: 0.0}
+    retry_after: 1
+    categories:
+      sentiment: {kind: label, labels: [POSITIVE, NEGATIVE, NEUTRAL], agreement: 0.98,
+                  drift: {after: 400, agreement: 0.6}}
+
+A request belongs to the category whose ``match`` (default: the name) occurs in
+its system prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tierguard.messages import content_text
+
+VENDORS = ["Acme GmbH", "Globex Ltd", "Initech SA", "Umbrella BV", "Stark Industries",
+           "Wayne Enterprises", "Hooli Inc", "Vandelay Imports"]
+WORDS = ("the customer reports that the order was delayed and asks for a refund or a "
+         "replacement while the agent confirms shipping details and offers a discount").split()
+
+
+@dataclass
+class CategorySim:
+    name: str
+    kind: str = "label"  # label | json | text
+    labels: list[str] = field(default_factory=lambda: ["YES", "NO"])
+    agreement: float = 0.97
+    drift_after: int | None = None
+    drift_agreement: float | None = None
+    match: str | None = None
+    reference_noise: float = 0.0  # chance per call that the reference itself answers wrongly
+
+    def agreement_at(self, candidate_calls: int) -> float:
+        if self.drift_after is not None and candidate_calls > self.drift_after:
+            return self.drift_agreement if self.drift_agreement is not None else self.agreement
+        return self.agreement
+
+
+@dataclass
+class Scenario:
+    seed: int = 0
+    latency_ms: float = 0.0
+    reference_models: list[str] = field(default_factory=lambda: ["claude-opus-4-7"])
+    error_rates: dict[int, float] = field(default_factory=dict)
+    retry_after: float | None = 1.0
+    categories: dict[str, CategorySim] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Scenario:
+        cats = {}
+        for name, c in (data.get("categories") or {}).items():
+            c = dict(c or {})
+            drift = c.pop("drift", None) or {}
+            cats[name] = CategorySim(name=name, drift_after=drift.get("after"),
+                                     drift_agreement=drift.get("agreement"), **c)
+        return cls(seed=int(data.get("seed", 0)), latency_ms=float(data.get("latency_ms", 0)),
+                   reference_models=list(data.get("reference_models", ["claude-opus-4-7"])),
+                   error_rates={int(k): float(v) for k, v in (data.get("error_rates") or {}).items()},
+                   retry_after=data.get("retry_after", 1.0), categories=cats)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Scenario:
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+
+def _unit(*parts: object) -> float:
+    h = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2**64
+
+
+class Simulator:
+    """The answering logic, independent of HTTP."""
+
+    def __init__(self, scenario: Scenario):
+        self.scenario = scenario
+        self.lock = threading.Lock()
+        self.candidate_calls: Counter[str] = Counter()
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.forced: list[tuple[int, float, float | None]] = []  # (status, delay, retry_after)
+        self.in_flight = 0
+        self.in_flight_max = 0
+        self.rng = random.Random(scenario.seed)
+
+    def category_of(self, body: dict[str, Any]) -> CategorySim | None:
+        system = content_text(body.get("system", "")).casefold()
+        for cat in self.scenario.categories.values():
+            if (cat.match or cat.name).casefold() in system:
+                return cat
+        return None
+
+    def answer(self, body: dict[str, Any]) -> tuple[str, str]:
+        """(category name or '', answer text) for one request."""
+        model = str(body.get("model", ""))
+        messages = body.get("messages") or []
+        prompt = content_text(messages[-1].get("content", "")) if messages else ""
+        cat = self.category_of(body)
+        key = hashlib.sha256(json.dumps([body.get("system"), messages], sort_keys=True,
+                                        default=str).encode()).hexdigest()
+        if cat is None:
+            return "", f"Echo: {prompt[:200]}"
+        truth_u = _unit(self.scenario.seed, "truth", key)
+        is_reference = model in self.scenario.reference_models
+        with self.lock:
+            self.requests[(model, cat.name)] += 1
+            if not is_reference:
+                self.candidate_calls[cat.name] += 1
+            n = self.candidate_calls[cat.name]
+        if is_reference:
+            with self.lock:
+                correct = self.rng.random() >= cat.reference_noise
+        else:
+            correct = _unit(self.scenario.seed, model, key) < cat.agreement_at(n)
+        wrong_u = _unit(self.scenario.seed, "wrong", model, key, self.rng.random() if is_reference else 0)
+        return cat.name, self._render(cat, truth_u, None if correct else wrong_u, key)
+
+    def _render(self, cat: CategorySim, u: float, wrong: float | None, key: str) -> str:
+        if cat.kind == "label":
+            i = int(u * len(cat.labels))
+            if wrong is not None and len(cat.labels) > 1:
+                i = (i + 1 + int(wrong * (len(cat.labels) - 1))) % len(cat.labels)
+            return cat.labels[i]
+        if cat.kind == "json":
+            r = random.Random(u)
+            doc = {"vendor": r.choice(VENDORS), "invoice_number": f"INV-{r.randint(1000, 99999)}",
+                   "total": round(r.uniform(10, 5000), 2), "currency": r.choice(["EUR", "USD", "GBP"]),
+                   "notes": f"extracted {_unit(key, wrong):.6f}"}
+            if wrong is not None:
+                field_ = ["vendor", "total", "currency"][int(wrong * 3)]
+                doc[field_] = {"vendor": "Unknown vendor", "total": round(doc["total"] * 1.1, 2),
+                               "currency": "JPY"}[field_]
+            return json.dumps(doc)
+        r = random.Random(u)
+        words = [r.choice(WORDS) for _ in range(20)]
+        if wrong is not None:
+            words = [random.Random(wrong).choice(WORDS) for _ in range(8)] + words[8:12]
+        return " ".join(words).capitalize() + "."
+
+    def next_failure(self) -> tuple[int, float, float | None] | None:
+        with self.lock:
+            if self.forced:
+                return self.forced.pop(0)
+            for status, rate in self.scenario.error_rates.items():
+                if rate and self.rng.random() < rate:
+                    return status, 0.0, self.scenario.retry_after
+        return None
+
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+               429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
+
+
+def message_body(model: str, text: str, input_tokens: int) -> dict[str, Any]:
+    return {"id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant",
+            "model": model, "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": max(1, len(text) // 4)}}
+
+
+def sse_events(msg: dict[str, Any]) -> bytes:
+    text = msg["content"][0]["text"]
+    start = dict(msg, content=[], stop_reason=None,
+                 usage={"input_tokens": msg["usage"]["input_tokens"], "output_tokens": 1})
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": start}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}})]
+    for i in range(0, len(text), 16):
+        events.append(("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                               "delta": {"type": "text_delta", "text": text[i:i + 16]}}))
+    events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+               ("message_delta", {"type": "message_delta",
+                                  "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                  "usage": {"output_tokens": msg["usage"]["output_tokens"]}}),
+               ("message_stop", {"type": "message_stop"})]
+    return "".join(f"event: {e}\ndata: {json.dumps(d)}\n\n" for e, d in events).encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
+    server: SimServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("request-id", "req_" + uuid.uuid4().hex[:16])
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), headers=headers)
+
+    def _error(self, status: int, message: str, retry_after: float | None = None) -> None:
+        headers = {"retry-after": f"{retry_after:g}"} if retry_after is not None else None
+        self._json(status, {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"),
+                                                        "message": message}}, headers)
+
+    def _body(self) -> Any:
+        n = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(n) or b"{}")
+
+    def do_GET(self) -> None:  # noqa: N802
+        sim = self.server.sim
+        if self.path == "/_sim/stats":
+            with sim.lock:
+                stats = {"requests": [{"model": m, "category": c, "count": n}
+                                      for (m, c), n in sorted(sim.requests.items())],
+                         "candidate_calls": dict(sim.candidate_calls),
+                         "in_flight": sim.in_flight, "in_flight_max": sim.in_flight_max}
+            return self._json(200, stats)
+        self._error(404, f"no route {self.path}")
+
+    def do_POST(self) -> None:  # noqa: N802
+        sim = self.server.sim
+        try:
+            body = self._body()
+        except ValueError:
+            return self._error(400, "body is not JSON")
+        if self.path == "/_sim/fail":
+            with sim.lock:
+                for _ in range(int(body.get("count", 1))):
+                    sim.forced.append((int(body.get("status", 500)), float(body.get("delay", 0)),
+                                       body.get("retry_after")))
+            return self._json(200, {"queued": len(sim.forced)})
+        if self.path.split("?")[0] != "/v1/messages":
+            return self._error(404, f"no route {self.path}")
+        if not body.get("model") or not body.get("messages") or not body.get("max_tokens"):
+            return self._error(400, "model, messages and max_tokens are required")
+        failure = sim.next_failure()
+        with sim.lock:
+            sim.in_flight += 1
+            sim.in_flight_max = max(sim.in_flight_max, sim.in_flight)
+        try:
+            if sim.scenario.latency_ms:
+                time.sleep(sim.scenario.latency_ms / 1000)
+        finally:
+            with sim.lock:
+                sim.in_flight -= 1
+        if failure:
+            status, delay, retry_after = failure
+            time.sleep(delay)
+            if status:
+                return self._error(status, "simulated failure", retry_after)
+        _, text = sim.answer(body)
+        chars = len(json.dumps(body.get("messages"))) + len(content_text(body.get("system", "")))
+        msg = message_body(body["model"], text, max(1, chars // 4))
+        if body.get("stream"):
+            return self._send(200, sse_events(msg), "text/event-stream")
+        self._json(200, msg)
+
+
+class SimServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+
+    def __init__(self, scenario: Scenario, host: str = "127.0.0.1", port: int = 0):
+        self.sim = Simulator(scenario)
+        super().__init__((host, port), _Handler)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def start_background(self) -> SimServer:
+        threading.Thread(target=self.serve_forever, name="tierguard-sim", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()

@@ -1,0 +1,91 @@
+"""Read-side queries for the CLI: per-category status and route history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from tierguard.alerts.monitors import noise_warning, self_agreement
+from tierguard.db import Category, RouteChange, Sample, session
+from tierguard.policy import Policy
+
+
+def _counts(s, *where) -> dict[str, int]:
+    q = sa.select(Sample.category, sa.func.count()).where(*where).group_by(Sample.category)
+    return {name: int(n) for name, n in s.execute(q).all()}
+
+
+def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]:
+    """Every known category (database and policy): route, samples, agreement, engine numbers.
+
+    ``agreement`` is an exponentially weighted average over about the last 200
+    conclusive comparisons (null before any); ``samples`` counts every recorded
+    shadow sample, errors included.
+    """
+    with session(engine) as s:
+        rows = {r.name: r for r in s.exec(select(Category))}
+        counts = _counts(s, Sample.kind == "shadow")
+        errors = _counts(s, Sample.kind == "shadow", Sample.error.is_not(None))
+        last: dict[str, RouteChange] = {}
+        would: dict[str, int] = {}
+        for change in s.exec(select(RouteChange).order_by(RouteChange.id)):
+            if change.applied:
+                last[change.category] = change
+            else:
+                would[change.category] = would.get(change.category, 0) + 1
+        names = sorted(set(rows) | set(policy.categories) | set(counts))
+        noise = {name: self_agreement(s, name) for name in names}
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        cat = policy.category(name)
+        row = rows.get(name)
+        state = row.detector_state if row else {}
+        design = cat.engine.design
+        change = last.get(name)
+        self_agree, noise_n = noise[name]
+        warning = noise_warning(cat, self_agree, noise_n)
+        warnings = [warning] if warning else []
+        out[name] = {
+            "route": row.routed_model if row else cat.initial_route,
+            "candidate": cat.candidate,
+            "reference": cat.reference,
+            "samples": counts.get(name, 0),
+            "errors": errors.get(name, 0),
+            "agreement": state.get("ewma"),
+            "threshold": cat.threshold,
+            "mode": cat.mode,
+            "sample_rate": cat.sample_rate,
+            "pinned": bool(row and row.pinned),
+            "pin_reason": row.pin_reason if row else None,
+            "pinned_until": row.pinned_until.isoformat() if row and row.pinned_until else None,
+            "watching": {"demote": "candidate quality (CUSUM)",
+                         "promote": "recovery for promotion"}.get(state.get("dir"), "—"),
+            "statistic": cat.engine.statistic(state),
+            "flip_threshold": {"h_units": design.h, "h_nats": round(design.h * design.unit, 3),
+                               "healthy": design.healthy, "detect": design.detect,
+                               "false_flip_rate": design.false_flip_rate,
+                               "per_samples": design.horizon},
+            "eligible": bool(state.get("eligible")),
+            "would_flip": would.get(name, 0),
+            "self_agreement": self_agree,
+            "warnings": warnings,
+            "last_change": None if change is None else {
+                "from": change.from_model, "to": change.to_model, "reason": change.reason,
+                "actor": change.actor, "at": change.created_at.isoformat()},
+        }
+    return out
+
+
+def history(engine: Engine, category: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    with session(engine) as s:
+        q = select(RouteChange).order_by(RouteChange.id.desc()).limit(limit)  # type: ignore[union-attr]
+        if category:
+            q = q.where(RouteChange.category == category)
+        return [{"id": c.id, "category": c.category, "from": c.from_model, "to": c.to_model,
+                 "rule": c.rule, "reason": c.reason, "agreement": c.agreement,
+                 "samples": c.samples, "actor": c.actor, "applied": c.applied,
+                 "trigger_job_id": c.trigger_job_id, "at": c.created_at.isoformat()}
+                for c in s.exec(q)]

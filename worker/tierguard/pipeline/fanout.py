@@ -1,0 +1,95 @@
+"""Running a batch of shadow jobs concurrently on one event loop per worker process.
+
+Hundreds of threads each blocking on one model call cost more CPU in switching
+than in work; one asyncio loop holding every call of a batch in flight does not.
+The loop lives in its own thread with ``AsyncAnthropic`` clients of small
+connection pools; Celery's task threads hand it batches and wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import httpx2
+
+from tierguard.errors import PermanentCallError, RetryableCallError
+from tierguard.job import ShadowJob
+from tierguard.pipeline.calls import call_model_async
+from tierguard.pipeline.recorder import Result
+from tierguard.pipeline.shadow import noise_result, noise_sampled, result_of
+from tierguard.policy import Policy
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A job whose call failed transiently; it is re-queued on its own with a delay."""
+
+    job: ShadowJob
+    error: RetryableCallError
+
+
+POOL_SHARD = 8  # connections per client: httpcore scans its whole pool on every request
+
+
+class LoopRunner:
+    """An event loop in a daemon thread, with async SDK clients made lazily.
+
+    Requests rotate over ``shards`` clients of ``POOL_SHARD`` connections each:
+    one pool of hundreds of connections costs milliseconds of CPU per request.
+    """
+
+    def __init__(self, client_factory: Callable[[], anthropic.AsyncAnthropic], shards: int = 1):
+        self._factory = client_factory
+        self._clients: list[anthropic.AsyncAnthropic] = []
+        self._shards = max(1, shards)
+        self._next = 0
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="tierguard-fanout", daemon=True).start()
+
+    @property
+    def client(self) -> anthropic.AsyncAnthropic:
+        """The next client in rotation (only ever touched from the loop's thread)."""
+        if len(self._clients) < self._shards:
+            self._clients.append(self._factory())
+        self._next = (self._next + 1) % len(self._clients)
+        return self._clients[self._next]
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+
+def async_client(timeout: float, max_connections: int = POOL_SHARD) -> anthropic.AsyncAnthropic:
+    limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return anthropic.AsyncAnthropic(max_retries=0, timeout=timeout,
+                                    http_client=anthropic.DefaultAsyncHttpxClient(limits=limits))
+
+
+async def run_batch(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *, attempt: int,
+                    final: bool) -> tuple[list[Result], list[Retry]]:
+    """Call every job's shadow model at once; compare; sort into results and retries."""
+
+    async def one(job: ShadowJob) -> list[Result | Retry]:
+        try:
+            answer = await call_model_async(runner.client, job.shadow_model, job.request)
+        except RetryableCallError as err:
+            return [result_of(policy, job, None, err, attempt) if final else Retry(job, err)]
+        except PermanentCallError as err:
+            return [result_of(policy, job, None, err, attempt)]
+        result = result_of(policy, job, answer, None, attempt)
+        if result.verdict is None or not noise_sampled(policy, job):
+            return [result]
+        try:
+            second = await call_model_async(runner.client, policy.category(job.category).reference,
+                                            job.request)
+        except (RetryableCallError, PermanentCallError):
+            return [result]  # a noise sample is best effort, never retried
+        twin = noise_result(policy, job, answer.text, second)
+        return [result] + ([twin] if twin else [])
+
+    done = [item for items in await asyncio.gather(*(one(job) for job in jobs)) for item in items]
+    return ([d for d in done if isinstance(d, Result)], [d for d in done if isinstance(d, Retry)])

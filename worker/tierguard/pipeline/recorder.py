@@ -1,0 +1,226 @@
+"""Record one shadow result and act on it, in a single database transaction.
+
+Insert the sample (idempotent on the job id). When it is a conclusive
+candidate-vs-reference comparison, lock the category row, expire a pin whose
+time is up, feed the detector, and apply its decision (flip, pin, or an
+observe-mode "would flip" row). Redis gets the new route after commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import redis as redis_lib
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from tierguard.alerts.events import for_eligible, for_route_change
+from tierguard.compare import Verdict
+from tierguard.db import Category, RouteChange, Sample, session, utcnow
+from tierguard.engine.detector import Decision, Situation
+from tierguard.errors import RouteConflict
+from tierguard.job import ShadowJob, digest, parse_time
+from tierguard.messages import content_text
+from tierguard.policy import CategoryPolicy, Policy
+from tierguard.routes import change_route, expire_pin, lock_category, publish_quietly
+
+if TYPE_CHECKING:
+    from tierguard.pipeline.calls import Answer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Literal["recorded", "duplicate", "error"]
+    decision: Decision | None = None
+    change: RouteChange | None = None
+    events: int = 0
+
+
+def _excerpt(policy: Policy, text: str | None) -> str | None:
+    if text is None or policy.payloads.store != "excerpt":
+        return None
+    return text[: policy.payloads.excerpt_chars]
+
+
+def _comparator_name(cat: CategoryPolicy) -> str:
+    spec = cat.comparator
+    return spec if isinstance(spec, str) else str(spec.get("type"))
+
+
+def _request_text(request: dict) -> str:
+    messages = request.get("messages") or []
+    return content_text(messages[-1].get("content", "")) if messages else ""
+
+
+def sample_values(policy: Policy, job: ShadowJob, answer: Answer | None, verdict: Verdict | None,
+                  error: tuple[str, str] | None, attempt: int, kind: str = "shadow") -> dict:
+    cat = policy.category(job.category)
+    values = dict(
+        job_id=job.job_id, category=job.category, kind=kind, served_model=job.served_model,
+        shadow_model=job.shadow_model, comparator=_comparator_name(cat), attempts=attempt,
+        agree=verdict.agree if verdict else None, score=verdict.score if verdict else None,
+        reason=verdict.reason if verdict else (error[1] if error else ""),
+        detail=verdict.detail if verdict else {},
+        error=error[0] if error else None,
+        primary_latency_ms=job.primary_latency_ms,
+        primary_input_tokens=job.primary_input_tokens,
+        primary_output_tokens=job.primary_output_tokens,
+        primary_cost_usd=policy.cost_usd(job.served_model, job.primary_input_tokens,
+                                         job.primary_output_tokens),
+        request_hash=digest(job.request), primary_hash=digest(job.primary_text),
+        request_excerpt=_excerpt(policy, _request_text(job.request)),
+        primary_excerpt=_excerpt(policy, job.primary_text),
+        requested_at=parse_time(job.requested_at), created_at=utcnow(),
+    )
+    if answer is not None:
+        values.update(
+            shadow_latency_ms=answer.latency_ms, shadow_input_tokens=answer.input_tokens,
+            shadow_output_tokens=answer.output_tokens,
+            shadow_cost_usd=policy.cost_usd(job.shadow_model, answer.input_tokens,
+                                            answer.output_tokens),
+            shadow_hash=digest(answer.text), shadow_excerpt=_excerpt(policy, answer.text))
+    return values
+
+
+def situation(row: Category, now: float) -> Situation:
+    serving = ("candidate" if row.routed_model == row.candidate
+               else "reference" if row.routed_model == row.reference else "other")
+    return Situation(serving=serving, pinned=row.pinned, now=now)  # type: ignore[arg-type]
+
+
+def apply_decision(s: Session, row: Category, decision: Decision, trigger_job_id: str | None,
+                   at: dt.datetime | None = None) -> RouteChange | None:
+    """Turn a route-changing decision into a route change (or an observe-mode record)."""
+    if not decision.changes_route:
+        return None
+    target = row.candidate if decision.action == "promote" else row.reference
+    fields = dict(rule=decision.rule, reason=decision.reason, agreement=decision.agreement,
+                  samples=decision.samples, numbers=decision.numbers, trigger_job_id=trigger_job_id)
+    if not decision.applied:
+        change = RouteChange(category=row.name, from_model=row.routed_model, to_model=target,
+                             applied=False, created_at=at or utcnow(), **fields)
+        s.add(change)
+        return change
+    try:
+        return change_route(s, row, target, pin=True if decision.pin else None, at=at, **fields)
+    except RouteConflict:
+        log.info("change of %s lost a race; another writer changed it first", row.name)
+        return None
+
+
+@dataclass(frozen=True)
+class Result:
+    """One finished shadow job waiting to be recorded."""
+
+    job: ShadowJob
+    answer: Answer | None
+    verdict: Verdict | None
+    error: tuple[str, str] | None
+    attempt: int
+    kind: str = "shadow"
+
+
+def record(engine: Engine, r: redis_lib.Redis | None, policy: Policy, job: ShadowJob,
+           answer: Answer | None, verdict: Verdict | None, error: tuple[str, str] | None,
+           attempt: int, kind: str = "shadow") -> Outcome:
+    return record_many(engine, r, policy, [Result(job, answer, verdict, error, attempt, kind)])[0]
+
+
+def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
+                results: list[Result]) -> list[Outcome]:
+    """Insert every sample and feed the detectors, all in one transaction.
+
+    Categories are locked in name order, so concurrent batches never deadlock;
+    within a category, samples are fed in the order given.
+    """
+    outcomes: list[Outcome | None] = [None] * len(results)
+    changed: dict[str, Category] = {}
+    changes: list[RouteChange] = []
+    with session(engine) as s:
+        rows = [sample_values(policy, x.job, x.answer, x.verdict, x.error, x.attempt, x.kind)
+                for x in results]
+        inserted = insert_samples(s, rows)
+        by_category: dict[str, list[int]] = {}
+        seen: set[str] = set()
+        for i, x in enumerate(results):
+            if x.job.job_id not in inserted or x.job.job_id in seen:
+                outcomes[i] = Outcome("duplicate")
+                continue
+            seen.add(x.job.job_id)
+            if x.verdict is None:
+                outcomes[i] = Outcome("error")
+            elif x.kind != "shadow":
+                outcomes[i] = Outcome("recorded")
+            else:
+                by_category.setdefault(x.job.category, []).append(i)
+        now = utcnow()
+        for name in sorted(by_category):
+            cat = policy.category(name)
+            row = lock_category(s, cat)
+            expired = expire_pin(s, row, now)
+            expired_events = 0
+            if expired is not None:
+                changes.append(expired)
+                changed[name] = row
+                expired_events = int(for_route_change(s, policy, expired, "pin_expired") is not None)
+            pair = {row.candidate, row.reference}
+            state = dict(row.detector_state or {})
+            sit = situation(row, now.timestamp())
+            for n, i in enumerate(by_category[name]):
+                x = results[i]
+                # The category's first sample of the batch carries the pin expiry, if any.
+                change, events, decision = (expired, expired_events, None) if n == 0 else (None, 0, None)
+                if {x.job.served_model, x.job.shadow_model} == pair:
+                    state, decision = cat.engine.update(state, x.verdict.agree,  # type: ignore[union-attr]
+                                                        sit)
+                    if decision.changes_route:
+                        row.detector_state = state  # the change writes the state with the route
+                        change = apply_decision(s, row, decision, x.job.job_id)
+                        if change is not None:
+                            changes.append(change)
+                            if change.applied:
+                                changed[name] = row
+                                sit = situation(row, now.timestamp())
+                                events += for_route_change(s, policy, change,
+                                                           event_kind(decision)) is not None
+                    elif decision.action == "eligible":
+                        events += for_eligible(s, policy, cat.name, decision.reason, x.job.job_id,
+                                               decision.numbers) is not None
+                outcomes[i] = Outcome("recorded", decision, change, events)
+            row.detector_state = state
+            s.add(row)
+        s.commit()
+    for change in changes:
+        log.warning("category %s: %s %s -> %s: %s", change.category,
+                    "changed" if change.applied else "would change", change.from_model,
+                    change.to_model, change.reason)
+    if changed:
+        publish_quietly(r, list(changed.values()))
+    return outcomes  # type: ignore[return-value]
+
+
+def insert_samples(s: Session, rows: list[dict]) -> set[str]:
+    """Insert sample rows, skipping job ids already recorded; returns the ids inserted."""
+    if not rows:
+        return set()
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    table = Sample.__table__
+    keys = sorted(set().union(*rows))
+    rows = [{k: row.get(k) for k in keys} for row in rows]
+    # executemany with RETURNING: one cached statement, sent in pages ("insertmanyvalues").
+    stmt = insert(table).on_conflict_do_nothing().returning(table.c.job_id)
+    return set(s.execute(stmt, rows).scalars().all())
+
+
+def event_kind(decision: Decision) -> str:
+    if decision.pin:
+        return "flap_guard"
+    return "promoted" if decision.action == "promote" else "demoted"

@@ -1,0 +1,126 @@
+"""Thin Celery tasks: deserialize, call plain functions, decide retries."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import Any
+
+import redis as redis_lib
+import sqlalchemy as sa
+from celery import Celery, Task
+
+from tierguard.alerts.monitors import check
+from tierguard.alerts.outbox import deliver_due
+from tierguard.broker import BATCH_TASK, DELIVER_TASK, MONITOR_TASK, SHADOW_TASK, make_celery
+from tierguard.config import Settings
+from tierguard.db import make_engine
+from tierguard.job import ShadowJob
+from tierguard.pipeline.batcher import BatchRecorder
+from tierguard.pipeline.fanout import POOL_SHARD, LoopRunner, async_client, run_batch
+from tierguard.pipeline.shadow import Context
+from tierguard.policy import load_policy
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+UNEXPECTED_ERROR_ATTEMPTS = 8
+
+
+def build_context(settings: Settings) -> Context:
+    policy = load_policy(settings.policy)
+    engine = make_engine(settings.database_url, pool_size=4)
+    r = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+    batcher = BatchRecorder(engine, r, policy)
+    runner = LoopRunner(lambda: async_client(settings.shadow_timeout),
+                        shards=settings.max_in_flight // POOL_SHARD)
+    return Context(policy=policy, engine=engine, redis=r, recorder=batcher.record_all, runner=runner)
+
+
+def context_for(app: Celery) -> Context:
+    ctx = getattr(app, "tierguard_context", None)
+    if ctx is None:
+        with _lock:
+            ctx = getattr(app, "tierguard_context", None)
+            if ctx is None:
+                ctx = app.tierguard_context = build_context(app.tierguard_settings)
+    return ctx
+
+
+def backoff(attempt: int, retry_after: float | None, cap: float) -> float:
+    """Seconds before retry ``attempt`` + 1: the server's retry-after (capped) or jittered 2^n."""
+    if retry_after is not None:
+        return min(retry_after, cap)
+    return min(cap, 0.5 * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
+
+
+def shadow(task: Task, job: dict[str, Any]) -> dict[str, int]:
+    """One job (a retry, or a producer that does not batch): a batch of one."""
+    return shadow_batch(task, [job])
+
+
+def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
+    """Many jobs in one message: all calls in flight at once, their results in one transaction.
+
+    Jobs whose call failed transiently are re-queued one by one as ``shadow``
+    tasks (with backoff) before this message is acknowledged.
+    """
+    settings: Settings = task.app.tierguard_settings
+    ctx = context_for(task.app)
+    parsed = [ShadowJob.from_dict(j) for j in jobs]
+    attempt = task.request.retries + 1
+    try:
+        results, retries = ctx.runner.run(run_batch(
+            ctx.runner, ctx.policy, parsed, attempt=attempt,
+            final=attempt >= settings.shadow_max_attempts))
+        outcomes = ctx.record_all(results) if results else []
+    except sa.exc.OperationalError as err:
+        # The database is down: keep the jobs until it is back (nothing lost).
+        delay = backoff(min(attempt, 6), None, settings.retry_after_cap)
+        log.warning("batch of %d: database unavailable (%s); retry in %.1fs", len(parsed),
+                    type(err.orig).__name__, delay)
+        raise task.retry(countdown=delay) from None
+    except Exception as err:
+        if attempt >= UNEXPECTED_ERROR_ATTEMPTS:
+            raise
+        log.exception("batch of %d failed unexpectedly; retry %d", len(parsed), attempt)
+        raise task.retry(countdown=backoff(attempt, None, settings.retry_after_cap)) from err
+    for item in retries:
+        delay = backoff(attempt, item.error.retry_after, settings.retry_after_cap)
+        log.info("job %s: %s; retry %d in %.1fs", item.job.job_id, item.error.kind, attempt, delay)
+        task.app.send_task(SHADOW_TASK, args=[item.job.to_dict()], task_id=item.job.job_id,
+                           queue=settings.queue, countdown=delay, retries=attempt)
+    if any(o.events for o in outcomes):
+        task.app.send_task(DELIVER_TASK, queue=settings.queue)
+    return {"recorded": sum(o.status != "duplicate" for o in outcomes), "retried": len(retries)}
+
+
+def deliver_alerts(task: Task) -> dict[str, int]:
+    """Send every due alert; run after each event and every few seconds by beat."""
+    ctx = context_for(task.app)
+    return dict(deliver_due(ctx.engine, ctx.policy))
+
+
+def monitor(task: Task) -> int:
+    """The periodic checks; new events are delivered right away."""
+    ctx = context_for(task.app)
+    events = check(ctx.engine, ctx.redis, ctx.policy, task.app.tierguard_settings.queue)
+    if events:
+        deliver_due(ctx.engine, ctx.policy)
+    return events
+
+
+def register(app: Celery) -> Celery:
+    # max_retries=None: tierguard decides when to stop (shadow_max_attempts for the model API;
+    # never for a database outage), not Celery's default of 3.
+    durable = dict(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+    app.task(name=SHADOW_TASK, **durable)(shadow)
+    app.task(name=BATCH_TASK, **durable)(shadow_batch)
+    app.task(name=DELIVER_TASK, bind=True, ignore_result=True)(deliver_alerts)
+    app.task(name=MONITOR_TASK, bind=True, ignore_result=True)(monitor)
+    return app
+
+
+def worker_app(settings: Settings) -> Celery:
+    """The Celery app with tierguard's tasks registered: what ``tierguard worker`` runs."""
+    return register(make_celery(settings))
