@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import API_KEY, wait_for_log, write_policy
+from tests.helpers import API_KEY, wait_for_log, wait_until, write_policy
 from tierguard.config import Settings, get_settings
 from tierguard.db import make_engine, upgrade
 from tierguard.ops.servers import PostgresServer, RedisServer
-from tierguard.ops.simulate import Scenario, SimServer
+from tierguard.ops.sim_server import SimServer
+from tierguard.ops.simulate import Scenario
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +127,31 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
             self.others.append(proc)
             wait_for_log(log, "beat: Starting", proc)
             return proc
+
+        def start_gateway(self, **env: str) -> str:
+            """A ``tierguard gateway`` process (uvicorn) on a free port; its base URL once ready."""
+            import httpx2
+
+            from tierguard.ops.servers import free_port
+
+            port = free_port()
+            log = tmp_path / f"gateway-{port}.log"
+            proc = subprocess.Popen([sys.executable, "-m", "tierguard", "gateway", "--port", str(port)],
+                                    env={**os.environ, **self.env, **env}, stdout=open(log, "w"),
+                                    stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+            self.others.append(proc)
+            base = f"http://127.0.0.1:{port}"
+
+            def ready() -> bool:
+                if proc.poll() is not None:
+                    raise AssertionError(f"gateway exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+                try:
+                    return httpx2.get(base + "/readyz", timeout=1).status_code == 200
+                except httpx2.TransportError:
+                    return False
+
+            wait_until(ready, 30, "the gateway to be ready")
+            return base
 
         def logs(self) -> list[str]:
             return [(tmp_path / f"worker-{i}.log").read_text() for i in range(len(self.workers))]

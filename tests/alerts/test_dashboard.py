@@ -19,7 +19,8 @@ import tierguard
 from tests.alerts.grafana_sql import expand
 from tests.helpers import API_KEY, POLICY, QUEUES, SCENARIO, samples, wait_until, wrapped_call, write_policy
 from tierguard.db import make_engine, upgrade
-from tierguard.ops.simulate import Scenario, SimServer
+from tierguard.ops.sim_server import SimServer
+from tierguard.ops.simulate import Scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = json.loads((ROOT / "dashboards" / "tierguard.json").read_text())

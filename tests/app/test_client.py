@@ -97,3 +97,66 @@ def test_async_twin(simulator, redis_url, sqlite_url):
     assert client.tierguard_flush()
     assert client.tierguard_stats()["published"] == 5
     client.tierguard_close()
+
+
+def queued_jobs(redis_url, queue="tierguard"):
+    """Every shadow job waiting in the broker queue, oldest first."""
+    import base64
+    import json
+
+    out = []
+    for raw in reversed(redis.Redis.from_url(redis_url).lrange(queue, 0, -1)):
+        args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
+        out.extend(args[0])
+    return out
+
+
+def test_streams_are_the_sdks_own_and_shadowed_once_complete(simulator, redis_url, sqlite_url):
+    server = simulator(**SCENARIO)
+    client = wrapper(server, redis_url=redis_url, database_url=sqlite_url)
+    stream = call(client, "first", stream=True)
+    assert type(stream) is anthropic.Stream
+    events = list(stream)
+    text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
+    with client.messages.stream(category="sentiment", max_tokens=8, system="sentiment: classify",
+                                messages=[{"role": "user", "content": "second"}]) as managed:
+        assert type(managed).__name__ == "MessageStream"
+        final = managed.get_final_message()
+    # Abandoned after the first event: not shadowed.
+    abandoned = call(client, "third", stream=True)
+    next(iter(abandoned))
+    abandoned.close()
+    assert client.tierguard_flush()
+    jobs = queued_jobs(redis_url)
+    assert [j["request"]["messages"][0]["content"] for j in jobs] == ["first", "second"]
+    assert jobs[0]["primary_text"] == text and jobs[1]["primary_text"] == final.content[0].text
+    assert jobs[1]["primary_output_tokens"] == final.usage.output_tokens
+    assert jobs[1]["primary_input_tokens"] == final.usage.input_tokens
+    assert all(j["served_model"] == "claude-haiku-4-5" and "stream" not in j["request"] for j in jobs)
+    stats = client.tierguard_stats()
+    assert stats["submitted"] == 2 and stats["internal_errors"] == 0
+    client.tierguard_close()
+
+
+def test_async_streams(simulator, redis_url, sqlite_url):
+    server = simulator(**SCENARIO)
+    client = tierguard.AsyncShadowedAnthropic(
+        anthropic.AsyncAnthropic(base_url=server.base_url, api_key=API_KEY),
+        settings=get_settings(redis_url=redis_url, database_url=sqlite_url), policy=POLICY)
+
+    async def run():
+        stream = await client.messages.create(category="sentiment", max_tokens=8, system="sentiment: x",
+                                              stream=True, messages=[{"role": "user", "content": "a"}])
+        assert type(stream) is anthropic.AsyncStream
+        async for _ in stream:
+            pass
+        async with client.messages.stream(category="sentiment", max_tokens=8, system="sentiment: x",
+                                          messages=[{"role": "user", "content": "b"}]) as managed:
+            return await managed.get_final_message()
+
+    final = asyncio.run(run())
+    assert client.tierguard_flush()
+    jobs = queued_jobs(redis_url)
+    assert [j["request"]["messages"][0]["content"] for j in jobs] == ["a", "b"]
+    assert jobs[1]["primary_text"] == final.content[0].text
+    client.tierguard_close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -24,6 +25,11 @@ class Settings(BaseSettings):
     # Wrapper side.
     route_ttl: float = Field(1.0, gt=0, description="seconds between route refreshes")
     publish_buffer: int = Field(10_000, gt=0, description="shadow jobs held before dropping")
+    # Gateway.
+    upstream_url: str | None = Field(None, description="the Messages API the gateway forwards to")
+    category_header: str = Field("x-tierguard-category", min_length=1)
+    gateway_max_connections: int = Field(1000, ge=16, description="upstream connections per process")
+    gateway_timeout: float = Field(600.0, gt=0, description="seconds to wait for the upstream")
     # Worker side.
     worker_concurrency: int = Field(64, gt=0, description="Celery task threads per process")
     max_in_flight: int = Field(1024, ge=32, description="shadow calls in flight per process")
@@ -34,6 +40,14 @@ class Settings(BaseSettings):
     # Beat.
     alert_sweep_seconds: float = Field(15.0, gt=0, description="alert redelivery sweep period")
     monitor_seconds: float = Field(60.0, gt=0, description="monitor-blind / error-rate checks")
+
+
+ANTHROPIC_API = "https://api.anthropic.com"
+
+
+def upstream_url(settings: Settings) -> str:
+    """``TIERGUARD_UPSTREAM_URL``, else this process's ``ANTHROPIC_BASE_URL``, else Anthropic's API."""
+    return (settings.upstream_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_API).rstrip("/")
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -20,7 +20,9 @@ def content_text(content: Any) -> str:
 
 
 def message_text(message: Any) -> str:
-    """The comparable text of a Message: its text blocks, then any tool calls as JSON."""
+    """The comparable text of a Message (an SDK object or its JSON): text blocks, then tool calls."""
+    if isinstance(message, dict):
+        return content_json_text(message.get("content") or [])
     parts = []
     for block in getattr(message, "content", None) or []:
         kind = getattr(block, "type", None)
@@ -32,9 +34,12 @@ def message_text(message: Any) -> str:
 
 
 def usage_of(message: Any) -> tuple[int | None, int | None]:
-    usage = getattr(message, "usage", None)
+    """(input tokens, output tokens) of a Message, an SDK object or its JSON."""
+    usage = message.get("usage") if isinstance(message, dict) else getattr(message, "usage", None)
     if usage is None:
         return None, None
+    if isinstance(usage, dict):
+        return usage.get("input_tokens"), usage.get("output_tokens")
     return getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None)
 
 

@@ -155,6 +155,7 @@ class RouteTable:
         self.ttl = ttl
         self.routes: dict[str, str] = {}
         self.failures = 0
+        self._read_once = False
         self._stop = threading.Event()
         self._loaded = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tierguard-routes", daemon=True)
@@ -163,6 +164,11 @@ class RouteTable:
         self._thread.start()
         self._loaded.wait(wait)
         return self
+
+    @property
+    def loaded(self) -> bool:
+        """True once a refresh has read the routes (from Redis or the database)."""
+        return self._read_once
 
     def get(self, category: str, default: str) -> str:
         return self.routes.get(category, default)
@@ -191,6 +197,7 @@ class RouteTable:
                 self.failures += 1
         if routes is not None:
             self.routes = routes
+            self._read_once = True
 
     def _rows_for_redis(self) -> list[Category]:
         with session(self._engine) as s:  # type: ignore[arg-type]

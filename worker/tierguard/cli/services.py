@@ -79,3 +79,23 @@ def beat(loglevel: str = "INFO") -> None:
     settings, _, _ = env()
     schedule = Path(tempfile.gettempdir()) / f"tierguard-beat-{os.getpid()}"
     make_celery(settings).start(["beat", "-l", loglevel, "-s", str(schedule)])
+
+
+@app.command()
+def gateway(host: str = typer.Option("127.0.0.1", help="interface to listen on"),
+            port: int = typer.Option(8787, help="port to listen on"),
+            workers: int = typer.Option(1, min=1, help="gateway processes (each with its own pools)"),
+            loglevel: str = "INFO") -> None:
+    """Serve Anthropic's API for any app: route and shadow by the x-tierguard-category header."""
+    import uvicorn
+
+    from tierguard.config import get_settings, upstream_url
+
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    logging.getLogger("tierguard.gateway").info(
+        "gateway on http://%s:%d -> %s (category header %s)", host, port, upstream_url(settings),
+        settings.category_header)
+    uvicorn.run("tierguard.app.gateway:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level=loglevel.lower(), access_log=False, lifespan="on",
+                timeout_keep_alive=75, server_header=False, date_header=False)

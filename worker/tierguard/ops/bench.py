@@ -161,7 +161,8 @@ def hotpath_figures(calls: int = 5000, sample_rate: float = 0.05) -> dict[str, A
     from tierguard.config import get_settings
     from tierguard.db import make_engine, upgrade
     from tierguard.ops.servers import RedisServer, free_port
-    from tierguard.ops.simulate import Scenario, SimServer
+    from tierguard.ops.sim_server import SimServer
+    from tierguard.ops.simulate import Scenario
     from tierguard.policy import parse_policy
 
     sim = SimServer(Scenario()).start_background()

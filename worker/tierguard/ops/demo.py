@@ -34,7 +34,8 @@ from tierguard.config import get_settings
 from tierguard.db import RouteChange, Sample, make_engine, session, upgrade
 from tierguard.errors import TierguardError
 from tierguard.ops.servers import RedisServer
-from tierguard.ops.simulate import Scenario, SimServer
+from tierguard.ops.sim_server import SimServer
+from tierguard.ops.simulate import Scenario
 from tierguard.ops.status import category_status
 from tierguard.policy import load_policy
 

@@ -1,0 +1,97 @@
+"""The production side's one core: policy, routes, sampling, the publisher and the counters.
+
+The SDK wrapper and the gateway both route, sample and hand off through a
+:class:`Core`; nothing here raises into the caller or waits on I/O (routes are
+an in-process dict refreshed in the background, publishing happens on the
+publisher's thread).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import redis as redis_lib
+
+from tierguard.app.publisher import Publisher
+from tierguard.config import Settings, get_settings
+from tierguard.db import make_engine
+from tierguard.policy import CategoryPolicy, Policy, load_policy
+from tierguard.routes import RouteTable
+
+log = logging.getLogger(__name__)
+
+
+class Core:
+    """State shared by every entry point of one process: policy, routes, publisher, counters."""
+
+    def __init__(self, settings: Settings | None = None, policy: Policy | None = None,
+                 start_routes: bool = True):
+        self.settings = settings or get_settings()
+        self.policy = policy or load_policy(self.settings.policy)
+        self.categories: dict[str, CategoryPolicy] = {}
+        url = self.settings.redis_url
+        self.routes = RouteTable(
+            lambda: redis_lib.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1),
+            self.settings.route_ttl,
+            lambda: make_engine(self.settings.database_url, pool_size=1),
+        )
+        if start_routes:
+            self.routes.start()
+        self.publisher = Publisher(self.settings)
+        self.counts: Counter[str] = Counter()
+
+    def category(self, name: str) -> CategoryPolicy:
+        cat = self.categories.get(name)
+        if cat is None:
+            cat = self.categories[name] = self.policy.category(name)
+        return cat
+
+    def route(self, name: str, request: dict[str, Any]) -> tuple[CategoryPolicy | None, dict[str, Any]]:
+        """The request with ``model`` set from the category's route (unchanged if that fails)."""
+        try:
+            cat = self.category(name)
+            return cat, {**request, "model": self.routes.get(name, cat.initial_route)}
+        except Exception:
+            self._failed("routing")
+            return None, request
+
+    def sampled(self, cat: CategoryPolicy | None) -> bool:
+        """Count one production call of ``cat``; whether it is to be shadowed."""
+        if cat is None:
+            return False
+        try:
+            self.publisher.count_call(cat.name)
+            return random.random() < cat.sample_rate
+        except Exception:
+            self._failed("sampling")
+            return False
+
+    def submit(self, cat: CategoryPolicy, request: dict[str, Any], answer: Any, started: float) -> None:
+        """Hand a sampled call (its request and the served answer) to the publisher."""
+        try:
+            model = request["model"]
+            self.publisher.submit(cat.name, model, cat.other_model(model), request, answer,
+                                  (time.perf_counter() - started) * 1000, dt.datetime.now(dt.UTC))
+        except Exception:
+            self._failed("sampling")
+
+    def uncategorized(self, reason: str = "no_category") -> None:
+        self.counts["uncategorized"] += 1
+        self.counts[f"uncategorized_{reason}"] += 1
+
+    def _failed(self, where: str) -> None:
+        self.counts["internal_errors"] += 1
+        log.exception("tierguard: %s failed; the call goes on unshadowed", where)
+
+    def stats(self) -> dict[str, int]:
+        return {**self.publisher.counts, "internal_errors": 0, **self.counts,
+                "route_refresh_failures": self.routes.failures}
+
+    def close(self) -> None:
+        self.routes.stop()
+        self.publisher.close()

@@ -1,0 +1,186 @@
+"""The simulated Messages API over HTTP: ``POST /v1/messages`` (streamed or not), count_tokens,
+``GET /v1/models``, and the test controls ``POST /_sim/fail`` and ``GET /_sim/stats``."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tierguard.messages import content_text
+from tierguard.ops.simulate import Scenario, Simulator
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+               429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
+
+
+def message_body(model: str, text: str, input_tokens: int) -> dict[str, Any]:
+    return {"id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant",
+            "model": model, "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": max(1, len(text) // 4)}}
+
+
+def sse_events(msg: dict[str, Any]) -> list[bytes]:
+    """The Messages API's stream for ``msg``, one ``event:``/``data:`` block per event."""
+    text = msg["content"][0]["text"]
+    start = dict(msg, content=[], stop_reason=None,
+                 usage={"input_tokens": msg["usage"]["input_tokens"], "output_tokens": 1})
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": start}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}})]
+    for i in range(0, len(text), 16):
+        events.append(("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                               "delta": {"type": "text_delta", "text": text[i:i + 16]}}))
+    events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+               ("message_delta", {"type": "message_delta",
+                                  "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                  "usage": {"output_tokens": msg["usage"]["output_tokens"]}}),
+               ("message_stop", {"type": "message_stop"})]
+    return [f"event: {e}\ndata: {json.dumps(d)}\n\n".encode() for e, d in events]
+
+
+def _input_tokens(body: dict[str, Any]) -> int:
+    chars = len(json.dumps(body.get("messages"))) + len(content_text(body.get("system", "")))
+    return max(1, chars // 4)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
+    server: SimServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("request-id", "req_" + uuid.uuid4().hex[:16])
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _stream(self, events: list[bytes], pause_s: float) -> None:
+        """Chunked, one write per event, as the API streams; a client that leaves aborts it."""
+        sim = self.server.sim
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("request-id", "req_" + uuid.uuid4().hex[:16])
+        self.end_headers()
+        try:
+            for event in events:
+                if pause_s:
+                    time.sleep(pause_s)
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:  # broken pipe, reset: the caller went away mid-stream
+            self.close_connection = True
+            with sim.lock:
+                sim.streams["aborted"] += 1
+            return
+        with sim.lock:
+            sim.streams["completed"] += 1
+
+    def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), headers=headers)
+
+    def _error(self, status: int, message: str, retry_after: float | None = None) -> None:
+        headers = {"retry-after": f"{retry_after:g}"} if retry_after is not None else None
+        self._json(status, {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"),
+                                                        "message": message}}, headers)
+
+    def _body(self) -> Any:
+        n = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(n) or b"{}")
+
+    def do_GET(self) -> None:  # noqa: N802
+        sim = self.server.sim
+        if self.path == "/_sim/stats":
+            with sim.lock:
+                stats = {"requests": [{"model": m, "category": c, "count": n}
+                                      for (m, c), n in sorted(sim.requests.items())],
+                         "candidate_calls": dict(sim.candidate_calls),
+                         "in_flight": sim.in_flight, "in_flight_max": sim.in_flight_max,
+                         "streams": dict(sim.streams), "last_headers": dict(sim.last_headers)}
+            return self._json(200, stats)
+        if self.path.split("?")[0] == "/v1/models":
+            models = sorted({*sim.scenario.reference_models, "claude-haiku-4-5"})
+            return self._json(200, {"data": [{"type": "model", "id": m, "display_name": m,
+                                              "created_at": "2026-01-01T00:00:00Z"} for m in models],
+                                    "has_more": False, "first_id": models[0], "last_id": models[-1]})
+        self._error(404, f"no route {self.path}")
+
+    def do_POST(self) -> None:  # noqa: N802
+        sim = self.server.sim
+        try:
+            body = self._body()
+        except ValueError:
+            return self._error(400, "body is not JSON")
+        if self.path == "/_sim/fail":
+            with sim.lock:
+                for _ in range(int(body.get("count", 1))):
+                    sim.forced.append((int(body.get("status", 500)), float(body.get("delay", 0)),
+                                       body.get("retry_after")))
+            return self._json(200, {"queued": len(sim.forced)})
+        path = self.path.split("?")[0]
+        if path == "/v1/messages/count_tokens":
+            return self._json(200, {"input_tokens": _input_tokens(body)})
+        if path != "/v1/messages":
+            return self._error(404, f"no route {self.path}")
+        with sim.lock:
+            sim.last_headers = {k.lower(): v for k, v in self.headers.items()}
+        if not body.get("model") or not body.get("messages") or not body.get("max_tokens"):
+            return self._error(400, "model, messages and max_tokens are required")
+        failure = sim.next_failure()
+        with sim.lock:
+            sim.in_flight += 1
+            sim.in_flight_max = max(sim.in_flight_max, sim.in_flight)
+        try:
+            if sim.scenario.latency_ms:
+                time.sleep(sim.scenario.latency_ms / 1000)
+        finally:
+            with sim.lock:
+                sim.in_flight -= 1
+        if failure:
+            status, delay, retry_after = failure
+            time.sleep(delay)
+            if status:
+                return self._error(status, "simulated failure", retry_after)
+        _, text = sim.answer(body)
+        msg = message_body(body["model"], text, _input_tokens(body))
+        if body.get("stream"):
+            return self._stream(sse_events(msg), sim.scenario.stream_event_ms / 1000)
+        self._json(200, msg)
+
+
+class SimServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+
+    def __init__(self, scenario: Scenario, host: str = "127.0.0.1", port: int = 0):
+        self.sim = Simulator(scenario)
+        super().__init__((host, port), _Handler)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def start_background(self) -> SimServer:
+        threading.Thread(target=self.serve_forever, name="tierguard-sim", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
