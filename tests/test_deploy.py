@@ -33,7 +33,8 @@ def test_dockerfile_copies_what_exists():
 
 def test_compose_references_exist():
     services = COMPOSE["services"]
-    assert set(services) == {"redis", "postgres", "migrate", "worker", "beat", "flower", "grafana"}
+    assert set(services) == {"redis", "postgres", "migrate", "worker", "beat", "flower", "grafana",
+                             "gateway"}
     for name, svc in services.items():
         image = svc["image"]
         assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image"
@@ -79,7 +80,8 @@ def test_compose_and_k8s_agree():
     services = COMPOSE["services"]
     worker, beat = k8s("Deployment", "tierguard-worker"), k8s("Deployment", "tierguard-beat")
     job = k8s("Job", "tierguard-migrate")
-    pairs = [(worker, "worker"), (beat, "beat"), (job, "migrate")]
+    gateway = k8s("Deployment", "tierguard-gateway")
+    pairs = [(worker, "worker"), (beat, "beat"), (job, "migrate"), (gateway, "gateway")]
     for obj, service in pairs:
         [container] = obj["spec"]["template"]["spec"]["containers"]
         assert container["args"] == services[service]["command"], service
@@ -96,11 +98,17 @@ def test_compose_and_k8s_agree():
     assert int(services["worker"]["stop_grace_period"].rstrip("s")) == grace
     [container] = worker["spec"]["template"]["spec"]["containers"]
     assert container["readinessProbe"]["exec"]["command"][:2] == ["tierguard", "ping"]
+    [container] = gateway["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    port = int(services["gateway"]["command"][services["gateway"]["command"].index("--port") + 1])
+    assert container["ports"][0]["containerPort"] == port
+    assert k8s("Service", "tierguard-gateway")["spec"]["ports"][0]["port"] == port
 
 
 def test_commands_the_deploy_files_run_exist():
     cli = get_command(app)
-    for args in (["worker"], ["beat"], ["ping"], ["db", "upgrade"]):
+    for args in (["worker"], ["beat"], ["ping"], ["db", "upgrade"], ["gateway"]):
         command = cli
         for word in args:
             command = command.commands[word]

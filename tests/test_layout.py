@@ -15,7 +15,7 @@ PACKAGE = Path(tierguard.__file__).parent
 
 # What each part of the package may import (besides itself). The shared core first.
 CORE_RULES: dict[str, set[str]] = {
-    "errors": set(), "config": set(), "keys": set(), "job": set(), "messages": set(),
+    "errors": set(), "config": set(), "keys": set(), "job": set(), "messages": set(), "limits": set(),
     "engine": {"errors"}, "compare": {"errors"},
     "db": {"errors"}, "policy": {"engine", "compare", "errors"},
     "broker": {"config"},

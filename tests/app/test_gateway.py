@@ -1,11 +1,16 @@
 """The gateway as apps use it: a real ``tierguard gateway`` process in front of the simulator."""
 
 import asyncio
+import json
+import os
 import re
+import shutil
 import socket
+import subprocess
 
 import anthropic
 import httpx2
+import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
@@ -67,9 +72,9 @@ def test_python_sdk_sync_async_and_streams_are_routed_and_each_shadowed_once(sta
     stats = gw_stats(base)
     assert stats["published"] == 5 and stats["internal_errors"] == 0
     # The caller's own credentials and version reached the upstream; the category header did not.
-    seen = sim_stats(sim)["last_headers"]
-    assert seen["authorization"] == f"Bearer {API_KEY}" and seen["anthropic-version"]
-    assert "x-tierguard-category" not in seen
+    for seen in sim_stats(sim)["recent_headers"]:
+        assert seen["authorization"] == f"Bearer {API_KEY}" and seen["anthropic-version"]
+        assert "x-tierguard-category" not in seen
 
 
 def test_raw_requests_pass_through_and_errors_keep_their_status(stack, simulator, sqlite_url):
@@ -80,7 +85,7 @@ def test_raw_requests_pass_through_and_errors_keep_their_status(stack, simulator
     # No category header: untouched (the body's model stays), not shadowed, counted.
     plain = httpx2.post(base + "/v1/messages", json=BODY, headers=headers)
     assert plain.status_code == 200 and plain.json()["model"] == "claude-opus-4-7"
-    assert sim_stats(sim)["last_headers"]["x-api-key"] == API_KEY
+    assert sim_stats(sim)["recent_headers"][-1]["x-api-key"] == API_KEY
     # Other paths pass through.
     direct = httpx2.post(sim.base_url + "/v1/messages/count_tokens", json=BODY, headers=headers)
     counted = httpx2.post(base + "/v1/messages/count_tokens", json=BODY, headers=headers)
@@ -193,3 +198,58 @@ def test_a_drift_seen_only_through_the_gateway_flips_its_routing(stack, simulato
         model="any", max_tokens=8, system="routing: x",
         messages=[{"role": "user", "content": "after"}]).model == "claude-opus-4-7", 10,
         "the gateway to follow the flip")
+
+
+TS_CLIENT = r"""
+const Anthropic = require("@anthropic-ai/sdk").default ?? require("@anthropic-ai/sdk");
+const client = new Anthropic({ baseURL: process.env.GATEWAY, apiKey: process.env.KEY, maxRetries: 0,
+                               defaultHeaders: { "x-tierguard-category": "sentiment" } });
+const body = { model: "claude-opus-4-7", max_tokens: 8, system: "sentiment: classify",
+               messages: [{ role: "user", content: "from typescript" }] };
+(async () => {
+  const plain = await client.messages.create(body);
+  const stream = await client.messages.create({ ...body, stream: true,
+                                                messages: [{ role: "user", content: "streamed" }] });
+  let streamed = "";
+  for await (const event of stream) {
+    if (event.type === "content_block_delta") streamed += event.delta.text;
+  }
+  const helper = client.messages.stream({ ...body, messages: [{ role: "user", content: "helper" }] });
+  const final = await helper.finalMessage();
+  console.log(JSON.stringify({ model: plain.model, plain: plain.content[0].text, streamed,
+                               helper: final.content[0].text }));
+})().catch((err) => { console.error(err); process.exit(1); });
+"""
+
+
+@pytest.fixture(scope="session")
+def typescript_sdk(tmp_path_factory):
+    """The official TypeScript SDK from the npm registry, installed into a temporary folder."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    assert node and npm, "the TypeScript SDK test needs node and npm on PATH (Node 18 or newer)"
+    folder = tmp_path_factory.mktemp("typescript-sdk")
+    done = subprocess.run([npm, "install", "--prefix", str(folder), "--no-audit", "--no-fund",
+                           "@anthropic-ai/sdk"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"npm install @anthropic-ai/sdk failed:\n{done.stderr[-2000:]}"
+    script = folder / "client.js"
+    script.write_text(TS_CLIENT)
+    return node, script
+
+
+def test_the_typescript_sdk_streams_through_the_gateway(stack, simulator, sqlite_url, typescript_sdk):
+    node, script = typescript_sdk
+    sim = simulator(**SCENARIO)
+    stack.configure(policy=POLICY, database_url=sqlite_url, base_url=sim.base_url)
+    stack.start_worker(concurrency=4)
+    base = stack.start_gateway()
+    done = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "GATEWAY": base, "KEY": API_KEY}, cwd=script.parent)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["model"] == "claude-haiku-4-5"
+    assert {out["plain"], out["streamed"], out["helper"]} <= set(LABELS)
+    wait_until(lambda: samples(sqlite_url) == 3, 60, "3 samples from the TypeScript client")
+    from_node = [h for h in sim_stats(sim)["recent_headers"] if h.get("user-agent", "").startswith(
+        "Anthropic/JS")]
+    assert len(from_node) == 3
+    assert all(API_KEY in h.get("x-api-key", h.get("authorization", "")) for h in from_node)

@@ -99,7 +99,9 @@ def test_backoff_honours_retry_after_with_a_cap():
 
 
 FIELDS = {
-    "defaults.sample_rate": st.one_of(st.floats(1.01, 1e6), st.floats(-1e6, -0.01), st.text(min_size=1)),
+    # Text that is not a number ("0" or " 1 " would be read as one, and be valid).
+    "defaults.sample_rate": st.one_of(st.floats(1.01, 1e6), st.floats(-1e6, -0.01),
+                                      st.text(min_size=1, alphabet="abcxyz -_")),
     "defaults.threshold": st.one_of(st.floats(1.01, 10), st.floats(-10, -0.01), st.just([0.9])),
     "defaults.min_samples": st.one_of(st.integers(-100, 0), st.text(min_size=1, alphabet="abc")),
     "defaults.mode": st.text(min_size=1).filter(lambda t: t not in ("enforce", "observe")),

@@ -94,3 +94,31 @@ def bench_pipeline(seconds: float = typer.Option(20.0, min=5.0), rate: float = 7
                   f"{fig['in_flight_max']}; queue delay p95 {fig['p95_queue_delay_s']} s; shadow call "
                   f"p50/p95 {fig['shadow_call_p50_ms']}/{fig['shadow_call_p95_ms']} ms; "
                   f"{fig['recorded']}/{fig['sent']} recorded, {fig['errors']} errors")
+
+
+@bench_app.command("gateway")
+def bench_gateway(requests: int = typer.Option(3000, min=500, help="interleaved requests each way"),
+                  as_json: bool = JsonOpt) -> None:
+    """The gateway vs a direct call to the zero-latency simulator; requests/s one process serves."""
+    from tierguard.ops.bench_gateway import gateway_figures
+
+    with console.status("measuring…") if not as_json else nothing():
+        fig = gateway_figures(requests)
+    if as_json:
+        emit(fig)
+        return
+    g = fig["goals"]
+    table = Table(title=f"gateway: {requests:,} requests each way, interleaved")
+    for col in ("figure", "measured", "goal"):
+        table.add_column(col)
+    table.add_row("p50 direct / through the gateway", f"{fig['direct_p50_ms']} / {fig['gateway_p50_ms']} ms",
+                  "")
+    table.add_row("added p50", f"{fig['added_p50_ms']} ms", f"≤ {g['added_p50_ms']} ms")
+    table.add_row("added p99", f"{fig['added_p99_ms']} ms", f"≤ {g['added_p99_ms']} ms")
+    table.add_row("added time to first event", f"{fig['added_ttfe_ms']} ms", f"≤ {g['added_ttfe_ms']} ms")
+    table.add_row("requests/s, one process, p99 < 50 ms", f"{fig['gateway_rps']:,}",
+                  f"≥ {g['gateway_rps']:,}")
+    console.print(table)
+    for level in fig["load"]:
+        console.print(f"[dim]{level['connections']} connections: {level['rps']:,} req/s, "
+                      f"p50 {level['p50_ms']} ms, p99 {level['p99_ms']} ms[/]")

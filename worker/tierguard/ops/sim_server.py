@@ -113,7 +113,8 @@ class _Handler(BaseHTTPRequestHandler):
                                       for (m, c), n in sorted(sim.requests.items())],
                          "candidate_calls": dict(sim.candidate_calls),
                          "in_flight": sim.in_flight, "in_flight_max": sim.in_flight_max,
-                         "streams": dict(sim.streams), "last_headers": dict(sim.last_headers)}
+                         "streams": dict(sim.streams),
+                         "recent_headers": list(sim.recent_headers)}
             return self._json(200, stats)
         if self.path.split("?")[0] == "/v1/models":
             models = sorted({*sim.scenario.reference_models, "claude-haiku-4-5"})
@@ -140,7 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path != "/v1/messages":
             return self._error(404, f"no route {self.path}")
         with sim.lock:
-            sim.last_headers = {k.lower(): v for k, v in self.headers.items()}
+            sim.recent_headers.append({k.lower(): v for k, v in self.headers.items()})
         if not body.get("model") or not body.get("messages") or not body.get("max_tokens"):
             return self._error(400, "model, messages and max_tokens are required")
         failure = sim.next_failure()

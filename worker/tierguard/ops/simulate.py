@@ -28,7 +28,7 @@ import hashlib
 import json
 import random
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,7 @@ class Simulator:
         self.in_flight = 0
         self.in_flight_max = 0
         self.streams: Counter[str] = Counter()  # completed / aborted (the client went away)
-        self.last_headers: dict[str, str] = {}
+        self.recent_headers: deque[dict[str, str]] = deque(maxlen=32)  # of /v1/messages requests
         self.rng = random.Random(scenario.seed)
 
     def category_of(self, body: dict[str, Any]) -> CategorySim | None:
