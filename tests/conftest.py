@@ -128,6 +128,9 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
             wait_for_log(log, "beat: Starting", proc)
             return proc
 
+        def env_for_cli(self) -> dict[str, str]:
+            return {**os.environ, **self.env}
+
         def start_gateway(self, **env: str) -> str:
             """A ``tierguard gateway`` process (uvicorn) on a free port; its base URL once ready."""
             import httpx2

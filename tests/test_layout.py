@@ -17,9 +17,10 @@ PACKAGE = Path(tierguard.__file__).parent
 CORE_RULES: dict[str, set[str]] = {
     "errors": set(), "config": set(), "keys": set(), "job": set(), "messages": set(), "limits": set(),
     "engine": {"errors"}, "compare": {"errors"},
-    "db": {"errors"}, "policy": {"engine", "compare", "errors"},
+    "db": {"errors"}, "policy": {"engine", "compare", "errors", "limits"},
     "broker": {"config"},
     "routes": {"db", "errors", "policy", "keys"},
+    "traffic": {"db", "keys"},
     "migrations": {"db"},
     "comparators": {"compare"},  # the old import path of compare/
 }

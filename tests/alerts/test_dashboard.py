@@ -17,10 +17,21 @@ import yaml
 
 import tierguard
 from tests.alerts.grafana_sql import expand
-from tests.helpers import API_KEY, POLICY, QUEUES, SCENARIO, samples, wait_until, wrapped_call, write_policy
+from tests.helpers import (
+    API_KEY,
+    POLICY,
+    QUEUES,
+    SCENARIO,
+    SYSTEM,
+    samples,
+    wait_until,
+    wrapped_call,
+    write_policy,
+)
 from tierguard.db import make_engine, upgrade
 from tierguard.ops.sim_server import SimServer
 from tierguard.ops.simulate import Scenario
+from tierguard.traffic import fold
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = json.loads((ROOT / "dashboards" / "tierguard.json").read_text())
@@ -115,7 +126,14 @@ def filled_db(tmp_path_factory, postgres_server, redis_server):
         worker = subprocess.Popen([sys.executable, "-m", "tierguard", "worker", "-c", "8"], env=env,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(lambda: samples(url) == 310, 60, "310 samples")
-        client.tierguard_close()
+        # One request the candidate cannot take: served by the reference, counted as guarded.
+        list(client.messages.create(category="sentiment", max_tokens=100_000, stream=True,
+                                    system=SYSTEM["sentiment"],
+                                    messages=[{"role": "user", "content": "a very long answer"}]))
+        wait_until(lambda: samples(url) == 311, 60, "311 samples (one skipped)")
+        client.tierguard_close()  # flushes the production counters; beat would fold them
+        fold(make_engine(url), redis.Redis.from_url(redis_server.url),
+             now=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=3))
     finally:
         worker.terminate()
         worker.wait(20)
@@ -161,7 +179,7 @@ def test_every_panel_query_runs_and_returns_what_its_panel_needs(filled_db):
     assert ("ticket-routing", 2) in {(r[1], r[2]) for r in routes}  # the flip is on the timeline
     _, errors = run_sql(filled_db, macro_expand(
         [p for p in DASHBOARD["panels"] if p["title"] == "Shadow errors by type"][0]["targets"][0]["rawSql"]))
-    assert {r[1] for r in errors} == {"server_error"}
+    assert {r[1] for r in errors} == {"server_error", "skipped"}
 
 
 def test_annotation_and_variable_queries(filled_db):

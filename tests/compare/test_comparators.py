@@ -88,4 +88,4 @@ def test_custom_comparator_by_dotted_path():
 
 
 def test_registry_is_the_single_source_of_names():
-    assert set(comparators.COMPARATORS) == {"exact", "label", "json", "numeric", "similarity"}
+    assert set(comparators.COMPARATORS) == {"exact", "label", "json", "numeric", "similarity", "judge"}

@@ -65,6 +65,10 @@ class Sample(SQLModel, table=True):
     shadow_input_tokens: int | None = None
     shadow_output_tokens: int | None = None
     shadow_cost_usd: float | None = None
+    judge_model: str | None = None
+    judge_input_tokens: int | None = None
+    judge_output_tokens: int | None = None
+    judge_cost_usd: float | None = None
     request_hash: str
     primary_hash: str
     shadow_hash: str | None = None
@@ -92,6 +96,16 @@ class RouteChange(SQLModel, table=True):
     applied: bool = Field(default=True, sa_column_kwargs={"server_default": sa.true()})
     trigger_job_id: str | None = None
     created_at: dt.datetime = _ts(index=True)
+
+
+class Traffic(SQLModel, table=True):
+    """Production calls per category, served model and minute, folded from Redis by beat."""
+
+    category: str = Field(primary_key=True)
+    minute: dt.datetime = Field(sa_column=Column(sa.DateTime(timezone=True), primary_key=True))
+    model: str = Field(primary_key=True)
+    calls: int = 0
+    guarded: int = 0  # sent to the reference because the routed model could not take them
 
 
 def insert_new(session: Session, table: Any, values: dict[str, Any]) -> Any:

@@ -24,6 +24,7 @@ from pydantic import (
 from tierguard import compare as comparators
 from tierguard.engine.detector import Engine, EngineConfig
 from tierguard.errors import ConfigError
+from tierguard.limits import family_limits
 
 
 def _unit(v: float | None) -> float | None:
@@ -39,6 +40,11 @@ class _Strict(BaseModel):
 class Models(_Strict):
     candidate: str = "claude-haiku-4-5"
     reference: str = "claude-opus-4-7"
+
+
+class ModelLimits(_Strict):
+    context_tokens: int = Field(gt=0, description="input + output tokens the model takes")
+    max_output_tokens: int = Field(gt=0)
 
 
 class Price(_Strict):
@@ -271,7 +277,9 @@ class Policy(_Strict):
     categories: dict[str, CategoryOverrides] = {}
     payloads: Payloads = Payloads()
     alerts: Alerting = Alerting()
+    limits: dict[str, ModelLimits] = {}  # by model name; families have defaults (tierguard.limits)
     _resolved: dict[str, CategoryPolicy] = PrivateAttr(default_factory=dict)
+    _limits: dict[str, tuple[int, int] | None] = PrivateAttr(default_factory=dict)
 
     @field_validator("alerts", mode="before")
     @classmethod
@@ -313,6 +321,16 @@ class Policy(_Strict):
         if found is None:
             found = self._resolved[name] = self._merged(name)
         return found
+
+    def limits_for(self, model: str) -> tuple[int, int] | None:
+        """(context tokens, max output tokens) of ``model``: the policy's, else its family's."""
+        try:
+            return self._limits[model]
+        except KeyError:
+            own = self.limits.get(model)
+            found = self._limits[model] = ((own.context_tokens, own.max_output_tokens) if own
+                                           else family_limits(model))
+            return found
 
     def cost_usd(self, model: str, input_tokens: int | None, output_tokens: int | None) -> float | None:
         price = self.pricing.get(model)

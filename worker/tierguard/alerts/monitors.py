@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from tierguard import keys
+from tierguard import keys, traffic
 from tierguard.alerts.events import emit, for_route_change
 from tierguard.db import Category, Sample, session, utcnow
 from tierguard.policy import CategoryPolicy, Policy
@@ -26,20 +26,6 @@ from tierguard.routes import expire_pin, publish_quietly
 log = logging.getLogger(__name__)
 TRAFFIC_KEY = keys.TRAFFIC
 NOISE_WINDOW = 500
-
-
-def traffic(r: redis_lib.Redis, minutes: float, now: dt.datetime) -> dict[str, int]:
-    """Production calls per category over the last ``minutes``, as the wrappers reported them."""
-    start = int(now.timestamp() // 60)
-    keys = [TRAFFIC_KEY.format(minute=m) for m in range(start - int(minutes) + 1, start + 1)]
-    totals: dict[str, int] = {}
-    pipe = r.pipeline(transaction=False)
-    for key in keys:
-        pipe.hgetall(key)
-    for counts in pipe.execute():
-        for name, n in counts.items():
-            totals[name.decode()] = totals.get(name.decode(), 0) + int(n)
-    return totals
 
 
 def oldest_job(r: redis_lib.Redis, queue: str) -> tuple[str, dt.datetime] | None:
@@ -107,9 +93,11 @@ def check(engine: Engine, r: redis_lib.Redis | None, policy: Policy, queue: str,
                 actions=["add worker concurrency or processes (README: sizing)",
                          "check the workers' logs for model API errors"]) is not None
         window = now - dt.timedelta(minutes=a.error_window_minutes)
+        # Skipped jobs (the shadow model cannot take the request) are not failures.
         rows = s.execute(sa.select(Sample.category, sa.func.count(),
                                    sa.func.count(Sample.error))
-                         .where(Sample.kind == "shadow", Sample.created_at >= window)
+                         .where(Sample.kind == "shadow", Sample.created_at >= window,
+                                sa.or_(Sample.error.is_(None), Sample.error != "skipped"))
                          .group_by(Sample.category)).all()
         for name, n, errors in rows:
             if n >= 20 and errors / n > a.error_rate_limit:
@@ -171,7 +159,7 @@ def _traffic_or_empty(r: redis_lib.Redis | None, minutes: float, now: dt.datetim
     if r is None:
         return {}
     try:
-        return traffic(r, minutes, now)
+        return traffic.calls_per_category(r, minutes, now)
     except redis_lib.RedisError as err:
         log.warning("cannot read production traffic counts from Redis: %s", err)
         return {}

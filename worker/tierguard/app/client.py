@@ -34,7 +34,7 @@ class _Messages:
 
     def _after(self, cat: Any, kwargs: dict[str, Any], result: Any, started: float) -> None:
         core = self._core
-        if not core.sampled(cat):
+        if not core.sampled(cat, kwargs):
             return
         if not kwargs.get("stream"):
             core.submit(cat, kwargs, result, started)
@@ -51,7 +51,7 @@ class _Messages:
         cat, kwargs = core.route(category, kwargs)
         started = time.perf_counter()
         manager = self._messages.stream(**kwargs)
-        if core.sampled(cat):
+        if core.sampled(cat, kwargs):
             try:
                 if not watch_sdk_manager(manager, lambda message: core.submit(cat, kwargs, message,
                                                                                started)):

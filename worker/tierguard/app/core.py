@@ -20,6 +20,7 @@ import redis as redis_lib
 from tierguard.app.publisher import Publisher
 from tierguard.config import Settings, get_settings
 from tierguard.db import make_engine
+from tierguard.limits import too_big
 from tierguard.policy import CategoryPolicy, Policy, load_policy
 from tierguard.routes import RouteTable
 
@@ -52,20 +53,28 @@ class Core:
         return cat
 
     def route(self, name: str, request: dict[str, Any]) -> tuple[CategoryPolicy | None, dict[str, Any]]:
-        """The request with ``model`` set from the category's route (unchanged if that fails)."""
+        """The request with ``model`` set from the category's route (unchanged if that fails).
+
+        A request the routed model cannot take (limits) goes to the reference for this
+        call only, and is counted as ``guarded``.
+        """
         try:
             cat = self.category(name)
-            return cat, {**request, "model": self.routes.get(name, cat.initial_route)}
+            model = self.routes.get(name, cat.initial_route)
+            if model != cat.reference and too_big(self.policy.limits_for(model), request):
+                self.publisher.count(name, cat.reference, "guarded")
+                model = cat.reference
+            return cat, {**request, "model": model}
         except Exception:
             self._failed("routing")
             return None, request
 
-    def sampled(self, cat: CategoryPolicy | None) -> bool:
+    def sampled(self, cat: CategoryPolicy | None, request: dict[str, Any]) -> bool:
         """Count one production call of ``cat``; whether it is to be shadowed."""
         if cat is None:
             return False
         try:
-            self.publisher.count_call(cat.name)
+            self.publisher.count(cat.name, request.get("model", ""))
             return random.random() < cat.sample_rate
         except Exception:
             self._failed("sampling")

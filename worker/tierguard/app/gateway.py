@@ -100,7 +100,7 @@ class Gateway:
         cat, routed = core.route(name, request)
         if cat is None:
             return await self._relay("POST", target, headers, body, receive, send)
-        sampled = core.sampled(cat)
+        sampled = core.sampled(cat, routed)
         if sampled:  # the answer is read on the side: ask for it uncompressed
             headers = [h for h in headers if h[0] != b"accept-encoding"] + [(b"accept-encoding",
                                                                                b"identity")]

@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from tierguard import keys
+from tierguard import keys, traffic
 from tierguard.broker import BATCH_TASK, make_celery
 from tierguard.config import Settings
 from tierguard.job import ShadowJob
@@ -91,9 +91,9 @@ class Publisher:
         self._app.send_task(BATCH_TASK, args=[[j.to_dict() for j in jobs]], task_id=jobs[0].job_id,
                             queue=self.settings.queue, retry=False)
 
-    def count_call(self, category: str) -> None:
-        """Count one production call (the monitor-blind check compares it with samples)."""
-        self.traffic[category] += 1
+    def count(self, category: str, model: str, metric: str = "calls") -> None:
+        """Count one production call (or a guarded one) of ``category`` served by ``model``."""
+        self.traffic[traffic.field(category, model, metric)] += 1
 
     def _flush_traffic(self) -> None:
         self._traffic_flushed = time.monotonic()
@@ -110,7 +110,7 @@ class Publisher:
             pipe = self._redis.pipeline(transaction=False)
             for name, n in counts.items():
                 pipe.hincrby(key, name, n)
-            pipe.expire(key, 3 * 3600)
+            pipe.expire(key, traffic.KEEP_SECONDS)
             pipe.execute()
         except Exception:
             self.counts["traffic_reports_dropped"] += 1

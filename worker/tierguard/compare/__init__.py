@@ -13,11 +13,12 @@ tierguard's but its own modules; nothing here does I/O.
 
 from tierguard.compare.base import Comparator, Verdict, normalise
 from tierguard.compare.json_fields import Json, extract_json
+from tierguard.compare.judge import Judge
 from tierguard.compare.label import Exact, Label
 from tierguard.compare.numeric import Numeric, extract_number
 from tierguard.compare.registry import COMPARATORS, resolve
 from tierguard.compare.similarity import Similarity, rouge_l, token_f1
 
-__all__ = ["COMPARATORS", "Comparator", "Exact", "Json", "Label", "Numeric", "Similarity",
+__all__ = ["COMPARATORS", "Comparator", "Exact", "Json", "Judge", "Label", "Numeric", "Similarity",
            "Verdict", "extract_json", "extract_number", "normalise", "resolve", "rouge_l",
            "token_f1"]

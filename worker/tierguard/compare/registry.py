@@ -8,6 +8,7 @@ from typing import Any
 
 from tierguard.compare.base import Comparator
 from tierguard.compare.json_fields import Json
+from tierguard.compare.judge import Judge
 from tierguard.compare.label import Exact, Label
 from tierguard.compare.numeric import Numeric
 from tierguard.compare.similarity import Similarity
@@ -18,6 +19,7 @@ COMPARATORS: dict[str, type] = {
     "json": Json,
     "numeric": Numeric,
     "similarity": Similarity,
+    "judge": Judge,
 }
 
 

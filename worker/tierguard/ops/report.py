@@ -51,7 +51,9 @@ def gather(engine: Engine, since: dt.timedelta) -> dict[str, Any]:
                                                         RouteChange.created_at >= start)
                               .order_by(RouteChange.id)))
         costs = s.execute(
-            sa.select(Sample.category, Sample.served_model, sa.func.sum(Sample.shadow_cost_usd),
+            sa.select(Sample.category, Sample.served_model,
+                      sa.func.sum(sa.func.coalesce(Sample.shadow_cost_usd, 0)
+                                  + sa.func.coalesce(Sample.judge_cost_usd, 0)),
                       sa.func.sum(Sample.primary_cost_usd))
             .where(Sample.kind == "shadow", Sample.created_at >= start)
             .group_by(Sample.category, Sample.served_model)).all()

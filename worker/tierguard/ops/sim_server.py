@@ -17,16 +17,20 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "
                429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
 
 
-def message_body(model: str, text: str, input_tokens: int) -> dict[str, Any]:
+def message_body(model: str, text: str, input_tokens: int,
+                 content: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    content = content or [{"type": "text", "text": text}]
+    tool = any(b.get("type") == "tool_use" for b in content)
+    size = len(json.dumps(content)) if tool else len(text)
     return {"id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant",
-            "model": model, "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn", "stop_sequence": None,
-            "usage": {"input_tokens": input_tokens, "output_tokens": max(1, len(text) // 4)}}
+            "model": model, "content": content, "stop_reason": "tool_use" if tool else "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": max(1, size // 4)}}
 
 
 def sse_events(msg: dict[str, Any]) -> list[bytes]:
     """The Messages API's stream for ``msg``, one ``event:``/``data:`` block per event."""
-    text = msg["content"][0]["text"]
+    text = msg["content"][0].get("text", "")
     start = dict(msg, content=[], stop_reason=None,
                  usage={"input_tokens": msg["usage"]["input_tokens"], "output_tokens": 1})
     events: list[tuple[str, dict[str, Any]]] = [
@@ -129,12 +133,13 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._body()
         except ValueError:
             return self._error(400, "body is not JSON")
-        if self.path == "/_sim/fail":
+        if self.path == "/_sim/fail":  # {"status", "count", "delay", "retry_after", "judge": only judges}
+            queue = sim.forced_judge if body.get("judge") else sim.forced
             with sim.lock:
                 for _ in range(int(body.get("count", 1))):
-                    sim.forced.append((int(body.get("status", 500)), float(body.get("delay", 0)),
-                                       body.get("retry_after")))
-            return self._json(200, {"queued": len(sim.forced)})
+                    queue.append((int(body.get("status", 500)), float(body.get("delay", 0)),
+                                  body.get("retry_after")))
+            return self._json(200, {"queued": len(queue)})
         path = self.path.split("?")[0]
         if path == "/v1/messages/count_tokens":
             return self._json(200, {"input_tokens": _input_tokens(body)})
@@ -144,7 +149,9 @@ class _Handler(BaseHTTPRequestHandler):
             sim.recent_headers.append({k.lower(): v for k, v in self.headers.items()})
         if not body.get("model") or not body.get("messages") or not body.get("max_tokens"):
             return self._error(400, "model, messages and max_tokens are required")
-        failure = sim.next_failure()
+        judging = any(isinstance(t, dict) and t.get("name") == "tierguard_verdict"
+                      for t in body.get("tools") or [])
+        failure = sim.next_failure(judge=judging)
         with sim.lock:
             sim.in_flight += 1
             sim.in_flight_max = max(sim.in_flight_max, sim.in_flight)
@@ -159,8 +166,10 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(delay)
             if status:
                 return self._error(status, "simulated failure", retry_after)
-        _, text = sim.answer(body)
-        msg = message_body(body["model"], text, _input_tokens(body))
+        if judging:
+            msg = message_body(body["model"], "", _input_tokens(body), content=sim.judge(body))
+        else:
+            msg = message_body(body["model"], sim.answer(body)[1], _input_tokens(body))
         if body.get("stream"):
             return self._stream(sse_events(msg), sim.scenario.stream_event_ms / 1000)
         self._json(200, msg)

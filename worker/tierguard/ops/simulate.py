@@ -27,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import threading
+import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,7 @@ class CategorySim:
     drift_agreement: float | None = None
     match: str | None = None
     reference_noise: float = 0.0  # chance per call that the reference itself answers wrongly
+    paraphrase: float = 0.0  # text: share of a candidate's right answers put in other words
 
     def agreement_at(self, candidate_calls: int) -> float:
         if self.drift_after is not None and candidate_calls > self.drift_after:
@@ -68,6 +71,7 @@ class Scenario:
     error_rates: dict[int, float] = field(default_factory=dict)
     retry_after: float | None = 1.0
     stream_event_ms: float = 0.0  # pause before each streamed event
+    judge_malformed: float = 0.0  # share of judge requests answered without the verdict tool
     categories: dict[str, CategorySim] = field(default_factory=dict)
 
     @classmethod
@@ -82,11 +86,19 @@ class Scenario:
                    reference_models=list(data.get("reference_models", ["claude-opus-4-7"])),
                    error_rates={int(k): float(v) for k, v in (data.get("error_rates") or {}).items()},
                    retry_after=data.get("retry_after", 1.0),
-                   stream_event_ms=float(data.get("stream_event_ms", 0)), categories=cats)
+                   stream_event_ms=float(data.get("stream_event_ms", 0)),
+                   judge_malformed=float(data.get("judge_malformed", 0)), categories=cats)
 
     @classmethod
     def load(cls, path: str | Path) -> Scenario:
         return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+
+_JUDGED = re.compile(r"<(reference_answer|candidate_answer)>\n(.*?)\n</\1>", re.S)
+
+
+def _bag(text: str) -> list[str]:
+    return sorted(re.findall(r"\w+", text.casefold()))
 
 
 def _unit(*parts: object) -> float:
@@ -103,6 +115,8 @@ class Simulator:
         self.candidate_calls: Counter[str] = Counter()
         self.requests: Counter[tuple[str, str]] = Counter()
         self.forced: list[tuple[int, float, float | None]] = []  # (status, delay, retry_after)
+        self.forced_judge: list[tuple[int, float, float | None]] = []  # only for judge requests
+        self.judge_calls = 0
         self.in_flight = 0
         self.in_flight_max = 0
         self.streams: Counter[str] = Counter()  # completed / aborted (the client went away)
@@ -139,9 +153,27 @@ class Simulator:
         else:
             correct = _unit(self.scenario.seed, model, key) < cat.agreement_at(n)
         wrong_u = _unit(self.scenario.seed, "wrong", model, key, self.rng.random() if is_reference else 0)
-        return cat.name, self._render(cat, truth_u, None if correct else wrong_u, key)
+        reword = not is_reference and _unit(self.scenario.seed, "reword", model, key) < cat.paraphrase
+        return cat.name, self._render(cat, truth_u, None if correct else wrong_u, key, reword)
 
-    def _render(self, cat: CategorySim, u: float, wrong: float | None, key: str) -> str:
+    def judge(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """A judge's answer: equivalent when both answers hold the same words, else candidate_worse."""
+        messages = body.get("messages") or []
+        prompt = content_text(messages[-1].get("content", "")) if messages else ""
+        found = dict(_JUDGED.findall(prompt))
+        with self.lock:
+            self.judge_calls += 1
+            malformed = self.rng.random() < self.scenario.judge_malformed
+        if malformed:
+            return [{"type": "text", "text": "Both answers look fine to me."}]
+        same = _bag(found.get("reference_answer", "")) == _bag(found.get("candidate_answer", ""))
+        verdict, reason = (("equivalent", "the same content in other words") if same else
+                           ("candidate_worse", "the candidate says something the reference does not"))
+        return [{"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:20], "name": "tierguard_verdict",
+                 "input": {"verdict": verdict, "reason": reason}}]
+
+    def _render(self, cat: CategorySim, u: float, wrong: float | None, key: str,
+                reword: bool = False) -> str:
         if cat.kind == "label":
             i = int(u * len(cat.labels))
             if wrong is not None and len(cat.labels) > 1:
@@ -161,10 +193,14 @@ class Simulator:
         words = [r.choice(WORDS) for _ in range(20)]
         if wrong is not None:
             words = [random.Random(wrong).choice(WORDS) for _ in range(8)] + words[8:12]
+        elif reword:
+            random.Random(key).shuffle(words)
         return " ".join(words).capitalize() + "."
 
-    def next_failure(self) -> tuple[int, float, float | None] | None:
+    def next_failure(self, judge: bool = False) -> tuple[int, float, float | None] | None:
         with self.lock:
+            if judge and self.forced_judge:
+                return self.forced_judge.pop(0)
             if self.forced:
                 return self.forced.pop(0)
             for status, rate in self.scenario.error_rates.items():

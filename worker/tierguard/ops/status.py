@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import sqlalchemy as sa
@@ -9,8 +10,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from tierguard.alerts.monitors import noise_warning, self_agreement
-from tierguard.db import Category, RouteChange, Sample, session
+from tierguard.db import Category, RouteChange, Sample, session, utcnow
 from tierguard.policy import Policy
+from tierguard.traffic import totals as traffic_totals
+
+STATUS_DAYS = 30  # production counters (guarded) are summed over this window
 
 
 def _counts(s, *where) -> dict[str, int]:
@@ -28,7 +32,11 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
     with session(engine) as s:
         rows = {r.name: r for r in s.exec(select(Category))}
         counts = _counts(s, Sample.kind == "shadow")
-        errors = _counts(s, Sample.kind == "shadow", Sample.error.is_not(None))
+        errors = _counts(s, Sample.kind == "shadow", Sample.error.is_not(None),
+                         Sample.error != "skipped")
+        skipped = _counts(s, Sample.kind == "shadow", Sample.error == "skipped")
+        judge_cost = dict(s.execute(sa.select(Sample.category, sa.func.sum(Sample.judge_cost_usd))
+                                    .group_by(Sample.category)).all())
         last: dict[str, RouteChange] = {}
         would: dict[str, int] = {}
         for change in s.exec(select(RouteChange).order_by(RouteChange.id)):
@@ -38,6 +46,7 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
                 would[change.category] = would.get(change.category, 0) + 1
         names = sorted(set(rows) | set(policy.categories) | set(counts))
         noise = {name: self_agreement(s, name) for name in names}
+    guarded = traffic_totals(engine, utcnow() - dt.timedelta(days=STATUS_DAYS))
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         cat = policy.category(name)
@@ -54,6 +63,9 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
             "reference": cat.reference,
             "samples": counts.get(name, 0),
             "errors": errors.get(name, 0),
+            "skipped": skipped.get(name, 0),
+            "guarded": guarded.get(name, {}).get("guarded", 0),
+            "judge_cost_usd": round(judge_cost.get(name) or 0.0, 6),
             "agreement": state.get("ewma"),
             "threshold": cat.threshold,
             "mode": cat.mode,

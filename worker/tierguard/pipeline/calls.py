@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -64,22 +65,45 @@ def call_model(client: anthropic.Anthropic, model: str, request: dict[str, Any])
     return Answer(message_text(message), inp, out, latency)
 
 
-async def call_model_async(client: anthropic.AsyncAnthropic, model: str,
-                           request: dict[str, Any]) -> Answer:
-    """As :func:`call_model`, reading the raw JSON body (the SDK's ``with_raw_response``):
-    building the typed ``Message`` costs ~12 % of a shadow call's CPU, and a worker only
-    needs the text and the usage."""
-    params = {k: v for k, v in request.items() if k not in ("model", "stream")}
+async def call_json_async(client: anthropic.AsyncAnthropic, body: dict[str, Any]
+                          ) -> tuple[dict[str, Any], float]:
+    """One Messages API call; (the response's JSON, milliseconds). Reads the raw body (the
+    SDK's ``with_raw_response``): building the typed ``Message`` costs ~12 % of a shadow
+    call's CPU, and a worker only needs the content and the usage."""
+    params = {k: v for k, v in body.items() if k != "stream"}
     t0 = time.perf_counter()
     try:
-        raw = await client.messages.with_raw_response.create(model=model, **params)
-        body = json.loads(raw.http_response.content)
+        raw = await client.messages.with_raw_response.create(**params)
+        data = json.loads(raw.http_response.content)
     except anthropic.AnthropicError as err:
         raise classify(err) from None
     except ValueError:
         raise PermanentCallError("model API answered with a body that is not JSON",
                                  kind="bad_response") from None
-    latency = (time.perf_counter() - t0) * 1000
+    if not isinstance(data, dict):
+        raise PermanentCallError("model API answered with JSON that is not a message",
+                                 kind="bad_response")
+    return data, (time.perf_counter() - t0) * 1000
+
+
+async def call_model_async(client: anthropic.AsyncAnthropic, model: str,
+                           request: dict[str, Any]) -> Answer:
+    """As :func:`call_model`, on the worker's event loop."""
+    body, latency = await call_json_async(client, {**request, "model": model})
     usage = body.get("usage") or {}
     return Answer(content_json_text(body.get("content") or []), usage.get("input_tokens"),
                   usage.get("output_tokens"), latency)
+
+
+async def call_model_with_retries(client: anthropic.AsyncAnthropic, model: str,
+                                  request: dict[str, Any], attempts: int, cap: float = 30.0) -> Answer:
+    """:func:`call_model_async`, retrying transient errors (the server's retry-after or 2^n s)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call_model_async(client, model, request)
+        except RetryableCallError as err:
+            if attempt == attempts:
+                raise
+            wait = err.retry_after if err.retry_after is not None else 0.5 * 2 ** (attempt - 1)
+            await asyncio.sleep(min(wait, cap))
+    raise AssertionError("unreachable")

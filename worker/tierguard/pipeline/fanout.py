@@ -20,8 +20,9 @@ import httpx2
 from tierguard.errors import PermanentCallError, RetryableCallError
 from tierguard.job import ShadowJob
 from tierguard.pipeline.calls import call_model_async
+from tierguard.pipeline.judging import JudgeCall, needs_judge
 from tierguard.pipeline.recorder import Result
-from tierguard.pipeline.shadow import noise_result, noise_sampled, result_of
+from tierguard.pipeline.shadow import noise_result, noise_sampled, result_of, skipped
 from tierguard.policy import Policy
 
 
@@ -73,13 +74,20 @@ async def run_batch(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *
                     final: bool) -> tuple[list[Result], list[Retry]]:
     """Call every job's shadow model at once; compare; sort into results and retries."""
 
+    judge = JudgeCall(lambda: runner.client)
+
     async def one(job: ShadowJob) -> list[Result | Retry]:
+        skip = skipped(policy, job, attempt)
+        if skip is not None:
+            return [skip]
         try:
             answer = await call_model_async(runner.client, job.shadow_model, job.request)
         except RetryableCallError as err:
             return [result_of(policy, job, None, err, attempt) if final else Retry(job, err)]
         except PermanentCallError as err:
             return [result_of(policy, job, None, err, attempt)]
+        if needs_judge(policy.category(job.category)):  # no noise-floor twin: one judge is enough
+            return [await judge.result(policy, job, answer, attempt)]
         result = result_of(policy, job, answer, None, attempt)
         if result.verdict is None or not noise_sampled(policy, job):
             return [result]

@@ -58,7 +58,8 @@ def _request_text(request: dict) -> str:
 
 
 def sample_values(policy: Policy, job: ShadowJob, answer: Answer | None, verdict: Verdict | None,
-                  error: tuple[str, str] | None, attempt: int, kind: str = "shadow") -> dict:
+                  error: tuple[str, str] | None, attempt: int, kind: str = "shadow",
+                  judge: JudgeUsage | None = None) -> dict:
     cat = policy.category(job.category)
     values = dict(
         job_id=job.job_id, category=job.category, kind=kind, served_model=job.served_model,
@@ -84,6 +85,11 @@ def sample_values(policy: Policy, job: ShadowJob, answer: Answer | None, verdict
             shadow_cost_usd=policy.cost_usd(job.shadow_model, answer.input_tokens,
                                             answer.output_tokens),
             shadow_hash=digest(answer.text), shadow_excerpt=_excerpt(policy, answer.text))
+    if judge is not None:
+        values.update(judge_model=judge.model, judge_input_tokens=judge.input_tokens,
+                      judge_output_tokens=judge.output_tokens,
+                      judge_cost_usd=policy.cost_usd(judge.model, judge.input_tokens,
+                                                     judge.output_tokens))
     return values
 
 
@@ -114,6 +120,15 @@ def apply_decision(s: Session, row: Category, decision: Decision, trigger_job_id
 
 
 @dataclass(frozen=True)
+class JudgeUsage:
+    """What the judge spent on one sample."""
+
+    model: str
+    input_tokens: int
+    output_tokens: int
+
+
+@dataclass(frozen=True)
 class Result:
     """One finished shadow job waiting to be recorded."""
 
@@ -123,6 +138,7 @@ class Result:
     error: tuple[str, str] | None
     attempt: int
     kind: str = "shadow"
+    judge: JudgeUsage | None = None
 
 
 def record(engine: Engine, r: redis_lib.Redis | None, policy: Policy, job: ShadowJob,
@@ -142,7 +158,7 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
     changed: dict[str, Category] = {}
     changes: list[RouteChange] = []
     with session(engine) as s:
-        rows = [sample_values(policy, x.job, x.answer, x.verdict, x.error, x.attempt, x.kind)
+        rows = [sample_values(policy, x.job, x.answer, x.verdict, x.error, x.attempt, x.kind, x.judge)
                 for x in results]
         inserted = insert_samples(s, rows)
         by_category: dict[str, list[int]] = {}

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from tierguard.compare import Verdict
 from tierguard.errors import PermanentCallError, RetryableCallError
 from tierguard.job import ShadowJob, digest
+from tierguard.limits import too_big
 from tierguard.pipeline.calls import Answer, call_model
 from tierguard.pipeline.recorder import Outcome, Result, record_many
 from tierguard.policy import Policy
@@ -57,6 +58,17 @@ def result_of(policy: Policy, job: ShadowJob, answer: Answer | None, error: Exce
     return Result(job, answer, verdict, failed, attempt)
 
 
+SKIPPED = "skipped"
+
+
+def skipped(policy: Policy, job: ShadowJob, attempt: int) -> Result | None:
+    """A job whose request the shadow model cannot take: recorded as skipped, never sent."""
+    why = too_big(policy.limits_for(job.shadow_model), job.request)
+    if why is None:
+        return None
+    return Result(job, None, None, (SKIPPED, f"limits: {job.shadow_model}: {why}"), attempt)
+
+
 def noise_sampled(policy: Policy, job: ShadowJob) -> bool:
     """Deterministic per job, so a redelivered job makes the same choice."""
     rate = policy.category(job.category).noise_floor_rate
@@ -79,6 +91,9 @@ def noise_result(policy: Policy, job: ShadowJob, shadow_text: str, second: Answe
 def run_job(ctx: Context, job: ShadowJob, *, attempt: int = 1, final: bool = True) -> Outcome:
     """Run ``job`` synchronously. A :class:`RetryableCallError` propagates unless ``final``."""
     assert ctx.client is not None
+    skip = skipped(ctx.policy, job, attempt)
+    if skip is not None:
+        return ctx.record_all([skip])[0]
     answer = error = None
     try:
         answer = call_model(ctx.client, job.shadow_model, job.request)

@@ -11,6 +11,7 @@ import redis as redis_lib
 import sqlalchemy as sa
 from celery import Celery, Task
 
+from tierguard import traffic
 from tierguard.alerts.monitors import check
 from tierguard.alerts.outbox import deliver_due
 from tierguard.broker import BATCH_TASK, DELIVER_TASK, MONITOR_TASK, SHADOW_TASK, make_celery
@@ -104,6 +105,10 @@ def deliver_alerts(task: Task) -> dict[str, int]:
 def monitor(task: Task) -> int:
     """The periodic checks; new events are delivered right away."""
     ctx = context_for(task.app)
+    try:
+        traffic.fold(ctx.engine, ctx.redis)
+    except (redis_lib.RedisError, sa.exc.OperationalError) as err:
+        log.warning("cannot fold production traffic counters yet: %s", err)
     events = check(ctx.engine, ctx.redis, ctx.policy, task.app.tierguard_settings.queue)
     if events:
         deliver_due(ctx.engine, ctx.policy)

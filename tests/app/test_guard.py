@@ -1,0 +1,81 @@
+"""The capability guard: a request the routed model cannot take goes to the reference, and is never
+shadowed to the smaller model."""
+
+import datetime as dt
+
+import anthropic
+import httpx2
+import pytest
+import redis
+from sqlmodel import select
+
+import tierguard
+from tests.helpers import API_KEY, last_json, samples, tg, wait_until
+from tierguard.db import Sample, make_engine, session
+from tierguard.limits import estimate_input_tokens, too_big
+from tierguard.policy import parse_policy
+from tierguard.traffic import fold
+
+LABELS = ["POSITIVE", "NEGATIVE"]
+POLICY = {"defaults": {"sample_rate": 1.0},
+          "limits": {"claude-haiku-4-5": {"context_tokens": 2000, "max_output_tokens": 256}},
+          "categories": {"sentiment": {"comparator": {"type": "label", "labels": LABELS}}}}
+
+
+def test_the_estimate_and_the_limits_follow_their_documented_rules():
+    request = {"system": "s" * 35, "max_tokens": 10,
+               "messages": [{"role": "user", "content": [{"type": "text", "text": "t" * 35},
+                                                         {"type": "image", "source": {"data": "x" * 9999}}]}]}
+    assert estimate_input_tokens(request) == 20 + 1600  # ⌈70 / 3.5⌉ + one attachment
+    policy = parse_policy({"limits": {"claude-haiku-4-5": {"context_tokens": 1000,
+                                                           "max_output_tokens": 64}}})
+    assert policy.limits_for("claude-haiku-4-5") == (1000, 64)
+    assert policy.limits_for("claude-haiku-3-5") == (200_000, 64_000)
+    assert policy.limits_for("claude-sonnet-4-6") == (1_000_000, 64_000)
+    assert policy.limits_for("claude-opus-4-7") == (1_000_000, 128_000)
+    assert policy.limits_for("my-fine-tune") is None
+    assert too_big((1000, 64), {**request, "max_tokens": 65}) == ("max_tokens 65 > the model's 64 "
+                                                                  "output tokens")
+    assert "do not fit its 1,000-token context" in too_big((1000, 64), request)
+    assert too_big((200_000, 64_000), request) is None
+    with pytest.raises(Exception, match="limits.m.context_tokens"):
+        parse_policy({"limits": {"m": {"context_tokens": 0, "max_output_tokens": 1}}})
+
+
+def test_an_oversized_request_is_served_by_the_reference_counted_and_never_shadowed_to_the_candidate(
+        stack, simulator, sqlite_url, redis_url, tmp_path):
+    sim = simulator(categories={"sentiment": {"kind": "label", "labels": LABELS, "agreement": 1.0}})
+    stack.configure(policy=POLICY, database_url=sqlite_url, base_url=sim.base_url)
+    stack.start_worker(concurrency=4)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    body = {"category": "sentiment", "system": "sentiment: classify",
+            "messages": [{"role": "user", "content": "fits"}], "max_tokens": 16}
+    assert client.messages.create(**body).model == "claude-haiku-4-5"
+    long_answer = client.messages.create(**{**body, "max_tokens": 1000})
+    long_prompt = client.messages.create(**{**body, "messages": [{"role": "user", "content": "x" * 8000}]})
+    assert long_answer.model == long_prompt.model == "claude-opus-4-7"
+    base = stack.start_gateway()
+    through = httpx2.post(base + "/v1/messages", json={**body, "model": "any", "max_tokens": 999},
+                          headers={"x-api-key": API_KEY, "x-tierguard-category": "sentiment"})
+    assert through.json()["model"] == "claude-opus-4-7"
+    client.tierguard_close()  # flushes the traffic counters
+    wait_until(lambda: samples(sqlite_url) == 4, 60, "4 samples")
+    with session(make_engine(sqlite_url)) as s:
+        rows = sorted(s.exec(select(Sample)), key=lambda r: r.error or "")
+    assert [(r.served_model, r.shadow_model, r.error) for r in rows] == [
+        ("claude-haiku-4-5", "claude-opus-4-7", None)] + [
+        ("claude-opus-4-7", "claude-haiku-4-5", "skipped")] * 3
+    assert all(r.reason.startswith("limits: claude-haiku-4-5: ") and r.agree is None for r in rows[1:])
+    haiku_calls = sum(r["count"] for r in httpx2.get(sim.base_url + "/_sim/stats").json()["requests"]
+                      if r["model"] == "claude-haiku-4-5")
+    assert haiku_calls == 1  # only the request that fits
+    # Beat folds the counters; status shows what was guarded (the gateway's process counts too).
+    wait_until(lambda: sum(int(v) for k in redis.Redis.from_url(redis_url).keys("tierguard:traffic:*")
+                           for f, v in redis.Redis.from_url(redis_url).hgetall(k).items()
+                           if f.endswith(b"|guarded")) == 3, 15, "3 guarded calls counted")
+    fold(make_engine(sqlite_url), redis.Redis.from_url(redis_url),
+         now=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=3))
+    status = last_json(tg("status", "--json", env=stack.env_for_cli(), cwd=tmp_path).stdout)
+    assert status["categories"]["sentiment"]["guarded"] == 3
+    assert status["categories"]["sentiment"]["skipped"] == 3
+    assert status["categories"]["sentiment"]["errors"] == 0

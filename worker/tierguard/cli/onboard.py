@@ -1,0 +1,117 @@
+"""Onboarding a category: ``evaluate``, ``opportunities`` and ``judge check``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+
+from tierguard.cli.apps import app, judge_app
+from tierguard.cli.common import JsonOpt, console, emit, env, err_console, pct, redis_client
+
+
+def _money(v: float | None) -> str:
+    return "—" if v is None else f"${v:,.2f}"
+
+
+@app.command()
+def evaluate(cases: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                          help="JSON lines: Messages API bodies without model"),
+             category: str = typer.Option(..., help="the category the cases belong to"),
+             concurrency: int = typer.Option(8, min=1, max=256, help="cases in flight"),
+             calls_per_day: float | None = typer.Option(
+                 None, min=0, help="volume for the saving (default: the category's recorded volume)"),
+             apply: bool = typer.Option(False, "--apply",
+                                        help="route the category to its candidate when recommended"),
+             as_json: bool = JsonOpt) -> None:
+    """Run held-out cases through both models, score the match rate, recommend a route."""
+    from tierguard.ops.evaluate import evaluate as run
+    from tierguard.ops.evaluate import read_cases
+    from tierguard.ops.opportunities import apply_recommendation
+    from tierguard.ops.opportunities import calls_per_day as volume
+
+    settings, policy, engine = env()
+    lines = read_cases(cases.read_text().splitlines())
+    recorded = volume(engine, category).get(category)
+    with Progress(TextColumn("evaluate"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  console=err_console, disable=not err_console.is_terminal) as bar:
+        task = bar.add_task("cases", total=len(lines))
+        result = run(engine, policy, category, lines, concurrency=concurrency,
+                     attempts=settings.shadow_max_attempts, calls_per_day=calls_per_day,
+                     recorded_calls_per_day=recorded,
+                     progress=lambda n: bar.update(task, completed=n))
+    change = apply_recommendation(engine, redis_client(settings), policy, result) if apply else None
+    result["applied"] = change is not None
+    if as_json:
+        emit(result)
+        return
+    console.print(f"[bold]{category}[/]: {result['compared']}/{result['cases']} cases compared "
+                  f"({result['errors']} errors), agreement {pct(result['agreement'])}, Wilson 95% "
+                  f"[{pct(result['wilson_low'])}, {pct(result['wilson_high'])}]")
+    model = result[result["recommendation"]]
+    console.print(f"recommendation: [bold]{result['recommendation']}[/] ({model}; promote threshold "
+                  f"{pct(result['promote_threshold'])}); projected monthly saving "
+                  f"{_money(result['projected_monthly_savings_usd'])}")
+    if change is not None:
+        console.print(f"applied: {category} now served by [bold]{change.to_model}[/] (audited)")
+
+
+@app.command()
+def opportunities(as_json: bool = JsonOpt) -> None:
+    """Categories by production volume: route, agreement, eligibility, monthly saving."""
+    from tierguard.ops.opportunities import opportunities as gather
+
+    _, policy, engine = env()
+    rows = gather(engine, policy)
+    if as_json:
+        emit({"categories": rows})
+        return
+    table = Table(title="opportunities (volume over the last 7 days)")
+    for col in ("category", "calls/day", "route", "agreement", "evaluation", "eligible",
+                "monthly saving"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["category"], f"{r['calls_per_day']:,.0f}", r["route"], pct(r["agreement"]),
+                      f"{pct(r['evaluation_agreement'])} ({r['evaluation_cases']})",
+                      "yes" if r["eligible"] else "", _money(r["projected_monthly_savings_usd"]))
+    console.print(table)
+
+
+@judge_app.command("check")
+def judge_check(pairs: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                             help="JSON lines: request, reference, candidate, label"),
+                category: str | None = typer.Option(None, help="use this category's judge settings"),
+                concurrency: int = typer.Option(8, min=1, max=256),
+                as_json: bool = JsonOpt) -> None:
+    """The judge's agreement with human labels, Cohen's kappa and the confusion table."""
+    from tierguard.compare.judge import VERDICTS, Judge
+    from tierguard.config import get_settings
+    from tierguard.ops.judge_check import check, read_pairs
+    from tierguard.policy import load_policy
+
+    policy = load_policy(get_settings().policy)
+    judge, model = Judge(), policy.models.reference
+    if category is not None:
+        cat = policy.category(category)
+        if not isinstance(cat.compare, Judge):
+            raise typer.BadParameter(f"{category} does not use the judge comparator",
+                                     param_hint="--category")
+        judge, model = cat.compare, cat.compare.model or cat.reference
+    result = check(read_pairs(pairs.read_text().splitlines()), judge, model, concurrency=concurrency)
+    if as_json:
+        emit(result)
+        return
+    console.print(f"judge {model}: {result['judged']}/{result['pairs']} pairs judged "
+                  f"({result['errors']} errors); agreement {pct(result['agreement'])}, kappa "
+                  f"{result['kappa']}")
+    table = Table(title="confusion: human label (rows) vs judge verdict")
+    table.add_column("label")
+    for v in VERDICTS:
+        table.add_column(v)
+    for label, row in result["confusion"].items():
+        table.add_row(label, *(str(row.get(v, 0)) for v in VERDICTS))
+    console.print(table)
+    for why in result["first_errors"]:
+        console.print(f"[red]{why}[/]")

@@ -1,0 +1,113 @@
+"""``tierguard opportunities``: the playbook's "top request types" table, and ``evaluate --apply``.
+
+Per category, by production volume (the folded traffic counters): its route,
+live and evaluation agreement, eligibility, and what serving it from the
+candidate would save a month at the prices in the policy and the token sizes
+recorded for each model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import redis as redis_lib
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from tierguard.alerts.events import for_route_change
+from tierguard.db import Category, RouteChange, Sample, session, utcnow
+from tierguard.engine.detector import note_change
+from tierguard.errors import TierguardError
+from tierguard.ops.evaluate import DAYS_PER_MONTH
+from tierguard.policy import Policy
+from tierguard.routes import change_route, lock_category, publish_quietly
+from tierguard.traffic import totals
+
+VOLUME_DAYS = 7
+
+
+def calls_per_day(engine: Engine, category: str | None = None,
+                  now: dt.datetime | None = None) -> dict[str, float]:
+    """Production calls a day per category, averaged over the last week of folded counters."""
+    found = totals(engine, (now or utcnow()) - dt.timedelta(days=VOLUME_DAYS))
+    return {c: v["calls"] / VOLUME_DAYS for c, v in found.items() if category in (None, c)}
+
+
+def token_sizes(engine: Engine) -> dict[tuple[str, str], tuple[float, float]]:
+    """(category, model) -> average (input, output) tokens per call, from recorded samples."""
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    with session(engine) as s:
+        for model_col, inp, outp in ((Sample.served_model, Sample.primary_input_tokens,
+                                      Sample.primary_output_tokens),
+                                     (Sample.shadow_model, Sample.shadow_input_tokens,
+                                      Sample.shadow_output_tokens)):
+            q = (sa.select(Sample.category, model_col, sa.func.avg(inp), sa.func.avg(outp))
+                 .where(inp.is_not(None), outp.is_not(None)).group_by(Sample.category, model_col))
+            for category, model, i, o in s.execute(q).all():
+                out.setdefault((category, model), (float(i), float(o)))
+    return out
+
+
+def opportunities(engine: Engine, policy: Policy) -> list[dict[str, Any]]:
+    volume = calls_per_day(engine)
+    sizes = token_sizes(engine)
+    with session(engine) as s:
+        rows = {r.name: r for r in s.exec(select(Category))}
+        evaluation = dict((c, (int(n), int(a or 0))) for c, n, a in s.execute(
+            sa.select(Sample.category, sa.func.count(), sa.func.sum(sa.cast(Sample.agree, sa.Integer)))
+            .where(Sample.kind == "evaluation", Sample.agree.is_not(None)).group_by(Sample.category)))
+    out = []
+    for name in sorted(set(volume) | set(rows) | set(policy.categories)):
+        cat = policy.category(name)
+        row = rows.get(name)
+        state = (row.detector_state if row else None) or {}
+        per_call = {}
+        for model in (cat.candidate, cat.reference):
+            size = sizes.get((name, model))
+            per_call[model] = policy.cost_usd(model, *(round(x) for x in size)) if size else None
+        saving = None
+        if volume.get(name) is not None and None not in per_call.values():
+            saving = round((per_call[cat.reference] - per_call[cat.candidate]) * volume[name]
+                           * DAYS_PER_MONTH, 2)
+        n, a = evaluation.get(name, (0, 0))
+        out.append({"category": name, "calls_per_day": round(volume.get(name, 0.0), 1),
+                    "route": row.routed_model if row else cat.initial_route,
+                    "candidate": cat.candidate, "reference": cat.reference,
+                    "agreement": state.get("ewma"), "evaluation_agreement": a / n if n else None,
+                    "evaluation_cases": n, "eligible": bool(state.get("eligible")),
+                    "projected_monthly_savings_usd": saving})
+    out.sort(key=lambda o: -o["calls_per_day"])
+    return out
+
+
+class ApplyRefused(TierguardError):
+    """``evaluate --apply`` does not apply to the category's state."""
+
+
+def apply_recommendation(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
+                         result: dict[str, Any]) -> RouteChange | None:
+    """Route the category to its candidate (audited, actor ``evaluate``) when recommended."""
+    if result["recommendation"] != "candidate":
+        return None
+    cat = policy.category(result["category"])
+    with session(engine) as s:
+        row = lock_category(s, cat)
+        if row.pinned:
+            raise ApplyRefused(f"{cat.name} is pinned ({row.pin_reason}): unpin it first")
+        if row.routed_model == cat.candidate:
+            return None
+        row.detector_state = note_change(dict(row.detector_state or {}), utcnow().timestamp(),
+                                         cat.flap_window_hours * 3600)
+        reason = (f"evaluation {result['run']}: {result['compared']} cases, agreement "
+                  f"{result['agreement']:.3f}, Wilson 95% lower bound {result['wilson_low']:.3f} ≥ "
+                  f"promote threshold {cat.promote_threshold:.2f}")
+        change = change_route(s, row, cat.candidate, rule="evaluation", actor="evaluate",
+                              reason=reason, agreement=result["agreement"],
+                              samples=result["compared"],
+                              numbers={k: result[k] for k in ("wilson_low", "wilson_high", "cases")})
+        for_route_change(s, policy, change, "promoted")
+        s.commit()
+    publish_quietly(r, [row])
+    return change

@@ -1,0 +1,102 @@
+"""Production traffic counters: what the wrappers and gateways saw, per category, model and minute.
+
+The production side adds to a Redis hash per epoch minute in the background
+(:data:`tierguard.keys.TRAFFIC`, fields ``category|model|metric``; a bare
+``category`` field is an older wrapper's call count). Beat folds every closed
+minute into the ``traffic`` table with SET semantics, so folding a minute twice
+(two beats, a retry) stores the same numbers; minutes stay in Redis for a day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+
+import redis as redis_lib
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tierguard import keys
+from tierguard.db import Traffic, session, utcnow
+
+METRICS = ("calls", "guarded")
+KEEP_SECONDS = 24 * 3600
+CLOSED_AFTER_MINUTES = 2  # flushes every few seconds land in the minute they are sent in
+
+
+def field(category: str, model: str, metric: str) -> str:
+    return f"{category}|{model}|{metric}"
+
+
+def parse(raw: dict[bytes, bytes]) -> Counter[tuple[str, str, str]]:
+    """(category, model, metric) -> count, from one minute's hash."""
+    out: Counter[tuple[str, str, str]] = Counter()
+    for name, value in raw.items():
+        parts = name.decode().split("|")
+        key = (parts[0], "", "calls") if len(parts) == 1 else tuple(parts) if len(parts) == 3 else None
+        if key is not None:
+            out[key] += int(value)  # type: ignore[index]
+    return out
+
+
+def calls_per_category(r: redis_lib.Redis, minutes: float, now: dt.datetime) -> dict[str, int]:
+    """Production calls per category over the last ``minutes``, from Redis."""
+    start = int(now.timestamp() // 60)
+    pipe = r.pipeline(transaction=False)
+    for m in range(start - int(minutes) + 1, start + 1):
+        pipe.hgetall(keys.TRAFFIC.format(minute=m))
+    totals: Counter[str] = Counter()
+    for raw in pipe.execute():
+        for (category, _, metric), n in parse(raw).items():
+            if metric == "calls":
+                totals[category] += n
+    return dict(totals)
+
+
+def fold(engine: Engine, r: redis_lib.Redis, now: dt.datetime | None = None) -> int:
+    """Copy every closed minute since the last one folded into ``traffic``; rows written."""
+    now = now or utcnow()
+    last_open = int(now.timestamp() // 60) - CLOSED_AFTER_MINUTES
+    with session(engine) as s:
+        latest = s.execute(sa.select(sa.func.max(Traffic.minute))).scalar()
+    oldest = int(now.timestamp() - KEEP_SECONDS) // 60
+    if latest is not None:
+        if latest.tzinfo is None:
+            latest = latest.replace(tzinfo=dt.UTC)
+        oldest = max(oldest, int(latest.timestamp() // 60))  # the latest folded minute again: cheap
+    minutes = list(range(oldest, last_open + 1))
+    if not minutes:
+        return 0
+    pipe = r.pipeline(transaction=False)
+    for m in minutes:
+        pipe.hgetall(keys.TRAFFIC.format(minute=m))
+    rows: dict[tuple[str, dt.datetime, str], dict[str, int]] = {}
+    for m, raw in zip(minutes, pipe.execute(), strict=True):
+        at = dt.datetime.fromtimestamp(m * 60, dt.UTC)
+        for (category, model, metric), n in parse(raw).items():
+            if metric in METRICS:
+                rows.setdefault((category, at, model), dict.fromkeys(METRICS, 0))[metric] = n
+    if not rows:
+        return 0
+    values = [{"category": c, "minute": at, "model": model, **counts}
+              for (c, at, model), counts in rows.items()]
+    with session(engine) as s:
+        if s.get_bind().dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(Traffic.__table__)
+        stmt = stmt.on_conflict_do_update(index_elements=["category", "minute", "model"],
+                                          set_={m: stmt.excluded[m] for m in METRICS})
+        s.execute(stmt, values)
+        s.commit()
+    return len(values)
+
+
+def totals(engine: Engine, since: dt.datetime) -> dict[str, dict[str, int]]:
+    """category -> {calls, guarded} over folded minutes since ``since``."""
+    with session(engine) as s:
+        rows = s.execute(sa.select(Traffic.category, sa.func.sum(Traffic.calls),
+                                   sa.func.sum(Traffic.guarded))
+                         .where(Traffic.minute >= since).group_by(Traffic.category)).all()
+    return {c: {"calls": int(calls or 0), "guarded": int(guarded or 0)} for c, calls, guarded in rows}
