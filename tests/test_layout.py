@@ -21,6 +21,7 @@ CORE_RULES: dict[str, set[str]] = {
     "broker": {"config"},
     "routes": {"db", "errors", "policy", "keys"},
     "traffic": {"db", "keys"},
+    "live_policy": {"policy", "errors"},
     "migrations": {"db"},
     "comparators": {"compare"},  # the old import path of compare/
 }

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///tierguard.db"
     redis_url: str = "redis://localhost:6379/0"
     queue: str = "tierguard"
+    policy_reload_s: float = Field(30.0, gt=0, description="seconds between looks at the policy file")
     # Wrapper side.
     route_ttl: float = Field(1.0, gt=0, description="seconds between route refreshes")
     publish_buffer: int = Field(10_000, gt=0, description="shadow jobs held before dropping")

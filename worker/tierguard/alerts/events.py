@@ -79,6 +79,18 @@ def for_route_change(s: Session, policy: Policy, change: RouteChange, kind: str)
                 route_change_id=change.id)
 
 
+def for_invalid_policy(s: Session, policy: Policy, path: str, problems: list[str],
+                       digest: str) -> int | None:
+    """A policy file that failed validation (once per distinct content, across every process)."""
+    shown = "; ".join(problems[:3]) + (f"; … ({len(problems)} problems)" if len(problems) > 3 else "")
+    return emit(s, policy, key=f"policy_invalid:{digest}", kind="policy_invalid", category=None,
+                summary=f"policy {path} is invalid and was not applied: {shown}",
+                numbers={"problems": len(problems)},
+                did="Kept running on the previous policy; nothing changed.",
+                actions=[f"tierguard policy check {path}", "fix the file; it is applied within "
+                         "TIERGUARD_POLICY_RELOAD_S once valid"])
+
+
 def for_eligible(s: Session, policy: Policy, category: str, reason: str, episode: str,
                  numbers: dict[str, Any]) -> int | None:
     return emit(s, policy, key=f"eligible:{category}:{episode}", kind="eligible", category=category,

@@ -21,7 +21,8 @@ from tierguard.app.publisher import Publisher
 from tierguard.config import Settings, get_settings
 from tierguard.db import make_engine
 from tierguard.limits import too_big
-from tierguard.policy import CategoryPolicy, Policy, load_policy
+from tierguard.live_policy import LivePolicy
+from tierguard.policy import CategoryPolicy, Policy
 from tierguard.routes import RouteTable
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,12 @@ class Core:
     def __init__(self, settings: Settings | None = None, policy: Policy | None = None,
                  start_routes: bool = True):
         self.settings = settings or get_settings()
-        self.policy = policy or load_policy(self.settings.policy)
+        self.live: LivePolicy | None = None
+        if policy is None:
+            self.live = LivePolicy(self.settings.policy, self.settings.policy_reload_s,
+                                   on_change=self._policy_changed)
+            policy = self.live.current
+        self.policy = policy
         self.categories: dict[str, CategoryPolicy] = {}
         url = self.settings.redis_url
         self.routes = RouteTable(
@@ -43,8 +49,13 @@ class Core:
         )
         if start_routes:
             self.routes.start()
+            if self.live is not None:
+                self.live.start()
         self.publisher = Publisher(self.settings)
         self.counts: Counter[str] = Counter()
+
+    def _policy_changed(self, old: Policy, new: Policy) -> None:
+        self.policy, self.categories = new, {}
 
     def category(self, name: str) -> CategoryPolicy:
         cat = self.categories.get(name)
@@ -102,5 +113,7 @@ class Core:
                 "route_refresh_failures": self.routes.failures}
 
     def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
         self.routes.stop()
         self.publisher.close()

@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import sys
 
-from tierguard.cli import alerts, bench, db, demo, onboard, replay, routes, services, simulate  # noqa: F401
+from tierguard.cli import (  # noqa: F401  (each registers its commands)
+    alerts,
+    bench,
+    db,
+    demo,
+    onboard,
+    policy,
+    replay,
+    routes,
+    services,
+    simulate,
+)
 from tierguard.cli.apps import app
 from tierguard.cli.common import err_console
 from tierguard.errors import TierguardError

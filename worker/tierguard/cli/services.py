@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
 
 import typer
 
@@ -71,14 +70,13 @@ def ping(timeout: float = typer.Option(5.0, help="seconds to wait for replies"),
 @app.command()
 def beat(loglevel: str = "INFO") -> None:
     """Run Celery beat (exactly one per deployment): alert redelivery and the periodic checks."""
-    import tempfile
-
     from tierguard.broker import make_celery
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings, _, _ = env()
-    schedule = Path(tempfile.gettempdir()) / f"tierguard-beat-{os.getpid()}"
-    make_celery(settings).start(["beat", "-l", loglevel, "-s", str(schedule)])
+    # In-memory schedule: tierguard's tasks are periodic and idempotent, so nothing is worth a
+    # schedule file (none is left in /tmp, and a read-only root filesystem works).
+    make_celery(settings).start(["beat", "-l", loglevel, "--scheduler", "celery.beat:Scheduler"])
 
 
 @app.command()

@@ -111,6 +111,14 @@ class Engine:
         self.config = config
         self.design: Design = design(config.healthy, config.detect, config.false_flip_rate,
                                      config.horizon)
+        c = config
+        # The settings the evidence was gathered under; a state from other settings restarts.
+        self.fingerprint = (f"{c.threshold:g}|{c.healthy:g}|{c.false_flip_rate:g}|{c.horizon}|"
+                            f"{c.min_samples}|{c.promote_threshold:g}|{c.promote_min_samples}")
+
+    def stale(self, state: dict) -> bool:
+        """True when ``state`` was built under other detector settings (a policy change)."""
+        return state.get("cfg") not in (None, self.fingerprint)
 
     def statistic(self, state: dict) -> float:
         """The CUSUM statistic as a share of the flip threshold (1.0 flips)."""
@@ -118,6 +126,9 @@ class Engine:
 
     def update(self, state: dict, agree: bool, sit: Situation) -> tuple[dict, Decision]:
         st = {**fresh_state(), **state} if state.get("v") == STATE_VERSION else fresh_state()
+        if self.stale(st):  # never decide on evidence gathered under other settings
+            st = _restart(st, None)
+        st["cfg"] = self.fingerprint
         alpha = 2 / (EWMA_SPAN + 1)
         st["ewma"] = float(agree) if st["ewma"] is None else st["ewma"] + alpha * (agree - st["ewma"])
         st["total"] += 1

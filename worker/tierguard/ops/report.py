@@ -73,6 +73,24 @@ def gather(engine: Engine, since: dt.timedelta) -> dict[str, Any]:
             "changes": changes, "spend": spend}
 
 
+def plotted_from(data: dict[str, Any]) -> dt.datetime:
+    """Where the plotted data starts: the period's start, or its first sample bucket if later."""
+    width = (data["end"] - data["start"]) / BUCKETS
+    first = min((p[0][0] for p in data["series"].values()), default=None)
+    changes = [c.created_at if c.created_at.tzinfo else c.created_at.replace(tzinfo=dt.UTC)
+               for c in data["changes"]]
+    earliest = min([t for t in [first, *changes] if t is not None], default=None)
+    return data["start"] if earliest is None else max(data["start"], earliest - width / 2)
+
+
+def _state(cat: Any) -> str:
+    if cat.pinned:
+        return "pinned" + (f" until {cat.pinned_until:%m-%d %H:%M}" if cat.pinned_until else "")
+    serving = {cat.candidate: "candidate", cat.reference: "reference"}.get(cat.routed_model, "other")
+    state = (cat.detector_state or {})
+    return serving + (", eligible" if state.get("eligible") else "")
+
+
 def render(data: dict[str, Any], out: Path) -> Path:
     try:
         import matplotlib
@@ -97,8 +115,8 @@ def render(data: dict[str, Any], out: Path) -> Path:
         ax.annotate(f"{change.category}\n→ {change.to_model}", (at, 0.02), xycoords=("data", "axes fraction"),
                     rotation=90, fontsize=8, color="red", ha="right", va="bottom")
     ax.set_ylim(0, 1.02)
-    first = min((p[0][0] for p in data["series"].values()), default=data["start"])
-    ax.set_xlim(max(data["start"], first - (data["end"] - data["start"]) / BUCKETS), data["end"])
+    shown_from = plotted_from(data)
+    ax.set_xlim(shown_from, data["end"])
     ax.set_ylabel("agreement (candidate vs reference)")
     ax.set_title("Agreement per category (dashed: threshold, red: route changes)")
     if data["series"]:
@@ -118,15 +136,15 @@ def render(data: dict[str, Any], out: Path) -> Path:
     bars.legend(fontsize=8)
     table_ax = fig.add_subplot(grid[1, 1])
     table_ax.axis("off")
-    rows = [[c.name, c.routed_model, "pinned" if c.pinned else ""]
+    rows = [[c.name, c.routed_model, _state(c)]
             for c in sorted(data["categories"].values(), key=lambda c: c.name)]
     if rows:
-        table = table_ax.table(cellText=rows, colLabels=["category", "served by", ""], loc="center")
+        table = table_ax.table(cellText=rows, colLabels=["category", "served by", "state"], loc="center")
         table.auto_set_font_size(False)
         table.set_fontsize(9)
         table.scale(1, 1.4)
     table_ax.set_title("Current routes")
-    fig.suptitle(f"tierguard report, {data['start']:%Y-%m-%d %H:%M} – {data['end']:%Y-%m-%d %H:%M} UTC")
+    fig.suptitle(f"tierguard report, {shown_from:%Y-%m-%d %H:%M} – {data['end']:%Y-%m-%d %H:%M} UTC")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
@@ -138,5 +156,6 @@ def summary(data: dict[str, Any], out: Path) -> dict[str, Any]:
             "categories": {n: {"route": c.routed_model, "pinned": c.pinned}
                            for n, c in sorted(data["categories"].items())},
             "changes": len(data["changes"]),
+            "from": plotted_from(data).isoformat(), "to": data["end"].isoformat(),
             "shadow_spend_usd": round(sum(v["shadow"] for v in data["spend"].values()), 6),
             "savings_usd_est": round(sum(v["savings"] for v in data["spend"].values()), 6)}

@@ -186,6 +186,9 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
                 expired_events = int(for_route_change(s, policy, expired, "pin_expired") is not None)
             pair = {row.candidate, row.reference}
             state = dict(row.detector_state or {})
+            if cat.engine.stale(state):
+                log.warning("category %s: detector settings changed (policy); its evidence restarts",
+                            name)
             sit = situation(row, now.timestamp())
             for n, i in enumerate(by_category[name]):
                 x = results[i]

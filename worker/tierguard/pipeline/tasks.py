@@ -12,16 +12,20 @@ import sqlalchemy as sa
 from celery import Celery, Task
 
 from tierguard import traffic
+from tierguard.alerts.events import for_invalid_policy
 from tierguard.alerts.monitors import check
 from tierguard.alerts.outbox import deliver_due
 from tierguard.broker import BATCH_TASK, DELIVER_TASK, MONITOR_TASK, SHADOW_TASK, make_celery
 from tierguard.config import Settings
-from tierguard.db import make_engine
+from tierguard.db import make_engine, session
+from tierguard.errors import ConfigError
 from tierguard.job import ShadowJob
+from tierguard.live_policy import LivePolicy
 from tierguard.pipeline.batcher import BatchRecorder
 from tierguard.pipeline.fanout import POOL_SHARD, LoopRunner, async_client, run_batch
 from tierguard.pipeline.shadow import Context
-from tierguard.policy import load_policy
+from tierguard.policy import Policy
+from tierguard.routes import ensure_categories
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -29,13 +33,30 @@ UNEXPECTED_ERROR_ATTEMPTS = 8
 
 
 def build_context(settings: Settings) -> Context:
-    policy = load_policy(settings.policy)
     engine = make_engine(settings.database_url, pool_size=4)
     r = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-    batcher = BatchRecorder(engine, r, policy)
+
+    def changed(old: Policy, new: Policy) -> None:
+        ctx.policy = batcher.policy = new
+        ensure_categories(engine, new)  # the database's copies (threshold, sample rate) follow
+
+    def invalid(err: ConfigError, digest: str) -> None:
+        try:
+            with session(engine) as s:
+                for_invalid_policy(s, ctx.policy, str(settings.policy), err.problems, digest)
+                s.commit()
+            deliver_due(engine, ctx.policy)
+        except sa.exc.SQLAlchemyError as db_err:
+            log.warning("cannot record the invalid policy event: %s", db_err)
+
+    live = LivePolicy(settings.policy, settings.policy_reload_s, changed, invalid)
+    batcher = BatchRecorder(engine, r, live.current)
     runner = LoopRunner(lambda: async_client(settings.shadow_timeout),
                         shards=settings.max_in_flight // POOL_SHARD)
-    return Context(policy=policy, engine=engine, redis=r, recorder=batcher.record_all, runner=runner)
+    ctx = Context(policy=live.current, engine=engine, redis=r, recorder=batcher.record_all,
+                  runner=runner)
+    live.start()
+    return ctx
 
 
 def context_for(app: Celery) -> Context:
