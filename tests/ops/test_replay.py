@@ -87,3 +87,65 @@ def test_cli_replay_json_round_trip(tmp_path):
     assert observe["would_change"][0]["index"] == enforce["changes"][0]["index"]
     assert observe["categories"]["drifting"]["route"] == "claude-haiku-4-5"
     assert set(enforce["categories"]["drifting"]) == {"samples", "agreement", "route"}
+
+
+def test_replay_from_the_database_equals_replay_of_its_export(tmp_path):
+    import datetime as dt
+    import os
+
+    import sqlalchemy as sa
+
+    from tierguard.db import RouteChange, Sample, session
+    from tierguard.routes import lock_category
+
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    policy = parse_policy({})
+    rng = random.Random(5)
+    t0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    rows = []
+    for i in range(8000):
+        cat = ("steady", "drifting")[i % 2]
+        p = 0.97 if cat == "steady" or i < 4000 else 0.8
+        rows.append({"job_id": f"j{i:06d}", "category": cat, "kind": "shadow",
+                     "served_model": "claude-haiku-4-5", "shadow_model": "claude-opus-4-7",
+                     "agree": rng.random() < p, "score": 1.0, "comparator": "exact", "reason": "",
+                     "detail": {}, "attempts": 1, "request_hash": "r", "primary_hash": "p",
+                     "created_at": t0 + dt.timedelta(seconds=i)})
+    rows.append({**rows[0], "job_id": "noise", "kind": "noise", "agree": False})  # never replayed
+    with session(engine) as s:
+        for name in ("steady", "drifting"):
+            lock_category(s, policy.category(name))
+        s.execute(Sample.__table__.insert(), rows)
+        s.add(RouteChange(category="drifting", from_model="claude-haiku-4-5", to_model="claude-opus-4-7",
+                          rule="cusum", reason="recorded", actor="auto",
+                          created_at=t0 + dt.timedelta(hours=1)))
+        s.commit()
+        exported = s.execute(sa.select(Sample.category, Sample.agree, Sample.created_at)
+                             .where(Sample.kind == "shadow").order_by(Sample.created_at, Sample.job_id)).all()
+    path = tmp_path / "export.jsonl"
+    path.write_text("\n".join(json.dumps({"category": c, "agree": bool(a),
+                                          "ts": (at.replace(tzinfo=dt.UTC)).isoformat()})
+                              for c, a, at in exported))
+    env = {**os.environ, "TIERGUARD_DATABASE_URL": url}
+    from_file = last_json(tg("replay", str(path), "--json", env=env, cwd=tmp_path).stdout)
+    from_db = last_json(tg("replay", "--from-db", "--json", env=env, cwd=tmp_path).stdout)
+    keys = ("category", "from", "to", "index", "rule", "reason", "agreement")
+    assert [{k: c[k] for k in keys} for c in from_db["changes"]] == [
+        {k: c[k] for k in keys} for c in from_file["changes"]]
+    assert [c["category"] for c in from_db["changes"]] == ["drifting"]
+    assert from_db["categories"] == from_file["categories"]
+    assert from_db["categories"]["steady"]["samples"] == 4000
+    assert [(c["category"], c["to"], c["reason"]) for c in from_db["actual"]] == [
+        ("drifting", "claude-opus-4-7", "recorded")]
+    assert from_db["changes"][0]["at"].startswith("2026-11-01T")
+    # Routes were not touched: the live database still serves drifting by the candidate.
+    with session(engine) as s:
+        assert s.execute(sa.text("SELECT routed_model FROM category WHERE name = 'drifting'")).scalar() \
+            == "claude-haiku-4-5"
+    narrowed = last_json(tg("replay", "--from-db", "--category", "steady", "--since", "3650d", "--json",
+                            env=env, cwd=tmp_path).stdout)
+    assert list(narrowed["categories"]) == ["steady"] and narrowed["actual"] == []
+    neither = tg("replay", "--json", env=env, cwd=tmp_path, check=False)
+    assert neither.returncode == 2 and "give a FILE or --from-db" in neither.stderr

@@ -64,14 +64,27 @@ def design(healthy: float, detect: float, false_flip_rate: float = 0.01,
     q0, q1 = 1 - healthy, 1 - detect
     k = UNITS_PER_AGREEMENT
     m = max(1, round(k * math.log(q1 / q0) / math.log((1 - q0) / (1 - q1))))
+    memo: dict[int, float] = {}
+
+    def p(h: int) -> float:
+        if h not in memo:
+            memo[h] = alarm_probability(k, m, h, q0, horizon)
+        return memo[h]
+
     lo, hi = m, 4 * m
-    while alarm_probability(k, m, hi, q0, horizon) > false_flip_rate:
+    while p(hi) > false_flip_rate:
         lo, hi = hi, hi * 2
+    # The smallest h with p(h) <= budget, in [lo + 1, hi]. log p is nearly linear in h, so
+    # interpolate on it (a few evaluations, not a dozen); the bracket keeps the answer exact.
+    target = math.log(false_flip_rate)
     while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if alarm_probability(k, m, mid, q0, horizon) > false_flip_rate:
+        a, b = math.log(max(p(lo), 1e-300)), math.log(max(p(hi), 1e-300))
+        guess = lo + (a - target) / (a - b) * (hi - lo) if a != b else (lo + hi) / 2
+        mid = min(hi - 1, max(lo + 1, round(guess)))
+        if p(mid) > false_flip_rate:
             lo = mid
         else:
             hi = mid
-    return Design(healthy, detect, k, m, hi, horizon,
-                  alarm_probability(k, m, hi, q0, horizon))
+        if hi - lo > 1 and p(hi - 1) > false_flip_rate:  # the crossing is at hi: confirm and stop
+            lo = hi - 1
+    return Design(healthy, detect, k, m, hi, horizon, p(hi))

@@ -9,7 +9,6 @@ The engine's CUSUM is simulated vectorised with the real engine's design
 from __future__ import annotations
 
 import json
-import random
 import time
 from typing import Any
 
@@ -104,27 +103,6 @@ def engine_figures(runs: int = 2000, seed: int = 7) -> dict[str, Any]:
                 ("oracle", _cusum_alarm(oracle.k, oracle.m, oracle.h, config.min_samples, stream)),
             )}
     return out
-
-
-def replay_figures(samples: int = 200_000) -> dict[str, Any]:
-    from tierguard.db import make_engine, upgrade
-    from tierguard.ops.replay import replay
-    from tierguard.policy import parse_policy
-
-    rng = random.Random(3)
-    lines = [json.dumps({"category": f"c{i % 5}", "agree": rng.random() < 0.96})
-             for i in range(samples)]
-    engine = make_engine("sqlite://")
-    upgrade(engine)
-    policy = parse_policy({})
-    designs = [policy.category(f"c{i}").engine.design for i in range(5)]  # outside the timing
-    assert designs
-    t0 = time.perf_counter()
-    result = replay(lines, policy, engine)
-    elapsed = time.perf_counter() - t0
-    return {"samples": samples, "seconds": round(elapsed, 3),
-            "samples_per_s": round(samples / elapsed), "goal_samples_per_s": 20_000,
-            "changes": len(result["changes"])}
 
 
 class _TimedMessages:

@@ -1,10 +1,13 @@
-"""``tierguard replay``: run recorded comparisons through the real comparators, engine and storage.
+"""``tierguard replay``: recorded comparisons through the real comparators and engine, fast.
 
 A line is ``{"category", "ts"?, "request"?, "primary": {"model", "output"}, "shadow": {"model",
 "output"}}`` (judged here by the category's comparator) or, pre-judged,
-``{"category", "agree", "score"?}``. Routes start from the database (a fresh
-in-memory one by default) and move as the policy under test decides; each change
-reports the 0-based line number of the sample that triggered it.
+``{"category", "agree", "score"?}``; ``--from-db`` reads the recorded outcomes
+instead. Each category's stream goes through the vectorised runner
+(:mod:`tierguard.engine.replay`, the same decisions as the per-sample engine);
+routes start from the database (a fresh in-memory one by default) and move as
+the policy under test decides; each change reports the 0-based index of the
+sample that triggered it (its line in a file).
 """
 
 from __future__ import annotations
@@ -15,17 +18,19 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from tierguard.db import Category, Sample, session
+from tierguard.engine.detector import Decision, Situation
+from tierguard.engine.replay import StreamRunner
 from tierguard.errors import TierguardError
 from tierguard.job import digest
 from tierguard.pipeline.recorder import apply_decision, situation
 from tierguard.policy import Policy
 from tierguard.routes import lock_category
 
-BATCH = 5000
+EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC).timestamp()
 
 
 class ReplayError(TierguardError):
@@ -36,106 +41,217 @@ def _text(output: Any) -> str:
     return output if isinstance(output, str) else json.dumps(output, sort_keys=True)
 
 
-def _judge(policy: Policy, rec: dict[str, Any], line_no: int) -> tuple[bool, float | None, str]:
+def _judge(policy: Policy, rec: dict[str, Any], line_no: int) -> bool:
     if "agree" in rec:
         if not isinstance(rec["agree"], bool):
             raise ReplayError(f"line {line_no}: agree: must be true or false")
-        score = rec.get("score")
-        return rec["agree"], float(score) if score is not None else float(rec["agree"]), "pre-judged"
+        return rec["agree"]
     try:
         primary, shadow = _text(rec["primary"]["output"]), _text(rec["shadow"]["output"])
     except (KeyError, TypeError):
         raise ReplayError(f"line {line_no}: needs 'agree', or 'primary' and 'shadow' with "
                           "'output'") from None
-    verdict = policy.category(rec["category"]).compare.compare(primary, shadow)
-    return verdict.agree, verdict.score, verdict.reason
+    try:
+        return policy.category(rec["category"]).compare.compare(primary, shadow).agree
+    except ValueError as err:
+        raise ReplayError(f"line {line_no}: {err}") from None
 
 
-def _timestamp(rec: dict[str, Any], line_no: int, clock: dt.datetime) -> dt.datetime:
-    ts = rec.get("ts")
-    if ts is None:
-        return clock + dt.timedelta(seconds=1)
+def _seconds(ts: Any, line_no: int) -> float:
     try:
         parsed = dt.datetime.fromisoformat(str(ts).replace("Z", "+00:00"))
     except ValueError:
         raise ReplayError(f"line {line_no}: ts: not an ISO 8601 time ({ts!r})") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def parse_lines(lines: list[str], policy: Policy) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
+    """(category per outcome, agree, seconds, records) for every non-blank line; index = line - 1."""
+    try:  # one C-level parse of the whole file; a bad line is found below, line by line
+        records = json.loads("[" + ",".join(line if line.strip() else "null" for line in lines) + "]")
+    except ValueError:
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line) if line.strip() else None)
+            except ValueError as err:
+                raise ReplayError(f"line {i + 1}: not JSON ({err})") from None
+    cats: list[str] = []
+    agree = np.zeros(len(records), dtype=bool)
+    seconds = np.zeros(len(records))
+    clock = EPOCH
+    for i, rec in enumerate(records):
+        if rec is None:
+            cats.append("")
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("category"), str):
+            raise ReplayError(f"line {i + 1}: category: required (a string)")
+        cats.append(rec["category"])
+        a = rec.get("agree")
+        agree[i] = a if a is True or a is False else _judge(policy, rec, i + 1)
+        ts = rec.get("ts")
+        clock = clock + 1.0 if ts is None else _seconds(ts, i + 1)
+        seconds[i] = clock
+    return cats, agree, seconds, records
+
+
+def run(policy: Policy, engine: Engine, cats: list[str], agree: np.ndarray, seconds: np.ndarray,
+        *, job_prefix: str, records: list[dict] | None = None,
+        progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Replay the outcomes (in stream order) against ``engine``'s routes, writing the route
+    changes there and, with ``records``, a sample row per outcome."""
+    order: dict[str, list[int]] = {}
+    for i, name in enumerate(cats):
+        if name:
+            order.setdefault(name, []).append(i)
+    changes: list[dict[str, Any]] = []
+    would: list[dict[str, Any]] = []
+    routes: dict[str, str] = {}
+    done = 0
+    with session(engine) as s:
+        for name in sorted(order):
+            idx = np.array(order[name])
+            cat = policy.category(name)
+            row = lock_category(s, cat)
+            runner = StreamRunner(cat.engine, dict(row.detector_state or {}))
+
+            def on_event(k: int, decision: Decision, row: Category = row, idx: np.ndarray = idx,
+                         runner: StreamRunner = runner) -> Situation:
+                i = int(idx[k])
+                at = dt.datetime.fromtimestamp(float(seconds[i]), dt.UTC)
+                if decision.changes_route:
+                    row.detector_state = runner.state  # written with the route
+                    change = apply_decision(s, row, decision, f"{job_prefix}-{i}", at=at)
+                    if change is not None:
+                        (changes if change.applied else would).append({
+                            "category": row.name, "from": change.from_model, "to": change.to_model,
+                            "index": i, "agreement": change.agreement, "rule": change.rule,
+                            "reason": change.reason})
+                return situation(row, at.timestamp())
+
+            runner.run(agree[idx], seconds[idx], situation(row, float(seconds[idx[0]])), on_event)
+            row.detector_state = runner.state
+            s.add(row)
+            routes[name] = row.routed_model
+            if records is not None:
+                _store(s, records, idx, row, agree, seconds, job_prefix, cat.comparator)
+            done += len(idx)
+            if progress:
+                progress(done)
+        s.commit()
+    changes.sort(key=lambda c: c["index"])
+    would.sort(key=lambda c: c["index"])
+    return {"changes": changes, "would_change": would,
+            "categories": {name: {"samples": len(ix),
+                                  "agreement": float(agree[ix].mean()) if ix else None,
+                                  "route": routes[name]}
+                           for name, ix in sorted(order.items())}}
 
 
 def replay(lines: Iterable[str], policy: Policy, engine: Engine,
-           progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
-    clock = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-    rows: dict[str, Category] = {}
-    totals: dict[str, list[int]] = {}
-    changes: list[dict[str, Any]] = []
-    would: list[dict[str, Any]] = []
-    batch: list[dict[str, Any]] = []
-    with session(engine) as s:
-        for index, line in enumerate(lines):
-            if progress and index % BATCH == 0:
-                progress(index)
-            if not line.strip():
-                continue
-            line_no = index + 1
-            try:
-                rec = json.loads(line)
-            except ValueError as err:
-                raise ReplayError(f"line {line_no}: not JSON ({err})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("category"), str):
-                raise ReplayError(f"line {line_no}: category: required (a string)")
-            name = rec["category"]
-            cat = policy.category(name)
-            row = rows.get(name)
-            if row is None:
-                row = rows[name] = lock_category(s, cat)
-                totals[name] = [0, 0]
-            agree, score, reason = _judge(policy, rec, line_no)
-            clock = _timestamp(rec, line_no, clock)
-            job_id = f"replay-{run}-{index}"
-            batch.append(_sample(rec, cat.comparator, job_id, row, agree, score, reason, clock))
-            totals[name][0] += 1
-            totals[name][1] += agree
-            state, decision = cat.engine.update(row.detector_state or {}, agree,
-                                                situation(row, clock.timestamp()))
-            row.detector_state = state
-            if decision.changes_route:
-                _flush(s, batch)
-                change = apply_decision(s, row, decision, job_id, at=clock)
-                if change is not None:
-                    entry = {"category": name, "from": change.from_model, "to": change.to_model,
-                             "index": index, "agreement": change.agreement, "rule": change.rule,
-                             "reason": change.reason}
-                    (changes if change.applied else would).append(entry)
-            elif len(batch) >= BATCH:
-                _flush(s, batch)
-        _flush(s, batch)
-        for row in rows.values():
-            s.add(row)
-        s.commit()
-    return {"changes": changes, "would_change": would,
-            "categories": {name: {"samples": n, "agreement": (a / n) if n else None,
-                                  "route": rows[name].routed_model}
-                           for name, (n, a) in sorted(totals.items())}}
+           progress: Callable[[int], None] | None = None, store: bool = True) -> dict[str, Any]:
+    """Replay a JSONL file's lines; ``store`` writes a ``replay`` sample row per line."""
+    lines = list(lines)
+    cats, agree, seconds, records = parse_lines(lines, policy)
+    return run(policy, engine, cats, agree, seconds, job_prefix=f"replay-{uuid.uuid4().hex[:8]}",
+               records=records if store else None, progress=progress)
 
 
-def _sample(rec: dict[str, Any], comparator: Any, job_id: str, row: Category, agree: bool,
-            score: float | None, reason: str, at: dt.datetime) -> dict[str, Any]:
-    primary = rec.get("primary") or {}
-    shadow = rec.get("shadow") or {}
-    return {"job_id": job_id, "category": row.name, "kind": "replay",
+def _store(s: Any, records: list[dict], idx: np.ndarray, row: Category, agree: np.ndarray,
+           seconds: np.ndarray, prefix: str, comparator: Any) -> None:
+    name = comparator if isinstance(comparator, str) else str(comparator.get("type"))
+    batch = []
+    for i in idx.tolist():
+        rec = records[i]
+        primary, shadow = rec.get("primary") or {}, rec.get("shadow") or {}
+        at = dt.datetime.fromtimestamp(float(seconds[i]), dt.UTC)
+        batch.append({
+            "job_id": f"{prefix}-{i}", "category": row.name, "kind": "replay",
             "served_model": primary.get("model") or row.routed_model,
-            "shadow_model": shadow.get("model") or "",
-            "agree": agree, "score": score, "reason": reason, "detail": {}, "error": None,
-            "attempts": 1, "comparator": comparator if isinstance(comparator, str)
-            else str(comparator.get("type")),
+            "shadow_model": shadow.get("model") or "", "agree": bool(agree[i]),
+            "score": rec.get("score", float(agree[i])), "reason": "replayed", "detail": {},
+            "error": None, "attempts": 1, "comparator": name,
             "request_hash": digest(rec.get("request") or ""),
             "primary_hash": digest(_text(primary.get("output", ""))),
             "shadow_hash": digest(_text(shadow.get("output", ""))) if shadow else None,
-            "requested_at": at, "created_at": at}
-
-
-def _flush(s: Session, batch: list[dict[str, Any]]) -> None:
+            "requested_at": at, "created_at": at})
+        if len(batch) >= 5000:
+            s.execute(Sample.__table__.insert(), batch)
+            batch = []
     if batch:
         s.execute(Sample.__table__.insert(), batch)
-        batch.clear()
+
+
+def from_db(source: Engine, policy: Policy, since: dt.datetime | None = None,
+            categories: list[str] | None = None,
+            progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Replay the recorded candidate-vs-reference outcomes under ``policy`` (routes untouched:
+    a scratch database starts each category where it stood at ``since``), next to what
+    actually changed."""
+    import sqlalchemy as sa
+
+    from tierguard.db import RouteChange, make_engine, upgrade
+
+    s_, c_ = Sample.__table__.c, Category.__table__.c
+    pair = sa.or_(sa.and_(s_.served_model == c_.candidate, s_.shadow_model == c_.reference),
+                  sa.and_(s_.served_model == c_.reference, s_.shadow_model == c_.candidate))
+    # Seconds since the epoch computed by the database: no datetime object per row.
+    epoch = (sa.func.date_part("epoch", s_.created_at) if source.dialect.name == "postgresql"
+             else (sa.func.julianday(s_.created_at) - 2440587.5) * 86400.0)
+    query = (sa.select(s_.category, s_.agree, epoch)
+             .select_from(Sample.__table__.join(Category.__table__, c_.name == s_.category))
+             .where(s_.kind == "shadow", s_.agree.is_not(None), pair)
+             .order_by(s_.created_at, s_.job_id))
+    if since is not None:
+        query = query.where(s_.created_at >= since)
+    if categories:
+        query = query.where(s_.category.in_(categories))
+    with source.connect() as conn:
+        rows = _fetch_raw(conn, query)
+        history = conn.execute(sa.select(RouteChange.__table__).where(RouteChange.applied)
+                               .order_by(RouteChange.id)).mappings().all()
+        current = dict(conn.execute(sa.select(c_.name, c_.routed_model)).all())
+    cats = [r[0] for r in rows]
+    agree = np.fromiter((bool(r[1]) for r in rows), dtype=bool, count=len(rows))
+    seconds = np.fromiter((float(r[2]) for r in rows), dtype=float, count=len(rows))
+    start = since or (dt.datetime.fromtimestamp(seconds[0], dt.UTC) if len(rows) else None)
+
+    def at(c: Any) -> dt.datetime:
+        return c["created_at"] if c["created_at"].tzinfo else c["created_at"].replace(tzinfo=dt.UTC)
+
+    scratch = make_engine("sqlite://")
+    upgrade(scratch)
+    with session(scratch) as s:
+        for name in sorted(set(cats)):
+            row = lock_category(s, policy.category(name))
+            before = [c for c in history if c["category"] == name and start and at(c) < start]
+            after = [c for c in history if c["category"] == name and (not start or at(c) >= start)]
+            row.routed_model = (before[-1]["to_model"] if before else
+                                after[0]["from_model"] if after else current.get(name, row.routed_model))
+            s.add(row)
+        s.commit()
+    result = run(policy, scratch, cats, agree, seconds, job_prefix="from-db", progress=progress)
+    stamp = {i: dt.datetime.fromtimestamp(float(seconds[i]), dt.UTC).isoformat() for i in
+             {c["index"] for c in result["changes"] + result["would_change"]}}
+    for c in result["changes"] + result["would_change"]:
+        c["at"] = stamp[c["index"]]
+    result["actual"] = [{"category": c["category"], "from": c["from_model"], "to": c["to_model"],
+                         "at": at(c).isoformat(), "rule": c["rule"], "actor": c["actor"],
+                         "reason": c["reason"]}
+                        for c in history if (not start or at(c) >= start)
+                        and (not categories or c["category"] in categories)]
+    return result
+
+
+def _fetch_raw(conn: Any, query: Any) -> list[tuple]:
+    """All rows as the driver's plain tuples: a million rows without SQLAlchemy's per-row work."""
+    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.params
+    if compiled.positiontup:  # qmark / numeric drivers (SQLite)
+        params = [params[name] for name in compiled.positiontup]
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
