@@ -22,6 +22,7 @@ CORE_RULES: dict[str, set[str]] = {
     "routes": {"db", "errors", "policy", "keys"},
     "traffic": {"db", "keys"},
     "live_policy": {"policy", "errors"},
+    "metrics": set(),
     "migrations": {"db"},
     "comparators": {"compare"},  # the old import path of compare/
 }

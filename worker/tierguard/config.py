@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     shadow_max_attempts: int = Field(6, gt=0)
     retry_after_cap: float = Field(30.0, gt=0)
     visibility_timeout: int = Field(60, gt=0)
+    metrics_port: int = Field(9464, ge=0, le=65535, description="worker /metrics port (0: off)")
     # Beat.
     alert_sweep_seconds: float = Field(15.0, gt=0, description="alert redelivery sweep period")
     monitor_seconds: float = Field(60.0, gt=0, description="monitor-blind / error-rate checks")

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis as redis_lib
 
+from tierguard import metrics
 from tierguard.app.publisher import Publisher
 from tierguard.config import Settings, get_settings
 from tierguard.db import make_engine
@@ -103,6 +104,7 @@ class Core:
     def uncategorized(self, reason: str = "no_category") -> None:
         self.counts["uncategorized"] += 1
         self.counts[f"uncategorized_{reason}"] += 1
+        metrics.UNCATEGORIZED.labels(reason).inc()
 
     def _failed(self, where: str) -> None:
         self.counts["internal_errors"] += 1

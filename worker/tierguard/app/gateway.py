@@ -63,7 +63,7 @@ class Gateway:
         if scope["type"] != "http":
             return None
         method, path = scope["method"], scope["path"]
-        if method == "GET" and path in ("/healthz", "/readyz", "/tierguard/stats"):
+        if method == "GET" and path in ("/healthz", "/readyz", "/tierguard/stats", "/metrics"):
             return await self._local(path, send)
         body = await _read_body(receive)
         headers, category = self._forwarded(scope["headers"])
@@ -155,6 +155,14 @@ class Gateway:
             ready = core is not None and core.routes.loaded
             return await _respond(send, 200 if ready else 503, json.dumps(
                 {"status": "ready" if ready else "route table not loaded yet"}).encode())
+        if path == "/metrics":
+            from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+            body = generate_latest(REGISTRY)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode()),
+                                    (b"content-length", str(len(body)).encode())]})
+            return await send({"type": "http.response.body", "body": body})
         await _respond(send, 200, json.dumps(core.stats() if core else {}).encode())
 
     async def _lifespan(self, receive: Any, send: Any) -> None:

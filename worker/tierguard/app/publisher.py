@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from tierguard import keys, traffic
+from tierguard import keys, metrics, traffic
 from tierguard.broker import BATCH_TASK, make_celery
 from tierguard.config import Settings
 from tierguard.job import ShadowJob
@@ -73,10 +73,11 @@ class Publisher:
     def submit(self, *item: Any) -> None:
         """Queue one sampled call; never blocks, never raises."""
         try:
-            self.queue.put_nowait(item)
+            self.queue.put_nowait((time.monotonic(), item))
             self.counts["submitted"] += 1
         except queue.Full:
             self.counts["dropped_buffer_full"] += 1
+            metrics.DROPPED.labels("buffer_full").inc()
             self._warn("shadow buffer full; dropping samples")
 
     def _warn(self, message: str) -> None:
@@ -100,6 +101,9 @@ class Publisher:
         counts, self.traffic = self.traffic, Counter()
         if not counts:
             return
+        for name, n in counts.items():
+            category, model, metric = name.rsplit("|", 2)
+            (metrics.GUARDED if metric == "guarded" else metrics.CALLS).labels(category, model).inc(n)
         key = keys.TRAFFIC.format(minute=int(time.time() // 60))
         try:
             if self._redis is None:
@@ -136,23 +140,31 @@ class Publisher:
                     self.queue.task_done()
 
     def _publish(self, items: list[tuple]) -> None:
+        for _, item in items:
+            metrics.SAMPLED.labels(item[0]).inc()
         if time.monotonic() < self._down_until:
             self.counts["dropped_broker_down"] += len(items)
+            metrics.DROPPED.labels("broker_down").inc(len(items))
             return
         jobs = []
-        for item in items:
+        for _, item in items:
             try:
                 jobs.append(build_job(*item))
             except Exception:
                 self.counts["dropped_unserializable"] += 1
+                metrics.DROPPED.labels("unserializable").inc()
                 log.exception("tierguard: could not build a shadow job")
         if not jobs:
             return
         try:
             self._send(jobs)
             self.counts["published"] += len(jobs)
+            now = time.monotonic()
+            for submitted, _ in items:
+                metrics.PUBLISH.observe(now - submitted)
         except Exception as err:  # kombu/redis errors vary by failure mode
             self.counts["dropped_broker_down"] += len(jobs)
+            metrics.DROPPED.labels("broker_down").inc(len(jobs))
             self._down_until = time.monotonic() + self.broker_pause
             self._warn(f"cannot publish to the broker ({type(err).__name__}: {err})")
 

@@ -38,6 +38,11 @@ def worker(concurrency: int | None = typer.Option(
                 logging.getLogger("tierguard.routes").warning("route sync failed: %s", err)
 
     threading.Thread(target=sync_routes, name="tierguard-route-sync", daemon=True).start()
+    if settings.metrics_port:
+        from tierguard import metrics
+
+        metrics.serve(settings.metrics_port, [metrics.QueueDepth(lambda: redis_client(settings),
+                                                                 settings.queue)])
     celery = worker_app(settings)
     n = concurrency or settings.worker_concurrency
     celery.worker_main(["worker", "-P", pool, "-c", str(n), "-Q", settings.queue,

@@ -17,6 +17,7 @@ from typing import Any
 import anthropic
 import httpx2
 
+from tierguard import metrics
 from tierguard.errors import PermanentCallError, RetryableCallError
 from tierguard.job import ShadowJob
 from tierguard.pipeline.calls import call_model_async
@@ -82,6 +83,7 @@ async def run_batch(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *
             return [skip]
         try:
             answer = await call_model_async(runner.client, job.shadow_model, job.request)
+            metrics.SHADOW_CALL.labels(job.shadow_model).observe(answer.latency_ms / 1000)
         except RetryableCallError as err:
             return [result_of(policy, job, None, err, attempt) if final else Retry(job, err)]
         except PermanentCallError as err:

@@ -17,6 +17,7 @@ import redis as redis_lib
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from tierguard import metrics
 from tierguard.alerts.events import for_eligible, for_route_change
 from tierguard.compare import Verdict
 from tierguard.db import Category, RouteChange, Sample, session, utcnow
@@ -155,6 +156,7 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
     within a category, samples are fed in the order given.
     """
     outcomes: list[Outcome | None] = [None] * len(results)
+    touched: dict[str, tuple[str, tuple[str, str], float]] = {}
     changed: dict[str, Category] = {}
     changes: list[RouteChange] = []
     with session(engine) as s:
@@ -213,7 +215,10 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
                 outcomes[i] = Outcome("recorded", decision, change, events)
             row.detector_state = state
             s.add(row)
+            touched[name] = (row.routed_model, (row.candidate, row.reference),
+                             cat.engine.statistic(state))
         s.commit()
+    _observe(results, outcomes, changes, touched)
     for change in changes:
         log.warning("category %s: %s %s -> %s: %s", change.category,
                     "changed" if change.applied else "would change", change.from_model,
@@ -221,6 +226,26 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
     if changed:
         publish_quietly(r, list(changed.values()))
     return outcomes  # type: ignore[return-value]
+
+
+@metrics.safely
+def _observe(results: list[Result], outcomes: list[Outcome | None], changes: list[RouteChange],
+             touched: dict[str, tuple[str, tuple[str, str], float]]) -> None:
+    for x, o in zip(results, outcomes, strict=True):
+        if o is None or o.status == "duplicate" or x.kind != "shadow":
+            continue
+        outcome = ((x.error[0] if x.error[0] == "skipped" else "error") if x.error
+                   else "agree" if x.verdict and x.verdict.agree else "disagree")
+        metrics.RESULTS.labels(x.job.category, outcome).inc()
+    for change in changes:
+        if change.applied and change.from_model != change.to_model:
+            metrics.ROUTE_CHANGES.labels(change.category, change.rule, change.to_model).inc()
+            if change.rule in ("cusum", "flap_guard"):
+                metrics.DEMOTED_AT.labels(change.category, change.to_model).set(
+                    change.created_at.timestamp())
+    for name, (model, pair, statistic) in touched.items():
+        metrics.route(name, model, pair)
+        metrics.STATISTIC.labels(name).set(statistic)
 
 
 def insert_samples(s: Session, rows: list[dict]) -> set[str]:

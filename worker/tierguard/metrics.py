@@ -1,0 +1,104 @@
+"""Prometheus metrics: what on-call sees when it lives in Prometheus and Alertmanager.
+
+The production side's counters live in the default registry of the process they
+run in (an app with the wrapper, the gateway), so an app that already exposes
+``/metrics`` shows them. Workers serve ``/metrics`` on ``TIERGUARD_METRICS_PORT``;
+with ``PROMETHEUS_MULTIPROC_DIR`` set (a prefork pool) every process writes there
+and the endpoint merges them. Updating a metric never raises into its caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+log = logging.getLogger(__name__)
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 45, 90)
+
+# Production side (wrapper and gateway).
+CALLS = Counter("tierguard_calls", "Production calls routed by category", ["category", "model"])
+SAMPLED = Counter("tierguard_sampled", "Production calls handed to the shadow pipeline", ["category"])
+DROPPED = Counter("tierguard_dropped", "Shadow jobs dropped on the production side", ["reason"])
+GUARDED = Counter("tierguard_guarded", "Calls sent to the reference because the routed model "
+                  "could not take them", ["category", "model"])
+UNCATEGORIZED = Counter("tierguard_uncategorized", "Gateway requests without a usable category",
+                        ["reason"])
+PUBLISH = Histogram("tierguard_publish_seconds", "From a sampled call to its job on the broker",
+                    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 5))
+
+# Worker side.
+RESULTS = Counter("tierguard_shadow_results", "Recorded shadow samples by outcome",
+                  ["category", "outcome"])
+ROUTE_CHANGES = Counter("tierguard_route_changes", "Route changes applied", ["category", "rule", "to"])
+DEMOTED_AT = Gauge("tierguard_last_demotion_timestamp_seconds",
+                   "When each category was last demoted (a counter's first increment is invisible to "
+                   "increase(); this is what alert rules use)", ["category", "to"],
+                   multiprocess_mode="max")
+STATISTIC = Gauge("tierguard_cusum_statistic", "CUSUM statistic as a share of the flip threshold",
+                  ["category"], multiprocess_mode="mostrecent")
+ROUTE = Gauge("tierguard_route", "1 for the model that serves each category", ["category", "model"],
+              multiprocess_mode="mostrecent")
+SHADOW_CALL = Histogram("tierguard_shadow_call_seconds", "Shadow model calls", ["model"],
+                        buckets=LATENCY_BUCKETS)
+
+
+def safely(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:  # a metric must never break the work it counts
+            log.debug("metric update failed", exc_info=True)
+            return None
+    return wrapper
+
+
+@safely
+def route(category: str, model: str, models: tuple[str, ...] = ()) -> None:
+    """Set ``tierguard_route``: 1 for ``model``, 0 for the category's other ``models``."""
+    for other in models:
+        if other != model:
+            ROUTE.labels(category, other).set(0)
+    ROUTE.labels(category, model).set(1)
+
+
+class QueueDepth:
+    """``tierguard_queue_depth`` read from the broker at scrape time."""
+
+    def __init__(self, redis_factory: Callable[[], Any], queue: str):
+        self._redis_factory, self._queue = redis_factory, queue
+        self._redis: Any = None
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily("tierguard_queue_depth", "Shadow messages waiting in the broker",
+                                   labels=["queue"])
+        try:
+            if self._redis is None:
+                self._redis = self._redis_factory()
+            family.add_metric([self._queue], float(self._redis.llen(self._queue)))
+        except Exception:
+            pass
+        yield family
+
+
+def serve(port: int, extra: list[Any] = ()) -> bool:  # type: ignore[assignment]
+    """Serve ``/metrics`` on ``port`` (merged across processes with PROMETHEUS_MULTIPROC_DIR)."""
+    registry: CollectorRegistry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    for collector in extra:
+        registry.register(collector)
+    try:
+        start_http_server(port, registry=registry)
+    except OSError as err:
+        log.warning("cannot serve metrics on port %d (%s); running without them", port, err)
+        return False
+    log.info("metrics on :%d/metrics", port)
+    return True
