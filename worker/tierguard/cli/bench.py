@@ -86,7 +86,7 @@ def bench_pipeline(seconds: float = typer.Option(20.0, min=5.0), rate: float = 7
                    workers: int = typer.Option(1, min=1), concurrency: int = 100,
                    as_json: bool = JsonOpt) -> None:
     """End to end on this host: enqueue → 1 s shadow call → compare → PostgreSQL row."""
-    from tierguard.ops.bench import pipeline_figures
+    from tierguard.ops.bench_pipeline import pipeline_figures
 
     with console.status("running the pipeline…") if not as_json else nothing():
         fig = pipeline_figures(seconds=seconds, rate=rate, workers=workers, concurrency=concurrency)
