@@ -23,7 +23,8 @@ CORE_RULES: dict[str, set[str]] = {
     "traffic": {"db", "keys"},
     "live_policy": {"policy", "errors"},
     "metrics": set(),
-    "migrations": {"db"},
+    "migrations": {"db", "rollups"},
+    "rollups": {"db"},
     "comparators": {"compare"},  # the old import path of compare/
 }
 CORE = set(CORE_RULES)

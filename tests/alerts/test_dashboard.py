@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 import tierguard
-from tests.alerts.grafana_sql import expand
 from tests.helpers import (
     API_KEY,
     POLICY,
@@ -29,6 +28,7 @@ from tests.helpers import (
     write_policy,
 )
 from tierguard.db import make_engine, upgrade
+from tierguard.ops.grafana_sql import expand
 from tierguard.ops.sim_server import SimServer
 from tierguard.ops.simulate import Scenario
 from tierguard.traffic import fold

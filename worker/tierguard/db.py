@@ -108,6 +108,58 @@ class Traffic(SQLModel, table=True):
     guarded: int = 0  # sent to the reference because the routed model could not take them
 
 
+LATENCY_BUCKETS = 24  # bucket b holds latencies up to 8 ms · 2^(b/2); the last one everything above
+
+
+class Rollup(SQLModel, table=True):
+    """Samples per (grain, category, period, models, kind): what every time-series panel reads.
+
+    ``grain`` is ``m`` (per minute) or ``h`` (per hour). Written in the same transaction
+    as the samples it counts (only rows actually inserted), so redelivery never counts
+    twice and a sample is in the period of its ``created_at``.
+    """
+
+    __table_args__ = (sa.Index("ix_rollup_grain_at", "grain", "at"),)
+
+    grain: str = Field(primary_key=True)
+    category: str = Field(primary_key=True)
+    at: dt.datetime = Field(sa_column=Column(sa.DateTime(timezone=True), primary_key=True))
+    served_model: str = Field(primary_key=True)
+    shadow_model: str = Field(primary_key=True)
+    kind: str = Field(primary_key=True)
+    samples: int = 0
+    agreements: int = 0
+    disagreements: int = 0
+    errors: int = 0
+    skipped: int = 0
+    primary_input_tokens: int = 0
+    primary_output_tokens: int = 0
+    primary_cost_usd: float = 0.0
+    shadow_input_tokens: int = 0
+    shadow_output_tokens: int = 0
+    shadow_cost_usd: float = 0.0
+    judge_cost_usd: float = 0.0
+
+
+for _side in ("primary", "shadow"):
+    for _b in range(LATENCY_BUCKETS):
+        Rollup.__table__.append_column(sa.Column(f"{_side}_lat_{_b:02d}", sa.Integer, nullable=False,
+                                                 server_default="0"))
+
+
+class RollupError(SQLModel, table=True):
+    """Errors per (grain, category, period, error kind)."""
+
+    __tablename__ = "rollup_error"
+    __table_args__ = (sa.Index("ix_rollup_error_grain_at", "grain", "at"),)
+
+    grain: str = Field(primary_key=True)
+    category: str = Field(primary_key=True)
+    at: dt.datetime = Field(sa_column=Column(sa.DateTime(timezone=True), primary_key=True))
+    error: str = Field(primary_key=True)
+    count: int = 0
+
+
 def insert_new(session: Session, table: Any, values: dict[str, Any]) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING; the new row's primary key, or None if it existed."""
     if session.get_bind().dialect.name == "postgresql":

@@ -17,7 +17,7 @@ import redis as redis_lib
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from tierguard import metrics
+from tierguard import metrics, rollups
 from tierguard.alerts.events import for_eligible, for_route_change
 from tierguard.compare import Verdict
 from tierguard.db import Category, RouteChange, Sample, session, utcnow
@@ -163,6 +163,11 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
         rows = [sample_values(policy, x.job, x.answer, x.verdict, x.error, x.attempt, x.kind, x.judge)
                 for x in results]
         inserted = insert_samples(s, rows)
+        fresh: dict[str, dict] = {}
+        for row in rows:  # each inserted job once (a batch may hold a job twice)
+            if row["job_id"] in inserted:
+                fresh.setdefault(row["job_id"], row)
+        rollups.add(s, list(fresh.values()))
         by_category: dict[str, list[int]] = {}
         seen: set[str] = set()
         for i, x in enumerate(results):

@@ -1,0 +1,135 @@
+"""Rollups, maintained in the writer's transaction: counts, sums and latency histograms per period.
+
+The recorder calls :func:`add` with the sample rows it has just inserted (never
+the duplicates it skipped), in the same transaction, so a rollup always equals
+the raw aggregate of its samples: redelivered jobs are not counted twice, and a
+sample counts in the minute and hour of its ``created_at``. Upserts add to the
+rows in key order, so concurrent writers never deadlock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from tierguard.db import LATENCY_BUCKETS, Rollup, RollupError
+
+GRAINS = {"m": 60, "h": 3600}
+SUMS = ("samples", "agreements", "disagreements", "errors", "skipped", "primary_input_tokens",
+        "primary_output_tokens", "primary_cost_usd", "shadow_input_tokens", "shadow_output_tokens",
+        "shadow_cost_usd", "judge_cost_usd")
+KEY = ("grain", "category", "at", "served_model", "shadow_model", "kind")
+
+
+def latency_bucket(ms: float) -> int:
+    """0 for ≤ 8 ms, then one bucket per factor √2 (bucket b ends at 8·2^(b/2) ms)."""
+    if ms <= 8:
+        return 0
+    return min(LATENCY_BUCKETS - 1, math.ceil(2 * math.log2(ms / 8) - 1e-9))  # an edge is its own bucket
+
+
+def bucket_end_ms(b: int) -> float:
+    return 8 * 2 ** (b / 2)
+
+
+def _period(at: dt.datetime, seconds: int) -> dt.datetime:
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    return dt.datetime.fromtimestamp(int(at.timestamp()) // seconds * seconds, dt.UTC)
+
+
+def accumulate(samples: Iterable[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """(rollup rows, rollup_error rows) for sample rows, both grains, sorted by key."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    errors: dict[tuple, int] = {}
+    for x in samples:
+        for grain, seconds in GRAINS.items():
+            at = _period(x["created_at"], seconds)
+            key = (grain, x["category"], at, x["served_model"], x["shadow_model"], x.get("kind") or "shadow")
+            r = rows.get(key)
+            if r is None:
+                r = rows[key] = dict(zip(KEY, key, strict=True), **dict.fromkeys(SUMS, 0))
+            r["samples"] += 1
+            error = x.get("error")
+            if error == "skipped":
+                r["skipped"] += 1
+            elif error:
+                r["errors"] += 1
+            elif x.get("agree") is True:
+                r["agreements"] += 1
+            elif x.get("agree") is False:
+                r["disagreements"] += 1
+            for name in SUMS[5:]:
+                r[name] += x.get(name) or 0
+            for side in ("primary", "shadow"):
+                ms = x.get(f"{side}_latency_ms")
+                if ms is not None:
+                    col = f"{side}_lat_{latency_bucket(ms):02d}"
+                    r[col] = r.get(col, 0) + 1
+            if error:
+                ekey = (grain, x["category"], at, error)
+                errors[ekey] = errors.get(ekey, 0) + 1
+    error_rows = [{"grain": g, "category": c, "at": at, "error": e, "count": n}
+                  for (g, c, at, e), n in sorted(errors.items())]
+    return [rows[k] for k in sorted(rows)], error_rows
+
+
+def _insert(s: Session) -> Any:
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def add(s: Session, samples: list[dict[str, Any]]) -> None:
+    """Add ``samples`` (rows just inserted into ``sample``) to the rollups, in ``s``'s transaction."""
+    if not samples:
+        return
+    rows, error_rows = accumulate(samples)
+    insert = _insert(s)
+    table = Rollup.__table__
+    columns = [c.name for c in table.c if c.name not in KEY]
+    full = [{**dict.fromkeys(columns, 0), **r} for r in rows]
+    stmt = insert(table)
+    stmt = stmt.on_conflict_do_update(index_elements=list(KEY),
+                                      set_={c: table.c[c] + stmt.excluded[c] for c in columns})
+    s.execute(stmt, full)
+    if error_rows:
+        etable = RollupError.__table__
+        estmt = insert(etable)
+        estmt = estmt.on_conflict_do_update(index_elements=["grain", "category", "at", "error"],
+                                            set_={"count": etable.c.count + estmt.excluded.count})
+        s.execute(estmt, error_rows)
+
+
+def rebuild(s: Session, since: dt.datetime | None = None) -> int:
+    """Recompute the rollups from the raw samples (all, or from ``since``'s hour): for migrations
+    and repairs. Returns the samples read."""
+    from tierguard.db import Sample
+
+    start = _period(since, 3600) if since else None
+    for t in (Rollup.__table__, RollupError.__table__):
+        q = sa.delete(t)
+        s.execute(q.where(t.c.at >= start) if start else q)
+    cols = [Sample.__table__.c[n] for n in ("category", "served_model", "shadow_model", "kind", "agree",
+                                           "error", "created_at", "primary_latency_ms",
+                                           "shadow_latency_ms", *SUMS[5:])]
+    q = sa.select(*cols).where(Sample.kind != "replay")
+    if start:
+        q = q.where(Sample.created_at >= start)
+    n = 0
+    batch: list[dict[str, Any]] = []
+    for row in s.execute(q.execution_options(yield_per=20_000)).mappings():
+        batch.append(dict(row))
+        if len(batch) >= 20_000:
+            add(s, batch)
+            n += len(batch)
+            batch = []
+    add(s, batch)
+    return n + len(batch)
