@@ -25,6 +25,7 @@ CORE_RULES: dict[str, set[str]] = {
     "metrics": set(),
     "migrations": {"db", "rollups"},
     "rollups": {"db"},
+    "maintenance": {"db", "traffic", "policy"},
     "comparators": {"compare"},  # the old import path of compare/
 }
 CORE = set(CORE_RULES)

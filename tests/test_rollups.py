@@ -82,7 +82,7 @@ def rollups_of(engine, grain):
 
 
 def same(engine):
-    for grain, seconds in (("m", 60), ("h", 3600)):
+    for grain, seconds in (("1m", 60), ("5m", 300), ("1h", 3600)):
         raw, raw_errors = raw_aggregates(engine, seconds)
         rolled, rolled_errors = rollups_of(engine, grain)
         assert {k: +v for k, v in raw.items()} == {k: +v for k, v in rolled.items()}
@@ -111,13 +111,17 @@ def test_rollups_equal_raw_aggregates_with_redelivery_and_late_jobs(tmp_path_fac
     same(engine)
 
 
-def test_on_postgresql_too(postgres_url):
+def test_on_postgresql_too_and_its_sql_rebuild(postgres_url):
     engine = make_engine(postgres_url)
     upgrade(engine)
     results = [result("a", kind, 100.0 * (i + 1), i % 2 == 0, 0, uuid.uuid4().hex)
                for i, kind in enumerate(["agree", "disagree", "skipped", "rate_limited"] * 5)]
     record_many(engine, None, POLICY, results)
     record_many(engine, None, POLICY, results[:7])  # duplicates: not counted again
+    same(engine)
+    with session(engine) as s:  # the one-pass SQL rebuild gives the same rollups
+        rebuild(s)
+        s.commit()
     same(engine)
 
 
@@ -130,3 +134,46 @@ def test_latency_buckets_are_log_spaced_and_cover_the_range():
         b = latency_bucket(ms)
         assert bucket_end_ms(b - 1) < ms <= bucket_end_ms(b)
         assert bucket_end_ms(b) / ms < math.sqrt(2) + 1e-9  # p50/p95 within a factor √2
+
+
+def test_maintain_prunes_past_retention_and_never_the_audit_tables(tmp_path, redis_url):
+    import json
+    import os
+
+    from tests.helpers import last_json, tg
+    from tierguard.db import Event, RouteChange, Traffic
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    now = dt.datetime.now(dt.UTC)
+    for age_days in (1, 45, 500):  # a recent sample, one past samples_days, one past rollups_days too
+        r = result("a", "agree", 100.0, False, 0, f"job-{age_days}")
+        record_many(engine, None, POLICY, [r])
+        with session(engine) as s:
+            old = now - dt.timedelta(days=age_days)
+            s.execute(sa.update(Sample).where(Sample.job_id == r.job.job_id).values(created_at=old))
+            s.execute(sa.update(Rollup.__table__).where(Rollup.__table__.c.at > now - dt.timedelta(hours=2))
+                      .values(at=old))
+            s.add(Traffic(category="a", minute=old, model="claude-haiku-4-5", calls=10))
+            s.add(RouteChange(category="a", from_model="x", to_model="y", rule="pin", reason="old",
+                              created_at=old))
+            s.add(Event(key=f"e{age_days}", kind="test", severity="info", summary="old", created_at=old))
+            s.commit()
+    (tmp_path / "policy.yaml").write_text(json.dumps({"retention": {"samples_days": 30,
+                                                                    "rollups_days": 400}}))
+    env = {**os.environ, "TIERGUARD_DATABASE_URL": url, "TIERGUARD_REDIS_URL": redis_url,
+           "TIERGUARD_POLICY": str(tmp_path / "policy.yaml")}
+    dry = last_json(tg("maintain", "--dry-run", "--json", env=env, cwd=tmp_path).stdout)
+    assert dry["would_delete"] == {"sample": 2, "rollup": 3, "rollup_error": 0, "traffic": 1}
+    with session(engine) as s:
+        assert s.execute(sa.select(sa.func.count()).select_from(Sample)).scalar() == 3  # dry: nothing
+    done = last_json(tg("maintain", "--json", env=env, cwd=tmp_path).stdout)
+    assert done["deleted"] == dry["would_delete"]
+    with session(engine) as s:
+        assert [x.job_id for x in s.exec(select(Sample))] == ["job-1"]
+        assert s.execute(sa.select(sa.func.count()).select_from(Rollup)).scalar() == 6  # 2 ages × 3 grains
+        assert s.execute(sa.select(sa.func.count()).select_from(RouteChange)).scalar() == 3
+        assert s.execute(sa.select(sa.func.count()).select_from(Event)).scalar() == 3
+    again = last_json(tg("maintain", "--json", env=env, cwd=tmp_path).stdout)
+    assert again["deleted"] == {"sample": 0, "rollup": 0, "rollup_error": 0, "traffic": 0}

@@ -15,6 +15,7 @@ SHADOW_TASK = "tierguard.pipeline.shadow"
 BATCH_TASK = "tierguard.shadow_batch"
 DELIVER_TASK = "tierguard.deliver_alerts"
 MONITOR_TASK = "tierguard.monitor"
+MAINTAIN_TASK = "tierguard.maintain"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -44,6 +45,8 @@ def make_celery(settings: Settings) -> Celery:
                                "options": {"expires": settings.alert_sweep_seconds}},
             "monitor": {"task": MONITOR_TASK, "schedule": settings.monitor_seconds,
                         "options": {"expires": settings.monitor_seconds}},
+            "maintain": {"task": MAINTAIN_TASK, "schedule": settings.maintain_seconds,
+                         "options": {"expires": settings.maintain_seconds}},
         },
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )

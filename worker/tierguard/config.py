@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     # Beat.
     alert_sweep_seconds: float = Field(15.0, gt=0, description="alert redelivery sweep period")
     monitor_seconds: float = Field(60.0, gt=0, description="monitor-blind / error-rate checks")
+    maintain_seconds: float = Field(3600.0, gt=0, description="counters folded, retention applied")
 
 
 ANTHROPIC_API = "https://api.anthropic.com"

@@ -43,7 +43,13 @@ class Category(SQLModel, table=True):
 
 
 class Sample(SQLModel, table=True):
-    __table_args__ = (sa.Index("ix_sample_category_created_at", "category", "created_at"),)
+    __table_args__ = (
+        sa.Index("ix_sample_category_created_at", "category", "created_at"),
+        # The dashboard's drill-down (disagreement reasons) reads only these rows.
+        sa.Index("ix_sample_disagreements", "created_at",
+                 postgresql_where=sa.text("agree = false AND kind = 'shadow'"),
+                 sqlite_where=sa.text("agree = 0 AND kind = 'shadow'")),
+    )
 
     job_id: str = Field(primary_key=True)
     category: str = Field(index=True)
@@ -114,9 +120,11 @@ LATENCY_BUCKETS = 24  # bucket b holds latencies up to 8 ms · 2^(b/2); the last
 class Rollup(SQLModel, table=True):
     """Samples per (grain, category, period, models, kind): what every time-series panel reads.
 
-    ``grain`` is ``m`` (per minute) or ``h`` (per hour). Written in the same transaction
-    as the samples it counts (only rows actually inserted), so redelivery never counts
-    twice and a sample is in the period of its ``created_at``.
+    ``grain`` is ``1m``, ``5m`` or ``1h``: a panel reads the coarsest that its range still
+    shows well, so its cost depends on the periods shown, not on the samples behind them.
+    Written in the same transaction as the samples it counts (only rows actually
+    inserted), so redelivery never counts twice and a sample is in the period of its
+    ``created_at``.
     """
 
     __table_args__ = (sa.Index("ix_rollup_grain_at", "grain", "at"),)

@@ -117,6 +117,13 @@ class CategoryOverrides(_Tunables):
     reference: str | None = None
 
 
+class Retention(_Strict):
+    """How long raw samples and aggregates are kept (audit tables are kept for good)."""
+
+    samples_days: float = Field(30, gt=0)
+    rollups_days: float = Field(400, gt=0)
+
+
 class Payloads(_Strict):
     """What of a production request and its answers is stored with a sample."""
 
@@ -277,6 +284,7 @@ class Policy(_Strict):
     categories: dict[str, CategoryOverrides] = {}
     payloads: Payloads = Payloads()
     alerts: Alerting = Alerting()
+    retention: Retention = Retention()
     limits: dict[str, ModelLimits] = {}  # by model name; families have defaults (tierguard.limits)
     _resolved: dict[str, CategoryPolicy] = PrivateAttr(default_factory=dict)
     _limits: dict[str, tuple[int, int] | None] = PrivateAttr(default_factory=dict)

@@ -126,3 +126,25 @@ def bench_gateway(requests: int = typer.Option(3000, min=500, help="interleaved 
     for level in fig["load"]:
         console.print(f"[dim]{level['connections']} connections: {level['rps']:,} req/s, "
                       f"p50 {level['p50_ms']} ms, p99 {level['p99_ms']} ms[/]")
+
+
+@bench_app.command("dashboards")
+def bench_dashboards(rows: int = typer.Option(5_000_000, min=50_000, help="sample rows over 30 days"),
+                     as_json: bool = JsonOpt) -> None:
+    """Every dashboard query, 24 hours and 30 days, on a month of history (PostgreSQL)."""
+    from tierguard.ops.bench_dashboards import dashboard_figures
+
+    with console.status("loading history and timing the panels…") if not as_json else nothing():
+        fig = dashboard_figures(rows)
+    if as_json:
+        emit(fig)
+        return
+    table = Table(title=f"dashboard queries on {fig['rows']:,} samples (best of 3)")
+    for col in ("panel", "range", "ms"):
+        table.add_column(col)
+    for q in fig["queries"]:
+        table.add_row(q["panel"], q["range"], f"{q['ms']}")
+    console.print(table)
+    console.print(f"slowest {fig['max_ms']} ms ({fig['slowest']}; goal ≤ {fig['goal_ms']}); at "
+                  f"{fig['rows_small']:,} rows that query took {fig['max_ms_small']} ms at most: growth "
+                  f"{fig['growth_ratio']} (goal ≤ {fig['goal_growth_ratio']})")

@@ -11,11 +11,18 @@ import redis as redis_lib
 import sqlalchemy as sa
 from celery import Celery, Task
 
-from tierguard import traffic
+from tierguard import maintenance, traffic
 from tierguard.alerts.events import for_invalid_policy
 from tierguard.alerts.monitors import check
 from tierguard.alerts.outbox import deliver_due
-from tierguard.broker import BATCH_TASK, DELIVER_TASK, MONITOR_TASK, SHADOW_TASK, make_celery
+from tierguard.broker import (
+    BATCH_TASK,
+    DELIVER_TASK,
+    MAINTAIN_TASK,
+    MONITOR_TASK,
+    SHADOW_TASK,
+    make_celery,
+)
 from tierguard.config import Settings
 from tierguard.db import make_engine, session
 from tierguard.errors import ConfigError
@@ -136,6 +143,12 @@ def monitor(task: Task) -> int:
     return events
 
 
+def maintain(task: Task) -> dict:
+    """One pass of the periodic maintenance (counters folded, retention applied)."""
+    ctx = context_for(task.app)
+    return maintenance.run(ctx.engine, ctx.redis, ctx.policy)
+
+
 def register(app: Celery) -> Celery:
     # max_retries=None: tierguard decides when to stop (shadow_max_attempts for the model API;
     # never for a database outage), not Celery's default of 3.
@@ -144,6 +157,7 @@ def register(app: Celery) -> Celery:
     app.task(name=BATCH_TASK, **durable)(shadow_batch)
     app.task(name=DELIVER_TASK, bind=True, ignore_result=True)(deliver_alerts)
     app.task(name=MONITOR_TASK, bind=True, ignore_result=True)(monitor)
+    app.task(name=MAINTAIN_TASK, bind=True, ignore_result=True)(maintain)
     return app
 
 

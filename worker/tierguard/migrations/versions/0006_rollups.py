@@ -1,4 +1,4 @@
-"""rollup, rollup_error: per-minute and per-hour aggregates the dashboards read (backfilled)
+"""rollup, rollup_error: per-1m/5m/1h aggregates the dashboards read (backfilled); drill-down index
 
 Revision ID: 0006
 Revises: 0005
@@ -45,6 +45,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("grain", "category", "at", "error"),
     )
     op.create_index("ix_rollup_error_grain_at", "rollup_error", ["grain", "at"])
+    op.create_index("ix_sample_disagreements", "sample", ["created_at"],
+                    postgresql_where=sa.text("agree = false AND kind = 'shadow'"),
+                    sqlite_where=sa.text("agree = 0 AND kind = 'shadow'"))
     # Existing samples get their rollups now: the dashboards read nothing else.
     from sqlmodel import Session
 
@@ -57,5 +60,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_sample_disagreements", "sample")
     op.drop_table("rollup_error")
     op.drop_table("rollup")

@@ -1,0 +1,75 @@
+"""One pass of everything periodic: fold production counters, prune past retention.
+
+Beat runs :func:`run` every ``TIERGUARD_MAINTAIN_SECONDS``; ``tierguard maintain``
+runs it by hand (``--dry-run`` says what it would delete). Samples older than
+``retention.samples_days`` go, rollups and traffic counters older than
+``retention.rollups_days``; the audit tables (route changes, events, alerts) are
+never pruned. Deletes run in batches, each its own transaction, so a long prune
+never holds a lock the writers need.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import redis as redis_lib
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tierguard import traffic
+from tierguard.db import Rollup, RollupError, Sample, Traffic, session, utcnow
+from tierguard.policy import Policy
+
+log = logging.getLogger(__name__)
+BATCH = 10_000
+
+
+def _prune(engine: Engine, table: Any, column: Any, key: list[Any], cutoff: dt.datetime,
+           dry_run: bool) -> int:
+    with session(engine) as s:
+        if dry_run:
+            return int(s.execute(sa.select(sa.func.count()).select_from(table)
+                                 .where(column < cutoff)).scalar_one())
+    deleted = 0
+    while True:
+        with session(engine) as s:
+            old = sa.select(*key).where(column < cutoff).limit(BATCH)
+            cond = (sa.tuple_(*key).in_(old) if len(key) > 1
+                    else key[0].in_(old.scalar_subquery()))
+            done = s.execute(sa.delete(table).where(cond)).rowcount
+            s.commit()
+        deleted += done
+        if done < BATCH:
+            return deleted
+
+
+def run(engine: Engine, r: redis_lib.Redis | None, policy: Policy, *, dry_run: bool = False,
+        now: dt.datetime | None = None) -> dict[str, Any]:
+    """Fold, then prune; what was (or, dry, would be) done."""
+    now = now or utcnow()
+    folded = 0
+    if r is not None and not dry_run:
+        try:
+            folded = traffic.fold(engine, r, now)
+        except redis_lib.RedisError as err:
+            log.warning("cannot fold production counters: %s", err)
+    keep = policy.retention
+    samples_cut = now - dt.timedelta(days=keep.samples_days)
+    rollups_cut = now - dt.timedelta(days=keep.rollups_days)
+    s, rl, re_, tr = (Sample.__table__, Rollup.__table__, RollupError.__table__, Traffic.__table__)
+    pruned = {
+        "sample": _prune(engine, s, s.c.created_at, [s.c.job_id], samples_cut, dry_run),
+        "rollup": _prune(engine, rl, rl.c.at, [rl.c.grain, rl.c.category, rl.c.at, rl.c.served_model,
+                                                rl.c.shadow_model, rl.c.kind], rollups_cut, dry_run),
+        "rollup_error": _prune(engine, re_, re_.c.at, [re_.c.grain, re_.c.category, re_.c.at,
+                                                      re_.c.error], rollups_cut, dry_run),
+        "traffic": _prune(engine, tr, tr.c.minute, [tr.c.category, tr.c.minute, tr.c.model],
+                          rollups_cut, dry_run),
+    }
+    if any(pruned.values()) and not dry_run:
+        log.info("maintenance: pruned %s", pruned)
+    return {"dry_run": dry_run, "folded_traffic_rows": folded,
+            "samples_before": samples_cut.isoformat(), "rollups_before": rollups_cut.isoformat(),
+            ("would_delete" if dry_run else "deleted"): pruned}
