@@ -57,7 +57,24 @@ def _chars(value: Any) -> tuple[int, int]:
 
 
 def estimate_input_tokens(request: dict[str, Any]) -> int:
-    chars, attachments = _chars([request.get("system"), request.get("messages"), request.get("tools")])
+    chars = attachments = 0
+    system = request.get("system")
+    if type(system) is str:  # the common shapes first: this runs before every routed call
+        chars += len(system)
+    elif system is not None:
+        chars, attachments = _chars(system)
+    for message in request.get("messages") or ():
+        content = message.get("content") if type(message) is dict else message
+        if type(content) is str:
+            chars += len(content)
+        else:
+            c, a = _chars(content)
+            chars += c
+            attachments += a
+    if request.get("tools"):
+        c, a = _chars(request["tools"])
+        chars += c
+        attachments += a
     return math.ceil(chars / CHARS_PER_TOKEN) + attachments * TOKENS_PER_ATTACHMENT
 
 

@@ -94,15 +94,14 @@ class Publisher:
 
     def count(self, category: str, model: str, metric: str = "calls") -> None:
         """Count one production call (or a guarded one) of ``category`` served by ``model``."""
-        self.traffic[traffic.field(category, model, metric)] += 1
+        self.traffic[(category, model, metric)] += 1  # a tuple: cheaper than a string here
 
     def _flush_traffic(self) -> None:
         self._traffic_flushed = time.monotonic()
         counts, self.traffic = self.traffic, Counter()
         if not counts:
             return
-        for name, n in counts.items():
-            category, model, metric = name.rsplit("|", 2)
+        for (category, model, metric), n in counts.items():
             (metrics.GUARDED if metric == "guarded" else metrics.CALLS).labels(category, model).inc(n)
         key = keys.TRAFFIC.format(minute=int(time.time() // 60))
         try:
@@ -112,8 +111,8 @@ class Publisher:
                 self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1,
                                                    socket_connect_timeout=1)
             pipe = self._redis.pipeline(transaction=False)
-            for name, n in counts.items():
-                pipe.hincrby(key, name, n)
+            for (category, model, metric), n in counts.items():
+                pipe.hincrby(key, traffic.field(category, model, metric), n)
             pipe.expire(key, traffic.KEEP_SECONDS)
             pipe.execute()
         except Exception:
