@@ -3,6 +3,7 @@
 import asyncio
 
 import anthropic
+import pytest
 import redis
 
 import tierguard
@@ -160,3 +161,43 @@ def test_async_streams(simulator, redis_url, sqlite_url):
     assert [j["request"]["messages"][0]["content"] for j in jobs] == ["a", "b"]
     assert jobs[1]["primary_text"] == final.content[0].text
     client.tierguard_close()
+
+
+def test_unbounded_category_names_stop_at_the_cap_and_never_reach_the_caller(simulator, redis_url,
+                                                                             sqlite_url):
+    import random
+    import string
+
+    server = simulator(**SCENARIO)
+    policy = parse_policy({"defaults": {"sample_rate": 1.0}, "max_categories": 50,
+                           "categories": {"sentiment": {}}})
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY),
+                                         settings=get_settings(redis_url=redis_url,
+                                                               database_url=sqlite_url),
+                                         policy=policy)
+    core = client._core
+    rng = random.Random(1)
+    names = ["".join(rng.choices(string.ascii_lowercase, k=12)) for _ in range(10_000)]
+    answer = {"content": [{"type": "text", "text": "POSITIVE"}], "usage": {"input_tokens": 3,
+                                                                            "output_tokens": 1}}
+    for name in names:  # what the wrapper does for each call, without the HTTP
+        cat, request = core.route(name, {"max_tokens": 8, "messages": []})
+        if core.sampled(cat, request):
+            core.submit(cat, request, answer, 0.0)
+    assert len(core.categories) == 49  # with "sentiment", the policy's own: 50 in all
+    stats = client.tierguard_stats()
+    assert stats["uncategorized_over_max_categories"] == 10_000 - 49 and stats["internal_errors"] == 0
+    # Real calls past the cap and with invalid names are served, unrouted, never raising.
+    for bad in ("another-new-one", "", " spaces ", "x" * 65, "ünïcode", "a/b"):
+        msg = client.messages.create(category=bad, max_tokens=8, system="sentiment: classify",
+                                     messages=[{"role": "user", "content": "hi"}])
+        assert msg.model == "claude-opus-4-7"  # no route: the caller's model, else the reference
+    assert client.tierguard_stats()["uncategorized_invalid_name"] == 5
+    client.tierguard_flush()
+    client.tierguard_close()
+    fields = {f for k in redis.Redis.from_url(redis_url).keys("tierguard:traffic:*")
+              for f in redis.Redis.from_url(redis_url).hkeys(k)}
+    assert len({f.split(b"|")[0] for f in fields}) <= 50
+    assert len(queued_jobs(redis_url)) == 49  # one shadow per tracked category, none for the rest
+    with pytest.raises(Exception, match="categories: 'a b'"):
+        parse_policy({"categories": {"a b": {}}})

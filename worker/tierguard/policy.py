@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,12 @@ from tierguard import compare as comparators
 from tierguard.engine.detector import Engine, EngineConfig
 from tierguard.errors import ConfigError
 from tierguard.limits import family_limits
+
+CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def valid_category(name: object) -> bool:
+    return isinstance(name, str) and CATEGORY_NAME.fullmatch(name) is not None
 
 
 def _unit(v: float | None) -> float | None:
@@ -286,6 +293,10 @@ class Policy(_Strict):
     alerts: Alerting = Alerting()
     retention: Retention = Retention()
     limits: dict[str, ModelLimits] = {}  # by model name; families have defaults (tierguard.limits)
+    # A category a caller names that the policy does not: tracked (up to max_categories in all),
+    # or served as sent, unrouted and unshadowed.
+    unknown_categories: Literal["track", "pass_through"] = "track"
+    max_categories: int = Field(500, ge=1, le=100_000)
     _resolved: dict[str, CategoryPolicy] = PrivateAttr(default_factory=dict)
     _limits: dict[str, tuple[int, int] | None] = PrivateAttr(default_factory=dict)
 
@@ -293,6 +304,15 @@ class Policy(_Strict):
     @classmethod
     def _channel_list(cls, v: Any) -> Any:
         return {"channels": v} if isinstance(v, list) else v
+
+    @field_validator("categories")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not valid_category(name):
+                raise ValueError(f"{name!r}: a category name is 1–64 of A-Z a-z 0-9 . _ : - "
+                                 "(starting with a letter or digit)")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:

@@ -23,7 +23,7 @@ from tierguard.config import Settings, get_settings
 from tierguard.db import make_engine
 from tierguard.limits import too_big
 from tierguard.live_policy import LivePolicy
-from tierguard.policy import CategoryPolicy, Policy
+from tierguard.policy import CategoryPolicy, Policy, valid_category
 from tierguard.routes import RouteTable
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,14 @@ class Core:
         call only, and is counted as ``guarded``.
         """
         try:
-            cat = self.category(name)
+            cat = self.categories.get(name)
+            if cat is None:
+                refused = self._refuse(name)
+                if refused:  # served as the caller sent it, unrouted and unshadowed
+                    self.uncategorized(refused)
+                    return None, (request if request.get("model") else
+                                  {**request, "model": self.policy.models.reference})
+                cat = self.category(name)
             model = self.routes.get(name, cat.initial_route)
             if model != cat.reference and too_big(self.policy.limits_for(model), request):
                 self.publisher.count(name, cat.reference, "guarded")
@@ -80,6 +87,21 @@ class Core:
         except Exception:
             self._failed("routing")
             return None, request
+
+    def _refuse(self, name: str) -> str | None:
+        """Why a category seen for the first time gets no state, or None to track it."""
+        if not valid_category(name):
+            return "invalid_name"
+        policy = self.policy
+        if name in policy.categories:
+            return None
+        if policy.unknown_categories == "pass_through":
+            return "unknown"
+        cap, routes = policy.max_categories, self.routes.routes
+        if len(self.categories) + len(routes) + len(policy.categories) < cap:
+            return None  # under the cap however they overlap: no set to build
+        known = len(self.categories.keys() | routes.keys() | policy.categories.keys())
+        return "over_max_categories" if known >= cap else None
 
     def sampled(self, cat: CategoryPolicy | None, request: dict[str, Any]) -> bool:
         """Count one production call of ``cat``; whether it is to be shadowed."""

@@ -31,7 +31,7 @@ from tierguard.live_policy import LivePolicy
 from tierguard.pipeline.batcher import BatchRecorder
 from tierguard.pipeline.fanout import POOL_SHARD, LoopRunner, async_client, run_batch
 from tierguard.pipeline.shadow import Context
-from tierguard.policy import Policy
+from tierguard.policy import Policy, valid_category
 from tierguard.routes import ensure_categories
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,10 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
     settings: Settings = task.app.tierguard_settings
     ctx = context_for(task.app)
     parsed = [ShadowJob.from_dict(j) for j in jobs]
+    if not all(valid_category(j.category) for j in parsed):  # a producer that skips the checks
+        log.warning("dropping %d job(s) with an invalid category name",
+                    sum(not valid_category(j.category) for j in parsed))
+        parsed = [j for j in parsed if valid_category(j.category)]
     attempt = task.request.retries + 1
     try:
         results, retries = ctx.runner.run(run_batch(
