@@ -26,6 +26,7 @@ CORE_RULES: dict[str, set[str]] = {
     "migrations": {"db", "rollups"},
     "rollups": {"db"},
     "maintenance": {"db", "traffic", "policy"},
+    "sealing": {"config", "errors", "job"},
     "comparators": {"compare"},  # the old import path of compare/
 }
 CORE = set(CORE_RULES)

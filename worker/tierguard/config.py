@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     # Wrapper side.
     route_ttl: float = Field(1.0, gt=0, description="seconds between route refreshes")
     publish_buffer: int = Field(10_000, gt=0, description="shadow jobs held before dropping")
+    payload_keys: SecretStr | None = Field(
+        None, description="Fernet keys, comma-separated, newest first: shadow jobs are sealed")
     # Gateway.
     upstream_url: str | None = Field(None, description="the Messages API the gateway forwards to")
     category_header: str = Field("x-tierguard-category", min_length=1)

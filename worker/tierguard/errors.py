@@ -4,6 +4,7 @@
     ├── ConfigError            a bad policy file or setting (names the field)
     ├── SchemaNotReady         the database is not migrated to head
     ├── RouteConflict          a flip lost the optimistic version race
+    ├── PayloadInvalid         a sealed shadow job failed authentication (never executed)
     ├── ShadowCallError        the shadow model call failed
     │   ├── RetryableCallError     429, 529, 5xx, timeouts, connection errors
     │   └── PermanentCallError     4xx other than 408/409/429, bad responses
@@ -37,6 +38,10 @@ class SchemaNotReady(TierguardError):
 
 class RouteConflict(TierguardError):
     """Another writer changed the category first (version mismatch)."""
+
+
+class PayloadInvalid(TierguardError):
+    """A shadow job's sealed payload cannot be opened with any configured key."""
 
 
 class ShadowCallError(TierguardError):

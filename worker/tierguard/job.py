@@ -24,6 +24,7 @@ class ShadowJob:
     primary_output_tokens: int | None = None
     primary_latency_ms: float | None = None
     requested_at: str | None = None
+    sealed: str | None = None  # request and primary_text, encrypted (tierguard.sealing)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

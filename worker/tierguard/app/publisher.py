@@ -22,12 +22,15 @@ from typing import Any
 from tierguard import keys, metrics, traffic
 from tierguard.broker import BATCH_TASK, make_celery
 from tierguard.config import Settings
+from tierguard.errors import ConfigError
 from tierguard.job import ShadowJob
 from tierguard.messages import message_text, usage_of
+from tierguard.sealing import Sealer, seal_job, sealer
 
 log = logging.getLogger(__name__)
 
 TRAFFIC_FLUSH_SECONDS = 5.0
+_UNSET = object()
 
 # Request keys that are transport options, not part of the model request.
 _TRANSPORT_KEYS = {"extra_headers", "extra_query", "timeout", "stream", "model"}
@@ -66,6 +69,8 @@ class Publisher:
         self.traffic: Counter[str] = Counter()
         self._traffic_flushed = time.monotonic()
         self._redis = None
+        self._sealing: Any = _UNSET
+        self._bad_keys = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tierguard-publisher", daemon=True)
         self._thread.start()
@@ -91,6 +96,18 @@ class Publisher:
             self._app = make_celery(self.settings)
         self._app.send_task(BATCH_TASK, args=[[j.to_dict() for j in jobs]], task_id=jobs[0].job_id,
                             queue=self.settings.queue, retry=False)
+
+    def _sealer(self) -> Sealer | None:
+        if self._sealing is _UNSET:
+            try:
+                self._sealing = sealer(self.settings)
+            except ConfigError as err:  # never the caller's problem: shadows stop, loudly
+                log.error("tierguard: %s; shadow jobs are dropped until it is fixed", err)
+                self._sealing = None
+                self._bad_keys = True
+        if self._bad_keys:
+            raise ValueError("TIERGUARD_PAYLOAD_KEYS is invalid")
+        return self._sealing  # type: ignore[return-value]
 
     def count(self, category: str, model: str, metric: str = "calls") -> None:
         """Count one production call (or a guarded one) of ``category`` served by ``model``."""
@@ -148,7 +165,7 @@ class Publisher:
         jobs = []
         for _, item in items:
             try:
-                jobs.append(build_job(*item))
+                jobs.append(seal_job(build_job(*item), self._sealer()))
             except Exception:
                 self.counts["dropped_unserializable"] += 1
                 metrics.DROPPED.labels("unserializable").inc()

@@ -22,10 +22,12 @@ def worker(concurrency: int | None = typer.Option(
     """Run a Celery worker that executes shadow jobs (threads pool, at-least-once)."""
     from tierguard.pipeline.tasks import worker_app
     from tierguard.routes import ensure_categories, sync_to_redis
+    from tierguard.sealing import sealer
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     settings, policy, engine = env()
+    sealer(settings)  # a bad TIERGUARD_PAYLOAD_KEYS stops the worker here, with the reason
     ensure_categories(engine, policy)
     r = redis_client(settings)
 

@@ -37,6 +37,7 @@ class Context:
     redis: redis_lib.Redis | None = None
     recorder: Callable[[list[Result]], list[Outcome]] | None = None
     runner: Any = None
+    sealer: Any = None  # a tierguard.sealing.Sealer when TIERGUARD_PAYLOAD_KEYS is set
 
     def record_all(self, results: list[Result]) -> list[Outcome]:
         if self.recorder is not None:

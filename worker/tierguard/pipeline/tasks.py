@@ -25,14 +25,16 @@ from tierguard.broker import (
 )
 from tierguard.config import Settings
 from tierguard.db import make_engine, session
-from tierguard.errors import ConfigError
+from tierguard.errors import ConfigError, PayloadInvalid
 from tierguard.job import ShadowJob
 from tierguard.live_policy import LivePolicy
 from tierguard.pipeline.batcher import BatchRecorder
 from tierguard.pipeline.fanout import POOL_SHARD, LoopRunner, async_client, run_batch
+from tierguard.pipeline.recorder import Result
 from tierguard.pipeline.shadow import Context
 from tierguard.policy import Policy, valid_category
 from tierguard.routes import ensure_categories
+from tierguard.sealing import open_job, seal_job, sealer
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -61,7 +63,7 @@ def build_context(settings: Settings) -> Context:
     runner = LoopRunner(lambda: async_client(settings.shadow_timeout),
                         shards=settings.max_in_flight // POOL_SHARD)
     ctx = Context(policy=live.current, engine=engine, redis=r, recorder=batcher.record_all,
-                  runner=runner)
+                  runner=runner, sealer=sealer(settings))
     live.start()
     return ctx
 
@@ -102,10 +104,18 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
                     sum(not valid_category(j.category) for j in parsed))
         parsed = [j for j in parsed if valid_category(j.category)]
     attempt = task.request.retries + 1
+    opened, refused = [], []
+    for job in parsed:
+        try:
+            opened.append(open_job(job, ctx.sealer))
+        except PayloadInvalid as err:  # recorded as an error, never executed
+            log.warning("job %s: %s", job.job_id, err)
+            refused.append(Result(job, None, None, ("payload_invalid", str(err)), attempt))
     try:
         results, retries = ctx.runner.run(run_batch(
-            ctx.runner, ctx.policy, parsed, attempt=attempt,
-            final=attempt >= settings.shadow_max_attempts))
+            ctx.runner, ctx.policy, opened, attempt=attempt,
+            final=attempt >= settings.shadow_max_attempts)) if opened else ([], [])
+        results = refused + results
         outcomes = ctx.record_all(results) if results else []
     except sa.exc.OperationalError as err:
         # The database is down: keep the jobs until it is back (nothing lost).
@@ -121,7 +131,8 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
     for item in retries:
         delay = backoff(attempt, item.error.retry_after, settings.retry_after_cap)
         log.info("job %s: %s; retry %d in %.1fs", item.job.job_id, item.error.kind, attempt, delay)
-        task.app.send_task(SHADOW_TASK, args=[item.job.to_dict()], task_id=item.job.job_id,
+        task.app.send_task(SHADOW_TASK, args=[seal_job(item.job, ctx.sealer).to_dict()],
+                           task_id=item.job.job_id,
                            queue=settings.queue, countdown=delay, retries=attempt)
     if any(o.events for o in outcomes):
         task.app.send_task(DELIVER_TASK, queue=settings.queue)
