@@ -79,3 +79,13 @@ def test_any_out_of_range_rate_is_named(name, field, value):
     with pytest.raises(ConfigError) as err:
         parse_policy({"categories": {name: {field: value}}})
     assert err.value.problems == [f"categories.{name}.{field}: must be between 0 and 1"]
+
+
+def test_urls_are_shown_with_their_password_masked():
+    from tierguard.config import mask_url
+
+    assert mask_url("postgresql://tg:s3cr%40t@db:5432/tierguard") == "postgresql://tg:***@db:5432/tierguard"
+    assert mask_url("redis://:hunter2@redis:6379/0") == "redis://:***@redis:6379/0"
+    assert mask_url("rediss://default:pw@cache/1") == "rediss://default:***@cache/1"
+    assert mask_url("sqlite:///tierguard.db") == "sqlite:///tierguard.db"
+    assert mask_url("http://127.0.0.1:8765") == "http://127.0.0.1:8765"

@@ -50,6 +50,22 @@ class Settings(BaseSettings):
 ANTHROPIC_API = "https://api.anthropic.com"
 
 
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``: what logs, errors and outputs show."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def upstream_url(settings: Settings) -> str:
     """``TIERGUARD_UPSTREAM_URL``, else this process's ``ANTHROPIC_BASE_URL``, else Anthropic's API."""
     return (settings.upstream_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_API).rstrip("/")

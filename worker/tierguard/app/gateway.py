@@ -23,7 +23,7 @@ import httpx2
 from tierguard.app.core import Core
 from tierguard.app.stream import Assembler, SSEParser
 from tierguard.app.upstream import Upstream
-from tierguard.config import Settings, get_settings, upstream_url
+from tierguard.config import Settings, get_settings, mask_url, upstream_url
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class Gateway:
             await _respond(send, 504, error_body("the upstream API did not answer in time"))
             return False
         except httpx2.TransportError as err:
-            log.warning("upstream %s unreachable: %s", upstream.base_url, type(err).__name__)
+            log.warning("upstream %s unreachable: %s", mask_url(upstream.base_url), type(err).__name__)
             await _respond(send, 502, error_body(f"the gateway cannot reach the upstream API "
                                                  f"({type(err).__name__})"))
             return False

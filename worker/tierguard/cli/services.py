@@ -94,12 +94,12 @@ def gateway(host: str = typer.Option("127.0.0.1", help="interface to listen on")
     """Serve Anthropic's API for any app: route and shadow by the x-tierguard-category header."""
     import uvicorn
 
-    from tierguard.config import get_settings, upstream_url
+    from tierguard.config import get_settings, mask_url, upstream_url
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     logging.getLogger("tierguard.gateway").info(
-        "gateway on http://%s:%d -> %s (category header %s)", host, port, upstream_url(settings),
+        "gateway on http://%s:%d -> %s (category header %s)", host, port, mask_url(upstream_url(settings)),
         settings.category_header)
     uvicorn.run("tierguard.app.gateway:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level=loglevel.lower(), access_log=False, lifespan="on",
