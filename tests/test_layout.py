@@ -17,11 +17,12 @@ PACKAGE = Path(tierguard.__file__).parent
 CORE_RULES: dict[str, set[str]] = {
     "errors": set(), "config": set(), "keys": set(), "job": set(), "messages": set(), "limits": set(),
     "engine": {"errors"}, "compare": {"errors"},
-    "db": {"errors"}, "policy": {"engine", "compare", "errors", "limits"},
+    "db": {"errors"}, "policy": {"engine", "compare", "errors", "limits", "policy_alerts"},
     "broker": {"config"},
     "routes": {"db", "errors", "policy", "keys"},
     "traffic": {"db", "keys"},
     "live_policy": {"policy", "errors"},
+    "policy_alerts": set(),
     "metrics": set(),
     "migrations": {"db", "rollups"},
     "rollups": {"db"},
