@@ -162,10 +162,16 @@ class Publisher:
             self.counts["dropped_broker_down"] += len(items)
             metrics.DROPPED.labels("broker_down").inc(len(items))
             return
+        try:
+            seal = self._sealer()
+        except ValueError:  # TIERGUARD_PAYLOAD_KEYS is invalid: logged once when first read
+            self.counts["dropped_bad_payload_keys"] += len(items)
+            metrics.DROPPED.labels("bad_payload_keys").inc(len(items))
+            return
         jobs = []
         for _, item in items:
             try:
-                jobs.append(seal_job(build_job(*item), self._sealer()))
+                jobs.append(seal_job(build_job(*item), seal))
             except Exception:
                 self.counts["dropped_unserializable"] += 1
                 metrics.DROPPED.labels("unserializable").inc()

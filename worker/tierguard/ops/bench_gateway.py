@@ -53,7 +53,7 @@ def gateway_figures(requests: int = 3000, levels: tuple[int, ...] = (1, 2, 4, 8,
                     seconds: float = 4.0, sample_rate: float = 0.05) -> dict[str, Any]:
     from tierguard.db import make_engine, upgrade
     from tierguard.ops.loadgen import Connection, request_bytes, run_in_process
-    from tierguard.ops.servers import RedisServer, free_port
+    from tierguard.ops.servers import RedisServer, free_port, stop_processes
 
     folder = Path(tempfile.mkdtemp(prefix="tierguard-bench-gw-"))
     redis = RedisServer().start()
@@ -103,13 +103,7 @@ def gateway_figures(requests: int = 3000, levels: tuple[int, ...] = (1, 2, 4, 8,
         served = [lv["rps"] for lv in load if lv["p99_ms"] is not None and lv["p99_ms"] <= 50
                   and not lv["errors"]]
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
         redis.stop()
     ms = 1000
     d, g = times[sim_port], times[gw_port]

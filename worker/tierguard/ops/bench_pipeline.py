@@ -88,7 +88,7 @@ def pipeline_figures(seconds: float = 20.0, rate: float = 700.0, workers: int = 
     from tierguard.broker import BATCH_TASK, make_celery
     from tierguard.config import get_settings
     from tierguard.db import Sample, make_engine, session, upgrade
-    from tierguard.ops.servers import PostgresServer, RedisServer, free_port
+    from tierguard.ops.servers import PostgresServer, RedisServer, free_port, stop_processes
 
     labels = ["A1", "B2", "C3"]
     names = [f"bench-{i}" for i in range(categories)]
@@ -177,13 +177,7 @@ def pipeline_figures(seconds: float = 20.0, rate: float = 700.0, workers: int = 
         with urllib.request.urlopen(sim_url + "/_sim/stats") as response:
             in_flight_max = json.loads(response.read())["in_flight_max"]
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs, timeout=30)
         redis.stop()
         pg.destroy()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +21,7 @@ from sqlalchemy.engine import Engine
 from tierguard.engine.detector import wilson
 from tierguard.errors import TierguardError
 from tierguard.job import ShadowJob
+from tierguard.ops.jsonl import records
 from tierguard.pipeline.calls import Answer, call_model_with_retries
 from tierguard.pipeline.judging import JudgeCall, needs_judge
 from tierguard.pipeline.recorder import Result, record_many
@@ -37,13 +37,7 @@ class EvaluationError(TierguardError):
 
 def read_cases(lines: list[str]) -> list[dict[str, Any]]:
     cases = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            case = json.loads(line)
-        except ValueError as err:
-            raise EvaluationError(f"line {i}: not JSON ({err})") from None
+    for i, case in records(lines, EvaluationError):
         if not isinstance(case, dict) or not isinstance(case.get("messages"), list):
             raise EvaluationError(f"line {i}: needs a Messages API body with 'messages'")
         case.pop("model", None)

@@ -9,7 +9,6 @@ the labels, Cohen's kappa and the confusion table.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from typing import Any
 
@@ -17,6 +16,7 @@ import anthropic
 
 from tierguard.compare.judge import VERDICTS, Judge
 from tierguard.errors import TierguardError
+from tierguard.ops.jsonl import records
 from tierguard.pipeline.judging import JudgeCall
 
 
@@ -26,13 +26,9 @@ class PairsError(TierguardError):
 
 def read_pairs(lines: list[str]) -> list[dict[str, Any]]:
     pairs = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            pair = json.loads(line)
-        except ValueError as err:
-            raise PairsError(f"line {i}: not JSON ({err})") from None
+    for i, pair in records(lines, PairsError):
+        if not isinstance(pair, dict):
+            raise PairsError(f"line {i}: must be an object with request, reference, candidate, label")
         missing = [k for k in ("request", "reference", "candidate", "label") if k not in pair]
         if missing:
             raise PairsError(f"line {i}: {missing[0]}: required")
