@@ -24,9 +24,10 @@ CORE_RULES: dict[str, set[str]] = {
     "live_policy": {"policy", "errors"},
     "policy_alerts": set(),
     "metrics": set(),
-    "migrations": {"db", "rollups"},
+    "migrations": {"db", "rollups", "partitions"},
+    "partitions": set(),
     "rollups": {"db"},
-    "maintenance": {"db", "traffic", "policy"},
+    "maintenance": {"db", "traffic", "policy", "partitions"},
     "sealing": {"config", "errors", "job"},
     "comparators": {"compare"},  # the old import path of compare/
 }

@@ -10,6 +10,7 @@ from sqlmodel import SQLModel, select
 from tierguard.compare import Verdict
 from tierguard.db import Category, RouteChange, Sample, check_schema, session
 from tierguard.job import ShadowJob
+from tierguard.partitions import include_name
 from tierguard.pipeline.calls import Answer
 from tierguard.pipeline.recorder import record
 from tierguard.policy import parse_policy
@@ -31,7 +32,8 @@ ANSWER = Answer("NEGATIVE", 100, 10, 12.5)
 def test_migrations_match_the_models(engine):
     check_schema(engine)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+        ctx = MigrationContext.configure(conn, opts={"include_name": include_name})
+        diff = compare_metadata(ctx, SQLModel.metadata)
     assert diff == []
 
 

@@ -112,7 +112,8 @@ def test_replay_from_the_database_equals_replay_of_its_export(tmp_path):
                      "served_model": "claude-haiku-4-5", "shadow_model": "claude-opus-4-7",
                      "agree": rng.random() < p, "score": 1.0, "comparator": "exact", "reason": "",
                      "detail": {}, "attempts": 1, "request_hash": "r", "primary_hash": "p",
-                     "created_at": t0 + dt.timedelta(seconds=i)})
+                     "created_at": t0 + dt.timedelta(seconds=i),
+                     "requested_at": t0 + dt.timedelta(seconds=i)})
     rows.append({**rows[0], "job_id": "noise", "kind": "noise", "agree": False})  # never replayed
     with session(engine) as s:
         for name in ("steady", "drifting"):

@@ -81,8 +81,8 @@ class Sample(SQLModel, table=True):
     request_excerpt: str | None = None
     primary_excerpt: str | None = None
     shadow_excerpt: str | None = None
-    requested_at: dt.datetime | None = Field(
-        default=None, sa_column=Column(sa.DateTime(timezone=True), nullable=True))
+    # When production made the call: stable across redelivery, the partition key on PostgreSQL.
+    requested_at: dt.datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
     created_at: dt.datetime = _ts(index=True)
 
 

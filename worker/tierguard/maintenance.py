@@ -1,11 +1,14 @@
-"""One pass of everything periodic: fold production counters, prune past retention.
+"""One pass of everything periodic: fold production counters, partitions, retention.
 
 Beat runs :func:`run` every ``TIERGUARD_MAINTAIN_SECONDS``; ``tierguard maintain``
 runs it by hand (``--dry-run`` says what it would delete). Samples older than
 ``retention.samples_days`` go, rollups and traffic counters older than
 ``retention.rollups_days``; the audit tables (route changes, events, alerts) are
-never pruned. Deletes run in batches, each its own transaction, so a long prune
-never holds a lock the writers need.
+never pruned. On PostgreSQL ``sample`` is partitioned by day: the retention
+window's partitions (and a week ahead) are created, whole days past retention
+are dropped, and only the default partition is deleted from. Elsewhere deletes
+run in batches, each its own transaction, so a long prune never holds a lock the
+writers need.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import redis as redis_lib
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tierguard import traffic
+from tierguard import partitions, traffic
 from tierguard.db import Rollup, RollupError, Sample, Traffic, session, utcnow
 from tierguard.policy import Policy
 
@@ -59,8 +62,19 @@ def run(engine: Engine, r: redis_lib.Redis | None, policy: Policy, *, dry_run: b
     samples_cut = now - dt.timedelta(days=keep.samples_days)
     rollups_cut = now - dt.timedelta(days=keep.rollups_days)
     s, rl, re_, tr = (Sample.__table__, Rollup.__table__, RollupError.__table__, Traffic.__table__)
+    created: list[str] = []
+    dropped: list[dict[str, Any]] = []
+    if partitions.partitioned(engine):
+        if not dry_run:
+            created = partitions.ensure(engine, now, keep.samples_days)
+        dropped = partitions.drop_before(engine, samples_cut, dry_run=dry_run)
+        default = sa.table(partitions.DEFAULT, sa.column("job_id"), sa.column("requested_at"))
+        samples = sum(d["rows"] for d in dropped) + _prune(
+            engine, default, default.c.requested_at, [default.c.job_id], samples_cut, dry_run)
+    else:
+        samples = _prune(engine, s, s.c.created_at, [s.c.job_id], samples_cut, dry_run)
     pruned = {
-        "sample": _prune(engine, s, s.c.created_at, [s.c.job_id], samples_cut, dry_run),
+        "sample": samples,
         "rollup": _prune(engine, rl, rl.c.at, [rl.c.grain, rl.c.category, rl.c.at, rl.c.served_model,
                                                 rl.c.shadow_model, rl.c.kind], rollups_cut, dry_run),
         "rollup_error": _prune(engine, re_, re_.c.at, [re_.c.grain, re_.c.category, re_.c.at,
@@ -70,6 +84,10 @@ def run(engine: Engine, r: redis_lib.Redis | None, policy: Policy, *, dry_run: b
     }
     if any(pruned.values()) and not dry_run:
         log.info("maintenance: pruned %s", pruned)
+    if created:
+        log.info("maintenance: created sample partitions %s", ", ".join(created))
     return {"dry_run": dry_run, "folded_traffic_rows": folded,
+            "partitions_created": created,
+            ("partitions_would_drop" if dry_run else "partitions_dropped"): dropped,
             "samples_before": samples_cut.isoformat(), "rollups_before": rollups_cut.isoformat(),
             ("would_delete" if dry_run else "deleted"): pruned}

@@ -23,7 +23,7 @@ def db_upgrade() -> None:
 @app.command()
 def maintain(dry_run: bool = typer.Option(False, "--dry-run", help="say what would be deleted"),
              as_json: bool = JsonOpt) -> None:
-    """One pass of everything periodic (beat runs it too): counters folded, retention applied."""
+    """One pass of everything periodic (beat runs it too): counters, partitions, retention."""
     from tierguard import maintenance
 
     settings, policy, engine = env()
@@ -37,3 +37,10 @@ def maintain(dry_run: bool = typer.Option(False, "--dry-run", help="say what wou
                   f"{result['rollups_before'][:19]}: {verb} "
                   + ", ".join(f"{n:,} {table}" for table, n in counts.items())
                   + ("" if dry_run else f"; {result['folded_traffic_rows']:,} traffic rows folded"))
+    gone = result["partitions_would_drop" if dry_run else "partitions_dropped"]
+    if gone:
+        console.print(f"partitions {'it would drop' if dry_run else 'dropped'}: "
+                      + ", ".join(f"{p['partition']} ({p['rows']:,} rows)" for p in gone))
+    if result["partitions_created"]:
+        console.print(f"partitions created: {len(result['partitions_created'])} "
+                      f"({result['partitions_created'][0]} … {result['partitions_created'][-1]})")

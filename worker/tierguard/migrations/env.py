@@ -4,12 +4,14 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import tierguard.db  # noqa: F401  (registers the tables)
+from tierguard.partitions import include_name
 
 config = context.config
 engine = config.attributes["engine"]
 
 with engine.connect() as connection:
     context.configure(connection=connection, target_metadata=SQLModel.metadata,
-                      render_as_batch=connection.dialect.name == "sqlite")
+                      render_as_batch=connection.dialect.name == "sqlite",
+                      include_name=include_name)
     with context.begin_transaction():
         context.run_migrations()

@@ -83,6 +83,7 @@ def _measure(url: str, now: dt.datetime) -> list[dict[str, Any]]:
 def dashboard_figures(rows: int = 5_000_000) -> dict[str, Any]:
     import psycopg
 
+    from tierguard import partitions
     from tierguard.db import make_engine, session, upgrade
     from tierguard.ops.servers import PostgresServer
     from tierguard.policy import parse_policy
@@ -95,6 +96,7 @@ def dashboard_figures(rows: int = 5_000_000) -> dict[str, Any]:
         url = pg.create_database("dashboards")
         engine = make_engine(url)
         upgrade(engine)
+        partitions.ensure(engine, now, 31)  # what beat's maintain keeps: a day partition per day
         ensure_categories(engine, parse_policy({"categories": {f"cat-{i:02d}": {}
                                                                for i in range(CATEGORIES)}}))
         sizes, measured, loaded = [rows // 5, rows], {}, 0

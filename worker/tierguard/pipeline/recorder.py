@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import redis as redis_lib
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -262,6 +263,17 @@ def insert_samples(s: Session, rows: list[dict]) -> set[str]:
     else:
         from sqlalchemy.dialects.sqlite import insert
     table = Sample.__table__
+    unstamped = [row for row in rows if row.get("requested_at") is None]
+    if unstamped:
+        # requested_at is part of the key on PostgreSQL: a job without one gets its
+        # created_at, which differs per delivery, so look for an earlier delivery first.
+        ids = [row["job_id"] for row in unstamped]
+        seen = set(s.execute(sa.select(table.c.job_id).where(table.c.job_id.in_(ids))).scalars())
+        rows = [row for row in rows if row["job_id"] not in seen]
+        for row in unstamped:
+            row["requested_at"] = row["created_at"]
+        if not rows:
+            return set()
     keys = sorted(set().union(*rows))
     rows = [{k: row.get(k) for k in keys} for row in rows]
     # executemany with RETURNING: one cached statement, sent in pages ("insertmanyvalues").
