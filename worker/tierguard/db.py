@@ -168,6 +168,46 @@ class RollupError(SQLModel, table=True):
     count: int = 0
 
 
+_COMPILED: dict[tuple[str, tuple[str, ...]], tuple[str, dict[str, Any]]] = {}
+
+
+def execute_many(session: Session, name: str, stmt: Any, rows: list[dict[str, Any]], *,
+                 returning: bool = False) -> list[Any]:
+    """Run one statement for many rows (all with the same keys); the first returned column's values.
+
+    On PostgreSQL the statement is compiled once and handed to psycopg's own
+    ``executemany`` (pipelined): SQLAlchemy's multi-row VALUES form is a new,
+    long query text per page, which psycopg parses again every time. ``name``
+    identifies ``stmt`` in the cache of compiled statements.
+    """
+    if not rows:
+        return []
+    if session.get_bind().dialect.name != "postgresql":
+        result = session.execute(stmt, rows)
+        return list(result.scalars()) if returning else []
+    dialect = session.get_bind().dialect
+    keys = tuple(rows[0])
+    cached = _COMPILED.get((name, keys))
+    if cached is None:
+        compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+        procs = {name: bp.type.dialect_impl(dialect).bind_processor(dialect)
+                 for name, bp in compiled.binds.items()}
+        cached = _COMPILED[(name, keys)] = (str(compiled), {k: f for k, f in procs.items() if f})
+    sql, procs = cached
+    params = [{k: (procs[k](v) if k in procs else v) for k, v in row.items()} for row in rows]
+    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.executemany(sql, params, returning=returning)
+        out = []
+        while returning:
+            out.extend(r[0] for r in cursor.fetchall())
+            if not cursor.nextset():
+                break
+        return out
+    finally:
+        cursor.close()
+
+
 def insert_new(session: Session, table: Any, values: dict[str, Any]) -> Any:
     """INSERT ... ON CONFLICT DO NOTHING; the new row's primary key, or None if it existed."""
     if session.get_bind().dialect.name == "postgresql":

@@ -266,6 +266,11 @@ class Policy(_Strict):
             found = self._resolved[name] = self._merged(name)
         return found
 
+    def warm(self) -> None:
+        """Design every listed category's detector now, not on its first sample."""
+        for name in self.categories:
+            self.category(name).engine  # noqa: B018
+
     def limits_for(self, model: str) -> tuple[int, int] | None:
         """(context tokens, max output tokens) of ``model``: the policy's, else its family's."""
         try:

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from tierguard.db import LATENCY_BUCKETS, Rollup, RollupError
+from tierguard.db import LATENCY_BUCKETS, Rollup, RollupError, execute_many
 
 GRAINS = {"1m": 60, "5m": 300, "1h": 3600}  # dashboards read 1m up to 6 h, 5m up to 3 days
 SUMS = ("samples", "agreements", "disagreements", "errors", "skipped", "primary_input_tokens",
@@ -99,13 +99,13 @@ def add(s: Session, samples: list[dict[str, Any]]) -> None:
     stmt = insert(table)
     stmt = stmt.on_conflict_do_update(index_elements=list(KEY),
                                       set_={c: table.c[c] + stmt.excluded[c] for c in columns})
-    s.execute(stmt, full)
+    execute_many(s, "rollup_add", stmt, full)
     if error_rows:
         etable = RollupError.__table__
         estmt = insert(etable)
         estmt = estmt.on_conflict_do_update(index_elements=["grain", "category", "at", "error"],
                                             set_={"count": etable.c.count + estmt.excluded.count})
-        s.execute(estmt, error_rows)
+        execute_many(s, "rollup_error_add", estmt, error_rows)
 
 
 def rebuild(s: Session, since: dt.datetime | None = None) -> int:

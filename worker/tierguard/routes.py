@@ -43,12 +43,15 @@ return 1
 
 def lock_category(s: Session, cat: CategoryPolicy) -> Category:
     """The category's row, created from the policy when missing, locked for this transaction."""
-    insert_new(s, Category.__table__, {
-        "name": cat.name, "candidate": cat.candidate, "reference": cat.reference,
-        "routed_model": cat.initial_route, "pinned": False, "detector_state": {},
-        "threshold": cat.threshold, "sample_rate": cat.sample_rate,
-        "version": 1, "updated_at": utcnow()})
-    row = s.exec(select(Category).where(Category.name == cat.name).with_for_update()).one()
+    query = select(Category).where(Category.name == cat.name).with_for_update()
+    row = s.exec(query).first()
+    if row is None:
+        insert_new(s, Category.__table__, {
+            "name": cat.name, "candidate": cat.candidate, "reference": cat.reference,
+            "routed_model": cat.initial_route, "pinned": False, "detector_state": {},
+            "threshold": cat.threshold, "sample_rate": cat.sample_rate,
+            "version": 1, "updated_at": utcnow()})
+        row = s.exec(query).one()
     wanted = (cat.candidate, cat.reference, cat.threshold, cat.sample_rate)
     if (row.candidate, row.reference, row.threshold, row.sample_rate) != wanted:
         row.candidate, row.reference, row.threshold, row.sample_rate = wanted

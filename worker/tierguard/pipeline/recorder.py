@@ -21,7 +21,7 @@ from sqlmodel import Session
 from tierguard import metrics, rollups
 from tierguard.alerts.events import for_eligible, for_route_change
 from tierguard.compare import Verdict
-from tierguard.db import Category, RouteChange, Sample, session, utcnow
+from tierguard.db import Category, RouteChange, Sample, execute_many, session, utcnow
 from tierguard.engine.detector import Decision, Situation
 from tierguard.errors import RouteConflict
 from tierguard.job import ShadowJob, digest, parse_time
@@ -276,9 +276,8 @@ def insert_samples(s: Session, rows: list[dict]) -> set[str]:
             return set()
     keys = sorted(set().union(*rows))
     rows = [{k: row.get(k) for k in keys} for row in rows]
-    # executemany with RETURNING: one cached statement, sent in pages ("insertmanyvalues").
     stmt = insert(table).on_conflict_do_nothing().returning(table.c.job_id)
-    return set(s.execute(stmt, rows).scalars().all())
+    return set(execute_many(s, "insert_samples", stmt, rows, returning=True))
 
 
 def event_kind(decision: Decision) -> str:

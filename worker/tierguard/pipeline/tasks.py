@@ -10,6 +10,7 @@ from typing import Any
 import redis as redis_lib
 import sqlalchemy as sa
 from celery import Celery, Task
+from celery.signals import worker_ready
 
 from tierguard import maintenance, traffic
 from tierguard.alerts.events import for_invalid_policy
@@ -46,6 +47,7 @@ def build_context(settings: Settings) -> Context:
     r = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
 
     def changed(old: Policy, new: Policy) -> None:
+        new.warm()
         ctx.policy = batcher.policy = new
         ensure_categories(engine, new)  # the database's copies (threshold, sample rate) follow
 
@@ -59,6 +61,7 @@ def build_context(settings: Settings) -> Context:
             log.warning("cannot record the invalid policy event: %s", db_err)
 
     live = LivePolicy(settings.policy, settings.policy_reload_s, changed, invalid)
+    live.current.warm()
     batcher = BatchRecorder(engine, r, live.current)
     runner = LoopRunner(lambda: async_client(settings.shadow_timeout),
                         shards=settings.max_in_flight // POOL_SHARD)
@@ -178,4 +181,15 @@ def register(app: Celery) -> Celery:
 
 def worker_app(settings: Settings) -> Celery:
     """The Celery app with tierguard's tasks registered: what ``tierguard worker`` runs."""
-    return register(make_celery(settings))
+    app = register(make_celery(settings))
+
+    def ready(sender: Any = None, **_: Any) -> None:
+        # Connections, policy and detector designs before the first job, not in it.
+        if getattr(sender, "app", None) is app:
+            try:
+                context_for(app)
+            except Exception as err:  # the first task will try again and report it
+                log.warning("worker context not built at start: %s", err)
+
+    worker_ready.connect(ready, weak=False)
+    return app
