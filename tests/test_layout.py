@@ -29,6 +29,7 @@ CORE_RULES: dict[str, set[str]] = {
     "rollups": {"db"},
     "maintenance": {"db", "traffic", "policy", "partitions"},
     "sealing": {"config", "errors", "job"},
+    "reader": {"errors"},
     "comparators": {"compare"},  # the old import path of compare/
 }
 CORE = set(CORE_RULES)

@@ -29,6 +29,7 @@ from tests.helpers import (
 )
 from tierguard.db import make_engine, upgrade
 from tierguard.ops.grafana_sql import expand
+from tierguard.ops.servers import RedisServer
 from tierguard.ops.sim_server import SimServer
 from tierguard.ops.simulate import Scenario
 from tierguard.traffic import fold
@@ -86,14 +87,24 @@ def test_provisioning_files():
     assert titles == ["tierguard agreement below threshold", "tierguard monitor blind"]
 
 
+# Passwords kept out of the URLs (TIERGUARD_*_PASSWORD), with every character URLs trip on.
+PASSWORD = "Pw-n0t@in:logs/#%41"
+RUN: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="module")
-def filled_db(tmp_path_factory, postgres_server, redis_server):
-    """A real pipeline run: wrapper → Redis → worker → simulator → PostgreSQL, with a flip and errors."""
+def filled_db(tmp_path_factory, postgres_server):
+    """A real pipeline run: wrapper → Redis → worker → simulator → PostgreSQL, with a flip and errors.
+
+    Redis asks for a password, and the database URL carries one (the test server trusts
+    127.0.0.1, so it is not checked there): both must stay out of every log line.
+    """
 
     import redis
 
-    redis.Redis.from_url(redis_server.url).flushall()  # no jobs or routes left by other tests
+    redis_server = RedisServer(password=PASSWORD).start()
     tmp = tmp_path_factory.mktemp("dash")
+    RUN["log"] = tmp / "worker.log"
     url = postgres_server.create_database("dashboard")
     upgrade(make_engine(url))
     sim = SimServer(Scenario.from_dict({**SCENARIO, "categories": {
@@ -102,8 +113,11 @@ def filled_db(tmp_path_factory, postgres_server, redis_server):
                            "drift": {"after": 60, "agreement": 0.2}}}})).start_background()
     policy = write_policy(tmp / "tierguard.yaml", {**POLICY, "defaults": {
         **POLICY["defaults"], "min_samples": 20}})
+    RUN["policy"] = policy
     env = {**os.environ, "TIERGUARD_POLICY": str(policy), "TIERGUARD_DATABASE_URL": url,
-           "TIERGUARD_REDIS_URL": redis_server.url, "ANTHROPIC_BASE_URL": sim.base_url,
+           "TIERGUARD_DATABASE_PASSWORD": PASSWORD, "TIERGUARD_REDIS_PASSWORD": PASSWORD,
+           "TIERGUARD_REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0",
+           "ANTHROPIC_BASE_URL": sim.base_url,
            "ANTHROPIC_API_KEY": API_KEY, "TIERGUARD_SHADOW_MAX_ATTEMPTS": "1",
            "TIERGUARD_ROUTE_TTL": "0.2"}
     old = {k: os.environ.get(k) for k in env}
@@ -138,6 +152,7 @@ def filled_db(tmp_path_factory, postgres_server, redis_server):
         worker.terminate()
         worker.wait(20)
         sim.stop()
+        redis_server.stop()
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -201,3 +216,71 @@ def test_alert_rule_queries_run(filled_db):
             columns, rows = run_sql(filled_db, query["model"]["rawSql"])
             assert columns[0] == "category" and len(columns) == 2, rule["title"]
             assert rows, rule["title"]
+
+
+def test_no_password_in_any_log_line_or_output(filled_db):
+    from urllib.parse import quote
+
+    from tests.helpers import tg
+
+    forms = (PASSWORD, quote(PASSWORD, safe=""))
+    log = RUN["log"].read_text()
+    assert "ready" in log or "celery@" in log  # the worker's own output is there
+    env = {**os.environ, "TIERGUARD_POLICY": str(RUN["policy"]), "TIERGUARD_DATABASE_URL": filled_db,
+           "TIERGUARD_DATABASE_PASSWORD": PASSWORD, "TIERGUARD_REDIS_PASSWORD": PASSWORD,
+           "TIERGUARD_REDIS_URL": "redis://127.0.0.1:1/0"}  # Redis unreachable: errors name it
+    outputs = [log]
+    for args in (["status", "--json"], ["status"], ["ping", "--timeout", "1"],
+                 ["db", "upgrade"], ["maintain", "--dry-run", "--json"]):
+        done = tg(*args, env=env, cwd=RUN["log"].parent, check=False)
+        outputs.append(done.stdout + done.stderr)
+    dead_db = {**env, "TIERGUARD_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"}
+    done = tg("db", "upgrade", env=dead_db, cwd=RUN["log"].parent, check=False)
+    assert done.returncode == 1 and "postgres:***@127.0.0.1:1" in done.stderr
+    outputs.append(done.stdout + done.stderr)
+    for text in outputs:
+        for form in forms:
+            assert form not in text
+
+
+def test_reader_role_runs_every_panel_and_writes_nothing(filled_db):
+    from sqlalchemy.engine import make_url
+
+    from tierguard.db import make_engine
+    from tierguard.reader import READER, TABLES, create_reader
+
+    engine = make_engine(filled_db)
+    assert create_reader(engine, "reader-pw") == list(TABLES)
+    assert create_reader(engine, "reader-pw-2") == list(TABLES)  # again: password and grants reset
+    reader = make_url(filled_db).set(username=READER).render_as_string(hide_password=False)
+    queries = [macro_expand(t["rawSql"]) for _, t in targets()]
+    queries += [macro_expand(a["target"]["rawSql"]) for a in DASHBOARD["annotations"]["list"]
+                if "target" in a and "rawSql" in a["target"]]
+    queries += [v["query"] for v in DASHBOARD["templating"]["list"] if v["type"] == "query"]
+    rules = yaml.safe_load((PROVISIONING / "alerting" / "tierguard.yaml").read_text())
+    queries += [d["model"]["rawSql"] for g in rules["groups"] for r in g["rules"]
+                for d in r["data"] if d["datasourceUid"] != "__expr__"]
+    for sql in queries:  # the same columns and rows as the owner gets (values may move with now())
+        (cols, rows), (want_cols, want_rows) = run_sql(reader, sql), run_sql(filled_db, sql)
+        assert (cols, len(rows)) == (want_cols, len(want_rows)) and rows, sql
+    with psycopg.connect(reader, autocommit=True) as conn:
+        tables = [t for (t,) in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        assert {"alert", "event", "alembic_version", "sample_default"} <= set(tables)
+        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE")  # privileges, not mode
+        for table in tables:
+            column = first_column(conn, table)
+            for sql in (f"INSERT INTO {table} DEFAULT VALUES", f"UPDATE {table} SET {column} = NULL",
+                        f"DELETE FROM {table}", f"TRUNCATE {table}"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(sql)
+            if table not in TABLES:  # and nothing else is readable (partitions only through sample)
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(f"SELECT 1 FROM {table} LIMIT 1")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE TABLE mine (x int)")
+
+
+def first_column(conn, table):
+    return conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum = 1",
+                        (table,)).fetchone()[0]

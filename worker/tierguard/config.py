@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     policy: Path = Path("tierguard.yaml")
     database_url: str = "sqlite:///tierguard.db"
     redis_url: str = "redis://localhost:6379/0"
+    # Passwords kept out of the URLs (any characters; encoded into the URL here).
+    database_password: SecretStr | None = None
+    redis_password: SecretStr | None = None
+    reader_password: SecretStr | None = Field(
+        None, description="password `db upgrade --create-reader` gives tierguard_reader")
     queue: str = "tierguard"
     policy_reload_s: float = Field(30.0, gt=0, description="seconds between looks at the policy file")
     # Wrapper side.
@@ -46,8 +51,27 @@ class Settings(BaseSettings):
     monitor_seconds: float = Field(60.0, gt=0, description="monitor-blind / error-rate checks")
     maintain_seconds: float = Field(3600.0, gt=0, description="counters folded, retention applied")
 
+    @model_validator(mode="after")
+    def _passwords_into_urls(self) -> Settings:
+        if self.database_password is not None:
+            self.database_url = with_password(self.database_url,
+                                              self.database_password.get_secret_value())
+        if self.redis_password is not None:
+            self.redis_url = with_password(self.redis_url, self.redis_password.get_secret_value())
+        return self
+
 
 ANTHROPIC_API = "https://api.anthropic.com"
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` (percent-encoded, so ``@ : / # %`` are safe) as its password."""
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    user = parts.netloc.rpartition("@")[0].partition(":")[0] if "@" in parts.netloc else ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 def mask_url(url: str) -> str:

@@ -5,19 +5,70 @@ from __future__ import annotations
 import typer
 
 from tierguard.cli.apps import app, db_app
-from tierguard.cli.common import JsonOpt, console, emit, env, redis_client
+from tierguard.cli.common import JsonOpt, console, emit, env, err_console, redis_client
+
+DEFAULT_PASSWORDS = {"change-me", "changeme"}
+
+
+def _refuse_default_passwords(settings: object) -> None:
+    from urllib.parse import unquote, urlsplit
+
+    from tierguard.errors import ConfigError
+
+    found = []
+    for name, url in (("TIERGUARD_DATABASE_URL", settings.database_url),  # type: ignore[attr-defined]
+                      ("TIERGUARD_REDIS_URL", settings.redis_url)):  # type: ignore[attr-defined]
+        password = urlsplit(url).password
+        if password is not None and unquote(password).lower() in DEFAULT_PASSWORDS:
+            found.append(f"{name}: the password is the example's placeholder; set a real one")
+    reader = settings.reader_password  # type: ignore[attr-defined]
+    if reader is not None and reader.get_secret_value().lower() in DEFAULT_PASSWORDS:
+        found.append("TIERGUARD_READER_PASSWORD: the example's placeholder; set a real one")
+    if found:
+        raise ConfigError(found)
 
 
 @db_app.command("upgrade")
-def db_upgrade() -> None:
+def db_upgrade(
+        wait: float = typer.Option(0.0, "--wait", min=0,
+                                   help="seconds to keep retrying while the database is unreachable"),
+        create_reader: bool = typer.Option(
+            False, "--create-reader",
+            help="also create/refresh the read-only tierguard_reader role (PostgreSQL; "
+                 "password from TIERGUARD_READER_PASSWORD)")) -> None:
     """Create or migrate the tables (SQLite or PostgreSQL) to the latest revision."""
-    from tierguard.config import get_settings
+    import time
+
+    import sqlalchemy as sa
+
+    from tierguard.config import get_settings, mask_url
     from tierguard.db import current_revision, make_engine, upgrade
 
     settings = get_settings()
+    _refuse_default_passwords(settings)
     engine = make_engine(settings.database_url)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with engine.connect():
+                break
+        except sa.exc.OperationalError as err:
+            if time.monotonic() >= deadline:
+                reason = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
+                waited = f" after {wait:g} s" if wait else ""
+                err_console.print(f"[red]error:[/] cannot reach the database "
+                              f"{mask_url(settings.database_url)}{waited}: {reason}", highlight=False)
+                raise typer.Exit(1) from None
+            time.sleep(1.0)
     upgrade(engine)
     console.print(f"database at revision [bold]{current_revision(engine)}[/]")
+    if create_reader:
+        from tierguard.reader import READER
+        from tierguard.reader import create_reader as make_reader
+
+        password = settings.reader_password.get_secret_value() if settings.reader_password else ""
+        tables = make_reader(engine, password)
+        console.print(f"role [bold]{READER}[/]: SELECT on {', '.join(tables)}; nothing else")
 
 
 @app.command()

@@ -78,21 +78,26 @@ def find_redis_server() -> str:
 
 
 class RedisServer:
-    """A throw-away Redis on 127.0.0.1 with no persistence."""
+    """A throw-away Redis on 127.0.0.1 with no persistence (``password``: ``requirepass``)."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, password: str | None = None):
         self.binary = find_redis_server()
         self.port = port or free_port()
+        self.password = password
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        from tierguard.config import with_password
+
+        url = f"redis://127.0.0.1:{self.port}/0"
+        return with_password(url, self.password) if self.password else url
 
     def start(self) -> RedisServer:
+        auth = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "no"],
+             "--appendonly", "no", "--protected-mode", "no", *auth],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_port(self.port, 10, self.proc)
         return self
