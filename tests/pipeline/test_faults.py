@@ -4,6 +4,7 @@ import time
 import uuid
 
 import anthropic
+import httpx2
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +17,7 @@ from tierguard.compare import Verdict
 from tierguard.db import RouteChange, Sample, make_engine, session
 from tierguard.errors import ConfigError
 from tierguard.job import ShadowJob
-from tierguard.ops.servers import PostgresServer
+from tierguard.ops.servers import PostgresServer, free_port
 from tierguard.pipeline.calls import Answer
 from tierguard.pipeline.recorder import record
 from tierguard.pipeline.tasks import backoff
@@ -25,13 +26,20 @@ from tierguard.policy import parse_policy
 
 def test_redis_stopped_and_restarted_mid_traffic(stack, simulator, sqlite_url, redis_server):
     sim = simulator(**SCENARIO)
-    stack.configure(policy=POLICY, database_url=sqlite_url, base_url=sim.base_url)
-    stack.start_worker(concurrency=8)
+    port = free_port()
+    stack.configure(policy=POLICY, database_url=sqlite_url, base_url=sim.base_url, metrics_port=port)
+    worker = stack.start_worker(concurrency=8)
+
+    def probe(path):
+        r = httpx2.get(f"http://127.0.0.1:{port}{path}", timeout=10)
+        return r.status_code, r.text.strip()
+
     client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
     for i in range(60):
         wrapped_call(client, "sentiment", i)
     client.tierguard_flush(10)
     wait_until(lambda: samples(sqlite_url) == 60, 60, "the first 60 samples")
+    assert probe("/livez") == (200, "alive") and probe("/readyz") == (200, "ready")
 
     redis_server.stop()
     down = [wrapped_call(client, "sentiment", 100 + i) for i in range(60)]
@@ -39,8 +47,13 @@ def test_redis_stopped_and_restarted_mid_traffic(stack, simulator, sqlite_url, r
     client.tierguard_flush(10)
     stats = client.tierguard_stats()
     assert stats["dropped_broker_down"] == 60 and stats["internal_errors"] == 0
+    # The broker is gone: not ready, but alive — a liveness probe must not restart the worker.
+    status, reason = probe("/readyz")
+    assert status == 503 and reason.startswith("broker redis://127.0.0.1:") and "unreachable" in reason
+    assert probe("/livez") == (200, "alive") and worker.poll() is None
 
     redis_server.start()  # same port, empty: the worker and the wrapper reconnect by themselves
+    wait_until(lambda: probe("/readyz")[0] == 200, 30, "ready again")
     time.sleep(1.5)  # the publisher's pause after a broker failure
     for i in range(60):
         wrapped_call(client, "sentiment", 200 + i)

@@ -2,7 +2,8 @@
 
 The production side's counters live in the default registry of the process they
 run in (an app with the wrapper, the gateway), so an app that already exposes
-``/metrics`` shows them. Workers serve ``/metrics`` on ``TIERGUARD_METRICS_PORT``;
+``/metrics`` shows them. Workers serve ``/metrics`` (and their probes, ``/livez``
+and ``/readyz``) on ``TIERGUARD_METRICS_PORT``;
 with ``PROMETHEUS_MULTIPROC_DIR`` set (a prefork pool) every process writes there
 and the endpoint merges them. Updating a metric never raises into its caller.
 """
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socketserver
+import threading
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 log = logging.getLogger(__name__)
@@ -85,8 +88,16 @@ class QueueDepth:
         yield family
 
 
-def serve(port: int, extra: list[Any] = ()) -> bool:  # type: ignore[assignment]
-    """Serve ``/metrics`` on ``port`` (merged across processes with PROMETHEUS_MULTIPROC_DIR)."""
+Probe = Callable[[], tuple[bool, str]]
+
+
+def serve(port: int, extra: list[Any] = (), probes: dict[str, Probe] | None = None) -> bool:  # type: ignore[assignment]
+    """Serve ``/metrics`` on ``port`` (merged across processes with PROMETHEUS_MULTIPROC_DIR),
+    and each of ``probes`` (path → check): 200 with its reason when it holds, else 503."""
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
     registry: CollectorRegistry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
@@ -95,10 +106,33 @@ def serve(port: int, extra: list[Any] = ()) -> bool:  # type: ignore[assignment]
         multiprocess.MultiProcessCollector(registry)
     for collector in extra:
         registry.register(collector)
+    metrics_app = make_wsgi_app(registry)
+    checks = probes or {}
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        check = checks.get(environ.get("PATH_INFO", ""))
+        if check is None:
+            return metrics_app(environ, start_response)
+        try:
+            ok, reason = check()
+        except Exception as err:  # a probe that breaks says so, it does not crash the server
+            ok, reason = False, f"probe failed: {type(err).__name__}"
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "text/plain; charset=utf-8")])
+        return [reason.encode() + b"\n"]
+
+    class Threading(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: Any) -> None:  # probes every few seconds: not log lines
+            pass
+
     try:
-        start_http_server(port, registry=registry)
+        server = make_server("", port, app, server_class=Threading, handler_class=Quiet)
     except OSError as err:
         log.warning("cannot serve metrics on port %d (%s); running without them", port, err)
         return False
-    log.info("metrics on :%d/metrics", port)
+    threading.Thread(target=server.serve_forever, name="tierguard-metrics", daemon=True).start()
+    log.info("metrics on :%d/metrics%s", port, "".join(f", {p}" for p in checks))
     return True

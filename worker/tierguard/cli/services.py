@@ -40,12 +40,14 @@ def worker(concurrency: int | None = typer.Option(
                 logging.getLogger("tierguard.routes").warning("route sync failed: %s", err)
 
     threading.Thread(target=sync_routes, name="tierguard-route-sync", daemon=True).start()
+    celery = worker_app(settings)
     if settings.metrics_port:
         from tierguard import metrics
+        from tierguard.pipeline.health import probes
 
         metrics.serve(settings.metrics_port, [metrics.QueueDepth(lambda: redis_client(settings),
-                                                                 settings.queue)])
-    celery = worker_app(settings)
+                                                                 settings.queue)],
+                      probes(celery, settings))
     n = concurrency or settings.worker_concurrency
     celery.worker_main(["worker", "-P", pool, "-c", str(n), "-Q", settings.queue,
                         "-l", loglevel, "-n", f"tierguard-{os.getpid()}@%h",
