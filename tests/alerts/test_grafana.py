@@ -33,6 +33,7 @@ def grafana(receiver, monkeypatch):
             "uid": req.json["dashboard"]["uid"], "url": "/d/tierguard/tierguard", "version": 3,
             "status": "success"}),
         ("POST", "/api/annotations"): lambda req: (200, {"id": 1, "message": "Annotation added"}),
+        ("GET", "/api/dashboards/uid/tierguard"): lambda req: (404, {"message": "Dashboard not found"}),
     })
     monkeypatch.setenv("GRAFANA_URL", receiver.url)
     monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
@@ -43,7 +44,7 @@ def test_push_creates_folder_and_upserts_dashboard(grafana, tmp_path):
     env = {**os.environ}
     first = last_json(tg("grafana", "push", "--json", env=env, cwd=tmp_path).stdout)
     assert first == {"uid": "tierguard", "url": "/d/tierguard/tierguard", "version": 3,
-                     "grafana": "11.3.0"}
+                     "grafana": "11.3.0", "provisioned": False}
     tg("grafana", "push", "--json", env=env, cwd=tmp_path)  # the second push finds the folder
     calls = [(r.method, r.path) for r in grafana.requests]
     assert calls.count(("POST", "/api/folders")) == 1
@@ -55,6 +56,28 @@ def test_push_creates_folder_and_upserts_dashboard(grafana, tmp_path):
     assert upsert["folderUid"] == "tierguard" and upsert["overwrite"] is True
     assert upsert["dashboard"]["uid"] == "tierguard" and upsert["dashboard"]["id"] is None
     assert len(upsert["dashboard"]["panels"]) >= 7
+
+
+def test_a_file_provisioned_dashboard_is_left_alone(grafana, tmp_path):
+    grafana.routes[("GET", "/api/dashboards/uid/tierguard")] = lambda req: (200, {
+        "dashboard": {"uid": "tierguard"}, "meta": {"provisioned": True, "url": "/d/tierguard/x"}})
+    done = tg("grafana", "push", env={**os.environ}, cwd=tmp_path)
+    assert "provisioned from a file" in done.stdout and "nothing pushed" in done.stdout
+    assert last_json(tg("grafana", "push", "--json", env={**os.environ}, cwd=tmp_path).stdout)[
+        "provisioned"] is True
+    assert not [r for r in grafana.requests if r.method == "POST"]
+
+
+def test_push_to_an_unreachable_grafana_or_a_missing_file_is_one_line(tmp_path):
+    from tierguard.ops.servers import free_port
+
+    env = {**os.environ, "GRAFANA_URL": f"http://127.0.0.1:{free_port()}", "GRAFANA_TOKEN": TOKEN}
+    for args, wanted in ((["grafana", "push"], "cannot push the dashboard: grafana unreachable"),
+                         (["grafana", "push", "--dashboard", str(tmp_path / "nope.json")],
+                          "cannot read the dashboard")):
+        done = tg(*args, env=env, cwd=tmp_path, check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.startswith(f"error: {wanted}"), done.stderr
 
 
 def test_push_without_token_is_a_clear_error(tmp_path):

@@ -22,11 +22,11 @@ DIRECTION = {"demoted": "demotion", "promoted": "promotion", "flap_guard": "demo
 
 
 def dashboard_path() -> Path:
-    """The dashboard JSON: the repository's dashboards/ (or $TIERGUARD_DASHBOARD)."""
+    """The dashboard JSON shipped in the package (or $TIERGUARD_DASHBOARD)."""
     env = os.environ.get("TIERGUARD_DASHBOARD")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "dashboards" / "tierguard.json"
+    return Path(__file__).resolve().parents[1] / "dashboards" / "tierguard.json"
 
 
 def api(url_env: str = "GRAFANA_URL", token_env: str = "GRAFANA_TOKEN", timeout: float = 10.0):
@@ -57,13 +57,33 @@ def _call(fn, *args: Any, **kwargs: Any) -> Any:
 
 
 def push(grafana=None, path: Path | None = None) -> dict[str, Any]:
-    """Create the folder if missing and upsert the dashboard; returns the dashboard's uid and url."""
+    """Create the folder if missing and upsert the dashboard; returns the dashboard's uid and url.
+
+    A dashboard Grafana loads from a provisioning file is left alone (``provisioned``)."""
     from grafana_client.client import GrafanaClientError
 
+    path = path or dashboard_path()
+    try:
+        dashboard = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise TierguardError(f"cannot read the dashboard {path}: {err}") from None
     grafana = grafana or api()
-    dashboard = json.loads((path or dashboard_path()).read_text())
     dashboard["id"] = None
-    version = _call(lambda: grafana.version)
+    try:
+        version = _call(lambda: grafana.version)
+    except (RetryableDelivery, PermanentDelivery) as err:
+        raise TierguardError(f"cannot push the dashboard: {err}") from None
+    try:
+        meta = grafana.dashboard.get_dashboard(dashboard["uid"]).get("meta", {})
+    except GrafanaClientError as err:
+        if err.status_code != 404:
+            raise TierguardError(f"grafana: cannot read dashboard {dashboard['uid']} "
+                                 f"({err.status_code})") from None
+        meta = {}
+    if meta.get("provisioned"):
+        # Grafana refuses API writes to a file-provisioned dashboard: the file is its source.
+        return {"uid": dashboard["uid"], "url": meta.get("url"), "version": None, "grafana": version,
+                "provisioned": True}
     try:
         grafana.folder.get_folder(FOLDER_UID)
     except GrafanaClientError as err:
@@ -74,7 +94,7 @@ def push(grafana=None, path: Path | None = None) -> dict[str, Any]:
                    {"dashboard": dashboard, "folderUid": FOLDER_UID, "overwrite": True,
                     "message": "tierguard grafana push"})
     return {"uid": result.get("uid", dashboard.get("uid")), "url": result.get("url"),
-            "version": result.get("version"), "grafana": version}
+            "version": result.get("version"), "grafana": version, "provisioned": False}
 
 
 def annotate(ch: Channel, event: Event) -> None:

@@ -95,5 +95,8 @@ def grafana_push(dashboard: Path | None = typer.Option(None, help="dashboard JSO
     result = push(path=dashboard)
     if as_json:
         emit(result)
+    elif result["provisioned"]:
+        console.print(f"dashboard {result['uid']} is provisioned from a file in this Grafana "
+                      f"(deploy/grafana/provisioning): it follows that file; nothing pushed")
     else:
         console.print(f"dashboard {result['uid']} pushed (version {result['version']}): {result['url']}")
