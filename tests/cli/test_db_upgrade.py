@@ -48,7 +48,8 @@ def test_placeholder_passwords_are_refused(tmp_path):
             ({"TIERGUARD_DATABASE_URL": "postgresql://tg@127.0.0.1:1/tg",
               "TIERGUARD_DATABASE_PASSWORD": "change-me"}, "TIERGUARD_DATABASE_URL"),
             ({"TIERGUARD_REDIS_PASSWORD": "change-me"}, "TIERGUARD_REDIS_URL"),
-            ({"TIERGUARD_READER_PASSWORD": "change-me"}, "TIERGUARD_READER_PASSWORD")):
+            ({"TIERGUARD_READER_PASSWORD": "change-me"}, "TIERGUARD_READER_PASSWORD"),
+            ({"GF_SECURITY_ADMIN_PASSWORD": "change-me"}, "GF_SECURITY_ADMIN_PASSWORD")):
         done = tg("db", "upgrade", env={**base, **extra}, cwd=tmp_path, check=False)
         assert done.returncode == 2 and name in done.stderr and "placeholder" in done.stderr
     assert not (tmp_path / "t.db").exists()  # refused before touching anything
@@ -69,3 +70,13 @@ def test_create_reader(tmp_path, postgres_url):
     sqlite = {**env, "TIERGUARD_DATABASE_URL": f"sqlite:///{tmp_path / 't.db'}"}
     done = tg("db", "upgrade", "--create-reader", env=sqlite, cwd=tmp_path, check=False)
     assert done.returncode == 2 and "needs PostgreSQL" in done.stderr
+
+
+def test_concurrent_upgrades_wait_for_each_other(tmp_path, postgres_url):
+    env = {**os.environ, "TIERGUARD_DATABASE_URL": postgres_url}
+    procs = [subprocess.Popen([sys.executable, "-m", "tierguard", "db", "upgrade"], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert "database at revision" in out

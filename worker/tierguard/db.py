@@ -302,10 +302,24 @@ def _alembic_config(engine: Engine) -> Any:
     return cfg
 
 
+UPGRADE_LOCK = 0x7467_6462  # pg_advisory_lock key: one `db upgrade` at a time per database
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate to ``revision``. On PostgreSQL, concurrent upgrades (init containers of many
+    pods starting at once) wait for each other; the later ones find nothing left to do."""
     from alembic import command
 
-    command.upgrade(_alembic_config(engine), revision)
+    if engine.dialect.name != "postgresql":
+        command.upgrade(_alembic_config(engine), revision)
+        return
+    with engine.connect() as lock:
+        lock.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": UPGRADE_LOCK})
+        try:
+            command.upgrade(_alembic_config(engine), revision)
+        finally:
+            lock.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": UPGRADE_LOCK})
+            lock.commit()
 
 
 def head_revision() -> str:

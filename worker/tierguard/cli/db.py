@@ -24,6 +24,10 @@ def _refuse_default_passwords(settings: object) -> None:
     reader = settings.reader_password  # type: ignore[attr-defined]
     if reader is not None and reader.get_secret_value().lower() in DEFAULT_PASSWORDS:
         found.append("TIERGUARD_READER_PASSWORD: the example's placeholder; set a real one")
+    import os
+
+    if os.environ.get("GF_SECURITY_ADMIN_PASSWORD", "").lower() in DEFAULT_PASSWORDS:
+        found.append("GF_SECURITY_ADMIN_PASSWORD: the example's placeholder; set a real one")
     if found:
         raise ConfigError(found)
 

@@ -83,6 +83,10 @@ def beat(loglevel: str = "INFO") -> None:
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings, _, _ = env()
+    if settings.metrics_port:  # /livez for the image's HEALTHCHECK and the pod's liveness probe
+        from tierguard import metrics
+
+        metrics.serve(settings.metrics_port, probes={"/livez": lambda: (True, "alive")})
     # In-memory schedule: tierguard's tasks are periodic and idempotent, so nothing is worth a
     # schedule file (none is left in /tmp, and a read-only root filesystem works).
     make_celery(settings).start(["beat", "-l", loglevel, "--scheduler", "celery.beat:Scheduler"])
