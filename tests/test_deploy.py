@@ -316,3 +316,28 @@ def test_grafana_one_folder_and_the_datasource_is_the_reader():
     [source] = ds["datasources"]
     assert source["user"] == "${TIERGUARD_PG_READER}"
     assert source["secureJsonData"]["password"] == "${TIERGUARD_PG_READER_PASSWORD}"
+
+
+def test_compose_postgres_healthcheck_waits_for_tcp_not_the_init_servers_socket():
+    """The image's init server answers on its socket only; `migrate` connects over TCP."""
+    from tierguard.ops.servers import PostgresServer
+
+    model = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    check = model["services"]["postgres"]["healthcheck"]["test"][1].replace("$$", "$")
+    server = PostgresServer()
+    pg_bin = str(server.bindir)
+    env = {**os.environ, "PATH": f"{pg_bin}:{os.environ['PATH']}", "POSTGRES_USER": "postgres",
+           "POSTGRES_DB": "postgres", "PGHOST": str(server.datadir), "PGPORT": str(server.port)}
+
+    def healthy(command):
+        return subprocess.run(["sh", "-c", command], env=env, capture_output=True).returncode == 0
+
+    try:
+        server.start(tcp=False)
+        assert healthy('pg_isready -U "$POSTGRES_USER"')  # the old check: "healthy" already
+        assert not healthy(check)                          # compose's: not yet
+        server.stop()
+        server.start()
+        assert healthy(check)
+    finally:
+        server.destroy()

@@ -75,3 +75,17 @@ def test_installed_cli_upgrades_sqlite_and_pushes_the_dashboard(installed, tmp_p
     assert json.loads(done.stdout.strip().splitlines()[-1])["uid"] == "tierguard"
     [upsert] = [r for r in receiver.requests if r.path == "/api/dashboards/db"]
     assert len(upsert.json["dashboard"]["panels"]) >= 7
+
+
+def test_the_sdist_carries_the_license_tests_and_deploy_files(tmp_path):
+    import tarfile
+
+    done = subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(tmp_path), str(ROOT)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    [sdist] = tmp_path.glob("tierguard-*.tar.gz")
+    names = {n.split("/", 1)[1] for n in tarfile.open(sdist).getnames() if "/" in n}
+    assert {"LICENSE", "README.md", "tests/conftest.py", "tests/helpers.py", "tests/receiver.py",
+            "deploy/compose.yaml", "deploy/.env.example", "worker/tierguard/dashboards/tierguard.json",
+            "scripts/test"} <= names
+    assert not [n for n in names if "__pycache__" in n]

@@ -89,3 +89,19 @@ def test_urls_are_shown_with_their_password_masked():
     assert mask_url("rediss://default:pw@cache/1") == "rediss://default:***@cache/1"
     assert mask_url("sqlite:///tierguard.db") == "sqlite:///tierguard.db"
     assert mask_url("http://127.0.0.1:8765") == "http://127.0.0.1:8765"
+
+
+def test_prices_cover_cache_tokens_and_the_batch_discount():
+    policy = parse_policy({"pricing": {
+        "claude-opus-4-7": {"input": 5.0, "output": 25.0},
+        "custom": {"input": 2.0, "output": 8.0, "cache_write": 3.0, "cache_read": 0.5,
+                   "batch_discount": 0.4}}})
+    # Opus: 1,000 in × $5 + 200 out × $25 + 4,000 cache-write × $6.25 + 10,000 cache-read × $0.50
+    assert policy.cost_usd("claude-opus-4-7", 1000, 200, 4000, 10_000) == pytest.approx(
+        (5_000 + 5_000 + 25_000 + 5_000) / 1e6)
+    assert policy.cost_usd("claude-opus-4-7", 1000, 200, batch=True) == pytest.approx(10_000 / 1e6 * 0.5)
+    assert policy.cost_usd("custom", 1000, 100, 1000, 1000, batch=True) == pytest.approx(
+        (2_000 + 800 + 3_000 + 500) / 1e6 * 0.4)
+    assert policy.cost_usd("unknown-model", 1, 1) is None
+    with pytest.raises(ConfigError, match="pricing.custom.batch_discount"):
+        parse_policy({"pricing": {"custom": {"input": 1, "output": 1, "batch_discount": 0}}})

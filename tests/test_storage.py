@@ -3,6 +3,7 @@
 import threading
 import uuid
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel, select
@@ -179,3 +180,15 @@ def test_operator_promotion_needs_eligibility(engine):
     assert (change.to_model, change.actor, change.rule) == ("claude-haiku-4-5", "ana", "promotion")
     with pytest.raises(ActionRefused, match="already served by its candidate"):
         promote(engine, None, policy, "sentiment", reason="", actor="ana")
+
+
+def test_costs_are_priced_from_the_full_usage_cache_tokens_included(engine):
+    j = job(primary_cache_write_tokens=2000, primary_cache_read_tokens=0)
+    answer = Answer("NEGATIVE", 100, 10, 12.5, cache_write_tokens=0, cache_read_tokens=30_000)
+    record(engine, None, POLICY, j, answer, Verdict(False, 0.0, "label"), None, 1)
+    with session(engine) as s:
+        row = s.exec(select(Sample)).one()
+    # haiku served: 100 × $1 + 10 × $5 + 2,000 cache-write × $1.25; opus shadow: 100 × $5 + 10 × $25
+    # + 30,000 cache-read × $0.50 (per million)
+    assert row.primary_cost_usd == pytest.approx((100 + 50 + 2500) / 1e6)
+    assert row.shadow_cost_usd == pytest.approx((500 + 250 + 15_000) / 1e6)

@@ -25,6 +25,8 @@ class ShadowJob:
     primary_latency_ms: float | None = None
     requested_at: str | None = None
     sealed: str | None = None  # request and primary_text, encrypted (tierguard.sealing)
+    primary_cache_write_tokens: int | None = None
+    primary_cache_read_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -43,6 +43,18 @@ def usage_of(message: Any) -> tuple[int | None, int | None]:
     return getattr(usage, "input_tokens", None), getattr(usage, "output_tokens", None)
 
 
+def cache_tokens_of(message: Any) -> tuple[int, int]:
+    """(cache-write tokens, cache-read tokens) of a Message, an SDK object or its JSON; 0 if absent."""
+    usage = message.get("usage") if isinstance(message, dict) else getattr(message, "usage", None)
+    if usage is None:
+        return 0, 0
+    if isinstance(usage, dict):
+        return (int(usage.get("cache_creation_input_tokens") or 0),
+                int(usage.get("cache_read_input_tokens") or 0))
+    return (int(getattr(usage, "cache_creation_input_tokens", 0) or 0),
+            int(getattr(usage, "cache_read_input_tokens", 0) or 0))
+
+
 def content_json_text(blocks: list[dict[str, Any]]) -> str:
     """:func:`message_text` for the JSON form of a Message's content."""
     parts = []

@@ -62,6 +62,19 @@ class ModelLimits(_Strict):
 class Price(_Strict):
     input: float = Field(ge=0, description="USD per million input tokens")
     output: float = Field(ge=0, description="USD per million output tokens")
+    cache_write: float | None = Field(None, ge=0, description="USD per million cache-write tokens "
+                                      "(default 1.25 × input)")
+    cache_read: float | None = Field(None, ge=0, description="USD per million cache-read tokens "
+                                     "(default 0.1 × input)")
+    batch_discount: float = Field(0.5, gt=0, le=1, description="price factor for Message Batches")
+
+    def usd(self, input_tokens: int, output_tokens: int, cache_write_tokens: int = 0,
+            cache_read_tokens: int = 0, batch: bool = False) -> float:
+        write = self.cache_write if self.cache_write is not None else 1.25 * self.input
+        read = self.cache_read if self.cache_read is not None else 0.1 * self.input
+        total = (input_tokens * self.input + output_tokens * self.output
+                 + cache_write_tokens * write + cache_read_tokens * read) / 1_000_000
+        return total * self.batch_discount if batch else total
 
 
 ComparatorSpec = str | dict[str, Any]
@@ -281,11 +294,15 @@ class Policy(_Strict):
                                            else family_limits(model))
             return found
 
-    def cost_usd(self, model: str, input_tokens: int | None, output_tokens: int | None) -> float | None:
+    def cost_usd(self, model: str, input_tokens: int | None, output_tokens: int | None,
+                 cache_write_tokens: int | None = 0, cache_read_tokens: int | None = 0,
+                 batch: bool = False) -> float | None:
+        """USD for one call's full usage (uncached input, output, cache writes and reads)."""
         price = self.pricing.get(model)
         if price is None or input_tokens is None or output_tokens is None:
             return None
-        return (input_tokens * price.input + output_tokens * price.output) / 1_000_000
+        return price.usd(input_tokens, output_tokens, cache_write_tokens or 0, cache_read_tokens or 0,
+                         batch)
 
 
 def _format(err: ValidationError) -> list[str]:

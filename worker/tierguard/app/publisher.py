@@ -24,7 +24,7 @@ from tierguard.broker import BATCH_TASK, make_celery
 from tierguard.config import Settings
 from tierguard.errors import ConfigError
 from tierguard.job import ShadowJob
-from tierguard.messages import message_text, usage_of
+from tierguard.messages import cache_tokens_of, message_text, usage_of
 from tierguard.sealing import Sealer, seal_job, sealer
 
 log = logging.getLogger(__name__)
@@ -49,9 +49,11 @@ def build_job(category: str, served: str, shadow: str, request: dict[str, Any], 
     clean = {k: v for k, v in request.items() if k not in _TRANSPORT_KEYS}
     clean = json.loads(json.dumps(clean, default=_jsonable))
     inp, out = usage_of(message)
+    write, read = cache_tokens_of(message)
     return ShadowJob(job_id=uuid.uuid4().hex, category=category, served_model=served,
                      shadow_model=shadow, request=clean, primary_text=message_text(message),
                      primary_input_tokens=inp, primary_output_tokens=out,
+                     primary_cache_write_tokens=write, primary_cache_read_tokens=read,
                      primary_latency_ms=round(latency_ms, 3), requested_at=requested_at.isoformat())
 
 

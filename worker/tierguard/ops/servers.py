@@ -167,14 +167,18 @@ class PostgresServer:
         if done.returncode != 0:
             raise RuntimeError(f"{args[0]} failed: {done.stderr.strip() or done.stdout.strip()}")
 
-    def start(self) -> PostgresServer:
+    def start(self, tcp: bool = True) -> PostgresServer:
+        """Start; ``tcp=False`` listens on the Unix socket in the data folder only (as the
+        postgres image's temporary init server does)."""
         if not (self.datadir / "PG_VERSION").exists():
             self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust",
                       "-E", "UTF8", "--no-sync")
+        listen = "127.0.0.1" if tcp else "''"
         self._run("pg_ctl", "-D", str(self.datadir), "-w", "-l", str(self.datadir / "server.log"),
-                  "-o", f"-p {self.port} -h 127.0.0.1 -k {self.datadir} -F "
+                  "-o", f"-p {self.port} -h {listen} -k {self.datadir} -F "
                         "-c max_connections=300", "start")
-        _wait_port(self.port, 15)
+        if tcp:
+            _wait_port(self.port, 15)
         return self
 
     def stop(self, mode: str = "fast") -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import anthropic
 
 from tierguard.errors import PermanentCallError, RetryableCallError, ShadowCallError
-from tierguard.messages import content_json_text, message_text, usage_of
+from tierguard.messages import cache_tokens_of, content_json_text, message_text, usage_of
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,8 @@ class Answer:
     input_tokens: int | None
     output_tokens: int | None
     latency_ms: float
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
 
 
 def _retry_after(err: anthropic.APIStatusError) -> float | None:
@@ -62,7 +64,7 @@ def call_model(client: anthropic.Anthropic, model: str, request: dict[str, Any])
         raise classify(err) from None
     latency = (time.perf_counter() - t0) * 1000
     inp, out = usage_of(message)
-    return Answer(message_text(message), inp, out, latency)
+    return Answer(message_text(message), inp, out, latency, *cache_tokens_of(message))
 
 
 async def call_json_async(client: anthropic.AsyncAnthropic, body: dict[str, Any]
@@ -92,7 +94,7 @@ async def call_model_async(client: anthropic.AsyncAnthropic, model: str,
     body, latency = await call_json_async(client, {**request, "model": model})
     usage = body.get("usage") or {}
     return Answer(content_json_text(body.get("content") or []), usage.get("input_tokens"),
-                  usage.get("output_tokens"), latency)
+                  usage.get("output_tokens"), latency, *cache_tokens_of(body))
 
 
 async def call_model_with_retries(client: anthropic.AsyncAnthropic, model: str,

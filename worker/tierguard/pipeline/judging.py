@@ -61,7 +61,10 @@ class JudgeCall:
                                                      reference_first))
                 u = body.get("usage") or {}
                 usage = JudgeUsage(model, usage.input_tokens + int(u.get("input_tokens") or 0),
-                                   usage.output_tokens + int(u.get("output_tokens") or 0))
+                                   usage.output_tokens + int(u.get("output_tokens") or 0),
+                                   usage.cache_write_tokens
+                                   + int(u.get("cache_creation_input_tokens") or 0),
+                                   usage.cache_read_tokens + int(u.get("cache_read_input_tokens") or 0))
                 readings.append(judge.read(body.get("content") or []))
         except (RetryableCallError, PermanentCallError, JudgeAnswerError) as err:
             return None, f"judge {model}: {err}", usage

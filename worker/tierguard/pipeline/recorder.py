@@ -74,7 +74,8 @@ def sample_values(policy: Policy, job: ShadowJob, answer: Answer | None, verdict
         primary_input_tokens=job.primary_input_tokens,
         primary_output_tokens=job.primary_output_tokens,
         primary_cost_usd=policy.cost_usd(job.served_model, job.primary_input_tokens,
-                                         job.primary_output_tokens),
+                                         job.primary_output_tokens, job.primary_cache_write_tokens,
+                                         job.primary_cache_read_tokens),
         request_hash=digest(job.request), primary_hash=digest(job.primary_text),
         request_excerpt=_excerpt(policy, _request_text(job.request)),
         primary_excerpt=_excerpt(policy, job.primary_text),
@@ -85,13 +86,15 @@ def sample_values(policy: Policy, job: ShadowJob, answer: Answer | None, verdict
             shadow_latency_ms=answer.latency_ms, shadow_input_tokens=answer.input_tokens,
             shadow_output_tokens=answer.output_tokens,
             shadow_cost_usd=policy.cost_usd(job.shadow_model, answer.input_tokens,
-                                            answer.output_tokens),
+                                            answer.output_tokens, answer.cache_write_tokens,
+                                            answer.cache_read_tokens),
             shadow_hash=digest(answer.text), shadow_excerpt=_excerpt(policy, answer.text))
     if judge is not None:
         values.update(judge_model=judge.model, judge_input_tokens=judge.input_tokens,
                       judge_output_tokens=judge.output_tokens,
                       judge_cost_usd=policy.cost_usd(judge.model, judge.input_tokens,
-                                                     judge.output_tokens))
+                                                     judge.output_tokens, judge.cache_write_tokens,
+                                                     judge.cache_read_tokens))
     return values
 
 
@@ -128,6 +131,8 @@ class JudgeUsage:
     model: str
     input_tokens: int
     output_tokens: int
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
 
 
 @dataclass(frozen=True)
