@@ -146,8 +146,10 @@ def filled_db(tmp_path_factory, postgres_server):
                                     messages=[{"role": "user", "content": "a very long answer"}]))
         wait_until(lambda: samples(url) == 311, 60, "311 samples (one skipped)")
         client.tierguard_close()  # flushes the production counters; beat would fold them
+        from tierguard.policy import load_policy
+
         fold(make_engine(url), redis.Redis.from_url(redis_server.url),
-             now=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=3))
+             now=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=3), policy=load_policy(policy))
     finally:
         worker.terminate()
         worker.wait(20)
@@ -284,3 +286,20 @@ def test_reader_role_runs_every_panel_and_writes_nothing(filled_db):
 def first_column(conn, table):
     return conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum = 1",
                         (table,)).fetchone()[0]
+
+
+def test_cost_panels_show_what_tierguard_costs_prints(filled_db):
+    from tierguard.ops.costs import costs
+    from tierguard.policy import load_policy
+
+    [(_, target)] = [(p, t) for p, t in targets() if p["title"] == "Cost in range (USD)"]
+    now = dt.datetime.now(dt.UTC)
+    sql = expand(target["rawSql"], now - dt.timedelta(hours=2), now + dt.timedelta(minutes=1), "1m",
+                 {"category": ["sentiment", "ticket-routing", "invoice-extraction"]})
+    _, [(production, shadow, savings)] = run_sql(filled_db, sql)
+    printed = costs(make_engine(filled_db), load_policy(RUN["policy"]), now - dt.timedelta(hours=2),
+                    now)["total"]
+    assert production > 0 and shadow > 0
+    assert float(production) == pytest.approx(printed["production_usd"], rel=1e-6)
+    assert float(shadow) == pytest.approx(printed["shadow_usd"], rel=1e-6)
+    assert float(savings or 0) == pytest.approx(printed["savings_usd"], rel=1e-6, abs=1e-9)

@@ -112,6 +112,13 @@ class Traffic(SQLModel, table=True):
     model: str = Field(primary_key=True)
     calls: int = 0
     guarded: int = 0  # sent to the reference because the routed model could not take them
+    # What the calls used, measured (every call, not the sampled ones), and its price.
+    input_tokens: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    output_tokens: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    cache_write_tokens: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    cache_read_tokens: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    cost_usd: float | None = None  # priced with the policy in force when folded
+    reference_cost_usd: float | None = None  # the same tokens at the category's reference's prices
 
 
 LATENCY_BUCKETS = 24  # bucket b holds latencies up to 8 ms · 2^(b/2); the last one everything above

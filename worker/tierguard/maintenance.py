@@ -55,7 +55,7 @@ def run(engine: Engine, r: redis_lib.Redis | None, policy: Policy, *, dry_run: b
     folded = 0
     if r is not None and not dry_run:
         try:
-            folded = traffic.fold(engine, r, now)
+            folded = traffic.fold(engine, r, now, policy)
         except redis_lib.RedisError as err:
             log.warning("cannot fold production counters: %s", err)
     keep = policy.retention

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from typing import Any
 
 import redis as redis_lib
 import sqlalchemy as sa
@@ -19,9 +20,34 @@ from sqlalchemy.engine import Engine
 from tierguard import keys
 from tierguard.db import Traffic, session, utcnow
 
-METRICS = ("calls", "guarded")
+TOKENS = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
+METRICS = ("calls", "guarded", *TOKENS)
+_USAGE = {"input_tokens": "input_tokens", "output_tokens": "output_tokens",
+          "cache_write_tokens": "cache_creation_input_tokens", "cache_read_tokens": "cache_read_input_tokens"}
 KEEP_SECONDS = 24 * 3600
 CLOSED_AFTER_MINUTES = 2  # flushes every few seconds land in the minute they are sent in
+
+
+def tokens_of(usage: Any) -> dict[str, int]:
+    """A Messages API ``usage`` (SDK object or JSON) as traffic metrics; junk counts as 0."""
+    get = usage.get if isinstance(usage, dict) else (lambda name: getattr(usage, name, None))
+    out = {}
+    for metric, name in _USAGE.items():
+        value = get(name)
+        out[metric] = value if isinstance(value, int) and value > 0 else 0
+    return out
+
+
+PRICES = ("cost_usd", "reference_cost_usd")
+
+
+def priced(policy: Any, category: str, model: str, counts: dict[str, int]) -> dict[str, float | None]:
+    """What a (category, model) row's tokens cost, and would have cost on the category's reference."""
+    if policy is None:
+        return dict.fromkeys(PRICES)
+    tokens = [counts[t] for t in TOKENS]
+    return {"cost_usd": policy.cost_usd(model, *tokens),
+            "reference_cost_usd": policy.cost_usd(policy.category(category).reference, *tokens)}
 
 
 def field(category: str, model: str, metric: str) -> str:
@@ -53,8 +79,11 @@ def calls_per_category(r: redis_lib.Redis, minutes: float, now: dt.datetime) -> 
     return dict(totals)
 
 
-def fold(engine: Engine, r: redis_lib.Redis, now: dt.datetime | None = None) -> int:
-    """Copy every closed minute since the last one folded into ``traffic``; rows written."""
+def fold(engine: Engine, r: redis_lib.Redis, now: dt.datetime | None = None,
+         policy: Any = None) -> int:
+    """Copy every closed minute since the last one folded into ``traffic``; rows written.
+
+    With ``policy`` each row is priced (``cost_usd``) from its tokens."""
     now = now or utcnow()
     last_open = int(now.timestamp() // 60) - CLOSED_AFTER_MINUTES
     with session(engine) as s:
@@ -78,7 +107,7 @@ def fold(engine: Engine, r: redis_lib.Redis, now: dt.datetime | None = None) -> 
                 rows.setdefault((category, at, model), dict.fromkeys(METRICS, 0))[metric] = n
     if not rows:
         return 0
-    values = [{"category": c, "minute": at, "model": model, **counts}
+    values = [{"category": c, "minute": at, "model": model, **counts, **priced(policy, c, model, counts)}
               for (c, at, model), counts in rows.items()]
     with session(engine) as s:
         if s.get_bind().dialect.name == "postgresql":
@@ -87,7 +116,7 @@ def fold(engine: Engine, r: redis_lib.Redis, now: dt.datetime | None = None) -> 
             from sqlalchemy.dialects.sqlite import insert
         stmt = insert(Traffic.__table__)
         stmt = stmt.on_conflict_do_update(index_elements=["category", "minute", "model"],
-                                          set_={m: stmt.excluded[m] for m in METRICS})
+                                          set_={m: stmt.excluded[m] for m in (*METRICS, *PRICES)})
         s.execute(stmt, values)
         s.commit()
     return len(values)

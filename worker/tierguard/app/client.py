@@ -34,15 +34,28 @@ class _Messages:
 
     def _after(self, cat: Any, kwargs: dict[str, Any], result: Any, started: float) -> None:
         core = self._core
-        if not core.sampled(cat, kwargs):
-            return
+        sampled = core.sampled(cat, kwargs)
         if not kwargs.get("stream"):
-            core.submit(cat, kwargs, result, started)
+            core.served(cat, kwargs, getattr(result, "usage", None))
+            if sampled:
+                core.submit(cat, kwargs, result, started)
+            return
+        if cat is None:
             return
         try:
-            watch_sdk_stream(result, lambda message: core.submit(cat, kwargs, message, started))
+            watch_sdk_stream(result, self._on_message(cat, kwargs, started, sampled),
+                             usage_only=not sampled)
         except Exception:
             core._failed("watching a stream")
+
+    def _on_message(self, cat: Any, kwargs: dict[str, Any], started: float, sampled: bool) -> Any:
+        core = self._core
+
+        def on_message(message: dict[str, Any]) -> None:
+            core.served(cat, kwargs, message.get("usage"))
+            if sampled:
+                core.submit(cat, kwargs, message, started)
+        return on_message
 
     def stream(self, *, category: str | None = None, **kwargs: Any) -> Any:
         if category is None:
@@ -51,10 +64,11 @@ class _Messages:
         cat, kwargs = core.route(category, kwargs)
         started = time.perf_counter()
         manager = self._messages.stream(**kwargs)
-        if core.sampled(cat, kwargs):
+        sampled = core.sampled(cat, kwargs)
+        if cat is not None:
             try:
-                if not watch_sdk_manager(manager, lambda message: core.submit(cat, kwargs, message,
-                                                                               started)):
+                if not watch_sdk_manager(manager, self._on_message(cat, kwargs, started, sampled),
+                                         usage_only=not sampled):
                     core.counts["stream_unwatched"] += 1
             except Exception:
                 core._failed("watching a stream")

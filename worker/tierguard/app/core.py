@@ -114,6 +114,15 @@ class Core:
             self._failed("sampling")
             return False
 
+    def served(self, cat: CategoryPolicy | None, request: dict[str, Any], usage: Any) -> None:
+        """Add a production answer's tokens to its category's counters (every call, measured)."""
+        if cat is None or usage is None:
+            return
+        try:
+            self.publisher.add_usage(cat.name, request.get("model", ""), usage)
+        except Exception:
+            self._failed("counting tokens")
+
     def submit(self, cat: CategoryPolicy, request: dict[str, Any], answer: Any, started: float) -> None:
         """Hand a sampled call (its request and the served answer) to the publisher."""
         try:

@@ -21,7 +21,7 @@ from typing import Any
 import httpx2
 
 from tierguard.app.core import Core
-from tierguard.app.stream import Assembler, SSEParser
+from tierguard.app.stream import Assembler, SSEParser, UsageOnly
 from tierguard.app.upstream import Upstream
 from tierguard.config import Settings, get_settings, mask_url, upstream_url
 
@@ -101,17 +101,20 @@ class Gateway:
         if cat is None:
             return await self._relay("POST", target, headers, body, receive, send)
         sampled = core.sampled(cat, routed)
-        if sampled:  # the answer is read on the side: ask for it uncompressed
-            headers = [h for h in headers if h[0] != b"accept-encoding"] + [(b"accept-encoding",
-                                                                               b"identity")]
+        # Every answer is read on the side (its usage: production's tokens, measured; the whole
+        # answer when sampled): ask for it uncompressed.
+        headers = [h for h in headers if h[0] != b"accept-encoding"] + [(b"accept-encoding",
+                                                                           b"identity")]
         started = time.perf_counter()
-        watch = _Watch(routed.get("stream") is True) if sampled else None
+        watch = _Watch(routed.get("stream") is True, usage_only=not sampled)
         done = await self._relay("POST", target, headers, json.dumps(routed).encode(), receive, send,
                                  watch)
-        if watch is not None and done and watch.status == 200:
+        if done and watch.status == 200:
             answer = watch.answer()
             if answer is not None:
-                core.submit(cat, routed, answer, started)
+                core.served(cat, routed, answer.get("usage"))
+                if sampled:
+                    core.submit(cat, routed, answer, started)
 
     async def _relay(self, method: str, target: str, headers: list, body: bytes, receive: Any,
                      send: Any, watch: _Watch | None = None) -> bool:
@@ -182,14 +185,14 @@ class Gateway:
 
 
 class _Watch:
-    """What the gateway keeps of a sampled response while relaying it."""
+    """What the gateway keeps of a response while relaying it (all of it when sampled, else the usage)."""
 
-    def __init__(self, stream: bool):
+    def __init__(self, stream: bool, usage_only: bool = False):
         self.status = 0
         self.stream = stream
         self.chunks: list[bytes] = []
         self.parser = SSEParser() if stream else None
-        self.assembler = Assembler() if stream else None
+        self.assembler = (UsageOnly() if usage_only else Assembler()) if stream else None
         self.message: dict | None = None
 
     def feed(self, chunk: bytes) -> None:

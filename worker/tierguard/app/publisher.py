@@ -9,6 +9,7 @@ the broker again after a short pause instead of queueing without bound.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 import logging
@@ -30,6 +31,7 @@ from tierguard.sealing import Sealer, seal_job, sealer
 log = logging.getLogger(__name__)
 
 TRAFFIC_FLUSH_SECONDS = 5.0
+MAX_UNSENT = 100_000  # (category, model, metric) sums held while Redis is down
 _UNSET = object()
 
 # Request keys that are transport options, not part of the model request.
@@ -68,7 +70,10 @@ class Publisher:
         self._down_until = 0.0
         self._last_warning = 0.0
         self._app = None
-        self.traffic: Counter[str] = Counter()
+        # Production calls and their tokens: the caller's thread only appends (atomic, no lock,
+        # no increment lost to a swap); the publisher's thread adds them up and writes Redis.
+        self._seen: collections.deque[tuple] = collections.deque()
+        self._unsent: Counter[tuple[str, str, str]] = Counter()  # kept while Redis is down
         self._traffic_flushed = time.monotonic()
         self._redis = None
         self._sealing: Any = _UNSET
@@ -113,15 +118,35 @@ class Publisher:
 
     def count(self, category: str, model: str, metric: str = "calls") -> None:
         """Count one production call (or a guarded one) of ``category`` served by ``model``."""
-        self.traffic[(category, model, metric)] += 1  # a tuple: cheaper than a string here
+        self._seen.append((category, model, metric))
+
+    def add_usage(self, category: str, model: str, usage: Any) -> None:
+        """Add a production answer's tokens (its ``usage``: SDK object or JSON) to ``category``."""
+        if usage is not None:
+            self._seen.append((category, model, usage))
+
+    def _drain(self) -> Counter[tuple[str, str, str]]:
+        counts = self._unsent
+        self._unsent = Counter()
+        seen = self._seen
+        for _ in range(len(seen)):
+            category, model, what = seen.popleft()
+            if isinstance(what, str):
+                counts[(category, model, what)] += 1
+                continue
+            for metric, value in traffic.tokens_of(what).items():
+                if value:
+                    counts[(category, model, metric)] += value
+        return counts
 
     def _flush_traffic(self) -> None:
         self._traffic_flushed = time.monotonic()
-        counts, self.traffic = self.traffic, Counter()
+        counts = self._drain()
         if not counts:
             return
         for (category, model, metric), n in counts.items():
-            (metrics.GUARDED if metric == "guarded" else metrics.CALLS).labels(category, model).inc(n)
+            if metric in ("calls", "guarded"):
+                (metrics.GUARDED if metric == "guarded" else metrics.CALLS).labels(category, model).inc(n)
         key = keys.TRAFFIC.format(minute=int(time.time() // 60))
         try:
             if self._redis is None:
@@ -135,7 +160,12 @@ class Publisher:
             pipe.expire(key, traffic.KEEP_SECONDS)
             pipe.execute()
         except Exception:
-            self.counts["traffic_reports_dropped"] += 1
+            # Kept for the next flush (a later minute): counted late rather than lost.
+            self.counts["traffic_reports_delayed"] += 1
+            if len(counts) <= MAX_UNSENT:
+                self._unsent.update(counts)
+            else:
+                self.counts["traffic_reports_dropped"] += 1
 
     def _run(self) -> None:
         while not self._stop.is_set():

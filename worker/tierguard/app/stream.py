@@ -107,12 +107,32 @@ class SSEParser:
                 yield event
 
 
-def watched(events: Iterator[Any], on_message: Callable[[dict[str, Any]], None]) -> Iterator[Any]:
+class UsageOnly(Assembler):
+    """An :class:`Assembler` that keeps only the usage (the message is ``{"usage": …}``): what an
+    unsampled stream needs for its tokens, at a few comparisons per event."""
+
+    def feed(self, event: Any) -> bool:
+        kind = _get(event, "type")
+        if kind == "message_delta":
+            self._usage(_get(event, "usage"))
+        elif kind == "message_start":
+            self._usage(_get(_get(event, "message"), "usage"))
+        elif kind == "message_stop" and not self.done:
+            self.done = True
+            return True
+        return False
+
+    def message(self) -> dict[str, Any]:
+        return {"usage": dict(self.usage)}
+
+
+def watched(events: Iterator[Any], on_message: Callable[[dict[str, Any]], None],
+            assembler: Assembler | None = None) -> Iterator[Any]:
     """Yield ``events`` unchanged; at ``message_stop`` hand the assembled message to ``on_message``.
 
     A stream the caller abandons before ``message_stop`` hands nothing over.
     """
-    assembler = Assembler()
+    assembler = assembler or Assembler()
     for event in events:
         try:
             if assembler.feed(event):
@@ -122,9 +142,10 @@ def watched(events: Iterator[Any], on_message: Callable[[dict[str, Any]], None])
         yield event
 
 
-async def awatched(events: Any, on_message: Callable[[dict[str, Any]], None]) -> Any:
+async def awatched(events: Any, on_message: Callable[[dict[str, Any]], None],
+                   assembler: Assembler | None = None) -> Any:
     """:func:`watched` for an async iterator."""
-    assembler = Assembler()
+    assembler = assembler or Assembler()
     async for event in events:
         try:
             if assembler.feed(event):
@@ -142,15 +163,17 @@ class _Ignore(Assembler):
 _MANAGER_REQUEST = ("_MessageStreamManager__api_request", "_AsyncMessageStreamManager__api_request")
 
 
-def watch_sdk_stream(stream: Any, on_message: Callable[[dict[str, Any]], None]) -> Any:
+def watch_sdk_stream(stream: Any, on_message: Callable[[dict[str, Any]], None],
+                     usage_only: bool = False) -> Any:
     """Watch the events of the SDK's own ``Stream``/``AsyncStream`` as the caller reads them."""
     inner = stream._iterator  # the SDK's cached generator over the parsed events
     wrap = awatched if hasattr(inner, "__anext__") else watched
-    stream.__dict__["_iterator"] = wrap(inner, on_message)
+    stream.__dict__["_iterator"] = wrap(inner, on_message, UsageOnly() if usage_only else Assembler())
     return stream
 
 
-def watch_sdk_manager(manager: Any, on_message: Callable[[dict[str, Any]], None]) -> bool:
+def watch_sdk_manager(manager: Any, on_message: Callable[[dict[str, Any]], None],
+                      usage_only: bool = False) -> bool:
     """Watch the stream a ``messages.stream(...)`` manager opens; False if this SDK hides it."""
     name = next((n for n in _MANAGER_REQUEST if hasattr(manager, n)), None)
     if name is None:
@@ -158,12 +181,12 @@ def watch_sdk_manager(manager: Any, on_message: Callable[[dict[str, Any]], None]
     request = getattr(manager, name)
     if name.startswith("_Async"):  # an awaitable, awaited once at ``__aenter__``
         async def opened_async() -> Any:
-            return watch_sdk_stream(await request, on_message)
+            return watch_sdk_stream(await request, on_message, usage_only)
 
         setattr(manager, name, opened_async())
     else:
         def opened() -> Any:
-            return watch_sdk_stream(request(), on_message)
+            return watch_sdk_stream(request(), on_message, usage_only)
 
         setattr(manager, name, opened)
     return True

@@ -33,8 +33,8 @@ def report(since: str = typer.Option("24h", help="period: 90m, 24h, 7d…"),
     """A PNG: agreement over time with thresholds and flips, current routes, spend vs savings."""
     from tierguard.ops.report import gather, parse_since, render, summary
 
-    _, _, engine = env()
-    data = gather(engine, parse_since(since))
+    _, policy, engine = env()
+    data = gather(engine, parse_since(since), policy)
     render(data, out)
     result = summary(data, out)
     if as_json:

@@ -34,7 +34,9 @@ def _epoch(engine: Engine, column: Any) -> Any:
     return sa.extract("epoch", column)
 
 
-def gather(engine: Engine, since: dt.timedelta) -> dict[str, Any]:
+def gather(engine: Engine, since: dt.timedelta, policy: Any = None) -> dict[str, Any]:
+    """The report's data. With ``policy``, spend and savings are the measured ones (``tierguard
+    costs``) wherever production's tokens were counted; else estimated from the samples."""
     end = utcnow()
     start = end - since
     width = max(1.0, since.total_seconds() / BUCKETS)
@@ -69,6 +71,12 @@ def gather(engine: Engine, since: dt.timedelta) -> dict[str, Any]:
         entry["shadow"] += shadow_cost or 0.0
         if cat and served == cat.candidate and rate and shadow_cost and primary_cost:
             entry["savings"] += (shadow_cost - primary_cost) / rate
+    if policy is not None:
+        from tierguard.ops.costs import costs as measured
+
+        for name, c in measured(engine, policy, start, end)["categories"].items():
+            if c["production_usd"] > 0:
+                spend[name] = {"shadow": c["shadow_usd"], "savings": c["savings_usd"]}
     return {"start": start, "end": end, "series": series, "categories": cats,
             "changes": changes, "spend": spend}
 

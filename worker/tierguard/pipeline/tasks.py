@@ -152,7 +152,7 @@ def monitor(task: Task) -> int:
     """The periodic checks; new events are delivered right away."""
     ctx = context_for(task.app)
     try:
-        traffic.fold(ctx.engine, ctx.redis)
+        traffic.fold(ctx.engine, ctx.redis, policy=ctx.policy)
     except (redis_lib.RedisError, sa.exc.OperationalError) as err:
         log.warning("cannot fold production traffic counters yet: %s", err)
     events = check(ctx.engine, ctx.redis, ctx.policy, task.app.tierguard_settings.queue)

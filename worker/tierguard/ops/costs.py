@@ -1,0 +1,81 @@
+"""``tierguard costs``: what production and watching cost, measured, and what the candidate saves.
+
+Production spend is the tokens the wrappers and gateways counted on every call
+(``traffic``, folded per minute by beat), priced with the policy's prices cache
+tokens included; nothing is extrapolated from samples. Shadow spend is what the
+recorded shadow, noise-floor and judge calls cost (``sample``). The saving is what
+the calls served by each category's candidate would have cost on its reference,
+minus what they cost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tierguard.db import Sample, Traffic, session
+from tierguard.policy import Policy
+from tierguard.traffic import TOKENS
+
+KEYS = ("production_usd", "shadow_usd", "watching_share", "savings_usd")
+SHADOW_KINDS = ("shadow", "noise")
+
+
+def _empty() -> dict[str, float]:
+    return {"production_usd": 0.0, "shadow_usd": 0.0, "sync_usd": 0.0, "noise_usd": 0.0,
+            "judge_usd": 0.0, "savings_usd": 0.0, "calls": 0, "calls_without_usage": 0}
+
+
+def costs(engine: Engine, policy: Policy, since: dt.datetime, now: dt.datetime) -> dict[str, Any]:
+    cats: dict[str, dict[str, float]] = {}
+    with session(engine) as s:
+        traffic = s.execute(
+            sa.select(Traffic.category, Traffic.model, sa.func.sum(Traffic.calls),
+                      *[sa.func.sum(getattr(Traffic, t)) for t in TOKENS])
+            .where(Traffic.minute >= since).group_by(Traffic.category, Traffic.model)).all()
+        no_usage = dict(s.execute(
+            sa.select(Traffic.category, sa.func.sum(Traffic.calls))
+            .where(Traffic.minute >= since, Traffic.input_tokens == 0, Traffic.output_tokens == 0)
+            .group_by(Traffic.category)).all())
+        shadow = s.execute(
+            sa.select(Sample.category, Sample.kind,
+                      sa.func.sum(sa.func.coalesce(Sample.shadow_cost_usd, 0)),
+                      sa.func.sum(sa.func.coalesce(Sample.judge_cost_usd, 0)))
+            .where(Sample.created_at >= since, Sample.kind.in_(SHADOW_KINDS))
+            .group_by(Sample.category, Sample.kind)).all()
+    for name, model, calls, *tokens in traffic:
+        entry = cats.setdefault(name, _empty())
+        tokens = [int(t or 0) for t in tokens]
+        spent = policy.cost_usd(model, *tokens) or 0.0
+        entry["production_usd"] += spent
+        entry["calls"] += int(calls or 0)
+        cat = policy.category(name)
+        if model == cat.candidate and model != cat.reference:
+            entry["savings_usd"] += (policy.cost_usd(cat.reference, *tokens) or 0.0) - spent
+    for name, calls in no_usage.items():
+        cats.setdefault(name, _empty())["calls_without_usage"] = int(calls or 0)
+    for name, kind, shadow_usd, judge_usd in shadow:
+        entry = cats.setdefault(name, _empty())
+        entry["sync_usd" if kind == "shadow" else "noise_usd"] += float(shadow_usd or 0)
+        entry["judge_usd"] += float(judge_usd or 0)
+        entry["shadow_usd"] += float(shadow_usd or 0) + float(judge_usd or 0)
+    days = max((now - since).total_seconds() / 86400, 1 / 1440)
+    total = _empty()
+    for entry in cats.values():
+        for key in total:
+            total[key] += entry[key]
+    out = {name: _finish(entry, days) for name, entry in sorted(cats.items())}
+    return {"since": since.isoformat(), "days": round(days, 3), "categories": out,
+            "total": _finish(total, days)}
+
+
+def _finish(entry: dict[str, float], days: float) -> dict[str, Any]:
+    production = entry["production_usd"]
+    done: dict[str, Any] = {k: round(v, 9) if isinstance(v, float) else v for k, v in entry.items()}
+    done["watching_share"] = round(entry["shadow_usd"] / production, 4) if production else None
+    done["projection_30d"] = {k: round(entry[k] * 30 / days, 2)
+                              for k in ("production_usd", "shadow_usd", "savings_usd")}
+    return done
