@@ -5,3 +5,6 @@ ROUTES = "tierguard:routes"
 
 TRAFFIC = "tierguard:traffic:{minute}"
 """Hash per epoch minute: category -> production calls the wrappers counted (kept 3 h)."""
+
+RATES = "tierguard:rates"
+"""Hash: category -> ``rate|reason``, the adaptive sample rates beat chose (only adaptive categories)."""

@@ -50,6 +50,10 @@ SHADOW_CALL = Histogram("tierguard_shadow_call_seconds", "Shadow model calls", [
                         buckets=LATENCY_BUCKETS)
 
 
+SAMPLE_RATE = Gauge("tierguard_sample_rate", "The adaptive sample rate beat chose per category",
+                    ["category"], multiprocess_mode="mostrecent")
+
+
 def safely(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:

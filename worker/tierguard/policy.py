@@ -24,6 +24,7 @@ from pydantic import (
 
 from tierguard import compare as comparators
 from tierguard.engine.detector import Engine, EngineConfig
+from tierguard.engine.sampling import SamplingConfig
 from tierguard.errors import ConfigError
 from tierguard.limits import family_limits
 from tierguard.policy_alerts import EVENT_KINDS, SEVERITIES, Alerting, Channel, Severity
@@ -99,9 +100,14 @@ class _Tunables(_Strict):
     mode: Literal["enforce", "observe"] | None = None
     noise_floor_rate: float | None = None
     start_on: Literal["candidate", "reference"] | None = None
+    # sampling: fixed keeps sample_rate; adaptive chooses between the two bounds (engine/sampling.py).
+    sampling: Literal["fixed", "adaptive"] | None = None
+    sample_rate_min: float | None = None
+    sample_rate_max: float | None = None
+    shadow_budget_usd_per_day: float | None = Field(None, ge=0)
 
     _unit_fields = field_validator("sample_rate", "threshold", "healthy", "promote_threshold",
-                                   "noise_floor_rate")(_unit)
+                                   "noise_floor_rate", "sample_rate_min", "sample_rate_max")(_unit)
 
     @field_validator("false_flip_rate")
     @classmethod
@@ -135,6 +141,9 @@ class Defaults(_Tunables):
     mode: Literal["enforce", "observe"] = "enforce"
     noise_floor_rate: float = 0.0
     start_on: Literal["candidate", "reference"] = "candidate"
+    sampling: Literal["fixed", "adaptive"] = "fixed"
+    sample_rate_min: float = 0.01
+    sample_rate_max: float = 0.10
 
 
 class CategoryOverrides(_Tunables):
@@ -178,6 +187,17 @@ class CategoryPolicy(_Strict):
     mode: Literal["enforce", "observe"]
     noise_floor_rate: float
     start_on: Literal["candidate", "reference"]
+    sampling: Literal["fixed", "adaptive"]
+    sample_rate_min: float
+    sample_rate_max: float
+    shadow_budget_usd_per_day: float | None
+
+    @property
+    def sampling_config(self) -> SamplingConfig:
+        return SamplingConfig(mode=self.sampling, fixed_rate=self.sample_rate,
+                              rate_min=self.sample_rate_min, rate_max=self.sample_rate_max,
+                              min_samples=self.min_samples, settle_s=max(self.cooldown_minutes, 60) * 60,
+                              budget_usd_per_day=self.shadow_budget_usd_per_day)
 
     @cached_property
     def compare(self) -> comparators.Comparator:
@@ -226,6 +246,8 @@ class Policy(_Strict):
     # or served as sent, unrouted and unshadowed.
     unknown_categories: Literal["track", "pass_through"] = "track"
     max_categories: int = Field(500, ge=1, le=100_000)
+    # Adaptive categories' shadow spend together stays under this (optional; see engine/sampling.py).
+    shadow_budget_usd_per_day: float | None = Field(None, ge=0)
     _resolved: dict[str, CategoryPolicy] = PrivateAttr(default_factory=dict)
     _limits: dict[str, tuple[int, int] | None] = PrivateAttr(default_factory=dict)
 
@@ -252,6 +274,9 @@ class Policy(_Strict):
                 problems.append(f"{where}.healthy: must be above threshold ({c.threshold})")
             if c.promote_threshold < c.threshold:
                 problems.append(f"{where}.promote_threshold: must be at least threshold ({c.threshold})")
+            if c.sample_rate_min > c.sample_rate_max:
+                problems.append(f"{where}.sample_rate_min: must not exceed sample_rate_max "
+                                f"({c.sample_rate_max})")
         if problems:
             raise ValueError("\n".join(problems))
         for name, cat in self.categories.items():

@@ -24,6 +24,7 @@ from tierguard import keys
 from tierguard.db import Category, RouteChange, insert_new, session, utcnow
 from tierguard.errors import RouteConflict
 from tierguard.policy import CategoryPolicy, Policy
+from tierguard.rates import parse_rates
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ class RouteTable:
         self._redis: redis_lib.Redis | None = None
         self.ttl = ttl
         self.routes: dict[str, str] = {}
+        self.rates: dict[str, float] = {}  # adaptive sample rates (tierguard.rates)
         self.failures = 0
         self._read_once = False
         self._stop = threading.Event()
@@ -184,7 +186,11 @@ class RouteTable:
         try:
             if self._redis is None:
                 self._redis = self._redis_factory()
-            raw = self._redis.hgetall(REDIS_KEY)
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hgetall(REDIS_KEY)
+            pipe.hgetall(keys.RATES)
+            raw, raw_rates = pipe.execute()
+            self.rates = parse_rates(raw_rates)
             if raw:
                 routes = {k.decode(): v.decode().rsplit("|", 1)[0] for k, v in raw.items()}
         except redis_lib.RedisError:

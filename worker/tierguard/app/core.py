@@ -109,7 +109,10 @@ class Core:
             return False
         try:
             self.publisher.count(cat.name, request.get("model", ""))
-            return random.random() < cat.sample_rate
+            rate = cat.sample_rate
+            if cat.sampling == "adaptive":  # the rate beat chose, with the routes; else the policy's
+                rate = self.routes.rates.get(cat.name, cat.sample_rate_max)
+            return random.random() < rate
         except Exception:
             self._failed("sampling")
             return False

@@ -47,6 +47,9 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
         names = sorted(set(rows) | set(policy.categories) | set(counts))
         noise = {name: self_agreement(s, name) for name in names}
     guarded = traffic_totals(engine, utcnow() - dt.timedelta(days=STATUS_DAYS))
+    from tierguard.rates import choose_all
+
+    chosen = choose_all(engine, policy)  # what beat publishes for adaptive categories
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         cat = policy.category(name)
@@ -69,7 +72,9 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
             "agreement": state.get("ewma"),
             "threshold": cat.threshold,
             "mode": cat.mode,
-            "sample_rate": cat.sample_rate,
+            "sampling": cat.sampling,
+            "sample_rate": chosen[name].rate if name in chosen else cat.sample_rate,
+            "sample_rate_reason": chosen[name].reason if name in chosen else "fixed sample_rate",
             "pinned": bool(row and row.pinned),
             "pin_reason": row.pin_reason if row else None,
             "pinned_until": row.pinned_until.isoformat() if row and row.pinned_until else None,

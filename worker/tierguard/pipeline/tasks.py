@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from tierguard import maintenance, traffic
+from tierguard import maintenance, rates, traffic
 from tierguard.alerts.events import for_invalid_policy
 from tierguard.alerts.monitors import check
 from tierguard.alerts.outbox import deliver_due
@@ -155,6 +155,10 @@ def monitor(task: Task) -> int:
         traffic.fold(ctx.engine, ctx.redis, policy=ctx.policy)
     except (redis_lib.RedisError, sa.exc.OperationalError) as err:
         log.warning("cannot fold production traffic counters yet: %s", err)
+    try:
+        rates.refresh(ctx.engine, ctx.redis, ctx.policy)
+    except (redis_lib.RedisError, sa.exc.OperationalError) as err:
+        log.warning("cannot publish the adaptive sample rates yet: %s", err)
     events = check(ctx.engine, ctx.redis, ctx.policy, task.app.tierguard_settings.queue)
     if events:
         deliver_due(ctx.engine, ctx.policy)
