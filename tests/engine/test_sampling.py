@@ -56,3 +56,16 @@ def test_the_budget_caps_the_rate():
     calm = choose(budgeted, Evidence(0.0, 500, None, calls_per_day=100_000, cost_per_sample_usd=0.002))
     assert calm.rate == 0.01  # under the cap: untouched
     assert choose(budgeted, Evidence(0.8, 500, None)).rate == 0.10  # no volume yet: no cap
+
+
+def test_bench_watching_runs_the_real_engine_and_reports_every_setup():
+    from tierguard.ops.bench_watching import watching_figures
+
+    fig = watching_figures(seed=3, months=1)
+    assert set(fig["setups"]) == {"fixed_sync", "fixed_batch", "adaptive_batch"}
+    fixed, batch = fig["setups"]["fixed_sync"], fig["setups"]["fixed_batch"]
+    assert batch["watching_share"] == pytest.approx(fixed["watching_share"] / 2, rel=0.05)  # discount
+    for s in fig["setups"].values():
+        assert set(s) >= {"watching_share", "detection_hours", "false_flips"}
+        assert set(s["detection_hours"]) == {"median", "max"}
+    assert fig["setups"]["adaptive_batch"]["watching_share"] < fixed["watching_share"] / 3

@@ -148,3 +148,29 @@ def bench_dashboards(rows: int = typer.Option(5_000_000, min=50_000, help="sampl
     console.print(f"slowest {fig['max_ms']} ms ({fig['slowest']}; goal ≤ {fig['goal_ms']}); at "
                   f"{fig['rows_small']:,} rows that query took {fig['max_ms_small']} ms at most: growth "
                   f"{fig['growth_ratio']} (goal ≤ {fig['goal_growth_ratio']})")
+
+
+@bench_app.command("watching")
+def bench_watching(seed: int = 7, months: int = typer.Option(5, min=1, help="simulated months, pooled"),
+                   as_json: bool = JsonOpt) -> None:
+    """A simulated month for 20 categories: what watching costs and how fast drifts are caught."""
+    from tierguard.ops.bench_watching import watching_figures
+
+    with console.status("simulating a month…") if not as_json else nothing():
+        fig = watching_figures(seed, months)
+    if as_json:
+        emit(fig)
+        return
+    table = Table(title=f"{fig['months']} simulated months, {fig['categories']} categories, "
+                        f"3 drifts each")
+    for col in ("set-up", "watching / production spend", "detection median / max (h)", "detected",
+                "false flips"):
+        table.add_column(col)
+    for name, s in fig["setups"].items():
+        d = s["detection_hours"]
+        table.add_row(name, f"{s['watching_share']:.1%}", f"{d['median']} / {d['max']}", s["detected"],
+                      str(s["false_flips"]))
+    console.print(table)
+    console.print(f"adaptive_batch's median delay is {fig['adaptive_delay_ratio']}× fixed_sync's "
+                  f"(goal ≤ {fig['goals']['delay_ratio']}); goal watching share ≤ "
+                  f"{fig['goals']['watching_share']:.0%}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-WARNING = 0.5          # share of the flip threshold above which a drift is suspected
+WARNING = 0.1          # share of the flip threshold above which a drift is suspected (bench watching)
 EVIDENCE_FACTOR = 2    # samples since the last restart, in min_samples, before relaxing
 
 
