@@ -62,7 +62,7 @@ def test_bench_watching_runs_the_real_engine_and_reports_every_setup():
     from tierguard.ops.bench_watching import watching_figures
 
     fig = watching_figures(seed=3, months=1)
-    assert set(fig["setups"]) == {"fixed_sync", "fixed_batch", "adaptive_batch"}
+    assert set(fig["setups"]) == {"fixed_sync", "fixed_batch", "adaptive_batch", "adaptive_sync"}
     fixed, batch = fig["setups"]["fixed_sync"], fig["setups"]["fixed_batch"]
     assert batch["watching_share"] == pytest.approx(fixed["watching_share"] / 2, rel=0.05)  # discount
     for s in fig["setups"].values():

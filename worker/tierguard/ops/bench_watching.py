@@ -11,7 +11,8 @@ on the simulated outcomes, hour by hour, for three set-ups:
 - ``fixed_sync``: 5 % of calls, shadowed at once, full price;
 - ``fixed_batch``: 5 %, through Message Batches (the batch discount; results an
   hour later: up to 10 minutes gathering plus the batch's processing);
-- ``adaptive_batch``: adaptive rates (1 %–10 %), through batches.
+- ``adaptive_batch``: adaptive rates (1 %–10 %), through batches;
+- ``adaptive_sync``: adaptive rates, shadowed at once (what tierguard runs today).
 
 A detection's delay runs from the drift's start (for the gradual one, from when
 its agreement crosses the 0.90 threshold) to the flip, batch delay included.
@@ -39,7 +40,8 @@ BATCH_DELAY_H = 1.0
 DRIFTS = {2: ("sharp", 9.5, 0.85), 6: ("sharp", 17.25, 0.85), 4: ("gradual", 11.0, 0.88)}
 GRADUAL_DAYS = 4.0
 SETUPS = {"fixed_sync": ("fixed", False), "fixed_batch": ("fixed", True),
-          "adaptive_batch": ("adaptive", True)}
+          "adaptive_batch": ("adaptive", True),
+          "adaptive_sync": ("adaptive", False)}  # what tierguard runs today (no batch shadows yet)
 GOAL_SHARE, GOAL_DELAY_RATIO = 0.05, 1.5
 
 
