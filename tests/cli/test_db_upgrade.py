@@ -64,6 +64,9 @@ def test_create_reader(tmp_path, postgres_url):
     with psycopg.connect(reader) as conn:
         assert conn.execute("SELECT count(*) FROM category").fetchone() == (0,)
         assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+    with psycopg.connect(postgres_url) as conn:  # a SCRAM verifier was sent, not the password
+        [(stored,)] = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'tierguard_reader'")
+        assert stored.startswith("SCRAM-SHA-256$") and "r3ad" not in stored
     missing = {k: v for k, v in env.items() if k != "TIERGUARD_READER_PASSWORD"}
     done = tg("db", "upgrade", "--create-reader", env=missing, cwd=tmp_path, check=False)
     assert done.returncode == 2 and "TIERGUARD_READER_PASSWORD is not set" in done.stderr

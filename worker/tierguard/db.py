@@ -104,6 +104,10 @@ class RouteChange(SQLModel, table=True):
     created_at: dt.datetime = _ts(index=True)
 
 
+def _tokens() -> Any:
+    return Field(default=0, sa_type=sa.BigInteger, sa_column_kwargs={"server_default": "0"})
+
+
 class Traffic(SQLModel, table=True):
     """Production calls per category, served model and minute, folded from Redis by beat."""
 
@@ -113,10 +117,10 @@ class Traffic(SQLModel, table=True):
     calls: int = 0
     guarded: int = 0  # sent to the reference because the routed model could not take them
     # What the calls used, measured (every call, not the sampled ones), and its price.
-    input_tokens: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
-    output_tokens: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
-    cache_write_tokens: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
-    cache_read_tokens: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    input_tokens: int = _tokens()
+    output_tokens: int = _tokens()
+    cache_write_tokens: int = _tokens()
+    cache_read_tokens: int = _tokens()
     cost_usd: float | None = None  # priced with the policy in force when folded
     reference_cost_usd: float | None = None  # the same tokens at the category's reference's prices
 
@@ -202,7 +206,11 @@ def execute_many(session: Session, name: str, stmt: Any, rows: list[dict[str, An
         cached = _COMPILED[(name, keys)] = (str(compiled), {k: f for k, f in procs.items() if f})
     sql, procs = cached
     params = [{k: (procs[k](v) if k in procs else v) for k, v in row.items()} for row in rows]
-    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    import psycopg
+
+    connection = session.connection()
+    raw = connection.connection.dbapi_connection
+    cursor = raw.cursor()  # type: ignore[union-attr]
     try:
         cursor.executemany(sql, params, returning=returning)
         out = []
@@ -211,8 +219,17 @@ def execute_many(session: Session, name: str, stmt: Any, rows: list[dict[str, An
             if not cursor.nextset():
                 break
         return out
+    except psycopg.Error as err:
+        # As SQLAlchemy would raise it (OperationalError for an outage: retried by the callers),
+        # and a dead connection is not handed out again.
+        gone = dialect.is_disconnect(err, raw, cursor)
+        if gone:
+            connection.invalidate(err)
+        raise sa.exc.DBAPIError.instance(sql, None, err, psycopg.Error,
+                                         connection_invalidated=gone) from err
     finally:
-        cursor.close()
+        if not cursor.closed:
+            cursor.close()
 
 
 def insert_new(session: Session, table: Any, values: dict[str, Any]) -> Any:
@@ -320,13 +337,13 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     if engine.dialect.name != "postgresql":
         command.upgrade(_alembic_config(engine), revision)
         return
-    with engine.connect() as lock:
+    # Session-level lock on an autocommit connection: no transaction left idle meanwhile.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock:
         lock.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": UPGRADE_LOCK})
         try:
             command.upgrade(_alembic_config(engine), revision)
         finally:
             lock.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": UPGRADE_LOCK})
-            lock.commit()
 
 
 def head_revision() -> str:

@@ -56,7 +56,7 @@ def run(engine: Engine, r: redis_lib.Redis | None, policy: Policy, *, dry_run: b
     if r is not None and not dry_run:
         try:
             folded = traffic.fold(engine, r, now, policy)
-        except redis_lib.RedisError as err:
+        except Exception as err:  # partitions and retention still run
             log.warning("cannot fold production counters: %s", err)
     keep = policy.retention
     samples_cut = now - dt.timedelta(days=keep.samples_days)

@@ -16,7 +16,6 @@ default partition. SQLite has no partitions: :mod:`tierguard.maintenance` delete
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 from typing import Any
 
@@ -105,9 +104,9 @@ def ensure_days(conn: Connection, wanted: set[dt.date]) -> list[str]:
 
 
 def window(now: dt.datetime, samples_days: float) -> set[dt.date]:
-    today = day_of(now)
-    back = math.ceil(samples_days)
-    return {today + dt.timedelta(days=k) for k in range(-back, AHEAD_DAYS + 1)}
+    """The days from the one holding the retention cutoff to ``AHEAD_DAYS`` ahead."""
+    today, first = day_of(now), day_of(now - dt.timedelta(days=samples_days))
+    return {first + dt.timedelta(days=k) for k in range((today - first).days + AHEAD_DAYS + 1)}
 
 
 def ensure(engine: Engine, now: dt.datetime, samples_days: float) -> list[str]:

@@ -25,14 +25,27 @@ def create_reader(engine: Engine, password: str) -> list[str]:
         raise ConfigError(["--create-reader needs PostgreSQL (SQLite has no roles)"])
     if not password:
         raise ConfigError(["TIERGUARD_READER_PASSWORD is not set: the reader role needs a password"])
+    try:
+        return _grant(engine, password)
+    except sa.exc.DBAPIError as err:  # the statement (a password verifier) is not shown
+        reason = str(err.orig).strip().splitlines()[0] if err.orig else type(err).__name__
+        raise ConfigError([f"cannot create the role {READER}: {reason} (the database user needs "
+                           "CREATEROLE, or create it once as an administrator)"]) from None
+
+
+def _grant(engine: Engine, password: str) -> list[str]:
     with engine.begin() as conn:
-        literal = conn.execute(sa.text("SELECT quote_literal(:p)"), {"p": password}).scalar_one()
+        # A SCRAM verifier made here, so the password itself never reaches the server's logs.
+        raw = conn.connection.dbapi_connection
+        verifier = raw.pgconn.encrypt_password(password.encode(), READER.encode(), b"scram-sha-256")
+        literal = conn.execute(sa.text("SELECT quote_literal(:p)"),
+                               {"p": verifier.decode()}).scalar_one()
         database = conn.execute(sa.text("SELECT quote_ident(current_database())")).scalar_one()
         exists = conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"),
                               {"r": READER}).scalar()
         verb = "ALTER" if exists else "CREATE"
-        conn.execute(sa.text(f"{verb} ROLE {READER} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-                             f"NOREPLICATION PASSWORD {literal}"))
+        conn.exec_driver_sql(f"{verb} ROLE {READER} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                             f"NOREPLICATION PASSWORD {literal}")  # no bind syntax in a verifier
         conn.execute(sa.text(f"ALTER ROLE {READER} SET default_transaction_read_only = on"))
         conn.execute(sa.text(f"ALTER ROLE {READER} SET statement_timeout = '{STATEMENT_TIMEOUT}'"))
         conn.execute(sa.text(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {READER}"))

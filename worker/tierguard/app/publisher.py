@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 TRAFFIC_FLUSH_SECONDS = 5.0
 MAX_UNSENT = 100_000  # (category, model, metric) sums held while Redis is down
+MAX_SEEN = 1_000_000  # production calls and usages waiting for the publisher's thread
 _UNSET = object()
 
 # Request keys that are transport options, not part of the model request.
@@ -72,7 +73,9 @@ class Publisher:
         self._app = None
         # Production calls and their tokens: the caller's thread only appends (atomic, no lock,
         # no increment lost to a swap); the publisher's thread adds them up and writes Redis.
-        self._seen: collections.deque[tuple] = collections.deque()
+        # Bounded: with no thread draining it (a fork after start) it must not grow without end.
+        self._seen: collections.deque[tuple] = collections.deque(maxlen=MAX_SEEN)
+        self._flush_lock = threading.Lock()
         self._unsent: Counter[tuple[str, str, str]] = Counter()  # kept while Redis is down
         self._traffic_flushed = time.monotonic()
         self._redis = None
@@ -126,11 +129,14 @@ class Publisher:
             self._seen.append((category, model, usage))
 
     def _drain(self) -> Counter[tuple[str, str, str]]:
-        counts = self._unsent
-        self._unsent = Counter()
+        """What was seen since the last drain (the caller's threads only append)."""
+        counts: Counter[tuple[str, str, str]] = Counter()
         seen = self._seen
         for _ in range(len(seen)):
-            category, model, what = seen.popleft()
+            try:
+                category, model, what = seen.popleft()
+            except IndexError:
+                break
             if isinstance(what, str):
                 counts[(category, model, what)] += 1
                 continue
@@ -140,13 +146,18 @@ class Publisher:
         return counts
 
     def _flush_traffic(self) -> None:
+        with self._flush_lock:  # the publisher's thread and close() may both flush
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         self._traffic_flushed = time.monotonic()
-        counts = self._drain()
-        if not counts:
-            return
-        for (category, model, metric), n in counts.items():
+        fresh = self._drain()
+        for (category, model, metric), n in fresh.items():  # Prometheus: each call once
             if metric in ("calls", "guarded"):
                 (metrics.GUARDED if metric == "guarded" else metrics.CALLS).labels(category, model).inc(n)
+        counts, self._unsent = self._unsent + fresh, Counter()
+        if not counts:
+            return
         key = keys.TRAFFIC.format(minute=int(time.time() // 60))
         try:
             if self._redis is None:
@@ -154,7 +165,7 @@ class Publisher:
 
                 self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1,
                                                    socket_connect_timeout=1)
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self._redis.pipeline(transaction=True)  # all or nothing: a retry never doubles
             for (category, model, metric), n in counts.items():
                 pipe.hincrby(key, traffic.field(category, model, metric), n)
             pipe.expire(key, traffic.KEEP_SECONDS)
@@ -170,7 +181,11 @@ class Publisher:
     def _run(self) -> None:
         while not self._stop.is_set():
             if time.monotonic() - self._traffic_flushed > TRAFFIC_FLUSH_SECONDS:
-                self._flush_traffic()
+                try:
+                    self._flush_traffic()
+                except Exception:  # never the end of the thread that publishes shadow jobs
+                    self.counts["traffic_reports_dropped"] += 1
+                    log.exception("tierguard: counting production traffic failed")
             try:
                 items = [self.queue.get(timeout=0.2)]
             except queue.Empty:

@@ -1,8 +1,9 @@
 """``tierguard costs``: what production and watching cost, measured, and what the candidate saves.
 
 Production spend is the tokens the wrappers and gateways counted on every call
-(``traffic``, folded per minute by beat), priced with the policy's prices cache
-tokens included; nothing is extrapolated from samples. Shadow spend is what the
+(``traffic``, folded per minute by beat), priced with the policy's prices, cache
+tokens included, when folded (as the dashboard reads them); nothing is
+extrapolated from samples. Shadow spend is what the
 recorded shadow, noise-floor and judge calls cost (``sample``). The saving is what
 the calls served by each category's candidate would have cost on its reference,
 minus what they cost.
@@ -32,10 +33,15 @@ def _empty() -> dict[str, float]:
 def costs(engine: Engine, policy: Policy, since: dt.datetime, now: dt.datetime) -> dict[str, Any]:
     cats: dict[str, dict[str, float]] = {}
     with session(engine) as s:
+        # Rows priced when folded keep that price (as the dashboard shows them); rows folded
+        # without one are priced here with the policy's prices.
+        priced = Traffic.cost_usd.is_not(None)
         traffic = s.execute(
-            sa.select(Traffic.category, Traffic.model, sa.func.sum(Traffic.calls),
+            sa.select(Traffic.category, Traffic.model, priced, sa.func.sum(Traffic.calls),
+                      sa.func.sum(Traffic.cost_usd), sa.func.sum(Traffic.reference_cost_usd),
                       *[sa.func.sum(getattr(Traffic, t)) for t in TOKENS])
-            .where(Traffic.minute >= since).group_by(Traffic.category, Traffic.model)).all()
+            .where(Traffic.minute >= since)
+            .group_by(Traffic.category, Traffic.model, priced)).all()
         no_usage = dict(s.execute(
             sa.select(Traffic.category, sa.func.sum(Traffic.calls))
             .where(Traffic.minute >= since, Traffic.input_tokens == 0, Traffic.output_tokens == 0)
@@ -46,15 +52,19 @@ def costs(engine: Engine, policy: Policy, since: dt.datetime, now: dt.datetime) 
                       sa.func.sum(sa.func.coalesce(Sample.judge_cost_usd, 0)))
             .where(Sample.created_at >= since, Sample.kind.in_(SHADOW_KINDS))
             .group_by(Sample.category, Sample.kind)).all()
-    for name, model, calls, *tokens in traffic:
+    for name, model, was_priced, calls, cost, reference_cost, *tokens in traffic:
         entry = cats.setdefault(name, _empty())
         tokens = [int(t or 0) for t in tokens]
-        spent = policy.cost_usd(model, *tokens) or 0.0
+        cat = policy.category(name)
+        if was_priced:
+            spent, on_reference = float(cost or 0), float(reference_cost or 0)
+        else:
+            spent = policy.cost_usd(model, *tokens) or 0.0
+            on_reference = policy.cost_usd(cat.reference, *tokens) or 0.0
         entry["production_usd"] += spent
         entry["calls"] += int(calls or 0)
-        cat = policy.category(name)
         if model == cat.candidate and model != cat.reference:
-            entry["savings_usd"] += (policy.cost_usd(cat.reference, *tokens) or 0.0) - spent
+            entry["savings_usd"] += on_reference - spent
     for name, calls in no_usage.items():
         cats.setdefault(name, _empty())["calls_without_usage"] = int(calls or 0)
     for name, kind, shadow_usd, judge_usd in shadow:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import redis as redis_lib
 import sqlalchemy as sa
@@ -275,8 +275,9 @@ def insert_samples(s: Session, rows: list[dict]) -> set[str]:
         ids = [row["job_id"] for row in unstamped]
         seen = set(s.execute(sa.select(table.c.job_id).where(table.c.job_id.in_(ids))).scalars())
         rows = [row for row in rows if row["job_id"] not in seen]
-        for row in unstamped:
-            row["requested_at"] = row["created_at"]
+        stamp: dict[str, Any] = {}
+        for row in unstamped:  # every copy of a job in this batch: one stamp, one key
+            row["requested_at"] = stamp.setdefault(row["job_id"], row["created_at"])
         if not rows:
             return set()
     keys = sorted(set().union(*rows))

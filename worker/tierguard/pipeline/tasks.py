@@ -151,13 +151,14 @@ def deliver_alerts(task: Task) -> dict[str, int]:
 def monitor(task: Task) -> int:
     """The periodic checks; new events are delivered right away."""
     ctx = context_for(task.app)
+    # Neither stops the monitor's checks below.
     try:
         traffic.fold(ctx.engine, ctx.redis, policy=ctx.policy)
-    except (redis_lib.RedisError, sa.exc.OperationalError) as err:
+    except Exception as err:
         log.warning("cannot fold production traffic counters yet: %s", err)
     try:
         rates.refresh(ctx.engine, ctx.redis, ctx.policy)
-    except (redis_lib.RedisError, sa.exc.OperationalError) as err:
+    except Exception as err:
         log.warning("cannot publish the adaptive sample rates yet: %s", err)
     events = check(ctx.engine, ctx.redis, ctx.policy, task.app.tierguard_settings.queue)
     if events:

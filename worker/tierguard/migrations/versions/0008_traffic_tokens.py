@@ -17,7 +17,7 @@ TOKENS = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tok
 def upgrade() -> None:
     with op.batch_alter_table("traffic") as batch:
         for name in TOKENS:
-            batch.add_column(sa.Column(name, sa.Integer(), nullable=False, server_default="0"))
+            batch.add_column(sa.Column(name, sa.BigInteger(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("cost_usd", sa.Float(), nullable=True))
         batch.add_column(sa.Column("reference_cost_usd", sa.Float(), nullable=True))
 
