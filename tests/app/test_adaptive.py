@@ -54,6 +54,10 @@ def test_rates_follow_the_evidence_to_the_production_side(tmp_path, redis_url):
     rates = refresh(engine, r, POLICY)
     assert rates["steady"].rate == 0.01 and rates["steady"].reason.startswith("healthy")
     assert set(read(r)) == {"steady"}  # a fixed category is never published
+    with session(engine) as s:  # the dashboard's copy
+        chosen = {c.name: (c.chosen_rate, c.chosen_rate_reason) for c in s.exec(select(Category))}
+    assert chosen["steady"][0] == 0.01 and chosen["steady"][1].startswith("healthy")
+    assert chosen["plain"] == (None, None)
     core.routes.refresh()
     assert share_sampled(core, "steady") == pytest.approx(0.01, abs=0.004)
     assert share_sampled(core, "plain") == pytest.approx(0.05, abs=0.008)  # the policy's, exactly

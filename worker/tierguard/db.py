@@ -31,7 +31,10 @@ class Category(SQLModel, table=True):
     reference: str
     routed_model: str
     threshold: float | None = None    # copied from the policy, for dashboards and alert rules
-    sample_rate: float | None = None  # copied from the policy, to scale sampled costs
+    sample_rate: float | None = None  # copied from the policy
+    # The adaptive rate beat last chose, and why (null for fixed sampling; tierguard.rates).
+    chosen_rate: float | None = None
+    chosen_rate_reason: str | None = None
     pinned: bool = False
     pin_reason: str | None = None
     pinned_by: str | None = None

@@ -74,6 +74,14 @@ def refresh(engine: Engine, r: redis_lib.Redis, policy: Policy, now: dt.datetime
             ) -> dict[str, Rate]:
     """Choose the adaptive rates and publish them for the production side."""
     rates = choose_all(engine, policy, now)
+    with session(engine) as s:  # the dashboard's copy; fixed categories show null
+        s.execute(sa.update(Category).where(Category.name.not_in(list(rates)))
+                  .where(Category.chosen_rate.is_not(None))
+                  .values(chosen_rate=None, chosen_rate_reason=None))
+        for name, x in rates.items():
+            s.execute(sa.update(Category).where(Category.name == name)
+                      .values(chosen_rate=x.rate, chosen_rate_reason=x.reason))
+        s.commit()
     pipe = r.pipeline(transaction=True)
     pipe.delete(keys.RATES)
     if rates:
