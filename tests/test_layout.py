@@ -30,6 +30,7 @@ CORE_RULES: dict[str, set[str]] = {
     "rollups": {"db"},
     "maintenance": {"db", "traffic", "policy", "partitions"},
     "sealing": {"config", "errors", "job"},
+    "pauses": {"keys"},
     "reader": {"errors"},
     "comparators": {"compare"},  # the old import path of compare/
 }

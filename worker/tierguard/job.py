@@ -27,6 +27,7 @@ class ShadowJob:
     sealed: str | None = None  # request and primary_text, encrypted (tierguard.sealing)
     primary_cache_write_tokens: int | None = None
     primary_cache_read_tokens: int | None = None
+    deferred_since: str | None = None  # first deferred for a rate-limit pause (tierguard.pauses)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,3 +8,7 @@ TRAFFIC = "tierguard:traffic:{minute}"
 
 RATES = "tierguard:rates"
 """Hash: category -> ``rate|reason``, the adaptive sample rates beat chose (only adaptive categories)."""
+
+PAUSE = "tierguard:pause:{model}"
+"""String: until when (epoch s) shadows to ``model`` wait, after a 429 (production's or a shadow's);
+expires then."""

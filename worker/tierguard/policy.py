@@ -151,6 +151,13 @@ class CategoryOverrides(_Tunables):
     reference: str | None = None
 
 
+class ShadowHeadroom(_Strict):
+    """How shadows yield to production's rate limits (tierguard.pauses)."""
+
+    max_defer_minutes: float = Field(60, gt=0, description="then a deferred job is recorded as "
+                                     "skipped (rate_headroom)")
+
+
 class Retention(_Strict):
     """How long raw samples and aggregates are kept (audit tables are kept for good)."""
 
@@ -241,6 +248,7 @@ class Policy(_Strict):
     payloads: Payloads = Payloads()
     alerts: Alerting = Alerting()
     retention: Retention = Retention()
+    shadow_headroom: ShadowHeadroom = ShadowHeadroom()
     limits: dict[str, ModelLimits] = {}  # by model name; families have defaults (tierguard.limits)
     # A category a caller names that the policy does not: tracked (up to max_categories in all),
     # or served as sent, unrouted and unshadowed.

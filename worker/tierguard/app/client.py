@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anthropic
+
 from tierguard.app.core import Core
 from tierguard.app.stream import watch_sdk_manager, watch_sdk_stream
 from tierguard.config import Settings
@@ -28,7 +30,11 @@ class _Messages:
             return self._messages.create(**kwargs)
         cat, kwargs = self._core.route(category, kwargs)
         started = time.perf_counter()
-        result = self._messages.create(**kwargs)
+        try:
+            result = self._messages.create(**kwargs)
+        except anthropic.RateLimitError as err:
+            self._core.rate_limited(kwargs.get("model"), err.response.headers.get("retry-after"))
+            raise
         self._after(cat, kwargs, result, started)
         return result
 
@@ -84,7 +90,11 @@ class _AsyncMessages(_Messages):
             return await self._messages.create(**kwargs)
         cat, kwargs = self._core.route(category, kwargs)
         started = time.perf_counter()
-        result = await self._messages.create(**kwargs)
+        try:
+            result = await self._messages.create(**kwargs)
+        except anthropic.RateLimitError as err:
+            self._core.rate_limited(kwargs.get("model"), err.response.headers.get("retry-after"))
+            raise
         self._after(cat, kwargs, result, started)
         return result
 

@@ -117,6 +117,18 @@ class Core:
             self._failed("sampling")
             return False
 
+    def rate_limited(self, model: str | None, retry_after: Any) -> None:
+        """A production 429 on ``model``: its shadows pause for ``retry-after`` (never raises)."""
+        try:
+            wait = float(retry_after) if retry_after not in (None, "") else None
+        except (TypeError, ValueError):
+            wait = None
+        try:
+            if model:
+                self.publisher.rate_limited(model, wait)
+        except Exception:
+            self._failed("pausing shadows")
+
     def served(self, cat: CategoryPolicy | None, request: dict[str, Any], usage: Any) -> None:
         """Add a production answer's tokens to its category's counters (every call, measured)."""
         if cat is None or usage is None:

@@ -109,6 +109,8 @@ class Gateway:
         watch = _Watch(routed.get("stream") is True, usage_only=not sampled)
         done = await self._relay("POST", target, headers, json.dumps(routed).encode(), receive, send,
                                  watch)
+        if watch.status == 429:  # production is rate-limited on this model: its shadows wait
+            core.rate_limited(routed.get("model"), watch.retry_after)
         if done and watch.status == 200:
             answer = watch.answer()
             if answer is not None:
@@ -134,6 +136,8 @@ class Gateway:
         try:
             if watch is not None:
                 watch.status = response.status_code
+                if response.status_code == 429:
+                    watch.retry_after = response.headers.get("retry-after")
             await send({"type": "http.response.start", "status": response.status_code,
                         "headers": [(k.lower(), v) for k, v in response.headers.raw
                                     if k.lower() not in HOP_BY_HOP]})
@@ -194,6 +198,7 @@ class _Watch:
         self.parser = SSEParser() if stream else None
         self.assembler = (UsageOnly() if usage_only else Assembler()) if stream else None
         self.message: dict | None = None
+        self.retry_after: str | None = None
 
     def feed(self, chunk: bytes) -> None:
         if self.status != 200:

@@ -20,7 +20,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from tierguard import keys, metrics, traffic
+from tierguard import keys, metrics, pauses, traffic
 from tierguard.broker import BATCH_TASK, make_celery
 from tierguard.config import Settings
 from tierguard.errors import ConfigError
@@ -76,6 +76,7 @@ class Publisher:
         # Bounded: with no thread draining it (a fork after start) it must not grow without end.
         self._seen: collections.deque[tuple] = collections.deque(maxlen=MAX_SEEN)
         self._flush_lock = threading.Lock()
+        self._pauses: collections.deque[tuple[str, float | None]] = collections.deque(maxlen=1000)
         self._unsent: Counter[tuple[str, str, str]] = Counter()  # kept while Redis is down
         self._traffic_flushed = time.monotonic()
         self._redis = None
@@ -127,6 +128,24 @@ class Publisher:
         """Add a production answer's tokens (its ``usage``: SDK object or JSON) to ``category``."""
         if usage is not None:
             self._seen.append((category, model, usage))
+
+    def rate_limited(self, model: str, retry_after: float | None) -> None:
+        """Production got a 429 on ``model``: pause its shadows (written by the publisher's thread)."""
+        self._pauses.append((model, retry_after))
+
+    def _send_pauses(self) -> None:
+        while self._pauses:
+            model, retry_after = self._pauses.popleft()
+            try:
+                if self._redis is None:
+                    import redis
+
+                    self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1,
+                                                       socket_connect_timeout=1)
+                pauses.pause(self._redis, model, retry_after)
+                self.counts["shadow_pauses_sent"] += 1
+            except Exception:
+                self.counts["shadow_pauses_dropped"] += 1
 
     def _drain(self) -> Counter[tuple[str, str, str]]:
         """What was seen since the last drain (the caller's threads only append)."""
@@ -180,6 +199,8 @@ class Publisher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if self._pauses:
+                self._send_pauses()
             if time.monotonic() - self._traffic_flushed > TRAFFIC_FLUSH_SECONDS:
                 try:
                     self._flush_traffic()
@@ -196,6 +217,8 @@ class Publisher:
                     items.append(self.queue.get(timeout=left))
                 except queue.Empty:
                     break
+            if self._pauses:  # before these jobs: a worker must see the pause first
+                self._send_pauses()
             try:
                 self._publish(items)
             finally:

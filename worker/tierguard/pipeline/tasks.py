@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import random
 import threading
+import time
 from typing import Any
 
 import redis as redis_lib
@@ -12,7 +15,7 @@ import sqlalchemy as sa
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from tierguard import maintenance, rates, traffic
+from tierguard import maintenance, pauses, rates, traffic
 from tierguard.alerts.events import for_invalid_policy
 from tierguard.alerts.monitors import check
 from tierguard.alerts.outbox import deliver_due
@@ -27,12 +30,12 @@ from tierguard.broker import (
 from tierguard.config import Settings
 from tierguard.db import make_engine, session
 from tierguard.errors import ConfigError, PayloadInvalid
-from tierguard.job import ShadowJob
+from tierguard.job import ShadowJob, parse_time
 from tierguard.live_policy import LivePolicy
 from tierguard.pipeline.batcher import BatchRecorder
 from tierguard.pipeline.fanout import POOL_SHARD, LoopRunner, async_client, run_batch
 from tierguard.pipeline.recorder import Result
-from tierguard.pipeline.shadow import Context
+from tierguard.pipeline.shadow import SKIPPED, Context
 from tierguard.policy import Policy, valid_category
 from tierguard.routes import ensure_categories
 from tierguard.sealing import open_job, seal_job, sealer
@@ -114,6 +117,8 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
         except PayloadInvalid as err:  # recorded as an error, never executed
             log.warning("job %s: %s", job.job_id, err)
             refused.append(Result(job, None, None, ("payload_invalid", str(err)), attempt))
+    opened, deferred, too_long = defer_paused(ctx, opened, attempt)
+    refused += too_long
     try:
         results, retries = ctx.runner.run(run_batch(
             ctx.runner, ctx.policy, opened, attempt=attempt,
@@ -133,13 +138,63 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
         raise task.retry(countdown=backoff(attempt, None, settings.retry_after_cap)) from err
     for item in retries:
         delay = backoff(attempt, item.error.retry_after, settings.retry_after_cap)
+        if item.error.kind == "rate_limited":  # its own 429: every shadow to that model waits
+            until = pause_quietly(ctx, item.job.shadow_model, delay)
+            deferred.append((_deferred(item.job), max(delay, until - time.time())))
+            continue
         log.info("job %s: %s; retry %d in %.1fs", item.job.job_id, item.error.kind, attempt, delay)
         task.app.send_task(SHADOW_TASK, args=[seal_job(item.job, ctx.sealer).to_dict()],
                            task_id=item.job.job_id,
                            queue=settings.queue, countdown=delay, retries=attempt)
+    for job, wait in deferred:  # a pause spends no attempt
+        task.app.send_task(SHADOW_TASK, args=[seal_job(job, ctx.sealer).to_dict()], task_id=job.job_id,
+                           queue=settings.queue, countdown=wait + random.uniform(0, 1),
+                           retries=attempt - 1)
+    if deferred:
+        log.info("%d job(s) deferred: their models are paused after a 429", len(deferred))
     if any(o.events for o in outcomes):
         task.app.send_task(DELIVER_TASK, queue=settings.queue)
-    return {"recorded": sum(o.status != "duplicate" for o in outcomes), "retried": len(retries)}
+    return {"recorded": sum(o.status != "duplicate" for o in outcomes), "retried": len(retries),
+            "deferred": len(deferred)}
+
+
+def _deferred(job: ShadowJob) -> ShadowJob:
+    if job.deferred_since:
+        return job
+    return dataclasses.replace(job, deferred_since=dt.datetime.now(dt.UTC).isoformat())
+
+
+def pause_quietly(ctx: Context, model: str, seconds: float) -> float:
+    try:
+        return pauses.pause(ctx.redis, model, seconds)
+    except redis_lib.RedisError:
+        return time.time() + seconds
+
+
+def defer_paused(ctx: Context, jobs: list[ShadowJob], attempt: int
+                 ) -> tuple[list[ShadowJob], list[tuple[ShadowJob, float]], list[Result]]:
+    """(jobs to call now, jobs to re-queue with their wait, jobs recorded as skipped)."""
+    try:
+        waits = pauses.paused(ctx.redis, {j.shadow_model for j in jobs})
+    except redis_lib.RedisError:
+        return jobs, [], []  # no pause to read: call (a 429 will pause them)
+    if not waits:
+        return jobs, [], []
+    now = time.time()
+    limit = ctx.policy.shadow_headroom.max_defer_minutes * 60
+    keep, deferred, skipped = [], [], []
+    for job in jobs:
+        until = waits.get(job.shadow_model)
+        if until is None:
+            keep.append(job)
+            continue
+        since = parse_time(job.deferred_since)
+        if since is not None and now - since.timestamp() > limit:
+            skipped.append(Result(job, None, None, (SKIPPED, f"rate_headroom: {job.shadow_model} "
+                                                    f"paused for over {limit / 60:g} min"), attempt))
+        else:
+            deferred.append((_deferred(job), until - now))
+    return keep, deferred, skipped
 
 
 def deliver_alerts(task: Task) -> dict[str, int]:

@@ -1,0 +1,105 @@
+"""Shadows yield to production's rate limits: a 429 pauses every shadow to that model."""
+
+import threading
+import time
+
+import anthropic
+import httpx2
+import pytest
+import redis
+import sqlalchemy as sa
+from sqlmodel import select
+
+import tierguard
+from tests.helpers import API_KEY, samples, wait_until
+from tierguard import pauses
+from tierguard.db import Sample, make_engine, session
+
+LABELS = ["POSITIVE", "NEGATIVE", "NEUTRAL"]
+CATS = {"a": {"kind": "label", "labels": LABELS, "agreement": 1.0},
+        "b": {"kind": "label", "labels": LABELS, "agreement": 1.0}}
+POLICY = {"defaults": {"sample_rate": 1.0},
+          "categories": {"a": {"comparator": {"type": "label", "labels": LABELS}},
+                         "b": {"comparator": {"type": "label", "labels": LABELS}, "start_on": "reference"}}}
+
+
+def call(client, category, i):
+    return client.messages.create(category=category, max_tokens=8, system=f"{category}: label it",
+                                  messages=[{"role": "user", "content": f"item {i}"}])
+
+
+def rows(url, category):
+    with session(make_engine(url)) as s:
+        return list(s.exec(select(Sample).where(Sample.category == category)))
+
+
+def test_a_production_429_pauses_the_shadows_to_that_model_only(stack, simulator, sqlite_url, redis_url):
+    sim = simulator(categories=CATS)
+    stack.configure(policy=POLICY, database_url=sqlite_url, base_url=sim.base_url)
+    stack.start_worker(concurrency=4)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    httpx2.post(sim.base_url + "/_sim/fail", json={"status": 429, "count": 1, "retry_after": 4})
+    with pytest.raises(anthropic.RateLimitError):
+        call(client, "b", 0)  # production on the reference (Opus) is rate-limited
+    wait_until(lambda: client.tierguard_stats().get("shadow_pauses_sent") == 1, 5, "the pause sent")
+    assert pauses.paused(redis.Redis.from_url(redis_url), ["claude-opus-4-7", "claude-haiku-4-5"]).keys() == {
+        "claude-opus-4-7"}
+    t0 = time.monotonic()
+    for i in range(5):
+        call(client, "a", i)  # served by Haiku: shadows to Opus wait
+        call(client, "b", 100 + i)  # served by Opus: shadows to Haiku go at once
+    client.tierguard_flush(5)
+    wait_until(lambda: len(rows(sqlite_url, "b")) == 5, 10, "b's shadows, not paused")
+    assert rows(sqlite_url, "a") == [] and time.monotonic() - t0 < 3.5
+    wait_until(lambda: len(rows(sqlite_url, "a")) == 5, 30, "a's shadows after the pause")
+    assert time.monotonic() - t0 >= 2.5
+    recorded = rows(sqlite_url, "a")
+    assert {(x.error, x.attempts, x.agree) for x in recorded} == {(None, 1, True)}  # no attempt spent
+    client.tierguard_close()
+
+
+def test_a_shadows_own_429_defers_it_without_spending_an_attempt(stack, simulator, sqlite_url, redis_url):
+    worker_sim, production_sim = simulator(categories=CATS), simulator(categories=CATS)
+    stack.configure(policy=POLICY, database_url=sqlite_url, base_url=worker_sim.base_url)
+    stack.start_worker(concurrency=4)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(base_url=production_sim.base_url,
+                                                             api_key=API_KEY, max_retries=0))
+    httpx2.post(worker_sim.base_url + "/_sim/fail", json={"status": 429, "count": 1, "retry_after": 2})
+    call(client, "a", 1)
+    client.tierguard_flush(5)
+    wait_until(lambda: pauses.paused(redis.Redis.from_url(redis_url), ["claude-opus-4-7"]), 10, "paused")
+    wait_until(lambda: samples(sqlite_url) == 1, 30, "the deferred shadow recorded")
+    [row] = rows(sqlite_url, "a")
+    assert row.error is None and row.attempts == 1
+    client.tierguard_close()
+
+
+def test_a_job_paused_past_max_defer_is_skipped_once(stack, simulator, sqlite_url, redis_url):
+    sim = simulator(categories=CATS)
+    stack.configure(policy={**POLICY, "shadow_headroom": {"max_defer_minutes": 0.02}},
+                    database_url=sqlite_url, base_url=sim.base_url)
+    stack.start_worker(concurrency=4)
+    r = redis.Redis.from_url(redis_url)
+    stop = threading.Event()
+
+    def keep_paused():  # Opus stays rate-limited for as long as the test needs
+        while not stop.is_set():
+            pauses.pause(r, "claude-opus-4-7", 1.5)
+            stop.wait(0.3)
+
+    holder = threading.Thread(target=keep_paused)
+    holder.start()
+    try:
+        client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+        call(client, "a", 7)
+        client.tierguard_flush(5)
+        wait_until(lambda: samples(sqlite_url) == 1, 30, "the job given up on")
+    finally:
+        stop.set()
+        holder.join()
+    [row] = rows(sqlite_url, "a")
+    assert row.error == "skipped" and row.reason.startswith("rate_headroom: claude-opus-4-7 paused")
+    time.sleep(3)
+    with session(make_engine(sqlite_url)) as s:
+        assert s.execute(sa.select(sa.func.count()).select_from(Sample)).scalar() == 1  # once
+    client.tierguard_close()
