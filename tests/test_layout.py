@@ -31,6 +31,7 @@ CORE_RULES: dict[str, set[str]] = {
     "maintenance": {"db", "traffic", "policy", "partitions"},
     "sealing": {"config", "errors", "job"},
     "pauses": {"keys"},
+    "ratelimits": set(),
     "reader": {"errors"},
     "comparators": {"compare"},  # the old import path of compare/
 }

@@ -103,3 +103,54 @@ def test_a_job_paused_past_max_defer_is_skipped_once(stack, simulator, sqlite_ur
     with session(make_engine(sqlite_url)) as s:
         assert s.execute(sa.select(sa.func.count()).select_from(Sample)).scalar() == 1  # once
     client.tierguard_close()
+
+
+def test_rate_limit_headers_are_read_and_malformed_ones_ignored():
+    from tierguard.ratelimits import parse
+
+    now = 1_000_000.0
+    headers = {"anthropic-ratelimit-requests-limit": "100", "anthropic-ratelimit-requests-remaining": "40",
+               "anthropic-ratelimit-requests-reset": "1970-01-12T13:47:00Z",
+               "anthropic-ratelimit-tokens-limit": "1000", "anthropic-ratelimit-tokens-remaining": "900",
+               "anthropic-ratelimit-input-tokens-limit": "x",
+               "anthropic-ratelimit-input-tokens-remaining": "1",
+               "anthropic-ratelimit-output-tokens-limit": "50",
+               "anthropic-ratelimit-output-tokens-remaining": "5",
+               "anthropic-ratelimit-output-tokens-reset": "?"}
+    view = parse(headers, now)
+    assert view["requests"] == (0.4, 1_000_020.0) and view["tokens"] == (0.9, now + 60)
+    assert "input-tokens" not in view and "output-tokens" not in view  # malformed: left out
+    assert parse({}, now) == {}
+
+
+def test_shadows_wait_while_a_model_has_little_headroom_left(stack, simulator, sqlite_url, redis_url):
+    from tierguard import ratelimits
+
+    sim = simulator(categories=CATS)
+    stack.configure(policy=POLICY, database_url=sqlite_url, base_url=sim.base_url)
+    stack.start_worker(concurrency=4)
+    r = redis.Redis.from_url(redis_url)
+    # Production, through the gateway, sees Opus nearly exhausted (5 % left, resetting in 4 s).
+    httpx2.post(sim.base_url + "/_sim/ratelimit",
+                json={"model": "claude-opus-4-7", "limit": 100, "remaining": 5, "reset_in": 4})
+    gateway = stack.start_gateway()
+    production = anthropic.Anthropic(base_url=gateway, api_key=API_KEY, max_retries=0)
+    production.messages.create(model="claude-opus-4-7", max_tokens=8, system="b: label it",
+                               messages=[{"role": "user", "content": "x"}],
+                               extra_headers={"x-tierguard-category": "b"})
+    wait_until(lambda: ratelimits.view(r, "claude-opus-4-7").get("requests") == 0.05, 10,
+               "the gateway's view of Opus in Redis")
+    httpx2.post(sim.base_url + "/_sim/ratelimit",  # after the reset there is room again
+                json={"model": "claude-opus-4-7", "limit": 100, "remaining": 90, "reset_in": 60})
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY,
+                                                             max_retries=0))
+    t0 = time.monotonic()
+    call(client, "a", 1)  # served by Haiku, shadowed on Opus: waits for the reset
+    client.tierguard_flush(5)
+    time.sleep(1.5)
+    assert rows(sqlite_url, "a") == []
+    wait_until(lambda: len(rows(sqlite_url, "a")) == 1, 30, "the shadow after the reset")
+    assert time.monotonic() - t0 >= 2.5
+    [row] = rows(sqlite_url, "a")
+    assert row.error is None and row.attempts == 1
+    client.tierguard_close()

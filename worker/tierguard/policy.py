@@ -156,6 +156,8 @@ class ShadowHeadroom(_Strict):
 
     max_defer_minutes: float = Field(60, gt=0, description="then a deferred job is recorded as "
                                      "skipped (rate_headroom)")
+    min_remaining: float = Field(0.25, ge=0, le=1, description="shadows wait while a model has less "
+                                 "than this share of a rate limit left (the API's headers)")
 
 
 class Retention(_Strict):

@@ -129,6 +129,14 @@ class Core:
         except Exception:
             self._failed("pausing shadows")
 
+    def saw_headers(self, model: str | None, headers: Any) -> None:
+        """A production response's headers: its rate-limit view gates the shadows (never raises)."""
+        try:
+            if model and headers is not None:
+                self.publisher.saw_headers(model, headers)
+        except Exception:
+            self._failed("reading rate-limit headers")
+
     def served(self, cat: CategoryPolicy | None, request: dict[str, Any], usage: Any) -> None:
         """Add a production answer's tokens to its category's counters (every call, measured)."""
         if cat is None or usage is None:

@@ -111,6 +111,7 @@ class Gateway:
                                  watch)
         if watch.status == 429:  # production is rate-limited on this model: its shadows wait
             core.rate_limited(routed.get("model"), watch.retry_after)
+        core.saw_headers(routed.get("model"), watch.headers)
         if done and watch.status == 200:
             answer = watch.answer()
             if answer is not None:
@@ -136,6 +137,7 @@ class Gateway:
         try:
             if watch is not None:
                 watch.status = response.status_code
+                watch.headers = response.headers
                 if response.status_code == 429:
                     watch.retry_after = response.headers.get("retry-after")
             await send({"type": "http.response.start", "status": response.status_code,
@@ -199,6 +201,7 @@ class _Watch:
         self.assembler = (UsageOnly() if usage_only else Assembler()) if stream else None
         self.message: dict | None = None
         self.retry_after: str | None = None
+        self.headers: Any = None
 
     def feed(self, chunk: bytes) -> None:
         if self.status != 200:

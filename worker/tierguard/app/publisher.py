@@ -20,7 +20,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from tierguard import keys, metrics, pauses, traffic
+from tierguard import keys, metrics, pauses, ratelimits, traffic
 from tierguard.broker import BATCH_TASK, make_celery
 from tierguard.config import Settings
 from tierguard.errors import ConfigError
@@ -77,6 +77,7 @@ class Publisher:
         self._seen: collections.deque[tuple] = collections.deque(maxlen=MAX_SEEN)
         self._flush_lock = threading.Lock()
         self._pauses: collections.deque[tuple[str, float | None]] = collections.deque(maxlen=1000)
+        self._views: dict[str, Any] = {}  # model -> the latest production response's headers
         self._unsent: Counter[tuple[str, str, str]] = Counter()  # kept while Redis is down
         self._traffic_flushed = time.monotonic()
         self._redis = None
@@ -132,6 +133,23 @@ class Publisher:
     def rate_limited(self, model: str, retry_after: float | None) -> None:
         """Production got a 429 on ``model``: pause its shadows (written by the publisher's thread)."""
         self._pauses.append((model, retry_after))
+
+    def saw_headers(self, model: str, headers: Any) -> None:
+        """Production's latest rate-limit headers for ``model`` (parsed on the publisher's thread)."""
+        self._views[model] = headers
+
+    def _send_views(self) -> None:
+        views, self._views = self._views, {}
+        for model, headers in views.items():
+            try:
+                if self._redis is None:
+                    import redis
+
+                    self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1,
+                                                       socket_connect_timeout=1)
+                ratelimits.record(self._redis, model, ratelimits.parse(headers))
+            except Exception:
+                self.counts["headroom_reports_dropped"] += 1
 
     def _send_pauses(self) -> None:
         while self._pauses:
@@ -201,6 +219,8 @@ class Publisher:
         while not self._stop.is_set():
             if self._pauses:
                 self._send_pauses()
+            if self._views:
+                self._send_views()
             if time.monotonic() - self._traffic_flushed > TRAFFIC_FLUSH_SECONDS:
                 try:
                     self._flush_traffic()

@@ -72,10 +72,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _stream(self, events: list[bytes], pause_s: float) -> None:
+    def _stream(self, events: list[bytes], pause_s: float, headers: dict[str, str] | None = None) -> None:
         """Chunked, one write per event, as the API streams; a client that leaves aborts it."""
         sim = self.server.sim
         self.send_response(200)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
@@ -133,6 +135,11 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._body()
         except ValueError:
             return self._error(400, "body is not JSON")
+        if self.path == "/_sim/ratelimit":  # {"model", "limit", "remaining", "reset_in"}: its headers
+            with sim.lock:
+                sim.ratelimits[body["model"]] = (int(body["limit"]), int(body["remaining"]),
+                                                 float(body.get("reset_in", 60)))
+            return self._json(200, {"models": sorted(sim.ratelimits)})
         if self.path == "/_sim/fail":  # {"status", "count", "delay", "retry_after", "judge": only judges}
             queue = sim.forced_judge if body.get("judge") else sim.forced
             with sim.lock:
@@ -170,9 +177,10 @@ class _Handler(BaseHTTPRequestHandler):
             msg = message_body(body["model"], "", _input_tokens(body), content=sim.judge(body))
         else:
             msg = message_body(body["model"], sim.answer(body)[1], _input_tokens(body))
+        limits = sim.ratelimit_headers(body["model"])
         if body.get("stream"):
-            return self._stream(sse_events(msg), sim.scenario.stream_event_ms / 1000)
-        self._json(200, msg)
+            return self._stream(sse_events(msg), sim.scenario.stream_event_ms / 1000, limits)
+        self._json(200, msg, limits)
 
 
 class SimServer(ThreadingHTTPServer):

@@ -24,6 +24,7 @@ its system prompt.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import random
@@ -116,6 +117,7 @@ class Simulator:
         self.requests: Counter[tuple[str, str]] = Counter()
         self.forced: list[tuple[int, float, float | None]] = []  # (status, delay, retry_after)
         self.forced_judge: list[tuple[int, float, float | None]] = []  # only for judge requests
+        self.ratelimits: dict[str, tuple[int, int, float]] = {}  # model -> (limit, remaining, reset in s)
         self.judge_calls = 0
         self.in_flight = 0
         self.in_flight_max = 0
@@ -196,6 +198,19 @@ class Simulator:
         elif reword:
             random.Random(key).shuffle(words)
         return " ".join(words).capitalize() + "."
+
+    def ratelimit_headers(self, model: str) -> dict[str, str] | None:
+        """The ``anthropic-ratelimit-*`` headers scripted for ``model`` (every family alike)."""
+        with self.lock:
+            scripted = self.ratelimits.get(model)
+        if scripted is None:
+            return None
+        limit, remaining, reset_in = scripted
+        reset = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=reset_in)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {f"anthropic-ratelimit-{family}-{name}": value
+                for family in ("requests", "tokens", "input-tokens", "output-tokens")
+                for name, value in (("limit", str(limit)), ("remaining", str(remaining)),
+                                    ("reset", reset))}
 
     def next_failure(self, judge: bool = False) -> tuple[int, float, float | None] | None:
         with self.lock:

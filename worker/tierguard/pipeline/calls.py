@@ -10,6 +10,7 @@ from typing import Any
 
 import anthropic
 
+from tierguard import ratelimits
 from tierguard.errors import PermanentCallError, RetryableCallError, ShadowCallError
 from tierguard.messages import cache_tokens_of, content_json_text, message_text, usage_of
 
@@ -22,6 +23,7 @@ class Answer:
     latency_ms: float
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
+    ratelimit: dict | None = None  # the response's rate-limit view (tierguard.ratelimits.parse)
 
 
 def _retry_after(err: anthropic.APIStatusError) -> float | None:
@@ -68,8 +70,8 @@ def call_model(client: anthropic.Anthropic, model: str, request: dict[str, Any])
 
 
 async def call_json_async(client: anthropic.AsyncAnthropic, body: dict[str, Any]
-                          ) -> tuple[dict[str, Any], float]:
-    """One Messages API call; (the response's JSON, milliseconds). Reads the raw body (the
+                          ) -> tuple[dict[str, Any], float, Any]:
+    """One Messages API call; (the response's JSON, milliseconds, its headers). Reads the raw body (the
     SDK's ``with_raw_response``): building the typed ``Message`` costs ~12 % of a shadow
     call's CPU, and a worker only needs the content and the usage."""
     params = {k: v for k, v in body.items() if k != "stream"}
@@ -85,16 +87,17 @@ async def call_json_async(client: anthropic.AsyncAnthropic, body: dict[str, Any]
     if not isinstance(data, dict):
         raise PermanentCallError("model API answered with JSON that is not a message",
                                  kind="bad_response")
-    return data, (time.perf_counter() - t0) * 1000
+    return data, (time.perf_counter() - t0) * 1000, raw.http_response.headers
 
 
 async def call_model_async(client: anthropic.AsyncAnthropic, model: str,
                            request: dict[str, Any]) -> Answer:
     """As :func:`call_model`, on the worker's event loop."""
-    body, latency = await call_json_async(client, {**request, "model": model})
+    body, latency, headers = await call_json_async(client, {**request, "model": model})
     usage = body.get("usage") or {}
     return Answer(content_json_text(body.get("content") or []), usage.get("input_tokens"),
-                  usage.get("output_tokens"), latency, *cache_tokens_of(body))
+                  usage.get("output_tokens"), latency, *cache_tokens_of(body),
+                  ratelimit=ratelimits.parse(headers))
 
 
 async def call_model_with_retries(client: anthropic.AsyncAnthropic, model: str,

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from tierguard import maintenance, pauses, rates, traffic
+from tierguard import maintenance, pauses, ratelimits, rates, traffic
 from tierguard.alerts.events import for_invalid_policy
 from tierguard.alerts.monitors import check
 from tierguard.alerts.outbox import deliver_due
@@ -124,6 +124,7 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
             ctx.runner, ctx.policy, opened, attempt=attempt,
             final=attempt >= settings.shadow_max_attempts)) if opened else ([], [])
         results = refused + results
+        remember_headroom(ctx, results)
         outcomes = ctx.record_all(results) if results else []
     except sa.exc.OperationalError as err:
         # The database is down: keep the jobs until it is back (nothing lost).
@@ -164,6 +165,17 @@ def _deferred(job: ShadowJob) -> ShadowJob:
     return dataclasses.replace(job, deferred_since=dt.datetime.now(dt.UTC).isoformat())
 
 
+def remember_headroom(ctx: Context, results: list[Result]) -> None:
+    """The latest rate-limit view per model from these shadow answers, kept in Redis."""
+    latest = {r.job.shadow_model: r.answer.ratelimit for r in results
+              if r.answer is not None and r.answer.ratelimit}
+    try:
+        for model, view in latest.items():
+            ratelimits.record(ctx.redis, model, view)
+    except redis_lib.RedisError:
+        pass  # the next answers bring it again
+
+
 def pause_quietly(ctx: Context, model: str, seconds: float) -> float:
     try:
         return pauses.pause(ctx.redis, model, seconds)
@@ -174,8 +186,12 @@ def pause_quietly(ctx: Context, model: str, seconds: float) -> float:
 def defer_paused(ctx: Context, jobs: list[ShadowJob], attempt: int
                  ) -> tuple[list[ShadowJob], list[tuple[ShadowJob, float]], list[Result]]:
     """(jobs to call now, jobs to re-queue with their wait, jobs recorded as skipped)."""
+    models = {j.shadow_model for j in jobs}
     try:
-        waits = pauses.paused(ctx.redis, {j.shadow_model for j in jobs})
+        waits = pauses.paused(ctx.redis, models)
+        for model, (_, _, reset) in ratelimits.low(
+                ctx.redis, models - set(waits), ctx.policy.shadow_headroom.min_remaining).items():
+            waits[model] = reset  # production's headroom is short: wait for the reset
     except redis_lib.RedisError:
         return jobs, [], []  # no pause to read: call (a 429 will pause them)
     if not waits:
