@@ -23,9 +23,11 @@ def test_status_pin_unpin_history(cli_env, tmp_path):
     assert "Traceback" not in before.stderr
     tg("db", "upgrade", env=cli_env, cwd=tmp_path)
     status = last_json(tg("status", "--json", env=cli_env, cwd=tmp_path).stdout)
-    assert status == {"categories": {"sentiment": {
+    assert status["categories"] == {"sentiment": {
         **status["categories"]["sentiment"], "route": "claude-haiku-4-5", "samples": 0,
-        "agreement": None, "pinned": False}}}
+        "agreement": None, "pinned": False}}
+    assert set(status["headroom"]) == {"claude-haiku-4-5", "claude-opus-4-7"}  # nothing seen yet
+    assert status["headroom"]["claude-opus-4-7"]["paused_until"] is None
     pinned = last_json(tg("pin", "sentiment", "reference", "--reason", "incident 42", "--actor",
                           "ana", "--json", env=cli_env, cwd=tmp_path).stdout)
     assert pinned == {"category": "sentiment", "route": "claude-opus-4-7", "pinned": True, "until": None}

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 import tierguard
-from tests.helpers import API_KEY, samples, wait_until
+from tests.helpers import API_KEY, last_json, samples, tg, wait_until
 from tierguard import pauses
 from tierguard.db import Sample, make_engine, session
 
@@ -74,7 +74,7 @@ def test_a_shadows_own_429_defers_it_without_spending_an_attempt(stack, simulato
     client.tierguard_close()
 
 
-def test_a_job_paused_past_max_defer_is_skipped_once(stack, simulator, sqlite_url, redis_url):
+def test_a_job_paused_past_max_defer_is_skipped_once(stack, simulator, sqlite_url, redis_url, tmp_path):
     sim = simulator(categories=CATS)
     stack.configure(policy={**POLICY, "shadow_headroom": {"max_defer_minutes": 0.02}},
                     database_url=sqlite_url, base_url=sim.base_url)
@@ -103,6 +103,11 @@ def test_a_job_paused_past_max_defer_is_skipped_once(stack, simulator, sqlite_ur
     with session(make_engine(sqlite_url)) as s:
         assert s.execute(sa.select(sa.func.count()).select_from(Sample)).scalar() == 1  # once
     client.tierguard_close()
+    status = last_json(tg("status", "--json", env=stack.env_for_cli(), cwd=tmp_path).stdout)
+    opus = status["headroom"]["claude-opus-4-7"]
+    assert opus["skipped_headroom"] == 1 and opus["deferred"] >= 1
+    assert set(opus) >= {"requests", "input_tokens", "output_tokens", "paused_until", "deferred",
+                         "skipped_headroom"}
 
 
 def test_rate_limit_headers_are_read_and_malformed_ones_ignored():

@@ -12,3 +12,6 @@ RATES = "tierguard:rates"
 PAUSE = "tierguard:pause:{model}"
 """String: until when (epoch s) shadows to ``model`` wait, after a 429 (production's or a shadow's);
 expires then."""
+
+DEFERRED = "tierguard:deferred"
+"""Hash: model -> shadow jobs deferred by a pause or short headroom (a running count)."""

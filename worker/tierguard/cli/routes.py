@@ -12,12 +12,16 @@ from tierguard.cli.common import JsonOpt, actor_name, console, emit, env, parse_
 @app.command()
 def status(as_json: bool = JsonOpt) -> None:
     """Per category: route, samples, agreement, pin, last change."""
-    from tierguard.ops.status import category_status
+    from tierguard.cli.common import redis_client
+    from tierguard.ops.status import category_status, headroom
 
-    _, policy, engine = env()
+    settings, policy, engine = env()
     cats = category_status(engine, policy)
+    models = sorted({m for name in cats for m in (policy.category(name).candidate,
+                                                   policy.category(name).reference)})
+    room = headroom(engine, redis_client(settings), models)
     if as_json:
-        emit({"categories": cats})
+        emit({"categories": cats, "headroom": room})
         return
     table = Table(title="tierguard status")
     for col in ("category", "route", "samples", "errors", "agreement", "threshold",

@@ -106,3 +106,30 @@ def history(engine: Engine, category: str | None = None, limit: int = 100) -> li
                  "samples": c.samples, "actor": c.actor, "applied": c.applied,
                  "trigger_job_id": c.trigger_job_id, "at": c.created_at.isoformat()}
                 for c in s.exec(q)]
+
+
+def headroom(engine: Engine, r: Any, models: list[str]) -> dict[str, dict[str, Any]]:
+    """Per model: remaining shares of its rate limits as last seen, the pause, deferrals, skips."""
+    from tierguard import keys, pauses, ratelimits
+
+    with session(engine) as s:
+        skipped = dict(s.execute(
+            sa.select(Sample.shadow_model, sa.func.count())
+            .where(Sample.error == "skipped", Sample.reason.like("rate_headroom%"))
+            .group_by(Sample.shadow_model)).all())
+    try:
+        paused = pauses.paused(r, models)
+        deferred = {k.decode(): int(v) for k, v in r.hgetall(keys.DEFERRED).items()}
+        views = {m: ratelimits.view(r, m) for m in models}
+    except Exception:  # Redis unreachable: what the database knows
+        paused, deferred, views = {}, {}, {m: {} for m in models}
+    out = {}
+    for model in models:
+        view = views.get(model, {})
+        until = paused.get(model)
+        out[model] = {"requests": view.get("requests"), "input_tokens": view.get("input_tokens"),
+                      "output_tokens": view.get("output_tokens"), "tokens": view.get("tokens"),
+                      "paused_until": (dt.datetime.fromtimestamp(until, dt.UTC).isoformat()
+                                       if until else None),
+                      "deferred": deferred.get(model, 0), "skipped_headroom": int(skipped.get(model, 0))}
+    return out

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from tierguard import maintenance, pauses, ratelimits, rates, traffic
+from tierguard import keys, maintenance, pauses, ratelimits, rates, traffic
 from tierguard.alerts.events import for_invalid_policy
 from tierguard.alerts.monitors import check
 from tierguard.alerts.outbox import deliver_due
@@ -152,7 +152,15 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
                            queue=settings.queue, countdown=wait + random.uniform(0, 1),
                            retries=attempt - 1)
     if deferred:
-        log.info("%d job(s) deferred: their models are paused after a 429", len(deferred))
+        log.info("%d job(s) deferred: their models are paused or short of rate-limit headroom",
+                 len(deferred))
+        try:
+            pipe = ctx.redis.pipeline(transaction=False)
+            for job, _ in deferred:
+                pipe.hincrby(keys.DEFERRED, job.shadow_model, 1)
+            pipe.execute()
+        except redis_lib.RedisError:
+            pass
     if any(o.events for o in outcomes):
         task.app.send_task(DELIVER_TASK, queue=settings.queue)
     return {"recorded": sum(o.status != "duplicate" for o in outcomes), "retried": len(retries),
