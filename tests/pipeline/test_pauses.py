@@ -103,6 +103,11 @@ def test_a_job_paused_past_max_defer_is_skipped_once(stack, simulator, sqlite_ur
     with session(make_engine(sqlite_url)) as s:
         assert s.execute(sa.select(sa.func.count()).select_from(Sample)).scalar() == 1  # once
     client.tierguard_close()
+    from tierguard.db import Event
+
+    with session(make_engine(sqlite_url)) as s:
+        [event] = s.exec(select(Event).where(Event.kind == "shadows_paused")).all()
+    assert event.summary.startswith("shadows to claude-opus-4-7 paused for over 0.02 min")
     status = last_json(tg("status", "--json", env=stack.env_for_cli(), cwd=tmp_path).stdout)
     opus = status["headroom"]["claude-opus-4-7"]
     assert opus["skipped_headroom"] == 1 and opus["deferred"] >= 1

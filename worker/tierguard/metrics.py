@@ -54,6 +54,12 @@ SAMPLE_RATE = Gauge("tierguard_sample_rate", "The adaptive sample rate beat chos
                     ["category"], multiprocess_mode="mostrecent")
 
 
+HEADROOM = Gauge("tierguard_headroom", "Remaining share of a model's rate limit, as last seen",
+                 ["model", "family"], multiprocess_mode="mostrecent")
+DEFERRED = Counter("tierguard_shadows_deferred", "Shadow jobs deferred by a pause or short headroom",
+                   ["model"])
+
+
 def safely(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:

@@ -97,3 +97,16 @@ def for_eligible(s: Session, policy: Policy, category: str, reason: str, episode
                 summary=f"{category} is eligible for promotion back to its candidate",
                 numbers=numbers, did=f"Nothing yet: {reason}.",
                 actions=[f"tierguard promote {category}", "tierguard status"])
+
+
+def for_shadows_paused(s: Session, policy: Policy, model: str, skipped: int, minutes: float,
+                       hour: str) -> int | None:
+    """Shadows to ``model`` held past max_defer_minutes by rate limits (once per model and hour)."""
+    return emit(s, policy, key=f"shadows_paused:{model}:{hour}", kind="shadows_paused", category=None,
+                summary=f"shadows to {model} paused for over {minutes:g} min by rate limits: "
+                        f"tierguard is partly blind",
+                numbers={"model": model, "skipped": skipped, "max_defer_minutes": minutes},
+                did=f"Recorded {skipped} shadow job(s) as skipped (rate_headroom); production was "
+                    "not touched.",
+                actions=["tierguard status --json  (headroom)",
+                         "raise the model's rate limits, or lower sample rates"])

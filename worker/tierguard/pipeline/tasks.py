@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from tierguard import keys, maintenance, pauses, ratelimits, rates, traffic
-from tierguard.alerts.events import for_invalid_policy
+from tierguard import keys, maintenance, metrics, pauses, ratelimits, rates, traffic
+from tierguard.alerts.events import for_invalid_policy, for_shadows_paused
 from tierguard.alerts.monitors import check
 from tierguard.alerts.outbox import deliver_due
 from tierguard.broker import (
@@ -154,6 +154,8 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
     if deferred:
         log.info("%d job(s) deferred: their models are paused or short of rate-limit headroom",
                  len(deferred))
+        for job, _ in deferred:
+            metrics.DEFERRED.labels(job.shadow_model).inc()
         try:
             pipe = ctx.redis.pipeline(transaction=False)
             for job, _ in deferred:
@@ -161,6 +163,8 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
             pipe.execute()
         except redis_lib.RedisError:
             pass
+    if too_long and announce_paused(ctx, too_long):
+        task.app.send_task(DELIVER_TASK, queue=settings.queue)
     if any(o.events for o in outcomes):
         task.app.send_task(DELIVER_TASK, queue=settings.queue)
     return {"recorded": sum(o.status != "duplicate" for o in outcomes), "retried": len(retries),
@@ -177,11 +181,31 @@ def remember_headroom(ctx: Context, results: list[Result]) -> None:
     """The latest rate-limit view per model from these shadow answers, kept in Redis."""
     latest = {r.job.shadow_model: r.answer.ratelimit for r in results
               if r.answer is not None and r.answer.ratelimit}
+    for model, view in latest.items():
+        for family, (share, _) in view.items():
+            metrics.HEADROOM.labels(model, family).set(share)
     try:
         for model, view in latest.items():
             ratelimits.record(ctx.redis, model, view)
     except redis_lib.RedisError:
         pass  # the next answers bring it again
+
+
+def announce_paused(ctx: Context, skipped: list[Result]) -> bool:
+    """One shadows_paused event per model and hour for jobs given up on; whether one is new."""
+    per_model: dict[str, int] = {}
+    for r in skipped:
+        per_model[r.job.shadow_model] = per_model.get(r.job.shadow_model, 0) + 1
+    hour = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H")
+    minutes = ctx.policy.shadow_headroom.max_defer_minutes
+    try:
+        with session(ctx.engine) as s:
+            new = [for_shadows_paused(s, ctx.policy, m, n, minutes, hour) for m, n in per_model.items()]
+            s.commit()
+        return any(e is not None for e in new)
+    except sa.exc.SQLAlchemyError as err:
+        log.warning("cannot record the shadows_paused event: %s", err)
+        return False
 
 
 def pause_quietly(ctx: Context, model: str, seconds: float) -> float:
