@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -115,6 +116,8 @@ def test_compose_first_up_waits_for_postgres_over_tcp_and_migrates_with_a_wait(r
 
 def test_compose_passwords_stay_out_of_urls_and_each_service_gets_only_its_own(resolved):
     services = resolved[0]["services"]
+    assert {n for n, svc in services.items() if "TIERGUARD_DATABASE_URL" in svc.get("environment", {})} == {
+        "migrate", "worker", "beat", "gateway"}
     for name, svc in services.items():
         assert "env_file" not in svc, f"{name}: env_file hands every password to every container"
         env = svc.get("environment", {})
@@ -157,6 +160,8 @@ def test_compose_grafana_reads_as_the_reader_keeps_its_state_and_worker_concurre
 # --- Kubernetes: what the schema cannot see -------------------------------------------------
 
 def test_k8s_pods_are_hardened():
+    assert {obj["metadata"]["name"] for obj in pods()} == {
+        "tierguard-worker", "tierguard-beat", "tierguard-gateway"}
     for obj in pods():
         spec = obj["spec"]["template"]["spec"]
         name = obj["metadata"]["name"]
@@ -202,7 +207,7 @@ def test_k8s_applied_set_has_no_secret_and_no_fixed_name_job_and_migrates_first(
         "initContainers"][0]["args"]
     config = k8s("ConfigMap", "tierguard-config")["data"]
     for key in ("TIERGUARD_DATABASE_URL", "TIERGUARD_REDIS_URL"):
-        assert "@" not in config[key].split("//", 1)[1].split("/")[0].replace("tierguard@", "")
+        assert urlsplit(config[key]).password is None, key
     assert {"TIERGUARD_DATABASE_PASSWORD", "TIERGUARD_REDIS_PASSWORD",
             "TIERGUARD_READER_PASSWORD"} <= set(secret["stringData"])
 

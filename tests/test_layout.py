@@ -21,7 +21,7 @@ CORE_RULES: dict[str, set[str]] = {
     "broker": {"config"},
     "routes": {"db", "errors", "policy", "keys", "rates"},
     "rates": {"db", "engine", "keys", "metrics", "policy"},
-    "traffic": {"db", "keys"},
+    "traffic": {"db", "keys", "messages"},
     "live_policy": {"policy", "errors"},
     "policy_alerts": set(),
     "metrics": set(),

@@ -225,7 +225,7 @@ def test_no_password_in_any_log_line_or_output(filled_db):
 
     from tests.helpers import tg
 
-    forms = (PASSWORD, quote(PASSWORD, safe=""))
+    forms = (PASSWORD, quote(PASSWORD, safe=""), quote(PASSWORD), "n0t@in", "n0t%40in")
     log = RUN["log"].read_text()
     assert "ready" in log or "celery@" in log  # the worker's own output is there
     env = {**os.environ, "TIERGUARD_POLICY": str(RUN["policy"]), "TIERGUARD_DATABASE_URL": filled_db,

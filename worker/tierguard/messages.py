@@ -33,9 +33,29 @@ def message_text(message: Any) -> str:
     return "\n".join(parts)
 
 
+USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
+                "cache_read_input_tokens")
+
+
+def _usage(message: Any) -> Any:
+    return message.get("usage") if isinstance(message, dict) else getattr(message, "usage", None)
+
+
+def usage_counts(usage: Any) -> dict[str, int]:
+    """A ``usage`` (SDK object or JSON) by field; a missing or malformed count is 0."""
+    if usage is None:
+        return dict.fromkeys(USAGE_FIELDS, 0)
+    get = usage.get if isinstance(usage, dict) else (lambda name: getattr(usage, name, None))
+    out = {}
+    for name in USAGE_FIELDS:
+        value = get(name)
+        out[name] = value if isinstance(value, int) and value > 0 else 0
+    return out
+
+
 def usage_of(message: Any) -> tuple[int | None, int | None]:
     """(input tokens, output tokens) of a Message, an SDK object or its JSON."""
-    usage = message.get("usage") if isinstance(message, dict) else getattr(message, "usage", None)
+    usage = _usage(message)
     if usage is None:
         return None, None
     if isinstance(usage, dict):
@@ -45,14 +65,8 @@ def usage_of(message: Any) -> tuple[int | None, int | None]:
 
 def cache_tokens_of(message: Any) -> tuple[int, int]:
     """(cache-write tokens, cache-read tokens) of a Message, an SDK object or its JSON; 0 if absent."""
-    usage = message.get("usage") if isinstance(message, dict) else getattr(message, "usage", None)
-    if usage is None:
-        return 0, 0
-    if isinstance(usage, dict):
-        return (int(usage.get("cache_creation_input_tokens") or 0),
-                int(usage.get("cache_read_input_tokens") or 0))
-    return (int(getattr(usage, "cache_creation_input_tokens", 0) or 0),
-            int(getattr(usage, "cache_read_input_tokens", 0) or 0))
+    counts = usage_counts(_usage(message))
+    return counts["cache_creation_input_tokens"], counts["cache_read_input_tokens"]
 
 
 def content_json_text(blocks: list[dict[str, Any]]) -> str:

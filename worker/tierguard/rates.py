@@ -46,8 +46,7 @@ def choose_all(engine: Engine, policy: Policy, now: dt.datetime | None = None) -
     now = now or utcnow()
     with session(engine) as s:
         rows = list(s.exec(select(Category)))
-    adaptive = [(row, policy.category(row.name)) for row in rows
-                if policy.category(row.name).sampling == "adaptive"]
+    adaptive = [(row, cat) for row in rows if (cat := policy.category(row.name)).sampling == "adaptive"]
     if not adaptive:
         return {}
     calls, cost = _evidence(engine, now - dt.timedelta(days=1))
@@ -92,24 +91,23 @@ def refresh(engine: Engine, r: redis_lib.Redis, policy: Policy, now: dt.datetime
     return rates
 
 
-def read(r: redis_lib.Redis) -> dict[str, tuple[float, str]]:
-    """The published rates: category -> (rate, reason); malformed entries are skipped."""
+def entries(raw: dict[Any, Any]) -> dict[str, tuple[float, str]]:
+    """An HGETALL of :data:`keys.RATES` as category -> (rate, reason); malformed entries skipped."""
     out: dict[str, tuple[float, str]] = {}
-    for name, value in r.hgetall(keys.RATES).items():
-        rate, _, reason = value.decode().partition("|")
-        try:
-            out[name.decode()] = (float(rate), reason)
-        except ValueError:
-            continue
-    return out
-
-
-def parse_rates(raw: dict[Any, Any]) -> dict[str, float]:
-    """``read`` without the reasons, from an HGETALL already done (the route refresh)."""
-    out = {}
     for name, value in raw.items():
         try:
-            out[name.decode()] = float(value.decode().partition("|")[0])
+            rate, _, reason = value.decode().partition("|")
+            out[name.decode()] = (float(rate), reason)
         except (ValueError, AttributeError):
             continue
     return out
+
+
+def read(r: redis_lib.Redis) -> dict[str, tuple[float, str]]:
+    """The published rates: category -> (rate, reason)."""
+    return entries(r.hgetall(keys.RATES))
+
+
+def parse_rates(raw: dict[Any, Any]) -> dict[str, float]:
+    """The rates alone, from an HGETALL already done (the route refresh)."""
+    return {name: rate for name, (rate, _) in entries(raw).items()}

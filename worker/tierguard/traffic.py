@@ -19,23 +19,19 @@ from sqlalchemy.engine import Engine
 
 from tierguard import keys
 from tierguard.db import Traffic, session, utcnow
+from tierguard.messages import USAGE_FIELDS, usage_counts
 
 TOKENS = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
 METRICS = ("calls", "guarded", *TOKENS)
-_USAGE = {"input_tokens": "input_tokens", "output_tokens": "output_tokens",
-          "cache_write_tokens": "cache_creation_input_tokens", "cache_read_tokens": "cache_read_input_tokens"}
+_FIELD = dict(zip(TOKENS, USAGE_FIELDS, strict=True))  # metric -> the usage field it counts
 KEEP_SECONDS = 24 * 3600
 CLOSED_AFTER_MINUTES = 2  # flushes every few seconds land in the minute they are sent in
 
 
 def tokens_of(usage: Any) -> dict[str, int]:
     """A Messages API ``usage`` (SDK object or JSON) as traffic metrics; junk counts as 0."""
-    get = usage.get if isinstance(usage, dict) else (lambda name: getattr(usage, name, None))
-    out = {}
-    for metric, name in _USAGE.items():
-        value = get(name)
-        out[metric] = value if isinstance(value, int) and value > 0 else 0
-    return out
+    counts = usage_counts(usage)
+    return {metric: counts[name] for metric, name in _FIELD.items()}
 
 
 PRICES = ("cost_usd", "reference_cost_usd")

@@ -134,6 +134,15 @@ class Publisher:
         """Production got a 429 on ``model``: pause its shadows (written by the publisher's thread)."""
         self._pauses.append((model, retry_after))
 
+    def _client(self) -> Any:
+        """This process's Redis for counters, pauses and headroom (not the broker's connection)."""
+        if self._redis is None:
+            import redis
+
+            self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1,
+                                               socket_connect_timeout=1)
+        return self._redis
+
     def saw_headers(self, model: str, headers: Any) -> None:
         """Production's latest rate-limit headers for ``model`` (parsed on the publisher's thread)."""
         self._views[model] = headers
@@ -142,12 +151,7 @@ class Publisher:
         views, self._views = self._views, {}
         for model, headers in views.items():
             try:
-                if self._redis is None:
-                    import redis
-
-                    self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1,
-                                                       socket_connect_timeout=1)
-                ratelimits.record(self._redis, model, ratelimits.parse(headers))
+                ratelimits.record(self._client(), model, ratelimits.parse(headers))
             except Exception:
                 self.counts["headroom_reports_dropped"] += 1
 
@@ -155,12 +159,7 @@ class Publisher:
         while self._pauses:
             model, retry_after = self._pauses.popleft()
             try:
-                if self._redis is None:
-                    import redis
-
-                    self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1,
-                                                       socket_connect_timeout=1)
-                pauses.pause(self._redis, model, retry_after)
+                pauses.pause(self._client(), model, retry_after)
                 self.counts["shadow_pauses_sent"] += 1
             except Exception:
                 self.counts["shadow_pauses_dropped"] += 1
@@ -197,12 +196,7 @@ class Publisher:
             return
         key = keys.TRAFFIC.format(minute=int(time.time() // 60))
         try:
-            if self._redis is None:
-                import redis
-
-                self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1,
-                                                   socket_connect_timeout=1)
-            pipe = self._redis.pipeline(transaction=True)  # all or nothing: a retry never doubles
+            pipe = self._client().pipeline(transaction=True)  # all or nothing: a retry never doubles
             for (category, model, metric), n in counts.items():
                 pipe.hincrby(key, traffic.field(category, model, metric), n)
             pipe.expire(key, traffic.KEEP_SECONDS)

@@ -12,13 +12,13 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from tierguard.messages import USAGE_FIELDS
+
 
 def _get(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
-USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens",
-                "cache_read_input_tokens")
 
 
 class Assembler:

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from tierguard.cli.apps import app, db_app
 from tierguard.cli.common import JsonOpt, console, emit, env, err_console, redis_client
 
+if TYPE_CHECKING:
+    from tierguard.config import Settings
+
 DEFAULT_PASSWORDS = {"change-me", "changeme"}
 
 
-def _refuse_default_passwords(settings: object) -> None:
+def _refuse_default_passwords(settings: Settings) -> None:
     from urllib.parse import unquote, urlsplit
 
     from tierguard.errors import ConfigError
 
     found = []
-    for name, url in (("TIERGUARD_DATABASE_URL", settings.database_url),  # type: ignore[attr-defined]
-                      ("TIERGUARD_REDIS_URL", settings.redis_url)):  # type: ignore[attr-defined]
+    for name, url in (("TIERGUARD_DATABASE_URL", settings.database_url),
+                      ("TIERGUARD_REDIS_URL", settings.redis_url)):
         password = urlsplit(url).password
         if password is not None and unquote(password).lower() in DEFAULT_PASSWORDS:
             found.append(f"{name}: the password is the example's placeholder; set a real one")
-    reader = settings.reader_password  # type: ignore[attr-defined]
+    reader = settings.reader_password
     if reader is not None and reader.get_secret_value().lower() in DEFAULT_PASSWORDS:
         found.append("TIERGUARD_READER_PASSWORD: the example's placeholder; set a real one")
     import os

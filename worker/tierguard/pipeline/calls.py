@@ -10,7 +10,6 @@ from typing import Any
 
 import anthropic
 
-from tierguard import ratelimits
 from tierguard.errors import PermanentCallError, RetryableCallError, ShadowCallError
 from tierguard.messages import cache_tokens_of, content_json_text, message_text, usage_of
 
@@ -23,7 +22,7 @@ class Answer:
     latency_ms: float
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
-    ratelimit: dict | None = None  # the response's rate-limit view (tierguard.ratelimits.parse)
+    headers: Any = None  # the response's headers (its rate-limit view: tierguard.ratelimits)
 
 
 def _retry_after(err: anthropic.APIStatusError) -> float | None:
@@ -97,7 +96,7 @@ async def call_model_async(client: anthropic.AsyncAnthropic, model: str,
     usage = body.get("usage") or {}
     return Answer(content_json_text(body.get("content") or []), usage.get("input_tokens"),
                   usage.get("output_tokens"), latency, *cache_tokens_of(body),
-                  ratelimit=ratelimits.parse(headers))
+                  headers=headers)
 
 
 async def call_model_with_retries(client: anthropic.AsyncAnthropic, model: str,

@@ -19,6 +19,7 @@ from tierguard.compare.base import Verdict
 from tierguard.compare.judge import Judge, JudgeAnswerError
 from tierguard.errors import PermanentCallError, RetryableCallError
 from tierguard.job import ShadowJob
+from tierguard.messages import usage_counts
 from tierguard.pipeline.calls import Answer, call_json_async
 from tierguard.pipeline.recorder import JudgeUsage, Result
 from tierguard.policy import CategoryPolicy, Policy
@@ -59,12 +60,11 @@ class JudgeCall:
             for reference_first in orders:
                 body = await self._ask(judge.request(model, request, reference, candidate,
                                                      reference_first))
-                u = body.get("usage") or {}
-                usage = JudgeUsage(model, usage.input_tokens + int(u.get("input_tokens") or 0),
-                                   usage.output_tokens + int(u.get("output_tokens") or 0),
-                                   usage.cache_write_tokens
-                                   + int(u.get("cache_creation_input_tokens") or 0),
-                                   usage.cache_read_tokens + int(u.get("cache_read_input_tokens") or 0))
+                u = usage_counts(body.get("usage"))
+                usage = JudgeUsage(model, usage.input_tokens + u["input_tokens"],
+                                   usage.output_tokens + u["output_tokens"],
+                                   usage.cache_write_tokens + u["cache_creation_input_tokens"],
+                                   usage.cache_read_tokens + u["cache_read_input_tokens"])
                 readings.append(judge.read(body.get("content") or []))
         except (RetryableCallError, PermanentCallError, JudgeAnswerError) as err:
             return None, f"judge {model}: {err}", usage

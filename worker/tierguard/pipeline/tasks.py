@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import logging
 import random
 import threading
@@ -15,8 +13,8 @@ import sqlalchemy as sa
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from tierguard import keys, maintenance, metrics, pauses, ratelimits, rates, traffic
-from tierguard.alerts.events import for_invalid_policy, for_shadows_paused
+from tierguard import maintenance, rates, traffic
+from tierguard.alerts.events import for_invalid_policy
 from tierguard.alerts.monitors import check
 from tierguard.alerts.outbox import deliver_due
 from tierguard.broker import (
@@ -30,12 +28,20 @@ from tierguard.broker import (
 from tierguard.config import Settings
 from tierguard.db import make_engine, session
 from tierguard.errors import ConfigError, PayloadInvalid
-from tierguard.job import ShadowJob, parse_time
+from tierguard.job import ShadowJob
 from tierguard.live_policy import LivePolicy
 from tierguard.pipeline.batcher import BatchRecorder
 from tierguard.pipeline.fanout import POOL_SHARD, LoopRunner, async_client, run_batch
 from tierguard.pipeline.recorder import Result
-from tierguard.pipeline.shadow import SKIPPED, Context
+from tierguard.pipeline.shadow import Context
+from tierguard.pipeline.yielding import (
+    announce_paused,
+    count_deferred,
+    defer_paused,
+    deferred_copy,
+    pause_quietly,
+    remember_headroom,
+)
 from tierguard.policy import Policy, valid_category
 from tierguard.routes import ensure_categories
 from tierguard.sealing import open_job, seal_job, sealer
@@ -141,7 +147,7 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
         delay = backoff(attempt, item.error.retry_after, settings.retry_after_cap)
         if item.error.kind == "rate_limited":  # its own 429: every shadow to that model waits
             until = pause_quietly(ctx, item.job.shadow_model, delay)
-            deferred.append((_deferred(item.job), max(delay, until - time.time())))
+            deferred.append((deferred_copy(item.job), max(delay, until - time.time())))
             continue
         log.info("job %s: %s; retry %d in %.1fs", item.job.job_id, item.error.kind, attempt, delay)
         task.app.send_task(SHADOW_TASK, args=[seal_job(item.job, ctx.sealer).to_dict()],
@@ -151,98 +157,13 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
         task.app.send_task(SHADOW_TASK, args=[seal_job(job, ctx.sealer).to_dict()], task_id=job.job_id,
                            queue=settings.queue, countdown=wait + random.uniform(0, 1),
                            retries=attempt - 1)
-    if deferred:
-        log.info("%d job(s) deferred: their models are paused or short of rate-limit headroom",
-                 len(deferred))
-        for job, _ in deferred:
-            metrics.DEFERRED.labels(job.shadow_model).inc()
-        try:
-            pipe = ctx.redis.pipeline(transaction=False)
-            for job, _ in deferred:
-                pipe.hincrby(keys.DEFERRED, job.shadow_model, 1)
-            pipe.execute()
-        except redis_lib.RedisError:
-            pass
+    count_deferred(ctx, [job for job, _ in deferred])
     if too_long and announce_paused(ctx, too_long):
         task.app.send_task(DELIVER_TASK, queue=settings.queue)
     if any(o.events for o in outcomes):
         task.app.send_task(DELIVER_TASK, queue=settings.queue)
     return {"recorded": sum(o.status != "duplicate" for o in outcomes), "retried": len(retries),
             "deferred": len(deferred)}
-
-
-def _deferred(job: ShadowJob) -> ShadowJob:
-    if job.deferred_since:
-        return job
-    return dataclasses.replace(job, deferred_since=dt.datetime.now(dt.UTC).isoformat())
-
-
-def remember_headroom(ctx: Context, results: list[Result]) -> None:
-    """The latest rate-limit view per model from these shadow answers, kept in Redis."""
-    latest = {r.job.shadow_model: r.answer.ratelimit for r in results
-              if r.answer is not None and r.answer.ratelimit}
-    for model, view in latest.items():
-        for family, (share, _) in view.items():
-            metrics.HEADROOM.labels(model, family).set(share)
-    try:
-        for model, view in latest.items():
-            ratelimits.record(ctx.redis, model, view)
-    except redis_lib.RedisError:
-        pass  # the next answers bring it again
-
-
-def announce_paused(ctx: Context, skipped: list[Result]) -> bool:
-    """One shadows_paused event per model and hour for jobs given up on; whether one is new."""
-    per_model: dict[str, int] = {}
-    for r in skipped:
-        per_model[r.job.shadow_model] = per_model.get(r.job.shadow_model, 0) + 1
-    hour = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H")
-    minutes = ctx.policy.shadow_headroom.max_defer_minutes
-    try:
-        with session(ctx.engine) as s:
-            new = [for_shadows_paused(s, ctx.policy, m, n, minutes, hour) for m, n in per_model.items()]
-            s.commit()
-        return any(e is not None for e in new)
-    except sa.exc.SQLAlchemyError as err:
-        log.warning("cannot record the shadows_paused event: %s", err)
-        return False
-
-
-def pause_quietly(ctx: Context, model: str, seconds: float) -> float:
-    try:
-        return pauses.pause(ctx.redis, model, seconds)
-    except redis_lib.RedisError:
-        return time.time() + seconds
-
-
-def defer_paused(ctx: Context, jobs: list[ShadowJob], attempt: int
-                 ) -> tuple[list[ShadowJob], list[tuple[ShadowJob, float]], list[Result]]:
-    """(jobs to call now, jobs to re-queue with their wait, jobs recorded as skipped)."""
-    models = {j.shadow_model for j in jobs}
-    try:
-        waits = pauses.paused(ctx.redis, models)
-        for model, (_, _, reset) in ratelimits.low(
-                ctx.redis, models - set(waits), ctx.policy.shadow_headroom.min_remaining).items():
-            waits[model] = reset  # production's headroom is short: wait for the reset
-    except redis_lib.RedisError:
-        return jobs, [], []  # no pause to read: call (a 429 will pause them)
-    if not waits:
-        return jobs, [], []
-    now = time.time()
-    limit = ctx.policy.shadow_headroom.max_defer_minutes * 60
-    keep, deferred, skipped = [], [], []
-    for job in jobs:
-        until = waits.get(job.shadow_model)
-        if until is None:
-            keep.append(job)
-            continue
-        since = parse_time(job.deferred_since)
-        if since is not None and now - since.timestamp() > limit:
-            skipped.append(Result(job, None, None, (SKIPPED, f"rate_headroom: {job.shadow_model} "
-                                                    f"paused for over {limit / 60:g} min"), attempt))
-        else:
-            deferred.append((_deferred(job), until - now))
-    return keep, deferred, skipped
 
 
 def deliver_alerts(task: Task) -> dict[str, int]:
