@@ -11,6 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
 
+import tierguard.batch_store  # noqa: F401  (registers its tables)
 from tests.helpers import last_json, tg
 from tests.test_rollups import POLICY, result
 from tierguard import partitions

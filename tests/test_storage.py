@@ -8,6 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
+import tierguard.batch_store  # noqa: F401  (registers its tables)
 from tierguard.compare import Verdict
 from tierguard.db import Category, RouteChange, Sample, check_schema, session
 from tierguard.job import ShadowJob

@@ -16,6 +16,7 @@ BATCH_TASK = "tierguard.shadow_batch"
 DELIVER_TASK = "tierguard.deliver_alerts"
 MONITOR_TASK = "tierguard.monitor"
 MAINTAIN_TASK = "tierguard.maintain"
+BATCHES_TASK = "tierguard.batches"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -45,6 +46,8 @@ def make_celery(settings: Settings) -> Celery:
                                "options": {"expires": settings.alert_sweep_seconds}},
             "monitor": {"task": MONITOR_TASK, "schedule": settings.monitor_seconds,
                         "options": {"expires": settings.monitor_seconds}},
+            "batches": {"task": BATCHES_TASK, "schedule": settings.batch_poll_seconds,
+                        "options": {"expires": settings.batch_poll_seconds}},
             "maintain": {"task": MAINTAIN_TASK, "schedule": settings.maintain_seconds,
                          "options": {"expires": settings.maintain_seconds}},
         },

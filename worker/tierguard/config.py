@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     alert_sweep_seconds: float = Field(15.0, gt=0, description="alert redelivery sweep period")
     monitor_seconds: float = Field(60.0, gt=0, description="monitor-blind / error-rate checks")
     maintain_seconds: float = Field(3600.0, gt=0, description="counters folded, retention applied")
+    batch_poll_seconds: float = Field(30.0, gt=0, description="batch shadows sent and collected")
 
     @model_validator(mode="after")
     def _passwords_into_urls(self) -> Settings:

@@ -15,3 +15,6 @@ expires then."""
 
 DEFERRED = "tierguard:deferred"
 """Hash: model -> shadow jobs deferred by a pause or short headroom (a running count)."""
+
+BATCH_LOCK = "tierguard:lock:batches"
+"""Lock: held by the one worker sending and collecting Message Batches (pipeline/batches.py)."""

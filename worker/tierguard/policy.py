@@ -105,6 +105,10 @@ class _Tunables(_Strict):
     sample_rate_min: float | None = None
     sample_rate_max: float | None = None
     shadow_budget_usd_per_day: float | None = Field(None, ge=0)
+    # shadow_via: batch sends shadows through the Message Batches API (pipeline/batches.py).
+    shadow_via: Literal["sync", "batch"] | None = None
+    batch_max_jobs: int | None = Field(None, ge=1, le=100_000)
+    batch_max_wait_minutes: float | None = Field(None, gt=0)
 
     _unit_fields = field_validator("sample_rate", "threshold", "healthy", "promote_threshold",
                                    "noise_floor_rate", "sample_rate_min", "sample_rate_max")(_unit)
@@ -144,6 +148,9 @@ class Defaults(_Tunables):
     sampling: Literal["fixed", "adaptive"] = "fixed"
     sample_rate_min: float = 0.01
     sample_rate_max: float = 0.10
+    shadow_via: Literal["sync", "batch"] = "sync"
+    batch_max_jobs: int = Field(1000, ge=1, le=100_000)
+    batch_max_wait_minutes: float = Field(10, gt=0)
 
 
 class CategoryOverrides(_Tunables):
@@ -200,6 +207,9 @@ class CategoryPolicy(_Strict):
     sample_rate_min: float
     sample_rate_max: float
     shadow_budget_usd_per_day: float | None
+    shadow_via: Literal["sync", "batch"]
+    batch_max_jobs: int
+    batch_max_wait_minutes: float
 
     @property
     def sampling_config(self) -> SamplingConfig:

@@ -41,6 +41,10 @@ def status(as_json: bool = JsonOpt) -> None:
             state.append(f"observe mode ({c['would_flip']} would-flips)")
         if c["self_agreement"] is not None:
             state.append(f"self-agreement {pct(c['self_agreement'])}")
+        if c["shadow_via"] == "batch" or c["batch"]["waiting"] or c["batch"]["open"]:
+            b = c["batch"]
+            state.append(f"batch shadows: {b['waiting']} waiting, {b['open']} batches open "
+                         f"({b['in_batches']} jobs)")
         state += [f"[red]{w}[/]" for w in c["warnings"]]
         ft = c["flip_threshold"]
         engine = (f"{c['watching']}: {c['statistic']:.0%} of h={ft['h_nats']:.2f}"

@@ -3,6 +3,7 @@
 from alembic import context
 from sqlmodel import SQLModel
 
+import tierguard.batch_store  # noqa: F401  (registers its tables)
 import tierguard.db  # noqa: F401  (registers the tables)
 from tierguard.partitions import include_name
 

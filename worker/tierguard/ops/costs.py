@@ -26,7 +26,8 @@ SHADOW_KINDS = ("shadow", "noise")
 
 
 def _empty() -> dict[str, float]:
-    return {"production_usd": 0.0, "shadow_usd": 0.0, "sync_usd": 0.0, "noise_usd": 0.0,
+    return {"production_usd": 0.0, "shadow_usd": 0.0, "sync_usd": 0.0, "batch_usd": 0.0,
+            "noise_usd": 0.0,
             "judge_usd": 0.0, "savings_usd": 0.0, "calls": 0, "calls_without_usage": 0}
 
 
@@ -47,11 +48,11 @@ def costs(engine: Engine, policy: Policy, since: dt.datetime, now: dt.datetime) 
             .where(Traffic.minute >= since, Traffic.input_tokens == 0, Traffic.output_tokens == 0)
             .group_by(Traffic.category)).all())
         shadow = s.execute(
-            sa.select(Sample.category, Sample.kind,
+            sa.select(Sample.category, Sample.kind, Sample.shadow_via,
                       sa.func.sum(sa.func.coalesce(Sample.shadow_cost_usd, 0)),
                       sa.func.sum(sa.func.coalesce(Sample.judge_cost_usd, 0)))
             .where(Sample.created_at >= since, Sample.kind.in_(SHADOW_KINDS))
-            .group_by(Sample.category, Sample.kind)).all()
+            .group_by(Sample.category, Sample.kind, Sample.shadow_via)).all()
     for name, model, was_priced, calls, cost, reference_cost, *tokens in traffic:
         entry = cats.setdefault(name, _empty())
         tokens = [int(t or 0) for t in tokens]
@@ -67,9 +68,10 @@ def costs(engine: Engine, policy: Policy, since: dt.datetime, now: dt.datetime) 
             entry["savings_usd"] += on_reference - spent
     for name, calls in no_usage.items():
         cats.setdefault(name, _empty())["calls_without_usage"] = int(calls or 0)
-    for name, kind, shadow_usd, judge_usd in shadow:
+    for name, kind, via, shadow_usd, judge_usd in shadow:
         entry = cats.setdefault(name, _empty())
-        entry["sync_usd" if kind == "shadow" else "noise_usd"] += float(shadow_usd or 0)
+        part = "noise_usd" if kind != "shadow" else "batch_usd" if via == "batch" else "sync_usd"
+        entry[part] += float(shadow_usd or 0)
         entry["judge_usd"] += float(judge_usd or 0)
         entry["shadow_usd"] += float(shadow_usd or 0) + float(judge_usd or 0)
     days = max((now - since).total_seconds() / 86400, 1 / 1440)

@@ -1,17 +1,54 @@
-"""The simulated Messages API over HTTP: ``POST /v1/messages`` (streamed or not), count_tokens,
-``GET /v1/models``, and the test controls ``POST /_sim/fail`` and ``GET /_sim/stats``."""
+"""The simulated Messages API over HTTP (a stdlib ``ThreadingHTTPServer``).
+
+The API (as the ``anthropic`` SDK calls it; errors are ``{"type": "error", "error": {...}}``):
+
+- ``POST /v1/messages`` (streamed or not), ``POST /v1/messages/count_tokens``, ``GET /v1/models``.
+- Message Batches (``ops.sim_batches``): ``POST /v1/messages/batches`` ``{"requests":
+  [{"custom_id", "params"}]}``; ``GET /v1/messages/batches`` (``limit``, ``after_id``,
+  ``before_id``); ``GET /v1/messages/batches/{id}``; ``POST /v1/messages/batches/{id}/cancel``;
+  ``DELETE /v1/messages/batches/{id}`` (ended batches); ``GET /v1/messages/batches/{id}/results``
+  (JSON lines; ``results_url`` points there, built from the request's ``Host``).
+- Rate limits (``ops.sim_buckets``): a model with buckets for the caller's key (``X-Api-Key``
+  or ``Authorization: Bearer``) answers 429 ``rate_limit_error`` with ``retry-after`` and
+  ``retry-after-ms`` when a bucket is short, and every answer carries the
+  ``anthropic-ratelimit-*`` headers. Batches and count_tokens take nothing from them.
+
+Test controls:
+
+- ``POST /_sim/fail`` ``{"status", "count", "delay", "retry_after", "judge"}``: fail the next calls.
+- ``POST /_sim/ratelimit`` ``{"model", "limit", "remaining", "reset_in"}``: fixed headers for a
+  model without buckets.
+- ``POST /_sim/batches`` ``{"delay_s", "cancel_delay_s", "error_rate", "errored", "error_type":
+  "api_error"|"overloaded_error", "expired"}`` (all optional): timing of batches created after;
+  the next ``errored``/``expired`` batch requests processed end so.
+- ``POST /_sim/buckets`` ``{"model", "requests_per_minute", "input_tokens_per_minute",
+  "output_tokens_per_minute", "time_scale", "key"}`` or ``{"model", "key"?, "clear": true}``:
+  set (full again) or drop a model's buckets, or one key's override.
+- ``GET /_sim/stats``: ``requests``, ``candidate_calls``, ``in_flight``, ``in_flight_max``,
+  ``streams``, ``recent_headers``, ``batches`` (``created``, ``ended``, ``canceled``,
+  ``requests``, ``results``), ``served`` and ``rate_limited`` per model, and ``by_key``
+  (``{fingerprint: {model: {"served", "rate_limited"}}}``).
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from tierguard.messages import content_text
+from tierguard.ops.sim_batches import BatchError, BatchStore
+from tierguard.ops.sim_buckets import BucketStore, fingerprint
 from tierguard.ops.simulate import Scenario, Simulator
+
+BATCH_PATH = re.compile(r"^/v1/messages/batches(?:/([^/]+)(?:/(results|cancel))?)?$")
+FAMILY_WORDS = {"requests": "requests", "input-tokens": "input tokens", "output-tokens": "output tokens"}
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
@@ -51,6 +88,25 @@ def sse_events(msg: dict[str, Any]) -> list[bytes]:
 def _input_tokens(body: dict[str, Any]) -> int:
     chars = len(json.dumps(body.get("messages"))) + len(content_text(body.get("system", "")))
     return max(1, chars // 4)
+
+
+def request_problem(body: Any) -> str | None:
+    """Why a Messages API body cannot be answered, or None."""
+    if not isinstance(body, dict) or not body.get("model") or not body.get("messages") \
+            or not body.get("max_tokens"):
+        return "model, messages and max_tokens are required"
+    return None
+
+
+def is_judging(body: dict[str, Any]) -> bool:
+    return any(isinstance(t, dict) and t.get("name") == "tierguard_verdict" for t in body.get("tools") or [])
+
+
+def build_message(sim: Simulator, body: dict[str, Any]) -> dict[str, Any]:
+    """The Message that ``POST /v1/messages`` answers ``body`` with (also each batch request)."""
+    if is_judging(body):
+        return message_body(body["model"], "", _input_tokens(body), content=sim.judge(body))
+    return message_body(body["model"], sim.answer(body)[1], _input_tokens(body))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -102,10 +158,21 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(obj).encode(), headers=headers)
 
-    def _error(self, status: int, message: str, retry_after: float | None = None) -> None:
-        headers = {"retry-after": f"{retry_after:g}"} if retry_after is not None else None
+    def _error(self, status: int, message: str, retry_after: float | None = None,
+               headers: dict[str, str] | None = None) -> None:
+        headers = dict(headers or {})
+        if retry_after is not None:
+            headers["retry-after"] = f"{retry_after:g}"
         self._json(status, {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"),
                                                         "message": message}}, headers)
+
+    def _base_url(self) -> str:
+        host = self.headers.get("Host")
+        return f"http://{host}" if host else self.server.base_url
+
+    def _api_key(self) -> str:
+        auth = self.headers.get("Authorization") or ""
+        return self.headers.get("X-Api-Key") or (auth[7:] if auth.lower().startswith("bearer ") else "")
 
     def _body(self) -> Any:
         n = int(self.headers.get("Content-Length") or 0)
@@ -114,6 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         sim = self.server.sim
         if self.path == "/_sim/stats":
+            batches = self.server.batches.stats()  # may answer due batch requests: before sim.lock
             with sim.lock:
                 stats = {"requests": [{"model": m, "category": c, "count": n}
                                       for (m, c), n in sorted(sim.requests.items())],
@@ -121,7 +189,10 @@ class _Handler(BaseHTTPRequestHandler):
                          "in_flight": sim.in_flight, "in_flight_max": sim.in_flight_max,
                          "streams": dict(sim.streams),
                          "recent_headers": list(sim.recent_headers)}
-            return self._json(200, stats)
+            return self._json(200, {**stats, "batches": batches, **self.server.buckets.stats()})
+        url = urlsplit(self.path)
+        if found := BATCH_PATH.match(url.path):
+            return self._batch_call("GET", found, dict(parse_qsl(url.query)))
         if self.path.split("?")[0] == "/v1/models":
             models = sorted({*sim.scenario.reference_models, "claude-haiku-4-5"})
             return self._json(200, {"data": [{"type": "model", "id": m, "display_name": m,
@@ -147,18 +218,72 @@ class _Handler(BaseHTTPRequestHandler):
                     queue.append((int(body.get("status", 500)), float(body.get("delay", 0)),
                                   body.get("retry_after")))
             return self._json(200, {"queued": len(queue)})
-        path = self.path.split("?")[0]
+        if self.path in ("/_sim/batches", "/_sim/buckets"):
+            try:
+                if self.path == "/_sim/batches":
+                    return self._json(200, self.server.batches.script(body))
+                return self._json(200, self.server.buckets.configure(body))
+            except BatchError as err:
+                return self._error(err.status, err.message)
+            except (ValueError, TypeError, AttributeError) as err:
+                return self._error(400, str(err))
+        path = urlsplit(self.path).path
+        if found := BATCH_PATH.match(path):
+            return self._batch_call("POST", found, body)
         if path == "/v1/messages/count_tokens":
             return self._json(200, {"input_tokens": _input_tokens(body)})
         if path != "/v1/messages":
             return self._error(404, f"no route {self.path}")
+        self._messages(body)
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        try:
+            self._body()  # read whatever was sent, to keep the connection usable
+        except ValueError:
+            pass
+        if found := BATCH_PATH.match(urlsplit(self.path).path):
+            return self._batch_call("DELETE", found, None)
+        self._error(404, f"no route {self.path}")
+
+    def _batch_call(self, method: str, found: re.Match[str], arg: Any) -> None:
+        batches, base = self.server.batches, self._base_url()
+        batch_id, action = found.groups()
+        route = (method, bool(batch_id), action)
+        try:
+            if route == ("GET", True, "results"):
+                binary = "binary" in (self.headers.get("Accept") or "")
+                return self._send(200, batches.results(batch_id),
+                                  "application/binary" if binary else "application/x-jsonl")
+            if route == ("GET", True, None):
+                return self._json(200, batches.retrieve(batch_id, base))
+            if route == ("GET", False, None):
+                return self._json(200, batches.list(arg, base))
+            if route == ("POST", False, None):
+                return self._json(200, batches.create(arg, base))
+            if route == ("POST", True, "cancel"):
+                return self._json(200, batches.cancel(batch_id, base))
+            if route == ("DELETE", True, None):
+                return self._json(200, batches.delete(batch_id))
+        except BatchError as err:
+            return self._error(err.status, err.message)
+        self._error(405, f"{method} {self.path} is not supported")
+
+    def _messages(self, body: Any) -> None:
+        sim, buckets = self.server.sim, self.server.buckets
         with sim.lock:
             sim.recent_headers.append({k.lower(): v for k, v in self.headers.items()})
-        if not body.get("model") or not body.get("messages") or not body.get("max_tokens"):
-            return self._error(400, "model, messages and max_tokens are required")
-        judging = any(isinstance(t, dict) and t.get("name") == "tierguard_verdict"
-                      for t in body.get("tools") or [])
-        failure = sim.next_failure(judge=judging)
+        if problem := request_problem(body):
+            return self._error(400, problem)
+        model, key = body["model"], fingerprint(self._api_key())
+        gate = buckets.admit(key, model, _input_tokens(body))
+        if gate and gate.retry_after is not None:
+            wait, fam = gate.retry_after, gate.family
+            limit = gate.headers[f"anthropic-ratelimit-{fam}-limit"]
+            return self._error(429, f"This request would exceed the rate limit for {model} of {limit} "
+                                    f"{FAMILY_WORDS[fam]} per minute; retry after {wait:.3g} s",
+                               headers={**gate.headers, "retry-after": str(max(1, math.ceil(wait))),
+                                        "retry-after-ms": str(max(1, math.ceil(wait * 1000)))})
+        failure = sim.next_failure(judge=is_judging(body))
         with sim.lock:
             sim.in_flight += 1
             sim.in_flight_max = max(sim.in_flight_max, sim.in_flight)
@@ -172,12 +297,13 @@ class _Handler(BaseHTTPRequestHandler):
             status, delay, retry_after = failure
             time.sleep(delay)
             if status:
-                return self._error(status, "simulated failure", retry_after)
-        if judging:
-            msg = message_body(body["model"], "", _input_tokens(body), content=sim.judge(body))
+                return self._error(status, "simulated failure", retry_after, gate.headers if gate else None)
+        msg = build_message(sim, body)
+        if gate:
+            limits = buckets.finish(key, model, msg["usage"]["output_tokens"])
         else:
-            msg = message_body(body["model"], sim.answer(body)[1], _input_tokens(body))
-        limits = sim.ratelimit_headers(body["model"])
+            limits = sim.ratelimit_headers(model)
+        buckets.note_served(key, model)
         if body.get("stream"):
             return self._stream(sse_events(msg), sim.scenario.stream_event_ms / 1000, limits)
         self._json(200, msg, limits)
@@ -189,7 +315,14 @@ class SimServer(ThreadingHTTPServer):
 
     def __init__(self, scenario: Scenario, host: str = "127.0.0.1", port: int = 0):
         self.sim = Simulator(scenario)
+        self.batches = BatchStore(scenario, answer=self._answer_batch_request)
+        self.buckets = BucketStore(scenario.rate_limits, scenario.time_scale)
         super().__init__((host, port), _Handler)
+
+    def _answer_batch_request(self, params: dict[str, Any]) -> dict[str, Any]:
+        if problem := request_problem(params):
+            raise ValueError(problem)
+        return build_message(self.sim, params)
 
     @property
     def base_url(self) -> str:

@@ -5,7 +5,9 @@ other model (a candidate) returns the truth with a scripted probability per
 category, which can drift after a number of candidate requests. Outcomes are a
 pure function of (seed, model, request), so a retried request gets the same
 answer. Errors (429/529/500, slow answers) are injected at a rate or on demand
-through ``POST /_sim/fail``. ``GET /_sim/stats`` counts requests.
+through ``POST /_sim/fail``. ``GET /_sim/stats`` counts requests. Message Batches
+are answered by the same logic (``ops.sim_batches``); per-(API key, model) rate-limit
+buckets live in ``ops.sim_buckets``; ``ops.sim_server`` lists every endpoint.
 
 A scenario file (YAML)::
 
@@ -17,6 +19,14 @@ A scenario file (YAML)::
     categories:
       sentiment: {kind: label, labels: [POSITIVE, NEGATIVE, NEUTRAL], agreement: 0.98,
                   drift: {after: 400, agreement: 0.6}}
+    batch_delay_s: 0.5          # Message Batches end this long after creation
+    batch_cancel_delay_s: 0.1   # a canceled batch is "canceling" this long
+    batch_error_rate: 0.0       # share of batch requests that end errored
+    time_scale: 1.0             # 60: a rate-limit "minute" lasts one real second
+    rate_limits:                # token buckets per (API key, model); none: unlimited
+      claude-haiku-4-5: {requests_per_minute: 50, input_tokens_per_minute: 50000,
+                         output_tokens_per_minute: 10000,
+                         keys: {sk-ant-other: {requests_per_minute: 5}}}
 
 A request belongs to the category whose ``match`` (default: the name) occurs in
 its system prompt.
@@ -74,6 +84,11 @@ class Scenario:
     stream_event_ms: float = 0.0  # pause before each streamed event
     judge_malformed: float = 0.0  # share of judge requests answered without the verdict tool
     categories: dict[str, CategorySim] = field(default_factory=dict)
+    batch_delay_s: float = 0.5  # a Message Batch ends this long after creation
+    batch_cancel_delay_s: float = 0.1  # how long a canceled batch stays ``canceling``
+    batch_error_rate: float = 0.0  # share of batch requests that end errored (api_error)
+    rate_limits: dict[str, dict[str, Any]] = field(default_factory=dict)  # see ops.sim_buckets
+    time_scale: float = 1.0  # rate-limit minutes last 60/time_scale real seconds
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
@@ -88,7 +103,12 @@ class Scenario:
                    error_rates={int(k): float(v) for k, v in (data.get("error_rates") or {}).items()},
                    retry_after=data.get("retry_after", 1.0),
                    stream_event_ms=float(data.get("stream_event_ms", 0)),
-                   judge_malformed=float(data.get("judge_malformed", 0)), categories=cats)
+                   judge_malformed=float(data.get("judge_malformed", 0)), categories=cats,
+                   batch_delay_s=float(data.get("batch_delay_s", 0.5)),
+                   batch_cancel_delay_s=float(data.get("batch_cancel_delay_s", 0.1)),
+                   batch_error_rate=float(data.get("batch_error_rate", 0)),
+                   rate_limits=dict(data.get("rate_limits") or {}),
+                   time_scale=float(data.get("time_scale", 1.0)))
 
     @classmethod
     def load(cls, path: str | Path) -> Scenario:

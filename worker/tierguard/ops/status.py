@@ -50,6 +50,9 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
     from tierguard.rates import choose_all
 
     chosen = choose_all(engine, policy)  # what beat publishes for adaptive categories
+    from tierguard.batch_store import summary as batch_summary
+
+    batched = batch_summary(engine)
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         cat = policy.category(name)
@@ -75,6 +78,8 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
             "sampling": cat.sampling,
             "sample_rate": chosen[name].rate if name in chosen else cat.sample_rate,
             "sample_rate_reason": chosen[name].reason if name in chosen else "fixed sample_rate",
+            "shadow_via": cat.shadow_via,
+            "batch": batched.get(name, {"waiting": 0, "in_batches": 0, "open": 0}),
             "pinned": bool(row and row.pinned),
             "pin_reason": row.pin_reason if row else None,
             "pinned_until": row.pinned_until.isoformat() if row and row.pinned_until else None,

@@ -19,10 +19,11 @@ class Answer:
     text: str
     input_tokens: int | None
     output_tokens: int | None
-    latency_ms: float
+    latency_ms: float | None  # None for a Message Batches answer
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
     headers: Any = None  # the response's headers (its rate-limit view: tierguard.ratelimits)
+    batch: bool = False  # answered through the Message Batches API (priced at its discount)
 
 
 def _retry_after(err: anthropic.APIStatusError) -> float | None:

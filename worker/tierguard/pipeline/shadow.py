@@ -38,6 +38,7 @@ class Context:
     recorder: Callable[[list[Result]], list[Outcome]] | None = None
     runner: Any = None
     sealer: Any = None  # a tierguard.sealing.Sealer when TIERGUARD_PAYLOAD_KEYS is set
+    batch_client: Any = None  # the anthropic.Anthropic client batch shadows use, made lazily
 
     def record_all(self, results: list[Result]) -> list[Outcome]:
         if self.recorder is not None:

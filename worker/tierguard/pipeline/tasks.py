@@ -8,17 +8,19 @@ import threading
 import time
 from typing import Any
 
+import anthropic
 import redis as redis_lib
 import sqlalchemy as sa
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from tierguard import maintenance, rates, traffic
+from tierguard import keys, maintenance, rates, traffic
 from tierguard.alerts.events import for_invalid_policy
 from tierguard.alerts.monitors import check
 from tierguard.alerts.outbox import deliver_due
 from tierguard.broker import (
     BATCH_TASK,
+    BATCHES_TASK,
     DELIVER_TASK,
     MAINTAIN_TASK,
     MONITOR_TASK,
@@ -30,10 +32,11 @@ from tierguard.db import make_engine, session
 from tierguard.errors import ConfigError, PayloadInvalid
 from tierguard.job import ShadowJob
 from tierguard.live_policy import LivePolicy
+from tierguard.pipeline import batches
 from tierguard.pipeline.batcher import BatchRecorder
 from tierguard.pipeline.fanout import POOL_SHARD, LoopRunner, async_client, run_batch
 from tierguard.pipeline.recorder import Result
-from tierguard.pipeline.shadow import Context
+from tierguard.pipeline.shadow import Context, skipped
 from tierguard.pipeline.yielding import (
     announce_paused,
     count_deferred,
@@ -123,9 +126,12 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
         except PayloadInvalid as err:  # recorded as an error, never executed
             log.warning("job %s: %s", job.job_id, err)
             refused.append(Result(job, None, None, ("payload_invalid", str(err)), attempt))
+    opened, via_batch = _by_batch(ctx, opened, refused, attempt)
     opened, deferred, too_long = defer_paused(ctx, opened, attempt)
     refused += too_long
     try:
+        if via_batch:  # kept for the next Message Batch; beat sends and collects it
+            batches.enqueue(ctx, via_batch, attempt)
         results, retries = ctx.runner.run(run_batch(
             ctx.runner, ctx.policy, opened, attempt=attempt,
             final=attempt >= settings.shadow_max_attempts)) if opened else ([], [])
@@ -164,6 +170,45 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
         task.app.send_task(DELIVER_TASK, queue=settings.queue)
     return {"recorded": sum(o.status != "duplicate" for o in outcomes), "retried": len(retries),
             "deferred": len(deferred)}
+
+
+def _by_batch(ctx: Context, jobs: list[ShadowJob], refused: list[Result], attempt: int
+              ) -> tuple[list[ShadowJob], list[ShadowJob]]:
+    """(jobs to call now, jobs for a batch); a batch job its model cannot take is skipped now."""
+    now, later = [], []
+    for job in jobs:
+        if ctx.policy.category(job.category).shadow_via != "batch":
+            now.append(job)
+        elif (skip := skipped(ctx.policy, job, attempt)) is not None:
+            refused.append(skip)
+        else:
+            later.append(job)
+    return now, later
+
+
+def batch_cycle(task: Task) -> dict[str, int]:
+    """Send the Message Batches that are due and collect the ended ones (one worker at a time)."""
+    settings: Settings = task.app.tierguard_settings
+    ctx = context_for(task.app)
+    lock = ctx.redis.lock(keys.BATCH_LOCK, timeout=max(600.0, 10 * settings.batch_poll_seconds),
+                          blocking=False)
+    if not lock.acquire():
+        return {"busy": 1}
+    try:
+        if ctx.batch_client is None:
+            ctx.batch_client = anthropic.Anthropic(max_retries=2, timeout=settings.shadow_timeout)
+        counts, outcomes = batches.cycle(ctx, ctx.batch_client, settings.shadow_max_attempts)
+    except sa.exc.OperationalError as err:  # the database is down: the next cycle does it
+        log.warning("batch shadows wait for the database: %s", type(err.orig).__name__)
+        return {"database_unavailable": 1}
+    finally:
+        try:
+            lock.release()
+        except redis_lib.exceptions.RedisError:
+            pass  # expired (a long cycle) or Redis gone: it lapses by itself
+    if any(o.events for o in outcomes):
+        task.app.send_task(DELIVER_TASK, queue=settings.queue)
+    return dict(counts)
 
 
 def deliver_alerts(task: Task) -> dict[str, int]:
@@ -205,6 +250,7 @@ def register(app: Celery) -> Celery:
     app.task(name=DELIVER_TASK, bind=True, ignore_result=True)(deliver_alerts)
     app.task(name=MONITOR_TASK, bind=True, ignore_result=True)(monitor)
     app.task(name=MAINTAIN_TASK, bind=True, ignore_result=True)(maintain)
+    app.task(name=BATCHES_TASK, bind=True, ignore_result=True)(batch_cycle)
     return app
 
 

@@ -1,0 +1,180 @@
+"""Batch shadows at rest: the jobs waiting for a Message Batch and the batches sent.
+
+A job in ``batch_job`` is waiting while its ``batch_id`` is null, then belongs to
+one ``shadow_batch`` until its result is recorded, when its row is deleted (the
+sample is the record). A batch is ``submitting`` from the moment it holds jobs
+until the API has given it an id, then ``in_progress`` until its results are
+recorded (``recorded``), or ``refused`` / ``lost`` when the API would not take
+it or no longer knows it (its jobs go back to waiting or are recorded as errors).
+Every step is one transaction, so any process can die between two of them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Column, Field, SQLModel
+
+from tierguard.db import Sample, session, utcnow
+
+OPEN = ("submitting", "in_progress")
+
+
+def _ts(nullable: bool = False, index: bool = False) -> Any:
+    column = Column(sa.DateTime(timezone=True), nullable=nullable, index=index)
+    return Field(default=None, sa_column=column) if nullable else Field(default_factory=utcnow,
+                                                                        sa_column=column)
+
+
+class ShadowBatch(SQLModel, table=True):
+    __tablename__ = "shadow_batch"
+
+    id: str = Field(primary_key=True)
+    category: str = Field(index=True)
+    status: str = Field(index=True)
+    api_id: str | None = None
+    jobs: int = 0
+    request_counts: dict = Field(default_factory=dict, sa_column=Column(sa.JSON, nullable=False))
+    error: str | None = None
+    created_at: dt.datetime = _ts()
+    submitted_at: dt.datetime | None = _ts(nullable=True)
+    ended_at: dt.datetime | None = _ts(nullable=True)
+
+
+class BatchJob(SQLModel, table=True):
+    __tablename__ = "batch_job"
+
+    job_id: str = Field(primary_key=True)
+    category: str = Field(index=True)
+    batch_id: str | None = Field(default=None, index=True)
+    # The job as the worker received it (sealed again when TIERGUARD_PAYLOAD_KEYS is set).
+    payload: dict = Field(sa_column=Column(sa.JSON, nullable=False))
+    attempt: int = 1
+    queued_at: dt.datetime = _ts(index=True)
+
+
+def _insert(s: Any) -> Any:
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def enqueue(engine: Engine, payloads: list[dict[str, Any]], attempt: int = 1) -> int:
+    """Queue jobs (``ShadowJob.to_dict()`` forms) for a batch; jobs already queued or recorded are
+    left alone (a redelivered message sends nothing twice). Returns how many were new."""
+    if not payloads:
+        return 0
+    ids = [p["job_id"] for p in payloads]
+    now = utcnow()
+    with session(engine) as s:
+        recorded = set(s.execute(sa.select(Sample.job_id).where(Sample.job_id.in_(ids))).scalars())
+        rows = [{"job_id": p["job_id"], "category": p["category"], "payload": p, "attempt": attempt,
+                 "queued_at": now} for p in payloads if p["job_id"] not in recorded]
+        if not rows:
+            return 0
+        table = BatchJob.__table__
+        stmt = _insert(s)(table).on_conflict_do_nothing().returning(table.c.job_id)
+        new = len(s.execute(stmt, rows).all())
+        s.commit()
+    return new
+
+
+def waiting(engine: Engine) -> dict[str, tuple[int, dt.datetime]]:
+    """Per category: (jobs waiting, when the oldest was queued)."""
+    with session(engine) as s:
+        q = (sa.select(BatchJob.category, sa.func.count(), sa.func.min(BatchJob.queued_at))
+             .where(BatchJob.batch_id.is_(None)).group_by(BatchJob.category))
+        return {name: (int(n), _aware(oldest)) for name, n, oldest in s.execute(q).all()}
+
+
+def claim(engine: Engine, category: str, limit: int) -> str | None:
+    """Put up to ``limit`` of ``category``'s oldest waiting jobs in a new ``submitting`` batch."""
+    batch_id = "tgb_" + uuid.uuid4().hex
+    with session(engine) as s:
+        picked = (sa.select(BatchJob.job_id)
+                  .where(BatchJob.category == category, BatchJob.batch_id.is_(None))
+                  .order_by(BatchJob.queued_at, BatchJob.job_id).limit(limit)
+                  .with_for_update(skip_locked=True))
+        ids = list(s.execute(picked).scalars())
+        if not ids:
+            return None
+        s.execute(sa.update(BatchJob).where(BatchJob.job_id.in_(ids), BatchJob.batch_id.is_(None))
+                  .values(batch_id=batch_id))
+        s.add(ShadowBatch(id=batch_id, category=category, status="submitting", jobs=len(ids),
+                          created_at=utcnow()))
+        s.commit()
+    return batch_id
+
+
+def _all(engine: Engine, q: Any) -> list[Any]:
+    with session(engine) as s:
+        rows = s.execute(q).scalars().all()
+        s.expunge_all()
+        return list(rows)
+
+
+def batches(engine: Engine, status: str) -> list[ShadowBatch]:
+    return _all(engine, sa.select(ShadowBatch).where(ShadowBatch.status == status)
+                .order_by(ShadowBatch.created_at))
+
+
+def jobs_of(engine: Engine, batch_id: str) -> list[BatchJob]:
+    return _all(engine, sa.select(BatchJob).where(BatchJob.batch_id == batch_id)
+                .order_by(BatchJob.job_id))
+
+
+def submitted(engine: Engine, batch_id: str, api_id: str) -> None:
+    with session(engine) as s:
+        s.execute(sa.update(ShadowBatch).where(ShadowBatch.id == batch_id)
+                  .values(api_id=api_id, status="in_progress", submitted_at=utcnow()))
+        s.commit()
+
+
+def settle(engine: Engine, batch_id: str, done: list[str], retry: list[str],
+           status: str | None = None, counts: dict[str, int] | None = None,
+           error: str | None = None) -> None:
+    """Recorded jobs leave; jobs to retry wait again (one attempt more); the batch is closed with
+    ``status`` once it holds no job."""
+    with session(engine) as s:
+        if done:
+            s.execute(sa.delete(BatchJob).where(BatchJob.job_id.in_(done)))
+        if retry:
+            s.execute(sa.update(BatchJob).where(BatchJob.job_id.in_(retry))
+                      .values(batch_id=None, attempt=BatchJob.attempt + 1))
+        if status is not None:
+            left = s.execute(sa.select(sa.func.count()).select_from(BatchJob)
+                             .where(BatchJob.batch_id == batch_id)).scalar_one()
+            if not left:
+                values: dict[str, Any] = {"status": status, "ended_at": utcnow()}
+                if counts is not None:
+                    values["request_counts"] = counts
+                if error is not None:
+                    values["error"] = error[:2000]
+                s.execute(sa.update(ShadowBatch).where(ShadowBatch.id == batch_id).values(**values))
+        s.commit()
+
+
+def summary(engine: Engine) -> dict[str, dict[str, int]]:
+    """Per category: jobs waiting for a batch, jobs in open batches, batches open."""
+    out: dict[str, dict[str, int]] = {}
+    with session(engine) as s:
+        for name, n in s.execute(sa.select(BatchJob.category, sa.func.count())
+                                 .where(BatchJob.batch_id.is_(None)).group_by(BatchJob.category)):
+            out.setdefault(name, {"waiting": 0, "in_batches": 0, "open": 0})["waiting"] = int(n)
+        for name, n, jobs in s.execute(sa.select(ShadowBatch.category, sa.func.count(),
+                                                 sa.func.sum(ShadowBatch.jobs))
+                                       .where(ShadowBatch.status.in_(OPEN))
+                                       .group_by(ShadowBatch.category)):
+            entry = out.setdefault(name, {"waiting": 0, "in_batches": 0, "open": 0})
+            entry["open"], entry["in_batches"] = int(n), int(jobs or 0)
+    return out
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

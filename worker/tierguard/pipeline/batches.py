@@ -1,0 +1,214 @@
+"""Batch shadows: a category's jobs collected and sent through the Message Batches API.
+
+::
+
+    worker   shadow_via: batch ──▶ batch_job (waiting)                        enqueue()
+    beat, every batch_poll_seconds ──▶ cycle():
+      submit   batch_max_jobs waiting, or the oldest waited batch_max_wait_minutes
+               ──▶ shadow_batch (submitting) ── messages.batches.create ──▶ in_progress
+      collect  an ended batch's results, streamed, compared and recorded as sync results
+               are (record_many: once per job id); errored, expired and canceled requests
+               wait again until shadow_max_attempts, then are recorded as errors
+
+Each arrow is one transaction; a process killed between two repeats its step, and the
+sample's job id keeps every job recorded once. One window is left: killed after the API
+took a batch and before its id was stored, the batch is sent again (paid twice, recorded
+once). Noise-floor twins are not sent by batch; a judge is asked synchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import math
+import re
+from collections import Counter
+from typing import Any
+
+import anthropic
+
+from tierguard import batch_store
+from tierguard.db import utcnow
+from tierguard.errors import PayloadInvalid, RetryableCallError
+from tierguard.job import ShadowJob, digest
+from tierguard.messages import cache_tokens_of, message_text, usage_of
+from tierguard.pipeline.calls import Answer, classify
+from tierguard.pipeline.judging import JudgeCall, needs_judge
+from tierguard.pipeline.recorder import Outcome, Result
+from tierguard.pipeline.shadow import Context, result_of
+from tierguard.sealing import open_job, seal_job
+
+log = logging.getLogger(__name__)
+CHUNK = 500  # results recorded per transaction
+_CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+PERMANENT_ERRORS = {"invalid_request_error", "authentication_error", "permission_error",
+                    "not_found_error", "request_too_large"}
+
+
+def custom_id(job_id: str) -> str:
+    """The job id, or a digest of it where the API's custom_id rules would refuse it."""
+    return job_id if _CUSTOM_ID.match(job_id) else "tg-" + digest(job_id)[:48]
+
+
+def params(job: ShadowJob) -> dict[str, Any]:
+    return {**{k: v for k, v in job.request.items() if k not in ("model", "stream")},
+            "model": job.shadow_model}
+
+
+def enqueue(ctx: Context, jobs: list[ShadowJob], attempt: int = 1) -> int:
+    """Keep ``jobs`` (opened) for a batch, sealed again when the worker has keys."""
+    return batch_store.enqueue(ctx.engine, [seal_job(j, ctx.sealer).to_dict() for j in jobs], attempt)
+
+
+def cycle(ctx: Context, client: anthropic.Anthropic, max_attempts: int,
+          now: dt.datetime | None = None) -> tuple[Counter[str], list[Outcome]]:
+    """Send the batches that are due, then collect every ended one."""
+    now = now or utcnow()
+    counts: Counter[str] = Counter()
+    outcomes: list[Outcome] = []
+    for name, (n, oldest) in batch_store.waiting(ctx.engine).items():
+        cat = ctx.policy.category(name)
+        aged = now - oldest >= dt.timedelta(minutes=cat.batch_max_wait_minutes)
+        for _ in range(math.ceil(n / cat.batch_max_jobs) if aged else n // cat.batch_max_jobs):
+            if batch_store.claim(ctx.engine, name, cat.batch_max_jobs) is None:
+                break
+    for batch in batch_store.batches(ctx.engine, "submitting"):
+        outcomes += submit(ctx, client, batch, counts)
+    for batch in batch_store.batches(ctx.engine, "in_progress"):
+        outcomes += collect(ctx, client, batch, max_attempts, counts)
+    return counts, outcomes
+
+
+def _opened(ctx: Context, rows: list[batch_store.BatchJob]
+            ) -> tuple[list[tuple[batch_store.BatchJob, ShadowJob]], list[Result]]:
+    ok, refused = [], []
+    for row in rows:
+        job = ShadowJob.from_dict(row.payload)
+        try:
+            ok.append((row, open_job(job, ctx.sealer)))
+        except PayloadInvalid as err:
+            refused.append(Result(job, None, None, ("payload_invalid", str(err)), row.attempt))
+    return ok, refused
+
+
+def submit(ctx: Context, client: anthropic.Anthropic, batch: batch_store.ShadowBatch,
+           counts: Counter[str]) -> list[Outcome]:
+    rows = batch_store.jobs_of(ctx.engine, batch.id)
+    jobs, refused = _opened(ctx, rows)
+    outcomes = _record(ctx, batch.id, refused)
+    if not jobs:
+        batch_store.settle(ctx.engine, batch.id, [], [], status="recorded")
+        return outcomes
+    requests = [{"custom_id": custom_id(job.job_id), "params": params(job)} for _, job in jobs]
+    try:
+        created = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+    except anthropic.AnthropicError as err:
+        error = classify(err)
+        if isinstance(error, RetryableCallError):  # sent again on the next cycle
+            log.warning("batch %s (%s, %d jobs) not sent yet: %s", batch.id, batch.category,
+                        len(jobs), error)
+            counts["submit_retry"] += 1
+            return outcomes
+        log.error("batch %s (%s, %d jobs) refused: %s", batch.id, batch.category, len(jobs), error)
+        results = [Result(job, None, None, ("batch_refused", str(error)), row.attempt)
+                   for row, job in jobs]
+        outcomes += _record(ctx, batch.id, results, status="refused", error=str(error))
+        counts["refused"] += 1
+        return outcomes
+    batch_store.submitted(ctx.engine, batch.id, created.id)
+    log.info("batch %s (%s): %d jobs sent as %s", batch.id, batch.category, len(jobs), created.id)
+    counts["submitted"] += 1
+    return outcomes
+
+
+def _failure(result: Any) -> tuple[str, str, bool]:
+    """(error kind, reason, retryable) of a request the batch did not answer."""
+    if result.type == "errored":
+        inner = getattr(getattr(result, "error", None), "error", None)
+        kind = getattr(inner, "type", "api_error")
+        return "batch_errored", f"{kind}: {getattr(inner, 'message', '')}", kind not in PERMANENT_ERRORS
+    return f"batch_{result.type}", f"the batch request was {result.type}", True
+
+
+def collect(ctx: Context, client: anthropic.Anthropic, batch: batch_store.ShadowBatch,
+            max_attempts: int, counts: Counter[str]) -> list[Outcome]:
+    assert batch.api_id is not None
+    try:
+        api = client.messages.batches.retrieve(batch.api_id)
+    except anthropic.AnthropicError as err:
+        error = classify(err)
+        if getattr(error, "status", None) == 404:  # the API no longer knows it: send its jobs again
+            log.error("batch %s (%s) is unknown to the API; its jobs wait again", batch.id, batch.api_id)
+            retry = [row.job_id for row in batch_store.jobs_of(ctx.engine, batch.id)]
+            batch_store.settle(ctx.engine, batch.id, [], retry, status="lost", error=str(error))
+            counts["lost"] += 1
+        else:
+            log.warning("batch %s (%s): cannot look at it yet: %s", batch.id, batch.api_id, error)
+        return []
+    if api.processing_status != "ended":
+        return []
+    rows = {custom_id(row.job_id): row for row in batch_store.jobs_of(ctx.engine, batch.id)}
+    outcomes: list[Outcome] = []
+    pending: list[Result] = []
+    judged: list[tuple[ShadowJob, Answer, int]] = []
+    retry: list[str] = []
+    for item in client.messages.batches.results(batch.api_id):
+        row = rows.pop(item.custom_id, None)
+        if row is None:  # recorded by an earlier, interrupted collection
+            continue
+        opened, refused = _opened(ctx, [row])
+        if refused:
+            pending += refused
+            continue
+        job = opened[0][1]
+        result = item.result
+        if result.type == "succeeded":
+            message = result.message
+            answer = Answer(message_text(message), *usage_of(message), None,
+                            *cache_tokens_of(message), batch=True)
+            if needs_judge(ctx.policy.category(job.category)):
+                judged.append((job, answer, row.attempt))
+            else:
+                pending.append(result_of(ctx.policy, job, answer, None, row.attempt))
+        else:
+            kind, why, retryable = _failure(result)
+            counts[kind] += 1
+            if retryable and row.attempt < max_attempts:
+                retry.append(row.job_id)
+            else:
+                pending.append(Result(job, None, None, (kind, f"{why} (attempt {row.attempt})"),
+                                      row.attempt))
+        if len(pending) >= CHUNK:
+            outcomes += _record(ctx, batch.id, pending)
+            pending = []
+    pending += _judge(ctx, judged)
+    retry += [row.job_id for row in rows.values()]  # not in the results: sent again
+    outcomes += _record(ctx, batch.id, pending, retry, status="recorded",
+                        counts=api.request_counts.model_dump())
+    counts["recorded"] += sum(o.status != "duplicate" for o in outcomes)
+    counts["retried"] += len(retry)
+    counts["collected"] += 1
+    log.info("batch %s (%s) ended: %s", batch.id, batch.api_id, api.request_counts.model_dump())
+    return outcomes
+
+
+def _judge(ctx: Context, judged: list[tuple[ShadowJob, Answer, int]]) -> list[Result]:
+    if not judged:
+        return []
+    judge = JudgeCall(lambda: ctx.runner.client)
+
+    async def all_of() -> list[Result]:
+        return list(await asyncio.gather(*(judge.result(ctx.policy, job, answer, attempt)
+                                           for job, answer, attempt in judged)))
+
+    return ctx.runner.run(all_of())
+
+
+def _record(ctx: Context, batch_id: str, results: list[Result], retry: list[str] | None = None,
+            **close: Any) -> list[Outcome]:
+    """Record ``results`` (once per job id), then let their jobs leave the batch."""
+    outcomes = ctx.record_all(results) if results else []
+    if results or retry or close:
+        batch_store.settle(ctx.engine, batch_id, [r.job.job_id for r in results], retry or [], **close)
+    return outcomes
