@@ -17,7 +17,8 @@ PACKAGE = Path(tierguard.__file__).parent
 CORE_RULES: dict[str, set[str]] = {
     "errors": set(), "config": set(), "keys": set(), "job": set(), "messages": set(), "limits": set(),
     "engine": {"errors"}, "compare": {"errors"},
-    "db": {"errors"}, "policy": {"engine", "compare", "errors", "limits", "policy_alerts"},
+    "db": {"errors"}, "policy": {"engine", "compare", "errors", "limits", "policy_alerts", "policy_sections"},
+    "policy_sections": set(),
     "broker": {"config"},
     "routes": {"db", "errors", "policy", "keys", "rates"},
     "rates": {"db", "engine", "keys", "metrics", "policy"},
@@ -25,14 +26,16 @@ CORE_RULES: dict[str, set[str]] = {
     "live_policy": {"policy", "errors"},
     "policy_alerts": set(),
     "metrics": set(),
-    "migrations": {"db", "rollups", "partitions", "batch_store"},
+    "migrations": {"db", "rollups", "partitions", "batch_store", "headroom_log"},
+    "headroom_log": {"db", "keys", "pauses", "ratelimits"},
     "batch_store": {"db"},
     "partitions": set(),
     "rollups": {"db"},
-    "maintenance": {"db", "traffic", "policy", "partitions"},
+    "maintenance": {"db", "traffic", "policy", "partitions", "headroom_log"},
     "sealing": {"config", "errors", "job"},
     "pauses": {"keys"},
     "ratelimits": set(),
+    "shadow_caps": set(),
     "reader": {"errors"},
     "comparators": {"compare"},  # the old import path of compare/
 }

@@ -12,6 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
 
 import tierguard.batch_store  # noqa: F401  (registers its tables)
+import tierguard.headroom_log  # noqa: F401
 from tests.helpers import last_json, tg
 from tests.test_rollups import POLICY, result
 from tierguard import partitions

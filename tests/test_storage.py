@@ -9,6 +9,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
 import tierguard.batch_store  # noqa: F401  (registers its tables)
+import tierguard.headroom_log  # noqa: F401
 from tierguard.compare import Verdict
 from tierguard.db import Category, RouteChange, Sample, check_schema, session
 from tierguard.job import ShadowJob

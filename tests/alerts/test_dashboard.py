@@ -127,6 +127,8 @@ def filled_db(tmp_path_factory, postgres_server):
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+        httpx2.post(sim.base_url + "/_sim/ratelimit",  # Opus answers with its rate-limit headers
+                    json={"model": "claude-opus-4-7", "limit": 100, "remaining": 60, "reset_in": 600})
         for i in range(300):
             wrapped_call(client, ["sentiment", "ticket-routing", "invoice-extraction"][i % 3], i)
         client.tierguard_flush(10)
@@ -150,6 +152,10 @@ def filled_db(tmp_path_factory, postgres_server):
 
         fold(make_engine(url), redis.Redis.from_url(redis_server.url),
              now=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=3), policy=load_policy(policy))
+        from tierguard import headroom_log  # as beat's monitor task copies it
+
+        assert headroom_log.snapshot(make_engine(url), redis.Redis.from_url(redis_server.url),
+                                     headroom_log.models_of(load_policy(policy))) >= 1
     finally:
         worker.terminate()
         worker.wait(20)

@@ -157,11 +157,12 @@ def test_shadows_wait_while_a_model_has_little_headroom_left(stack, simulator, s
                 json={"model": "claude-opus-4-7", "limit": 100, "remaining": 90, "reset_in": 60})
     client = tierguard.ShadowedAnthropic(anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY,
                                                              max_retries=0))
-    [(_, _, reset)] = ratelimits.low(r, ["claude-opus-4-7"], 0.25).values()
+    [(_, _, back)] = ratelimits.low(r, ["claude-opus-4-7"], 0.25).values()
     call(client, "a", 1)  # served by Haiku, shadowed on Opus: waits for the reset
     client.tierguard_flush(5)
     wait_until(lambda: len(rows(sqlite_url, "a")) == 1, 30, "the shadow after the reset")
     [row] = rows(sqlite_url, "a")
     assert row.error is None and row.attempts == 1
-    assert row.created_at.replace(tzinfo=dt.UTC).timestamp() >= reset  # not before the reset
+    # Not before the limit is back at the floor (0.25, refilling steadily from 5 % towards its reset).
+    assert row.created_at.replace(tzinfo=dt.UTC).timestamp() >= back
     client.tierguard_close()

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(64, gt=0, description="Celery task threads per process")
     max_in_flight: int = Field(1024, ge=32, description="shadow calls in flight per process")
     shadow_timeout: float = Field(45.0, gt=0, description="seconds per shadow model call")
+    shadow_api_key: SecretStr | None = Field(
+        None, description="the key shadow, judge and batch calls use (else ANTHROPIC_API_KEY)")
     shadow_max_attempts: int = Field(6, gt=0)
     retry_after_cap: float = Field(30.0, gt=0)
     visibility_timeout: int = Field(60, gt=0)

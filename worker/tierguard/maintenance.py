@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from tierguard import partitions, traffic
 from tierguard.db import Rollup, RollupError, Sample, Traffic, session, utcnow
+from tierguard.headroom_log import Headroom
 from tierguard.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def run(engine: Engine, r: redis_lib.Redis | None, policy: Policy, *, dry_run: b
     samples_cut = now - dt.timedelta(days=keep.samples_days)
     rollups_cut = now - dt.timedelta(days=keep.rollups_days)
     s, rl, re_, tr = (Sample.__table__, Rollup.__table__, RollupError.__table__, Traffic.__table__)
+    hr = Headroom.__table__
     created: list[str] = []
     dropped: list[dict[str, Any]] = []
     if partitions.partitioned(engine):
@@ -81,6 +83,8 @@ def run(engine: Engine, r: redis_lib.Redis | None, policy: Policy, *, dry_run: b
                                                       re_.c.error], rollups_cut, dry_run),
         "traffic": _prune(engine, tr, tr.c.minute, [tr.c.category, tr.c.minute, tr.c.model],
                           rollups_cut, dry_run),
+        "headroom": _prune(engine, hr, hr.c.minute, [hr.c.minute, hr.c.model, hr.c.key], samples_cut,
+                           dry_run),
     }
     if any(pruned.values()) and not dry_run:
         log.info("maintenance: pruned %s", pruned)

@@ -4,12 +4,14 @@ Every response carries ``anthropic-ratelimit-{family}-{limit,remaining,reset}`` 
 ``requests``, ``tokens``, ``input-tokens`` and ``output-tokens`` (reset as an RFC 3339
 time). :func:`parse` keeps what is well formed and ignores the rest, never raising.
 :func:`record` keeps the latest view per model in Redis until its reset;
-:func:`low` says which models have less than ``min_remaining`` of a limit left.
+:func:`low` says which models have less than ``min_remaining`` of a limit left (projected
+from when it was seen: limits refill steadily until their reset).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -18,6 +20,17 @@ import redis as redis_lib
 
 FAMILIES = ("requests", "tokens", "input-tokens", "output-tokens")
 KEY = "tierguard:headroom:{model}"
+
+
+def fingerprint(api_key: str) -> str:
+    """What names an API key in Redis and in status (never the key itself)."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:12]
+
+
+def scoped(model: str, scope: str = "") -> str:
+    """The name pauses and views of ``model`` are kept under: production's (and shadows' sharing
+    its key) by the model alone, a separate shadow key's as ``model@fingerprint``."""
+    return f"{model}@{scope}" if scope else model
 
 
 def parse(headers: Mapping[str, Any], now: float | None = None) -> dict[str, tuple[float, float]]:
@@ -54,9 +67,26 @@ def record(r: redis_lib.Redis, model: str, view: dict[str, tuple[float, float]],
     pipe.execute()
 
 
+def projected(share: float, reset: float, seen: float, now: float) -> float:
+    """A view's share at ``now``: limits refill steadily from when it was seen until the reset
+    (production's use since then shows in the next answer's headers)."""
+    if reset <= seen or now >= reset:
+        return 1.0
+    return min(1.0, share + (1.0 - share) * max(0.0, now - seen) / (reset - seen))
+
+
+def regained(share: float, reset: float, seen: float, target: float) -> float:
+    """When a view's projected share reaches ``target`` (epoch s)."""
+    if share >= target or reset <= seen:
+        return seen
+    return seen + (reset - seen) * (target - share) / (1.0 - share)
+
+
 def low(r: redis_lib.Redis, models: Iterable[str], min_remaining: float,
         now: float | None = None) -> dict[str, tuple[str, float, float]]:
-    """model -> (family, share, reset) for models with a family under ``min_remaining``."""
+    """model -> (family, projected share, until when) for models with a family projected under
+    ``min_remaining`` now; until is when it is back at ``min_remaining`` (not the full reset:
+    the floor is under production's bursts, not a cap on what shadows use of the rest)."""
     names = sorted(set(models))
     if not names:
         return {}
@@ -69,12 +99,14 @@ def low(r: redis_lib.Redis, models: Iterable[str], min_remaining: float,
         worst = None
         for family, value in raw.items():
             try:
-                share_s, reset_s, _ = value.decode().split("|")
-                share, reset = float(share_s), float(reset_s)
+                share, reset, seen = (float(x) for x in value.decode().split("|"))
             except (ValueError, AttributeError):
                 continue
-            if reset > now and share < min_remaining and (worst is None or share < worst[1]):
-                worst = (family.decode(), share, reset)
+            share_now = projected(share, reset, seen, now)
+            if share_now < min_remaining:
+                until = max(now + 0.05, regained(share, reset, seen, min_remaining))
+                if worst is None or until > worst[2]:
+                    worst = (family.decode(), share_now, until)
         if worst:
             out[model] = worst
     return out

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from tierguard.errors import ConfigError
 
 READER = "tierguard_reader"
-TABLES = ("category", "sample", "rollup", "rollup_error", "traffic", "route_change")
+TABLES = ("category", "sample", "rollup", "rollup_error", "traffic", "route_change", "headroom")
 STATEMENT_TIMEOUT = "30s"
 
 

@@ -20,23 +20,41 @@ from tierguard.config import Settings
 from tierguard.policy import Policy
 
 
+def _raw_create(messages: Any) -> Any:
+    """The SDK's ``with_raw_response.create`` when ``messages`` is the SDK's own, unpatched (a
+    test double or a patched ``create`` is called as it is, and its headers are not read)."""
+    sdk = (anthropic.resources.Messages, anthropic.resources.AsyncMessages)
+    if type(messages) not in sdk or "create" in vars(messages):
+        return None
+    return messages.with_raw_response.create
+
+
 class _Messages:
     def __init__(self, messages: Any, core: Core):
         self._messages = messages
         self._core = core
+        self._raw_create = _raw_create(messages)
 
     def create(self, *, category: str | None = None, **kwargs: Any) -> Any:
         if category is None:
             return self._messages.create(**kwargs)
         cat, kwargs = self._core.route(category, kwargs)
         started = time.perf_counter()
+        raw = self._raw_create
         try:
-            result = self._messages.create(**kwargs)
+            if raw is None:
+                result = self._messages.create(**kwargs)
+            else:  # the same call and object; the response's headers kept for their rate limits
+                response = raw(**kwargs)
+                result = response.parse()
+                self._core.saw_headers(kwargs.get("model"), response.headers)
         except anthropic.RateLimitError as err:
             self._core.rate_limited(kwargs.get("model"), err.response.headers.get("retry-after"))
+            self._core.saw_headers(kwargs.get("model"), err.response.headers)
             raise
         self._after(cat, kwargs, result, started)
         return result
+
 
     def _after(self, cat: Any, kwargs: dict[str, Any], result: Any, started: float) -> None:
         core = self._core
@@ -90,10 +108,17 @@ class _AsyncMessages(_Messages):
             return await self._messages.create(**kwargs)
         cat, kwargs = self._core.route(category, kwargs)
         started = time.perf_counter()
+        raw = self._raw_create
         try:
-            result = await self._messages.create(**kwargs)
+            if raw is None:
+                result = await self._messages.create(**kwargs)
+            else:
+                response = await raw(**kwargs)
+                result = await response.parse()
+                self._core.saw_headers(kwargs.get("model"), response.headers)
         except anthropic.RateLimitError as err:
             self._core.rate_limited(kwargs.get("model"), err.response.headers.get("retry-after"))
+            self._core.saw_headers(kwargs.get("model"), err.response.headers)
             raise
         self._after(cat, kwargs, result, started)
         return result

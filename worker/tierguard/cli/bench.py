@@ -174,3 +174,29 @@ def bench_watching(seed: int = 7, months: int = typer.Option(5, min=1, help="sim
     console.print(f"adaptive_batch's median delay is {fig['adaptive_delay_ratio']}× fixed_sync's "
                   f"(goal ≤ {fig['goals']['delay_ratio']}); goal watching share ≤ "
                   f"{fig['goals']['watching_share']:.0%}")
+
+
+@bench_app.command("headroom")
+def bench_headroom(minutes: float = typer.Option(5.0, min=1, help="scaled minutes of traffic per run"),
+                   time_scale: float = typer.Option(10.0, min=1, help="simulated minutes per real one"),
+                   as_json: bool = JsonOpt) -> None:
+    """Production's 429s with shadows off and on, against a rate-limited simulated Opus."""
+    from tierguard.ops.bench_headroom import headroom_figures
+
+    with console.status("production alone, then with shadows…") if not as_json else nothing():
+        fig = headroom_figures(minutes=minutes, time_scale=time_scale)
+    if as_json:
+        emit(fig)
+        return
+    table = Table(title=f"rate-limit headroom: Opus at {fig['requests_per_minute']} requests/min, "
+                        f"production at {fig['production_share_target']:.0%}, {minutes:g} scaled minutes")
+    for col in ("figure", "value", "goal"):
+        table.add_column(col)
+    table.add_row("production 429s, shadows off / on",
+                  f"{fig['production_429_shadows_off']} / {fig['production_429_shadows_on']}", "on ≤ off")
+    table.add_row("shadows sampled / recorded / skipped", f"{fig['shadow_sampled']} / "
+                  f"{fig['shadow_recorded']} / {fig['shadow_skipped']}", "each exactly once")
+    table.add_row("deferrals", str(fig["shadow_deferred"]), "")
+    table.add_row("shadow share of the limit / room left by production",
+                  f"{fig['shadow_share_of_limit']:.0%} / {fig['room_share']:.0%}", "≥ 0.8 × room")
+    console.print(table)

@@ -19,7 +19,11 @@ def status(as_json: bool = JsonOpt) -> None:
     cats = category_status(engine, policy)
     models = sorted({m for name in cats for m in (policy.category(name).candidate,
                                                    policy.category(name).reference)})
-    room = headroom(engine, redis_client(settings), models)
+    from tierguard.ratelimits import fingerprint
+
+    key = settings.shadow_api_key
+    room = headroom(engine, redis_client(settings), models,
+                    scope=fingerprint(key.get_secret_value()) if key else "")
     if as_json:
         emit({"categories": cats, "headroom": room})
         return

@@ -5,6 +5,7 @@ from sqlmodel import SQLModel
 
 import tierguard.batch_store  # noqa: F401  (registers its tables)
 import tierguard.db  # noqa: F401  (registers the tables)
+import tierguard.headroom_log  # noqa: F401
 from tierguard.partitions import include_name
 
 config = context.config

@@ -113,8 +113,9 @@ def history(engine: Engine, category: str | None = None, limit: int = 100) -> li
                 for c in s.exec(q)]
 
 
-def headroom(engine: Engine, r: Any, models: list[str]) -> dict[str, dict[str, Any]]:
-    """Per model: remaining shares of its rate limits as last seen, the pause, deferrals, skips."""
+def headroom(engine: Engine, r: Any, models: list[str], scope: str = "") -> dict[str, dict[str, Any]]:
+    """Per model: remaining shares of its rate limits as last seen, the pause, deferrals, skips;
+    with a separate shadow key (``scope``, its fingerprint), that key's own under ``shadow_key``."""
     from tierguard import keys, pauses, ratelimits
 
     with session(engine) as s:
@@ -122,19 +123,26 @@ def headroom(engine: Engine, r: Any, models: list[str]) -> dict[str, dict[str, A
             sa.select(Sample.shadow_model, sa.func.count())
             .where(Sample.error == "skipped", Sample.reason.like("rate_headroom%"))
             .group_by(Sample.shadow_model)).all())
+    names = [ratelimits.scoped(m, sc) for m in models for sc in {"", scope}]
     try:
-        paused = pauses.paused(r, models)
+        paused = pauses.paused(r, names)
         deferred = {k.decode(): int(v) for k, v in r.hgetall(keys.DEFERRED).items()}
-        views = {m: ratelimits.view(r, m) for m in models}
+        views = {n: ratelimits.view(r, n) for n in names}
     except Exception:  # Redis unreachable: what the database knows
-        paused, deferred, views = {}, {}, {m: {} for m in models}
+        paused, deferred, views = {}, {}, {n: {} for n in names}
+
+    def one(name: str) -> dict[str, Any]:
+        view = views.get(name, {})
+        until = paused.get(name)
+        return {"requests": view.get("requests"), "input_tokens": view.get("input_tokens"),
+                "output_tokens": view.get("output_tokens"), "tokens": view.get("tokens"),
+                "paused_until": (dt.datetime.fromtimestamp(until, dt.UTC).isoformat()
+                                 if until else None)}
+
     out = {}
     for model in models:
-        view = views.get(model, {})
-        until = paused.get(model)
-        out[model] = {"requests": view.get("requests"), "input_tokens": view.get("input_tokens"),
-                      "output_tokens": view.get("output_tokens"), "tokens": view.get("tokens"),
-                      "paused_until": (dt.datetime.fromtimestamp(until, dt.UTC).isoformat()
-                                       if until else None),
-                      "deferred": deferred.get(model, 0), "skipped_headroom": int(skipped.get(model, 0))}
+        out[model] = {**one(model), "deferred": deferred.get(model, 0),
+                      "skipped_headroom": int(skipped.get(model, 0))}
+        if scope:
+            out[model]["shadow_key"] = {**one(ratelimits.scoped(model, scope)), "key": scope}
     return out

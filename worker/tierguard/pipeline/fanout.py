@@ -65,9 +65,11 @@ class LoopRunner:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
 
-def async_client(timeout: float, max_connections: int = POOL_SHARD) -> anthropic.AsyncAnthropic:
+def async_client(timeout: float, max_connections: int = POOL_SHARD,
+                 api_key: str | None = None) -> anthropic.AsyncAnthropic:
+    """A shadow client; ``api_key`` None: the SDK's own ``ANTHROPIC_API_KEY``."""
     limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    return anthropic.AsyncAnthropic(max_retries=0, timeout=timeout,
+    return anthropic.AsyncAnthropic(api_key=api_key, max_retries=0, timeout=timeout,
                                     http_client=anthropic.DefaultAsyncHttpxClient(limits=limits))
 
 

@@ -39,6 +39,8 @@ class Context:
     runner: Any = None
     sealer: Any = None  # a tierguard.sealing.Sealer when TIERGUARD_PAYLOAD_KEYS is set
     batch_client: Any = None  # the anthropic.Anthropic client batch shadows use, made lazily
+    scope: str = ""  # TIERGUARD_SHADOW_API_KEY's fingerprint: its own pauses and headroom
+    caps: Any = None  # a tierguard.shadow_caps.ShadowCaps (policy shadow_limits)
 
     def record_all(self, results: list[Result]) -> list[Outcome]:
         if self.recorder is not None:

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from tierguard import keys, maintenance, rates, traffic
+from tierguard import headroom_log, keys, maintenance, ratelimits, rates, traffic
 from tierguard.alerts.events import for_invalid_policy
 from tierguard.alerts.monitors import check
 from tierguard.alerts.outbox import deliver_due
@@ -39,6 +39,7 @@ from tierguard.pipeline.recorder import Result
 from tierguard.pipeline.shadow import Context, skipped
 from tierguard.pipeline.yielding import (
     announce_paused,
+    caps_spent,
     count_deferred,
     defer_paused,
     deferred_copy,
@@ -48,6 +49,7 @@ from tierguard.pipeline.yielding import (
 from tierguard.policy import Policy, valid_category
 from tierguard.routes import ensure_categories
 from tierguard.sealing import open_job, seal_job, sealer
+from tierguard.shadow_caps import ShadowCaps
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -75,10 +77,12 @@ def build_context(settings: Settings) -> Context:
     live = LivePolicy(settings.policy, settings.policy_reload_s, changed, invalid)
     live.current.warm()
     batcher = BatchRecorder(engine, r, live.current)
-    runner = LoopRunner(lambda: async_client(settings.shadow_timeout),
+    key = settings.shadow_api_key.get_secret_value() if settings.shadow_api_key else None
+    runner = LoopRunner(lambda: async_client(settings.shadow_timeout, api_key=key),
                         shards=settings.max_in_flight // POOL_SHARD)
     ctx = Context(policy=live.current, engine=engine, redis=r, recorder=batcher.record_all,
-                  runner=runner, sealer=sealer(settings))
+                  runner=runner, sealer=sealer(settings),
+                  scope=ratelimits.fingerprint(key) if key else "", caps=ShadowCaps(settings.redis_url))
     live.start()
     return ctx
 
@@ -137,6 +141,7 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
             final=attempt >= settings.shadow_max_attempts)) if opened else ([], [])
         results = refused + results
         remember_headroom(ctx, results)
+        caps_spent(ctx, results)
         outcomes = ctx.record_all(results) if results else []
     except sa.exc.OperationalError as err:
         # The database is down: keep the jobs until it is back (nothing lost).
@@ -196,7 +201,9 @@ def batch_cycle(task: Task) -> dict[str, int]:
         return {"busy": 1}
     try:
         if ctx.batch_client is None:
-            ctx.batch_client = anthropic.Anthropic(max_retries=2, timeout=settings.shadow_timeout)
+            key = settings.shadow_api_key
+            ctx.batch_client = anthropic.Anthropic(api_key=key.get_secret_value() if key else None,
+                                                   max_retries=2, timeout=settings.shadow_timeout)
         counts, outcomes = batches.cycle(ctx, ctx.batch_client, settings.shadow_max_attempts)
     except sa.exc.OperationalError as err:  # the database is down: the next cycle does it
         log.warning("batch shadows wait for the database: %s", type(err.orig).__name__)
@@ -229,6 +236,10 @@ def monitor(task: Task) -> int:
         rates.refresh(ctx.engine, ctx.redis, ctx.policy)
     except Exception as err:
         log.warning("cannot publish the adaptive sample rates yet: %s", err)
+    try:
+        headroom_log.snapshot(ctx.engine, ctx.redis, headroom_log.models_of(ctx.policy), ctx.scope)
+    except Exception as err:
+        log.warning("cannot keep the rate-limit headroom for the dashboard yet: %s", err)
     events = check(ctx.engine, ctx.redis, ctx.policy, task.app.tierguard_settings.queue)
     if events:
         deliver_due(ctx.engine, ctx.policy)

@@ -1,7 +1,8 @@
 """Shadows yield to production's rate limits: the worker's side of :mod:`tierguard.pauses`.
 
-Before a batch is called, jobs whose model is paused (a 429) or short of headroom
-(the API's rate-limit headers, :mod:`tierguard.ratelimits`) are set aside to be
+Before a batch is called, jobs whose model is paused (a 429), short of headroom
+(the API's rate-limit headers, :mod:`tierguard.ratelimits`) or over its hard cap
+(``shadow_limits``, :mod:`tierguard.shadow_caps`) are set aside to be
 re-queued for later without spending an attempt; one held past
 ``shadow_headroom.max_defer_minutes`` becomes a skipped sample and, once per model
 and hour, a ``shadows_paused`` event. After the calls, the latest headers per model
@@ -22,6 +23,8 @@ from tierguard import keys, metrics, pauses, ratelimits
 from tierguard.alerts.events import for_shadows_paused
 from tierguard.db import session
 from tierguard.job import ShadowJob, parse_time
+from tierguard.limits import estimate_input_tokens
+from tierguard.pipeline.judging import needs_judge
 from tierguard.pipeline.recorder import Result
 from tierguard.pipeline.shadow import SKIPPED, Context
 
@@ -46,9 +49,42 @@ def remember_headroom(ctx: Context, results: list[Result]) -> None:
             metrics.HEADROOM.labels(model, family).set(share)
     try:
         for model, view in views.items():
-            ratelimits.record(ctx.redis, model, view)
+            ratelimits.record(ctx.redis, ratelimits.scoped(model, ctx.scope), view)
     except redis_lib.RedisError:
         pass  # the next answers bring it again
+
+
+def caps_spent(ctx: Context, results: list[Result]) -> None:
+    """Add the shadow answers' output tokens to their models' caps (``shadow_limits``)."""
+    caps = ctx.policy.shadow_limits
+    if not caps or ctx.caps is None:
+        return
+    spent: dict[str, int] = {}
+    for r in results:
+        if r.answer is not None and r.job.shadow_model in caps and not r.answer.batch:
+            spent[r.job.shadow_model] = spent.get(r.job.shadow_model, 0) + (r.answer.output_tokens or 0)
+    try:
+        for model, tokens in spent.items():
+            ctx.caps.spent(caps[model], ratelimits.scoped(model, ctx.scope), tokens)
+    except redis_lib.RedisError as err:
+        log.warning("cannot count shadow output tokens against the caps: %s", err)
+
+
+def _gates(ctx: Context, model: str) -> list[str]:
+    """The names whose pauses and headroom hold shadows to ``model`` back: the shadow key's own,
+    and production's unless a separate key does not follow it."""
+    own = ratelimits.scoped(model, ctx.scope)
+    if ctx.scope and not ctx.policy.shadow_headroom.follow_production:
+        return [own]
+    return sorted({own, model})
+
+
+def _models(ctx: Context, job: ShadowJob) -> list[str]:
+    """The models a job will call: its shadow model, and the judge's (a shadow call too)."""
+    cat = ctx.policy.category(job.category)
+    if needs_judge(cat):
+        return sorted({job.shadow_model, cat.compare.model or cat.reference})  # type: ignore[attr-defined]
+    return [job.shadow_model]
 
 
 def announce_paused(ctx: Context, skipped: list[Result]) -> bool:
@@ -70,39 +106,57 @@ def announce_paused(ctx: Context, skipped: list[Result]) -> bool:
 
 def pause_quietly(ctx: Context, model: str, seconds: float) -> float:
     try:
-        return pauses.pause(ctx.redis, model, seconds)
+        return pauses.pause(ctx.redis, ratelimits.scoped(model, ctx.scope), seconds)
     except redis_lib.RedisError:
         return time.time() + seconds
 
 
 def defer_paused(ctx: Context, jobs: list[ShadowJob], attempt: int
                  ) -> tuple[list[ShadowJob], list[tuple[ShadowJob, float]], list[Result]]:
-    """(jobs to call now, jobs to re-queue with their wait, jobs recorded as skipped)."""
-    models = {j.shadow_model for j in jobs}
+    """(jobs to call now, jobs to re-queue with their wait, jobs recorded as skipped).
+
+    A job waits while a model it calls is paused, short of headroom, or over its cap."""
+    needed = {job.job_id: _models(ctx, job) for job in jobs}
+    names = sorted({g for ms in needed.values() for m in ms for g in _gates(ctx, m)})
     try:
-        waits = pauses.paused(ctx.redis, models)
-        for model, (_, _, reset) in ratelimits.low(
-                ctx.redis, models - set(waits), ctx.policy.shadow_headroom.min_remaining).items():
-            waits[model] = reset  # production's headroom is short: wait for the reset
+        waits = pauses.paused(ctx.redis, names)
+        for name, (_, _, until) in ratelimits.low(
+                ctx.redis, set(names) - set(waits), ctx.policy.shadow_headroom.min_remaining).items():
+            waits[name] = until  # the headroom is short: wait until it is back at the floor
     except redis_lib.RedisError:
         return jobs, [], []  # no pause to read: call (a 429 will pause them)
-    if not waits:
-        return jobs, [], []
     now = time.time()
     limit = ctx.policy.shadow_headroom.max_defer_minutes * 60
     keep, deferred, skipped = [], [], []
     for job in jobs:
-        until = waits.get(job.shadow_model)
-        if until is None:
+        until = max((waits.get(g, 0.0) for m in needed[job.job_id] for g in _gates(ctx, m)),
+                    default=0.0)
+        why = "paused"
+        if until <= now:
+            until, why = _capped(ctx, job), "capped"
+        if until is None or until <= now:
             keep.append(job)
             continue
         since = parse_time(job.deferred_since)
         if since is not None and now - since.timestamp() > limit:
             skipped.append(Result(job, None, None, (SKIPPED, f"rate_headroom: {job.shadow_model} "
-                                                    f"paused for over {limit / 60:g} min"), attempt))
+                                                    f"{why} for over {limit / 60:g} min"), attempt))
         else:
             deferred.append((deferred_copy(job), until - now))
     return keep, deferred, skipped
+
+
+def _capped(ctx: Context, job: ShadowJob) -> float | None:
+    """Until when ``job`` waits for its model's cap (None: it may go, and it is counted)."""
+    cap = ctx.policy.shadow_limits.get(job.shadow_model)
+    if cap is None or ctx.caps is None:
+        return None
+    try:
+        return ctx.caps.take(cap, ratelimits.scoped(job.shadow_model, ctx.scope),
+                             estimate_input_tokens(job.request))
+    except redis_lib.RedisError as err:  # no count to keep: the call goes (fail open)
+        log.warning("shadow caps unavailable (%s); calling without them", err)
+        return None
 
 
 def count_deferred(ctx: Context, jobs: list[ShadowJob]) -> None:

@@ -1,0 +1,85 @@
+"""Rate-limit headroom over time, for the dashboard: Redis's latest views copied per minute.
+
+The live views (:mod:`tierguard.ratelimits`) and pauses (:mod:`tierguard.pauses`)
+live in Redis and expire; beat's monitor task copies them into ``headroom`` once
+per run, one row per (minute, model, key), so Grafana can draw what room
+production left and when shadows waited. ``key`` is ``""`` for production's view
+(and shadows sharing its key), a shadow key's fingerprint for its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis as redis_lib
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Column, Field, SQLModel
+
+from tierguard import keys, pauses, ratelimits
+from tierguard.db import session, utcnow
+
+FAMILIES = {"requests": "requests", "input_tokens": "input_tokens",
+            "output_tokens": "output_tokens", "tokens": "tokens"}
+
+
+class Headroom(SQLModel, table=True):
+    __tablename__ = "headroom"
+
+    minute: dt.datetime = Field(sa_column=Column(sa.DateTime(timezone=True), primary_key=True))
+    model: str = Field(primary_key=True)
+    key: str = Field(default="", primary_key=True)
+    requests: float | None = None  # remaining share of each limit, 0..1, as last seen
+    input_tokens: float | None = None
+    output_tokens: float | None = None
+    tokens: float | None = None
+    paused: bool = False
+    deferred: int = Field(default=0, sa_type=sa.BigInteger)  # running count of deferred shadows
+
+
+def models_of(policy: Any) -> list[str]:
+    """Every model a policy's categories serve, shadow or judge with."""
+    out = {policy.models.candidate, policy.models.reference, *policy.shadow_limits}
+    for name in policy.categories:
+        cat = policy.category(name)
+        out |= {cat.candidate, cat.reference}
+        judge_model = getattr(cat.compare, "model", None)
+        if isinstance(judge_model, str):
+            out.add(judge_model)
+    return sorted(out)
+
+
+def snapshot(engine: Engine, r: redis_lib.Redis, models: Iterable[str], scope: str = "",
+             now: dt.datetime | None = None) -> int:
+    """Copy this minute's views of ``models`` (and of the shadow key ``scope``) into ``headroom``."""
+    now = now or utcnow()
+    minute = now.replace(second=0, microsecond=0)
+    names = [(m, sc) for m in sorted(set(models)) for sc in sorted({"", scope})]
+    scoped = [ratelimits.scoped(m, sc) for m, sc in names]
+    held = pauses.paused(r, scoped, now=time.time())
+    deferred = {k.decode(): int(v) for k, v in r.hgetall(keys.DEFERRED).items()}
+    rows: list[dict[str, Any]] = []
+    for (model, sc), name in zip(names, scoped, strict=True):
+        view = ratelimits.view(r, name)
+        if not view and name not in held and not (sc == "" and deferred.get(model)):
+            continue
+        rows.append({"minute": minute, "model": model, "key": sc, "paused": name in held,
+                     "deferred": deferred.get(model, 0) if sc == "" else 0,
+                     **{column: view.get(family) for family, column in FAMILIES.items()}})
+    if not rows:
+        return 0
+    with session(engine) as s:
+        if s.get_bind().dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(Headroom.__table__)
+        update = {c: stmt.excluded[c] for c in ("requests", "input_tokens", "output_tokens", "tokens",
+                                                 "paused", "deferred")}
+        s.execute(stmt.on_conflict_do_update(index_elements=["minute", "model", "key"], set_=update),
+                  rows)
+        s.commit()
+    return len(rows)

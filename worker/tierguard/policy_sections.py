@@ -1,0 +1,78 @@
+"""The policy file's self-contained sections: models, prices, limits, headroom, retention, payloads."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def _unit(v: float | None) -> float | None:
+    if v is not None and not 0.0 <= v <= 1.0:
+        raise ValueError("must be between 0 and 1")
+    return v
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Models(_Strict):
+    candidate: str = "claude-haiku-4-5"
+    reference: str = "claude-opus-4-7"
+
+
+class ModelLimits(_Strict):
+    context_tokens: int = Field(gt=0, description="input + output tokens the model takes")
+    max_output_tokens: int = Field(gt=0)
+
+
+class Price(_Strict):
+    input: float = Field(ge=0, description="USD per million input tokens")
+    output: float = Field(ge=0, description="USD per million output tokens")
+    cache_write: float | None = Field(None, ge=0, description="USD per million cache-write tokens "
+                                      "(default 1.25 × input)")
+    cache_read: float | None = Field(None, ge=0, description="USD per million cache-read tokens "
+                                     "(default 0.1 × input)")
+    batch_discount: float = Field(0.5, gt=0, le=1, description="price factor for Message Batches")
+
+    def usd(self, input_tokens: int, output_tokens: int, cache_write_tokens: int = 0,
+            cache_read_tokens: int = 0, batch: bool = False) -> float:
+        write = self.cache_write if self.cache_write is not None else 1.25 * self.input
+        read = self.cache_read if self.cache_read is not None else 0.1 * self.input
+        total = (input_tokens * self.input + output_tokens * self.output
+                 + cache_write_tokens * write + cache_read_tokens * read) / 1_000_000
+        return total * self.batch_discount if batch else total
+
+
+class ShadowHeadroom(_Strict):
+    """How shadows yield to production's rate limits (tierguard.pauses)."""
+
+    max_defer_minutes: float = Field(60, gt=0, description="then a deferred job is recorded as "
+                                     "skipped (rate_headroom)")
+    min_remaining: float = Field(0.25, ge=0, le=1, description="shadows wait while a model has less "
+                                 "than this share of a rate limit left (the API's headers)")
+    follow_production: bool = Field(False, description="with TIERGUARD_SHADOW_API_KEY: production's "
+                                    "headroom and 429s gate the shadows too")
+
+
+class ShadowCap(_Strict):
+    """Hard caps on one model's shadow calls, across every worker (tierguard.shadow_caps)."""
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    input_tokens_per_minute: int | None = Field(None, ge=1)
+    output_tokens_per_minute: int | None = Field(None, ge=1)
+
+
+class Retention(_Strict):
+    """How long raw samples and aggregates are kept (audit tables are kept for good)."""
+
+    samples_days: float = Field(30, gt=0)
+    rollups_days: float = Field(400, gt=0)
+
+
+class Payloads(_Strict):
+    """What of a production request and its answers is stored with a sample."""
+
+    store: Literal["hash", "excerpt"] = "hash"
+    excerpt_chars: int = Field(500, ge=1, le=100_000)
