@@ -94,6 +94,61 @@ def test_evaluate_recommends_applies_once_and_records_evaluation_samples(tmp_pat
     assert by_name["shaky"]["route"] == "claude-haiku-4-5"
 
 
+OLD_KEYS = {"category", "cases", "compared", "errors", "agreement", "wilson_low", "wilson_high",
+            "recommendation", "candidate", "reference", "promote_threshold", "calls_per_day",
+            "projected_monthly_savings_usd", "run", "applied"}
+LADDER = ["claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7"]
+
+
+def test_evaluate_tries_every_rung_and_recommends_the_cheapest_that_clears(tmp_path, simulator,
+                                                                           redis_url):
+    _, db, env = cli_env(tmp_path, simulator, redis_url, {
+        "tiers": {"kind": "label", "labels": LABELS, "agreement": 1.0,
+                  "models": {"claude-haiku-4-5": {"agreement": 0.5},
+                             "claude-sonnet-4-6": {"agreement": 1.0}}},
+        "pair": {"kind": "label", "labels": LABELS, "agreement": 1.0}}, {
+        "pricing": {**PRICES, "claude-sonnet-4-6": {"input": 3.0, "output": 15.0}},
+        "categories": {"tiers": {"ladder": LADDER, "promote_threshold": 0.9, "start_on": "reference",
+                                 "comparator": {"type": "label", "labels": LABELS}},
+                       "pair": {"promote_threshold": 0.9, "start_on": "reference",
+                                "comparator": {"type": "label", "labels": LABELS}}}})
+    out = last_json(tg("evaluate", str(cases(tmp_path, "tiers")), "--category", "tiers",
+                       "--calls-per-day", "1000", "--apply", "--json", env=env, cwd=tmp_path).stdout)
+    assert out["recommended_model"] == "claude-sonnet-4-6" and out["recommendation"] == "rung"
+    assert list(out["rungs"]) == LADDER and out["candidate"] == "claude-haiku-4-5"
+    haiku, sonnet, opus = (out["rungs"][m] for m in LADDER)
+    assert 0.3 < haiku["agreement"] < 0.7 and haiku["wilson_low"] < 0.9
+    assert (out["agreement"], out["wilson_low"]) == (haiku["agreement"], haiku["wilson_low"])
+    assert sonnet["agreement"] == 1.0 and abs(sonnet["wilson_low"] - wilson_by_hand(50, 50)[0]) < 1e-4
+    assert opus["agreement"] == 1.0 and opus["compared"] == 50
+    assert 0 < haiku["cost_usd"] < sonnet["cost_usd"] < opus["cost_usd"]
+    with session(make_engine(db)) as s:
+        rows = [r for r in s.exec(select(Sample)) if r.category == "tiers"]
+        changes = list(s.exec(select(RouteChange)))
+    assert len(rows) == 100 and {r.kind for r in rows} == {"evaluation"}
+    assert {r.served_model for r in rows} == {"claude-opus-4-7"}
+    by_model = {m: [r for r in rows if r.shadow_model == m] for m in LADDER[:2]}
+    assert all(len(v) == 50 for v in by_model.values())
+    assert abs(sum(r.primary_cost_usd for r in by_model["claude-haiku-4-5"]) - opus["cost_usd"]) < 1e-6
+    assert abs(sum(r.shadow_cost_usd for r in by_model["claude-sonnet-4-6"]) - sonnet["cost_usd"]) < 1e-6
+    assert "claude-haiku-4-5" not in {c.to_model for c in changes}  # never the failing cheapest
+
+    human = tg("evaluate", str(cases(tmp_path, "tiers")), "--category", "tiers", env=env,
+               cwd=tmp_path).stdout
+    rows = {line.split()[1]: line for line in human.splitlines() if line.startswith("│ claude-")}
+    assert list(rows) == LADDER and "recommended" in rows["claude-sonnet-4-6"]
+    assert "recommendation: rung (claude-sonnet-4-6" in human
+
+    pair = last_json(tg("evaluate", str(cases(tmp_path, "pair")), "--category", "pair", "--json",
+                        env=env, cwd=tmp_path).stdout)
+    assert set(pair) == OLD_KEYS | {"rungs", "recommended_model"}
+    assert pair["recommendation"] == "candidate" and pair["recommended_model"] == "claude-haiku-4-5"
+    assert (pair["compared"], pair["errors"], pair["agreement"]) == (50, 0, 1.0)
+    assert list(pair["rungs"]) == ["claude-haiku-4-5", "claude-opus-4-7"]
+    assert {k: pair["rungs"]["claude-haiku-4-5"][k] for k in ("agreement", "wilson_low", "wilson_high")} \
+        == {k: pair[k] for k in ("agreement", "wilson_low", "wilson_high")}
+
+
 def test_a_bad_cases_file_is_one_clear_error(tmp_path, simulator, redis_url):
     _, _, env = cli_env(tmp_path, simulator, redis_url, {}, {})
     (tmp_path / "bad.jsonl").write_text('{"messages": []}\nnot json\n')

@@ -1,10 +1,13 @@
 """The simulated models speak the Messages API to the real SDK over HTTP."""
 
+import hashlib
+
 import anthropic
 import httpx2
 import pytest
 
 from tests.helpers import API_KEY
+from tierguard.ops.simulate import Scenario, Simulator
 
 SCENARIO = {"seed": 3, "categories": {
     "sentiment": {"kind": "label", "labels": ["POSITIVE", "NEGATIVE", "NEUTRAL"], "agreement": 0.9,
@@ -82,3 +85,58 @@ def test_raw_and_typed_calls_read_the_same_answer(simulator):
         request))
     assert (raw.text, raw.input_tokens, raw.output_tokens) == (
         typed.text, typed.input_tokens, typed.output_tokens)
+
+
+def test_models_lists_sonnet_too(simulator):
+    ids = {m.id for m in sdk(simulator(**SCENARIO)).models.list()}
+    assert {"claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7"} <= ids
+
+
+def answers(sim, model, n, system="tiers: classify", start=0):
+    return [sim.answer({"model": model, "system": system,
+                        "messages": [{"role": "user", "content": f"case {i}"}]})[1]
+            for i in range(start, start + n)]
+
+
+LADDER = {"seed": 5, "categories": {"tiers": {
+    "kind": "label", "labels": ["A", "B", "C"], "agreement": 0.5,
+    "models": {"claude-haiku-4-5": {"agreement": 0.0}, "claude-sonnet-4-6": {"agreement": 1.0}}}}}
+
+
+def test_a_model_of_its_own_keeps_its_own_agreement():
+    sim = Simulator(Scenario.from_dict(LADDER))
+    ref = answers(sim, "claude-opus-4-7", 60)
+    hits = {m: sum(a == b for a, b in zip(answers(sim, m, 60), ref, strict=True))
+            for m in ("claude-haiku-4-5", "claude-sonnet-4-6", "claude-haiku-3-5")}
+    assert hits["claude-haiku-4-5"] == 0 and hits["claude-sonnet-4-6"] == 60
+    assert 15 < hits["claude-haiku-3-5"] < 45  # not listed: the category's 0.5
+
+
+def test_a_model_of_its_own_drifts_after_its_own_calls():
+    sim = Simulator(Scenario.from_dict({"categories": {"tiers": {
+        "kind": "label", "labels": ["A", "B", "C"], "agreement": 1.0,
+        "drift": {"after": 30, "agreement": 0.0},
+        "models": {"claude-haiku-4-5": {"drift": {"after": 20, "agreement": 0.0}}}}}}))
+    haiku, sonnet = [], []
+    for i in range(40):  # interleaved: haiku counts its own calls, sonnet every candidate call
+        ref = answers(sim, "claude-opus-4-7", 1, start=i)
+        haiku.append(answers(sim, "claude-haiku-4-5", 1, start=i) == ref)
+        sonnet.append(answers(sim, "claude-sonnet-4-6", 1, start=i) == ref)
+    assert haiku == [True] * 20 + [False] * 20
+    assert sonnet == [True] * 15 + [False] * 25  # the 30th candidate call is sonnet's 15th
+
+
+def test_scenarios_without_models_answer_exactly_as_before():
+    sim = Simulator(Scenario.from_dict({"seed": 3, "categories": {
+        "sentiment": {"kind": "label", "labels": ["POSITIVE", "NEGATIVE", "NEUTRAL"], "agreement": 0.9,
+                      "drift": {"after": 200, "agreement": 0.3}, "reference_noise": 0.05},
+        "invoice": {"kind": "json", "agreement": 0.7},
+        "summary": {"kind": "text", "agreement": 0.8, "paraphrase": 0.5}}}))
+    out = []
+    for i in range(300):
+        for system in ("sentiment: classify", "invoice: extract", "summary: write"):
+            for model in ("claude-opus-4-7", "claude-haiku-4-5", "claude-sonnet-4-6"):
+                out.extend(answers(sim, model, 1, system=system, start=i))
+    # the digest of these answers before per-model scripts existed
+    assert hashlib.sha256("\n".join(out).encode()).hexdigest() == (
+        "42ccae94129cbb25bf95ae9dbe6ae04aba9e7e8f19dad2afac91e141fed5fc52")

@@ -75,6 +75,7 @@ class Sample(SQLModel, table=True):
     shadow_output_tokens: int | None = None
     shadow_cost_usd: float | None = None
     shadow_via: str | None = None  # "batch" for a Message Batches shadow (priced at its discount)
+    rung: str | None = None  # the model compared with the reference (null before revision 0012)
     judge_model: str | None = None
     judge_input_tokens: int | None = None
     judge_output_tokens: int | None = None

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +23,7 @@ from pydantic import (
 
 from tierguard import compare as comparators
 from tierguard.engine.detector import Engine, EngineConfig
+from tierguard.engine.ladder import Ladder
 from tierguard.engine.sampling import SamplingConfig
 from tierguard.errors import ConfigError
 from tierguard.limits import family_limits
@@ -34,8 +36,10 @@ from tierguard.policy_sections import (
     Retention,
     ShadowCap,
     ShadowHeadroom,
+    _format,
     _Strict,
     _unit,
+    check_ladder,
 )
 
 CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -70,7 +74,10 @@ class _Tunables(_Strict):
     flap_window_hours: float | None = Field(None, gt=0)
     mode: Literal["enforce", "observe"] | None = None
     noise_floor_rate: float | None = None
-    start_on: Literal["candidate", "reference"] | None = None
+    # cheapest (candidate: the same), reference, or a model of the category's ladder.
+    start_on: str | None = None
+    demote_to: Literal["reference", "next"] | None = None  # where a failing rung goes (ladders)
+    probe_rate: float | None = None  # share of sampled jobs that also ask a rung not in service
     # sampling: fixed keeps sample_rate; adaptive chooses between the two bounds (engine/sampling.py).
     sampling: Literal["fixed", "adaptive"] | None = None
     sample_rate_min: float | None = None
@@ -82,7 +89,8 @@ class _Tunables(_Strict):
     batch_max_wait_minutes: float | None = Field(None, gt=0)
 
     _unit_fields = field_validator("sample_rate", "threshold", "healthy", "promote_threshold",
-                                   "noise_floor_rate", "sample_rate_min", "sample_rate_max")(_unit)
+                                   "noise_floor_rate", "sample_rate_min", "sample_rate_max",
+                                   "probe_rate")(_unit)
 
     @field_validator("false_flip_rate")
     @classmethod
@@ -115,7 +123,9 @@ class Defaults(_Tunables):
     flap_window_hours: float = Field(24, gt=0)
     mode: Literal["enforce", "observe"] = "enforce"
     noise_floor_rate: float = 0.0
-    start_on: Literal["candidate", "reference"] = "candidate"
+    start_on: str = "cheapest"
+    demote_to: Literal["reference", "next"] = "reference"
+    probe_rate: float = 0.2
     sampling: Literal["fixed", "adaptive"] = "fixed"
     sample_rate_min: float = 0.01
     sample_rate_max: float = 0.10
@@ -127,6 +137,14 @@ class Defaults(_Tunables):
 class CategoryOverrides(_Tunables):
     candidate: str | None = None
     reference: str | None = None
+    ladder: list[str] | None = None  # cheapest first, the reference last
+
+    @field_validator("ladder")
+    @classmethod
+    def _valid_ladder(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            check_ladder(v)
+        return v
 
 
 class CategoryPolicy(_Strict):
@@ -150,7 +168,10 @@ class CategoryPolicy(_Strict):
     flap_window_hours: float
     mode: Literal["enforce", "observe"]
     noise_floor_rate: float
-    start_on: Literal["candidate", "reference"]
+    start_on: str
+    demote_to: Literal["reference", "next"]
+    probe_rate: float
+    ladder: tuple[str, ...] = ()
     sampling: Literal["fixed", "adaptive"]
     sample_rate_min: float
     sample_rate_max: float
@@ -184,23 +205,50 @@ class CategoryPolicy(_Strict):
     def engine(self) -> Engine:
         return Engine(self.engine_config)
 
+    @cached_property
+    def ladder_engine(self) -> Ladder:
+        """One state per rung (only for ladders of three or more: two rungs use ``engine``)."""
+        manual = Engine(dataclasses.replace(self.engine_config, auto_promote=False))
+        return Ladder(self.rungs, self.engine, manual, self.demote_to)
+
     @property
     def healthy_level(self) -> float:
         return self.healthy if self.healthy is not None else min(self.threshold + 0.03, 0.999)
 
+    @property
+    def rungs(self) -> tuple[str, ...]:
+        """The ladder, cheapest first, the reference last (two rungs: candidate, reference)."""
+        return self.ladder or (self.candidate, self.reference)
+
+    @property
+    def laddered(self) -> bool:
+        """More than two rungs: every rung watched, probes, one engine state per rung."""
+        return len(self.rungs) > 2
+
     def other_model(self, served: str) -> str:
-        """The model a request served by ``served`` is shadowed to."""
-        return self.reference if served == self.candidate else self.candidate
+        """The model a request served by ``served`` is shadowed to: the reference, or, while the
+        reference serves, the rung just below it (the next to promote)."""
+        if not self.laddered:
+            return self.reference if served == self.candidate else self.candidate
+        return self.rungs[-2] if served == self.reference else self.reference
+
+    def above(self, model: str) -> tuple[str, ...]:
+        """The rungs dearer than ``model``, cheapest first (all of them for a model off the ladder)."""
+        rungs = self.rungs
+        return rungs[rungs.index(model) + 1:] if model in rungs else rungs
 
     @property
     def initial_route(self) -> str:
-        return self.candidate if self.start_on == "candidate" else self.reference
+        if self.start_on in ("cheapest", "candidate"):
+            return self.candidate
+        return self.reference if self.start_on == "reference" else self.start_on
 
 
 class Policy(_Strict):
     models: Models = Models()
     pricing: dict[str, Price] = {
         "claude-haiku-4-5": Price(input=1.0, output=5.0),
+        "claude-sonnet-4-6": Price(input=3.0, output=15.0),
         "claude-opus-4-7": Price(input=5.0, output=25.0),
     }
     defaults: Defaults = Defaults()
@@ -249,19 +297,42 @@ class Policy(_Strict):
         if problems:
             raise ValueError("\n".join(problems))
         for name, cat in self.categories.items():
-            cand = cat.candidate or self.models.candidate
-            ref = cat.reference or self.models.reference
+            if cat.ladder is not None and (cat.candidate or cat.reference):
+                raise ValueError(f"categories.{name}.ladder: set the ladder or candidate/reference, "
+                                 "not both")
+            cand, ref = self._ladder(cat)[0], self._ladder(cat)[-1]
             if cand == ref:
                 raise ValueError(f"categories.{name}: candidate and reference are both {cand!r}")
+        for where, o in [("models", None)] + [(f"categories.{n}", c) for n, c in self.categories.items()]:
+            explicit = self.models.ladder if o is None else o.ladder
+            rungs = self.models.rungs if o is None else self._ladder(o)
+            for model in explicit or ():
+                if model not in self.pricing:
+                    problems.append(f"{where}.ladder: {model} has no price in pricing")
+            start = (self.defaults.start_on if o is None or o.start_on is None else o.start_on)
+            if start not in ("cheapest", "candidate", "reference") and start not in rungs:
+                field = "defaults.start_on" if o is None or o.start_on is None else f"{where}.start_on"
+                problems.append(f"{field}: {start!r} is not cheapest, reference or a model of "
+                                f"the ladder ({', '.join(rungs)})")
+        if problems:
+            raise ValueError("\n".join(dict.fromkeys(problems)))
         return self
+
+    def _ladder(self, o: CategoryOverrides) -> tuple[str, ...]:
+        top = self.models.rungs
+        if o.ladder is not None:
+            return tuple(o.ladder)
+        if o.candidate or o.reference:
+            return (o.candidate or top[0], o.reference or top[-1])
+        return top
 
     def _merged(self, name: str) -> CategoryPolicy:
         o = self.categories.get(name) or CategoryOverrides()
         d = self.defaults
+        ladder = self._ladder(o)
         return CategoryPolicy(
-            name=name,
-            candidate=o.candidate or self.models.candidate,
-            reference=o.reference or self.models.reference,
+            name=name, ladder=ladder if len(ladder) > 2 else (),
+            candidate=ladder[0], reference=ladder[-1],
             **{k: getattr(o, k) if getattr(o, k) is not None else getattr(d, k)
                for k in _Tunables.model_fields},
         )
@@ -297,17 +368,6 @@ class Policy(_Strict):
             return None
         return price.usd(input_tokens, output_tokens, cache_write_tokens or 0, cache_read_tokens or 0,
                          batch)
-
-
-def _format(err: ValidationError) -> list[str]:
-    out = []
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        out.extend(f"{path}: {line}" if path else line for line in msg.split("\n"))
-    return out
 
 
 def parse_policy(data: Any, source: str | None = None) -> Policy:

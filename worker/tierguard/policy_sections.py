@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 def _unit(v: float | None) -> float | None:
@@ -13,13 +13,47 @@ def _unit(v: float | None) -> float | None:
     return v
 
 
+def _format(err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.extend(f"{path}: {line}" if path else line for line in msg.split("\n"))
+    return out
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Models(_Strict):
+    """Two models (``candidate``, ``reference``), or a ``ladder`` of them, cheapest first."""
+
     candidate: str = "claude-haiku-4-5"
     reference: str = "claude-opus-4-7"
+    ladder: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Models:
+        if self.ladder is not None:
+            both = {"candidate", "reference"} & self.model_fields_set
+            if both:
+                raise ValueError(f"ladder: set the ladder or {' and '.join(sorted(both))}, not both")
+            check_ladder(self.ladder)
+        return self
+
+    @property
+    def rungs(self) -> tuple[str, ...]:
+        return tuple(self.ladder) if self.ladder is not None else (self.candidate, self.reference)
+
+
+def check_ladder(ladder: list[str]) -> None:
+    if len(ladder) < 2:
+        raise ValueError("ladder: needs at least two models, cheapest first, the reference last")
+    if len(set(ladder)) != len(ladder):
+        raise ValueError(f"ladder: a model is listed twice ({', '.join(ladder)})")
 
 
 class ModelLimits(_Strict):

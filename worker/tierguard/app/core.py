@@ -67,8 +67,8 @@ class Core:
     def route(self, name: str, request: dict[str, Any]) -> tuple[CategoryPolicy | None, dict[str, Any]]:
         """The request with ``model`` set from the category's route (unchanged if that fails).
 
-        A request the routed model cannot take (limits) goes to the reference for this
-        call only, and is counted as ``guarded``.
+        A request the routed model cannot take (limits) goes to the cheapest rung above it
+        that can (the reference for two models) for this call only, counted as ``guarded``.
         """
         try:
             cat = self.categories.get(name)
@@ -81,8 +81,9 @@ class Core:
                 cat = self.category(name)
             model = self.routes.get(name, cat.initial_route)
             if model != cat.reference and too_big(self.policy.limits_for(model), request):
-                self.publisher.count(name, cat.reference, "guarded")
-                model = cat.reference
+                model = next((m for m in cat.above(model)  # the cheapest rung above that can
+                              if not too_big(self.policy.limits_for(m), request)), cat.reference)
+                self.publisher.count(name, model, "guarded")
             return cat, {**request, "model": model}
         except Exception:
             self._failed("routing")

@@ -49,10 +49,22 @@ def evaluate(cases: Path = typer.Argument(..., exists=True, dir_okay=False,
         return
     console.print(f"[bold]{category}[/]: {result['compared']}/{result['cases']} cases compared "
                   f"({result['errors']} errors), agreement {pct(result['agreement'])}, Wilson 95% "
-                  f"[{pct(result['wilson_low'])}, {pct(result['wilson_high'])}]")
-    model = result[result["recommendation"]]
-    console.print(f"recommendation: [bold]{result['recommendation']}[/] ({model}; promote threshold "
-                  f"{pct(result['promote_threshold'])}); projected monthly saving "
+                  f"[{pct(result['wilson_low'])}, {pct(result['wilson_high'])}]"
+                  + (f" for the candidate {result['candidate']}" if len(result["rungs"]) > 2 else ""))
+    table = Table(title=f"{category}: every rung against the reference {result['reference']}")
+    table.add_column("rung", min_width=max(map(len, result["rungs"])), no_wrap=True)
+    for col in ("n", "agreement", "Wilson 95%", "cost", ""):
+        table.add_column(col, no_wrap=True)
+    for model, rung in result["rungs"].items():
+        table.add_row(model, str(rung["compared"]), pct(rung["agreement"]),
+                      f"{pct(rung['wilson_low'])}–{pct(rung['wilson_high'])}",
+                      "—" if rung["cost_usd"] is None else f"${rung['cost_usd']:,.4f}",
+                      ", ".join(n for n, on in (("reference", model == result["reference"]),
+                                                ("recommended", model == result["recommended_model"]))
+                                if on))
+    console.print(table)
+    console.print(f"recommendation: [bold]{result['recommendation']}[/] ({result['recommended_model']}; "
+                  f"promote threshold {pct(result['promote_threshold'])}); projected monthly saving "
                   f"{_money(result['projected_monthly_savings_usd'])}")
     if change is not None:
         console.print(f"applied: {category} now served by [bold]{change.to_model}[/] (audited)")

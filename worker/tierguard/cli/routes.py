@@ -49,6 +49,10 @@ def status(as_json: bool = JsonOpt) -> None:
             b = c["batch"]
             state.append(f"batch shadows: {b['waiting']} waiting, {b['open']} batches open "
                          f"({b['in_batches']} jobs)")
+        if len(c["rungs"]) > 2:
+            state.append("rungs: " + ", ".join(f"{m} {r['state']}" + (
+                f" {pct(r['agreement'])}" if r["agreement"] is not None else "")
+                for m, r in c["rungs"].items()))
         state += [f"[red]{w}[/]" for w in c["warnings"]]
         ft = c["flip_threshold"]
         engine = (f"{c['watching']}: {c['statistic']:.0%} of h={ft['h_nats']:.2f}"
@@ -110,13 +114,15 @@ def pin(category: str, model: str = typer.Argument(..., help="a model name, or c
 @app.command()
 def promote(category: str, reason: str = typer.Option(""), actor: str | None = None,
             force: bool = typer.Option(False, help="promote even if not eligible"),
+            to: str | None = typer.Option(None, "--to", help="the rung (model) to serve it; "
+                                          "default: one rung cheaper"),
             as_json: bool = JsonOpt) -> None:
-    """Serve CATEGORY by its candidate again (it must be eligible, see status)."""
+    """Serve CATEGORY one rung cheaper (its candidate, for two models); it must be eligible."""
     from tierguard.ops.actions import promote as do_promote
 
     settings, policy, engine = env()
     change = do_promote(engine, redis_client(settings), policy, category, reason=reason,
-                        actor=actor_name(actor), force=force)
+                        actor=actor_name(actor), force=force, to=to)
     if as_json:
         emit({"category": category, "route": change.to_model, "pinned": False})
     else:

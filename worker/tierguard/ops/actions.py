@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import redis as redis_lib
 from sqlalchemy.engine import Engine
@@ -54,25 +55,46 @@ def unpin(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: s
 
 
 def promote(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: str,
-            *, reason: str, actor: str, force: bool = False) -> RouteChange:
-    """Serve ``category`` by its candidate again; refused unless eligible (or ``force``)."""
+            *, reason: str, actor: str, force: bool = False, to: str | None = None) -> RouteChange:
+    """Serve ``category`` one rung cheaper (its candidate, for two models), or by ``to``; refused
+    unless that rung is eligible (or ``force``)."""
     cat = policy.category(category)
     with session(engine) as s:
         row = lock_category(s, cat)
         if row.pinned:
             raise ActionRefused(f"{category} is pinned ({row.pin_reason}): unpin it first")
-        if row.routed_model == row.candidate:
-            raise ActionRefused(f"{category} is already served by its candidate {row.candidate}")
-        eligible = bool((row.detector_state or {}).get("eligible"))
+        target = _promotion_target(cat, row.routed_model, to and resolve_model(policy, category, to))
+        state = dict(row.detector_state or {})
+        rung_state = (state.get("rungs") or {}).get(target) or {} if cat.laddered else state
+        eligible = bool(rung_state.get("eligible"))
         if not eligible and not force:
-            raise ActionRefused(f"{category} is not eligible for promotion yet "
+            raise ActionRefused(f"{category}: {target} is not eligible for promotion yet "
                                 "(see `tierguard status`); --force overrides")
-        row.detector_state = note_change(dict(row.detector_state or {}), utcnow().timestamp(),
-                                         cat.flap_window_hours * 3600)
-        change = change_route(s, row, row.candidate, rule="promotion", actor=actor,
-                              reason=reason or ("promoted by operator" + ("" if eligible else
-                                                                          " (forced, not eligible)")))
+        now, window = utcnow().timestamp(), cat.flap_window_hours * 3600
+        if cat.laddered:
+            states = {**(state.get("rungs") or {}), target: {**note_change(rung_state, now, window),
+                                                            "failed": False}}
+            row.detector_state = cat.ladder_engine.mirror({**state, "rungs": states}, target)
+        else:
+            row.detector_state = note_change(state, now, window)
+        change = change_route(s, row, target, rule="promotion", actor=actor,
+                              reason=reason or (f"promoted by operator to {target}" + (
+                                  "" if eligible else " (forced, not eligible)")))
         for_route_change(s, policy, change, "promoted")
         s.commit()
     publish_quietly(r, [row])
     return change
+
+
+def _promotion_target(cat: Any, serving: str, to: str | None) -> str:
+    rungs = cat.rungs
+    if to is not None:
+        if to not in rungs:
+            raise ActionRefused(f"{cat.name}: {to} is not a model of its ladder ({', '.join(rungs)})")
+        if serving in rungs and rungs.index(to) >= rungs.index(serving):
+            raise ActionRefused(f"{cat.name}: {to} is not cheaper than {serving}, which serves it")
+        return to
+    if serving == rungs[0]:
+        what = "cheapest rung" if cat.laddered else "candidate"
+        raise ActionRefused(f"{cat.name} is already served by its {what} {serving}")
+    return rungs[rungs.index(serving) - 1] if serving in rungs else rungs[0]

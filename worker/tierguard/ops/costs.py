@@ -22,12 +22,12 @@ from tierguard.policy import Policy
 from tierguard.traffic import TOKENS
 
 KEYS = ("production_usd", "shadow_usd", "watching_share", "savings_usd")
-SHADOW_KINDS = ("shadow", "noise")
+SHADOW_KINDS = ("shadow", "noise", "probe")
 
 
 def _empty() -> dict[str, float]:
     return {"production_usd": 0.0, "shadow_usd": 0.0, "sync_usd": 0.0, "batch_usd": 0.0,
-            "noise_usd": 0.0,
+            "noise_usd": 0.0, "probe_usd": 0.0,
             "judge_usd": 0.0, "savings_usd": 0.0, "calls": 0, "calls_without_usage": 0}
 
 
@@ -70,7 +70,8 @@ def costs(engine: Engine, policy: Policy, since: dt.datetime, now: dt.datetime) 
         cats.setdefault(name, _empty())["calls_without_usage"] = int(calls or 0)
     for name, kind, via, shadow_usd, judge_usd in shadow:
         entry = cats.setdefault(name, _empty())
-        part = "noise_usd" if kind != "shadow" else "batch_usd" if via == "batch" else "sync_usd"
+        part = ("noise_usd" if kind == "noise" else "probe_usd" if kind == "probe"
+                else "batch_usd" if via == "batch" else "sync_usd")
         entry[part] += float(shadow_usd or 0)
         entry["judge_usd"] += float(judge_usd or 0)
         entry["shadow_usd"] += float(shadow_usd or 0) + float(judge_usd or 0)

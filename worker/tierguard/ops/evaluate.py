@@ -1,10 +1,13 @@
-"""``tierguard evaluate``: the playbook's onboarding — held-out cases through both models, then a decision.
+"""``tierguard evaluate``: the playbook's onboarding — held-out cases through every rung, then a decision.
 
-Every case (a Messages API body without ``model``) goes to the category's
-candidate and reference with the worker's retries, is compared by the category's
-comparator (the judge included) and recorded as a ``sample`` of kind
-``evaluation`` (never fed to the live engine). The match rate's Wilson 95 %
-interval decides: ``candidate`` when its lower bound clears ``promote_threshold``.
+Every case (a Messages API body without ``model``) goes to every rung of the
+category's ladder (two-model policies: candidate and reference) with the
+worker's retries; each cheaper rung's answer is compared with the reference's by
+the category's comparator (the judge included) and recorded as a ``sample`` of
+kind ``evaluation`` (never fed to the live engine). The cheapest rung whose match
+rate's Wilson 95 % lower bound clears ``promote_threshold`` is recommended, else
+the reference. The top-level agreement, interval and saving are the candidate's
+(the cheapest rung's); ``rungs`` has every rung's.
 """
 
 from __future__ import annotations
@@ -65,45 +68,69 @@ def projected_savings(policy: Policy, cat: CategoryPolicy, candidate: list[Answe
     return round((r - c) * calls_per_day * DAYS_PER_MONTH, 2)
 
 
+def _job(cat: CategoryPolicy, run: str, i: int, model: str, case: dict[str, Any]) -> ShadowJob:
+    suffix = "" if model == cat.candidate else f"-{model}"
+    return ShadowJob(job_id=f"evaluate-{run}-{i}{suffix}", category=cat.name,
+                     served_model=cat.reference, shadow_model=model, request=case, primary_text="",
+                     requested_at=dt.datetime.now(dt.UTC).isoformat())
+
+
+Called = Answer | BaseException
+
+
 async def _evaluate(policy: Policy, cat: CategoryPolicy, cases: list[dict[str, Any]], run: str,
                     concurrency: int, attempts: int, client: anthropic.AsyncAnthropic,
-                    progress: Callable[[int], None] | None) -> list[tuple[Result, Answer | None]]:
+                    progress: Callable[[int], None] | None) -> list[tuple[list[Result], list[Called]]]:
+    """Per case: a result per cheaper rung, and every rung's raw answer (the reference's first)."""
     gate = asyncio.Semaphore(concurrency)
     judge = JudgeCall(lambda: client, attempts=attempts) if needs_judge(cat) else None
+    cheaper = cat.rungs[:-1]
     done = 0
 
-    async def one(i: int, case: dict[str, Any]) -> tuple[Result, Answer | None]:
+    async def compared(i: int, case: dict[str, Any], model: str, ref: Called, got: Called) -> Result:
+        job = _job(cat, run, i, model, case)
+        if isinstance(ref, BaseException):  # no reference answer: nothing to compare against
+            return result_of(policy, job, None, ref, attempts)
+        job = ShadowJob(**{**job.to_dict(), "primary_text": ref.text,
+                           "primary_input_tokens": ref.input_tokens,
+                           "primary_output_tokens": ref.output_tokens,
+                           "primary_latency_ms": ref.latency_ms})
+        if isinstance(got, BaseException):
+            return result_of(policy, job, None, got, attempts)
+        if judge is not None:
+            return await judge.result(policy, job, got, attempts)
+        return result_of(policy, job, got, None, attempts)
+
+    async def one(i: int, case: dict[str, Any]) -> tuple[list[Result], list[Called]]:
         nonlocal done
         async with gate:
-            job = ShadowJob(job_id=f"evaluate-{run}-{i}", category=cat.name, served_model=cat.reference,
-                            shadow_model=cat.candidate, request=case, primary_text="",
-                            requested_at=dt.datetime.now(dt.UTC).isoformat())
-            ref, cand = await asyncio.gather(
-                call_model_with_retries(client, cat.reference, case, attempts),
-                call_model_with_retries(client, cat.candidate, case, attempts), return_exceptions=True)
-            if isinstance(ref, BaseException):  # no reference answer: nothing to compare against
-                job = ShadowJob(**{**job.to_dict(), "primary_text": ""})
-                result = result_of(policy, job, None, ref, attempts)
-                done += 1
-                if progress:
-                    progress(done)
-                return result, None
-            job = ShadowJob(**{**job.to_dict(), "primary_text": ref.text,
-                               "primary_input_tokens": ref.input_tokens,
-                               "primary_output_tokens": ref.output_tokens,
-                               "primary_latency_ms": ref.latency_ms})
-            if isinstance(cand, BaseException):
-                result = result_of(policy, job, None, cand, attempts)
-            elif judge is not None:
-                result = await judge.result(policy, job, cand, attempts)
-            else:
-                result = result_of(policy, job, cand, None, attempts)
+            answers = await asyncio.gather(
+                *(call_model_with_retries(client, m, case, attempts) for m in (cat.reference, *cheaper)),
+                return_exceptions=True)
+            results = await asyncio.gather(*(compared(i, case, m, answers[0], got)
+                                             for m, got in zip(cheaper, answers[1:], strict=True)))
             done += 1
             if progress:
                 progress(done)
-            return result, ref
+            return list(results), list(answers)
 
     return await asyncio.gather(*(one(i, c) for i, c in enumerate(cases)))
+
+
+def _score(results: list[Result]) -> tuple[list[Result], int, float, float]:
+    """(compared results, agreeing, Wilson 95 % low, high)."""
+    compared = [r for r in results if r.verdict is not None]
+    agree = sum(r.verdict.agree for r in compared)  # type: ignore[union-attr]
+    low, high = wilson(agree, len(compared)) if compared else (0.0, 1.0)
+    return compared, agree, low, high
+
+
+def _cost(policy: Policy, model: str, answers: list[Called]) -> float | None:
+    """USD for ``model``'s answered calls, from their usage (None when none can be priced)."""
+    costs = [policy.cost_usd(model, a.input_tokens, a.output_tokens, a.cache_write_tokens,
+                             a.cache_read_tokens, a.batch) for a in answers if isinstance(a, Answer)]
+    known = [c for c in costs if c is not None]
+    return round(sum(known), 6) if known else None
 
 
 def evaluate(engine: Engine, policy: Policy, category: str, cases: list[dict[str, Any]], *,
@@ -114,7 +141,7 @@ def evaluate(engine: Engine, policy: Policy, category: str, cases: list[dict[str
     cat = policy.category(category)
     run = uuid.uuid4().hex[:8]
 
-    async def go() -> list[tuple[Result, Answer | None]]:
+    async def go() -> list[tuple[list[Result], list[Called]]]:
         sdk = client or anthropic.AsyncAnthropic(max_retries=0)
         try:
             return await _evaluate(policy, cat, cases, run, concurrency, attempts, sdk, progress)
@@ -122,23 +149,35 @@ def evaluate(engine: Engine, policy: Policy, category: str, cases: list[dict[str
             if client is None:
                 await sdk.close()
 
-    pairs = asyncio.run(go())
-    results = [r for r, _ in pairs]
+    per_case = asyncio.run(go())
+    results = [r for rs, _ in per_case for r in rs]
     record_many(engine, None, policy, [Result(r.job, r.answer, r.verdict, r.error, r.attempt,
                                               kind="evaluation", judge=r.judge) for r in results])
-    compared = [r for r in results if r.verdict is not None]
-    agree = sum(r.verdict.agree for r in compared)  # type: ignore[union-attr]
-    low, high = wilson(agree, len(compared)) if compared else (0.0, 1.0)
-    recommendation = "candidate" if compared and low >= cat.promote_threshold else "reference"
+    refs = [a[0] for _, a in per_case]
+    scores = {m: _score([rs[k] for rs, _ in per_case]) for k, m in enumerate(cat.rungs[:-1])}
+    rungs: dict[str, dict[str, Any]] = {}
+    for k, (model, (scored, agree, low, high)) in enumerate(scores.items()):
+        rungs[model] = {"agreement": round(agree / len(scored), 4) if scored else None,
+                        "wilson_low": round(low, 4), "wilson_high": round(high, 4),
+                        "compared": len(scored),
+                        "cost_usd": _cost(policy, model, [a[k + 1] for _, a in per_case])}
+    rungs[cat.reference] = {"agreement": 1.0, "wilson_low": 1.0, "wilson_high": 1.0,
+                            "compared": sum(isinstance(a, Answer) for a in refs),
+                            "cost_usd": _cost(policy, cat.reference, refs)}
+    recommended = next((m for m, (scored, _, low, _) in scores.items()
+                        if scored and low >= cat.promote_threshold), cat.reference)
+    compared, agree, low, high = scores[cat.candidate]
     per_day = calls_per_day if calls_per_day is not None else recorded_calls_per_day
     savings = None
     if per_day is not None:
         savings = projected_savings(policy, cat, [r.answer for r in compared if r.answer],
-                                    [ref for _, ref in pairs if ref is not None], per_day)
+                                    [a for a in refs if isinstance(a, Answer)], per_day)
+    role = {cat.candidate: "candidate", cat.reference: "reference"}.get(recommended, "rung")
     return {"category": category, "cases": len(cases), "compared": len(compared),
-            "errors": len(results) - len(compared),
+            "errors": len(per_case) - len(compared),
             "agreement": round(agree / len(compared), 4) if compared else None,
             "wilson_low": round(low, 4), "wilson_high": round(high, 4),
-            "recommendation": recommendation, "candidate": cat.candidate, "reference": cat.reference,
+            "recommendation": role, "recommended_model": recommended,
+            "candidate": cat.candidate, "reference": cat.reference,
             "promote_threshold": cat.promote_threshold, "calls_per_day": per_day,
-            "projected_monthly_savings_usd": savings, "run": run}
+            "projected_monthly_savings_usd": savings, "rungs": rungs, "run": run}

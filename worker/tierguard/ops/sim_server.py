@@ -194,7 +194,7 @@ class _Handler(BaseHTTPRequestHandler):
         if found := BATCH_PATH.match(url.path):
             return self._batch_call("GET", found, dict(parse_qsl(url.query)))
         if self.path.split("?")[0] == "/v1/models":
-            models = sorted({*sim.scenario.reference_models, "claude-haiku-4-5"})
+            models = sorted({*sim.scenario.reference_models, "claude-haiku-4-5", "claude-sonnet-4-6"})
             return self._json(200, {"data": [{"type": "model", "id": m, "display_name": m,
                                               "created_at": "2026-01-01T00:00:00Z"} for m in models],
                                     "has_more": False, "first_id": models[0], "last_id": models[-1]})

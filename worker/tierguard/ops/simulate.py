@@ -18,7 +18,9 @@ A scenario file (YAML)::
     retry_after: 1
     categories:
       sentiment: {kind: label, labels: [POSITIVE, NEGATIVE, NEUTRAL], agreement: 0.98,
-                  drift: {after: 400, agreement: 0.6}}
+                  drift: {after: 400, agreement: 0.6},
+                  models: {claude-haiku-4-5: {agreement: 0.80, drift: {after: 300, agreement: 0.6}},
+                           claude-sonnet-4-6: {agreement: 0.97}}}
     batch_delay_s: 0.5          # Message Batches end this long after creation
     batch_cancel_delay_s: 0.1   # a canceled batch is "canceling" this long
     batch_error_rate: 0.0       # share of batch requests that end errored
@@ -29,7 +31,10 @@ A scenario file (YAML)::
                          keys: {sk-ant-other: {requests_per_minute: 5}}}
 
 A request belongs to the category whose ``match`` (default: the name) occurs in
-its system prompt.
+its system prompt. A candidate listed under a category's ``models`` uses its own
+``agreement`` (default: the category's) and ``drift``, whose ``after`` counts
+that model's requests in the category; other candidates share the category's,
+whose ``after`` counts every candidate request in the category.
 """
 
 from __future__ import annotations
@@ -57,6 +62,20 @@ WORDS = ("the customer reports that the order was delayed and asks for a refund 
 
 
 @dataclass
+class ModelSim:
+    """One candidate's own script in a category (``categories.X.models.MODEL``)."""
+
+    agreement: float
+    drift_after: int | None = None
+    drift_agreement: float | None = None
+
+    def agreement_at(self, calls: int) -> float:
+        if self.drift_after is not None and calls > self.drift_after:
+            return self.drift_agreement if self.drift_agreement is not None else self.agreement
+        return self.agreement
+
+
+@dataclass
 class CategorySim:
     name: str
     kind: str = "label"  # label | json | text
@@ -67,11 +86,17 @@ class CategorySim:
     match: str | None = None
     reference_noise: float = 0.0  # chance per call that the reference itself answers wrongly
     paraphrase: float = 0.0  # text: share of a candidate's right answers put in other words
+    models: dict[str, ModelSim] = field(default_factory=dict)  # candidates with their own script
 
     def agreement_at(self, candidate_calls: int) -> float:
         if self.drift_after is not None and candidate_calls > self.drift_after:
             return self.drift_agreement if self.drift_agreement is not None else self.agreement
         return self.agreement
+
+    def agreement_for(self, model: str, candidate_calls: int, model_calls: int) -> float:
+        """``model``'s agreement after ``candidate_calls`` in the category, ``model_calls`` its own."""
+        own = self.models.get(model)
+        return own.agreement_at(model_calls) if own else self.agreement_at(candidate_calls)
 
 
 @dataclass
@@ -96,8 +121,15 @@ class Scenario:
         for name, c in (data.get("categories") or {}).items():
             c = dict(c or {})
             drift = c.pop("drift", None) or {}
-            cats[name] = CategorySim(name=name, drift_after=drift.get("after"),
-                                     drift_agreement=drift.get("agreement"), **c)
+            models = c.pop("models", None) or {}
+            cat = cats[name] = CategorySim(name=name, drift_after=drift.get("after"),
+                                           drift_agreement=drift.get("agreement"), **c)
+            for model, m in models.items():
+                m = dict(m or {})
+                own = m.pop("drift", None) or {}
+                cat.models[model] = ModelSim(agreement=float(m.pop("agreement", cat.agreement)),
+                                             drift_after=own.get("after"),
+                                             drift_agreement=own.get("agreement"), **m)
         return cls(seed=int(data.get("seed", 0)), latency_ms=float(data.get("latency_ms", 0)),
                    reference_models=list(data.get("reference_models", ["claude-opus-4-7"])),
                    error_rates={int(k): float(v) for k, v in (data.get("error_rates") or {}).items()},
@@ -168,12 +200,12 @@ class Simulator:
             self.requests[(model, cat.name)] += 1
             if not is_reference:
                 self.candidate_calls[cat.name] += 1
-            n = self.candidate_calls[cat.name]
+            n, own = self.candidate_calls[cat.name], self.requests[(model, cat.name)]
         if is_reference:
             with self.lock:
                 correct = self.rng.random() >= cat.reference_noise
         else:
-            correct = _unit(self.scenario.seed, model, key) < cat.agreement_at(n)
+            correct = _unit(self.scenario.seed, model, key) < cat.agreement_for(model, n, own)
         wrong_u = _unit(self.scenario.seed, "wrong", model, key, self.rng.random() if is_reference else 0)
         reword = not is_reference and _unit(self.scenario.seed, "reword", model, key) < cat.paraphrase
         return cat.name, self._render(cat, truth_u, None if correct else wrong_u, key, reword)

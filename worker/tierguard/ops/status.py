@@ -44,6 +44,11 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
                 last[change.category] = change
             else:
                 would[change.category] = would.get(change.category, 0) + 1
+        compared = s.execute(
+            sa.select(Sample.category, Sample.served_model, Sample.shadow_model, Sample.rung,
+                      sa.func.count())
+            .where(Sample.kind.in_(("shadow", "probe")), Sample.agree.is_not(None))
+            .group_by(Sample.category, Sample.served_model, Sample.shadow_model, Sample.rung)).all()
         names = sorted(set(rows) | set(policy.categories) | set(counts))
         noise = {name: self_agreement(s, name) for name in names}
     guarded = traffic_totals(engine, utcnow() - dt.timedelta(days=STATUS_DAYS))
@@ -53,6 +58,11 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
     from tierguard.batch_store import summary as batch_summary
 
     batched = batch_summary(engine)
+    per_rung: dict[tuple[str, str], int] = {}
+    for name, served, shadowed, rung, n in compared:
+        reference = policy.category(name).reference  # before revision 0012: derived
+        rung = rung or (shadowed if served == reference else served)
+        per_rung[(name, rung)] = per_rung.get((name, rung), 0) + int(n)
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         cat = policy.category(name)
@@ -94,10 +104,36 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
             "would_flip": would.get(name, 0),
             "self_agreement": self_agree,
             "warnings": warnings,
+            "rungs": rungs(cat, row.routed_model if row else cat.initial_route, state, change,
+                           {m: per_rung.get((name, m), 0) for m in cat.rungs}),
             "last_change": None if change is None else {
                 "from": change.from_model, "to": change.to_model, "reason": change.reason,
                 "actor": change.actor, "at": change.created_at.isoformat()},
         }
+    return out
+
+
+def rungs(cat: Any, serving: str, state: dict, change: RouteChange | None,
+          samples: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Per model of the ladder: comparisons with the reference, agreement, CUSUM share, and
+    serving / eligible / watching / demoted (the reference: serving or eligible, always)."""
+    out = {}
+    states = state.get("rungs") or {}
+    for model in cat.rungs[:-1]:
+        if cat.laddered:
+            st = states.get(model) or {}
+            shown = cat.ladder_engine.state_of(states, serving, model)
+        else:  # two models: the one state is the candidate's
+            st = state
+            failed = (change is not None and change.from_model == model
+                      and change.rule in ("cusum", "flap_guard"))
+            shown = ("serving" if serving == model else "eligible" if st.get("eligible")
+                     else "demoted" if failed else "watching")
+        out[model] = {"samples": samples.get(model, 0), "agreement": st.get("ewma"),
+                      "statistic": cat.engine.statistic(st) if st else 0.0, "state": shown}
+    out[cat.reference] = {"samples": sum(samples.get(m, 0) for m in cat.rungs[:-1]), "agreement": None,
+                          "statistic": 0.0,
+                          "state": "serving" if serving == cat.reference else "eligible"}
     return out
 
 

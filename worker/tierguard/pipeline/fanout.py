@@ -9,6 +9,7 @@ connection pools; Celery's task threads hand it batches and wait.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,10 +21,17 @@ import httpx2
 from tierguard import metrics
 from tierguard.errors import PermanentCallError, RetryableCallError
 from tierguard.job import ShadowJob
-from tierguard.pipeline.calls import call_model_async
+from tierguard.pipeline.calls import Answer, call_model_async
 from tierguard.pipeline.judging import JudgeCall, needs_judge
 from tierguard.pipeline.recorder import Result
-from tierguard.pipeline.shadow import noise_result, noise_sampled, result_of, skipped
+from tierguard.pipeline.shadow import (
+    noise_result,
+    noise_sampled,
+    probe_job,
+    probe_rung,
+    result_of,
+    skipped,
+)
 from tierguard.policy import Policy
 
 
@@ -90,18 +98,35 @@ async def run_batch(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *
             return [result_of(policy, job, None, err, attempt) if final else Retry(job, err)]
         except PermanentCallError as err:
             return [result_of(policy, job, None, err, attempt)]
-        if needs_judge(policy.category(job.category)):  # no noise-floor twin: one judge is enough
-            return [await judge.result(policy, job, answer, attempt)]
-        result = result_of(policy, job, answer, None, attempt)
-        if result.verdict is None or not noise_sampled(policy, job):
-            return [result]
+        judged = needs_judge(policy.category(job.category))
+        if judged:  # no noise-floor twin: one judge is enough
+            result = await judge.result(policy, job, answer, attempt)
+        else:
+            result = result_of(policy, job, answer, None, attempt)
+        probe = await probed(job, answer, judged) if result.verdict is not None else []
+        if judged or result.verdict is None or not noise_sampled(policy, job):
+            return [result] + probe
         try:
             second = await call_model_async(runner.client, policy.category(job.category).reference,
                                             job.request)
         except (RetryableCallError, PermanentCallError):
             return [result]  # a noise sample is best effort, never retried
         twin = noise_result(policy, job, answer.text, second)
-        return [result] + ([twin] if twin else [])
+        return [result] + probe + ([twin] if twin else [])
+
+    async def probed(job: ShadowJob, answer: Answer, judged: bool) -> list[Result]:
+        """A ladder's probe of a rung not in service (best effort, never retried)."""
+        rung = probe_rung(policy, job)
+        if rung is None:
+            return []
+        twin = probe_job(policy, job, rung, answer.text)
+        try:
+            second = await call_model_async(runner.client, rung, job.request)
+        except (RetryableCallError, PermanentCallError):
+            return []
+        if judged:
+            return [await judge.result(policy, twin, second, attempt, kind="probe")]
+        return [dataclasses.replace(result_of(policy, twin, second, None, attempt), kind="probe")]
 
     done = [item for items in await asyncio.gather(*(one(job) for job in jobs)) for item in items]
     return ([d for d in done if isinstance(d, Result)], [d for d in done if isinstance(d, Retry)])

@@ -66,6 +66,7 @@ def sample_values(policy: Policy, job: ShadowJob, answer: Answer | None, verdict
     values = dict(
         job_id=job.job_id, category=job.category, kind=kind, served_model=job.served_model,
         shadow_model=job.shadow_model, comparator=_comparator_name(cat), attempts=attempt,
+        rung=rung_of(cat, job) if kind in ("shadow", "probe") else None,
         agree=verdict.agree if verdict else None, score=verdict.score if verdict else None,
         reason=verdict.reason if verdict else (error[1] if error else ""),
         detail=verdict.detail if verdict else {},
@@ -99,6 +100,16 @@ def sample_values(policy: Policy, job: ShadowJob, answer: Answer | None, verdict
     return values
 
 
+def rung_of(cat: CategoryPolicy, job: ShadowJob) -> str | None:
+    """The rung a sample compares with the reference (None: not a rung-vs-reference sample)."""
+    below = cat.rungs[:-1]
+    if job.served_model == cat.reference and job.shadow_model in below:
+        return job.shadow_model
+    if job.shadow_model == cat.reference and job.served_model in below:
+        return job.served_model
+    return None
+
+
 def situation(row: Category, now: float) -> Situation:
     serving = ("candidate" if row.routed_model == row.candidate
                else "reference" if row.routed_model == row.reference else "other")
@@ -106,11 +117,12 @@ def situation(row: Category, now: float) -> Situation:
 
 
 def apply_decision(s: Session, row: Category, decision: Decision, trigger_job_id: str | None,
-                   at: dt.datetime | None = None) -> RouteChange | None:
-    """Turn a route-changing decision into a route change (or an observe-mode record)."""
+                   target: str | None = None, at: dt.datetime | None = None) -> RouteChange | None:
+    """Turn a route-changing decision into a route change (or an observe-mode record); ``target``
+    is the rung a ladder's decision moves to (two models: the candidate or the reference)."""
     if not decision.changes_route:
         return None
-    target = row.candidate if decision.action == "promote" else row.reference
+    target = target or (row.candidate if decision.action == "promote" else row.reference)
     fields = dict(rule=decision.rule, reason=decision.reason, agreement=decision.agreement,
                   samples=decision.samples, numbers=decision.numbers, trigger_job_id=trigger_job_id)
     if not decision.applied:
@@ -184,7 +196,7 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
             seen.add(x.job.job_id)
             if x.verdict is None:
                 outcomes[i] = Outcome("error")
-            elif x.kind != "shadow":
+            elif x.kind not in ("shadow", "probe"):
                 outcomes[i] = Outcome("recorded")
             else:
                 by_category.setdefault(x.job.category, []).append(i)
@@ -208,12 +220,22 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
                 x = results[i]
                 # The category's first sample of the batch carries the pin expiry, if any.
                 change, events, decision = (expired, expired_events, None) if n == 0 else (None, 0, None)
-                if {x.job.served_model, x.job.shadow_model} == pair:
-                    state, decision = cat.engine.update(state, x.verdict.agree,  # type: ignore[union-attr]
-                                                        sit)
+                target = None
+                agree = x.verdict.agree  # type: ignore[union-attr]
+                if cat.laddered:
+                    rung = rung_of(cat, x.job)
+                    if rung is not None:
+                        state, move = cat.ladder_engine.feed(state, row.routed_model, rung, agree,
+                                                             row.pinned, now.timestamp())
+                        decision, target = move.decision, move.target
+                elif {x.job.served_model, x.job.shadow_model} == pair:
+                    state, decision = cat.engine.update(state, agree, sit)
+                if decision is not None:
                     if decision.changes_route:
+                        if cat.laddered:
+                            state = cat.ladder_engine.mirror(state, target or row.routed_model)
                         row.detector_state = state  # the change writes the state with the route
-                        change = apply_decision(s, row, decision, x.job.job_id)
+                        change = apply_decision(s, row, decision, x.job.job_id, target)
                         if change is not None:
                             changes.append(change)
                             if change.applied:
@@ -225,7 +247,8 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
                         events += for_eligible(s, policy, cat.name, decision.reason, x.job.job_id,
                                                decision.numbers) is not None
                 outcomes[i] = Outcome("recorded", decision, change, events)
-            row.detector_state = state
+            row.detector_state = (cat.ladder_engine.mirror(state, row.routed_model) if cat.laddered
+                                  else state)
             s.add(row)
             touched[name] = (row.routed_model, (row.candidate, row.reference),
                              cat.engine.statistic(state))

@@ -79,6 +79,31 @@ def noise_sampled(policy: Policy, job: ShadowJob) -> bool:
     return rate > 0 and int(digest(job.job_id)[:8], 16) / 2**32 < rate
 
 
+def probe_rung(policy: Policy, job: ShadowJob) -> str | None:
+    """The rung a sampled job of a ladder also asks (``probe_rate`` of them), or None. Chosen by
+    the job id (evenly spread over the rungs neither serving nor shadowed, the same on every
+    delivery); never one whose limits the request exceeds."""
+    cat = policy.category(job.category)
+    if not cat.laddered or cat.probe_rate <= 0:
+        return None
+    h = digest(job.job_id + ":probe")
+    if int(h[:8], 16) / 2**32 >= cat.probe_rate:
+        return None
+    choices = [r for r in cat.rungs[:-1] if r not in (job.served_model, job.shadow_model)]
+    if not choices:
+        return None
+    rung = choices[int(h[8:16], 16) % len(choices)]
+    return None if too_big(policy.limits_for(rung), job.request) else rung
+
+
+def probe_job(policy: Policy, job: ShadowJob, rung: str, shadow_text: str) -> ShadowJob:
+    """The probe's own job: ``rung`` against the job's reference answer, recorded as its own sample."""
+    cat = policy.category(job.category)
+    reference_text = shadow_text if job.shadow_model == cat.reference else job.primary_text
+    return ShadowJob(**{**job.to_dict(), "job_id": f"{job.job_id}:probe", "served_model": cat.reference,
+                        "shadow_model": rung, "primary_text": reference_text})
+
+
 def noise_result(policy: Policy, job: ShadowJob, shadow_text: str, second: Answer) -> Result | None:
     """The reference's second answer against its first: self-agreement, never a decision."""
     cat = policy.category(job.category)

@@ -26,7 +26,7 @@ from tierguard.job import ShadowJob, parse_time
 from tierguard.limits import estimate_input_tokens
 from tierguard.pipeline.judging import needs_judge
 from tierguard.pipeline.recorder import Result
-from tierguard.pipeline.shadow import SKIPPED, Context
+from tierguard.pipeline.shadow import SKIPPED, Context, probe_rung
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,14 @@ def _gates(ctx: Context, model: str) -> list[str]:
 
 
 def _models(ctx: Context, job: ShadowJob) -> list[str]:
-    """The models a job will call: its shadow model, and the judge's (a shadow call too)."""
+    """The models a job will call: its shadow model, the judge's and a probed rung's."""
     cat = ctx.policy.category(job.category)
+    models = {job.shadow_model}
     if needs_judge(cat):
-        return sorted({job.shadow_model, cat.compare.model or cat.reference})  # type: ignore[attr-defined]
-    return [job.shadow_model]
+        models.add(cat.compare.model or cat.reference)  # type: ignore[attr-defined]
+    if (rung := probe_rung(ctx.policy, job)) is not None:
+        models.add(rung)
+    return sorted(models)
 
 
 def announce_paused(ctx: Context, skipped: list[Result]) -> bool:

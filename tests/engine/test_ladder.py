@@ -1,0 +1,84 @@
+"""Ladders: one state per rung, decisions at the same sample as the two-model engine, targets by rung."""
+
+import dataclasses
+import random
+
+from tierguard.engine.detector import Engine, EngineConfig, Situation
+from tierguard.engine.ladder import Ladder
+
+H, S, OPUS = "haiku", "sonnet", "opus"
+CONFIG = EngineConfig(min_samples=50, promote_min_samples=200, cooldown_s=0)
+
+
+def ladder(demote_to="reference", auto_promote=False):
+    config = dataclasses.replace(CONFIG, auto_promote=auto_promote)
+    return Ladder((H, S, OPUS), Engine(config), Engine(dataclasses.replace(config, auto_promote=False)),
+                  demote_to)
+
+
+def stream(seed, n, p):
+    rng = random.Random(seed)
+    return [rng.random() < p for _ in range(n)]
+
+
+def first_move(lad, states, serving, rung, outcomes, t0=0.0):
+    for i, agree in enumerate(outcomes):
+        states, move = lad.update(states, serving, rung, agree, False, t0 + i)
+        if move.decision.action != "hold":
+            return i, states, move
+    return None, states, None
+
+
+def two_model_index(outcomes):
+    engine, state = Engine(CONFIG), {}
+    for i, agree in enumerate(outcomes):
+        state, decision = engine.update(state, agree, Situation("candidate", False, float(i)))
+        if decision.action != "hold":
+            return i
+    return None
+
+
+def test_the_serving_rung_fails_at_the_same_sample_as_the_two_model_engine():
+    outcomes = stream(3, 2000, 0.80)
+    index, states, move = first_move(ladder(), {}, H, H, outcomes)
+    assert index == two_model_index(outcomes) == 81
+    assert (move.decision.action, move.rung, move.target) == ("demote", H, OPUS)
+    assert move.decision.reason.startswith("haiku fails against the reference, so the reference serves")
+    assert states[H]["failed"] and ladder().state_of(states, OPUS, H) == "demoted"
+
+
+def test_demote_to_next_goes_to_the_cheapest_eligible_rung_above():
+    lad = ladder("next")
+    # Sonnet, not in service, gathers evidence by probes: eligible at its 200th agreement.
+    index, states, move = first_move(lad, {}, H, S, [True] * 400)
+    assert (index, move.decision.action, move.target) == (199, "eligible", None)
+    assert lad.state_of(states, H, S) == "eligible"
+    _, states, move = first_move(lad, states, H, H, stream(3, 2000, 0.80), t0=1000)
+    assert (move.decision.action, move.target) == ("demote", S)
+    assert "so sonnet, the cheapest rung above it eligible" in move.decision.reason
+    # Without an eligible rung above it, the reference.
+    _, _, move = first_move(lad, {}, H, H, stream(3, 2000, 0.80))
+    assert move.target == OPUS
+
+
+def test_promotion_moves_one_rung_cheaper_at_a_time():
+    lad = ladder(auto_promote=True)
+    states: dict = {}
+    # The reference serves; haiku's evidence (probes) makes it eligible only: it is two rungs down.
+    index, states, move = first_move(lad, states, OPUS, H, [True] * 400)
+    assert (index, move.decision.action, move.target) == (199, "eligible", None)
+    # Sonnet, just below the reference, is promoted at its 200th agreement.
+    index, states, move = first_move(lad, states, OPUS, S, [True] * 400)
+    assert (index, move.decision.action, move.target) == (199, "promote", S)
+    # With sonnet serving, haiku is the rung just below: its next outcome promotes it.
+    _, move = lad.update(states, S, H, True, False, 10_000.0)
+    assert (move.decision.action, move.target) == ("promote", H)
+
+
+def test_rung_states_and_the_primary_rung():
+    lad = ladder()
+    assert lad.primary(OPUS) == S and lad.primary(H) == H
+    states = {S: {"eligible": True}, H: {"failed": True}}
+    assert [lad.state_of(states, S, m) for m in (H, S)] == ["demoted", "serving"]
+    assert lad.state_of({S: {"eligible": True}}, H, S) == "eligible"
+    assert lad.mirror({"rungs": {S: {"ewma": 0.9}}}, OPUS) == {"ewma": 0.9, "rungs": {S: {"ewma": 0.9}}}

@@ -1,0 +1,115 @@
+"""Ladders: one detector state per rung, every decision naming the rung it moves to. No I/O.
+
+A ladder is its models cheapest first, the reference last. Every rung below the
+reference is measured against the reference with the two-model engine
+(:mod:`tierguard.engine.detector`), from its own point of view:
+
+- the **rung in service** is watched by its CUSUM; crossing ``h`` demotes it, to the
+  reference (``demote_to: reference``) or to the cheapest rung above it that is
+  eligible on its own evidence (``demote_to: next``); the failed rung is marked
+  ``failed`` until it is eligible again;
+- a **rung not in service** gathers evidence (probes, or shadows while the reference
+  serves): eligible when its Wilson lower bound clears ``promote_threshold``. Only the
+  rung just below the one in service may be promoted (one rung cheaper at a time, with
+  ``auto_promote``, its cooldown and flap guard); the others are only marked eligible.
+
+A two-rung ladder is exactly the two-model engine; callers keep using it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from tierguard.engine.detector import Decision, Engine, Situation
+
+STATES = ("serving", "eligible", "watching", "demoted")
+
+
+@dataclass(frozen=True)
+class Move:
+    """One outcome's result: the rung's decision and the model the route goes to (or None)."""
+
+    decision: Decision
+    rung: str
+    target: str | None
+
+
+class Ladder:
+    def __init__(self, rungs: tuple[str, ...], engine: Engine, manual: Engine, demote_to: str):
+        """``manual`` is ``engine`` without auto-promotion (for rungs that may not be promoted)."""
+        assert len(rungs) >= 2
+        self.rungs, self.engine, self.manual, self.demote_to = rungs, engine, manual, demote_to
+
+    @property
+    def reference(self) -> str:
+        return self.rungs[-1]
+
+    def _index(self, model: str) -> int:
+        return self.rungs.index(model) if model in self.rungs else len(self.rungs) - 1
+
+    def next_up(self, states: dict[str, dict], failed: str) -> str:
+        """Where a failing rung goes: the reference, or (``next``) the cheapest eligible rung above."""
+        if self.demote_to == "next":
+            for rung in self.rungs[self._index(failed) + 1:-1]:
+                st = states.get(rung) or {}
+                if st.get("eligible") and not st.get("failed"):
+                    return rung
+        return self.reference
+
+    def update(self, states: dict[str, dict], serving: str, rung: str, agree: bool, pinned: bool,
+               now: float) -> tuple[dict[str, dict], Move]:
+        """Feed one outcome of ``rung`` against the reference; the states and the move."""
+        if rung not in self.rungs[:-1]:
+            raise ValueError(f"{rung!r} is not a rung below the reference of {self.rungs}")
+        below_serving = self._index(rung) == self._index(serving) - 1
+        in_service = rung == serving
+        engine = self.engine if in_service or below_serving else self.manual
+        sit = Situation(serving="candidate" if in_service else "reference", pinned=pinned, now=now)
+        st, decision = engine.update(states.get(rung) or {}, agree, sit)
+        target = None
+        if decision.action == "demote":
+            st["failed"] = True
+            target = self.reference if decision.pin else self.next_up(states, rung)
+            how = ("the reference" if target == self.reference else
+                   f"{target}, the cheapest rung above it eligible on its own evidence")
+            decision = dataclasses.replace(decision, reason=f"{rung} fails against the reference, "
+                                           f"so {how} serves: {decision.reason}")
+        elif decision.action == "promote":
+            st["failed"] = False
+            target = rung
+            decision = dataclasses.replace(decision, reason=f"{rung} (one rung cheaper than {serving}) "
+                                           f"holds: {decision.reason}")
+        elif decision.action == "pin":
+            target = self.reference
+            decision = dataclasses.replace(decision, reason=f"{rung}: {decision.reason}")
+        elif decision.action == "eligible":
+            st["failed"] = False
+            decision = dataclasses.replace(decision, reason=f"{rung}: {decision.reason}")
+        return {**states, rung: st}, Move(decision, rung, target)
+
+    def feed(self, state: dict, serving: str, rung: str, agree: bool, pinned: bool,
+             now: float) -> tuple[dict, Move]:
+        """:meth:`update` on a category's stored state (``{"rungs": {MODEL: state}, ...}``)."""
+        states, move = self.update(dict(state.get("rungs") or {}), serving, rung, agree, pinned, now)
+        return {**state, "rungs": states}, move
+
+    def mirror(self, state: dict, serving: str) -> dict:
+        """The stored state with the :meth:`primary` rung's numbers at the top (what status,
+        dashboards and operator actions read for a category)."""
+        states = state.get("rungs") or {}
+        return {**(states.get(self.primary(serving)) or {}), "rungs": states}
+
+    def state_of(self, states: dict[str, dict], serving: str, rung: str) -> str:
+        """serving, eligible, watching or demoted (the reference: serving or watching)."""
+        if rung == serving:
+            return "serving"
+        st = states.get(rung) or {}
+        if st.get("failed"):
+            return "demoted"
+        return "eligible" if st.get("eligible") else "watching"
+
+    def primary(self, serving: str) -> str:
+        """The rung the category's headline numbers follow: the one in service, else the next to
+        promote (just below the reference)."""
+        return serving if serving in self.rungs[:-1] else self.rungs[-2]
