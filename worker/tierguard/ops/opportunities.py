@@ -55,9 +55,15 @@ def opportunities(engine: Engine, policy: Policy) -> list[dict[str, Any]]:
     sizes = token_sizes(engine)
     with session(engine) as s:
         rows = {r.name: r for r in s.exec(select(Category))}
-        evaluation = dict((c, (int(n), int(a or 0))) for c, n, a in s.execute(
-            sa.select(Sample.category, sa.func.count(), sa.func.sum(sa.cast(Sample.agree, sa.Integer)))
-            .where(Sample.kind == "evaluation", Sample.agree.is_not(None)).group_by(Sample.category)))
+        evaluation: dict[str, tuple[int, int]] = {}
+        for c, served, shadowed, n, a in s.execute(  # the candidate's cases (a ladder has more rungs)
+                sa.select(Sample.category, Sample.served_model, Sample.shadow_model, sa.func.count(),
+                          sa.func.sum(sa.cast(Sample.agree, sa.Integer)))
+                .where(Sample.kind == "evaluation", Sample.agree.is_not(None))
+                .group_by(Sample.category, Sample.served_model, Sample.shadow_model)):
+            if policy.category(c).candidate in (served, shadowed):
+                old_n, old_a = evaluation.get(c, (0, 0))
+                evaluation[c] = (old_n + int(n), old_a + int(a or 0))
     out = []
     for name in sorted(set(volume) | set(rows) | set(policy.categories)):
         cat = policy.category(name)
@@ -88,25 +94,36 @@ class ApplyRefused(TierguardError):
 
 def apply_recommendation(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
                          result: dict[str, Any]) -> RouteChange | None:
-    """Route the category to its candidate (audited, actor ``evaluate``) when recommended."""
-    if result["recommendation"] != "candidate":
-        return None
+    """Route the category to the recommended rung (audited, actor ``evaluate``) when it is not the
+    reference; for two models, its candidate."""
     cat = policy.category(result["category"])
+    target = result.get("recommended_model") or (cat.candidate if result["recommendation"] == "candidate"
+                                                 else cat.reference)
+    if target == cat.reference:
+        return None
+    figures = (result.get("rungs") or {}).get(target) or result
     with session(engine) as s:
         row = lock_category(s, cat)
         if row.pinned:
             raise ApplyRefused(f"{cat.name} is pinned ({row.pin_reason}): unpin it first")
-        if row.routed_model == cat.candidate:
+        if row.routed_model == target:
             return None
-        row.detector_state = note_change(dict(row.detector_state or {}), utcnow().timestamp(),
-                                         cat.flap_window_hours * 3600)
-        reason = (f"evaluation {result['run']}: {result['compared']} cases, agreement "
-                  f"{result['agreement']:.3f}, Wilson 95% lower bound {result['wilson_low']:.3f} ≥ "
+        now, window = utcnow().timestamp(), cat.flap_window_hours * 3600
+        state = dict(row.detector_state or {})
+        if cat.laddered:
+            rungs = {**(state.get("rungs") or {})}
+            rungs[target] = {**note_change(rungs.get(target) or {}, now, window), "failed": False}
+            row.detector_state = cat.ladder_engine.mirror({**state, "rungs": rungs}, target)
+        else:
+            row.detector_state = note_change(state, now, window)
+        compared = figures.get("compared", result["compared"])
+        reason = (f"evaluation {result['run']}: {compared} cases, {target} agreement "
+                  f"{figures['agreement']:.3f}, Wilson 95% lower bound {figures['wilson_low']:.3f} ≥ "
                   f"promote threshold {cat.promote_threshold:.2f}")
-        change = change_route(s, row, cat.candidate, rule="evaluation", actor="evaluate",
-                              reason=reason, agreement=result["agreement"],
-                              samples=result["compared"],
-                              numbers={k: result[k] for k in ("wilson_low", "wilson_high", "cases")})
+        change = change_route(s, row, target, rule="evaluation", actor="evaluate",
+                              reason=reason, agreement=figures["agreement"], samples=compared,
+                              numbers={"wilson_low": figures["wilson_low"],
+                                       "wilson_high": figures["wilson_high"], "cases": result["cases"]})
         for_route_change(s, policy, change, "promoted")
         s.commit()
     publish_quietly(r, [row])

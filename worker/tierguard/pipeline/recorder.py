@@ -251,7 +251,7 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
                                   else state)
             s.add(row)
             touched[name] = (row.routed_model, (row.candidate, row.reference),
-                             cat.engine.statistic(state))
+                             cat.engine.statistic(row.detector_state))
         s.commit()
     _observe(results, outcomes, changes, touched)
     for change in changes:
