@@ -82,3 +82,33 @@ def test_rung_states_and_the_primary_rung():
     assert [lad.state_of(states, S, m) for m in (H, S)] == ["demoted", "serving"]
     assert lad.state_of({S: {"eligible": True}}, H, S) == "eligible"
     assert lad.mirror({"rungs": {S: {"ewma": 0.9}}}, OPUS) == {"ewma": 0.9, "rungs": {S: {"ewma": 0.9}}}
+
+
+def test_a_change_starts_every_rungs_cooldown():
+    config = dataclasses.replace(CONFIG, auto_promote=True, cooldown_s=3600)
+    lad = Ladder((H, S, OPUS), Engine(config), Engine(dataclasses.replace(config, auto_promote=False)),
+                 "reference")
+    _, states, move = first_move(lad, {}, H, S, [True] * 400)  # sonnet eligible by probes
+    assert move.decision.action == "eligible"
+    _, states, move = first_move(lad, states, H, H, stream(3, 2000, 0.80), t0=10_000)
+    assert move.target == OPUS
+    demoted_at = 10_000 + 81
+    states, move = lad.update(states, OPUS, S, True, False, demoted_at + 60)
+    assert move.decision.action == "hold" and "cooldown" in move.decision.reason  # not at once
+    states, move = lad.update(states, OPUS, S, True, False, demoted_at + 3601)
+    assert (move.decision.action, move.target) == ("promote", S)
+
+
+def test_bench_ladder_runs_the_real_engine_on_every_setup():
+    from tierguard.ops.bench_ladder import ladder_figures
+
+    fig = ladder_figures(seed=3, days=12)  # the sharp drift (day 10.5) included
+    assert set(fig["setups"]) == {"two_tier", "ladder", "ladder_next"}
+    for s in fig["setups"].values():
+        assert set(s) >= {"production_usd", "vs_all_reference", "watching_share", "detection_hours",
+                          "false_flips", "hours_below_threshold"}
+        assert s["detection_hours"]["median"] is not None  # the drift is caught in every set-up
+    two = fig["setups"]["two_tier"]
+    for name in ("ladder", "ladder_next"):  # group B moves to Sonnet: cheaper than Opus
+        assert fig["setups"][name]["production_usd"] < 0.9 * two["production_usd"]
+        assert fig["setups"][name]["false_flips"] <= two["false_flips"]

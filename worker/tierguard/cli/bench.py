@@ -200,3 +200,30 @@ def bench_headroom(minutes: float = typer.Option(5.0, min=1, help="scaled minute
     table.add_row("shadow share of the limit / room left by production",
                   f"{fig['shadow_share_of_limit']:.0%} / {fig['room_share']:.0%}", "≥ 0.8 × room")
     console.print(table)
+
+
+@bench_app.command("ladder")
+def bench_ladder(seed: int = typer.Option(11), as_json: bool = JsonOpt) -> None:
+    """A simulated month of 30 categories: a Haiku/Sonnet/Opus ladder against two tiers."""
+    from tierguard.ops.bench_ladder import ladder_figures
+
+    with console.status("simulating a month, three set-ups…") if not as_json else nothing():
+        fig = ladder_figures(seed)
+    if as_json:
+        emit(fig)
+        return
+    table = Table(title=f"ladder vs two tiers: {fig['categories']} categories, {fig['days']} days, "
+                        f"{fig['sample_rate']:.0%} shadowed")
+    for col in ("set-up", "production USD (vs all-Opus)", "vs two_tier", "watching share",
+                "detection median / max h", "false flips", "hours below threshold"):
+        table.add_column(col)
+    for name, s in fig["setups"].items():
+        d = s["detection_hours"]
+        table.add_row(name, f"{s['production_usd']:,.0f} ({s['vs_all_reference']:.0%})",
+                      f"{s.get('cost_vs_two_tier', 1.0):.3f}", f"{s['watching_share']:.1%}",
+                      f"{d['median']} / {d['max']}", str(s["false_flips"]),
+                      f"{s['hours_below_threshold']:,.0f}")
+    console.print(table)
+    console.print(f"goals: ladders ≤ {fig['goals']['cost_vs_two_tier']} × two_tier's production cost, "
+                  f"median detection ≤ {fig['goals']['delay_vs_two_tier']} × two_tier's, no more false "
+                  "flips or hours below threshold")

@@ -13,6 +13,8 @@ reference is measured against the reference with the two-model engine
   rung just below the one in service may be promoted (one rung cheaper at a time, with
   ``auto_promote``, its cooldown and flap guard); the others are only marked eligible.
 
+Every route change counts for every rung's cooldown and flap guard: the category moved.
+
 A two-rung ladder is exactly the two-model engine; callers keep using it directly.
 """
 
@@ -86,7 +88,24 @@ class Ladder:
         elif decision.action == "eligible":
             st["failed"] = False
             decision = dataclasses.replace(decision, reason=f"{rung}: {decision.reason}")
-        return {**states, rung: st}, Move(decision, rung, target)
+        states = {**states, rung: st}
+        if target is not None and decision.applied:
+            states = self._stamp(states, rung, now)
+        return states, Move(decision, rung, target)
+
+    def _stamp(self, states: dict[str, dict], decided: str, now: float) -> dict[str, dict]:
+        """A route change counts for every rung's cooldown and flap guard (the category moved),
+        without restarting their evidence."""
+        window = self.engine.config.flap_window_s
+        out = dict(states)
+        for rung in self.rungs[:-1]:
+            if rung == decided or rung not in out:
+                continue
+            st = dict(out[rung])
+            st["changes"] = [t for t in st.get("changes", []) if now - t < window] + [now]
+            st["last_change"] = now
+            out[rung] = st
+        return out
 
     def feed(self, state: dict, serving: str, rung: str, agree: bool, pinned: bool,
              now: float) -> tuple[dict, Move]:
