@@ -105,3 +105,22 @@ def test_prices_cover_cache_tokens_and_the_batch_discount():
     assert policy.cost_usd("unknown-model", 1, 1) is None
     with pytest.raises(ConfigError, match="pricing.custom.batch_discount"):
         parse_policy({"pricing": {"custom": {"input": 1, "output": 1, "batch_discount": 0}}})
+
+
+def test_a_route_to_a_model_the_policy_no_longer_lists_goes_to_the_reference(tmp_path):
+    from sqlmodel import select
+
+    from tierguard.db import Category, RouteChange, make_engine, session, upgrade
+    from tierguard.routes import ensure_categories
+
+    engine = make_engine(f"sqlite:///{tmp_path}/t.db")
+    upgrade(engine)
+    ladder = ["claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7"]
+    ensure_categories(engine, parse_policy({"models": {"ladder": ladder},
+                                            "categories": {"a": {"start_on": "claude-sonnet-4-6"}}}))
+    ensure_categories(engine, parse_policy({"categories": {"a": {}}}))  # back to Haiku/Opus
+    with session(engine) as s:
+        assert s.get(Category, "a").routed_model == "claude-opus-4-7"
+        [change] = s.exec(select(RouteChange)).all()
+    assert (change.from_model, change.to_model, change.rule) == ("claude-sonnet-4-6", "claude-opus-4-7",
+                                                                 "policy")

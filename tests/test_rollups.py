@@ -165,7 +165,8 @@ def test_maintain_prunes_past_retention_and_never_the_audit_tables(tmp_path, red
     env = {**os.environ, "TIERGUARD_DATABASE_URL": url, "TIERGUARD_REDIS_URL": redis_url,
            "TIERGUARD_POLICY": str(tmp_path / "policy.yaml")}
     dry = last_json(tg("maintain", "--dry-run", "--json", env=env, cwd=tmp_path).stdout)
-    assert dry["would_delete"] == {"sample": 2, "rollup": 3, "rollup_error": 0, "traffic": 1}
+    assert dry["would_delete"] == {"sample": 2, "rollup": 3, "rollup_error": 0, "traffic": 1,
+                                   "headroom": 0}
     with session(engine) as s:
         assert s.execute(sa.select(sa.func.count()).select_from(Sample)).scalar() == 3  # dry: nothing
     done = last_json(tg("maintain", "--json", env=env, cwd=tmp_path).stdout)

@@ -3,7 +3,7 @@
 import dataclasses
 import random
 
-from tierguard.engine.detector import Engine, EngineConfig, Situation
+from tierguard.engine.detector import STATE_VERSION, Engine, EngineConfig, Situation
 from tierguard.engine.ladder import Ladder
 
 H, S, OPUS = "haiku", "sonnet", "opus"
@@ -112,3 +112,12 @@ def test_bench_ladder_runs_the_real_engine_on_every_setup():
     for name in ("ladder", "ladder_next"):  # group B moves to Sonnet: cheaper than Opus
         assert fig["setups"][name]["production_usd"] < 0.9 * two["production_usd"]
         assert fig["setups"][name]["false_flips"] <= two["false_flips"]
+
+
+def test_a_promotion_that_would_flap_pins_the_route_where_it_is():
+    config = dataclasses.replace(CONFIG, auto_promote=True, flap_limit=2)
+    lad = Ladder((H, S, OPUS), Engine(config), Engine(dataclasses.replace(config, auto_promote=False)),
+                 "reference")
+    states = {H: {"v": STATE_VERSION, "changes": [0.0], "last_change": 0.0}}  # one change in the window
+    index, states, move = first_move(lad, states, S, H, [True] * 400, t0=10.0)
+    assert (move.decision.action, move.target) == ("pin", S)  # sonnet serves on, pinned: not opus

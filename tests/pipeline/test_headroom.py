@@ -86,7 +86,8 @@ def test_caps_hold_across_two_workers_then_lift_with_the_policy(stack, simulator
 
 def test_a_separate_shadow_key_has_its_own_headroom(stack, simulator, sqlite_url, tmp_path):
     sim = simulator(categories=CATS)
-    stack.configure(policy=POLICY, database_url=sqlite_url, base_url=sim.base_url,
+    own = {**POLICY, "shadow_headroom": {"follow_production": False}}  # a workspace of its own
+    stack.configure(policy=own, database_url=sqlite_url, base_url=sim.base_url,
                     shadow_api_key=SHADOW_KEY, policy_reload_s=0.5)
     r = redis.Redis.from_url(stack.env["TIERGUARD_REDIS_URL"])
     stack.start_worker(concurrency=4)
@@ -98,8 +99,8 @@ def test_a_separate_shadow_key_has_its_own_headroom(stack, simulator, sqlite_url
     fp = hashlib.sha256(SHADOW_KEY.encode()).hexdigest()[:12]
     assert sim_stats(sim)["by_key"][fp][OPUS]["served"] == 1  # called with the shadow key
     assert ratelimits.fingerprint(SHADOW_KEY) == fp
-    # Following production, its pause holds them back too.
-    write_policy(tmp_path / "tierguard.yaml", {**POLICY, "shadow_headroom": {"follow_production": True}})
+    # Following production (the default), its pause holds them back too.
+    write_policy(tmp_path / "tierguard.yaml", POLICY)
     time.sleep(1.5)
     call(client, "a", 2)
     client.tierguard_flush(5)

@@ -73,7 +73,8 @@ def enqueue(engine: Engine, payloads: list[dict[str, Any]], attempt: int = 1) ->
     ids = [p["job_id"] for p in payloads]
     now = utcnow()
     with session(engine) as s:
-        recorded = set(s.execute(sa.select(Sample.job_id).where(Sample.job_id.in_(ids))).scalars())
+        recorded = {j for chunk in _chunks(ids)
+                    for j in s.execute(sa.select(Sample.job_id).where(Sample.job_id.in_(chunk))).scalars()}
         rows = [{"job_id": p["job_id"], "category": p["category"], "payload": p, "attempt": attempt,
                  "queued_at": now} for p in payloads if p["job_id"] not in recorded]
         if not rows:
@@ -104,8 +105,9 @@ def claim(engine: Engine, category: str, limit: int) -> str | None:
         ids = list(s.execute(picked).scalars())
         if not ids:
             return None
-        s.execute(sa.update(BatchJob).where(BatchJob.job_id.in_(ids), BatchJob.batch_id.is_(None))
-                  .values(batch_id=batch_id))
+        for chunk in _chunks(ids):
+            s.execute(sa.update(BatchJob).where(BatchJob.job_id.in_(chunk), BatchJob.batch_id.is_(None))
+                      .values(batch_id=batch_id))
         s.add(ShadowBatch(id=batch_id, category=category, status="submitting", jobs=len(ids),
                           created_at=utcnow()))
         s.commit()
@@ -136,16 +138,43 @@ def submitted(engine: Engine, batch_id: str, api_id: str) -> None:
         s.commit()
 
 
+IN_CHUNK = 5_000  # ids per IN (...): PostgreSQL takes at most 65,535 parameters a statement
+
+
+def _chunks(ids: list[str]) -> list[list[str]]:
+    return [ids[i:i + IN_CHUNK] for i in range(0, len(ids), IN_CHUNK)]
+
+
+def split(engine: Engine, batch_id: str) -> str | None:
+    """Move half of a ``submitting`` batch's jobs into a new one (the API refused it whole)."""
+    new_id = "tgb_" + uuid.uuid4().hex
+    with session(engine) as s:
+        ids = list(s.execute(sa.select(BatchJob.job_id).where(BatchJob.batch_id == batch_id)
+                             .order_by(BatchJob.job_id)).scalars())
+        if len(ids) < 2:
+            return None
+        old = s.get(ShadowBatch, batch_id)
+        half = ids[len(ids) // 2:]
+        for chunk in _chunks(half):
+            s.execute(sa.update(BatchJob).where(BatchJob.job_id.in_(chunk)).values(batch_id=new_id))
+        s.execute(sa.update(ShadowBatch).where(ShadowBatch.id == batch_id)
+                  .values(jobs=len(ids) - len(half)))
+        s.add(ShadowBatch(id=new_id, category=old.category if old else "", status="submitting",
+                          jobs=len(half), created_at=utcnow()))
+        s.commit()
+    return new_id
+
+
 def settle(engine: Engine, batch_id: str, done: list[str], retry: list[str],
            status: str | None = None, counts: dict[str, int] | None = None,
            error: str | None = None) -> None:
     """Recorded jobs leave; jobs to retry wait again (one attempt more); the batch is closed with
     ``status`` once it holds no job."""
     with session(engine) as s:
-        if done:
-            s.execute(sa.delete(BatchJob).where(BatchJob.job_id.in_(done)))
-        if retry:
-            s.execute(sa.update(BatchJob).where(BatchJob.job_id.in_(retry))
+        for chunk in _chunks(done):
+            s.execute(sa.delete(BatchJob).where(BatchJob.job_id.in_(chunk)))
+        for chunk in _chunks(retry):
+            s.execute(sa.update(BatchJob).where(BatchJob.job_id.in_(chunk))
                       .values(batch_id=None, attempt=BatchJob.attempt + 1))
         if status is not None:
             left = s.execute(sa.select(sa.func.count()).select_from(BatchJob)

@@ -42,10 +42,10 @@ class Headroom(SQLModel, table=True):
 
 def models_of(policy: Any) -> list[str]:
     """Every model a policy's categories serve, shadow or judge with."""
-    out = {policy.models.candidate, policy.models.reference, *policy.shadow_limits}
+    out = {*policy.models.rungs, *policy.shadow_limits}
     for name in policy.categories:
         cat = policy.category(name)
-        out |= {cat.candidate, cat.reference}
+        out |= set(cat.rungs)
         judge_model = getattr(cat.compare, "model", None)
         if isinstance(judge_model, str):
             out.add(judge_model)

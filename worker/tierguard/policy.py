@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -40,14 +39,8 @@ from tierguard.policy_sections import (
     _Strict,
     _unit,
     check_ladder,
+    valid_category,
 )
-
-CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-
-
-def valid_category(name: object) -> bool:
-    return isinstance(name, str) and CATEGORY_NAME.fullmatch(name) is not None
-
 
 __all__ = ["EVENT_KINDS", "SEVERITIES", "Alerting", "CategoryPolicy", "Channel", "Policy", "Severity",
            "load_policy", "parse_policy", "valid_category"]
@@ -233,9 +226,9 @@ class CategoryPolicy(_Strict):
         return self.rungs[-2] if served == self.reference else self.reference
 
     def above(self, model: str) -> tuple[str, ...]:
-        """The rungs dearer than ``model``, cheapest first (all of them for a model off the ladder)."""
+        """The rungs dearer than ``model``, cheapest first (the reference for one off the ladder)."""
         rungs = self.rungs
-        return rungs[rungs.index(model) + 1:] if model in rungs else rungs
+        return rungs[rungs.index(model) + 1:] if model in rungs else (self.reference,)
 
     @property
     def initial_route(self) -> str:
@@ -291,6 +284,8 @@ class Policy(_Strict):
                 problems.append(f"{where}.healthy: must be above threshold ({c.threshold})")
             if c.promote_threshold < c.threshold:
                 problems.append(f"{where}.promote_threshold: must be at least threshold ({c.threshold})")
+            if c.laddered and c.shadow_via == "batch":
+                problems.append(f"{where}.shadow_via: a ladder's probes are sync calls; use sync")
             if c.sample_rate_min > c.sample_rate_max:
                 problems.append(f"{where}.sample_rate_min: must not exceed sample_rate_max "
                                 f"({c.sample_rate_max})")

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def valid_category(name: object) -> bool:
+    return isinstance(name, str) and CATEGORY_NAME.fullmatch(name) is not None
 
 
 def _unit(v: float | None) -> float | None:
@@ -86,8 +93,9 @@ class ShadowHeadroom(_Strict):
                                      "skipped (rate_headroom)")
     min_remaining: float = Field(0.25, ge=0, le=1, description="shadows wait while a model has less "
                                  "than this share of a rate limit left (the API's headers)")
-    follow_production: bool = Field(False, description="with TIERGUARD_SHADOW_API_KEY: production's "
-                                    "headroom and 429s gate the shadows too")
+    follow_production: bool = Field(True, description="with TIERGUARD_SHADOW_API_KEY: production's "
+                                    "headroom and 429s gate the shadows too (false: only for a key "
+                                    "in a workspace of its own)")
 
 
 class ShadowCap(_Strict):

@@ -61,10 +61,19 @@ def lock_category(s: Session, cat: CategoryPolicy) -> Category:
 
 
 def ensure_categories(engine: Engine, policy: Policy) -> None:
-    """Create rows for every category the policy names."""
+    """Create rows for every category the policy names; a route to a model the category no longer
+    lists (a changed ladder or pair) goes to its reference, audited: nothing would watch it."""
     for name in policy.categories:
+        cat = policy.category(name)
         with session(engine) as s:
-            lock_category(s, policy.category(name))
+            row = lock_category(s, cat)
+            if row.routed_model not in cat.rungs and not row.pinned:
+                try:
+                    change_route(s, row, cat.reference, rule="policy", reason=(
+                        f"{row.routed_model} is no longer one of the category's models "
+                        f"({', '.join(cat.rungs)}): its reference serves"))
+                except RouteConflict:
+                    pass  # another process moved it first
             s.commit()
 
 

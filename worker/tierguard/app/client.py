@@ -19,12 +19,16 @@ from tierguard.app.stream import watch_sdk_manager, watch_sdk_stream
 from tierguard.config import Settings
 from tierguard.policy import Policy
 
+_SDK_CREATE = {anthropic.resources.Messages: anthropic.resources.Messages.create,
+               anthropic.resources.AsyncMessages: anthropic.resources.AsyncMessages.create}
+
 
 def _raw_create(messages: Any) -> Any:
-    """The SDK's ``with_raw_response.create`` when ``messages`` is the SDK's own, unpatched (a
-    test double or a patched ``create`` is called as it is, and its headers are not read)."""
-    sdk = (anthropic.resources.Messages, anthropic.resources.AsyncMessages)
-    if type(messages) not in sdk or "create" in vars(messages):
+    """The SDK's ``with_raw_response.create`` when ``messages`` is the SDK's own and its ``create``
+    is unpatched, now (a test double or a patched ``create``, on the object or its class, is
+    called as it is, and its headers are not read)."""
+    kind = type(messages)
+    if kind not in _SDK_CREATE or kind.create is not _SDK_CREATE[kind] or "create" in vars(messages):
         return None
     return messages.with_raw_response.create
 
@@ -33,14 +37,13 @@ class _Messages:
     def __init__(self, messages: Any, core: Core):
         self._messages = messages
         self._core = core
-        self._raw_create = _raw_create(messages)
 
     def create(self, *, category: str | None = None, **kwargs: Any) -> Any:
         if category is None:
             return self._messages.create(**kwargs)
         cat, kwargs = self._core.route(category, kwargs)
         started = time.perf_counter()
-        raw = self._raw_create
+        raw = _raw_create(self._messages)
         try:
             if raw is None:
                 result = self._messages.create(**kwargs)
@@ -108,7 +111,7 @@ class _AsyncMessages(_Messages):
             return await self._messages.create(**kwargs)
         cat, kwargs = self._core.route(category, kwargs)
         started = time.perf_counter()
-        raw = self._raw_create
+        raw = _raw_create(self._messages)
         try:
             if raw is None:
                 result = await self._messages.create(**kwargs)

@@ -77,7 +77,7 @@ class Core:
                 if refused:  # served as the caller sent it, unrouted and unshadowed
                     self.uncategorized(refused)
                     return None, (request if request.get("model") else
-                                  {**request, "model": self.policy.models.reference})
+                                  {**request, "model": self.policy.models.rungs[-1]})
                 cat = self.category(name)
             model = self.routes.get(name, cat.initial_route)
             if model != cat.reference and too_big(self.policy.limits_for(model), request):

@@ -71,7 +71,7 @@ class Ladder:
         st, decision = engine.update(states.get(rung) or {}, agree, sit)
         target = None
         if decision.action == "demote":
-            st["failed"] = True
+            st["failed"] = decision.applied or bool(st.get("failed"))  # observe mode: not failed
             target = self.reference if decision.pin else self.next_up(states, rung)
             how = ("the reference" if target == self.reference else
                    f"{target}, the cheapest rung above it eligible on its own evidence")
@@ -82,18 +82,18 @@ class Ladder:
             target = rung
             decision = dataclasses.replace(decision, reason=f"{rung} (one rung cheaper than {serving}) "
                                            f"holds: {decision.reason}")
-        elif decision.action == "pin":
-            target = self.reference
+        elif decision.action == "pin":  # promoting it would flap: the route stays, pinned
+            target = serving
             decision = dataclasses.replace(decision, reason=f"{rung}: {decision.reason}")
         elif decision.action == "eligible":
             st["failed"] = False
             decision = dataclasses.replace(decision, reason=f"{rung}: {decision.reason}")
         states = {**states, rung: st}
         if target is not None and decision.applied:
-            states = self._stamp(states, rung, now)
+            states = self.stamp(states, now, rung)
         return states, Move(decision, rung, target)
 
-    def _stamp(self, states: dict[str, dict], decided: str, now: float) -> dict[str, dict]:
+    def stamp(self, states: dict[str, dict], now: float, decided: str | None = None) -> dict[str, dict]:
         """A route change counts for every rung's cooldown and flap guard (the category moved),
         without restarting their evidence."""
         window = self.engine.config.flap_window_s

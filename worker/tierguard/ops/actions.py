@@ -68,22 +68,29 @@ def promote(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category:
         rung_state = (state.get("rungs") or {}).get(target) or {} if cat.laddered else state
         eligible = bool(rung_state.get("eligible"))
         if not eligible and not force:
-            raise ActionRefused(f"{category}: {target} is not eligible for promotion yet "
+            what = f"{category}: {target}" if cat.laddered else category
+            raise ActionRefused(f"{what} is not eligible for promotion yet "
                                 "(see `tierguard status`); --force overrides")
-        now, window = utcnow().timestamp(), cat.flap_window_hours * 3600
-        if cat.laddered:
-            states = {**(state.get("rungs") or {}), target: {**note_change(rung_state, now, window),
-                                                            "failed": False}}
-            row.detector_state = cat.ladder_engine.mirror({**state, "rungs": states}, target)
-        else:
-            row.detector_state = note_change(state, now, window)
+        now = utcnow().timestamp()
+        row.detector_state = noted(cat, state, target, now)
+        said = f"promoted by operator to {target}" if cat.laddered else "promoted by operator"
         change = change_route(s, row, target, rule="promotion", actor=actor,
-                              reason=reason or (f"promoted by operator to {target}" + (
-                                  "" if eligible else " (forced, not eligible)")))
+                              reason=reason or (said + ("" if eligible else " (forced, not eligible)")))
         for_route_change(s, policy, change, "promoted")
         s.commit()
     publish_quietly(r, [row])
     return change
+
+
+def noted(cat: Any, state: dict, target: str, now: float) -> dict:
+    """``state`` once a route change to ``target`` is noted (cooldown, flap guard): for a ladder,
+    in every rung's state, the target's with its evidence restarted."""
+    window = cat.flap_window_hours * 3600
+    if not cat.laddered:
+        return note_change(state, now, window)
+    states = cat.ladder_engine.stamp(dict(state.get("rungs") or {}), now, target)
+    states[target] = {**note_change(states.get(target) or {}, now, window), "failed": False}
+    return cat.ladder_engine.mirror({**state, "rungs": states}, target)
 
 
 def _promotion_target(cat: Any, serving: str, to: str | None) -> str:

@@ -64,7 +64,7 @@ def costs(engine: Engine, policy: Policy, since: dt.datetime, now: dt.datetime) 
             on_reference = policy.cost_usd(cat.reference, *tokens) or 0.0
         entry["production_usd"] += spent
         entry["calls"] += int(calls or 0)
-        if model == cat.candidate and model != cat.reference:
+        if model in cat.rungs[:-1]:  # served by a rung cheaper than the reference
             entry["savings_usd"] += on_reference - spent
     for name, calls in no_usage.items():
         cats.setdefault(name, _empty())["calls_without_usage"] = int(calls or 0)

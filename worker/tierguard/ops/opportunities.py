@@ -18,8 +18,8 @@ from sqlmodel import select
 
 from tierguard.alerts.events import for_route_change
 from tierguard.db import Category, RouteChange, Sample, session, utcnow
-from tierguard.engine.detector import note_change
 from tierguard.errors import TierguardError
+from tierguard.ops.actions import noted
 from tierguard.ops.evaluate import DAYS_PER_MONTH
 from tierguard.policy import Policy
 from tierguard.routes import change_route, lock_category, publish_quietly
@@ -108,16 +108,12 @@ def apply_recommendation(engine: Engine, r: redis_lib.Redis | None, policy: Poli
             raise ApplyRefused(f"{cat.name} is pinned ({row.pin_reason}): unpin it first")
         if row.routed_model == target:
             return None
-        now, window = utcnow().timestamp(), cat.flap_window_hours * 3600
-        state = dict(row.detector_state or {})
-        if cat.laddered:
-            rungs = {**(state.get("rungs") or {})}
-            rungs[target] = {**note_change(rungs.get(target) or {}, now, window), "failed": False}
-            row.detector_state = cat.ladder_engine.mirror({**state, "rungs": rungs}, target)
-        else:
-            row.detector_state = note_change(state, now, window)
+        if row.routed_model in cat.rungs and cat.rungs.index(target) > cat.rungs.index(row.routed_model):
+            return None  # never a dearer rung: that is the engine's to decide on live evidence
+        row.detector_state = noted(cat, dict(row.detector_state or {}), target, utcnow().timestamp())
         compared = figures.get("compared", result["compared"])
-        reason = (f"evaluation {result['run']}: {compared} cases, {target} agreement "
+        whose = f"{target} agreement" if cat.laddered else "agreement"
+        reason = (f"evaluation {result['run']}: {compared} cases, {whose} "
                   f"{figures['agreement']:.3f}, Wilson 95% lower bound {figures['wilson_low']:.3f} ≥ "
                   f"promote threshold {cat.promote_threshold:.2f}")
         change = change_route(s, row, target, rule="evaluation", actor="evaluate",

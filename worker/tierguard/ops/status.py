@@ -47,7 +47,8 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
         compared = s.execute(
             sa.select(Sample.category, Sample.served_model, Sample.shadow_model, Sample.rung,
                       sa.func.count())
-            .where(Sample.kind.in_(("shadow", "probe")), Sample.agree.is_not(None))
+            .where(Sample.kind.in_(("shadow", "probe")), Sample.agree.is_not(None),
+                   Sample.created_at >= utcnow() - dt.timedelta(days=STATUS_DAYS))
             .group_by(Sample.category, Sample.served_model, Sample.shadow_model, Sample.rung)).all()
         names = sorted(set(rows) | set(policy.categories) | set(counts))
         noise = {name: self_agreement(s, name) for name in names}
@@ -115,7 +116,8 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
 
 def rungs(cat: Any, serving: str, state: dict, change: RouteChange | None,
           samples: dict[str, int]) -> dict[str, dict[str, Any]]:
-    """Per model of the ladder: comparisons with the reference, agreement, CUSUM share, and
+    """Per model of the ladder: comparisons with the reference (the last STATUS_DAYS), agreement,
+    CUSUM share, and
     serving / eligible / watching / demoted (the reference: serving or eligible, always)."""
     out = {}
     states = state.get("rungs") or {}

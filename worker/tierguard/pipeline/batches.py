@@ -27,6 +27,7 @@ from collections import Counter
 from typing import Any
 
 import anthropic
+import httpx2
 
 from tierguard import batch_store
 from tierguard.db import utcnow
@@ -52,8 +53,12 @@ def custom_id(job_id: str) -> str:
 
 
 def params(job: ShadowJob) -> dict[str, Any]:
-    return {**{k: v for k, v in job.request.items() if k not in ("model", "stream")},
-            "model": job.shadow_model}
+    """The Messages API body of a job's request (an SDK call's ``extra_body`` merged, as the SDK
+    would send it)."""
+    request = job.request
+    extra = request.get("extra_body")
+    return {**{k: v for k, v in request.items() if k not in ("model", "stream", "extra_body")},
+            **(extra if isinstance(extra, dict) else {}), "model": job.shadow_model}
 
 
 def enqueue(ctx: Context, jobs: list[ShadowJob], attempt: int = 1) -> int:
@@ -74,10 +79,22 @@ def cycle(ctx: Context, client: anthropic.Anthropic, max_attempts: int,
             if batch_store.claim(ctx.engine, name, cat.batch_max_jobs) is None:
                 break
     for batch in batch_store.batches(ctx.engine, "submitting"):
-        outcomes += submit(ctx, client, batch, counts)
+        outcomes += _each(submit, ctx, client, batch, counts)
     for batch in batch_store.batches(ctx.engine, "in_progress"):
-        outcomes += collect(ctx, client, batch, max_attempts, counts)
+        outcomes += _each(collect, ctx, client, batch, counts, max_attempts)
     return counts, outcomes
+
+
+def _each(step: Any, ctx: Context, client: Any, batch: Any, counts: Counter[str], *args: Any
+          ) -> list[Outcome]:
+    """One batch's step; a model API failure there (a dropped results stream) leaves it for the
+    next cycle without holding the other batches back. A database outage stops the cycle."""
+    try:
+        return step(ctx, client, batch, counts, *args)
+    except (anthropic.AnthropicError, httpx2.HTTPError) as err:
+        log.warning("batch %s (%s): %s; again on the next cycle", batch.id, batch.category, err)
+        counts["step_failed"] += 1
+        return []
 
 
 def _opened(ctx: Context, rows: list[batch_store.BatchJob]
@@ -110,6 +127,12 @@ def submit(ctx: Context, client: anthropic.Anthropic, batch: batch_store.ShadowB
                         len(jobs), error)
             counts["submit_retry"] += 1
             return outcomes
+        if error.status in (400, 413) and batch_store.split(ctx.engine, batch.id):
+            # Too large, or one request the API will not take: halves, until it is one job.
+            log.warning("batch %s (%s, %d jobs) refused (%s): split in two", batch.id, batch.category,
+                        len(jobs), error)
+            counts["split"] += 1
+            return outcomes
         log.error("batch %s (%s, %d jobs) refused: %s", batch.id, batch.category, len(jobs), error)
         results = [Result(job, None, None, ("batch_refused", str(error)), row.attempt)
                    for row, job in jobs]
@@ -132,7 +155,7 @@ def _failure(result: Any) -> tuple[str, str, bool]:
 
 
 def collect(ctx: Context, client: anthropic.Anthropic, batch: batch_store.ShadowBatch,
-            max_attempts: int, counts: Counter[str]) -> list[Outcome]:
+            counts: Counter[str], max_attempts: int) -> list[Outcome]:
     assert batch.api_id is not None
     try:
         api = client.messages.batches.retrieve(batch.api_id)
@@ -140,8 +163,11 @@ def collect(ctx: Context, client: anthropic.Anthropic, batch: batch_store.Shadow
         error = classify(err)
         if getattr(error, "status", None) == 404:  # the API no longer knows it: send its jobs again
             log.error("batch %s (%s) is unknown to the API; its jobs wait again", batch.id, batch.api_id)
-            retry = [row.job_id for row in batch_store.jobs_of(ctx.engine, batch.id)]
-            batch_store.settle(ctx.engine, batch.id, [], retry, status="lost", error=str(error))
+            rows = batch_store.jobs_of(ctx.engine, batch.id)
+            given_up = _give_up(ctx, [r for r in rows if r.attempt >= max_attempts], "batch_lost",
+                                f"the API no longer knows batch {batch.api_id}")
+            _record(ctx, batch.id, given_up, [r.job_id for r in rows if r.attempt < max_attempts],
+                    status="lost", error=str(error))
             counts["lost"] += 1
         else:
             log.warning("batch %s (%s): cannot look at it yet: %s", batch.id, batch.api_id, error)
@@ -183,7 +209,10 @@ def collect(ctx: Context, client: anthropic.Anthropic, batch: batch_store.Shadow
             outcomes += _record(ctx, batch.id, pending)
             pending = []
     pending += _judge(ctx, judged)
-    retry += [row.job_id for row in rows.values()]  # not in the results: sent again
+    missing = list(rows.values())  # not in the results: sent again, up to the attempts
+    retry += [r.job_id for r in missing if r.attempt < max_attempts]
+    pending += _give_up(ctx, [r for r in missing if r.attempt >= max_attempts], "batch_missing",
+                        "the batch's results did not include it")
     outcomes += _record(ctx, batch.id, pending, retry, status="recorded",
                         counts=api.request_counts.model_dump())
     counts["recorded"] += sum(o.status != "duplicate" for o in outcomes)
@@ -193,14 +222,28 @@ def collect(ctx: Context, client: anthropic.Anthropic, batch: batch_store.Shadow
     return outcomes
 
 
+def _give_up(ctx: Context, rows: list[batch_store.BatchJob], kind: str, why: str) -> list[Result]:
+    opened, refused = _opened(ctx, rows)
+    return refused + [Result(job, None, None, (kind, f"{why} (attempt {row.attempt})"), row.attempt)
+                      for row, job in opened]
+
+
+JUDGES_IN_FLIGHT = 16  # a batch's judge calls go a few at a time, not as one burst
+
+
 def _judge(ctx: Context, judged: list[tuple[ShadowJob, Answer, int]]) -> list[Result]:
     if not judged:
         return []
     judge = JudgeCall(lambda: ctx.runner.client)
 
     async def all_of() -> list[Result]:
-        return list(await asyncio.gather(*(judge.result(ctx.policy, job, answer, attempt)
-                                           for job, answer, attempt in judged)))
+        gate = asyncio.Semaphore(JUDGES_IN_FLIGHT)
+
+        async def one(job: ShadowJob, answer: Answer, attempt: int) -> Result:
+            async with gate:
+                return await judge.result(ctx.policy, job, answer, attempt)
+
+        return list(await asyncio.gather(*(one(*j) for j in judged)))
 
     return ctx.runner.run(all_of())
 

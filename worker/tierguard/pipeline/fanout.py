@@ -82,8 +82,9 @@ def async_client(timeout: float, max_connections: int = POOL_SHARD,
 
 
 async def run_batch(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *, attempt: int,
-                    final: bool) -> tuple[list[Result], list[Retry]]:
-    """Call every job's shadow model at once; compare; sort into results and retries."""
+                    final: bool, held: frozenset[str] = frozenset()) -> tuple[list[Result], list[Retry]]:
+    """Call every job's shadow model at once; compare; sort into results and retries. Ladders'
+    probes to a model in ``held`` (paused, short of headroom) are left out."""
 
     judge = JudgeCall(lambda: runner.client)
 
@@ -110,14 +111,14 @@ async def run_batch(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *
             second = await call_model_async(runner.client, policy.category(job.category).reference,
                                             job.request)
         except (RetryableCallError, PermanentCallError):
-            return [result]  # a noise sample is best effort, never retried
+            return [result] + probe  # a noise sample is best effort, never retried
         twin = noise_result(policy, job, answer.text, second)
         return [result] + probe + ([twin] if twin else [])
 
     async def probed(job: ShadowJob, answer: Answer, judged: bool) -> list[Result]:
         """A ladder's probe of a rung not in service (best effort, never retried)."""
         rung = probe_rung(policy, job)
-        if rung is None:
+        if rung is None or rung in held:  # a probe never waits: it is left out while its rung does
             return []
         twin = probe_job(policy, job, rung, answer.text)
         try:

@@ -212,6 +212,8 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
                 expired_events = int(for_route_change(s, policy, expired, "pin_expired") is not None)
             pair = {row.candidate, row.reference}
             state = dict(row.detector_state or {})
+            if not cat.laddered and "rungs" in state:  # a ladder before: its candidate's own evidence
+                state = dict(state["rungs"].get(cat.candidate) or {})
             if cat.engine.stale(state):
                 log.warning("category %s: detector settings changed (policy); its evidence restarts",
                             name)

@@ -43,6 +43,7 @@ from tierguard.pipeline.yielding import (
     count_deferred,
     defer_paused,
     deferred_copy,
+    held_probes,
     pause_quietly,
     remember_headroom,
 )
@@ -138,7 +139,8 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
             batches.enqueue(ctx, via_batch, attempt)
         results, retries = ctx.runner.run(run_batch(
             ctx.runner, ctx.policy, opened, attempt=attempt,
-            final=attempt >= settings.shadow_max_attempts)) if opened else ([], [])
+            final=attempt >= settings.shadow_max_attempts,
+            held=held_probes(ctx, opened))) if opened else ([], [])
         results = refused + results
         remember_headroom(ctx, results)
         caps_spent(ctx, results)
@@ -202,8 +204,10 @@ def batch_cycle(task: Task) -> dict[str, int]:
     try:
         if ctx.batch_client is None:
             key = settings.shadow_api_key
+            # No SDK retries: a create retried after a timeout may make a second batch; the next
+            # cycle sends it again instead, and collecting is idempotent.
             ctx.batch_client = anthropic.Anthropic(api_key=key.get_secret_value() if key else None,
-                                                   max_retries=2, timeout=settings.shadow_timeout)
+                                                   max_retries=0, timeout=settings.shadow_timeout)
         counts, outcomes = batches.cycle(ctx, ctx.batch_client, settings.shadow_max_attempts)
     except sa.exc.OperationalError as err:  # the database is down: the next cycle does it
         log.warning("batch shadows wait for the database: %s", type(err.orig).__name__)

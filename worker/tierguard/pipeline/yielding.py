@@ -80,14 +80,27 @@ def _gates(ctx: Context, model: str) -> list[str]:
 
 
 def _models(ctx: Context, job: ShadowJob) -> list[str]:
-    """The models a job will call: its shadow model, the judge's and a probed rung's."""
+    """The models a job must wait for: its shadow model and the judge's."""
     cat = ctx.policy.category(job.category)
     models = {job.shadow_model}
     if needs_judge(cat):
         models.add(cat.compare.model or cat.reference)  # type: ignore[attr-defined]
-    if (rung := probe_rung(ctx.policy, job)) is not None:
-        models.add(rung)
     return sorted(models)
+
+
+def held_probes(ctx: Context, jobs: list[ShadowJob]) -> frozenset[str]:
+    """The rungs these jobs would probe that are paused or short of headroom now (their probes are
+    left out; a probe never holds its job back)."""
+    rungs = {r for j in jobs if (r := probe_rung(ctx.policy, j)) is not None}
+    if not rungs:
+        return frozenset()
+    names = {g: r for r in rungs for g in _gates(ctx, r)}
+    try:
+        held = set(pauses.paused(ctx.redis, names)) | set(ratelimits.low(
+            ctx.redis, names, ctx.policy.shadow_headroom.min_remaining))
+    except redis_lib.RedisError:
+        return frozenset()
+    return frozenset(names[g] for g in held)
 
 
 def announce_paused(ctx: Context, skipped: list[Result]) -> bool:
