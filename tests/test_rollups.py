@@ -177,4 +177,4 @@ def test_maintain_prunes_past_retention_and_never_the_audit_tables(tmp_path, red
         assert s.execute(sa.select(sa.func.count()).select_from(RouteChange)).scalar() == 3
         assert s.execute(sa.select(sa.func.count()).select_from(Event)).scalar() == 3
     again = last_json(tg("maintain", "--json", env=env, cwd=tmp_path).stdout)
-    assert again["deleted"] == {"sample": 0, "rollup": 0, "rollup_error": 0, "traffic": 0}
+    assert again["deleted"] == {"sample": 0, "rollup": 0, "rollup_error": 0, "traffic": 0, "headroom": 0}

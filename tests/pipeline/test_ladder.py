@@ -9,6 +9,7 @@ import time
 
 import anthropic
 import pytest
+import redis
 import sqlalchemy as sa
 from sqlmodel import select
 
@@ -25,7 +26,9 @@ LADDER = [HAIKU, SONNET, OPUS]
 LABELS = ["ROUTE_A", "ROUTE_B", "ROUTE_C", "ROUTE_D"]
 SCENARIO = {"latency_ms": 150, "categories": {"triage": {
     "kind": "label", "labels": LABELS, "agreement": 1.0,
-    "models": {HAIKU: {"agreement": 1.0, "drift": {"after": 120, "agreement": 0.2}},
+    # Haiku drifts after 250 of its calls: by then Sonnet has ~125 probes, enough to be eligible
+    # (all agreeing, its Wilson lower bound passes 0.95 at 77).
+    "models": {HAIKU: {"agreement": 1.0, "drift": {"after": 250, "agreement": 0.2}},
                SONNET: {"agreement": 1.0}}}}}
 
 
@@ -57,14 +60,24 @@ def rows(url):
         return list(s.exec(select(Sample)))
 
 
+@pytest.fixture
+def closing():
+    """Clients closed even when the test fails (an open one would repopulate Redis from its DB)."""
+    clients = []
+    yield clients.append
+    for client in clients:
+        client.tierguard_close()
+
+
 @pytest.mark.parametrize("demote_to, ends_on", [("next", SONNET), ("reference", OPUS)])
 def test_a_failing_haiku_ends_on_the_rung_that_holds(stack, simulator, postgres_url, tmp_path,
-                                                     demote_to, ends_on):
+                                                     demote_to, ends_on, closing):
     sim = simulator(**SCENARIO)
     policy = policy_for(demote_to)
     stack.configure(policy=policy, database_url=postgres_url, base_url=sim.base_url, visibility_timeout=5)
     worker = stack.start_worker(concurrency=16)
     client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    closing(client)
     for i in range(60):
         call(client, i)
     client.tierguard_flush(5)
@@ -73,7 +86,7 @@ def test_a_failing_haiku_ends_on_the_rung_that_holds(stack, simulator, postgres_
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
         stack.start_worker(concurrency=16)
-    for i in range(60, 400):
+    for i in range(60, 600):
         call(client, i)
         if route_of(postgres_url) == ends_on:
             break
@@ -83,6 +96,7 @@ def test_a_failing_haiku_ends_on_the_rung_that_holds(stack, simulator, postgres_
     assert (change.from_model, change.to_model, change.rule) == (HAIKU, ends_on, "cusum")
     assert change.reason.startswith(f"{HAIKU} fails against the reference, so ")
     assert (SONNET + ", the cheapest rung above it eligible") in change.reason or ends_on == OPUS
+    wait_until(lambda: call(client, 399).model == ends_on, 10, "the wrapper on the new route")
     for i in range(400, 440):  # served by the new rung now
         assert call(client, i).model == ends_on
     client.tierguard_flush(5)
@@ -106,6 +120,12 @@ def test_a_failing_haiku_ends_on_the_rung_that_holds(stack, simulator, postgres_
     assert list(rungs) == LADDER
     assert rungs[HAIKU]["state"] == "demoted" and rungs[ends_on]["state"] == "serving"
     assert rungs[SONNET]["samples"] > 20 and rungs[HAIKU]["samples"] > 100
+    report = last_json(tg("report", "--json", "--out", str(tmp_path / "r.png"), env=stack.env_for_cli(),
+                          cwd=tmp_path).stdout)
+    assert report["categories"]["triage"]["rungs"][HAIKU] == "demoted"
+    opportunities = tg("opportunities", "--json", env=stack.env_for_cli(), cwd=tmp_path).stdout
+    [row] = last_json(opportunities)["categories"]
+    assert set(row["rungs"]) == {HAIKU, SONNET} and row["rungs"][HAIKU]["state"] == "demoted"
     if ends_on == OPUS:  # sonnet, just below the reference, is promoted first: one rung at a time
         wait_until(lambda: last_json(tg("status", "--json", env=stack.env_for_cli(), cwd=tmp_path).stdout)
                    ["categories"]["triage"]["rungs"][SONNET]["state"] == "eligible", 30, "sonnet eligible")
@@ -113,10 +133,12 @@ def test_a_failing_haiku_ends_on_the_rung_that_holds(stack, simulator, postgres_
         assert refused.returncode != 0 and "not eligible" in refused.stdout + refused.stderr
         promoted = last_json(tg("promote", "triage", "--json", env=stack.env_for_cli(), cwd=tmp_path).stdout)
         assert promoted["route"] == SONNET
-    client.tierguard_close()
 
 
 def test_the_guard_sends_an_oversized_haiku_request_one_rung_up(simulator, redis_url, sqlite_url):
+    # A database of its own: a client a failed test left open repopulates database 0 from its own.
+    redis_url = redis_url.rsplit("/", 1)[0] + "/13"
+    redis.Redis.from_url(redis_url).flushdb()
     sim = simulator(**SCENARIO)
     policy = parse_policy({**policy_for("reference"),
                            "limits": {HAIKU: {"context_tokens": 2000, "max_output_tokens": 1000}}})

@@ -78,12 +78,28 @@ def opportunities(engine: Engine, policy: Policy) -> list[dict[str, Any]]:
             saving = round((per_call[cat.reference] - per_call[cat.candidate]) * volume[name]
                            * DAYS_PER_MONTH, 2)
         n, a = evaluation.get(name, (0, 0))
+        entry_rungs = {}
+        if cat.laddered:  # what each rung would save on the reference at this volume and size
+            size = next((sizes[(name, m)] for m in cat.rungs if (name, m) in sizes), None)
+            states = state.get("rungs") or {}
+            for model in cat.rungs[:-1]:
+                st = states.get(model) or {}
+                prices = [policy.cost_usd(m, *(round(x) for x in size)) if size else None
+                          for m in (model, cat.reference)]
+                entry_rungs[model] = {
+                    "state": cat.ladder_engine.state_of(states, row.routed_model if row
+                                                        else cat.initial_route, model),
+                    "agreement": st.get("ewma"),
+                    "projected_monthly_savings_usd": (
+                        round((prices[1] - prices[0]) * volume[name] * DAYS_PER_MONTH, 2)
+                        if None not in prices and volume.get(name) is not None else None)}
         out.append({"category": name, "calls_per_day": round(volume.get(name, 0.0), 1),
                     "route": row.routed_model if row else cat.initial_route,
                     "candidate": cat.candidate, "reference": cat.reference,
                     "agreement": state.get("ewma"), "evaluation_agreement": a / n if n else None,
                     "evaluation_cases": n, "eligible": bool(state.get("eligible")),
-                    "projected_monthly_savings_usd": saving})
+                    "projected_monthly_savings_usd": saving,
+                    **({"rungs": entry_rungs} if entry_rungs else {})})
     out.sort(key=lambda o: -o["calls_per_day"])
     return out
 

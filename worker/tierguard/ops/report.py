@@ -1,7 +1,8 @@
 """``tierguard report``: one PNG for people who want a picture without Grafana.
 
 Agreement per category over time with its threshold and the route changes,
-the current routes, and shadow spend against the estimated savings.
+the current routes (a ladder's rungs with their states), and shadow spend
+against the estimated savings.
 """
 
 from __future__ import annotations
@@ -94,9 +95,22 @@ def plotted_from(data: dict[str, Any]) -> dt.datetime:
 def _state(cat: Any) -> str:
     if cat.pinned:
         return "pinned" + (f" until {cat.pinned_until:%m-%d %H:%M}" if cat.pinned_until else "")
-    serving = {cat.candidate: "candidate", cat.reference: "reference"}.get(cat.routed_model, "other")
     state = (cat.detector_state or {})
+    rungs = _rungs(cat)
+    if rungs:  # a ladder: every rung below the reference with its state
+        return ", ".join(f"{m.removeprefix('claude-')} {s}" for m, s in rungs.items())
+    serving = {cat.candidate: "candidate", cat.reference: "reference"}.get(cat.routed_model, "other")
     return serving + (", eligible" if state.get("eligible") else "")
+
+
+def _rungs(cat: Any) -> dict[str, str]:
+    """A ladder category's rungs below the reference and their states (none for two models)."""
+    states = (cat.detector_state or {}).get("rungs") or {}
+    out = {}
+    for model, st in states.items():
+        out[model] = ("serving" if model == cat.routed_model else "demoted" if st.get("failed")
+                      else "eligible" if st.get("eligible") else "watching")
+    return out
 
 
 def render(data: dict[str, Any], out: Path) -> Path:
@@ -161,7 +175,8 @@ def render(data: dict[str, Any], out: Path) -> Path:
 
 def summary(data: dict[str, Any], out: Path) -> dict[str, Any]:
     return {"out": str(out.resolve()),
-            "categories": {n: {"route": c.routed_model, "pinned": c.pinned}
+            "categories": {n: {"route": c.routed_model, "pinned": c.pinned,
+                               **({"rungs": _rungs(c)} if _rungs(c) else {})}
                            for n, c in sorted(data["categories"].items())},
             "changes": len(data["changes"]),
             "from": plotted_from(data).isoformat(), "to": data["end"].isoformat(),
