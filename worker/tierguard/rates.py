@@ -33,12 +33,21 @@ def _evidence(engine: Engine, since: dt.datetime) -> tuple[dict[str, int], dict[
     with session(engine) as s:
         calls = dict(s.execute(sa.select(Traffic.category, sa.func.sum(Traffic.calls))
                                .where(Traffic.minute >= since).group_by(Traffic.category)).all())
-        cost = dict(s.execute(
-            sa.select(Sample.category, sa.func.avg(sa.func.coalesce(Sample.shadow_cost_usd, 0)
-                                                   + sa.func.coalesce(Sample.judge_cost_usd, 0)))
-            .where(Sample.created_at >= since, Sample.kind == "shadow", Sample.error.is_(None))
-            .group_by(Sample.category)).all())
-    return ({k: int(v or 0) for k, v in calls.items()}, {k: float(v or 0) for k, v in cost.items()})
+        spent = s.execute(  # a sampled job's whole cost: its shadow, judge, probe, noise calls
+            sa.select(Sample.category, Sample.kind,
+                      sa.func.sum(sa.func.coalesce(Sample.shadow_cost_usd, 0)
+                                  + sa.func.coalesce(Sample.judge_cost_usd, 0)), sa.func.count())
+            .where(Sample.created_at >= since, Sample.kind.in_(("shadow", "probe", "noise")),
+                   Sample.error.is_(None))
+            .group_by(Sample.category, Sample.kind)).all()
+    total: dict[str, float] = {}
+    jobs: dict[str, int] = {}
+    for name, kind, usd, n in spent:
+        total[name] = total.get(name, 0.0) + float(usd or 0)
+        if kind == "shadow":
+            jobs[name] = int(n)
+    cost = {name: total[name] / jobs[name] for name in total if jobs.get(name)}
+    return {k: int(v or 0) for k, v in calls.items()}, cost
 
 
 def choose_all(engine: Engine, policy: Policy, now: dt.datetime | None = None) -> dict[str, Rate]:
