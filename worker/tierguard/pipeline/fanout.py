@@ -82,9 +82,10 @@ def async_client(timeout: float, max_connections: int = POOL_SHARD,
 
 
 async def run_batch(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *, attempt: int,
-                    final: bool, held: frozenset[str] = frozenset()) -> tuple[list[Result], list[Retry]]:
-    """Call every job's shadow model at once; compare; sort into results and retries. Ladders'
-    probes to a model in ``held`` (paused, short of headroom) are left out."""
+                    final: bool, held: frozenset[str] = frozenset(),
+                    limited: dict[str, float] | None = None) -> tuple[list[Result], list[Retry]]:
+    """Call every job's shadow model at once; compare; sort into results and retries. The probes
+    of jobs in ``held`` are left out; a probe's 429 lands in ``limited`` (rung -> retry-after)."""
 
     judge = JudgeCall(lambda: runner.client)
 
@@ -118,12 +119,16 @@ async def run_batch(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *
     async def probed(job: ShadowJob, answer: Answer, judged: bool) -> list[Result]:
         """A ladder's probe of a rung not in service (best effort, never retried)."""
         rung = probe_rung(policy, job)
-        if rung is None or rung in held:  # a probe never waits: it is left out while its rung does
+        if rung is None or job.job_id in held:  # a probe never waits: left out while its rung must
             return []
         twin = probe_job(policy, job, rung, answer.text)
         try:
             second = await call_model_async(runner.client, rung, job.request)
-        except (RetryableCallError, PermanentCallError):
+        except RetryableCallError as err:
+            if err.kind == "rate_limited" and limited is not None:  # the worker pauses the rung
+                limited[rung] = max(limited.get(rung, 0.0), err.retry_after or 0.0)
+            return []
+        except PermanentCallError:
             return []
         if judged:
             return [await judge.result(policy, twin, second, attempt, kind="probe")]

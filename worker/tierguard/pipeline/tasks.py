@@ -137,10 +137,13 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
     try:
         if via_batch:  # kept for the next Message Batch; beat sends and collects it
             batches.enqueue(ctx, via_batch, attempt)
+        limited: dict[str, float] = {}
         results, retries = ctx.runner.run(run_batch(
             ctx.runner, ctx.policy, opened, attempt=attempt,
             final=attempt >= settings.shadow_max_attempts,
-            held=held_probes(ctx, opened))) if opened else ([], [])
+            held=held_probes(ctx, opened), limited=limited)) if opened else ([], [])
+        for rung, wait in limited.items():  # a probe's 429: later probes and shadows to it wait
+            pause_quietly(ctx, rung, min(wait, settings.retry_after_cap) or 10.0)
         results = refused + results
         remember_headroom(ctx, results)
         caps_spent(ctx, results)

@@ -60,7 +60,7 @@ def caps_spent(ctx: Context, results: list[Result]) -> None:
     if not caps or ctx.caps is None:
         return
     spent: dict[str, int] = {}
-    for r in results:
+    for r in results:  # shadow and probe answers (a probe's job names its rung as shadow model)
         if r.answer is not None and r.job.shadow_model in caps and not r.answer.batch:
             spent[r.job.shadow_model] = spent.get(r.job.shadow_model, 0) + (r.answer.output_tokens or 0)
     try:
@@ -89,18 +89,22 @@ def _models(ctx: Context, job: ShadowJob) -> list[str]:
 
 
 def held_probes(ctx: Context, jobs: list[ShadowJob]) -> frozenset[str]:
-    """The rungs these jobs would probe that are paused or short of headroom now (their probes are
-    left out; a probe never holds its job back)."""
-    rungs = {r for j in jobs if (r := probe_rung(ctx.policy, j)) is not None}
-    if not rungs:
+    """The jobs whose probe is left out now: its rung is paused, short of headroom or over its cap
+    (a probe never holds its job back; a probe that goes is counted against the cap)."""
+    probes = {j.job_id: (j, r) for j in jobs if (r := probe_rung(ctx.policy, j)) is not None}
+    if not probes:
         return frozenset()
-    names = {g: r for r in rungs for g in _gates(ctx, r)}
+    names = {g: r for _, r in probes.values() for g in _gates(ctx, r)}
     try:
-        held = set(pauses.paused(ctx.redis, names)) | set(ratelimits.low(
-            ctx.redis, names, ctx.policy.shadow_headroom.min_remaining))
+        held = {names[g] for g in set(pauses.paused(ctx.redis, names)) | set(ratelimits.low(
+            ctx.redis, names, ctx.policy.shadow_headroom.min_remaining))}
     except redis_lib.RedisError:
         return frozenset()
-    return frozenset(names[g] for g in held)
+    out = set()
+    for job_id, (job, rung) in probes.items():
+        if rung in held or _capped(ctx, job, rung) is not None:
+            out.add(job_id)
+    return frozenset(out)
 
 
 def announce_paused(ctx: Context, skipped: list[Result]) -> bool:
@@ -162,13 +166,15 @@ def defer_paused(ctx: Context, jobs: list[ShadowJob], attempt: int
     return keep, deferred, skipped
 
 
-def _capped(ctx: Context, job: ShadowJob) -> float | None:
-    """Until when ``job`` waits for its model's cap (None: it may go, and it is counted)."""
-    cap = ctx.policy.shadow_limits.get(job.shadow_model)
+def _capped(ctx: Context, job: ShadowJob, model: str | None = None) -> float | None:
+    """Until when ``job``'s call to ``model`` (its shadow model) waits for that model's cap (None:
+    it may go, and it is counted)."""
+    model = model or job.shadow_model
+    cap = ctx.policy.shadow_limits.get(model)
     if cap is None or ctx.caps is None:
         return None
     try:
-        return ctx.caps.take(cap, ratelimits.scoped(job.shadow_model, ctx.scope),
+        return ctx.caps.take(cap, ratelimits.scoped(model, ctx.scope),
                              estimate_input_tokens(job.request))
     except redis_lib.RedisError as err:  # no count to keep: the call goes (fail open)
         log.warning("shadow caps unavailable (%s); calling without them", err)
