@@ -4,7 +4,7 @@ import dataclasses
 import random
 
 from tierguard.engine.detector import STATE_VERSION, Engine, EngineConfig, Situation
-from tierguard.engine.ladder import Ladder
+from tierguard.engine.ladder import Ladder, rung_state
 
 H, S, OPUS = "haiku", "sonnet", "opus"
 CONFIG = EngineConfig(min_samples=50, promote_min_samples=200, cooldown_s=0)
@@ -44,7 +44,7 @@ def test_the_serving_rung_fails_at_the_same_sample_as_the_two_model_engine():
     assert index == two_model_index(outcomes) == 81
     assert (move.decision.action, move.rung, move.target) == ("demote", H, OPUS)
     assert move.decision.reason.startswith("haiku fails against the reference, so the reference serves")
-    assert states[H]["failed"] and ladder().state_of(states, OPUS, H) == "demoted"
+    assert states[H]["failed"] and rung_state(states, OPUS, H) == "demoted"
 
 
 def test_demote_to_next_goes_to_the_cheapest_eligible_rung_above():
@@ -52,7 +52,7 @@ def test_demote_to_next_goes_to_the_cheapest_eligible_rung_above():
     # Sonnet, not in service, gathers evidence by probes: eligible at its 200th agreement.
     index, states, move = first_move(lad, {}, H, S, [True] * 400)
     assert (index, move.decision.action, move.target) == (199, "eligible", None)
-    assert lad.state_of(states, H, S) == "eligible"
+    assert rung_state(states, H, S) == "eligible"
     _, states, move = first_move(lad, states, H, H, stream(3, 2000, 0.80), t0=1000)
     assert (move.decision.action, move.target) == ("demote", S)
     assert "so sonnet, the cheapest rung above it eligible" in move.decision.reason
@@ -79,8 +79,8 @@ def test_rung_states_and_the_primary_rung():
     lad = ladder()
     assert lad.primary(OPUS) == S and lad.primary(H) == H
     states = {S: {"eligible": True}, H: {"failed": True}}
-    assert [lad.state_of(states, S, m) for m in (H, S)] == ["demoted", "serving"]
-    assert lad.state_of({S: {"eligible": True}}, H, S) == "eligible"
+    assert [rung_state(states, S, m) for m in (H, S)] == ["demoted", "serving"]
+    assert rung_state({S: {"eligible": True}}, H, S) == "eligible"
     assert lad.mirror({"rungs": {S: {"ewma": 0.9}}}, OPUS) == {"ewma": 0.9, "rungs": {S: {"ewma": 0.9}}}
 
 

@@ -153,21 +153,9 @@ def test_a_permanent_batch_error_is_recorded_at_once(simulator, sqlite_url):
     assert row.reason.startswith("invalid_request_error")
 
 
-class _Refusing:
-    """A Messages client whose batches.create refuses anything over one request (413)."""
-
-    def __init__(self):
-        self.sizes = []
-        self.messages = self
-        self.batches = self
-
-    def create(self, requests):
-        self.sizes.append(len(requests))
-        response = httpx2.Response(413, request=httpx2.Request("POST", "http://sim/v1/messages/batches"))
-        raise anthropic.APIStatusError("request_too_large", response=response, body=None)
-
-
-def test_a_batch_the_api_refuses_is_split_until_each_job_is_recorded_once(sqlite_url):
+def test_a_batch_the_api_refuses_is_split_until_each_job_is_recorded_once(simulator, sqlite_url):
+    sim = simulator(categories=CATS)
+    httpx2.post(sim.base_url + "/_sim/batches", json={"max_bytes": 10})  # every batch is too large: 413
     engine = make_engine(sqlite_url)
     upgrade(engine)
     policy = parse_policy({**POLICY, "categories": {"a": {**POLICY["categories"]["a"],
@@ -177,9 +165,17 @@ def test_a_batch_the_api_refuses_is_split_until_each_job_is_recorded_once(sqlite
                       request={"max_tokens": 8, "messages": [{"role": "user", "content": "x"}]},
                       primary_text="POSITIVE", requested_at="2026-12-01T00:00:00+00:00") for i in range(4)]
     batches.enqueue(ctx, jobs)
-    client = _Refusing()
+    client = anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
+    sizes, create = [], client.messages.batches.create
+
+    def counted(**kw):  # the real call over HTTP, its size noted
+        sizes.append(len(kw["requests"]))
+        return create(**kw)
+
+    client.messages.batches.create = counted
     total = _settle(ctx, client, 6)
-    assert client.sizes == [4, 2, 2, 1, 1, 1, 1] and total["split"] == 3 and total["refused"] == 4
+    assert sizes == [4, 2, 2, 1, 1, 1, 1] and total["split"] == 3 and total["refused"] == 4
+    assert httpx2.get(sim.base_url + "/_sim/stats").json()["batches"]["created"] == 0
     recorded = rows_of(sqlite_url, Sample)
     assert sorted(x.job_id for x in recorded) == ["j0", "j1", "j2", "j3"]
     assert {x.error for x in recorded} == {"batch_refused"}

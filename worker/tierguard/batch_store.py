@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Column, Field, SQLModel
 
-from tierguard.db import Sample, session, utcnow
+from tierguard.db import Sample, session, upsert_insert, utcnow
 
 OPEN = ("submitting", "in_progress")
 
@@ -57,14 +57,6 @@ class BatchJob(SQLModel, table=True):
     queued_at: dt.datetime = _ts(index=True)
 
 
-def _insert(s: Any) -> Any:
-    if s.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
-
-
 def enqueue(engine: Engine, payloads: list[dict[str, Any]], attempt: int = 1) -> int:
     """Queue jobs (``ShadowJob.to_dict()`` forms) for a batch; jobs already queued or recorded are
     left alone (a redelivered message sends nothing twice). Returns how many were new."""
@@ -80,7 +72,7 @@ def enqueue(engine: Engine, payloads: list[dict[str, Any]], attempt: int = 1) ->
         if not rows:
             return 0
         table = BatchJob.__table__
-        stmt = _insert(s)(table).on_conflict_do_nothing().returning(table.c.job_id)
+        stmt = upsert_insert(s)(table).on_conflict_do_nothing().returning(table.c.job_id)
         new = len(s.execute(stmt, rows).all())
         s.commit()
     return new

@@ -237,12 +237,18 @@ def execute_many(session: Session, name: str, stmt: Any, rows: list[dict[str, An
             cursor.close()
 
 
-def insert_new(session: Session, table: Any, values: dict[str, Any]) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING; the new row's primary key, or None if it existed."""
+def upsert_insert(session: Session) -> Any:
+    """The dialect's ``insert`` (with ``on_conflict_do_*``): PostgreSQL's or SQLite's."""
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def insert_new(session: Session, table: Any, values: dict[str, Any]) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING; the new row's primary key, or None if it existed."""
+    insert = upsert_insert(session)
     pk = list(table.primary_key.columns)[0]
     stmt = insert(table).values(**values).on_conflict_do_nothing().returning(pk)
     row = session.execute(stmt).first()

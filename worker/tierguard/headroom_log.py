@@ -20,10 +20,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Column, Field, SQLModel
 
 from tierguard import keys, pauses, ratelimits
-from tierguard.db import session, utcnow
+from tierguard.db import session, upsert_insert, utcnow
 
-FAMILIES = {"requests": "requests", "input_tokens": "input_tokens",
-            "output_tokens": "output_tokens", "tokens": "tokens"}
+FAMILIES = ("requests", "input_tokens", "output_tokens", "tokens")  # columns, as ratelimits.view names them
 
 
 class Headroom(SQLModel, table=True):
@@ -68,17 +67,12 @@ def snapshot(engine: Engine, r: redis_lib.Redis, models: Iterable[str], scope: s
             continue
         rows.append({"minute": minute, "model": model, "key": sc, "paused": name in held,
                      "deferred": deferred.get(model, 0) if sc == "" else 0,
-                     **{column: view.get(family) for family, column in FAMILIES.items()}})
+                     **{family: view.get(family) for family in FAMILIES}})
     if not rows:
         return 0
     with session(engine) as s:
-        if s.get_bind().dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(Headroom.__table__)
-        update = {c: stmt.excluded[c] for c in ("requests", "input_tokens", "output_tokens", "tokens",
-                                                 "paused", "deferred")}
+        stmt = upsert_insert(s)(Headroom.__table__)
+        update = {c: stmt.excluded[c] for c in (*FAMILIES, "paused", "deferred")}
         s.execute(stmt.on_conflict_do_update(index_elements=["minute", "model", "key"], set_=update),
                   rows)
         s.commit()

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from tierguard.db import LATENCY_BUCKETS, Rollup, RollupError, execute_many
+from tierguard.db import LATENCY_BUCKETS, Rollup, RollupError, execute_many, upsert_insert
 
 GRAINS = {"1m": 60, "5m": 300, "1h": 3600}  # dashboards read 1m up to 6 h, 5m up to 3 days
 SUMS = ("samples", "agreements", "disagreements", "errors", "skipped", "primary_input_tokens",
@@ -79,12 +79,6 @@ def accumulate(samples: Iterable[dict[str, Any]]) -> tuple[list[dict], list[dict
     return [rows[k] for k in sorted(rows)], error_rows
 
 
-def _insert(s: Session) -> Any:
-    if s.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
 
 
 def add(s: Session, samples: list[dict[str, Any]]) -> None:
@@ -92,7 +86,7 @@ def add(s: Session, samples: list[dict[str, Any]]) -> None:
     if not samples:
         return
     rows, error_rows = accumulate(samples)
-    insert = _insert(s)
+    insert = upsert_insert(s)
     table = Rollup.__table__
     columns = [c.name for c in table.c if c.name not in KEY]
     full = [{**dict.fromkeys(columns, 0), **r} for r in rows]

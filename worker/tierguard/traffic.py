@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tierguard import keys
-from tierguard.db import Traffic, session, utcnow
+from tierguard.db import Traffic, session, upsert_insert, utcnow
 from tierguard.messages import USAGE_FIELDS, usage_counts
 
 TOKENS = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
@@ -106,11 +106,7 @@ def fold(engine: Engine, r: redis_lib.Redis, now: dt.datetime | None = None,
     values = [{"category": c, "minute": at, "model": model, **counts, **priced(policy, c, model, counts)}
               for (c, at, model), counts in rows.items()]
     with session(engine) as s:
-        if s.get_bind().dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(Traffic.__table__)
+        stmt = upsert_insert(s)(Traffic.__table__)
         stmt = stmt.on_conflict_do_update(index_elements=["category", "minute", "model"],
                                           set_={m: stmt.excluded[m] for m in (*METRICS, *PRICES)})
         s.execute(stmt, values)

@@ -37,6 +37,16 @@ class Move:
     target: str | None
 
 
+def rung_state(states: dict[str, dict], serving: str, rung: str) -> str:
+    """One of :data:`STATES` for ``rung``, from a ladder's stored per-rung states."""
+    if rung == serving:
+        return "serving"
+    st = states.get(rung) or {}
+    if st.get("failed"):
+        return "demoted"
+    return "eligible" if st.get("eligible") else "watching"
+
+
 class Ladder:
     def __init__(self, rungs: tuple[str, ...], engine: Engine, manual: Engine, demote_to: str):
         """``manual`` is ``engine`` without auto-promotion (for rungs that may not be promoted)."""
@@ -118,15 +128,6 @@ class Ladder:
         dashboards and operator actions read for a category)."""
         states = state.get("rungs") or {}
         return {**(states.get(self.primary(serving)) or {}), "rungs": states}
-
-    def state_of(self, states: dict[str, dict], serving: str, rung: str) -> str:
-        """serving, eligible, watching or demoted (the reference: serving or watching)."""
-        if rung == serving:
-            return "serving"
-        st = states.get(rung) or {}
-        if st.get("failed"):
-            return "demoted"
-        return "eligible" if st.get("eligible") else "watching"
 
     def primary(self, serving: str) -> str:
         """The rung the category's headline numbers follow: the one in service, else the next to

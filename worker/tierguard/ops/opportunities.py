@@ -18,6 +18,7 @@ from sqlmodel import select
 
 from tierguard.alerts.events import for_route_change
 from tierguard.db import Category, RouteChange, Sample, session, utcnow
+from tierguard.engine.ladder import rung_state
 from tierguard.errors import TierguardError
 from tierguard.ops.actions import noted
 from tierguard.ops.evaluate import DAYS_PER_MONTH
@@ -87,7 +88,7 @@ def opportunities(engine: Engine, policy: Policy) -> list[dict[str, Any]]:
                 prices = [policy.cost_usd(m, *(round(x) for x in size)) if size else None
                           for m in (model, cat.reference)]
                 entry_rungs[model] = {
-                    "state": cat.ladder_engine.state_of(states, row.routed_model if row
+                    "state": rung_state(states, row.routed_model if row
                                                         else cat.initial_route, model),
                     "agreement": st.get("ewma"),
                     "projected_monthly_savings_usd": (

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from tierguard.db import Category, RouteChange, Sample, session, utcnow
+from tierguard.engine.ladder import rung_state
 from tierguard.errors import ConfigError, TierguardError
 
 BUCKETS = 60
@@ -106,11 +107,7 @@ def _state(cat: Any) -> str:
 def _rungs(cat: Any) -> dict[str, str]:
     """A ladder category's rungs below the reference and their states (none for two models)."""
     states = (cat.detector_state or {}).get("rungs") or {}
-    out = {}
-    for model, st in states.items():
-        out[model] = ("serving" if model == cat.routed_model else "demoted" if st.get("failed")
-                      else "eligible" if st.get("eligible") else "watching")
-    return out
+    return {model: rung_state(states, cat.routed_model, model) for model in states}
 
 
 def render(data: dict[str, Any], out: Path) -> Path:

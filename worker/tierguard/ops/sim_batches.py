@@ -96,6 +96,7 @@ class BatchStore:
         self.delay_s = scenario.batch_delay_s
         self.cancel_delay_s = scenario.batch_cancel_delay_s
         self.error_rate = scenario.batch_error_rate
+        self.max_bytes: int | None = None  # a batch's body past this is refused, 413 (the API: 256 MB)
         self.rng = random.Random(scenario.seed)
         self.scripted: deque[str] = deque()  # outcomes for the next requests: an error type or "expired"
         self.counts: Counter[str] = Counter()  # created / ended / canceled (batches), requests
@@ -104,7 +105,7 @@ class BatchStore:
     # -- control -----------------------------------------------------------------------------
     def script(self, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /_sim/batches``: ``delay_s``, ``cancel_delay_s``, ``error_rate``, ``errored``,
-        ``error_type``, ``expired``."""
+        ``error_type``, ``expired``, ``max_bytes`` (a create body over it: 413; null: no limit)."""
         kind = str(body.get("error_type", "api_error"))
         if kind not in BATCH_ERROR_TYPES:
             raise BatchError(400, f"error_type must be one of {', '.join(BATCH_ERROR_TYPES)}")
@@ -115,6 +116,8 @@ class BatchStore:
                 self.cancel_delay_s = float(body["cancel_delay_s"])
             if "error_rate" in body:
                 self.error_rate = float(body["error_rate"])
+            if "max_bytes" in body:
+                self.max_bytes = None if body["max_bytes"] is None else int(body["max_bytes"])
             self.scripted.extend([kind] * int(body.get("errored", 0)))
             self.scripted.extend(["expired"] * int(body.get("expired", 0)))
             return {"delay_s": self.delay_s, "cancel_delay_s": self.cancel_delay_s,
@@ -134,6 +137,8 @@ class BatchStore:
             raise BatchError(400, "requests: must be a non-empty list")
         if len(requests) > MAX_REQUESTS:
             raise BatchError(400, f"requests: at most {MAX_REQUESTS} requests per batch")
+        if self.max_bytes is not None and len(json.dumps(body)) > self.max_bytes:
+            raise BatchError(413, f"the batch is larger than {self.max_bytes} bytes")
         seen: set[str] = set()
         items = []
         for i, req in enumerate(requests):

@@ -51,7 +51,8 @@ BATCH_PATH = re.compile(r"^/v1/messages/batches(?:/([^/]+)(?:/(results|cancel))?
 FAMILY_WORDS = {"requests": "requests", "input-tokens": "input tokens", "output-tokens": "output tokens"}
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
+               413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+               529: "overloaded_error"}
 
 
 def message_body(model: str, text: str, input_tokens: int,

@@ -11,6 +11,7 @@ from sqlmodel import select
 
 from tierguard.alerts.monitors import noise_warning, self_agreement
 from tierguard.db import Category, RouteChange, Sample, session, utcnow
+from tierguard.engine.ladder import rung_state
 from tierguard.policy import Policy
 from tierguard.traffic import totals as traffic_totals
 
@@ -124,7 +125,7 @@ def rungs(cat: Any, serving: str, state: dict, change: RouteChange | None,
     for model in cat.rungs[:-1]:
         if cat.laddered:
             st = states.get(model) or {}
-            shown = cat.ladder_engine.state_of(states, serving, model)
+            shown = rung_state(states, serving, model)
         else:  # two models: the one state is the candidate's
             st = state
             failed = (change is not None and change.from_model == model

@@ -21,7 +21,7 @@ from sqlmodel import Session
 from tierguard import metrics, rollups
 from tierguard.alerts.events import for_eligible, for_route_change
 from tierguard.compare import Verdict
-from tierguard.db import Category, RouteChange, Sample, execute_many, session, utcnow
+from tierguard.db import Category, RouteChange, Sample, execute_many, session, upsert_insert, utcnow
 from tierguard.engine.detector import Decision, Situation
 from tierguard.errors import RouteConflict
 from tierguard.job import ShadowJob, digest, parse_time
@@ -289,10 +289,7 @@ def insert_samples(s: Session, rows: list[dict]) -> set[str]:
     """Insert sample rows, skipping job ids already recorded; returns the ids inserted."""
     if not rows:
         return set()
-    if s.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = upsert_insert(s)
     table = Sample.__table__
     unstamped = [row for row in rows if row.get("requested_at") is None]
     if unstamped:
