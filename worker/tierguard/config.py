@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     # Wrapper side.
     route_ttl: float = Field(1.0, gt=0, description="seconds between route refreshes")
     publish_buffer: int = Field(10_000, gt=0, description="shadow jobs held before dropping")
+    job_inline_max: int = Field(256 * 1024, ge=0, description=(
+        "bytes of request and answer a shadow job may carry in its broker message; a larger "
+        "job's payload is stored once in Redis (tierguard.job_store)"))
+    job_payload_ttl_s: float = Field(86_400, gt=0, description="how long a stored job payload is kept")
     payload_keys: SecretStr | None = Field(
         None, description="Fernet keys, comma-separated, newest first: shadow jobs are sealed")
     # Gateway.
@@ -38,6 +42,8 @@ class Settings(BaseSettings):
     category_header: str = Field("x-tierguard-category", min_length=1)
     gateway_max_connections: int = Field(1000, ge=16, description="upstream connections per process")
     gateway_timeout: float = Field(600.0, gt=0, description="seconds to wait for the upstream")
+    gateway_max_body: int = Field(32 * 1024 * 1024, gt=0,
+                                  description="largest request body in bytes, decoded (else a 413)")
     # Worker side.
     worker_concurrency: int = Field(64, gt=0, description="Celery task threads per process")
     max_in_flight: int = Field(1024, ge=32, description="shadow calls in flight per process")

@@ -28,6 +28,11 @@ class ShadowJob:
     primary_cache_write_tokens: int | None = None
     primary_cache_read_tokens: int | None = None
     deferred_since: str | None = None  # first deferred for a rate-limit pause (tierguard.pauses)
+    # Headers that shape the request (``anthropic-beta``; never credentials), sent with the shadow.
+    headers: dict[str, str] | None = None
+    # The request and primary text kept out of the broker message (a large job): the key of the
+    # stored payload (tierguard.job_store); ``request`` is then empty until the worker loads it.
+    payload_ref: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -18,3 +18,7 @@ DEFERRED = "tierguard:deferred"
 
 BATCH_LOCK = "tierguard:lock:batches"
 """Lock: held by the one worker sending and collecting Message Batches (pipeline/batches.py)."""
+
+JOB_PAYLOAD = "tierguard:job:{job_id}"
+"""String: a large shadow job's payload (request, primary text, seal), kept out of the broker
+message (tierguard.job_store); expires after ``TIERGUARD_JOB_PAYLOAD_TTL_S``, deleted once recorded."""

@@ -88,6 +88,12 @@ class LivePolicy:
     def stop(self) -> None:
         self._stop.set()
 
+    def restart_after_fork(self) -> None:
+        """In a forked child: a watcher of its own (the parent's thread did not come along)."""
+        if self._thread is not None and not self._stop.is_set():
+            self._stop, self._thread = threading.Event(), None
+            self.start()
+
     def _run(self) -> None:
         while not self._stop.wait(self.reload_s):
             try:

@@ -172,6 +172,9 @@ class CategoryPolicy(_Strict):
     shadow_via: Literal["sync", "batch"]
     batch_max_jobs: int
     batch_max_wait_minutes: float
+    # A category the policy does not list (unknown_categories.start_on: caller): served with the
+    # caller's own model until its route is moved (evaluate --apply, promote, a flip).
+    follows_caller: bool = False
 
     @property
     def sampling_config(self) -> SamplingConfig:
@@ -237,6 +240,26 @@ class CategoryPolicy(_Strict):
         return self.reference if self.start_on == "reference" else self.start_on
 
 
+class UnknownCategories(_Strict):
+    """What happens to a category the policy does not list (``track`` / ``pass_through`` alone
+    are short for ``{mode: …}``)."""
+
+    mode: Literal["track", "pass_through"] = "track"
+    # caller: served with the model the caller named (the reference when it names none), tracked
+    # and shadowed for evidence; cheapest, reference or a model of models.ladder: routed from it.
+    start_on: str = "caller"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"mode": v} if isinstance(v, str) else v
+
+    def __eq__(self, other: object) -> bool:  # ``unknown_categories == "pass_through"`` as before
+        return self.mode == other if isinstance(other, str) else super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class Policy(_Strict):
     models: Models = Models()
     pricing: dict[str, Price] = {
@@ -252,9 +275,9 @@ class Policy(_Strict):
     shadow_headroom: ShadowHeadroom = ShadowHeadroom()
     limits: dict[str, ModelLimits] = {}  # by model name; families have defaults (tierguard.limits)
     shadow_limits: dict[str, ShadowCap] = {}  # by model name: hard caps on shadow calls
-    # A category a caller names that the policy does not: tracked (up to max_categories in all),
-    # or served as sent, unrouted and unshadowed.
-    unknown_categories: Literal["track", "pass_through"] = "track"
+    # A category a caller names that the policy does not: tracked (up to max_categories in all)
+    # and served with the caller's model unless start_on says otherwise, or passed through.
+    unknown_categories: UnknownCategories = UnknownCategories()
     max_categories: int = Field(500, ge=1, le=100_000)
     # Adaptive categories' shadow spend together stays under this (optional; see engine/sampling.py).
     shadow_budget_usd_per_day: float | None = Field(None, ge=0)
@@ -309,6 +332,10 @@ class Policy(_Strict):
                 field = "defaults.start_on" if o is None or o.start_on is None else f"{where}.start_on"
                 problems.append(f"{field}: {start!r} is not cheapest, reference or a model of "
                                 f"the ladder ({', '.join(rungs)})")
+        unknown = self.unknown_categories.start_on
+        if unknown not in ("caller", "cheapest", "candidate", "reference", *self.models.rungs):
+            problems.append(f"unknown_categories.start_on: {unknown!r} is not caller, cheapest, "
+                            f"reference or a model of models.ladder ({', '.join(self.models.rungs)})")
         if problems:
             raise ValueError("\n".join(dict.fromkeys(problems)))
         return self
@@ -322,15 +349,18 @@ class Policy(_Strict):
         return top
 
     def _merged(self, name: str) -> CategoryPolicy:
-        o = self.categories.get(name) or CategoryOverrides()
+        o = self.categories.get(name)
         d = self.defaults
-        ladder = self._ladder(o)
+        ladder = self._ladder(o or CategoryOverrides())
+        tunables = {k: getattr(o, k) if o is not None and getattr(o, k) is not None else getattr(d, k)
+                    for k in _Tunables.model_fields}
+        unknown = self.unknown_categories.start_on
+        if o is None and name:  # a category the policy does not list
+            tunables["start_on"] = "reference" if unknown == "caller" else unknown
         return CategoryPolicy(
             name=name, ladder=ladder if len(ladder) > 2 else (),
             candidate=ladder[0], reference=ladder[-1],
-            **{k: getattr(o, k) if getattr(o, k) is not None else getattr(d, k)
-               for k in _Tunables.model_fields},
-        )
+            follows_caller=o is None and bool(name) and unknown == "caller", **tunables)
 
     def category(self, name: str) -> CategoryPolicy:
         """Effective settings for ``name``; unknown categories get the defaults."""

@@ -151,6 +151,12 @@ def read_db_routes(engine: Engine) -> dict[str, str]:
         return {row.name: row.routed_model for row in s.exec(select(Category))}
 
 
+def read_db_moved(engine: Engine) -> frozenset[str]:
+    """Categories whose route has been changed since their row was made (version > 1)."""
+    with session(engine) as s:
+        return frozenset(s.exec(select(Category.name).where(Category.version > 1)))
+
+
 class RouteTable:
     """The wrapper's view of routes: a dict, refreshed every ``ttl`` s off the request thread.
 
@@ -167,6 +173,7 @@ class RouteTable:
         self._redis: redis_lib.Redis | None = None
         self.ttl = ttl
         self.routes: dict[str, str] = {}
+        self.moved: frozenset[str] = frozenset()  # categories whose route was ever changed (version > 1)
         self.rates: dict[str, float] = {}  # adaptive sample rates (tierguard.rates)
         self.failures = 0
         self._read_once = False
@@ -178,6 +185,18 @@ class RouteTable:
         self._thread.start()
         self._loaded.wait(wait)
         return self
+
+    def restart_after_fork(self) -> None:
+        """In a forked child: new connections and a refresher of its own (the parent's thread and
+        sockets did not come along); the last known routes are kept meanwhile."""
+        if self._thread.ident is None:
+            return  # never started: nothing to restart
+        if self._engine is not None:
+            self._engine.dispose(close=False)  # the parent's pooled connections stay the parent's
+        self._engine = self._redis = None
+        self._stop, self._loaded = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tierguard-routes", daemon=True)
+        self._thread.start()
 
     @property
     def loaded(self) -> bool:
@@ -201,7 +220,9 @@ class RouteTable:
             raw, raw_rates = pipe.execute()
             self.rates = parse_rates(raw_rates)
             if raw:
-                routes = {k.decode(): v.decode().rsplit("|", 1)[0] for k, v in raw.items()}
+                pairs = {k.decode(): v.decode().rsplit("|", 1) for k, v in raw.items()}
+                routes = {k: v[0] for k, v in pairs.items()}
+                self.moved = frozenset(k for k, v in pairs.items() if len(v) == 2 and v[1] != "1")
         except redis_lib.RedisError:
             self.failures += 1
         if routes is None and self._engine_factory is not None:
@@ -209,6 +230,7 @@ class RouteTable:
                 if self._engine is None:
                     self._engine = self._engine_factory()
                 routes = read_db_routes(self._engine)
+                self.moved = read_db_moved(self._engine)
                 if self._redis is not None and routes:
                     publish_quietly(self._redis, self._rows_for_redis())
             except sa.exc.SQLAlchemyError:

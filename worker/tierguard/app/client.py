@@ -34,12 +34,20 @@ def _raw_create(messages: Any) -> Any:
 
 
 class _Messages:
-    def __init__(self, messages: Any, core: Core):
+    def __init__(self, messages: Any, core: Core, defaults: Any = None, routable: bool = True):
         self._messages = messages
         self._core = core
+        self._defaults = defaults  # the client's default headers (their anthropic-beta is kept)
+        self._routable = routable
+
+    def _plain(self, category: str | None) -> bool:
+        """True for a call passed through untouched: no category, or a client tierguard cannot route."""
+        if category is not None and not self._routable:
+            self._core.counts["unroutable_client"] += 1
+        return category is None or not self._routable
 
     def create(self, *, category: str | None = None, **kwargs: Any) -> Any:
-        if category is None:
+        if self._plain(category):
             return self._messages.create(**kwargs)
         cat, kwargs = self._core.route(category, kwargs)
         started = time.perf_counter()
@@ -65,7 +73,7 @@ class _Messages:
         if not kwargs.get("stream"):
             core.served(cat, kwargs, getattr(result, "usage", None))
             if sampled:
-                core.submit(cat, kwargs, result, started)
+                core.submit(cat, kwargs, result, started, *self._snapshot(kwargs))
             return
         if cat is None:
             return
@@ -75,17 +83,23 @@ class _Messages:
         except Exception:
             core._failed("watching a stream")
 
+    def _snapshot(self, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        """(headers, body) of a sampled call, taken now; (None, None) if that failed (counted)."""
+        taken = self._core.snapshot(kwargs, self._defaults)
+        return taken if taken is not None else (None, None)
+
     def _on_message(self, cat: Any, kwargs: dict[str, Any], started: float, sampled: bool) -> Any:
         core = self._core
+        headers, body = self._snapshot(kwargs) if sampled else (None, None)  # before any next turn
 
         def on_message(message: dict[str, Any]) -> None:
             core.served(cat, kwargs, message.get("usage"))
-            if sampled:
-                core.submit(cat, kwargs, message, started)
+            if body is not None:
+                core.submit(cat, kwargs, message, started, headers, body)
         return on_message
 
     def stream(self, *, category: str | None = None, **kwargs: Any) -> Any:
-        if category is None:
+        if self._plain(category):
             return self._messages.stream(**kwargs)
         core = self._core
         cat, kwargs = core.route(category, kwargs)
@@ -107,7 +121,7 @@ class _Messages:
 
 class _AsyncMessages(_Messages):
     async def create(self, *, category: str | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
-        if category is None:
+        if self._plain(category):
             return await self._messages.create(**kwargs)
         cat, kwargs = self._core.route(category, kwargs)
         started = time.perf_counter()
@@ -127,6 +141,15 @@ class _AsyncMessages(_Messages):
         return result
 
 
+def unroutable(client: Any) -> bool:
+    """True for a client whose model ids tierguard cannot route yet (Bedrock, Vertex): its calls
+    pass through untouched, ``category`` dropped and counted as ``unroutable_client``."""
+    return any(c.__name__.startswith(("AnthropicBedrock", "AsyncAnthropicBedrock", "AnthropicVertex",
+                                      "AsyncAnthropicVertex"))
+               or c.__module__.startswith(("anthropic.lib.bedrock", "anthropic.lib.vertex"))
+               for c in type(client).__mro__)
+
+
 class ShadowedAnthropic:
     """Wraps an ``anthropic.Anthropic``; everything but ``messages.create``/``stream`` passes through."""
 
@@ -136,7 +159,9 @@ class ShadowedAnthropic:
                  policy: Policy | None = None):
         self._client = client
         self._core = Core(settings, policy)
-        self.messages = self._messages_class(client.messages, self._core)
+        self.messages = self._messages_class(client.messages, self._core,
+                                             getattr(client, "_custom_headers", None),
+                                             routable=not unroutable(client))
 
     def tierguard_stats(self) -> dict[str, int]:
         """Counters: submitted, published, dropped_* and internal errors."""

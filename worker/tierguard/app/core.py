@@ -18,6 +18,7 @@ from typing import Any
 import redis as redis_lib
 
 from tierguard import metrics
+from tierguard.app import forks, snapshot
 from tierguard.app.publisher import Publisher
 from tierguard.config import Settings, get_settings
 from tierguard.db import make_engine
@@ -54,6 +55,16 @@ class Core:
                 self.live.start()
         self.publisher = Publisher(self.settings)
         self.counts: Counter[str] = Counter()
+        self._generation = forks.current()
+
+    def _after_fork(self) -> None:
+        """First use in a forked child: threads and connections of its own, counters from zero."""
+        self._generation = forks.current()
+        self.counts = Counter()
+        self.routes.restart_after_fork()
+        if self.live is not None:
+            self.live.restart_after_fork()
+        self.publisher.restart_after_fork()
 
     def _policy_changed(self, old: Policy, new: Policy) -> None:
         self.policy, self.categories = new, {}
@@ -71,6 +82,8 @@ class Core:
         that can (the reference for two models) for this call only, counted as ``guarded``.
         """
         try:
+            if self._generation != forks.generation:
+                self._after_fork()
             cat = self.categories.get(name)
             if cat is None:
                 refused = self._refuse(name)
@@ -79,6 +92,8 @@ class Core:
                     return None, (request if request.get("model") else
                                   {**request, "model": self.policy.models.rungs[-1]})
                 cat = self.category(name)
+            if cat.follows_caller and name not in self.routes.moved:  # unlisted, not moved yet
+                return cat, (request if request.get("model") else {**request, "model": cat.reference})
             model = self.routes.get(name, cat.initial_route)
             if model != cat.reference and too_big(self.policy.limits_for(model), request):
                 model = next((m for m in cat.above(model)  # the cheapest rung above that can
@@ -96,7 +111,7 @@ class Core:
         policy = self.policy
         if name in policy.categories:
             return None
-        if policy.unknown_categories == "pass_through":
+        if policy.unknown_categories.mode == "pass_through":
             return "unknown"
         cap, routes = policy.max_categories, self.routes.routes
         if len(self.categories) + len(routes) + len(policy.categories) < cap:
@@ -109,7 +124,11 @@ class Core:
         if cat is None:
             return False
         try:
-            self.publisher.count(cat.name, request.get("model", ""))
+            model = request.get("model", "")
+            self.publisher.count(cat.name, model)
+            if model not in cat.rungs:  # a caller's own model off the category's ladder: no evidence
+                self.counts["unshadowed_off_ladder"] += 1
+                return False
             rate = cat.sample_rate
             if cat.sampling == "adaptive":  # the rate beat chose, with the routes; else the policy's
                 rate = self.routes.rates.get(cat.name, cat.sample_rate_max)
@@ -147,11 +166,31 @@ class Core:
         except Exception:
             self._failed("counting tokens")
 
-    def submit(self, cat: CategoryPolicy, request: dict[str, Any], answer: Any, started: float) -> None:
-        """Hand a sampled call (its request and the served answer) to the publisher."""
+    def snapshot(self, request: dict[str, Any], defaults: Any = None
+                 ) -> tuple[dict[str, str] | None, str] | None:
+        """(shaping headers, the body as JSON text) of a sampled call, taken now on the caller's
+        thread (:mod:`~tierguard.app.snapshot`); None if it cannot be taken (counted)."""
         try:
+            return snapshot.shaping_headers(request, defaults), snapshot.take(request)
+        except Exception:
+            self.counts["dropped_unserializable"] += 1
+            log.warning("tierguard: a sampled request could not be copied; it is not shadowed",
+                        exc_info=True)
+            return None
+
+    def submit(self, cat: CategoryPolicy, request: dict[str, Any], answer: Any, started: float,
+               headers: dict[str, str] | None = None, body: str | bytes | None = None) -> None:
+        """Hand a sampled call to the publisher: its routed ``request`` (for the model), the served
+        answer, the shaping headers and ``body``, the request as sent (JSON text; a snapshot of
+        ``request`` is taken now when it is not given)."""
+        try:
+            if body is None:
+                taken = self.snapshot(request)
+                if taken is None:
+                    return
+                headers, body = headers or taken[0], taken[1]
             model = request["model"]
-            self.publisher.submit(cat.name, model, cat.other_model(model), request, answer,
+            self.publisher.submit(cat.name, model, cat.other_model(model), body, headers, answer,
                                   (time.perf_counter() - started) * 1000, dt.datetime.now(dt.UTC))
         except Exception:
             self._failed("sampling")

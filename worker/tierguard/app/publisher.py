@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import json
 import logging
 import queue
 import threading
@@ -20,10 +19,11 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from tierguard import keys, metrics, pauses, ratelimits, traffic
+from tierguard import job_store, keys, metrics, pauses, ratelimits, traffic
 from tierguard.broker import BATCH_TASK, make_celery
 from tierguard.config import Settings
 from tierguard.errors import ConfigError
+from tierguard.app.snapshot import job_request
 from tierguard.job import ShadowJob
 from tierguard.messages import cache_tokens_of, message_text, usage_of
 from tierguard.sealing import Sealer, seal_job, sealer
@@ -35,29 +35,18 @@ MAX_UNSENT = 100_000  # (category, model, metric) sums held while Redis is down
 MAX_SEEN = 1_000_000  # production calls and usages waiting for the publisher's thread
 _UNSET = object()
 
-# Request keys that are transport options, not part of the model request.
-_TRANSPORT_KEYS = {"extra_headers", "extra_query", "timeout", "stream", "model"}
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json", exclude_none=True)
-    if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-def build_job(category: str, served: str, shadow: str, request: dict[str, Any], message: Any,
-              latency_ms: float, requested_at: dt.datetime) -> ShadowJob:
-    clean = {k: v for k, v in request.items() if k not in _TRANSPORT_KEYS}
-    clean = json.loads(json.dumps(clean, default=_jsonable))
+def build_job(category: str, served: str, shadow: str, body: str | bytes,
+              headers: dict[str, str] | None, message: Any, latency_ms: float,
+              requested_at: dt.datetime) -> ShadowJob:
+    """The job for one sampled call; ``body`` is the request as sent (:mod:`tierguard.app.snapshot`)."""
     inp, out = usage_of(message)
     write, read = cache_tokens_of(message)
     return ShadowJob(job_id=uuid.uuid4().hex, category=category, served_model=served,
-                     shadow_model=shadow, request=clean, primary_text=message_text(message),
+                     shadow_model=shadow, request=job_request(body), primary_text=message_text(message),
                      primary_input_tokens=inp, primary_output_tokens=out,
                      primary_cache_write_tokens=write, primary_cache_read_tokens=read,
-                     primary_latency_ms=round(latency_ms, 3), requested_at=requested_at.isoformat())
+                     primary_latency_ms=round(latency_ms, 3), requested_at=requested_at.isoformat(),
+                     headers=dict(headers) if headers else None)
 
 
 class Publisher:
@@ -65,15 +54,22 @@ class Publisher:
                  batch_wait: float = 0.02):
         self.settings = settings
         self.batch_size, self.batch_wait = batch_size, batch_wait
-        self.queue: queue.Queue[tuple] = queue.Queue(maxsize=settings.publish_buffer)
-        self.counts: Counter[str] = Counter()
         self.broker_pause = broker_pause
-        self._down_until = 0.0
         self._last_warning = 0.0
+        self._sealing: Any = _UNSET
+        self._bad_keys = False
+        self._fresh()
+        self._thread = threading.Thread(target=self._run, name="tierguard-publisher", daemon=True)
+        self._thread.start()
+
+    def _fresh(self) -> None:
+        """Empty queues, counters, locks and no connections: a new publisher's or a forked child's."""
+        self.queue: queue.Queue[tuple] = queue.Queue(maxsize=self.settings.publish_buffer)
+        self.counts: Counter[str] = Counter()
+        self._down_until = 0.0
         self._app = None
         # Production calls and their tokens: the caller's thread only appends (atomic, no lock,
         # no increment lost to a swap); the publisher's thread adds them up and writes Redis.
-        # Bounded: with no thread draining it (a fork after start) it must not grow without end.
         self._seen: collections.deque[tuple] = collections.deque(maxlen=MAX_SEEN)
         self._flush_lock = threading.Lock()
         self._pauses: collections.deque[tuple[str, float | None]] = collections.deque(maxlen=1000)
@@ -81,9 +77,14 @@ class Publisher:
         self._unsent: Counter[tuple[str, str, str]] = Counter()  # kept while Redis is down
         self._traffic_flushed = time.monotonic()
         self._redis = None
-        self._sealing: Any = _UNSET
-        self._bad_keys = False
         self._stop = threading.Event()
+
+    def restart_after_fork(self) -> None:
+        """In a forked child: start empty (what the parent held is the parent's to publish and
+        count), with connections and a publishing thread of its own."""
+        if self._stop.is_set():
+            return  # closed before the fork
+        self._fresh()
         self._thread = threading.Thread(target=self._run, name="tierguard-publisher", daemon=True)
         self._thread.start()
 
@@ -263,7 +264,8 @@ class Publisher:
         if not jobs:
             return
         try:
-            self._send(jobs)
+            self._send(job_store.stash(self._client(), jobs, self.settings.job_inline_max,
+                                       self.settings.job_payload_ttl_s))
             self.counts["published"] += len(jobs)
             now = time.monotonic()
             for submitted, _ in items:

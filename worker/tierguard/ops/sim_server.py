@@ -28,6 +28,10 @@ Test controls:
   ``streams``, ``recent_headers``, ``batches`` (``created``, ``ended``, ``canceled``,
   ``requests``, ``results``), ``served`` and ``rate_limited`` per model, and ``by_key``
   (``{fingerprint: {model: {"served", "rate_limited"}}}``).
+- ``GET /_sim/requests``: the latest ``/v1/messages`` requests as received, oldest first:
+  ``{"requests": [{"headers": {anthropic-beta, content-encoding, x-tierguard-*}, "body": TEXT}]}``.
+  Bodies are checked as the API checks them: unknown keys, beta fields without an
+  ``anthropic-beta`` header and non-numeric sampling parameters are a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -91,11 +95,30 @@ def _input_tokens(body: dict[str, Any]) -> int:
     return max(1, chars // 4)
 
 
-def request_problem(body: Any) -> str | None:
-    """Why a Messages API body cannot be answered, or None."""
+# The Messages API's body keys; BETA_KEYS only with an ``anthropic-beta`` header, others refused.
+BODY_KEYS = {"model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature",
+             "top_k", "top_p", "tools", "tool_choice", "metadata", "thinking", "service_tier",
+             "output_config", "inference_geo", "cache_control", "container", "diagnostics", "speed",
+             "user_profile_id", "workspace_id"}
+BETA_KEYS = {"context_management", "mcp_servers", "output_format"}
+_NUMBERS = {"temperature": float, "top_p": float, "top_k": int}
+
+
+def request_problem(body: Any, betas: str | None = None) -> str | None:
+    """Why a Messages API body cannot be answered, or None (as the API says it, field first)."""
     if not isinstance(body, dict) or not body.get("model") or not body.get("messages") \
             or not body.get("max_tokens"):
         return "model, messages and max_tokens are required"
+    for key in body:
+        if key in BETA_KEYS and not betas:
+            return f"{key}: this field needs a beta (the anthropic-beta header)"
+        if key not in BODY_KEYS and key not in BETA_KEYS:
+            return f"{key}: Extra inputs are not permitted"
+    for key, kind in _NUMBERS.items():
+        value = body.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or (kind is int and not isinstance(value, int))):
+            return f"{key}: Input should be a valid {'integer' if kind is int else 'number'}"
     return None
 
 
@@ -177,7 +200,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> Any:
         n = int(self.headers.get("Content-Length") or 0)
-        return json.loads(self.rfile.read(n) or b"{}")
+        self.raw_body = self.rfile.read(n) or b"{}"
+        return json.loads(self.raw_body)
 
     def do_GET(self) -> None:  # noqa: N802
         sim = self.server.sim
@@ -191,6 +215,9 @@ class _Handler(BaseHTTPRequestHandler):
                          "streams": dict(sim.streams),
                          "recent_headers": list(sim.recent_headers)}
             return self._json(200, {**stats, "batches": batches, **self.server.buckets.stats()})
+        if self.path == "/_sim/requests":
+            with sim.lock:
+                return self._json(200, {"requests": list(sim.recent_requests)})
         url = urlsplit(self.path)
         if found := BATCH_PATH.match(url.path):
             return self._batch_call("GET", found, dict(parse_qsl(url.query)))
@@ -271,9 +298,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _messages(self, body: Any) -> None:
         sim, buckets = self.server.sim, self.server.buckets
+        headers = {k.lower(): v for k, v in self.headers.items()}
         with sim.lock:
-            sim.recent_headers.append({k.lower(): v for k, v in self.headers.items()})
-        if problem := request_problem(body):
+            sim.recent_headers.append(headers)
+            sim.recent_requests.append({"headers": {k: v for k, v in headers.items() if k in (
+                "anthropic-beta", "content-encoding") or k.startswith("x-tierguard")},
+                "body": self.raw_body.decode("utf-8", "replace")})
+        if problem := request_problem(body, headers.get("anthropic-beta")):
             return self._error(400, problem)
         model, key = body["model"], fingerprint(self._api_key())
         gate = buckets.admit(key, model, _input_tokens(body))

@@ -175,6 +175,9 @@ class Simulator:
         self.in_flight_max = 0
         self.streams: Counter[str] = Counter()  # completed / aborted (the client went away)
         self.recent_headers: deque[dict[str, str]] = deque(maxlen=32)  # of /v1/messages requests
+        # The latest /v1/messages requests as received: {"headers": {anthropic-beta, x-tierguard-*},
+        # "body": the raw body as text} (GET /_sim/requests): what tests compare shadows with.
+        self.recent_requests: deque[dict[str, Any]] = deque(maxlen=2000)
         self.rng = random.Random(scenario.seed)
 
     def category_of(self, body: dict[str, Any]) -> CategorySim | None:

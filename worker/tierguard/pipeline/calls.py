@@ -57,30 +57,51 @@ def classify(err: Exception) -> ShadowCallError:
     return PermanentCallError(f"{type(err).__name__}: {err}", kind="client_error")
 
 
-def call_model(client: anthropic.Anthropic, model: str, request: dict[str, Any]) -> Answer:
-    params = {k: v for k, v in request.items() if k not in ("model", "stream")}
+# The only keyword arguments every SDK version's ``messages.create`` takes; the rest of a body
+# goes as ``extra_body``, so a key this SDK does not know (``temperature`` in 2.16, a beta
+# field) is sent as production sent it instead of raising TypeError.
+NAMED = ("model", "max_tokens", "messages")
+
+
+def sdk_params(body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """``messages.create`` keyword arguments that send exactly ``body`` (without ``stream``)."""
+    params: dict[str, Any] = {k: body[k] for k in NAMED if k in body}
+    extra = {k: v for k, v in body.items() if k not in NAMED and k != "stream"}
+    if extra:
+        params["extra_body"] = extra
+    if headers:
+        params["extra_headers"] = dict(headers)
+    return params
+
+
+def call_model(client: anthropic.Anthropic, model: str, request: dict[str, Any],
+               headers: dict[str, str] | None = None) -> Answer:
     t0 = time.perf_counter()
     try:
-        message = client.messages.create(model=model, **params)
+        message = client.messages.create(**sdk_params({**request, "model": model}, headers))
     except anthropic.AnthropicError as err:
         raise classify(err) from None
+    except TypeError as err:  # a job without max_tokens or messages
+        raise PermanentCallError(f"the job is not a Messages request: {err}", kind="bad_request") from None
     latency = (time.perf_counter() - t0) * 1000
     inp, out = usage_of(message)
     return Answer(message_text(message), inp, out, latency, *cache_tokens_of(message))
 
 
-async def call_json_async(client: anthropic.AsyncAnthropic, body: dict[str, Any]
-                          ) -> tuple[dict[str, Any], float, Any]:
+async def call_json_async(client: anthropic.AsyncAnthropic, body: dict[str, Any],
+                          headers: dict[str, str] | None = None) -> tuple[dict[str, Any], float, Any]:
     """One Messages API call; (the response's JSON, milliseconds, its headers). Reads the raw body (the
     SDK's ``with_raw_response``): building the typed ``Message`` costs ~12 % of a shadow
     call's CPU, and a worker only needs the content and the usage."""
-    params = {k: v for k, v in body.items() if k != "stream"}
+    params = sdk_params(body, headers)
     t0 = time.perf_counter()
     try:
         raw = await client.messages.with_raw_response.create(**params)
         data = json.loads(raw.http_response.content)
     except anthropic.AnthropicError as err:
         raise classify(err) from None
+    except TypeError as err:  # a job without max_tokens or messages
+        raise PermanentCallError(f"the job is not a Messages request: {err}", kind="bad_request") from None
     except ValueError:
         raise PermanentCallError("model API answered with a body that is not JSON",
                                  kind="bad_response") from None
@@ -91,9 +112,9 @@ async def call_json_async(client: anthropic.AsyncAnthropic, body: dict[str, Any]
 
 
 async def call_model_async(client: anthropic.AsyncAnthropic, model: str,
-                           request: dict[str, Any]) -> Answer:
-    """As :func:`call_model`, on the worker's event loop."""
-    body, latency, headers = await call_json_async(client, {**request, "model": model})
+                           request: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
+    """As :func:`call_model`, on the worker's event loop (``headers``: the job's shaping headers)."""
+    body, latency, headers = await call_json_async(client, {**request, "model": model}, headers)
     usage = body.get("usage") or {}
     return Answer(content_json_text(body.get("content") or []), usage.get("input_tokens"),
                   usage.get("output_tokens"), latency, *cache_tokens_of(body),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from tierguard.pipeline.shadow import (
     skipped,
 )
 from tierguard.policy import Policy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ async def run_batch(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *
         if skip is not None:
             return [skip]
         try:
-            answer = await call_model_async(runner.client, job.shadow_model, job.request)
+            answer = await call_model_async(runner.client, job.shadow_model, job.request, job.headers)
             metrics.SHADOW_CALL.labels(job.shadow_model).observe(answer.latency_ms / 1000)
         except RetryableCallError as err:
             return [result_of(policy, job, None, err, attempt) if final else Retry(job, err)]
@@ -110,7 +113,7 @@ async def run_batch(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *
             return [result] + probe
         try:
             second = await call_model_async(runner.client, policy.category(job.category).reference,
-                                            job.request)
+                                            job.request, job.headers)
         except (RetryableCallError, PermanentCallError):
             return [result] + probe  # a noise sample is best effort, never retried
         twin = noise_result(policy, job, answer.text, second)
@@ -123,7 +126,7 @@ async def run_batch(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *
             return []
         twin = probe_job(policy, job, rung, answer.text)
         try:
-            second = await call_model_async(runner.client, rung, job.request)
+            second = await call_model_async(runner.client, rung, job.request, job.headers)
         except RetryableCallError as err:
             if err.kind == "rate_limited" and limited is not None:  # the worker pauses the rung
                 limited[rung] = max(limited.get(rung, 0.0), err.retry_after or 0.0)
@@ -134,5 +137,14 @@ async def run_batch(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *
             return [await judge.result(policy, twin, second, attempt, kind="probe")]
         return [dataclasses.replace(result_of(policy, twin, second, None, attempt), kind="probe")]
 
-    done = [item for items in await asyncio.gather(*(one(job) for job in jobs)) for item in items]
+    async def alone(job: ShadowJob) -> list[Result | Retry]:
+        """``one``, whose failure is this job's recorded error, never the batch's."""
+        try:
+            return await one(job)
+        except Exception as err:
+            log.exception("job %s failed; recorded as job_failed", job.job_id)
+            failed = PermanentCallError(f"{type(err).__name__}: {err}"[:500], kind="job_failed")
+            return [result_of(policy, job, None, failed, attempt)]
+
+    done = [item for items in await asyncio.gather(*(alone(job) for job in jobs)) for item in items]
     return ([d for d in done if isinstance(d, Result)], [d for d in done if isinstance(d, Retry)])

@@ -125,7 +125,7 @@ def run_job(ctx: Context, job: ShadowJob, *, attempt: int = 1, final: bool = Tru
         return ctx.record_all([skip])[0]
     answer = error = None
     try:
-        answer = call_model(ctx.client, job.shadow_model, job.request)
+        answer = call_model(ctx.client, job.shadow_model, job.request, job.headers)
     except RetryableCallError as err:
         if not final:
             raise
@@ -135,7 +135,8 @@ def run_job(ctx: Context, job: ShadowJob, *, attempt: int = 1, final: bool = Tru
     results = [result_of(ctx.policy, job, answer, error, attempt)]
     if answer is not None and results[0].verdict is not None and noise_sampled(ctx.policy, job):
         try:
-            second = call_model(ctx.client, ctx.policy.category(job.category).reference, job.request)
+            second = call_model(ctx.client, ctx.policy.category(job.category).reference, job.request,
+                                job.headers)
             twin = noise_result(ctx.policy, job, answer.text, second)
             results += [twin] if twin else []
         except (RetryableCallError, PermanentCallError) as err:

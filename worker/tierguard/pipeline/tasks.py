@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from tierguard import headroom_log, keys, maintenance, ratelimits, rates, traffic
+from tierguard import headroom_log, job_store, keys, maintenance, ratelimits, rates, traffic
 from tierguard.alerts.events import for_invalid_policy
 from tierguard.alerts.monitors import check
 from tierguard.alerts.outbox import deliver_due
@@ -124,7 +124,10 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
                     sum(not valid_category(j.category) for j in parsed))
         parsed = [j for j in parsed if valid_category(j.category)]
     attempt = task.request.retries + 1
-    opened, refused = [], []
+    parsed, expired = job_store.load(ctx.redis, parsed)
+    opened, refused = [], [Result(job, None, None, (job_store.EXPIRED, "the job's stored payload "
+                                  "expired before a worker ran it (TIERGUARD_JOB_PAYLOAD_TTL_S)"),
+                                  attempt) for job in expired]
     for job in parsed:
         try:
             opened.append(open_job(job, ctx.sealer))
@@ -148,6 +151,7 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
         remember_headroom(ctx, results)
         caps_spent(ctx, results)
         outcomes = ctx.record_all(results) if results else []
+        job_store.forget(ctx.redis, [r.job for r in results] + via_batch)
     except sa.exc.OperationalError as err:
         # The database is down: keep the jobs until it is back (nothing lost).
         delay = backoff(min(attempt, 6), None, settings.retry_after_cap)
@@ -166,11 +170,10 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
             deferred.append((deferred_copy(item.job), max(delay, until - time.time())))
             continue
         log.info("job %s: %s; retry %d in %.1fs", item.job.job_id, item.error.kind, attempt, delay)
-        task.app.send_task(SHADOW_TASK, args=[seal_job(item.job, ctx.sealer).to_dict()],
-                           task_id=item.job.job_id,
+        task.app.send_task(SHADOW_TASK, args=[_travelling(ctx, item.job)], task_id=item.job.job_id,
                            queue=settings.queue, countdown=delay, retries=attempt)
     for job, wait in deferred:  # a pause spends no attempt
-        task.app.send_task(SHADOW_TASK, args=[seal_job(job, ctx.sealer).to_dict()], task_id=job.job_id,
+        task.app.send_task(SHADOW_TASK, args=[_travelling(ctx, job)], task_id=job.job_id,
                            queue=settings.queue, countdown=wait + random.uniform(0, 1),
                            retries=attempt - 1)
     count_deferred(ctx, [job for job, _ in deferred])
@@ -180,6 +183,11 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
         task.app.send_task(DELIVER_TASK, queue=settings.queue)
     return {"recorded": sum(o.status != "duplicate" for o in outcomes), "retried": len(retries),
             "deferred": len(deferred)}
+
+
+def _travelling(ctx: Context, job: ShadowJob) -> dict[str, Any]:
+    """A job re-queued: sealed again, and by reference when its payload is stored."""
+    return (job_store.strip(job) if job.payload_ref else seal_job(job, ctx.sealer)).to_dict()
 
 
 def _by_batch(ctx: Context, jobs: list[ShadowJob], refused: list[Result], attempt: int

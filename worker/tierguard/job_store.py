@@ -1,0 +1,85 @@
+"""Large shadow jobs: their payload kept in Redis beside the broker message, not in it.
+
+A job whose request and answer exceed ``TIERGUARD_JOB_INLINE_MAX`` bytes travels as
+a reference (``payload_ref``): the payload (request, primary text, and the seal
+when payloads are sealed, so it is stored as sealed as it would have travelled)
+is written once to Redis with a TTL by the publisher, loaded by the worker, and
+deleted once the job is recorded. Retries and deferrals carry the reference
+again, never the payload. A payload that expired first is the job's recorded
+``payload_expired`` error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from typing import Any
+
+from tierguard import keys
+from tierguard.job import ShadowJob
+
+log = logging.getLogger(__name__)
+
+EXPIRED = "payload_expired"
+
+
+def size(job: ShadowJob) -> int:
+    """Bytes the job's payload adds to a broker message (about)."""
+    if job.sealed is not None:
+        return len(job.sealed)
+    return len(json.dumps(job.request, ensure_ascii=False)) + len(job.primary_text)
+
+
+def strip(job: ShadowJob) -> ShadowJob:
+    """The job as it travels once its payload is stored: the reference alone."""
+    if job.payload_ref is None:
+        return job
+    return dataclasses.replace(job, request={}, primary_text="", sealed=None)
+
+
+def stash(redis: Any, jobs: list[ShadowJob], inline_max: int, ttl_s: float) -> list[ShadowJob]:
+    """``jobs`` with every one larger than ``inline_max`` stored in Redis and sent by reference."""
+    big = [job for job in jobs if job.payload_ref is None and size(job) > inline_max]
+    if not big:
+        return jobs
+    pipe = redis.pipeline(transaction=False)
+    refs = {}
+    for job in big:
+        ref = refs[job.job_id] = keys.JOB_PAYLOAD.format(job_id=job.job_id)
+        pipe.set(ref, json.dumps({"request": job.request, "primary_text": job.primary_text,
+                                  "sealed": job.sealed}, ensure_ascii=False), ex=max(1, int(ttl_s)))
+    pipe.execute()
+    return [strip(dataclasses.replace(job, payload_ref=refs[job.job_id])) if job.job_id in refs
+            else job for job in jobs]
+
+
+def load(redis: Any, jobs: list[ShadowJob]) -> tuple[list[ShadowJob], list[ShadowJob]]:
+    """(jobs with their payload back, jobs whose payload expired)."""
+    by_ref = [job for job in jobs if job.payload_ref is not None]
+    if not by_ref:
+        return jobs, []
+    stored = dict(zip([j.job_id for j in by_ref], redis.mget([j.payload_ref for j in by_ref]),
+                      strict=True))
+    loaded, expired = [], []
+    for job in jobs:
+        if job.payload_ref is None:
+            loaded.append(job)
+        elif (raw := stored[job.job_id]) is None:
+            expired.append(job)
+        else:
+            payload = json.loads(raw)
+            loaded.append(dataclasses.replace(job, request=payload["request"] or {},
+                                              primary_text=payload["primary_text"] or "",
+                                              sealed=payload["sealed"]))
+    return loaded, expired
+
+
+def forget(redis: Any, jobs: list[ShadowJob]) -> None:
+    """Delete the stored payloads of recorded jobs; never raises (they expire anyway)."""
+    refs = sorted({job.payload_ref for job in jobs if job.payload_ref})
+    if refs:
+        try:
+            redis.delete(*refs)
+        except Exception as err:
+            log.warning("stored job payloads not deleted (they expire): %s", type(err).__name__)
