@@ -44,7 +44,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import unquote, parse_qsl, urlsplit
 
 from tierguard.messages import content_text
 from tierguard.ops.sim_batches import BatchError, BatchStore
@@ -94,6 +94,11 @@ def _input_tokens(body: dict[str, Any]) -> int:
     chars = len(json.dumps(body.get("messages"))) + len(content_text(body.get("system", "")))
     return max(1, chars // 4)
 
+
+# Bedrock's InvokeModel and Vertex's rawPredict paths (their stand-ins: the model is in the path).
+PLATFORM_PATH = re.compile(r"^(?:/model/(?P<model>[^/]+)/invoke(?:-with-response-stream)?"
+                           r"|/v1/projects/[^/]+/locations/[^/]+/publishers/anthropic/models/"
+                           r"(?P<vmodel>[^/:]+):(?:stream)?rawPredict)$")
 
 # The Messages API's body keys; BETA_KEYS only with an ``anthropic-beta`` header, others refused.
 BODY_KEYS = {"model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature",
@@ -258,6 +263,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if found := BATCH_PATH.match(path):
             return self._batch_call("POST", found, body)
+        if found := PLATFORM_PATH.match(path):  # Bedrock's and Vertex's paths name the model
+            body = {k: v for k, v in body.items() if k != "anthropic_version"} if isinstance(body, dict) \
+                else body
+            model = unquote(found["model"] or found["vmodel"])
+            return self._messages({**body, "model": model} if isinstance(body, dict) else body)
         if path == "/v1/messages/count_tokens":
             return self._json(200, {"input_tokens": _input_tokens(body)})
         if path != "/v1/messages":

@@ -1,0 +1,150 @@
+"""A shadow is the request production sent: snapshots, sentinels, headers, unlisted categories,
+clients tierguard cannot route, and jobs too large for a broker message (issue 23)."""
+
+import base64
+import json
+
+import anthropic
+import redis
+
+import tierguard
+from tests.app.test_client import SCENARIO, queued_jobs
+from tests.helpers import API_KEY
+from tierguard import keys
+from tierguard.app import snapshot
+from tierguard.config import get_settings
+from tierguard.policy import parse_policy
+from tierguard.routes import REDIS_KEY
+
+LISTED = {"defaults": {"sample_rate": 1.0},
+          "categories": {"sentiment": {"comparator": {"type": "label", "labels": ["POSITIVE", "NEGATIVE"]}}}}
+
+
+def wrapped(server, redis_url, sqlite_url, policy=None, client=None, **settings):
+    sdk = client or anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY)
+    return tierguard.ShadowedAnthropic(sdk, settings=get_settings(
+        redis_url=redis_url, database_url=sqlite_url, route_ttl=0.05, **settings),
+        policy=parse_policy(policy or LISTED))
+
+
+def test_a_chat_loop_shadows_each_turn_as_it_was_sent(simulator, redis_url, sqlite_url):
+    client = wrapped(simulator(**SCENARIO), redis_url, sqlite_url)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "turn 0"}]}]
+    for turn in range(1, 5):  # the usual loop: one list, appended to (and its parts mutated)
+        answer = client.messages.create(category="sentiment", max_tokens=8, messages=messages)
+        messages.append({"role": "assistant", "content": answer.content[0].text})
+        messages[0]["content"][0]["text"] += " (edited)"
+        messages.append({"role": "user", "content": f"turn {turn}"})
+    assert client.tierguard_flush()
+    jobs = queued_jobs(redis_url)
+    assert [len(j["request"]["messages"]) for j in jobs] == [1, 3, 5, 7]
+    assert [j["request"]["messages"][0]["content"][0]["text"].count("(edited)") for j in jobs] == [0, 1, 2, 3]
+    client.tierguard_close()
+
+
+def test_sentinels_are_dropped_and_shaping_headers_and_extra_body_travel(simulator, redis_url,
+                                                                          sqlite_url):
+    server = simulator(**SCENARIO)
+    sdk = anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY,
+                              default_headers={"anthropic-beta": "client-default-beta"})
+    client = wrapped(server, redis_url, sqlite_url, client=sdk)
+    client.messages.create(category="sentiment", max_tokens=8, system=anthropic.NOT_GIVEN,
+                           stop_sequences=anthropic.omit, messages=[{"role": "user", "content": "hi"}],
+                           extra_headers={"anthropic-beta": "context-management-2025-06-27",
+                                          "x-api-key": "sk-ant-secret", "authorization": "Bearer x"},
+                           extra_body={"temperature": 0.2, "context_management": {"edits": []}},
+                           timeout=30)
+    assert client.tierguard_flush()
+    [job] = queued_jobs(redis_url)
+    assert job["request"] == {"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}],
+                              "temperature": 0.2, "context_management": {"edits": []}}
+    assert job["headers"] == {"anthropic-beta": "context-management-2025-06-27"}  # no credentials
+    client.tierguard_close()
+
+
+def test_snapshot_helpers():
+    kwargs = {"model": "m", "max_tokens": 5, "messages": ({"role": "user", "content": "é"},),
+              "temperature": anthropic.NOT_GIVEN, "stream": True, "betas": ["a-1", "b-2"],
+              "extra_query": {"q": 1}, "extra_body": {"top_k": 3}}
+    text = snapshot.take(kwargs)
+    assert "é" in text  # kept as sent, not escaped
+    assert snapshot.job_request(text) == {"max_tokens": 5, "messages": [{"role": "user", "content": "é"}],
+                                          "top_k": 3}
+    assert snapshot.shaping_headers(kwargs, {"Anthropic-Beta": "x"}) == {"anthropic-beta": "a-1,b-2"}
+    assert snapshot.shaping_headers({}, {"X-Api-Key": "k"}) is None
+
+
+def test_an_unlisted_category_is_served_with_the_callers_model_and_shadowed(simulator, redis_url,
+                                                                             sqlite_url):
+    client = wrapped(simulator(**SCENARIO), redis_url, sqlite_url)
+    msg = client.messages.create(category="sentimnet", model="claude-opus-4-7", max_tokens=8,
+                                 messages=[{"role": "user", "content": "hi"}])
+    assert msg.model == "claude-opus-4-7"  # a misspelling is never a silent downgrade
+    assert client.messages.create(category="sentimnet", max_tokens=8, messages=[
+        {"role": "user", "content": "no model"}]).model == "claude-opus-4-7"  # the reference
+    # A caller's model off the ladder is served as named, counted, and not shadowed.
+    assert client.messages.create(category="sentimnet", model="claude-sonnet-4-6", max_tokens=8,
+                                  messages=[{"role": "user", "content": "x"}]).model == "claude-sonnet-4-6"
+    assert client.tierguard_flush()
+    jobs = queued_jobs(redis_url)
+    assert [(j["category"], j["served_model"], j["shadow_model"]) for j in jobs] == [
+        ("sentimnet", "claude-opus-4-7", "claude-haiku-4-5")] * 2
+    assert client.tierguard_stats()["unshadowed_off_ladder"] == 1
+    # Moved on purpose (promote, evaluate --apply: a version above 1): the route is followed.
+    redis.Redis.from_url(redis_url).hset(REDIS_KEY, "sentimnet", "claude-haiku-4-5|2")
+    client._core.routes.refresh()
+    assert client.messages.create(category="sentimnet", model="claude-opus-4-7", max_tokens=8,
+                                  messages=[{"role": "user", "content": "x"}]).model == "claude-haiku-4-5"
+    client.tierguard_close()
+
+
+def test_no_policy_file_reroutes_nothing_and_start_on_cheapest_keeps_the_old_way(simulator, redis_url,
+                                                                                 sqlite_url, tmp_path):
+    server = simulator(**SCENARIO)
+    sdk = anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY)
+    bare = tierguard.ShadowedAnthropic(sdk, settings=get_settings(
+        redis_url=redis_url, database_url=sqlite_url, policy=str(tmp_path / "absent.yaml")))
+    for model in ("claude-opus-4-7", "claude-haiku-4-5"):
+        assert bare.messages.create(category="anything", model=model, max_tokens=8,
+                                    messages=[{"role": "user", "content": "x"}]).model == model
+    bare.tierguard_close()
+    old_way = wrapped(server, redis_url, sqlite_url,
+                      policy={**LISTED, "unknown_categories": {"start_on": "cheapest"}})
+    assert old_way.messages.create(category="sentimnet", model="claude-opus-4-7", max_tokens=8,
+                                   messages=[{"role": "user", "content": "x"}]).model == "claude-haiku-4-5"
+    old_way.tierguard_close()
+
+
+def test_bedrock_and_vertex_clients_pass_through_untouched(simulator, redis_url, sqlite_url):
+    server = simulator(**SCENARIO)
+    bedrock = anthropic.AnthropicBedrock(aws_region="us-east-1", aws_access_key="a", aws_secret_key="b",
+                                         base_url=server.base_url)
+    vertex = anthropic.AnthropicVertex(region="us-east5", project_id="p", access_token="t",
+                                       base_url=server.base_url + "/v1")
+    for sdk, model in ((bedrock, "anthropic.claude-haiku-4-5-20251001-v1:0"),
+                       (vertex, "claude-haiku-4-5@20251001")):
+        client = wrapped(server, redis_url, sqlite_url, client=sdk)
+        msg = client.messages.create(category="sentiment", model=model, max_tokens=8,
+                                     messages=[{"role": "user", "content": "hi"}])
+        assert msg.model == model  # the platform's id, sent to the platform's path
+        stats = client.tierguard_stats()
+        assert stats["unroutable_client"] == 1 and stats.get("submitted", 0) == 0
+        client.tierguard_close()
+
+
+def test_a_large_job_travels_by_reference(simulator, redis_url, sqlite_url):
+    client = wrapped(simulator(**SCENARIO), redis_url, sqlite_url)
+    image = base64.b64encode(b"\x89PNG" + b"\0" * 5_000_000).decode()
+    content = [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": image}},
+               {"type": "text", "text": "classify"}]
+    client.messages.create(category="sentiment", max_tokens=8, messages=[{"role": "user",
+                                                                          "content": content}])
+    assert client.tierguard_flush()
+    r = redis.Redis.from_url(redis_url)
+    assert max(len(m) for m in r.lrange("tierguard", 0, -1)) < 10_000  # the broker carries no image
+    [job] = queued_jobs(redis_url)
+    assert job["request"] == {} and job["payload_ref"] == keys.JOB_PAYLOAD.format(job_id=job["job_id"])
+    stored = json.loads(r.get(job["payload_ref"]))
+    assert stored["request"]["messages"][0]["content"] == content
+    assert 0 < r.ttl(job["payload_ref"]) <= 86_400
+    client.tierguard_close()
