@@ -85,7 +85,9 @@ def opportunities(as_json: bool = JsonOpt) -> None:
                 "monthly saving"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["category"], f"{r['calls_per_day']:,.0f}", r["route"], pct(r["agreement"]),
+        route = "caller's model" if r["follows_caller"] else r["route"]
+        name = r["category"] + ("" if r["listed"] else " (unlisted)")
+        table.add_row(name, f"{r['calls_per_day']:,.0f}", route, pct(r["agreement"]),
                       f"{pct(r['evaluation_agreement'])} ({r['evaluation_cases']})",
                       "yes" if r["eligible"] else "", _money(r["projected_monthly_savings_usd"]))
     console.print(table)

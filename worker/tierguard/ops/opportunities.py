@@ -100,6 +100,9 @@ def opportunities(engine: Engine, policy: Policy) -> list[dict[str, Any]]:
                     "agreement": state.get("ewma"), "evaluation_agreement": a / n if n else None,
                     "evaluation_cases": n, "eligible": bool(state.get("eligible")),
                     "projected_monthly_savings_usd": saving,
+                    # Not in the policy: served with the caller's model until a route is chosen.
+                    "listed": name in policy.categories,
+                    "follows_caller": cat.follows_caller and (row is None or row.version <= 1),
                     **({"rungs": entry_rungs} if entry_rungs else {})})
     out.sort(key=lambda o: -o["calls_per_day"])
     return out
