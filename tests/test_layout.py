@@ -33,6 +33,7 @@ CORE_RULES: dict[str, set[str]] = {
     "rollups": {"db"},
     "maintenance": {"db", "traffic", "policy", "partitions", "headroom_log"},
     "sealing": {"config", "errors", "job"},
+    "job_store": {"keys", "job"},
     "pauses": {"keys"},
     "ratelimits": set(),
     "shadow_caps": set(),

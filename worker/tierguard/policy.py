@@ -35,6 +35,7 @@ from tierguard.policy_sections import (
     Retention,
     ShadowCap,
     ShadowHeadroom,
+    UnknownCategories,
     _format,
     _Strict,
     _unit,
@@ -172,9 +173,7 @@ class CategoryPolicy(_Strict):
     shadow_via: Literal["sync", "batch"]
     batch_max_jobs: int
     batch_max_wait_minutes: float
-    # A category the policy does not list (unknown_categories.start_on: caller): served with the
-    # caller's own model until its route is moved (evaluate --apply, promote, a flip).
-    follows_caller: bool = False
+    follows_caller: bool = False  # unlisted, start_on caller: the caller's model until moved
 
     @property
     def sampling_config(self) -> SamplingConfig:
@@ -238,26 +237,6 @@ class CategoryPolicy(_Strict):
         if self.start_on in ("cheapest", "candidate"):
             return self.candidate
         return self.reference if self.start_on == "reference" else self.start_on
-
-
-class UnknownCategories(_Strict):
-    """What happens to a category the policy does not list (``track`` / ``pass_through`` alone
-    are short for ``{mode: …}``)."""
-
-    mode: Literal["track", "pass_through"] = "track"
-    # caller: served with the model the caller named (the reference when it names none), tracked
-    # and shadowed for evidence; cheapest, reference or a model of models.ladder: routed from it.
-    start_on: str = "caller"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, v: Any) -> Any:
-        return {"mode": v} if isinstance(v, str) else v
-
-    def __eq__(self, other: object) -> bool:  # ``unknown_categories == "pass_through"`` as before
-        return self.mode == other if isinstance(other, str) else super().__eq__(other)
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 class Policy(_Strict):
@@ -332,10 +311,7 @@ class Policy(_Strict):
                 field = "defaults.start_on" if o is None or o.start_on is None else f"{where}.start_on"
                 problems.append(f"{field}: {start!r} is not cheapest, reference or a model of "
                                 f"the ladder ({', '.join(rungs)})")
-        unknown = self.unknown_categories.start_on
-        if unknown not in ("caller", "cheapest", "candidate", "reference", *self.models.rungs):
-            problems.append(f"unknown_categories.start_on: {unknown!r} is not caller, cheapest, "
-                            f"reference or a model of models.ladder ({', '.join(self.models.rungs)})")
+        problems += self.unknown_categories.problems(self.models.rungs)
         if problems:
             raise ValueError("\n".join(dict.fromkeys(problems)))
         return self

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -118,3 +118,29 @@ class Payloads(_Strict):
 
     store: Literal["hash", "excerpt"] = "hash"
     excerpt_chars: int = Field(500, ge=1, le=100_000)
+
+
+class UnknownCategories(_Strict):
+    """What happens to a category the policy does not list (``track`` / ``pass_through`` alone
+    are short for ``{mode: …}``)."""
+
+    mode: Literal["track", "pass_through"] = "track"
+    # caller: served with the model the caller named (the reference when it names none), tracked
+    # and shadowed for evidence; cheapest, reference or a model of models.ladder: routed from it.
+    start_on: str = "caller"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"mode": v} if isinstance(v, str) else v
+
+    def problems(self, rungs: tuple[str, ...]) -> list[str]:
+        if self.start_on in ("caller", "cheapest", "candidate", "reference", *rungs):
+            return []
+        return [f"unknown_categories.start_on: {self.start_on!r} is not caller, cheapest, reference "
+                f"or a model of models.ladder ({', '.join(rungs)})"]
+
+    def __eq__(self, other: object) -> bool:  # ``unknown_categories == "pass_through"`` as before
+        return self.mode == other if isinstance(other, str) else super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
