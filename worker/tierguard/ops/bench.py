@@ -147,7 +147,7 @@ def hotpath_figures(calls: int = 5000, sample_rate: float = 0.05) -> dict[str, A
     folder = tempfile.mkdtemp(prefix="tierguard-bench-")
     db_url = f"sqlite:///{folder}/bench.db"
     upgrade(make_engine(db_url))
-    policy = parse_policy({"defaults": {"sample_rate": sample_rate}})
+    policy = parse_policy({"defaults": {"sample_rate": sample_rate}, "categories": {"bench": {}}})
     request = {"category": "bench", "max_tokens": 16, "system": "bench: classify",
                "messages": [{"role": "user", "content": "The parcel arrived damaged."}]}
     bare_request = {k: v for k, v in request.items() if k != "category"} | {"model": "claude-haiku-4-5"}
