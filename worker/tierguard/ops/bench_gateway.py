@@ -60,7 +60,8 @@ def gateway_figures(requests: int = 3000, levels: tuple[int, ...] = (1, 2, 4, 8,
     db_url = f"sqlite:///{folder}/bench.db"
     upgrade(make_engine(db_url))
     policy = folder / "policy.yaml"
-    policy.write_text(yaml.safe_dump({"defaults": {"sample_rate": sample_rate}, "categories": {"bench": {}}}))
+    policy.write_text(yaml.safe_dump({"defaults": {"sample_rate": sample_rate},
+                                      "categories": {"bench": {}}}))
     sim_port, gw_port = free_port(), free_port()
     env = {**os.environ, "TIERGUARD_REDIS_URL": redis.url, "TIERGUARD_DATABASE_URL": db_url,
            "TIERGUARD_POLICY": str(policy), "TIERGUARD_UPSTREAM_URL": f"http://127.0.0.1:{sim_port}"}

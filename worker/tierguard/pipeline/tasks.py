@@ -118,7 +118,7 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
     """
     settings: Settings = task.app.tierguard_settings
     ctx = context_for(task.app)
-    parsed = [ShadowJob.from_dict(j) for j in jobs]
+    parsed = _parsed(jobs)
     if not all(valid_category(j.category) for j in parsed):  # a producer that skips the checks
         log.warning("dropping %d job(s) with an invalid category name",
                     sum(not valid_category(j.category) for j in parsed))
@@ -183,6 +183,19 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
         task.app.send_task(DELIVER_TASK, queue=settings.queue)
     return {"recorded": sum(o.status != "duplicate" for o in outcomes), "retried": len(retries),
             "deferred": len(deferred)}
+
+
+def _parsed(jobs: list[Any]) -> list[ShadowJob]:
+    """The jobs of a message; one that is not a job at all (no id to record it under) is logged
+    and left out, never the end of the others."""
+    out = []
+    for raw in jobs:
+        try:
+            out.append(ShadowJob.from_dict(raw))
+        except (TypeError, ValueError, AttributeError) as err:
+            log.error("dropping a message entry that is not a shadow job (%s: %s)", type(err).__name__,
+                      str(err)[:200])
+    return out
 
 
 def _travelling(ctx: Context, job: ShadowJob) -> dict[str, Any]:
