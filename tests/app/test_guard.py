@@ -1,7 +1,11 @@
 """The capability guard: a request the routed model cannot take goes to the reference, and is never
 shadowed to the smaller model."""
 
+import base64
 import datetime as dt
+import io
+import os
+import zlib
 
 import anthropic
 import httpx2
@@ -11,6 +15,8 @@ from sqlmodel import select
 
 import tierguard
 from tests.helpers import API_KEY, last_json, samples, tg, wait_until
+from tierguard.app.core import Core
+from tierguard.config import get_settings
 from tierguard.db import Sample, make_engine, session
 from tierguard.limits import estimate_input_tokens, too_big
 from tierguard.policy import parse_policy
@@ -79,3 +85,83 @@ def test_an_oversized_request_is_served_by_the_reference_counted_and_never_shado
     assert status["categories"]["sentiment"]["guarded"] == 3
     assert status["categories"]["sentiment"]["skipped"] == 3
     assert status["categories"]["sentiment"]["errors"] == 0
+
+
+# Attachments: estimated from what they are (tierguard.limits), routed through Core.route.
+
+LADDER = ["claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7"]
+DOCS = parse_policy({"categories": {"invoices": {"ladder": LADDER}, "pair": {}}})  # both on Haiku
+
+
+def pdf_of(pages: int) -> str:
+    """A real PDF of ``pages`` pages of text (matplotlib's PDF backend), as base64."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    out = io.BytesIO()
+    with PdfPages(out) as book:
+        for n in range(pages):
+            figure = plt.figure(figsize=(8.5, 11))
+            figure.text(0.1, 0.9, f"Page {n + 1}: the quarterly figures, line by line.")
+            book.savefig(figure)
+            plt.close(figure)
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def png_of(width: int, height: int, padding: int = 0) -> str:
+    """A PNG's signature and header for ``width`` × ``height``, then ``padding`` bytes of data."""
+    ihdr = b"IHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02\x00\x00\x00"
+    head = b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + zlib.crc32(ihdr).to_bytes(4, "big")
+    return base64.b64encode(head + os.urandom(padding)).decode()
+
+
+@pytest.fixture(scope="module")
+def pdf_150() -> str:
+    return pdf_of(150)
+
+
+@pytest.fixture
+def core(redis_url, sqlite_url):
+    core = Core(get_settings(redis_url=redis_url, database_url=sqlite_url), DOCS, start_routes=False)
+    yield core
+    core.close()
+
+
+def served(core: Core, category: str, *blocks: dict) -> str:
+    content = [*blocks, {"type": "text", "text": "What does this say?"}]
+    _, request = core.route(category, {"max_tokens": 1024,
+                                       "messages": [{"role": "user", "content": content}]})
+    return request["model"]
+
+
+def pdf_block(data: str) -> dict:
+    return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": data}}
+
+
+def test_a_150_page_pdf_in_a_haiku_category_is_served_by_the_rung_above(core, pdf_150):
+    assert served(core, "invoices", pdf_block(pdf_150)) == "claude-sonnet-4-6"
+    assert served(core, "pair", pdf_block(pdf_150)) == "claude-opus-4-7"  # two rungs: the reference
+    assert served(core, "invoices", pdf_block(pdf_of(5))) == "claude-haiku-4-5"
+
+
+def test_a_150_page_pdf_is_too_big_for_haiku_by_its_pages_and_its_tokens(pdf_150):
+    request = {"max_tokens": 1024, "messages": [{"role": "user", "content": [pdf_block(pdf_150)]}]}
+    assert estimate_input_tokens(request) == 150 * 3000
+    assert too_big(DOCS.limits_for("claude-haiku-4-5"), request).startswith("150 PDF pages > the 100")
+    assert too_big(DOCS.limits_for("claude-sonnet-4-6"), request) is None
+
+
+def test_a_pdf_of_unknown_size_is_not_left_on_haiku(core):
+    url = {"type": "document", "source": {"type": "url", "url": "https://example.com/annual-report.pdf"}}
+    assert served(core, "invoices", url) == "claude-sonnet-4-6"
+
+
+def test_a_20_mb_image_in_a_haiku_category_stays_on_haiku(core):
+    huge = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                        "data": png_of(6000, 4000, 20 * 1024 * 1024)}}
+    assert served(core, "invoices", huge) == "claude-haiku-4-5"  # one image: ~1,600 tokens resized
+    text = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "w" * 800_000}}
+    assert served(core, "invoices", huge, text) == "claude-sonnet-4-6"  # 228,572 tokens of text

@@ -22,7 +22,7 @@ from tierguard.app import forks, snapshot
 from tierguard.app.publisher import Publisher
 from tierguard.config import Settings, get_settings
 from tierguard.db import make_engine
-from tierguard.limits import too_big
+from tierguard.limits import estimate, too_big
 from tierguard.live_policy import LivePolicy
 from tierguard.policy import CategoryPolicy, Policy, valid_category
 from tierguard.routes import RouteTable
@@ -96,8 +96,9 @@ class Core:
                 return cat, (request if request.get("model") else {**request, "model": cat.reference})
             model = self.routes.get(name, cat.initial_route)
             if model != cat.reference and too_big(self.policy.limits_for(model), request):
+                est = estimate(request)  # attachments decoded once for the rungs above
                 model = next((m for m in cat.above(model)  # the cheapest rung above that can
-                              if not too_big(self.policy.limits_for(m), request)), cat.reference)
+                              if not too_big(self.policy.limits_for(m), request, est)), cat.reference)
                 self.publisher.count(name, model, "guarded")
             return cat, {**request, "model": model}
         except Exception:
