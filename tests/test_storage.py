@@ -18,8 +18,9 @@ from tierguard.pipeline.calls import Answer
 from tierguard.pipeline.recorder import record
 from tierguard.policy import parse_policy
 
+LISTED = {"sentiment": {}, "race": {}}
 POLICY = parse_policy({"defaults": {"min_samples": 5, "threshold": 0.9},
-                       "payloads": {"store": "hash"}})
+                       "payloads": {"store": "hash"}, "categories": LISTED})
 
 
 def job(category="sentiment", served="claude-haiku-4-5", shadow="claude-opus-4-7", **kw):
@@ -151,7 +152,7 @@ def test_expired_pin_returns_control_to_the_engine(engine):
 
 
 def test_observe_mode_records_would_flips_and_never_moves_the_route(engine):
-    observe = parse_policy({"defaults": {"min_samples": 5, "mode": "observe"}})
+    observe = parse_policy({"defaults": {"min_samples": 5, "mode": "observe"}, "categories": LISTED})
     bad = Verdict(False, 0.0, "differ")
     for _ in range(60):
         record(engine, None, observe, job(), ANSWER, bad, None, 1)
@@ -168,7 +169,8 @@ def test_operator_promotion_needs_eligibility(engine):
 
     from tierguard.ops.actions import ActionRefused, promote
 
-    policy = parse_policy({"defaults": {"min_samples": 5, "promote_min_samples": 100}})
+    policy = parse_policy({"defaults": {"min_samples": 5, "promote_min_samples": 100},
+                           "categories": LISTED})
     bad, good = Verdict(False, 0.0, "differ"), Verdict(True, 1.0, "same")
     for _ in range(20):
         record(engine, None, policy, job(), ANSWER, bad, None, 1)

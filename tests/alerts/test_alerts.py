@@ -36,7 +36,7 @@ def policy_for(receiver, channels=("webhook", "slack", "pagerduty", "alertmanage
                       "url": receiver.url + "/v2/enqueue"},
         "alertmanager": {"type": "alertmanager", "url": receiver.url},
     }
-    return parse_policy({"defaults": {"min_samples": 5},
+    return parse_policy({"defaults": {"min_samples": 5}, "categories": {"sentiment": {}},
                          "alerts": {"channels": [all_channels[c] for c in channels],
                                     "dashboard_url": "https://grafana.example/d/tierguard"}})
 

@@ -89,7 +89,8 @@ def test_push_without_token_is_a_clear_error(tmp_path):
 
 
 def test_route_changes_become_annotations(engine, grafana):
-    policy = parse_policy({"defaults": {"min_samples": 5}, "alerts": [{"type": "grafana"}]})
+    policy = parse_policy({"defaults": {"min_samples": 5}, "alerts": [{"type": "grafana"}],
+                           "categories": {"sentiment": {}}})
     flip(engine, policy)
     assert deliver_due(engine, policy) == {"delivered": 1}
     [note] = [r for r in grafana.requests if r.path == "/api/annotations"]

@@ -61,7 +61,8 @@ def test_an_oversized_request_is_served_by_the_reference_counted_and_never_shado
     long_prompt = client.messages.create(**{**body, "messages": [{"role": "user", "content": "x" * 8000}]})
     assert long_answer.model == long_prompt.model == "claude-opus-4-7"
     base = stack.start_gateway()
-    through = httpx2.post(base + "/v1/messages", json={**body, "model": "any", "max_tokens": 999},
+    api_body = {k: v for k, v in body.items() if k != "category"}
+    through = httpx2.post(base + "/v1/messages", json={**api_body, "model": "any", "max_tokens": 999},
                           headers={"x-api-key": API_KEY, "x-tierguard-category": "sentiment"})
     assert through.json()["model"] == "claude-opus-4-7"
     client.tierguard_close()  # flushes the traffic counters

@@ -101,7 +101,7 @@ def test_replay_from_the_database_equals_replay_of_its_export(tmp_path):
     url = f"sqlite:///{tmp_path / 'history.db'}"
     engine = make_engine(url)
     upgrade(engine)
-    policy = parse_policy({})
+    policy = parse_policy({"categories": {"steady": {}, "drifting": {}}})  # on their candidate
     rng = random.Random(5)
     t0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     rows = []

@@ -8,6 +8,18 @@ the gateway stores none and logs none. Responses (status, headers other than
 hop-by-hop ones, body) are relayed as they arrive, streams event by event;
 a sampled streamed answer is assembled on the side and shadowed once it reaches
 ``message_stop``. A caller that leaves mid-stream cancels the upstream request.
+
+Request bodies are read up to ``TIERGUARD_GATEWAY_MAX_BODY`` (a larger one, or a
+``Content-Length`` announcing one, is an Anthropic-shaped 413 and nothing goes
+upstream); a caller that leaves mid-body sends nothing upstream. A routed body goes
+upstream byte for byte as the caller sent it but for the value of its top-level
+``model`` (rewritten in place, or inserted first when absent); when the route keeps
+the caller's model the bytes are untouched. A ``gzip``/``deflate`` body is decoded
+(the limit applies to the decoded size too), routed and shadowed, and goes upstream
+decoded, without ``content-encoding`` (see :mod:`~tierguard.app.upstream`). Bodies
+above ``OFF_LOOP`` bytes (and every encoded one) are decoded, parsed, routed and
+rewritten on a worker thread, so the event loop keeps serving while one is read.
+Other paths keep the API's larger limits where it has them (batches, files).
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ import httpx2
 
 from tierguard.app.core import Core
 from tierguard.app.stream import Assembler, SSEParser, UsageOnly
-from tierguard.app.upstream import Upstream
+from tierguard.app.upstream import OFF_LOOP, TooLarge, Upstream, parse_request, with_model
 from tierguard.config import Settings, get_settings, mask_url, upstream_url
 
 log = logging.getLogger(__name__)
@@ -30,6 +42,12 @@ log = logging.getLogger(__name__)
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
               b"trailer", b"trailers", b"transfer-encoding", b"upgrade"}
 _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
+# Paths whose API limit is above the Messages API's: they keep their own (bytes).
+_LARGER_LIMITS = (("/v1/messages/batches", 256_000_000), ("/v1/files", 500_000_000))
+
+
+class CallerLeft(Exception):
+    """The caller disconnected before its request body ended."""
 
 
 def error_body(message: str, kind: str = "api_error") -> bytes:
@@ -50,6 +68,8 @@ class Gateway:
             self.core = await asyncio.to_thread(Core, self.settings)
         self.upstream = Upstream(upstream_url(self.settings), self.settings.gateway_max_connections,
                                  self.settings.gateway_timeout)
+        if self.upstream.proxy:
+            log.info("upstream through the proxy %s", mask_url(self.upstream.proxy))
 
     async def shutdown(self) -> None:
         if self.upstream is not None:
@@ -65,11 +85,18 @@ class Gateway:
         method, path = scope["method"], scope["path"]
         if method == "GET" and path in ("/healthz", "/readyz", "/tierguard/stats", "/metrics"):
             return await self._local(path, send)
-        body = await _read_body(receive)
-        headers, category = self._forwarded(scope["headers"])
-        target = path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         core = self.core
         assert core is not None
+        limit = self._limit(method, path)
+        try:
+            body = await _read_body(receive, limit, _declared(scope["headers"]))
+        except TooLarge:
+            return await self._too_large(send, limit)
+        except CallerLeft:  # nothing reaches the upstream: the request was never whole
+            core.counts["caller_left"] += 1
+            return None
+        headers, category = self._forwarded(scope["headers"])
+        target = path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         if method == "POST" and path == "/v1/messages":
             if category:
                 return await self._messages(category, target, headers, body, receive, send)
@@ -86,29 +113,58 @@ class Gateway:
                 headers.append((name, value))
         return headers, category
 
+    def _limit(self, method: str, path: str) -> int:
+        limit = self.settings.gateway_max_body
+        for prefix, larger in _LARGER_LIMITS:
+            if method == "POST" and path.startswith(prefix):
+                return max(limit, larger)
+        return limit
+
+    async def _too_large(self, send: Any, limit: int) -> None:
+        self.core.counts["too_large"] += 1  # type: ignore[union-attr]
+        await _respond(send, 413, error_body(f"request body is larger than the gateway's limit of "
+                                             f"{limit} bytes (TIERGUARD_GATEWAY_MAX_BODY)",
+                                             "request_too_large"))
+
     async def _messages(self, name: str, target: str, headers: list, body: bytes, receive: Any,
                         send: Any) -> None:
         core = self.core
         assert core is not None
+        codings = _codings(headers)
         try:
-            request = json.loads(body)
-        except ValueError:
-            request = None
-        if not isinstance(request, dict):  # let the API say what is wrong with it
+            cat, routed, forwarded = await _maybe_off_loop(
+                len(body) > OFF_LOOP or bool(codings), self._route_body, name, body, codings)
+        except TooLarge:
+            return await self._too_large(send, self.settings.gateway_max_body)
+        except ValueError:  # let the API say what is wrong with it
             core.uncategorized("unreadable_body")
             return await self._relay("POST", target, headers, body, receive, send)
-        cat, routed = core.route(name, request)
         if cat is None:
             return await self._relay("POST", target, headers, body, receive, send)
-        sampled = core.sampled(cat, routed)
         # Every answer is read on the side (its usage: production's tokens, measured; the whole
-        # answer when sampled): ask for it uncompressed.
-        headers = [h for h in headers if h[0] != b"accept-encoding"] + [(b"accept-encoding",
-                                                                           b"identity")]
+        # answer when sampled): ask for it uncompressed. The body goes decoded.
+        drop = (b"accept-encoding", b"content-encoding") if codings else (b"accept-encoding",)
+        headers = [h for h in headers if h[0] not in drop] + [(b"accept-encoding", b"identity")]
+        await self._routed(cat, routed, target, headers, forwarded, receive, send)
+
+    def _route_body(self, name: str, body: bytes, codings: list[str]) -> tuple[Any, dict, bytes]:
+        """(category, routed request, the bytes to send) for a Messages body (TooLarge or
+        ValueError if it cannot be read); the caller's bytes unless the route changes ``model``."""
+        parsed = parse_request(body, codings, self.settings.gateway_max_body)
+        cat, routed = self.core.route(name, parsed.request)  # type: ignore[union-attr]
+        if cat is None or ("model" in parsed.request and routed.get("model") == parsed.request["model"]):
+            return cat, routed, parsed.raw
+        return cat, routed, with_model(parsed, routed["model"])
+
+    async def _routed(self, cat: Any, routed: dict, target: str, headers: list, body: bytes,
+                      receive: Any, send: Any) -> None:
+        """Send a routed request; count its answer, and shadow it when sampled."""
+        core = self.core
+        assert core is not None
+        sampled = core.sampled(cat, routed)
         started = time.perf_counter()
         watch = _Watch(routed.get("stream") is True, usage_only=not sampled)
-        done = await self._relay("POST", target, headers, json.dumps(routed).encode(), receive, send,
-                                 watch)
+        done = await self._relay("POST", target, headers, body, receive, send, watch)
         if watch.status == 429:  # production is rate-limited on this model: its shadows wait
             core.rate_limited(routed.get("model"), watch.retry_after)
         core.saw_headers(routed.get("model"), watch.headers)
@@ -117,7 +173,7 @@ class Gateway:
             if answer is not None:
                 core.served(cat, routed, answer.get("usage"))
                 if sampled:
-                    core.submit(cat, routed, answer, started)
+                    core.submit(cat, routed, answer, started, headers=_shaping(headers), body=body)
 
     async def _relay(self, method: str, target: str, headers: list, body: bytes, receive: Any,
                      send: Any, watch: _Watch | None = None) -> bool:
@@ -246,16 +302,52 @@ async def _disconnected(receive: Any) -> None:
         pass
 
 
-async def _read_body(receive: Any) -> bytes:
-    parts = []
+def _declared(raw: list[tuple[bytes, bytes]]) -> int | None:
+    """The request's ``Content-Length``, if it gives one."""
+    for name, value in raw:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _read_body(receive: Any, limit: int, declared: int | None) -> bytes:
+    """The whole body; TooLarge as soon as it is known to pass ``limit`` (the rest is never held)."""
+    if declared is not None and declared > limit:
+        raise TooLarge
+    parts, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
-        parts.append(message.get("body", b""))
+            raise CallerLeft
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge
+        parts.append(chunk)
         if not message.get("more_body"):
-            break
-    return b"".join(parts)
+            return b"".join(parts)
+
+
+async def _maybe_off_loop(off: bool, func: Any, *args: Any) -> Any:
+    return await asyncio.to_thread(func, *args) if off else func(*args)
+
+
+def _codings(headers: list[tuple[bytes, bytes]]) -> list[str]:
+    """The request's content codings, in the order they were applied (``identity`` left out)."""
+    codings = []
+    for name, value in headers:
+        if name == b"content-encoding":
+            codings += [c.strip().lower() for c in value.decode("latin-1").split(",")]
+    return [c for c in codings if c and c != "identity"]
+
+
+def _shaping(headers: list[tuple[bytes, bytes]]) -> dict[str, str] | None:
+    """The headers that shape the request (its betas) a shadow must send too; never credentials."""
+    betas = [v.decode("latin-1") for k, v in headers if k == b"anthropic-beta"]
+    return {"anthropic-beta": ",".join(betas)} if betas else None
 
 
 async def _respond(send: Any, status: int, body: bytes) -> None:

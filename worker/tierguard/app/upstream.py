@@ -1,24 +1,59 @@
-"""The gateway's pooled HTTP client to the upstream Messages API.
+"""What the gateway sends upstream: request bodies as they are to go, and the pooled client.
 
-Requests go straight to ``httpx2`` transports (no client-level cookie jar,
+Bodies: :func:`parse_request` decodes a ``gzip``/``deflate`` body (bounded: past the
+limit is :class:`TooLarge`) and reads its top-level JSON object one value (or array
+element) at a time, keeping where ``model`` is; :func:`with_model` sets ``model`` in
+the caller's own bytes, so non-ASCII text, key order and whitespace go as sent.
+
+The client: requests go straight to ``httpx2`` transports (no client-level cookie jar,
 redirects or auth: a proxy must not carry one caller's state to the next).
 Connections are spread over shards of ``SHARD`` each, because the pool scans
-every connection it holds on each request.
+every connection it holds on each request. The network is the environment's, as the
+anthropic SDK reads it: ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` (``NO_PROXY``
+exempts hosts) choose the proxy for the upstream URL once, by ``httpx2``'s own rules;
+``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` name the CAs trusted (one TLS context for all shards).
 """
 
 from __future__ import annotations
 
+import codecs
+import json
+import re
+import zlib
+from typing import Any, NamedTuple
+
 import httpx2
+from httpx2._utils import URLPattern, get_environment_proxies
 
 SHARD = 16
+OFF_LOOP = 256 * 1024  # bodies above this many bytes are decoded and parsed on a worker thread
+_WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}  # zlib's window bits per content coding
+_WS = re.compile(r"[ \t\n\r]*")  # JSON whitespace
+_DECODER = json.JSONDecoder()
+
+
+class TooLarge(Exception):
+    """A request body over the gateway's limit (as sent or decoded)."""
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy URL the environment gives for ``url`` (None: go direct), as httpx2's clients pick it."""
+    target = httpx2.URL(url)
+    mounts = {URLPattern(key): proxy for key, proxy in get_environment_proxies().items()}
+    for pattern in sorted(mounts):  # the most specific pattern first, as in httpx2's clients
+        if pattern.matches(target):
+            return mounts[pattern]
+    return None
 
 
 class Upstream:
     def __init__(self, base_url: str, max_connections: int = 1000, timeout: float = 600.0):
         self.base_url = base_url.rstrip("/")
+        self.proxy = environment_proxy(self.base_url)
         limits = httpx2.Limits(max_connections=SHARD, max_keepalive_connections=SHARD,
                                keepalive_expiry=30.0)
-        self._shards = [httpx2.AsyncHTTPTransport(limits=limits, trust_env=False)
+        tls = httpx2.create_ssl_context(trust_env=True)  # SSL_CERT_FILE / SSL_CERT_DIR
+        self._shards = [httpx2.AsyncHTTPTransport(limits=limits, verify=tls, proxy=self.proxy)
                         for _ in range(max(1, max_connections // SHARD))]
         self._busy = [0] * len(self._shards)
         self._next = 0
@@ -53,3 +88,122 @@ class Upstream:
     async def aclose(self) -> None:
         for transport in self._shards:
             await transport.aclose()
+
+
+def inflate(data: bytes, coding: str, limit: int) -> bytes:
+    """``data`` decoded from ``coding`` (gzip, x-gzip, deflate); TooLarge past ``limit`` bytes."""
+    if coding not in _WBITS:
+        raise ValueError(f"unsupported content coding {coding!r}")
+    wbits = _WBITS[coding]
+    if coding == "deflate" and (len(data) < 2 or (data[0] * 256 + data[1]) % 31 or data[0] & 15 != 8):
+        wbits = -15  # raw deflate, without the zlib header some clients leave out
+    out, unpack = bytearray(), zlib.decompressobj(wbits)
+    try:
+        while True:
+            chunk = unpack.decompress(data, min(limit + 1 - len(out), 1 << 20))
+            out += chunk
+            if len(out) > limit:
+                raise TooLarge
+            data = unpack.unconsumed_tail
+            if unpack.eof and unpack.unused_data and wbits == 31:  # another gzip member
+                data, unpack = unpack.unused_data, zlib.decompressobj(wbits)
+            elif unpack.eof or not (data or chunk):
+                break
+    except zlib.error as err:
+        raise ValueError(f"the {coding} body cannot be decoded: {err}") from None
+    if not unpack.eof:
+        raise ValueError(f"the {coding} body is truncated")
+    return bytes(out)
+
+
+class Parsed(NamedTuple):
+    """A request body: its bytes (decoded), text, object, and where its top-level ``model`` is."""
+
+    raw: bytes
+    text: str
+    request: dict[str, Any]
+    spans: list[tuple[int, int]]  # character spans of the top-level "model" values
+    first: int  # where the object's first key (or its closing brace) is
+
+
+def parse_request(body: bytes, codings: list[str], limit: int) -> Parsed:
+    """Decode and parse a Messages API body; ValueError if it is not a JSON object in UTF-8."""
+    for coding in reversed(codings):
+        body = inflate(body, coding, limit)
+    decoder, step = codecs.getincrementaldecoder("utf-8")(), 1 << 20
+    text = "".join(decoder.decode(body[i:i + step]) for i in range(0, len(body), step))
+    text += decoder.decode(b"", final=True)
+    request, spans, first = scan_object(text)
+    return Parsed(body, text, request, spans, first)
+
+
+def scan_object(text: str) -> tuple[dict[str, Any], list[tuple[int, int]], int]:
+    """``text``'s top-level JSON object as ``json.loads`` reads it, the spans of its ``model``
+    values, and where its first key starts; one top-level value or array element at a time."""
+    ws = _WS.match
+    i = ws(text, 1 if text.startswith("\ufeff") else 0).end()  # a UTF-8 BOM, as json.loads(bytes)
+    if not text.startswith("{", i):
+        raise ValueError("the body is not a JSON object")
+    first = i = ws(text, i + 1).end()
+    request: dict[str, Any] = {}
+    spans: list[tuple[int, int]] = []
+    pairs = 0
+    while not text.startswith("}", i):
+        if pairs:
+            if not text.startswith(",", i):
+                raise ValueError(f"expected ',' or '}}' at {i}")
+            i = ws(text, i + 1).end()
+        if not text.startswith('"', i):
+            raise ValueError(f"expected a key at {i}")
+        key, i = _DECODER.raw_decode(text, i)
+        i = ws(text, i).end()
+        if not text.startswith(":", i):
+            raise ValueError(f"expected ':' at {i}")
+        start = ws(text, i + 1).end()
+        request[key], i = _scan_value(text, start)
+        if key == "model":
+            spans.append((start, i))
+        i = ws(text, i).end()
+        pairs += 1
+    if ws(text, i + 1).end() != len(text):
+        raise ValueError("extra data after the JSON object")
+    return request, spans, first
+
+
+def _scan_value(text: str, i: int) -> tuple[Any, int]:
+    """One JSON value at ``i`` and where it ends; an array element by element (each a short
+    call that holds the GIL, so the event loop gets its turns while a large body is parsed)."""
+    if not text.startswith("[", i):
+        return _DECODER.raw_decode(text, i)
+    ws, items = _WS.match, []
+    i = ws(text, i + 1).end()
+    while not text.startswith("]", i):
+        if items:
+            if not text.startswith(",", i):
+                raise ValueError(f"expected ',' or ']' at {i}")
+            i = ws(text, i + 1).end()
+        item, i = _DECODER.raw_decode(text, i)
+        items.append(item)
+        i = ws(text, i).end()
+    return items, i + 1
+
+
+def with_model(parsed: Parsed, model: str) -> bytes:
+    """The body's bytes with its top-level ``model`` set to ``model``, all else as it was."""
+    value = json.dumps(model, ensure_ascii=False).encode()
+    text, raw = parsed.text, parsed.raw
+
+    def at(i: int) -> int:  # byte offset of character i
+        return len(text[:i].encode())
+
+    if not parsed.spans:
+        cut = at(parsed.first)
+        insert = b'"model": ' + value + (b"" if text.startswith("}", parsed.first) else b", ")
+        return raw[:cut] + insert + raw[cut:]
+    parts, last = [], 0
+    for start, end in parsed.spans:
+        a = at(start)
+        parts += [raw[last:a], value]
+        last = a + len(text[start:end].encode())
+    parts.append(raw[last:])
+    return b"".join(parts)

@@ -7,7 +7,9 @@ instead. Each category's stream goes through the vectorised runner
 (:mod:`tierguard.engine.replay`, the same decisions as the per-sample engine);
 routes start from the database (a fresh in-memory one by default) and move as
 the policy under test decides; each change reports the 0-based index of the
-sample that triggered it (its line in a file).
+sample that triggered it (its line in a file). A category the policy does not
+list is replayed as its ``defaults`` describe (``defaults.start_on``), not on the
+caller's model as production serves it: a replay asks what the engine would do.
 """
 
 from __future__ import annotations
@@ -148,10 +150,19 @@ def run(policy: Policy, engine: Engine, cats: list[str], agree: np.ndarray, seco
                            for name, ix in sorted(order.items())}}
 
 
+def as_defaults(policy: Policy) -> Policy:
+    """``policy`` with its unlisted categories starting as ``defaults.start_on`` says."""
+    if policy.unknown_categories.start_on != "caller":
+        return policy
+    unknown = policy.unknown_categories.model_copy(update={"start_on": policy.defaults.start_on})
+    return Policy.model_validate({**dict(policy), "unknown_categories": unknown})
+
+
 def replay(lines: Iterable[str], policy: Policy, engine: Engine,
            progress: Callable[[int], None] | None = None, store: bool = True) -> dict[str, Any]:
     """Replay a JSONL file's lines; ``store`` writes a ``replay`` sample row per line."""
     lines = list(lines)
+    policy = as_defaults(policy)
     cats, agree, seconds, records = parse_lines(lines, policy)
     return run(policy, engine, cats, agree, seconds, job_prefix=f"replay-{uuid.uuid4().hex[:8]}",
                records=records if store else None, progress=progress)
@@ -192,6 +203,7 @@ def from_db(source: Engine, policy: Policy, since: dt.datetime | None = None,
 
     from tierguard.db import RouteChange, make_engine, upgrade
 
+    policy = as_defaults(policy)
     s_, c_ = Sample.__table__.c, Category.__table__.c
     pair = sa.or_(sa.and_(s_.served_model == c_.candidate, s_.shadow_model == c_.reference),
                   sa.and_(s_.served_model == c_.reference, s_.shadow_model == c_.candidate))
