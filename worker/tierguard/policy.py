@@ -330,13 +330,9 @@ class Policy(_Strict):
         ladder = self._ladder(o or CategoryOverrides())
         tunables = {k: getattr(o, k) if o is not None and getattr(o, k) is not None else getattr(d, k)
                     for k in _Tunables.model_fields}
-        unknown = self.unknown_categories.start_on
-        if o is None and name:  # a category the policy does not list
-            tunables["start_on"] = "reference" if unknown == "caller" else unknown
-        return CategoryPolicy(
-            name=name, ladder=ladder if len(ladder) > 2 else (),
-            candidate=ladder[0], reference=ladder[-1],
-            follows_caller=o is None and bool(name) and unknown == "caller", **tunables)
+        follows = o is None and bool(name) and self.unknown_categories.unlisted(tunables)
+        return CategoryPolicy(name=name, ladder=ladder if len(ladder) > 2 else (), candidate=ladder[0],
+                              reference=ladder[-1], follows_caller=follows, **tunables)
 
     def category(self, name: str) -> CategoryPolicy:
         """Effective settings for ``name``; unknown categories get the defaults."""

@@ -134,6 +134,15 @@ class UnknownCategories(_Strict):
     def _shorthand(cls, v: Any) -> Any:
         return {"mode": v} if isinstance(v, str) else v
 
+    def unlisted(self, tunables: dict[str, Any]) -> bool:
+        """Set an unlisted category's start (on the caller's model: the reference in the database,
+        never auto-promoted); True when it follows the caller's model until moved on purpose."""
+        follows = self.start_on == "caller"
+        tunables["start_on"] = "reference" if follows else self.start_on
+        if follows:
+            tunables["auto_promote"] = False
+        return follows
+
     def problems(self, rungs: tuple[str, ...]) -> list[str]:
         if self.start_on in ("caller", "cheapest", "candidate", "reference", *rungs):
             return []
