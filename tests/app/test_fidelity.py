@@ -148,3 +148,13 @@ def test_a_large_job_travels_by_reference(simulator, redis_url, sqlite_url):
     assert stored["request"]["messages"][0]["content"] == content
     assert 0 < r.ttl(job["payload_ref"]) <= 86_400
     client.tierguard_close()
+
+
+def test_unlisted_categories_start_on_the_reference_and_are_never_auto_promoted():
+    policy = parse_policy({"defaults": {"auto_promote": True}})
+    unlisted = policy.category("sentimnet")
+    assert unlisted.follows_caller and unlisted.initial_route == "claude-opus-4-7"
+    assert not unlisted.auto_promote
+    old = parse_policy({"defaults": {"auto_promote": True}, "unknown_categories": {"start_on": "cheapest"}})
+    assert old.category("sentimnet").initial_route == "claude-haiku-4-5" and old.category("x").auto_promote
+    assert parse_policy({"unknown_categories": "pass_through"}).unknown_categories == "pass_through"
