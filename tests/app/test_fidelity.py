@@ -158,3 +158,37 @@ def test_unlisted_categories_start_on_the_reference_and_are_never_auto_promoted(
     old = parse_policy({"defaults": {"auto_promote": True}, "unknown_categories": {"start_on": "cheapest"}})
     assert old.category("sentimnet").initial_route == "claude-haiku-4-5" and old.category("x").auto_promote
     assert parse_policy({"unknown_categories": "pass_through"}).unknown_categories == "pass_through"
+
+
+def test_a_tracked_category_the_policy_then_lists_starts_where_the_policy_says(sqlite_url):
+    from sqlmodel import select
+
+    from tierguard.db import Category, RouteChange, make_engine, session, upgrade
+    from tierguard.routes import ensure_categories, lock_category
+
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    with session(engine) as s:  # what the worker made of it while unlisted: its reference, version 1
+        lock_category(s, parse_policy({}).category("sentimnet"))
+        s.commit()
+    ensure_categories(engine, parse_policy({"categories": {"sentimnet": {}}}))
+    with session(engine) as s:
+        row = s.get(Category, "sentimnet")
+        [change] = s.exec(select(RouteChange)).all()
+    assert (row.routed_model, row.version) == ("claude-haiku-4-5", 2)
+    assert change.rule == "policy" and "start_on: cheapest" in change.reason
+    ensure_categories(engine, parse_policy({"categories": {"sentimnet": {}}}))  # once only
+    with session(engine) as s:
+        assert len(s.exec(select(RouteChange)).all()) == 1
+
+
+def test_nested_sentinels_are_dropped_and_a_worker_sends_only_shaping_headers():
+    from tierguard.pipeline.calls import sdk_params
+
+    body = snapshot.job_request(snapshot.take({"max_tokens": 5, "messages": [], "tool_choice": {
+        "type": "auto", "disable_parallel_tool_use": anthropic.NOT_GIVEN}}))
+    assert body["tool_choice"] == {"type": "auto"}
+    params = sdk_params({"model": "m", "max_tokens": 5, "messages": [], "temperature": 0.1},
+                        {"anthropic-beta": "b", "x-api-key": "stolen", "anthropic-version": "1999"})
+    assert params == {"model": "m", "max_tokens": 5, "messages": [], "extra_body": {"temperature": 0.1},
+                      "extra_headers": {"anthropic-beta": "b"}}

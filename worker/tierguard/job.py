@@ -10,6 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 
+# Request headers that change what the API does with a body (and are no secret): the only ones a
+# shadow job carries and a worker sends.
+SHAPING_HEADERS = ("anthropic-beta",)
+
+
 @dataclass(frozen=True)
 class ShadowJob:
     """What the wrapper sends: the request, who served it, and the served answer."""

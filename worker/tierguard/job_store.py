@@ -28,7 +28,7 @@ def size(job: ShadowJob) -> int:
     """Bytes the job's payload adds to a broker message (about)."""
     if job.sealed is not None:
         return len(job.sealed)
-    return len(json.dumps(job.request, ensure_ascii=False)) + len(job.primary_text)
+    return len(json.dumps({"r": job.request, "p": job.primary_text}))  # escaped, as kombu sends it
 
 
 def strip(job: ShadowJob) -> ShadowJob:
@@ -39,23 +39,26 @@ def strip(job: ShadowJob) -> ShadowJob:
 
 
 def stash(redis: Any, jobs: list[ShadowJob], inline_max: int, ttl_s: float) -> list[ShadowJob]:
-    """``jobs`` with every one larger than ``inline_max`` stored in Redis and sent by reference."""
-    big = [job for job in jobs if job.payload_ref is None and size(job) > inline_max]
-    if not big:
-        return jobs
-    pipe = redis.pipeline(transaction=False)
-    refs = {}
-    for job in big:
-        ref = refs[job.job_id] = keys.JOB_PAYLOAD.format(job_id=job.job_id)
-        pipe.set(ref, json.dumps({"request": job.request, "primary_text": job.primary_text,
-                                  "sealed": job.sealed}, ensure_ascii=False), ex=max(1, int(ttl_s)))
-    pipe.execute()
-    return [strip(dataclasses.replace(job, payload_ref=refs[job.job_id])) if job.job_id in refs
+    """``jobs`` with every one larger than ``inline_max`` stored in Redis and sent by reference
+    (one that cannot be stored travels whole, as before: better a large message than a lost job)."""
+    return [_stashed(redis, job, ttl_s) if job.payload_ref is None and size(job) > inline_max
             else job for job in jobs]
 
 
+def _stashed(redis: Any, job: ShadowJob, ttl_s: float) -> ShadowJob:
+    ref = keys.JOB_PAYLOAD.format(job_id=job.job_id)
+    try:
+        redis.set(ref, json.dumps({"request": job.request, "primary_text": job.primary_text,
+                                   "sealed": job.sealed}, ensure_ascii=False), ex=max(1, int(ttl_s)))
+    except Exception as err:
+        log.warning("job %s: payload not stored (%s); it travels whole", job.job_id, type(err).__name__)
+        return job
+    return strip(dataclasses.replace(job, payload_ref=ref))
+
+
 def load(redis: Any, jobs: list[ShadowJob]) -> tuple[list[ShadowJob], list[ShadowJob]]:
-    """(jobs with their payload back, jobs whose payload expired)."""
+    """(jobs with their payload back, jobs whose payload expired); a payload that is not one is
+    left empty: the job's seal or request then fails as that job's own error."""
     by_ref = [job for job in jobs if job.payload_ref is not None]
     if not by_ref:
         return jobs, []
@@ -68,11 +71,19 @@ def load(redis: Any, jobs: list[ShadowJob]) -> tuple[list[ShadowJob], list[Shado
         elif (raw := stored[job.job_id]) is None:
             expired.append(job)
         else:
-            payload = json.loads(raw)
-            loaded.append(dataclasses.replace(job, request=payload["request"] or {},
-                                              primary_text=payload["primary_text"] or "",
-                                              sealed=payload["sealed"]))
+            loaded.append(_restored(job, raw))
     return loaded, expired
+
+
+def _restored(job: ShadowJob, raw: bytes) -> ShadowJob:
+    try:
+        payload = json.loads(raw)
+        return dataclasses.replace(job, request=dict(payload["request"] or {}),
+                                   primary_text=str(payload["primary_text"] or ""),
+                                   sealed=payload["sealed"])
+    except (ValueError, TypeError, KeyError):
+        log.warning("job %s: its stored payload is not one; recorded as a bad request", job.job_id)
+        return job
 
 
 def forget(redis: Any, jobs: list[ShadowJob]) -> None:

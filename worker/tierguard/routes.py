@@ -62,19 +62,30 @@ def lock_category(s: Session, cat: CategoryPolicy) -> Category:
 
 def ensure_categories(engine: Engine, policy: Policy) -> None:
     """Create rows for every category the policy names; a route to a model the category no longer
-    lists (a changed ladder or pair) goes to its reference, audited: nothing would watch it."""
+    lists (a changed ladder or pair) goes to its reference, audited: nothing would watch it. A row
+    never moved (version 1, e.g. tracked while unlisted) goes where ``start_on`` says, audited."""
     for name in policy.categories:
         cat = policy.category(name)
         with session(engine) as s:
             row = lock_category(s, cat)
-            if row.routed_model not in cat.rungs and not row.pinned:
+            target, reason = _policy_route(row, cat)
+            if target is not None and not row.pinned:
                 try:
-                    change_route(s, row, cat.reference, rule="policy", reason=(
-                        f"{row.routed_model} is no longer one of the category's models "
-                        f"({', '.join(cat.rungs)}): its reference serves"))
+                    change_route(s, row, target, rule="policy", reason=reason)
                 except RouteConflict:
                     pass  # another process moved it first
             s.commit()
+
+
+def _policy_route(row: Category, cat: CategoryPolicy) -> tuple[str | None, str]:
+    """Where the policy moves a row on its own (None: nowhere), and why."""
+    if row.routed_model not in cat.rungs:
+        return cat.reference, (f"{row.routed_model} is no longer one of the category's models "
+                               f"({', '.join(cat.rungs)}): its reference serves")
+    if row.version <= 1 and row.routed_model != cat.initial_route:  # never moved: tracked unlisted
+        return cat.initial_route, (f"the policy lists {cat.name} now: it starts on "
+                                   f"{cat.initial_route} (start_on: {cat.start_on})")
+    return None, ""
 
 
 def change_route(s: Session, row: Category, to_model: str, *, rule: str, reason: str,
@@ -189,8 +200,8 @@ class RouteTable:
     def restart_after_fork(self) -> None:
         """In a forked child: new connections and a refresher of its own (the parent's thread and
         sockets did not come along); the last known routes are kept meanwhile."""
-        if self._thread.ident is None:
-            return  # never started: nothing to restart
+        if self._thread.ident is None or self._stop.is_set():
+            return  # never started, or stopped: nothing to restart
         if self._engine is not None:
             self._engine.dispose(close=False)  # the parent's pooled connections stay the parent's
         self._engine = self._redis = None

@@ -43,6 +43,7 @@ class _Messages:
     def _plain(self, category: str | None) -> bool:
         """True for a call passed through untouched: no category, or a client tierguard cannot route."""
         if category is not None and not self._routable:
+            self._core.check_fork()
             self._core.counts["unroutable_client"] += 1
         return category is None or not self._routable
 
@@ -72,8 +73,9 @@ class _Messages:
         sampled = core.sampled(cat, kwargs)
         if not kwargs.get("stream"):
             core.served(cat, kwargs, getattr(result, "usage", None))
-            if sampled:
-                core.submit(cat, kwargs, result, started, *self._snapshot(kwargs))
+            headers, body = self._snapshot(kwargs) if sampled else (None, None)
+            if body is not None:
+                core.submit(cat, kwargs, result, started, headers, body)
             return
         if cat is None:
             return
@@ -168,6 +170,7 @@ class ShadowedAnthropic:
         return self._core.stats()
 
     def tierguard_flush(self, timeout: float = 5.0) -> bool:
+        self._core.check_fork()
         return self._core.publisher.flush(timeout)
 
     def tierguard_close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -56,15 +57,22 @@ class Core:
         self.publisher = Publisher(self.settings)
         self.counts: Counter[str] = Counter()
         self._generation = forks.current()
+        self._fork_lock = threading.Lock()
 
-    def _after_fork(self) -> None:
-        """First use in a forked child: threads and connections of its own, counters from zero."""
-        self._generation = forks.current()
-        self.counts = Counter()
-        self.routes.restart_after_fork()
-        if self.live is not None:
-            self.live.restart_after_fork()
-        self.publisher.restart_after_fork()
+    def check_fork(self) -> None:
+        """In a forked child, on first use: threads and connections of its own, counters from zero
+        (once, whichever thread comes first)."""
+        if self._generation == forks.generation:
+            return
+        with self._fork_lock:
+            if self._generation == forks.generation:
+                return
+            self.counts = Counter()
+            self.publisher.restart_after_fork()
+            self.routes.restart_after_fork()
+            if self.live is not None:
+                self.live.restart_after_fork()
+            self._generation = forks.generation
 
     def _policy_changed(self, old: Policy, new: Policy) -> None:
         self.policy, self.categories = new, {}
@@ -82,8 +90,7 @@ class Core:
         that can (the reference for two models) for this call only, counted as ``guarded``.
         """
         try:
-            if self._generation != forks.generation:
-                self._after_fork()
+            self.check_fork()
             cat = self.categories.get(name)
             if cat is None:
                 refused = self._refuse(name)
@@ -95,8 +102,8 @@ class Core:
             if cat.follows_caller and name not in self.routes.moved:  # unlisted, not moved yet
                 return cat, (request if request.get("model") else {**request, "model": cat.reference})
             model = self.routes.get(name, cat.initial_route)
-            if model != cat.reference and too_big(self.policy.limits_for(model), request):
-                est = estimate(request)  # attachments decoded once for the rungs above
+            if model != cat.reference and too_big(self.policy.limits_for(model), request,
+                                                  est := estimate(request)):  # attachments read once
                 model = next((m for m in cat.above(model)  # the cheapest rung above that can
                               if not too_big(self.policy.limits_for(m), request, est)), cat.reference)
                 self.publisher.count(name, model, "guarded")
@@ -206,10 +213,12 @@ class Core:
         log.exception("tierguard: %s failed; the call goes on unshadowed", where)
 
     def stats(self) -> dict[str, int]:
+        self.check_fork()
         return {**self.publisher.counts, "internal_errors": 0, **self.counts,
                 "route_refresh_failures": self.routes.failures}
 
     def close(self) -> None:
+        self.check_fork()
         if self.live is not None:
             self.live.stop()
         self.routes.stop()

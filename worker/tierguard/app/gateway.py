@@ -136,7 +136,7 @@ class Gateway:
                 len(body) > OFF_LOOP or bool(codings), self._route_body, name, body, codings)
         except TooLarge:
             return await self._too_large(send, self.settings.gateway_max_body)
-        except ValueError:  # let the API say what is wrong with it
+        except (ValueError, RecursionError):  # let the API say what is wrong with it
             core.uncategorized("unreadable_body")
             return await self._relay("POST", target, headers, body, receive, send)
         if cat is None:

@@ -17,11 +17,11 @@ from typing import Any
 
 import anthropic
 
+from tierguard.job import SHAPING_HEADERS
+
 # Keyword arguments of ``messages.create`` that are transport options, not the model request.
 TRANSPORT_KEYS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout", "stream", "model",
                             "betas"})
-# Request headers that change what the API does with a body (and are no secret).
-SHAPING_HEADERS = ("anthropic-beta",)
 _SENTINELS = tuple({type(getattr(anthropic, name)) for name in ("NOT_GIVEN", "not_given", "omit")
                     if hasattr(anthropic, name)})
 
@@ -43,13 +43,22 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _given(value: Any) -> Any:
+    """``value`` without the sentinels nested in its dicts (as the SDK leaves them out)."""
+    if isinstance(value, dict):
+        return {k: _given(v) for k, v in value.items() if not is_sentinel(v)}
+    if isinstance(value, (list, tuple)):
+        return [_given(v) for v in value]
+    return value
+
+
 def request_body(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The JSON body the SDK sends for these ``create`` keyword arguments (``model`` left out)."""
     body = {k: v for k, v in kwargs.items() if k not in TRANSPORT_KEYS and not is_sentinel(v)}
     extra = kwargs.get("extra_body")
     if isinstance(extra, dict):
         body.update((k, v) for k, v in extra.items() if k != "model" and not is_sentinel(v))
-    return body
+    return _given(body)
 
 
 def shaping_headers(kwargs: dict[str, Any], defaults: Any = None) -> dict[str, str] | None:

@@ -11,6 +11,7 @@ from typing import Any
 import anthropic
 
 from tierguard.errors import PermanentCallError, RetryableCallError, ShadowCallError
+from tierguard.job import SHAPING_HEADERS
 from tierguard.messages import cache_tokens_of, content_json_text, message_text, usage_of
 
 
@@ -69,8 +70,9 @@ def sdk_params(body: dict[str, Any], headers: dict[str, str] | None = None) -> d
     extra = {k: v for k, v in body.items() if k not in NAMED and k != "stream"}
     if extra:
         params["extra_body"] = extra
-    if headers:
-        params["extra_headers"] = dict(headers)
+    shaping = {k: v for k, v in (headers or {}).items() if k.lower() in SHAPING_HEADERS}
+    if shaping:  # never a credential or version a job names: the worker's client has its own
+        params["extra_headers"] = shaping
     return params
 
 

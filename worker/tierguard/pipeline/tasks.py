@@ -124,7 +124,11 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
                     sum(not valid_category(j.category) for j in parsed))
         parsed = [j for j in parsed if valid_category(j.category)]
     attempt = task.request.retries + 1
-    parsed, expired = job_store.load(ctx.redis, parsed)
+    try:
+        parsed, expired = job_store.load(ctx.redis, parsed)
+    except redis_lib.RedisError as err:  # the payloads are there, Redis is not: later, nothing lost
+        log.warning("batch of %d: stored payloads unreadable (%s); retry", len(parsed), type(err).__name__)
+        raise task.retry(countdown=backoff(min(attempt, 6), None, settings.retry_after_cap)) from None
     opened, refused = [], [Result(job, None, None, (job_store.EXPIRED, "the job's stored payload "
                                   "expired before a worker ran it (TIERGUARD_JOB_PAYLOAD_TTL_S)"),
                                   attempt) for job in expired]
@@ -208,8 +212,8 @@ def _by_batch(ctx: Context, jobs: list[ShadowJob], refused: list[Result], attemp
     """(jobs to call now, jobs for a batch); a batch job its model cannot take is skipped now."""
     now, later = [], []
     for job in jobs:
-        if ctx.policy.category(job.category).shadow_via != "batch":
-            now.append(job)
+        if ctx.policy.category(job.category).shadow_via != "batch" or job.headers:
+            now.append(job)  # a beta request's headers are per request: no Message Batch carries them
         elif (skip := skipped(ctx.policy, job, attempt)) is not None:
             refused.append(skip)
         else:
