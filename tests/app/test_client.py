@@ -75,6 +75,7 @@ def test_redis_down_calls_succeed_and_drops_are_counted(simulator, sqlite_url):
 def test_full_buffer_drops_instead_of_blocking(simulator, sqlite_url, redis_url):
     server = simulator(**SCENARIO)
     client = wrapper(server, redis_url=redis_url, database_url=sqlite_url, publish_buffer=1)
+    client._core.check_fork()  # the threads running, as after a first call
     client._core.publisher._stop.set()  # nobody drains the queue now
     client._core.publisher._thread.join()
     for i in range(5):

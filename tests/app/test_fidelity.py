@@ -192,3 +192,18 @@ def test_nested_sentinels_are_dropped_and_a_worker_sends_only_shaping_headers():
                         {"anthropic-beta": "b", "x-api-key": "stolen", "anthropic-version": "1999"})
     assert params == {"model": "m", "max_tokens": 5, "messages": [], "extra_body": {"temperature": 0.1},
                       "extra_headers": {"anthropic-beta": "b"}}
+
+
+def test_background_threads_start_on_first_use_not_at_construction(simulator, redis_url, sqlite_url):
+    import threading
+
+    def ours():
+        return sorted(t.name for t in threading.enumerate() if t.name.startswith("tierguard-"))
+
+    server = simulator(**SCENARIO)
+    before = set(ours())
+    client = wrapped(server, redis_url, sqlite_url)
+    assert set(ours()) == before  # a preforking master builds the client and starts nothing
+    client.messages.create(category="sentiment", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+    assert {"tierguard-publisher", "tierguard-routes"} <= set(ours())
+    client.tierguard_close()

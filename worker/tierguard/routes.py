@@ -197,6 +197,14 @@ class RouteTable:
         self._loaded.wait(wait)
         return self
 
+    def refresh_quietly(self) -> None:
+        """One refresh on the calling thread (a failure is counted, never raised)."""
+        try:
+            self.refresh()
+        except Exception:
+            self.failures += 1
+            log.exception("route refresh failed")
+
     def restart_after_fork(self) -> None:
         """In a forked child: new connections and a refresher of its own (the parent's thread and
         sockets did not come along); the last known routes are kept meanwhile."""

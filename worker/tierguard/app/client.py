@@ -43,7 +43,7 @@ class _Messages:
     def _plain(self, category: str | None) -> bool:
         """True for a call passed through untouched: no category, or a client tierguard cannot route."""
         if category is not None and not self._routable:
-            self._core.check_fork()
+            self._core.check_fork(start=False)
             self._core.counts["unroutable_client"] += 1
         return category is None or not self._routable
 
@@ -170,7 +170,7 @@ class ShadowedAnthropic:
         return self._core.stats()
 
     def tierguard_flush(self, timeout: float = 5.0) -> bool:
-        self._core.check_fork()
+        self._core.check_fork(start=False)
         return self._core.publisher.flush(timeout)
 
     def tierguard_close(self) -> None:

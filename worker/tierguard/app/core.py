@@ -50,29 +50,40 @@ class Core:
             self.settings.route_ttl,
             lambda: make_engine(self.settings.database_url, pool_size=1),
         )
-        if start_routes:
-            self.routes.start()
-            if self.live is not None:
-                self.live.start()
+        self._start_routes = start_routes
+        if start_routes:  # the routes before the first call, read here; the refresher starts later
+            self.routes.refresh_quietly()
         self.publisher = Publisher(self.settings)
         self.counts: Counter[str] = Counter()
-        self._generation = forks.current()
+        self._generation: int | None = None  # the background threads run in no process yet
         self._fork_lock = threading.Lock()
 
-    def check_fork(self) -> None:
-        """In a forked child, on first use: threads and connections of its own, counters from zero
-        (once, whichever thread comes first)."""
-        if self._generation == forks.generation:
+    def check_fork(self, start: bool = True) -> None:
+        """Background threads running in this process: started on first use (a process that builds
+        the client and then forks starts none), restarted in a forked child with connections and
+        counters of its own (once, whichever thread comes first). ``start=False``: only the
+        restart, for reads and closing."""
+        if self._generation == forks.generation or (self._generation is None and not start):
             return
         with self._fork_lock:
             if self._generation == forks.generation:
                 return
-            self.counts = Counter()
-            self.publisher.restart_after_fork()
-            self.routes.restart_after_fork()
-            if self.live is not None:
-                self.live.restart_after_fork()
+            if self._generation is None:
+                self._start()
+            else:  # a forked child: what the parent held is the parent's to publish and count
+                self.counts = Counter()
+                self.publisher.restart_after_fork()
+                self.routes.restart_after_fork()
+                if self.live is not None:
+                    self.live.restart_after_fork()
             self._generation = forks.generation
+
+    def _start(self) -> None:
+        self.publisher.start()
+        if self._start_routes:
+            self.routes.start(wait=0)
+            if self.live is not None:
+                self.live.start()
 
     def _policy_changed(self, old: Policy, new: Policy) -> None:
         self.policy, self.categories = new, {}
@@ -213,12 +224,12 @@ class Core:
         log.exception("tierguard: %s failed; the call goes on unshadowed", where)
 
     def stats(self) -> dict[str, int]:
-        self.check_fork()
+        self.check_fork(start=False)
         return {**self.publisher.counts, "internal_errors": 0, **self.counts,
                 "route_refresh_failures": self.routes.failures}
 
     def close(self) -> None:
-        self.check_fork()
+        self.check_fork(start=False)
         if self.live is not None:
             self.live.stop()
         self.routes.stop()

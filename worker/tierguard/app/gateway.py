@@ -66,6 +66,7 @@ class Gateway:
     async def startup(self) -> None:
         if self.core is None:
             self.core = await asyncio.to_thread(Core, self.settings)
+        self.core.check_fork()  # its refresher keeps /readyz honest before any request
         self.upstream = Upstream(upstream_url(self.settings), self.settings.gateway_max_connections,
                                  self.settings.gateway_timeout)
         if self.upstream.proxy:

@@ -59,6 +59,10 @@ class Publisher:
         self._sealing: Any = _UNSET
         self._bad_keys = False
         self._fresh()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """The publishing thread (started on first use, not at construction: see Core)."""
         self._thread = threading.Thread(target=self._run, name="tierguard-publisher", daemon=True)
         self._thread.start()
 
@@ -85,8 +89,7 @@ class Publisher:
         if self._stop.is_set():
             return  # closed before the fork
         self._fresh()
-        self._thread = threading.Thread(target=self._run, name="tierguard-publisher", daemon=True)
-        self._thread.start()
+        self.start()
 
     def submit(self, *item: Any) -> None:
         """Queue one sampled call; never blocks, never raises."""
