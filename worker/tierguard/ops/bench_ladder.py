@@ -64,7 +64,7 @@ def drift_time_h(index: int, threshold: float) -> float:
 
 
 def _category(ladder: list[str], demote_to: str) -> CategoryPolicy:
-    return parse_policy({"models": {"ladder": ladder}, "defaults": {
+    return parse_policy({"models": {"ladder": ladder}, "categories": {"bench": {}}, "defaults": {
         "auto_promote": True, "demote_to": demote_to, "sample_rate": SAMPLE_RATE}}).category("bench")
 
 
