@@ -207,3 +207,16 @@ def test_background_threads_start_on_first_use_not_at_construction(simulator, re
     client.messages.create(category="sentiment", max_tokens=8, messages=[{"role": "user", "content": "x"}])
     assert {"tierguard-publisher", "tierguard-routes"} <= set(ours())
     client.tierguard_close()
+
+
+def test_many_large_jobs_are_spread_over_messages_of_bounded_size(simulator, redis_url, sqlite_url):
+    client = wrapped(simulator(**SCENARIO), redis_url, sqlite_url, job_inline_max=400_000)
+    text = "x" * 300_000  # under the inline limit: each job travels in its message
+    for i in range(8):
+        client.messages.create(category="sentiment", max_tokens=8,
+                               messages=[{"role": "user", "content": f"{i} {text}"}])
+    assert client.tierguard_flush()
+    messages = redis.Redis.from_url(redis_url).lrange("tierguard", 0, -1)
+    assert len(queued_jobs(redis_url)) == 8 and len(messages) >= 3
+    assert max(len(m) for m in messages) < 2_000_000  # never all eight (and their base64) in one
+    client.tierguard_close()

@@ -31,6 +31,23 @@ def size(job: ShadowJob) -> int:
     return len(json.dumps({"r": job.request, "p": job.primary_text}))  # escaped, as kombu sends it
 
 
+MESSAGE_BUDGET = 1024 * 1024  # bytes of job payloads one broker message carries (about)
+
+
+def chunks(jobs: list[ShadowJob], budget: int) -> list[list[ShadowJob]]:
+    """``jobs`` in order, in groups whose payloads add up to at most ``budget`` (one job at least)."""
+    out: list[list[ShadowJob]] = []
+    used = budget + 1
+    for job in jobs:
+        n = size(job)
+        if used + n > budget:
+            out.append([])
+            used = 0
+        out[-1].append(job)
+        used += n
+    return out
+
+
 def strip(job: ShadowJob) -> ShadowJob:
     """The job as it travels once its payload is stored: the reference alone."""
     if job.payload_ref is None:
@@ -41,18 +58,24 @@ def strip(job: ShadowJob) -> ShadowJob:
 def stash(redis: Any, jobs: list[ShadowJob], inline_max: int, ttl_s: float) -> list[ShadowJob]:
     """``jobs`` with every one larger than ``inline_max`` stored in Redis and sent by reference
     (one that cannot be stored travels whole, as before: better a large message than a lost job)."""
-    return [_stashed(redis, job, ttl_s) if job.payload_ref is None and size(job) > inline_max
-            else job for job in jobs]
+    out, failed = [], False
+    for job in jobs:
+        if not failed and job.payload_ref is None and size(job) > inline_max:
+            stored = _stashed(redis, job, ttl_s)
+            failed = stored is None  # Redis is failing: the rest are not tried (each would wait)
+            job = stored or job
+        out.append(job)
+    return out
 
 
-def _stashed(redis: Any, job: ShadowJob, ttl_s: float) -> ShadowJob:
+def _stashed(redis: Any, job: ShadowJob, ttl_s: float) -> ShadowJob | None:
     ref = keys.JOB_PAYLOAD.format(job_id=job.job_id)
     try:
         redis.set(ref, json.dumps({"request": job.request, "primary_text": job.primary_text,
                                    "sealed": job.sealed}, ensure_ascii=False), ex=max(1, int(ttl_s)))
     except Exception as err:
         log.warning("job %s: payload not stored (%s); it travels whole", job.job_id, type(err).__name__)
-        return job
+        return None
     return strip(dataclasses.replace(job, payload_ref=ref))
 
 

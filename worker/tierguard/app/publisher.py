@@ -266,13 +266,25 @@ class Publisher:
                 log.exception("tierguard: could not build a shadow job")
         if not jobs:
             return
-        try:
-            self._send(job_store.stash(self._client(), jobs, self.settings.job_inline_max,
-                                       self.settings.job_payload_ttl_s))
-            self.counts["published"] += len(jobs)
+        jobs = job_store.stash(self._client(), jobs, self.settings.job_inline_max,
+                               self.settings.job_payload_ttl_s)
+        budget = max(self.settings.job_inline_max, job_store.MESSAGE_BUDGET)
+        published = self.counts["published"]
+        for part in job_store.chunks(jobs, budget):  # no message carries megabytes of jobs
+            self._send_part(part)
+        if self.counts["published"] > published:
             now = time.monotonic()
             for submitted, _ in items:
                 metrics.PUBLISH.observe(now - submitted)
+
+    def _send_part(self, jobs: list[ShadowJob]) -> None:
+        if time.monotonic() < self._down_until:
+            self.counts["dropped_broker_down"] += len(jobs)
+            metrics.DROPPED.labels("broker_down").inc(len(jobs))
+            return
+        try:
+            self._send(jobs)
+            self.counts["published"] += len(jobs)
         except Exception as err:  # kombu/redis errors vary by failure mode
             self.counts["dropped_broker_down"] += len(jobs)
             metrics.DROPPED.labels("broker_down").inc(len(jobs))
