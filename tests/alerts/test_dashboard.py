@@ -35,7 +35,7 @@ from tierguard.ops.simulate import Scenario
 from tierguard.traffic import fold
 
 ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD = json.loads((ROOT / "worker" / "tierguard" / "dashboards" / "tierguard.json").read_text())
+DASHBOARD = json.loads((ROOT / "dashboards" / "tierguard.json").read_text())
 PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
 
 
