@@ -157,7 +157,7 @@ def test_unlisted_categories_start_on_the_reference_and_are_never_auto_promoted(
     assert not unlisted.auto_promote
     old = parse_policy({"defaults": {"auto_promote": True}, "unknown_categories": {"start_on": "cheapest"}})
     assert old.category("sentimnet").initial_route == "claude-haiku-4-5" and old.category("x").auto_promote
-    assert parse_policy({"unknown_categories": "pass_through"}).unknown_categories == "pass_through"
+    assert parse_policy({"unknown_categories": "pass_through"}).unknown_categories.mode == "pass_through"
 
 
 def test_a_tracked_category_the_policy_then_lists_starts_where_the_policy_says(sqlite_url):

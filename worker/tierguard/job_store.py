@@ -34,12 +34,12 @@ def size(job: ShadowJob) -> int:
 MESSAGE_BUDGET = 1024 * 1024  # bytes of job payloads one broker message carries (about)
 
 
-def chunks(jobs: list[ShadowJob], budget: int) -> list[list[ShadowJob]]:
-    """``jobs`` in order, in groups whose payloads add up to at most ``budget`` (one job at least)."""
+def chunks(sized: list[tuple[ShadowJob, int]], budget: int) -> list[list[ShadowJob]]:
+    """The jobs of (job, size) pairs in order, in groups whose sizes add up to at most ``budget``
+    (one job at least)."""
     out: list[list[ShadowJob]] = []
     used = budget + 1
-    for job in jobs:
-        n = size(job)
+    for job, n in sized:
         if used + n > budget:
             out.append([])
             used = 0
@@ -55,16 +55,19 @@ def strip(job: ShadowJob) -> ShadowJob:
     return dataclasses.replace(job, request={}, primary_text="", sealed=None)
 
 
-def stash(redis: Any, jobs: list[ShadowJob], inline_max: int, ttl_s: float) -> list[ShadowJob]:
-    """``jobs`` with every one larger than ``inline_max`` stored in Redis and sent by reference
-    (one that cannot be stored travels whole, as before: better a large message than a lost job)."""
+def stash(redis: Any, jobs: list[ShadowJob], inline_max: int, ttl_s: float
+          ) -> list[tuple[ShadowJob, int]]:
+    """(job, bytes it adds to a message) for ``jobs``, every one larger than ``inline_max`` stored
+    in Redis and sent by reference (one that cannot be stored travels whole: better a large
+    message than a lost job)."""
     out, failed = [], False
     for job in jobs:
-        if not failed and job.payload_ref is None and size(job) > inline_max:
+        n = 0 if job.payload_ref else size(job)
+        if not failed and n > inline_max:
             stored = _stashed(redis, job, ttl_s)
             failed = stored is None  # Redis is failing: the rest are not tried (each would wait)
-            job = stored or job
-        out.append(job)
+            job, n = (stored, 0) if stored else (job, n)
+        out.append((job, n))
     return out
 
 

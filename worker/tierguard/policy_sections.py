@@ -148,8 +148,3 @@ class UnknownCategories(_Strict):
             return []
         return [f"unknown_categories.start_on: {self.start_on!r} is not caller, cheapest, reference "
                 f"or a model of models.ladder ({', '.join(rungs)})"]
-
-    def __eq__(self, other: object) -> bool:  # ``unknown_categories == "pass_through"`` as before
-        return self.mode == other if isinstance(other, str) else super().__eq__(other)
-
-    __hash__ = None  # type: ignore[assignment]

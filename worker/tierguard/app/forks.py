@@ -23,6 +23,3 @@ def _child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_child)
 
-
-def current() -> int:
-    return generation

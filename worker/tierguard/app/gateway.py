@@ -36,6 +36,7 @@ from tierguard.app.core import Core
 from tierguard.app.stream import Assembler, SSEParser, UsageOnly
 from tierguard.app.upstream import OFF_LOOP, TooLarge, Upstream, parse_request, with_model
 from tierguard.config import Settings, get_settings, mask_url, upstream_url
+from tierguard.job import SHAPING_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -347,8 +348,11 @@ def _codings(headers: list[tuple[bytes, bytes]]) -> list[str]:
 
 def _shaping(headers: list[tuple[bytes, bytes]]) -> dict[str, str] | None:
     """The headers that shape the request (its betas) a shadow must send too; never credentials."""
-    betas = [v.decode("latin-1") for k, v in headers if k == b"anthropic-beta"]
-    return {"anthropic-beta": ",".join(betas)} if betas else None
+    found: dict[str, list[str]] = {}
+    for name, value in headers:
+        if name.decode("latin-1") in SHAPING_HEADERS:
+            found.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+    return {k: ",".join(v) for k, v in found.items()} or None
 
 
 async def _respond(send: Any, status: int, body: bytes) -> None:

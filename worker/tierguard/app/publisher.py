@@ -266,11 +266,11 @@ class Publisher:
                 log.exception("tierguard: could not build a shadow job")
         if not jobs:
             return
-        jobs = job_store.stash(self._client(), jobs, self.settings.job_inline_max,
-                               self.settings.job_payload_ttl_s)
+        sized = job_store.stash(self._client(), jobs, self.settings.job_inline_max,
+                                self.settings.job_payload_ttl_s)
         budget = max(self.settings.job_inline_max, job_store.MESSAGE_BUDGET)
         published = self.counts["published"]
-        for part in job_store.chunks(jobs, budget):  # no message carries megabytes of jobs
+        for part in job_store.chunks(sized, budget):  # no message carries megabytes of jobs
             self._send_part(part)
         if self.counts["published"] > published:
             now = time.monotonic()
