@@ -143,13 +143,16 @@ class _AsyncMessages(_Messages):
         return result
 
 
+# Clients whose model ids tierguard cannot route yet (their platforms name models otherwise).
+_UNROUTABLE = tuple(c for c in (getattr(anthropic, n, None) for n in (
+    "AnthropicBedrock", "AsyncAnthropicBedrock", "AnthropicVertex", "AsyncAnthropicVertex"))
+    if isinstance(c, type))
+
+
 def unroutable(client: Any) -> bool:
-    """True for a client whose model ids tierguard cannot route yet (Bedrock, Vertex): its calls
-    pass through untouched, ``category`` dropped and counted as ``unroutable_client``."""
-    return any(c.__name__.startswith(("AnthropicBedrock", "AsyncAnthropicBedrock", "AnthropicVertex",
-                                      "AsyncAnthropicVertex"))
-               or c.__module__.startswith(("anthropic.lib.bedrock", "anthropic.lib.vertex"))
-               for c in type(client).__mro__)
+    """True for a Bedrock or Vertex client: its calls pass through untouched, ``category``
+    dropped and counted as ``unroutable_client``."""
+    return isinstance(client, _UNROUTABLE)
 
 
 class ShadowedAnthropic:
