@@ -16,10 +16,10 @@ import pytest
 
 from tests.helpers import API_KEY, wait_for_log, wait_until, write_policy
 from tierguard.config import Settings, get_settings
-from tierguard.db import make_engine, upgrade
-from tierguard.ops.servers import PostgresServer, RedisServer
-from tierguard.ops.sim_server import SimServer
-from tierguard.ops.simulate import Scenario
+from tierguard.sim.models import Scenario
+from tierguard.sim.server import SimServer
+from tierguard.sim.servers import PostgresServer, RedisServer
+from tierguard.store.db import make_engine, upgrade
 
 
 @pytest.fixture(scope="session")
@@ -53,13 +53,13 @@ def postgres_url(postgres_server: PostgresServer) -> str:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'tierguard.db'}"
+    return f"sqlite:///{tmp_path / 'tierguard.store.db'}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'tierguard.db'}"
+        return f"sqlite:///{tmp_path / 'tierguard.store.db'}"
     return request.getfixturevalue("postgres_url")
 
 
@@ -135,7 +135,7 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
             """A ``tierguard gateway`` process (uvicorn) on a free port; its base URL once ready."""
             import httpx2
 
-            from tierguard.ops.servers import free_port
+            from tierguard.sim.servers import free_port
 
             port = free_port()
             log = tmp_path / f"gateway-{port}.log"

@@ -14,10 +14,11 @@ import sqlalchemy as sa
 import yaml
 
 from tierguard.compare import Verdict
-from tierguard.db import Sample, make_engine, session
-from tierguard.job import ShadowJob
+from tierguard.contract.job import ShadowJob
 from tierguard.pipeline.calls import Answer
 from tierguard.pipeline.recorder import record
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import Sample
 
 API_KEY = "sk-ant-test-" + "x" * 24
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx2
 import yaml
 
-from tierguard.ops.servers import free_port
+from tierguard.sim.servers import free_port
 
 MISSING = ("{name} is not installed: the tests use Debian's prometheus and prometheus-alertmanager "
            "packages (./scripts/test installs them when it runs as root: apt-get install prometheus "

@@ -325,7 +325,7 @@ def test_grafana_one_folder_and_the_datasource_is_the_reader():
 
 def test_compose_postgres_healthcheck_waits_for_tcp_not_the_init_servers_socket():
     """The image's init server answers on its socket only; `migrate` connects over TCP."""
-    from tierguard.ops.servers import PostgresServer
+    from tierguard.sim.servers import PostgresServer
 
     model = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     check = model["services"]["postgres"]["healthcheck"]["test"][1].replace("$$", "$")

@@ -13,44 +13,35 @@ import tierguard
 
 PACKAGE = Path(tierguard.__file__).parent
 
-# What each part of the package may import (besides itself). The shared core first.
-CORE_RULES: dict[str, set[str]] = {
-    "errors": set(), "config": set(), "keys": set(), "job": set(), "messages": set(), "limits": set(),
-    "engine": {"errors"}, "compare": {"errors"},
-    "db": {"errors"}, "policy": {"engine", "compare", "errors", "limits", "policy_alerts", "policy_sections"},
-    "policy_sections": set(),
-    "broker": {"config"},
-    "routes": {"db", "errors", "policy", "keys", "rates"},
-    "rates": {"db", "engine", "keys", "metrics", "policy"},
-    "traffic": {"db", "keys", "messages"},
-    "live_policy": {"policy", "errors"},
-    "policy_alerts": set(),
-    "metrics": set(),
-    "migrations": {"db", "rollups", "partitions", "batch_store", "headroom_log"},
-    "headroom_log": {"db", "keys", "pauses", "ratelimits"},
-    "batch_store": {"db"},
-    "partitions": set(),
-    "rollups": {"db"},
-    "maintenance": {"db", "traffic", "policy", "partitions", "headroom_log"},
-    "sealing": {"config", "errors", "job"},
-    "job_store": {"keys", "job"},
-    "pauses": {"keys"},
-    "ratelimits": set(),
-    "shadow_caps": set(),
-    "reader": {"errors"},
-    "comparators": {"compare"},  # the old import path of compare/
-}
-CORE = set(CORE_RULES)
+# What each room of the package may import (besides itself), from the bottom up: no arrow
+# runs back up (see docs/architecture.md).
+BASE = {"errors", "config", "metrics"}
 RULES: dict[str, set[str]] = {
-    **CORE_RULES,
-    "alerts": CORE,
-    "app": CORE,
-    "pipeline": CORE | {"alerts"},
-    "ops": CORE | {"alerts", "app", "pipeline"},
-    "cli": CORE | {"alerts", "app", "pipeline", "ops"},
-    "": {"app", "compare"},            # tierguard/__init__.py: the public surface
+    "errors": set(), "config": set(), "metrics": set(),
+    "engine": {"errors"}, "compare": {"errors"},
+    "comparators": {"compare"},  # the old import path of compare/
+    "moved": set(),  # the old import paths of every moved module (imported by name, at run time)
+    "contract": {"config", "errors"},
+    "policy": {"engine", "compare", "errors"},
+    "store": BASE | {"contract", "policy"},
+    "routing": BASE | {"store", "contract", "policy", "engine"},
+    "headroom": BASE | {"store", "contract", "policy"},
+    "sim": {"config", "errors", "contract"},
+    "alerts": BASE | {"store", "contract", "policy", "routing"},
+    "app": BASE | {"contract", "policy", "routing", "headroom", "store"},
+    "pipeline": BASE | {"contract", "policy", "engine", "compare", "store", "routing", "headroom",
+                        "alerts"},
+    "ops": BASE | {"contract", "policy", "engine", "compare", "store", "routing", "headroom", "alerts",
+                   "app", "pipeline", "sim"},
+    "bench": BASE | {"contract", "policy", "engine", "compare", "store", "routing", "headroom", "alerts",
+                     "app", "pipeline", "sim"},
+    "cli": BASE | {"contract", "policy", "engine", "compare", "store", "routing", "headroom", "alerts",
+                   "app", "pipeline", "sim", "ops", "bench"},
+    "": {"app", "compare", "moved"},   # tierguard/__init__.py: the public surface
     "__main__": {"cli"},
 }
+MAX_LOOSE = 8  # modules at the top of the package, besides the rooms
+
 # Modules that do I/O: the engine and the comparators import none of them.
 IO_MODULES = {"redis", "sqlalchemy", "sqlmodel", "celery", "kombu", "httpx", "httpx2", "anthropic",
               "psycopg", "socket", "subprocess", "urllib", "http", "requests", "niquests",
@@ -168,6 +159,15 @@ def test_modules_stay_small() -> None:
     assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}
 
 
+def loose_modules(names: list[str]) -> list[str]:
+    return sorted(n.removesuffix(".py") for n in names if n.endswith(".py") and n != "__init__.py")
+
+
+def test_few_modules_sit_loose_at_the_top() -> None:
+    loose = loose_modules([p.name for p in PACKAGE.glob("*.py")])
+    assert len(loose) <= MAX_LOOSE, f"{len(loose)} loose modules (at most {MAX_LOOSE}): {loose}"
+
+
 def test_every_subpackage_says_what_it_owns() -> None:
     for init in PACKAGE.glob("*/__init__.py"):
         if init.parent.name == "migrations":
@@ -179,17 +179,34 @@ def test_every_subpackage_says_what_it_owns() -> None:
 def test_the_checks_catch_what_they_look_for() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    assert layer_violations({"tierguard.engine.cusum": {"tierguard.db"},
+    assert layer_violations({"tierguard.engine.cusum": {"tierguard.store.db"},
                              "tierguard.app.client": {"tierguard.pipeline.calls"}}) == [
         "tierguard.app.client imports tierguard.pipeline.calls",
-        "tierguard.engine.cusum imports tierguard.db"]
+        "tierguard.engine.cusum imports tierguard.store.db"]
     ours, _ = graph()
     assert "tierguard.engine.cusum" in ours["tierguard.engine.detector"]
-    assert "tierguard.compare" in ours["tierguard.policy"]
+    assert "tierguard.compare" in ours["tierguard.policy.schema"]
 
 
 def test_public_surface() -> None:
     from tierguard.comparators import Verdict as OldPath
 
     assert tierguard.Verdict is OldPath
+
+
+def test_old_import_paths_keep_working() -> None:
+    import importlib
+    import warnings
+
+    from tierguard.moved import MOVED
+    from tierguard.routing.routes import RouteTable
+    from tierguard.store.tables import Sample
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        modules = {old: importlib.import_module(old) for old in MOVED}
+    assert modules["tierguard.db"].Sample is Sample and modules["tierguard.routes"].RouteTable is RouteTable
+    assert modules["tierguard.ops.bench"].hotpath_figures  # one module that became two: both's names
+    assert any("tierguard.db moved to tierguard.store.db" in str(w.message) for w in seen)
+    from tierguard.policy import CategoryPolicy, Policy, load_policy, parse_policy  # noqa: F401
     assert {"ShadowedAnthropic", "AsyncShadowedAnthropic", "Verdict"} <= set(tierguard.__all__)

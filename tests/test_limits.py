@@ -8,7 +8,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from tierguard.limits import (
+from tierguard.policy.model_limits import (
     IMAGE_TOKENS_MAX,
     TOKENS_PER_PDF_PAGE,
     UNSURE_PAGES,

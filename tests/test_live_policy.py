@@ -10,8 +10,9 @@ from sqlmodel import select
 
 import tierguard
 from tests.helpers import samples, wait_until
-from tierguard.db import Category, Event, make_engine, session
-from tierguard.live_policy import LivePolicy
+from tierguard.policy.live import LivePolicy
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import Category, Event
 
 LABELS = ["POSITIVE", "NEGATIVE"]
 

@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 from sqlmodel import SQLModel, select
 
 from tierguard.compare import Verdict
-from tierguard.db import Rollup, RollupError, Sample, make_engine, session, upgrade
-from tierguard.job import ShadowJob
+from tierguard.contract.job import ShadowJob
 from tierguard.pipeline.calls import Answer
-from tierguard.pipeline.recorder import Result, record_many
+from tierguard.pipeline.recorder import record_many
+from tierguard.pipeline.results import Result
 from tierguard.policy import parse_policy
-from tierguard.rollups import bucket_end_ms, latency_bucket, rebuild
+from tierguard.store.db import make_engine, session, upgrade
+from tierguard.store.rollups import bucket_end_ms, latency_bucket, rebuild
+from tierguard.store.tables import Rollup, RollupError, Sample
 
 POLICY = parse_policy({"defaults": {"min_samples": 10**6}})  # never flip: only counting here
 
@@ -141,7 +143,7 @@ def test_maintain_prunes_past_retention_and_never_the_audit_tables(tmp_path, red
     import os
 
     from tests.helpers import last_json, tg
-    from tierguard.db import Event, RouteChange, Traffic
+    from tierguard.store.tables import Event, RouteChange, Traffic
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     engine = make_engine(url)

@@ -8,15 +8,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel, select
 
-import tierguard.batch_store  # noqa: F401  (registers its tables)
-import tierguard.headroom_log  # noqa: F401
+import tierguard.headroom.history  # noqa: F401
+import tierguard.store.batch_jobs  # noqa: F401  (registers its tables)
 from tierguard.compare import Verdict
-from tierguard.db import Category, RouteChange, Sample, check_schema, session
-from tierguard.job import ShadowJob
-from tierguard.partitions import include_name
+from tierguard.contract.job import ShadowJob
 from tierguard.pipeline.calls import Answer
 from tierguard.pipeline.recorder import record
 from tierguard.policy import parse_policy
+from tierguard.store.db import check_schema, session
+from tierguard.store.partitions import include_name
+from tierguard.store.tables import Category, RouteChange, Sample
 
 LISTED = {"sentiment": {}, "race": {}}
 POLICY = parse_policy({"defaults": {"min_samples": 5, "threshold": 0.9},
@@ -129,8 +130,8 @@ def test_pinned_category_is_never_flipped(engine):
 def test_expired_pin_returns_control_to_the_engine(engine):
     import datetime as dt
 
-    from tierguard.db import utcnow
     from tierguard.ops.actions import pin
+    from tierguard.store.db import utcnow
 
     pin(engine, None, POLICY, "sentiment", "candidate", reason="launch week", actor="ana",
         until=utcnow() + dt.timedelta(seconds=1))

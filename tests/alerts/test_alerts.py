@@ -11,9 +11,10 @@ from tests.helpers import flip
 from tierguard.alerts.channels import verify_webhook
 from tierguard.alerts.events import emit
 from tierguard.alerts.outbox import deliver_due
-from tierguard.db import Alert, Event, RouteChange, session
 from tierguard.ops.actions import promote
 from tierguard.policy import parse_policy
+from tierguard.store.db import session
+from tierguard.store.tables import Alert, Event, RouteChange
 
 SLACK_SECRET_PATH = "/services/T0000/B0000/SECRETSLACKTOKEN"
 WEBHOOK_SECRET = "whsec-very-secret-value"
@@ -208,7 +209,7 @@ def test_monitors_page_once_per_episode(engine, redis_url, channels_env):
     import redis
 
     from tierguard.alerts.monitors import TRAFFIC_KEY, check
-    from tierguard.db import utcnow
+    from tierguard.store.db import utcnow
 
     receiver = channels_env
     policy = policy_for(receiver, ["webhook"])

@@ -27,12 +27,12 @@ from tests.helpers import (
     wrapped_call,
     write_policy,
 )
-from tierguard.db import make_engine, upgrade
-from tierguard.ops.grafana_sql import expand
-from tierguard.ops.servers import RedisServer
-from tierguard.ops.sim_server import SimServer
-from tierguard.ops.simulate import Scenario
-from tierguard.traffic import fold
+from tierguard.bench.grafana_sql import expand
+from tierguard.sim.models import Scenario
+from tierguard.sim.server import SimServer
+from tierguard.sim.servers import RedisServer
+from tierguard.store.db import make_engine, upgrade
+from tierguard.store.traffic import fold
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = json.loads((ROOT / "dashboards" / "tierguard.json").read_text())
@@ -152,10 +152,10 @@ def filled_db(tmp_path_factory, postgres_server):
 
         fold(make_engine(url), redis.Redis.from_url(redis_server.url),
              now=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=3), policy=load_policy(policy))
-        from tierguard import headroom_log  # as beat's monitor task copies it
+        from tierguard.headroom import history
 
-        assert headroom_log.snapshot(make_engine(url), redis.Redis.from_url(redis_server.url),
-                                     headroom_log.models_of(load_policy(policy))) >= 1
+        assert history.snapshot(make_engine(url), redis.Redis.from_url(redis_server.url),
+                                     history.models_of(load_policy(policy))) >= 1
     finally:
         worker.terminate()
         worker.wait(20)
@@ -254,8 +254,8 @@ def test_no_password_in_any_log_line_or_output(filled_db):
 def test_reader_role_runs_every_panel_and_writes_nothing(filled_db):
     from sqlalchemy.engine import make_url
 
-    from tierguard.db import make_engine
-    from tierguard.reader import READER, TABLES, create_reader
+    from tierguard.store.db import make_engine
+    from tierguard.store.reader import READER, TABLES, create_reader
 
     engine = make_engine(filled_db)
     assert create_reader(engine, "reader-pw") == list(TABLES)

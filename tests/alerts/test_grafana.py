@@ -8,8 +8,9 @@ from sqlmodel import select
 
 from tests.helpers import flip, last_json, tg
 from tierguard.alerts.outbox import deliver_due
-from tierguard.db import Alert, session
 from tierguard.policy import parse_policy
+from tierguard.store.db import session
+from tierguard.store.tables import Alert
 
 TOKEN = "glsa_test_token_0123456789abcdef"
 
@@ -69,7 +70,7 @@ def test_a_file_provisioned_dashboard_is_left_alone(grafana, tmp_path):
 
 
 def test_push_to_an_unreachable_grafana_or_a_missing_file_is_one_line(tmp_path):
-    from tierguard.ops.servers import free_port
+    from tierguard.sim.servers import free_port
 
     env = {**os.environ, "GRAFANA_URL": f"http://127.0.0.1:{free_port()}", "GRAFANA_TOKEN": TOKEN}
     for args, wanted in ((["grafana", "push"], "cannot push the dashboard: grafana unreachable"),

@@ -9,7 +9,7 @@ import httpx2
 import tierguard
 from tests.helpers import samples, wait_until
 from tests.promstack import Alertmanager, Prometheus, binary
-from tierguard.ops.servers import free_port
+from tierguard.sim.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUES = ["BILLING", "SHIPPING", "TECHNICAL"]

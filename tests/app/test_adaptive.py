@@ -9,11 +9,12 @@ from sqlmodel import select
 
 from tierguard.app.core import Core
 from tierguard.config import get_settings
-from tierguard.db import Category, Traffic, make_engine, session, upgrade
 from tierguard.engine.detector import Situation
 from tierguard.policy import parse_policy
-from tierguard.rates import read, refresh
-from tierguard.routes import ensure_categories
+from tierguard.routing.rates import read, refresh
+from tierguard.routing.routes import ensure_categories
+from tierguard.store.db import make_engine, session, upgrade
+from tierguard.store.tables import Category, Traffic
 
 POLICY = parse_policy({
     "defaults": {"sample_rate": 0.05, "min_samples": 20},
@@ -79,7 +80,7 @@ def test_the_global_budget_scales_adaptive_categories(tmp_path, redis_url):
     ensure_categories(engine, policy)
     set_evidence(engine, "steady", 10, 0)  # thin evidence: it wants its maximum, 0.2
     now = dt.datetime.now(dt.UTC)
-    from tierguard.db import Sample
+    from tierguard.store.tables import Sample
 
     with session(engine) as s:
         s.add(Traffic(category="steady", minute=now - dt.timedelta(hours=1), model="m", calls=10_000))

@@ -9,9 +9,9 @@ import redis
 import tierguard
 from tests.helpers import API_KEY, wait_until
 from tierguard.config import get_settings
-from tierguard.ops.servers import free_port
 from tierguard.policy import parse_policy
-from tierguard.routes import REDIS_KEY
+from tierguard.routing.routes import REDIS_KEY
+from tierguard.sim.servers import free_port
 
 SCENARIO = {"categories": {"sentiment": {"kind": "label", "labels": ["POSITIVE", "NEGATIVE"]}}}
 POLICY = parse_policy({"defaults": {"sample_rate": 1.0},

@@ -10,10 +10,12 @@ import sqlalchemy as sa
 
 import tierguard
 from tests.helpers import last_json, samples, tg, wait_until
-from tierguard import keys, traffic
 from tierguard.app.publisher import Publisher
 from tierguard.config import get_settings
-from tierguard.db import Sample, make_engine, session
+from tierguard.contract import keys
+from tierguard.store import traffic
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import Sample
 
 LABELS = ["POSITIVE", "NEGATIVE", "NEUTRAL"]
 

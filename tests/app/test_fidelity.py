@@ -10,11 +10,11 @@ import redis
 import tierguard
 from tests.app.test_client import SCENARIO, queued_jobs
 from tests.helpers import API_KEY
-from tierguard import keys
 from tierguard.app import snapshot
 from tierguard.config import get_settings
+from tierguard.contract import keys
 from tierguard.policy import parse_policy
-from tierguard.routes import REDIS_KEY
+from tierguard.routing.routes import REDIS_KEY
 
 LISTED = {"defaults": {"sample_rate": 1.0},
           "categories": {"sentiment": {"comparator": {"type": "label", "labels": ["POSITIVE", "NEGATIVE"]}}}}
@@ -163,8 +163,9 @@ def test_unlisted_categories_start_on_the_reference_and_are_never_auto_promoted(
 def test_a_tracked_category_the_policy_then_lists_starts_where_the_policy_says(sqlite_url):
     from sqlmodel import select
 
-    from tierguard.db import Category, RouteChange, make_engine, session, upgrade
-    from tierguard.routes import ensure_categories, lock_category
+    from tierguard.routing.routes import ensure_categories, lock_category
+    from tierguard.store.db import make_engine, session, upgrade
+    from tierguard.store.tables import Category, RouteChange
 
     engine = make_engine(sqlite_url)
     upgrade(engine)

@@ -33,7 +33,8 @@ from sqlmodel import select
 
 import tierguard
 from tests.helpers import API_KEY, samples, wait_until
-from tierguard.db import Sample, make_engine, session
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import Sample
 
 HAIKU, OPUS = "claude-haiku-4-5", "claude-opus-4-7"
 LABELS = ["POSITIVE", "NEGATIVE"]

@@ -15,8 +15,9 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from tests.helpers import API_KEY, samples, wait_until
-from tierguard.db import Sample, make_engine, session
-from tierguard.ops.servers import free_port
+from tierguard.sim.servers import free_port
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import Sample
 
 LABELS = ["POSITIVE", "NEGATIVE"]
 SCENARIO = {"categories": {"sentiment": {"kind": "label", "labels": LABELS, "agreement": 1.0}}}

@@ -19,7 +19,8 @@ from sqlmodel import select
 
 from tests.app.netparts import ForwardProxy, TLSFront, make_ca
 from tests.helpers import API_KEY, samples, wait_until
-from tierguard.db import Sample, make_engine, session
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import Sample
 
 LABELS = ["POSITIVE", "NEGATIVE"]
 SCENARIO = {"categories": {"sentiment": {"kind": "label", "labels": LABELS, "agreement": 1.0}}}

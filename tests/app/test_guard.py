@@ -17,10 +17,11 @@ import tierguard
 from tests.helpers import API_KEY, last_json, samples, tg, wait_until
 from tierguard.app.core import Core
 from tierguard.config import get_settings
-from tierguard.db import Sample, make_engine, session
-from tierguard.limits import estimate_input_tokens, too_big
 from tierguard.policy import parse_policy
-from tierguard.traffic import fold
+from tierguard.policy.model_limits import estimate_input_tokens, too_big
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import Sample
+from tierguard.store.traffic import fold
 
 LABELS = ["POSITIVE", "NEGATIVE"]
 POLICY = {"defaults": {"sample_rate": 1.0},
@@ -88,7 +89,7 @@ def test_an_oversized_request_is_served_by_the_reference_counted_and_never_shado
     assert status["categories"]["sentiment"]["errors"] == 0
 
 
-# Attachments: estimated from what they are (tierguard.limits), routed through Core.route.
+# Attachments: estimated from what they are (tierguard.policy.model_limits), routed through Core.route.
 
 LADDER = ["claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7"]
 DOCS = parse_policy({"categories": {"invoices": {"ladder": LADDER}, "pair": {}}})  # both on Haiku

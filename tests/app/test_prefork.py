@@ -30,14 +30,14 @@ import redis
 import tierguard
 from tests.app.test_client import queued_jobs
 from tests.helpers import API_KEY, samples, wait_until, write_policy
-from tierguard import keys
 from tierguard.app import publisher as publisher_module
 from tierguard.config import get_settings
-from tierguard.db import make_engine
+from tierguard.contract import keys
 from tierguard.ops.actions import pin
-from tierguard.ops.servers import free_port
 from tierguard.policy import parse_policy
-from tierguard.routes import REDIS_KEY
+from tierguard.routing.routes import REDIS_KEY
+from tierguard.sim.servers import free_port
+from tierguard.store.db import make_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 HAIKU, OPUS = "claude-haiku-4-5", "claude-opus-4-7"

@@ -9,7 +9,7 @@ import time
 import psycopg
 
 from tests.helpers import tg
-from tierguard.ops.servers import PostgresServer, free_port
+from tierguard.sim.servers import PostgresServer, free_port
 
 
 def test_waits_for_a_database_that_starts_late(tmp_path):

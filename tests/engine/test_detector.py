@@ -157,7 +157,7 @@ def test_engine_guarantees(config, stream):
 
 
 def test_engine_meets_the_issue_goals_in_monte_carlo():
-    from tierguard.ops.bench import engine_figures
+    from tierguard.bench.engine import engine_figures
 
     fig = engine_figures(runs=1000, seed=11)  # seeded: the same figures every run
     assert fig["false_flips_0.93"]["engine"] <= 0.015  # 1 % budget ± Monte Carlo error

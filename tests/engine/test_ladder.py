@@ -100,7 +100,7 @@ def test_a_change_starts_every_rungs_cooldown():
 
 
 def test_bench_ladder_runs_the_real_engine_on_every_setup():
-    from tierguard.ops.bench_ladder import ladder_figures
+    from tierguard.bench.ladder import ladder_figures
 
     fig = ladder_figures(seed=3, days=12)  # the sharp drift (day 10.5) included
     assert set(fig["setups"]) == {"two_tier", "ladder", "ladder_next"}

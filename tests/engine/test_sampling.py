@@ -59,7 +59,7 @@ def test_the_budget_caps_the_rate():
 
 
 def test_bench_watching_runs_the_real_engine_and_reports_every_setup():
-    from tierguard.ops.bench_watching import watching_figures
+    from tierguard.bench.watching import watching_figures
 
     fig = watching_figures(seed=3, months=1)
     assert set(fig["setups"]) == {"fixed_sync", "fixed_batch", "adaptive_batch", "adaptive_sync"}

@@ -7,7 +7,8 @@ import random
 from sqlmodel import select
 
 from tests.helpers import API_KEY, last_json, tg
-from tierguard.db import Category, RouteChange, Sample, make_engine, session, upgrade
+from tierguard.store.db import make_engine, session, upgrade
+from tierguard.store.tables import Category, RouteChange, Sample
 
 LABELS = ["POSITIVE", "NEGATIVE", "NEUTRAL"]
 PRICES = {"claude-haiku-4-5": {"input": 1.0, "output": 5.0},

@@ -6,10 +6,10 @@ import random
 import pytest
 
 from tests.helpers import last_json, tg
-from tierguard.db import make_engine, upgrade
 from tierguard.engine.detector import Engine, EngineConfig, Situation, fresh_state
 from tierguard.ops.replay import ReplayError, replay
 from tierguard.policy import parse_policy
+from tierguard.store.db import make_engine, upgrade
 
 
 def memory_db():
@@ -95,8 +95,9 @@ def test_replay_from_the_database_equals_replay_of_its_export(tmp_path):
 
     import sqlalchemy as sa
 
-    from tierguard.db import RouteChange, Sample, session
-    from tierguard.routes import lock_category
+    from tierguard.routing.routes import lock_category
+    from tierguard.store.db import session
+    from tierguard.store.tables import RouteChange, Sample
 
     url = f"sqlite:///{tmp_path / 'history.db'}"
     engine = make_engine(url)

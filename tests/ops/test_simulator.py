@@ -7,7 +7,7 @@ import httpx2
 import pytest
 
 from tests.helpers import API_KEY
-from tierguard.ops.simulate import Scenario, Simulator
+from tierguard.sim.models import Scenario, Simulator
 
 SCENARIO = {"seed": 3, "categories": {
     "sentiment": {"kind": "label", "labels": ["POSITIVE", "NEGATIVE", "NEUTRAL"], "agreement": 0.9,

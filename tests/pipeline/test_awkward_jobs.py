@@ -9,10 +9,11 @@ import redis
 from sqlmodel import select
 
 from tests.helpers import POLICY, SCENARIO, wait_until
-from tierguard import keys
-from tierguard.broker import BATCH_TASK, make_celery
-from tierguard.db import Sample, make_engine, session
-from tierguard.job import ShadowJob
+from tierguard.contract import keys
+from tierguard.contract.broker import BATCH_TASK, make_celery
+from tierguard.contract.job import ShadowJob
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import Sample
 
 MESSAGES = [{"role": "user", "content": "sentiment: the parcel arrived"}]
 BETA = "context-management-2025-06-27"

@@ -13,12 +13,12 @@ from sqlmodel import select
 
 import tierguard
 from tests.helpers import API_KEY, last_json, samples, tg, wait_until
-from tierguard.batch_store import BatchJob, ShadowBatch
-from tierguard.db import Sample, make_engine, session, upgrade
-from tierguard.job import ShadowJob
-from tierguard.pipeline import batches
-from tierguard.pipeline.shadow import Context
+from tierguard.contract.job import ShadowJob
+from tierguard.pipeline import message_batches
+from tierguard.pipeline.context import Context
 from tierguard.policy import parse_policy
+from tierguard.store.db import make_engine, session, upgrade
+from tierguard.store.tables import BatchJob, Sample, ShadowBatch
 
 LABELS = ["POSITIVE", "NEGATIVE", "NEUTRAL"]
 CATS = {"a": {"kind": "label", "labels": LABELS, "agreement": 1.0}}
@@ -92,7 +92,7 @@ def _settle(ctx, client, attempts, rounds=30):
     """Cycles until nothing waits or is open; the counts of every cycle summed."""
     total: Counter = Counter()
     for _ in range(rounds):
-        counts, _ = batches.cycle(ctx, client, attempts)
+        counts, _ = message_batches.cycle(ctx, client, attempts)
         total.update(counts)
         with session(ctx.engine) as s:
             if not s.execute(sa.select(sa.func.count()).select_from(BatchJob)).scalar_one():
@@ -110,14 +110,15 @@ def test_errored_and_expired_requests_are_retried_then_recorded_as_errors(simula
     ctx = Context(policy=policy, engine=engine)
     client = anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
     jobs = [_job(sim.base_url, i) for i in range(6)]
-    assert batches.enqueue(ctx, jobs) == 6
-    assert batches.enqueue(ctx, jobs[:2]) == 0  # a redelivered job is kept once
+    assert message_batches.enqueue(ctx, jobs) == 6
+    assert message_batches.enqueue(ctx, jobs[:2]) == 0  # a redelivered job is kept once
     # The first batch: two errored (transient), one expired, one refused for good.
     httpx2.post(sim.base_url + "/_sim/batches", json={"errored": 2, "expired": 1})
     time.sleep(0.01)
-    counts, _ = batches.cycle(ctx, client, 2)
+    counts, _ = message_batches.cycle(ctx, client, 2)
     assert counts["submitted"] == 1
-    wait_until(lambda: batches.cycle(ctx, client, 2)[0]["collected"] == 1, 10, "the first batch ended")
+    wait_until(lambda: message_batches.cycle(ctx, client, 2)[0]["collected"] == 1, 10,
+               "the first batch ended")
     with session(engine) as s:
         waiting = s.exec(select(BatchJob)).all()
         assert len(waiting) == 3 and {j.attempt for j in waiting} == {2}  # back, one attempt more
@@ -143,9 +144,9 @@ def test_a_permanent_batch_error_is_recorded_at_once(simulator, sqlite_url):
     client = anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
     job = _job(sim.base_url, 1)
     no_max_tokens = {k: v for k, v in job.request.items() if k != "max_tokens"}
-    batches.enqueue(ctx, [dataclasses.replace(job, request=no_max_tokens)])  # the API refuses it
+    message_batches.enqueue(ctx, [dataclasses.replace(job, request=no_max_tokens)])  # the API refuses it
     # Not due yet: one job, and it has not waited batch_max_wait_minutes (1.2 s).
-    assert batches.cycle(ctx, client, 6)[0]["submitted"] == 0
+    assert message_batches.cycle(ctx, client, 6)[0]["submitted"] == 0
     time.sleep(1.3)
     _settle(ctx, client, 6)
     [row] = rows_of(sqlite_url, Sample)
@@ -164,7 +165,7 @@ def test_a_batch_the_api_refuses_is_split_until_each_job_is_recorded_once(simula
     jobs = [ShadowJob(job_id=f"j{i}", category="a", served_model=HAIKU, shadow_model=OPUS,
                       request={"max_tokens": 8, "messages": [{"role": "user", "content": "x"}]},
                       primary_text="POSITIVE", requested_at="2026-12-01T00:00:00+00:00") for i in range(4)]
-    batches.enqueue(ctx, jobs)
+    message_batches.enqueue(ctx, jobs)
     client = anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
     sizes, create = [], client.messages.batches.create
 

@@ -14,14 +14,15 @@ from sqlmodel import select
 import tierguard
 from tests.helpers import API_KEY, POLICY, QUEUES, SCENARIO, samples, wait_until, wrapped_call
 from tierguard.compare import Verdict
-from tierguard.db import RouteChange, Sample, make_engine, session
+from tierguard.contract.job import ShadowJob
 from tierguard.errors import ConfigError
-from tierguard.job import ShadowJob
-from tierguard.ops.servers import PostgresServer, free_port
 from tierguard.pipeline.calls import Answer
+from tierguard.pipeline.flow import backoff
 from tierguard.pipeline.recorder import record
-from tierguard.pipeline.tasks import backoff
 from tierguard.policy import parse_policy
+from tierguard.sim.servers import PostgresServer, free_port
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import RouteChange, Sample
 
 
 def test_redis_stopped_and_restarted_mid_traffic(stack, simulator, sqlite_url, redis_server):

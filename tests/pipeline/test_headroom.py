@@ -13,10 +13,11 @@ from sqlmodel import select
 import tierguard
 from tests.helpers import API_KEY, last_json, samples, tg, wait_until, write_policy
 from tests.pipeline.test_pauses import CATS, POLICY, call
-from tierguard import pauses, ratelimits
 from tierguard.config import get_settings
-from tierguard.db import Sample, make_engine, session
+from tierguard.headroom import pauses, ratelimits
 from tierguard.policy import parse_policy
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import Sample
 
 OPUS = "claude-opus-4-7"
 SHADOW_KEY = "sk-ant-shadow-" + "s" * 24

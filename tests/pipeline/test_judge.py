@@ -6,7 +6,8 @@ from sqlmodel import select
 
 import tierguard
 from tests.helpers import samples, wait_until
-from tierguard.db import Category, RouteChange, Sample, make_engine, session
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import Category, RouteChange, Sample
 
 JUDGE = {"type": "judge", "criteria": "Same facts as the reference, in any words."}
 

@@ -16,10 +16,11 @@ from sqlmodel import select
 import tierguard
 from tests.helpers import last_json, samples, tg, wait_until
 from tierguard.config import get_settings
-from tierguard.db import Category, RouteChange, Sample, make_engine, session, upgrade
-from tierguard.job import ShadowJob
+from tierguard.contract.job import ShadowJob
 from tierguard.pipeline.shadow import probe_rung
 from tierguard.policy import parse_policy
+from tierguard.store.db import make_engine, session, upgrade
+from tierguard.store.tables import Category, RouteChange, Sample
 
 HAIKU, SONNET, OPUS = "claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7"
 LADDER = [HAIKU, SONNET, OPUS]

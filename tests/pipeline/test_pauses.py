@@ -13,8 +13,9 @@ from sqlmodel import select
 
 import tierguard
 from tests.helpers import API_KEY, last_json, samples, tg, wait_until
-from tierguard import pauses
-from tierguard.db import Sample, make_engine, session
+from tierguard.headroom import pauses
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import Sample
 
 LABELS = ["POSITIVE", "NEGATIVE", "NEUTRAL"]
 CATS = {"a": {"kind": "label", "labels": LABELS, "agreement": 1.0},
@@ -106,7 +107,7 @@ def test_a_job_paused_past_max_defer_is_skipped_once(stack, simulator, sqlite_ur
     with session(make_engine(sqlite_url)) as s:
         assert s.execute(sa.select(sa.func.count()).select_from(Sample)).scalar() == 1  # once
     client.tierguard_close()
-    from tierguard.db import Event
+    from tierguard.store.tables import Event
 
     with session(make_engine(sqlite_url)) as s:
         [event] = s.exec(select(Event).where(Event.kind == "shadows_paused")).all()
@@ -119,7 +120,7 @@ def test_a_job_paused_past_max_defer_is_skipped_once(stack, simulator, sqlite_ur
 
 
 def test_rate_limit_headers_are_read_and_malformed_ones_ignored():
-    from tierguard.ratelimits import parse
+    from tierguard.headroom.ratelimits import parse
 
     now = 1_000_000.0
     headers = {"anthropic-ratelimit-requests-limit": "100", "anthropic-ratelimit-requests-remaining": "40",
@@ -137,7 +138,7 @@ def test_rate_limit_headers_are_read_and_malformed_ones_ignored():
 
 
 def test_shadows_wait_while_a_model_has_little_headroom_left(stack, simulator, sqlite_url, redis_url):
-    from tierguard import ratelimits
+    from tierguard.headroom import ratelimits
 
     sim = simulator(categories=CATS)
     stack.configure(policy=POLICY, database_url=sqlite_url, base_url=sim.base_url)

@@ -14,7 +14,8 @@ from sqlmodel import select
 
 import tierguard
 from tests.helpers import API_KEY, POLICY, QUEUES, SCENARIO, SYSTEM, samples, wait_until, wrapped_call
-from tierguard.db import Alert, RouteChange, Sample, make_engine, session
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import Alert, RouteChange, Sample
 
 
 def test_drifting_category_flips_exactly_once(stack, simulator, postgres_url):

@@ -13,12 +13,13 @@ from sqlmodel import select
 
 import tierguard
 from tests.helpers import samples, wait_until
-from tierguard.broker import BATCH_TASK, make_celery
 from tierguard.config import get_settings
-from tierguard.db import Sample, make_engine, session
+from tierguard.contract.broker import BATCH_TASK, make_celery
+from tierguard.contract.job import ShadowJob, digest
+from tierguard.contract.sealing import Sealer, open_job, seal_job
 from tierguard.errors import ConfigError, PayloadInvalid
-from tierguard.job import ShadowJob, digest
-from tierguard.sealing import Sealer, open_job, seal_job
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import Sample
 
 JOB = ShadowJob(job_id="j1", category="sentiment", served_model="claude-haiku-4-5",
                 shadow_model="claude-opus-4-7", request={"messages": [{"role": "user", "content": "hi"}]},

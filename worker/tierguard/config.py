@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TIERGUARD_", extra="ignore")
 
     policy: Path = Path("tierguard.yaml")
-    database_url: str = "sqlite:///tierguard.db"
+    database_url: str = "sqlite:///tierguard.store.db"
     redis_url: str = "redis://localhost:6379/0"
     # Passwords kept out of the URLs (any characters; encoded into the URL here).
     database_password: SecretStr | None = None
@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     publish_buffer: int = Field(10_000, gt=0, description="shadow jobs held before dropping")
     job_inline_max: int = Field(256 * 1024, ge=0, description=(
         "bytes of request and answer a shadow job may carry in its broker message; a larger "
-        "job's payload is stored once in Redis (tierguard.job_store)"))
+        "job's payload is stored once in Redis (tierguard.contract.job_store)"))
     job_payload_ttl_s: float = Field(86_400, gt=0, description="how long a stored job payload is kept")
     payload_keys: SecretStr | None = Field(
         None, description="Fernet keys, comma-separated, newest first: shadow jobs are sealed")

@@ -5,6 +5,8 @@
     ├── SchemaNotReady         the database is not migrated to head
     ├── RouteConflict          a flip lost the optimistic version race
     ├── PayloadInvalid         a sealed shadow job failed authentication (never executed)
+    ├── StoreUnavailable       the database or the payload store cannot be reached: the
+    │                          message of jobs waits and runs again (nothing lost)
     ├── ShadowCallError        the shadow model call failed
     │   ├── RetryableCallError     429, 529, 5xx, timeouts, connection errors
     │   └── PermanentCallError     4xx other than 408/409/429, bad responses
@@ -42,6 +44,10 @@ class RouteConflict(TierguardError):
 
 class PayloadInvalid(TierguardError):
     """A shadow job's sealed payload cannot be opened with any configured key."""
+
+
+class StoreUnavailable(TierguardError):
+    """A store the worker needs is unreachable; ``str()`` names it and why."""
 
 
 class ShadowCallError(TierguardError):

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tierguard.alerts.grafana import annotate
-from tierguard.db import Event
 from tierguard.errors import PermanentDelivery, RetryableDelivery
 from tierguard.policy import Channel
+from tierguard.store.tables import Event
 
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
 PD_SEVERITY = {"critical": "critical", "warning": "warning", "info": "info"}

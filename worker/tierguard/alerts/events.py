@@ -12,8 +12,9 @@ from typing import Any
 
 from sqlmodel import Session
 
-from tierguard.db import Alert, Event, RouteChange, insert_new, utcnow
 from tierguard.policy import Policy
+from tierguard.store.db import insert_new, utcnow
+from tierguard.store.tables import Alert, Event, RouteChange
 
 
 def dashboard_link(policy: Policy, category: str | None) -> str | None:

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tierguard.db import Event
 from tierguard.errors import ConfigError, PermanentDelivery, RetryableDelivery, TierguardError
 from tierguard.policy import Channel
+from tierguard.store.tables import Event
 
 FOLDER_UID = "tierguard"
 FOLDER_TITLE = "tierguard"

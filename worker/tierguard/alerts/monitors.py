@@ -17,11 +17,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from tierguard import keys, traffic
 from tierguard.alerts.events import emit, for_route_change
-from tierguard.db import Category, Sample, session, utcnow
+from tierguard.contract import keys
 from tierguard.policy import CategoryPolicy, Policy
-from tierguard.routes import expire_pin, publish_quietly
+from tierguard.routing.routes import expire_pin, publish_quietly
+from tierguard.store import traffic
+from tierguard.store.db import session, utcnow
+from tierguard.store.tables import Category, Sample
 
 log = logging.getLogger(__name__)
 TRAFFIC_KEY = keys.TRAFFIC

@@ -17,9 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tierguard.alerts.channels import send
-from tierguard.db import Alert, Event, session, utcnow
 from tierguard.errors import PermanentDelivery, RetryableDelivery
 from tierguard.policy import Policy
+from tierguard.store.db import session, utcnow
+from tierguard.store.tables import Alert, Event
 
 log = logging.getLogger(__name__)
 LEASE = dt.timedelta(seconds=120)

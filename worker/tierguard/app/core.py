@@ -22,11 +22,11 @@ from tierguard import metrics
 from tierguard.app import forks, snapshot
 from tierguard.app.publisher import Publisher
 from tierguard.config import Settings, get_settings
-from tierguard.db import make_engine
-from tierguard.limits import estimate, too_big
-from tierguard.live_policy import LivePolicy
 from tierguard.policy import CategoryPolicy, Policy, valid_category
-from tierguard.routes import RouteTable
+from tierguard.policy.live import LivePolicy
+from tierguard.policy.model_limits import estimate, too_big
+from tierguard.routing.routes import RouteTable
+from tierguard.store.db import make_engine
 
 log = logging.getLogger(__name__)
 

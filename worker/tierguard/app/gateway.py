@@ -36,7 +36,7 @@ from tierguard.app.core import Core
 from tierguard.app.stream import Assembler, SSEParser, UsageOnly
 from tierguard.app.upstream import OFF_LOOP, TooLarge, Upstream, parse_request, with_model
 from tierguard.config import Settings, get_settings, mask_url, upstream_url
-from tierguard.job import SHAPING_HEADERS
+from tierguard.contract.job import SHAPING_HEADERS
 
 log = logging.getLogger(__name__)
 

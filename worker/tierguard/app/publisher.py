@@ -19,14 +19,17 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from tierguard import job_store, keys, metrics, pauses, ratelimits, traffic
-from tierguard.broker import BATCH_TASK, make_celery
-from tierguard.config import Settings
-from tierguard.errors import ConfigError
+from tierguard import metrics
 from tierguard.app.snapshot import job_request
-from tierguard.job import ShadowJob
-from tierguard.messages import cache_tokens_of, message_text, usage_of
-from tierguard.sealing import Sealer, seal_job, sealer
+from tierguard.config import Settings
+from tierguard.contract import job_store, keys
+from tierguard.contract.broker import BATCH_TASK, make_celery
+from tierguard.contract.job import ShadowJob
+from tierguard.contract.messages import cache_tokens_of, message_text, usage_of
+from tierguard.contract.sealing import Sealer, seal_job, sealer
+from tierguard.errors import ConfigError
+from tierguard.headroom import pauses, ratelimits
+from tierguard.store import traffic
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import anthropic
 
-from tierguard.job import SHAPING_HEADERS
+from tierguard.contract.job import SHAPING_HEADERS
 
 # Keyword arguments of ``messages.create`` that are transport options, not the model request.
 TRANSPORT_KEYS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout", "stream", "model",

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tierguard.messages import USAGE_FIELDS
+from tierguard.contract.messages import USAGE_FIELDS
 
 
 def _get(obj: Any, name: str) -> Any:

@@ -52,7 +52,7 @@ def _rows(start: int, n: int, end: dt.datetime, seed: int) -> str:
 
 def _queries(now: dt.datetime) -> list[tuple[str, str, str]]:
     from tierguard.alerts.grafana import dashboard_path
-    from tierguard.ops.grafana_sql import expand
+    from tierguard.bench.grafana_sql import expand
 
     dashboard = json.loads(dashboard_path().read_text())
     cats = [f"cat-{i:02d}" for i in range(CATEGORIES)]
@@ -83,12 +83,12 @@ def _measure(url: str, now: dt.datetime) -> list[dict[str, Any]]:
 def dashboard_figures(rows: int = 5_000_000) -> dict[str, Any]:
     import psycopg
 
-    from tierguard import partitions
-    from tierguard.db import make_engine, session, upgrade
-    from tierguard.ops.servers import PostgresServer
     from tierguard.policy import parse_policy
-    from tierguard.rollups import rebuild_sql
-    from tierguard.routes import ensure_categories
+    from tierguard.routing.routes import ensure_categories
+    from tierguard.sim.servers import PostgresServer
+    from tierguard.store import partitions
+    from tierguard.store.db import make_engine, session, upgrade
+    from tierguard.store.rollups import rebuild_sql
 
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     pg = PostgresServer().start()

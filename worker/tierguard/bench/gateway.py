@@ -51,9 +51,9 @@ def _quantile(values: list[float], q: float) -> float:
 
 def gateway_figures(requests: int = 3000, levels: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64),
                     seconds: float = 4.0, sample_rate: float = 0.05) -> dict[str, Any]:
-    from tierguard.db import make_engine, upgrade
-    from tierguard.ops.loadgen import Connection, request_bytes, run_in_process
-    from tierguard.ops.servers import RedisServer, free_port, stop_processes
+    from tierguard.bench.loadgen import Connection, request_bytes, run_in_process
+    from tierguard.sim.servers import RedisServer, free_port, stop_processes
+    from tierguard.store.db import make_engine, upgrade
 
     folder = Path(tempfile.mkdtemp(prefix="tierguard-bench-gw-"))
     redis = RedisServer().start()

@@ -32,7 +32,7 @@ def _body(category: str, i: int) -> dict[str, Any]:
 def _limits(requests: int, production_share: float) -> dict[str, int]:
     """Per-minute limits at which ``production_share`` of each is production's (tokens as the
     simulator counts them for these requests)."""
-    from tierguard.ops.sim_server import _input_tokens
+    from tierguard.sim.server import _input_tokens
 
     per_call_in = _input_tokens(_body("prod", 0))
     return {"requests_per_minute": requests,
@@ -48,15 +48,16 @@ def _run(shadows: bool, *, minutes: float, time_scale: float, limit: int, share:
     import sqlalchemy as sa
     import yaml
 
-    from tierguard import keys
     from tierguard.app.client import ShadowedAnthropic
-    from tierguard.broker import make_celery
     from tierguard.config import get_settings
-    from tierguard.db import Sample, make_engine, session, upgrade
-    from tierguard.ops.servers import stop_processes
-    from tierguard.ops.sim_server import SimServer
-    from tierguard.ops.simulate import Scenario
+    from tierguard.contract import keys
+    from tierguard.contract.broker import make_celery
     from tierguard.policy import parse_policy
+    from tierguard.sim.models import Scenario
+    from tierguard.sim.server import SimServer
+    from tierguard.sim.servers import stop_processes
+    from tierguard.store.db import make_engine, session, upgrade
+    from tierguard.store.tables import Sample
 
     tag = "on" if shadows else "off"
     limits = _limits(limit, share)
@@ -145,7 +146,7 @@ def _run(shadows: bool, *, minutes: float, time_scale: float, limit: int, share:
 
 def headroom_figures(minutes: float = 5.0, time_scale: float = 10.0, limit: int = 120,
                      share: float = 0.6) -> dict[str, Any]:
-    from tierguard.ops.servers import RedisServer
+    from tierguard.sim.servers import RedisServer
 
     folder = tempfile.mkdtemp(prefix="tierguard-bench-headroom-")
     redis = RedisServer().start()

@@ -27,7 +27,7 @@ import random
 import statistics
 from typing import Any
 
-from tierguard.ops.bench_watching import VOLUMES, _binomial
+from tierguard.bench.watching import VOLUMES, _binomial
 from tierguard.policy import CategoryPolicy, parse_policy
 
 HAIKU, SONNET, OPUS = "claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7"

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from tierguard.ops.bench import _pct
+from tierguard.bench.stats import pct
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -30,7 +30,7 @@ def _cpu_seconds(pid: int) -> float:
 
 def _floor(base_url: str, calls: int, concurrency: int) -> float:
     """CPU ms per call of a bare ``AsyncAnthropic`` loop against ``base_url`` (its own process)."""
-    code = ("import sys; from tierguard.ops.bench_pipeline import floor_loop; "
+    code = ("import sys; from tierguard.bench.pipeline import floor_loop; "
             "print(floor_loop(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))")
     done = subprocess.run([sys.executable, "-c", code, base_url, str(calls), str(concurrency)],
                           capture_output=True, text=True, check=True,
@@ -85,10 +85,11 @@ def pipeline_figures(seconds: float = 20.0, rate: float = 700.0, workers: int = 
     import sqlalchemy as sa
     import yaml
 
-    from tierguard.broker import BATCH_TASK, make_celery
     from tierguard.config import get_settings
-    from tierguard.db import Sample, make_engine, session, upgrade
-    from tierguard.ops.servers import PostgresServer, RedisServer, free_port, stop_processes
+    from tierguard.contract.broker import BATCH_TASK, make_celery
+    from tierguard.sim.servers import PostgresServer, RedisServer, free_port, stop_processes
+    from tierguard.store.db import make_engine, session, upgrade
+    from tierguard.store.tables import Sample
 
     labels = ["A1", "B2", "C3"]
     names = [f"bench-{i}" for i in range(categories)]
@@ -195,7 +196,7 @@ def pipeline_figures(seconds: float = 20.0, rate: float = 700.0, workers: int = 
             "errors": sum(1 for r in rows if r[3]),
             "comparisons_per_s": round(len(in_window) / (end - warm).total_seconds(), 1),
             "in_flight_max": in_flight_max,
-            "p95_queue_delay_s": round(_pct(delays, 95), 3) if delays else None,
-            "shadow_call_p50_ms": round(_pct([r[2] for r in rows if r[2]], 50), 1) if rows else None,
-            "shadow_call_p95_ms": round(_pct([r[2] for r in rows if r[2]], 95), 1) if rows else None,
+            "p95_queue_delay_s": round(pct(delays, 95), 3) if delays else None,
+            "shadow_call_p50_ms": round(pct([r[2] for r in rows if r[2]], 50), 1) if rows else None,
+            "shadow_call_p95_ms": round(pct([r[2] for r in rows if r[2]], 95), 1) if rows else None,
             "shadow_latency_ms": latency_ms, "goal_comparisons_per_s": 500}

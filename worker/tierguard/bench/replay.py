@@ -44,10 +44,10 @@ def _timed(args: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any]]
 
 
 def replay_figures(samples: int = 1_000_000) -> dict[str, Any]:
-    from tierguard.db import make_engine, upgrade
-    from tierguard.ops.servers import PostgresServer
     from tierguard.policy import parse_policy
-    from tierguard.routes import ensure_categories
+    from tierguard.routing.routes import ensure_categories
+    from tierguard.sim.servers import PostgresServer
+    from tierguard.store.db import make_engine, upgrade
 
     folder = Path(tempfile.mkdtemp(prefix="tierguard-bench-replay-"))
     cat, agree = outcomes(samples)

@@ -19,9 +19,10 @@ def alerts_test(channel: str | None = typer.Option(None, help="a channel name or
     from tierguard.alerts.channels import send
     from tierguard.alerts.events import dashboard_link
     from tierguard.config import get_settings
-    from tierguard.db import Event, utcnow
     from tierguard.errors import DeliveryError
     from tierguard.policy import load_policy
+    from tierguard.store.db import utcnow
+    from tierguard.store.tables import Event
 
     policy = load_policy(get_settings().policy)
     channels = policy.alerts.channels
@@ -59,7 +60,8 @@ def alerts_list(limit: int = 50, as_json: bool = JsonOpt) -> None:
     """Recent events and the state of their alerts per channel."""
     import sqlalchemy as sa
 
-    from tierguard.db import Alert, Event, session
+    from tierguard.store.db import session
+    from tierguard.store.tables import Alert, Event
 
     _, _, engine = env()
     with session(engine) as s:

@@ -13,7 +13,7 @@ from tierguard.cli.common import JsonOpt, console, emit, nothing
 def bench_engine(runs: int = typer.Option(2000, min=1000, help="Monte Carlo runs per figure"),
                  as_json: bool = JsonOpt) -> None:
     """Decision engine vs the naive window rule and an oracle CUSUM (false flips, detection delay)."""
-    from tierguard.ops.bench import engine_figures
+    from tierguard.bench.engine import engine_figures
 
     with console.status("simulating…", spinner="dots") if not as_json else nothing():
         fig = engine_figures(runs)
@@ -42,7 +42,7 @@ def bench_engine(runs: int = typer.Option(2000, min=1000, help="Monte Carlo runs
 @bench_app.command("replay")
 def bench_replay(samples: int = typer.Option(1_000_000, min=10_000), as_json: bool = JsonOpt) -> None:
     """A month of outcomes backtested end to end: `replay FILE` and `replay --from-db` wall times."""
-    from tierguard.ops.bench_replay import replay_figures
+    from tierguard.bench.replay import replay_figures
 
     with console.status("writing outcomes and replaying…") if not as_json else nothing():
         fig = replay_figures(samples)
@@ -60,7 +60,7 @@ def bench_replay(samples: int = typer.Option(1_000_000, min=10_000), as_json: bo
 def bench_hotpath(calls: int = typer.Option(5000, min=5000, help="calls each, interleaved"),
                   as_json: bool = JsonOpt) -> None:
     """The wrapper vs the bare SDK call on a local zero-latency Messages API (and with Redis down)."""
-    from tierguard.ops.bench import hotpath_figures
+    from tierguard.bench.hotpath import hotpath_figures
 
     with console.status("measuring…") if not as_json else nothing():
         fig = hotpath_figures(calls)
@@ -86,7 +86,7 @@ def bench_pipeline(seconds: float = typer.Option(20.0, min=5.0), rate: float = 7
                    workers: int = typer.Option(1, min=1), concurrency: int = 100,
                    as_json: bool = JsonOpt) -> None:
     """End to end on this host: enqueue → 1 s shadow call → compare → PostgreSQL row."""
-    from tierguard.ops.bench_pipeline import pipeline_figures
+    from tierguard.bench.pipeline import pipeline_figures
 
     with console.status("running the pipeline…") if not as_json else nothing():
         fig = pipeline_figures(seconds=seconds, rate=rate, workers=workers, concurrency=concurrency)
@@ -104,7 +104,7 @@ def bench_pipeline(seconds: float = typer.Option(20.0, min=5.0), rate: float = 7
 def bench_gateway(requests: int = typer.Option(3000, min=500, help="interleaved requests each way"),
                   as_json: bool = JsonOpt) -> None:
     """The gateway vs a direct call to the zero-latency simulator; requests/s one process serves."""
-    from tierguard.ops.bench_gateway import gateway_figures
+    from tierguard.bench.gateway import gateway_figures
 
     with console.status("measuring…") if not as_json else nothing():
         fig = gateway_figures(requests)
@@ -132,7 +132,7 @@ def bench_gateway(requests: int = typer.Option(3000, min=500, help="interleaved 
 def bench_dashboards(rows: int = typer.Option(5_000_000, min=50_000, help="sample rows over 30 days"),
                      as_json: bool = JsonOpt) -> None:
     """Every dashboard query, 24 hours and 30 days, on a month of history (PostgreSQL)."""
-    from tierguard.ops.bench_dashboards import dashboard_figures
+    from tierguard.bench.dashboards import dashboard_figures
 
     with console.status("loading history and timing the panels…") if not as_json else nothing():
         fig = dashboard_figures(rows)
@@ -154,7 +154,7 @@ def bench_dashboards(rows: int = typer.Option(5_000_000, min=50_000, help="sampl
 def bench_watching(seed: int = 7, months: int = typer.Option(5, min=1, help="simulated months, pooled"),
                    as_json: bool = JsonOpt) -> None:
     """A simulated month for 20 categories: what watching costs and how fast drifts are caught."""
-    from tierguard.ops.bench_watching import watching_figures
+    from tierguard.bench.watching import watching_figures
 
     with console.status("simulating a month…") if not as_json else nothing():
         fig = watching_figures(seed, months)
@@ -181,7 +181,7 @@ def bench_headroom(minutes: float = typer.Option(5.0, min=1, help="scaled minute
                    time_scale: float = typer.Option(10.0, min=1, help="simulated minutes per real one"),
                    as_json: bool = JsonOpt) -> None:
     """Production's 429s with shadows off and on, against a rate-limited simulated Opus."""
-    from tierguard.ops.bench_headroom import headroom_figures
+    from tierguard.bench.headroom import headroom_figures
 
     with console.status("production alone, then with shadows…") if not as_json else nothing():
         fig = headroom_figures(minutes=minutes, time_scale=time_scale)
@@ -205,7 +205,7 @@ def bench_headroom(minutes: float = typer.Option(5.0, min=1, help="scaled minute
 @bench_app.command("ladder")
 def bench_ladder(seed: int = typer.Option(11), as_json: bool = JsonOpt) -> None:
     """A simulated month of 30 categories: a Haiku/Sonnet/Opus ladder against two tiers."""
-    from tierguard.ops.bench_ladder import ladder_figures
+    from tierguard.bench.ladder import ladder_figures
 
     with console.status("simulating a month, three set-ups…") if not as_json else nothing():
         fig = ladder_figures(seed)

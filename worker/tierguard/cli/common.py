@@ -19,8 +19,8 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON object as the last 
 def env():
     """Settings, policy and a database engine at the schema's head (else SchemaNotReady)."""
     from tierguard.config import get_settings
-    from tierguard.db import check_schema, make_engine
     from tierguard.policy import load_policy
+    from tierguard.store.db import check_schema, make_engine
 
     settings = get_settings()
     policy = load_policy(settings.policy)

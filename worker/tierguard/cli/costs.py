@@ -13,9 +13,9 @@ from tierguard.cli.common import JsonOpt, console, emit, env
 def costs(since: str = typer.Option("7d", help="how far back (90m, 24h, 30d)"),
           as_json: bool = JsonOpt) -> None:
     """Measured production spend, shadow spend and the candidate's saving, per category."""
-    from tierguard.db import utcnow
     from tierguard.ops.costs import costs as figures
     from tierguard.ops.report import parse_since
+    from tierguard.store.db import utcnow
 
     _, policy, engine = env()
     now = utcnow()

@@ -51,7 +51,7 @@ def db_upgrade(
     import sqlalchemy as sa
 
     from tierguard.config import get_settings, mask_url
-    from tierguard.db import current_revision, make_engine, upgrade
+    from tierguard.store.db import current_revision, make_engine, upgrade
 
     settings = get_settings()
     _refuse_default_passwords(settings)
@@ -72,8 +72,8 @@ def db_upgrade(
     upgrade(engine)
     console.print(f"database at revision [bold]{current_revision(engine)}[/]")
     if create_reader:
-        from tierguard.reader import READER
-        from tierguard.reader import create_reader as make_reader
+        from tierguard.store.reader import READER
+        from tierguard.store.reader import create_reader as make_reader
 
         password = settings.reader_password.get_secret_value() if settings.reader_password else ""
         tables = make_reader(engine, password)
@@ -84,7 +84,7 @@ def db_upgrade(
 def maintain(dry_run: bool = typer.Option(False, "--dry-run", help="say what would be deleted"),
              as_json: bool = JsonOpt) -> None:
     """One pass of everything periodic (beat runs it too): counters, partitions, retention."""
-    from tierguard import maintenance
+    from tierguard.store import maintenance
 
     settings, policy, engine = env()
     result = maintenance.run(engine, redis_client(settings), policy, dry_run=dry_run)

@@ -109,10 +109,10 @@ def judge_check(pairs: Path = typer.Argument(..., exists=True, dir_okay=False,
     judge, model = Judge(), policy.models.reference
     if category is not None:
         cat = policy.category(category)
-        if not isinstance(cat.compare, Judge):
+        if cat.judge_model is None or not isinstance(cat.compare, Judge):
             raise typer.BadParameter(f"{category} does not use the judge comparator",
                                      param_hint="--category")
-        judge, model = cat.compare, cat.compare.model or cat.reference
+        judge, model = cat.compare, cat.judge_model
     result = check(read_pairs(pairs.read_text().splitlines()), judge, model, concurrency=concurrency)
     if as_json:
         emit(result)

@@ -26,11 +26,11 @@ def replay(file: Path | None = typer.Argument(None, exists=True, dir_okay=False,
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tierguard.config import get_settings
-    from tierguard.db import check_schema, make_engine, upgrade, utcnow
     from tierguard.ops.replay import from_db as run_from_db
     from tierguard.ops.replay import replay as run_replay
     from tierguard.ops.report import parse_since
     from tierguard.policy import load_policy
+    from tierguard.store.db import check_schema, make_engine, upgrade, utcnow
 
     if (file is None) == (not from_db):
         raise typer.BadParameter("give a FILE or --from-db (one of them)")

@@ -18,7 +18,7 @@ def status(as_json: bool = JsonOpt) -> None:
     settings, policy, engine = env()
     cats = category_status(engine, policy)
     models = sorted({m for name in cats for m in policy.category(name).rungs})
-    from tierguard.ratelimits import fingerprint
+    from tierguard.headroom.ratelimits import fingerprint
 
     key = settings.shadow_api_key
     room = headroom(engine, redis_client(settings), models,

@@ -20,9 +20,9 @@ def worker(concurrency: int | None = typer.Option(
            pool: str = typer.Option("threads", help="threads (default) or another Celery pool"),
            loglevel: str = "INFO") -> None:
     """Run a Celery worker that executes shadow jobs (threads pool, at-least-once)."""
+    from tierguard.contract.sealing import sealer
     from tierguard.pipeline.tasks import worker_app
-    from tierguard.routes import ensure_categories, sync_to_redis
-    from tierguard.sealing import sealer
+    from tierguard.routing.routes import ensure_categories, sync_to_redis
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)
@@ -37,7 +37,7 @@ def worker(concurrency: int | None = typer.Option(
             try:
                 sync_to_redis(engine, r)
             except Exception as err:
-                logging.getLogger("tierguard.routes").warning("route sync failed: %s", err)
+                logging.getLogger("tierguard.routing.routes").warning("route sync failed: %s", err)
 
     threading.Thread(target=sync_routes, name="tierguard-route-sync", daemon=True).start()
     celery = worker_app(settings)
@@ -61,8 +61,8 @@ def ping(timeout: float = typer.Option(5.0, help="seconds to wait for replies"),
     """Ask the workers over the broker whether they are alive; exit 1 if none answers."""
     import socket
 
-    from tierguard.broker import make_celery
     from tierguard.config import get_settings
+    from tierguard.contract.broker import make_celery
 
     replies = make_celery(get_settings()).control.ping(timeout=timeout) or []
     names = [name for reply in replies for name in reply]
@@ -79,7 +79,7 @@ def ping(timeout: float = typer.Option(5.0, help="seconds to wait for replies"),
 @app.command()
 def beat(loglevel: str = "INFO") -> None:
     """Run Celery beat (exactly one per deployment): alert redelivery and the periodic checks."""
-    from tierguard.broker import make_celery
+    from tierguard.contract.broker import make_celery
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings, _, _ = env()

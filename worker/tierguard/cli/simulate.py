@@ -14,8 +14,8 @@ from tierguard.cli.common import console
 def simulate_serve(port: int = 8765, host: str = "127.0.0.1",
                    scenario: Path | None = typer.Option(None, help="scenario YAML")) -> None:
     """Serve simulated models on HOST:PORT (POST /v1/messages, streaming included)."""
-    from tierguard.ops.sim_server import SimServer
-    from tierguard.ops.simulate import Scenario
+    from tierguard.sim.models import Scenario
+    from tierguard.sim.server import SimServer
 
     sc = Scenario.load(scenario) if scenario else Scenario()
     server = SimServer(sc, host, port)

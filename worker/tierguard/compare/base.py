@@ -19,7 +19,23 @@ class Verdict:
 
 @runtime_checkable
 class Comparator(Protocol):
+    """Compares two answers to one request.
+
+    A comparator that calls a model for each comparison (the judge) says so with a class
+    attribute ``needs_model = True`` and may name the model in ``model`` (None: the category's
+    reference); :func:`model_called` reads both. Such a comparator's ``compare`` is not called
+    by the worker, which calls the model instead.
+    """
+
     def compare(self, primary: str, shadow: str) -> Verdict: ...
+
+
+def model_called(comparator: object, reference: str) -> str | None:
+    """The model ``comparator`` calls for each comparison, or None when it calls none."""
+    if not getattr(comparator, "needs_model", False):
+        return None
+    model = getattr(comparator, "model", None)
+    return model if isinstance(model, str) and model else reference
 
 
 def disagree(reason: str, **detail: Any) -> Verdict:

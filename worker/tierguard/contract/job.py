@@ -9,7 +9,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-
 # Request headers that change what the API does with a body (and are no secret): the only ones a
 # shadow job carries and a worker sends.
 SHAPING_HEADERS = ("anthropic-beta",)
@@ -29,14 +28,14 @@ class ShadowJob:
     primary_output_tokens: int | None = None
     primary_latency_ms: float | None = None
     requested_at: str | None = None
-    sealed: str | None = None  # request and primary_text, encrypted (tierguard.sealing)
+    sealed: str | None = None  # request and primary_text, encrypted (tierguard.contract.sealing)
     primary_cache_write_tokens: int | None = None
     primary_cache_read_tokens: int | None = None
-    deferred_since: str | None = None  # first deferred for a rate-limit pause (tierguard.pauses)
+    deferred_since: str | None = None  # first deferred for a rate-limit pause (tierguard.headroom.pauses)
     # Headers that shape the request (``anthropic-beta``; never credentials), sent with the shadow.
     headers: dict[str, str] | None = None
     # The request and primary text kept out of the broker message (a large job): the key of the
-    # stored payload (tierguard.job_store); ``request`` is then empty until the worker loads it.
+    # stored payload (tierguard.contract.job_store); ``request`` is then empty until the worker loads it.
     payload_ref: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

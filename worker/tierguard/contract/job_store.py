@@ -16,8 +16,8 @@ import json
 import logging
 from typing import Any
 
-from tierguard import keys
-from tierguard.job import ShadowJob
+from tierguard.contract import keys
+from tierguard.contract.job import ShadowJob
 
 log = logging.getLogger(__name__)
 

@@ -21,4 +21,5 @@ BATCH_LOCK = "tierguard:lock:batches"
 
 JOB_PAYLOAD = "tierguard:job:{job_id}"
 """String: a large shadow job's payload (request, primary text, seal), kept out of the broker
-message (tierguard.job_store); expires after ``TIERGUARD_JOB_PAYLOAD_TTL_S``, deleted once recorded."""
+message (tierguard.contract.job_store); expires after ``TIERGUARD_JOB_PAYLOAD_TTL_S``, deleted once
+recorded."""

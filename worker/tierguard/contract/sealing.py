@@ -17,8 +17,8 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from tierguard.config import Settings
+from tierguard.contract.job import ShadowJob
 from tierguard.errors import ConfigError, PayloadInvalid
-from tierguard.job import ShadowJob
 
 
 class Sealer:

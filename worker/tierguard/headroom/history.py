@@ -1,6 +1,6 @@
 """Rate-limit headroom over time, for the dashboard: Redis's latest views copied per minute.
 
-The live views (:mod:`tierguard.ratelimits`) and pauses (:mod:`tierguard.pauses`)
+The live views (:mod:`tierguard.headroom.ratelimits`) and pauses (:mod:`tierguard.headroom.pauses`)
 live in Redis and expire; beat's monitor task copies them into ``headroom`` once
 per run, one row per (minute, model, key), so Grafana can draw what room
 production left and when shadows waited. ``key`` is ``""`` for production's view
@@ -15,28 +15,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis as redis_lib
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Column, Field, SQLModel
 
-from tierguard import keys, pauses, ratelimits
-from tierguard.db import session, upsert_insert, utcnow
+from tierguard.contract import keys
+from tierguard.headroom import pauses, ratelimits
+from tierguard.store.db import session, upsert_insert, utcnow
+from tierguard.store.tables import Headroom
 
 FAMILIES = ("requests", "input_tokens", "output_tokens", "tokens")  # columns, as ratelimits.view names them
-
-
-class Headroom(SQLModel, table=True):
-    __tablename__ = "headroom"
-
-    minute: dt.datetime = Field(sa_column=Column(sa.DateTime(timezone=True), primary_key=True))
-    model: str = Field(primary_key=True)
-    key: str = Field(default="", primary_key=True)
-    requests: float | None = None  # remaining share of each limit, 0..1, as last seen
-    input_tokens: float | None = None
-    output_tokens: float | None = None
-    tokens: float | None = None
-    paused: bool = False
-    deferred: int = Field(default=0, sa_type=sa.BigInteger)  # running count of deferred shadows
 
 
 def models_of(policy: Any) -> list[str]:
@@ -45,9 +31,8 @@ def models_of(policy: Any) -> list[str]:
     for name in policy.categories:
         cat = policy.category(name)
         out |= set(cat.rungs)
-        judge_model = getattr(cat.compare, "model", None)
-        if isinstance(judge_model, str):
-            out.add(judge_model)
+        if cat.judge_model is not None:
+            out.add(cat.judge_model)
     return sorted(out)
 
 

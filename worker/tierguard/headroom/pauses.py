@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import redis as redis_lib
 
-from tierguard import keys
+from tierguard.contract import keys
 
 DEFAULT_PAUSE_S = 10.0
 MAX_PAUSE_S = 600.0

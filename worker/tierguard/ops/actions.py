@@ -9,11 +9,12 @@ import redis as redis_lib
 from sqlalchemy.engine import Engine
 
 from tierguard.alerts.events import for_route_change
-from tierguard.db import RouteChange, session, utcnow
 from tierguard.engine.detector import note_change
 from tierguard.errors import TierguardError
 from tierguard.policy import Policy
-from tierguard.routes import change_route, lock_category, publish_quietly
+from tierguard.routing.routes import change_route, lock_category, publish_quietly
+from tierguard.store.db import session, utcnow
+from tierguard.store.tables import RouteChange
 
 
 class ActionRefused(TierguardError):

@@ -17,9 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tierguard.db import Sample, Traffic, session
 from tierguard.policy import Policy
-from tierguard.traffic import TOKENS
+from tierguard.store.db import session
+from tierguard.store.tables import Sample, Traffic
+from tierguard.store.traffic import TOKENS
 
 KEYS = ("production_usd", "shadow_usd", "watching_share", "savings_usd")
 SHADOW_KINDS = ("shadow", "noise", "probe")

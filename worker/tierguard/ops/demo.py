@@ -31,13 +31,14 @@ from rich.text import Text
 from sqlmodel import select
 
 from tierguard.config import get_settings
-from tierguard.db import RouteChange, Sample, make_engine, session, upgrade
 from tierguard.errors import TierguardError
-from tierguard.ops.servers import RedisServer
-from tierguard.ops.sim_server import SimServer
-from tierguard.ops.simulate import Scenario
 from tierguard.ops.status import category_status
 from tierguard.policy import load_policy
+from tierguard.sim.models import Scenario
+from tierguard.sim.server import SimServer
+from tierguard.sim.servers import RedisServer
+from tierguard.store.db import make_engine, session, upgrade
+from tierguard.store.tables import RouteChange, Sample
 
 LABELS = ["POSITIVE", "NEGATIVE", "NEUTRAL"]
 QUEUES = ["BILLING", "SHIPPING", "TECHNICAL", "ACCOUNT", "REFUND"]
@@ -127,7 +128,7 @@ def run(seconds: float = 60.0, rate: float = 60.0, sample_rate: float = 0.5,
         console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
     folder.mkdir(parents=True, exist_ok=True)
-    db_path = folder / "tierguard.db"
+    db_path = folder / "tierguard.store.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
     drift_after = int(rate * seconds / 3 * 0.4)  # ticket-routing degrades 40% into the run
@@ -193,7 +194,7 @@ def run(seconds: float = 60.0, rate: float = 60.0, sample_rate: float = 0.5,
 
 def _wait_for_alerts(engine, timeout: float) -> None:
     """Give the outbox a moment to deliver what the last flips produced."""
-    from tierguard.db import Alert
+    from tierguard.store.tables import Alert
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -21,13 +21,14 @@ from typing import Any
 import anthropic
 from sqlalchemy.engine import Engine
 
+from tierguard.contract.job import ShadowJob
 from tierguard.engine.detector import wilson
 from tierguard.errors import TierguardError
-from tierguard.job import ShadowJob
 from tierguard.ops.jsonl import records
 from tierguard.pipeline.calls import Answer, call_model_with_retries
 from tierguard.pipeline.judging import JudgeCall, needs_judge
-from tierguard.pipeline.recorder import Result, record_many
+from tierguard.pipeline.recorder import record_many
+from tierguard.pipeline.results import Result
 from tierguard.pipeline.shadow import result_of
 from tierguard.policy import CategoryPolicy, Policy
 

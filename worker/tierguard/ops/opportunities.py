@@ -17,14 +17,15 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from tierguard.alerts.events import for_route_change
-from tierguard.db import Category, RouteChange, Sample, session, utcnow
 from tierguard.engine.ladder import rung_state
 from tierguard.errors import TierguardError
 from tierguard.ops.actions import noted
 from tierguard.ops.evaluate import DAYS_PER_MONTH
 from tierguard.policy import Policy
-from tierguard.routes import change_route, lock_category, publish_quietly
-from tierguard.traffic import totals
+from tierguard.routing.routes import change_route, lock_category, publish_quietly
+from tierguard.store.db import session, utcnow
+from tierguard.store.tables import Category, RouteChange, Sample
+from tierguard.store.traffic import totals
 
 VOLUME_DAYS = 7
 

@@ -23,14 +23,15 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from tierguard.db import Category, Sample, session
+from tierguard.contract.job import digest
 from tierguard.engine.detector import Decision, Situation
 from tierguard.engine.replay import StreamRunner
 from tierguard.errors import TierguardError
-from tierguard.job import digest
 from tierguard.pipeline.recorder import apply_decision, situation
 from tierguard.policy import Policy
-from tierguard.routes import lock_category
+from tierguard.routing.routes import lock_category
+from tierguard.store.db import session
+from tierguard.store.tables import Category, Sample
 
 EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC).timestamp()
 
@@ -201,7 +202,8 @@ def from_db(source: Engine, policy: Policy, since: dt.datetime | None = None,
     actually changed."""
     import sqlalchemy as sa
 
-    from tierguard.db import RouteChange, make_engine, upgrade
+    from tierguard.store.db import make_engine, upgrade
+    from tierguard.store.tables import RouteChange
 
     policy = as_defaults(policy)
     s_, c_ = Sample.__table__.c, Category.__table__.c

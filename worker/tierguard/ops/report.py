@@ -16,9 +16,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from tierguard.db import Category, RouteChange, Sample, session, utcnow
 from tierguard.engine.ladder import rung_state
 from tierguard.errors import ConfigError, TierguardError
+from tierguard.store.db import session, utcnow
+from tierguard.store.tables import Category, RouteChange, Sample
 
 BUCKETS = 60
 

@@ -10,10 +10,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from tierguard.alerts.monitors import noise_warning, self_agreement
-from tierguard.db import Category, RouteChange, Sample, session, utcnow
 from tierguard.engine.ladder import rung_state
 from tierguard.policy import Policy
-from tierguard.traffic import totals as traffic_totals
+from tierguard.store.db import session, utcnow
+from tierguard.store.tables import Category, RouteChange, Sample
+from tierguard.store.traffic import totals as traffic_totals
 
 STATUS_DAYS = 30  # production counters (guarded) are summed over this window
 
@@ -54,10 +55,10 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
         names = sorted(set(rows) | set(policy.categories) | set(counts))
         noise = {name: self_agreement(s, name) for name in names}
     guarded = traffic_totals(engine, utcnow() - dt.timedelta(days=STATUS_DAYS))
-    from tierguard.rates import choose_all
+    from tierguard.routing.rates import choose_all
 
     chosen = choose_all(engine, policy)  # what beat publishes for adaptive categories
-    from tierguard.batch_store import summary as batch_summary
+    from tierguard.store.batch_jobs import summary as batch_summary
 
     batched = batch_summary(engine)
     per_rung: dict[tuple[str, str], int] = {}
@@ -155,7 +156,8 @@ def history(engine: Engine, category: str | None = None, limit: int = 100) -> li
 def headroom(engine: Engine, r: Any, models: list[str], scope: str = "") -> dict[str, dict[str, Any]]:
     """Per model: remaining shares of its rate limits as last seen, the pause, deferrals, skips;
     with a separate shadow key (``scope``, its fingerprint), that key's own under ``shadow_key``."""
-    from tierguard import keys, pauses, ratelimits
+    from tierguard.contract import keys
+    from tierguard.headroom import pauses, ratelimits
 
     with session(engine) as s:
         skipped = dict(s.execute(

@@ -1,12 +1,18 @@
 """The worker side: take shadow jobs off the broker, call the other model, compare, record, decide.
 
-Owns the Celery tasks (:mod:`~tierguard.pipeline.tasks`, thin: deserialize, call,
-decide retries), model calls with retryable/permanent errors
-(:mod:`~tierguard.pipeline.calls`), one event loop per process holding a batch's
-calls in flight (:mod:`~tierguard.pipeline.fanout`), a job's result
-(:mod:`~tierguard.pipeline.shadow`), and recording: samples, detector updates and
-route changes in one transaction (:mod:`~tierguard.pipeline.recorder`) through a
-per-process writer (:mod:`~tierguard.pipeline.batcher`). May import the core,
-``engine``, ``compare`` and ``alerts`` (events are written with the change that
-caused them); never the production side or ops.
+Owns the Celery tasks (:mod:`~tierguard.pipeline.tasks`, thin: deserialize, call
+plain functions, decide retries), the one flow a message of jobs takes
+(:mod:`~tierguard.pipeline.flow`), the worker's context (``context``), model calls
+with retryable/permanent errors (``calls``), one event loop per process holding a
+message's calls in flight (``fanout``), what a result is made of (``shadow``), the
+judge's calls (``judging``), the worker's values (``results``: Result, JudgeUsage,
+Outcome), sample rows (``samples``), recording: samples, detector updates and route
+changes in one transaction (``recorder``) through a per-process writer
+(``writer``), yielding to rate limits (``yielding``), Message Batches
+(``message_batches``: the only meaning of "batch" in names here, besides the
+``shadow_batch`` task, a message of many jobs) and the health endpoint (``health``).
+
+May import ``contract``, ``policy``, ``engine``, ``compare``, ``store``,
+``routing``, ``headroom`` and ``alerts`` (events are written with the change that
+caused them); never the production side, ops, sim or bench.
 """

@@ -10,9 +10,9 @@ from typing import Any
 
 import anthropic
 
+from tierguard.contract.job import SHAPING_HEADERS
+from tierguard.contract.messages import cache_tokens_of, content_json_text, message_text, usage_of
 from tierguard.errors import PermanentCallError, RetryableCallError, ShadowCallError
-from tierguard.job import SHAPING_HEADERS
-from tierguard.messages import cache_tokens_of, content_json_text, message_text, usage_of
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Answer:
     latency_ms: float | None  # None for a Message Batches answer
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
-    headers: Any = None  # the response's headers (its rate-limit view: tierguard.ratelimits)
+    headers: Any = None  # the response's headers (its rate-limit view: tierguard.headroom.ratelimits)
     batch: bool = False  # answered through the Message Batches API (priced at its discount)
 
 

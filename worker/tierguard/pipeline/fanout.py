@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,11 +21,11 @@ import anthropic
 import httpx2
 
 from tierguard import metrics
+from tierguard.contract.job import ShadowJob
 from tierguard.errors import PermanentCallError, RetryableCallError
-from tierguard.job import ShadowJob
 from tierguard.pipeline.calls import Answer, call_model_async
 from tierguard.pipeline.judging import JudgeCall, needs_judge
-from tierguard.pipeline.recorder import Result
+from tierguard.pipeline.results import Result
 from tierguard.pipeline.shadow import (
     noise_result,
     noise_sampled,
@@ -54,6 +55,7 @@ class LoopRunner:
 
     Requests rotate over ``shards`` clients of ``POOL_SHARD`` connections each:
     one pool of hundreds of connections costs milliseconds of CPU per request.
+    The loop's thread starts on first use, and again (with new clients) in a forked child.
     """
 
     def __init__(self, client_factory: Callable[[], anthropic.AsyncAnthropic], shards: int = 1):
@@ -61,8 +63,23 @@ class LoopRunner:
         self._clients: list[anthropic.AsyncAnthropic] = []
         self._shards = max(1, shards)
         self._next = 0
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, name="tierguard-fanout", daemon=True).start()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid: int | None = None
+        self._start_lock = threading.Lock()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """This process's loop, running in its own thread."""
+        if self._pid != os.getpid():
+            with self._start_lock:
+                if self._pid != os.getpid():
+                    self._clients, self._next = [], 0  # a parent's connections are the parent's
+                    self._loop = asyncio.new_event_loop()
+                    threading.Thread(target=self._loop.run_forever, name="tierguard-fanout",
+                                     daemon=True).start()
+                    self._pid = os.getpid()
+        assert self._loop is not None
+        return self._loop
 
     @property
     def client(self) -> anthropic.AsyncAnthropic:

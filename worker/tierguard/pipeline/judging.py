@@ -17,18 +17,18 @@ import anthropic
 
 from tierguard.compare.base import Verdict
 from tierguard.compare.judge import Judge, JudgeAnswerError
+from tierguard.contract.job import ShadowJob
+from tierguard.contract.messages import usage_counts
 from tierguard.errors import PermanentCallError, RetryableCallError
-from tierguard.job import ShadowJob
-from tierguard.messages import usage_counts
 from tierguard.pipeline.calls import Answer, call_json_async
-from tierguard.pipeline.recorder import JudgeUsage, Result
+from tierguard.pipeline.results import JudgeUsage, Result
 from tierguard.policy import CategoryPolicy, Policy
 
 JUDGE_ERROR = "judge_error"
 
 
 def needs_judge(cat: CategoryPolicy) -> bool:
-    return isinstance(cat.compare, Judge)
+    return cat.judge_model is not None
 
 
 @dataclass
@@ -79,7 +79,7 @@ class JudgeCall:
             reference, candidate = answer.text, job.primary_text
         else:
             reference, candidate = job.primary_text, answer.text
-        verdict, why, usage = await self.ask(judge, judge.model or cat.reference, job.request,
+        verdict, why, usage = await self.ask(judge, cat.judge_model or cat.reference, job.request,
                                              reference, candidate, job.job_id)
         error = None if verdict is not None else (JUDGE_ERROR, why or "judge failed")
         return Result(job, answer, verdict, error, attempt, kind=kind, judge=usage)

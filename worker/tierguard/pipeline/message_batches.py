@@ -29,16 +29,18 @@ from typing import Any
 import anthropic
 import httpx2
 
-from tierguard import batch_store
-from tierguard.db import utcnow
+from tierguard.contract.job import ShadowJob, digest
+from tierguard.contract.messages import cache_tokens_of, message_text, usage_of
+from tierguard.contract.sealing import open_job, seal_job
 from tierguard.errors import PayloadInvalid, RetryableCallError
-from tierguard.job import ShadowJob, digest
-from tierguard.messages import cache_tokens_of, message_text, usage_of
 from tierguard.pipeline.calls import Answer, classify
+from tierguard.pipeline.context import Context
 from tierguard.pipeline.judging import JudgeCall, needs_judge
-from tierguard.pipeline.recorder import Outcome, Result
-from tierguard.pipeline.shadow import Context, result_of
-from tierguard.sealing import open_job, seal_job
+from tierguard.pipeline.results import Outcome, Result
+from tierguard.pipeline.shadow import result_of
+from tierguard.store import batch_jobs
+from tierguard.store.db import utcnow
+from tierguard.store.tables import BatchJob, ShadowBatch
 
 log = logging.getLogger(__name__)
 CHUNK = 500  # results recorded per transaction
@@ -63,7 +65,7 @@ def params(job: ShadowJob) -> dict[str, Any]:
 
 def enqueue(ctx: Context, jobs: list[ShadowJob], attempt: int = 1) -> int:
     """Keep ``jobs`` (opened) for a batch, sealed again when the worker has keys."""
-    return batch_store.enqueue(ctx.engine, [seal_job(j, ctx.sealer).to_dict() for j in jobs], attempt)
+    return batch_jobs.enqueue(ctx.engine, [seal_job(j, ctx.sealer).to_dict() for j in jobs], attempt)
 
 
 def cycle(ctx: Context, client: anthropic.Anthropic, max_attempts: int,
@@ -72,15 +74,15 @@ def cycle(ctx: Context, client: anthropic.Anthropic, max_attempts: int,
     now = now or utcnow()
     counts: Counter[str] = Counter()
     outcomes: list[Outcome] = []
-    for name, (n, oldest) in batch_store.waiting(ctx.engine).items():
+    for name, (n, oldest) in batch_jobs.waiting(ctx.engine).items():
         cat = ctx.policy.category(name)
         aged = now - oldest >= dt.timedelta(minutes=cat.batch_max_wait_minutes)
         for _ in range(math.ceil(n / cat.batch_max_jobs) if aged else n // cat.batch_max_jobs):
-            if batch_store.claim(ctx.engine, name, cat.batch_max_jobs) is None:
+            if batch_jobs.claim(ctx.engine, name, cat.batch_max_jobs) is None:
                 break
-    for batch in batch_store.batches(ctx.engine, "submitting"):
+    for batch in batch_jobs.batches(ctx.engine, "submitting"):
         outcomes += _each(submit, ctx, client, batch, counts)
-    for batch in batch_store.batches(ctx.engine, "in_progress"):
+    for batch in batch_jobs.batches(ctx.engine, "in_progress"):
         outcomes += _each(collect, ctx, client, batch, counts, max_attempts)
     return counts, outcomes
 
@@ -97,8 +99,8 @@ def _each(step: Any, ctx: Context, client: Any, batch: Any, counts: Counter[str]
         return []
 
 
-def _opened(ctx: Context, rows: list[batch_store.BatchJob]
-            ) -> tuple[list[tuple[batch_store.BatchJob, ShadowJob]], list[Result]]:
+def _opened(ctx: Context, rows: list[BatchJob]
+            ) -> tuple[list[tuple[BatchJob, ShadowJob]], list[Result]]:
     ok, refused = [], []
     for row in rows:
         job = ShadowJob.from_dict(row.payload)
@@ -109,13 +111,13 @@ def _opened(ctx: Context, rows: list[batch_store.BatchJob]
     return ok, refused
 
 
-def submit(ctx: Context, client: anthropic.Anthropic, batch: batch_store.ShadowBatch,
+def submit(ctx: Context, client: anthropic.Anthropic, batch: ShadowBatch,
            counts: Counter[str]) -> list[Outcome]:
-    rows = batch_store.jobs_of(ctx.engine, batch.id)
+    rows = batch_jobs.jobs_of(ctx.engine, batch.id)
     jobs, refused = _opened(ctx, rows)
     outcomes = _record(ctx, batch.id, refused)
     if not jobs:
-        batch_store.settle(ctx.engine, batch.id, [], [], status="recorded")
+        batch_jobs.settle(ctx.engine, batch.id, [], [], status="recorded")
         return outcomes
     requests = [{"custom_id": custom_id(job.job_id), "params": params(job)} for _, job in jobs]
     try:
@@ -127,7 +129,7 @@ def submit(ctx: Context, client: anthropic.Anthropic, batch: batch_store.ShadowB
                         len(jobs), error)
             counts["submit_retry"] += 1
             return outcomes
-        if error.status in (400, 413) and batch_store.split(ctx.engine, batch.id):
+        if error.status in (400, 413) and batch_jobs.split(ctx.engine, batch.id):
             # Too large, or one request the API will not take: halves, until it is one job.
             log.warning("batch %s (%s, %d jobs) refused (%s): split in two", batch.id, batch.category,
                         len(jobs), error)
@@ -139,7 +141,7 @@ def submit(ctx: Context, client: anthropic.Anthropic, batch: batch_store.ShadowB
         outcomes += _record(ctx, batch.id, results, status="refused", error=str(error))
         counts["refused"] += 1
         return outcomes
-    batch_store.submitted(ctx.engine, batch.id, created.id)
+    batch_jobs.submitted(ctx.engine, batch.id, created.id)
     log.info("batch %s (%s): %d jobs sent as %s", batch.id, batch.category, len(jobs), created.id)
     counts["submitted"] += 1
     return outcomes
@@ -154,7 +156,7 @@ def _failure(result: Any) -> tuple[str, str, bool]:
     return f"batch_{result.type}", f"the batch request was {result.type}", True
 
 
-def collect(ctx: Context, client: anthropic.Anthropic, batch: batch_store.ShadowBatch,
+def collect(ctx: Context, client: anthropic.Anthropic, batch: ShadowBatch,
             counts: Counter[str], max_attempts: int) -> list[Outcome]:
     assert batch.api_id is not None
     try:
@@ -163,7 +165,7 @@ def collect(ctx: Context, client: anthropic.Anthropic, batch: batch_store.Shadow
         error = classify(err)
         if getattr(error, "status", None) == 404:  # the API no longer knows it: send its jobs again
             log.error("batch %s (%s) is unknown to the API; its jobs wait again", batch.id, batch.api_id)
-            rows = batch_store.jobs_of(ctx.engine, batch.id)
+            rows = batch_jobs.jobs_of(ctx.engine, batch.id)
             given_up = _give_up(ctx, [r for r in rows if r.attempt >= max_attempts], "batch_lost",
                                 f"the API no longer knows batch {batch.api_id}")
             _record(ctx, batch.id, given_up, [r.job_id for r in rows if r.attempt < max_attempts],
@@ -174,7 +176,7 @@ def collect(ctx: Context, client: anthropic.Anthropic, batch: batch_store.Shadow
         return []
     if api.processing_status != "ended":
         return []
-    rows = {custom_id(row.job_id): row for row in batch_store.jobs_of(ctx.engine, batch.id)}
+    rows = {custom_id(row.job_id): row for row in batch_jobs.jobs_of(ctx.engine, batch.id)}
     outcomes: list[Outcome] = []
     pending: list[Result] = []
     judged: list[tuple[ShadowJob, Answer, int]] = []
@@ -222,7 +224,7 @@ def collect(ctx: Context, client: anthropic.Anthropic, batch: batch_store.Shadow
     return outcomes
 
 
-def _give_up(ctx: Context, rows: list[batch_store.BatchJob], kind: str, why: str) -> list[Result]:
+def _give_up(ctx: Context, rows: list[BatchJob], kind: str, why: str) -> list[Result]:
     opened, refused = _opened(ctx, rows)
     return refused + [Result(job, None, None, (kind, f"{why} (attempt {row.attempt})"), row.attempt)
                       for row, job in opened]
@@ -253,5 +255,5 @@ def _record(ctx: Context, batch_id: str, results: list[Result], retry: list[str]
     """Record ``results`` (once per job id), then let their jobs leave the batch."""
     outcomes = ctx.record_all(results) if results else []
     if results or retry or close:
-        batch_store.settle(ctx.engine, batch_id, [r.job.job_id for r in results], retry or [], **close)
+        batch_jobs.settle(ctx.engine, batch_id, [r.job.job_id for r in results], retry or [], **close)
     return outcomes

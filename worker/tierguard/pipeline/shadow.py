@@ -1,51 +1,22 @@
-"""One shadow job end to end (call the other model, compare, record, decide), without Celery."""
+"""What a shadow job's results are made of: a call's result compared, a skip, a probe, a noise twin.
+
+Pure functions of the policy and the job (no I/O): :mod:`tierguard.pipeline.fanout` calls the
+models and uses them to turn answers into :class:`~tierguard.pipeline.results.Result` values.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
-import anthropic
-import redis as redis_lib
-from sqlalchemy.engine import Engine
 
 from tierguard.compare import Verdict
+from tierguard.contract.job import ShadowJob, digest
 from tierguard.errors import PermanentCallError, RetryableCallError
-from tierguard.job import ShadowJob, digest
-from tierguard.limits import too_big
-from tierguard.pipeline.calls import Answer, call_model
-from tierguard.pipeline.recorder import Outcome, Result, record_many
+from tierguard.pipeline.calls import Answer
+from tierguard.pipeline.results import Result
 from tierguard.policy import Policy
+from tierguard.policy.model_limits import too_big
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Context:
-    """What running jobs needs; a worker builds one per process.
-
-    ``client`` is the synchronous SDK client :func:`run_job` uses; the worker's
-    batches go through ``runner`` (a :class:`tierguard.pipeline.fanout.LoopRunner`).
-    ``recorder`` stores results; by default in one transaction per call.
-    """
-
-    policy: Policy
-    engine: Engine
-    client: anthropic.Anthropic | None = None
-    redis: redis_lib.Redis | None = None
-    recorder: Callable[[list[Result]], list[Outcome]] | None = None
-    runner: Any = None
-    sealer: Any = None  # a tierguard.sealing.Sealer when TIERGUARD_PAYLOAD_KEYS is set
-    batch_client: Any = None  # the anthropic.Anthropic client batch shadows use, made lazily
-    scope: str = ""  # TIERGUARD_SHADOW_API_KEY's fingerprint: its own pauses and headroom
-    caps: Any = None  # a tierguard.shadow_caps.ShadowCaps (policy shadow_limits)
-
-    def record_all(self, results: list[Result]) -> list[Outcome]:
-        if self.recorder is not None:
-            return self.recorder(results)
-        return record_many(self.engine, self.redis, self.policy, results)
 
 
 def result_of(policy: Policy, job: ShadowJob, answer: Answer | None, error: Exception | None,
@@ -115,33 +86,6 @@ def noise_result(policy: Policy, job: ShadowJob, shadow_text: str, second: Answe
                         "served_model": cat.reference, "shadow_model": cat.reference,
                         "primary_text": first})
     return Result(twin, second, verdict, None, 1, kind="noise")
-
-
-def run_job(ctx: Context, job: ShadowJob, *, attempt: int = 1, final: bool = True) -> Outcome:
-    """Run ``job`` synchronously. A :class:`RetryableCallError` propagates unless ``final``."""
-    assert ctx.client is not None
-    skip = skipped(ctx.policy, job, attempt)
-    if skip is not None:
-        return ctx.record_all([skip])[0]
-    answer = error = None
-    try:
-        answer = call_model(ctx.client, job.shadow_model, job.request, job.headers)
-    except RetryableCallError as err:
-        if not final:
-            raise
-        error = err
-    except PermanentCallError as err:
-        error = err
-    results = [result_of(ctx.policy, job, answer, error, attempt)]
-    if answer is not None and results[0].verdict is not None and noise_sampled(ctx.policy, job):
-        try:
-            second = call_model(ctx.client, ctx.policy.category(job.category).reference, job.request,
-                                job.headers)
-            twin = noise_result(ctx.policy, job, answer.text, second)
-            results += [twin] if twin else []
-        except (RetryableCallError, PermanentCallError) as err:
-            log.info("noise-floor call for %s failed (%s); skipped", job.job_id, err.kind)
-    return ctx.record_all(results)[0]
 
 
 def compare(policy: Policy, job: ShadowJob, primary: str, shadow: str) -> Verdict | None:

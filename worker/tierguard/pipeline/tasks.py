@@ -1,11 +1,14 @@
-"""Thin Celery tasks: deserialize, call plain functions, decide retries."""
+"""Thin Celery tasks: deserialize, call plain functions, decide retries.
+
+``shadow_batch`` (task ``tierguard.pipeline.shadow_batch``: a message of many shadow jobs; the
+name predates Message Batches and is kept for compatibility) and ``shadow`` (one job) run
+:func:`tierguard.pipeline.flow.run`; ``batch_cycle`` sends and collects Message Batches; the
+others are beat's periodic work.
+"""
 
 from __future__ import annotations
 
 import logging
-import random
-import threading
-import time
 from typing import Any
 
 import anthropic
@@ -14,11 +17,11 @@ import sqlalchemy as sa
 from celery import Celery, Task
 from celery.signals import worker_ready
 
-from tierguard import headroom_log, job_store, keys, maintenance, ratelimits, rates, traffic
-from tierguard.alerts.events import for_invalid_policy
 from tierguard.alerts.monitors import check
 from tierguard.alerts.outbox import deliver_due
-from tierguard.broker import (
+from tierguard.config import Settings
+from tierguard.contract import keys
+from tierguard.contract.broker import (
     BATCH_TASK,
     BATCHES_TASK,
     DELIVER_TASK,
@@ -27,198 +30,46 @@ from tierguard.broker import (
     SHADOW_TASK,
     make_celery,
 )
-from tierguard.config import Settings
-from tierguard.db import make_engine, session
-from tierguard.errors import ConfigError, PayloadInvalid
-from tierguard.job import ShadowJob
-from tierguard.live_policy import LivePolicy
-from tierguard.pipeline import batches
-from tierguard.pipeline.batcher import BatchRecorder
-from tierguard.pipeline.fanout import POOL_SHARD, LoopRunner, async_client, run_batch
-from tierguard.pipeline.recorder import Result
-from tierguard.pipeline.shadow import Context, skipped
-from tierguard.pipeline.yielding import (
-    announce_paused,
-    caps_spent,
-    count_deferred,
-    defer_paused,
-    deferred_copy,
-    held_probes,
-    pause_quietly,
-    remember_headroom,
-)
-from tierguard.policy import Policy, valid_category
-from tierguard.routes import ensure_categories
-from tierguard.sealing import open_job, seal_job, sealer
-from tierguard.shadow_caps import ShadowCaps
+from tierguard.errors import StoreUnavailable
+from tierguard.headroom import history
+from tierguard.pipeline import flow, message_batches
+from tierguard.pipeline.context import context_for
+from tierguard.pipeline.flow import backoff
+from tierguard.routing import rates
+from tierguard.store import maintenance, traffic
 
 log = logging.getLogger(__name__)
-_lock = threading.Lock()
 UNEXPECTED_ERROR_ATTEMPTS = 8
 
 
-def build_context(settings: Settings) -> Context:
-    engine = make_engine(settings.database_url, pool_size=4)
-    r = redis_lib.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-
-    def changed(old: Policy, new: Policy) -> None:
-        new.warm()
-        ctx.policy = batcher.policy = new
-        ensure_categories(engine, new)  # the database's copies (threshold, sample rate) follow
-
-    def invalid(err: ConfigError, digest: str) -> None:
-        try:
-            with session(engine) as s:
-                for_invalid_policy(s, ctx.policy, str(settings.policy), err.problems, digest)
-                s.commit()
-            deliver_due(engine, ctx.policy)
-        except sa.exc.SQLAlchemyError as db_err:
-            log.warning("cannot record the invalid policy event: %s", db_err)
-
-    live = LivePolicy(settings.policy, settings.policy_reload_s, changed, invalid)
-    live.current.warm()
-    batcher = BatchRecorder(engine, r, live.current)
-    key = settings.shadow_api_key.get_secret_value() if settings.shadow_api_key else None
-    runner = LoopRunner(lambda: async_client(settings.shadow_timeout, api_key=key),
-                        shards=settings.max_in_flight // POOL_SHARD)
-    ctx = Context(policy=live.current, engine=engine, redis=r, recorder=batcher.record_all,
-                  runner=runner, sealer=sealer(settings),
-                  scope=ratelimits.fingerprint(key) if key else "", caps=ShadowCaps(settings.redis_url))
-    live.start()
-    return ctx
-
-
-def context_for(app: Celery) -> Context:
-    ctx = getattr(app, "tierguard_context", None)
-    if ctx is None:
-        with _lock:
-            ctx = getattr(app, "tierguard_context", None)
-            if ctx is None:
-                ctx = app.tierguard_context = build_context(app.tierguard_settings)
-    return ctx
-
-
-def backoff(attempt: int, retry_after: float | None, cap: float) -> float:
-    """Seconds before retry ``attempt`` + 1: the server's retry-after (capped) or jittered 2^n."""
-    if retry_after is not None:
-        return min(retry_after, cap)
-    return min(cap, 0.5 * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
-
-
 def shadow(task: Task, job: dict[str, Any]) -> dict[str, int]:
-    """One job (a retry, or a producer that does not batch): a batch of one."""
+    """One job (a retry, or a producer that does not batch): a message of one."""
     return shadow_batch(task, [job])
 
 
 def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
-    """Many jobs in one message: all calls in flight at once, their results in one transaction.
-
-    Jobs whose call failed transiently are re-queued one by one as ``shadow``
-    tasks (with backoff) before this message is acknowledged.
-    """
+    """Many jobs in one message (:func:`tierguard.pipeline.flow.run`); jobs to run again are sent
+    as ``shadow`` tasks before this message is acknowledged."""
     settings: Settings = task.app.tierguard_settings
-    ctx = context_for(task.app)
-    parsed = _parsed(jobs)
-    if not all(valid_category(j.category) for j in parsed):  # a producer that skips the checks
-        log.warning("dropping %d job(s) with an invalid category name",
-                    sum(not valid_category(j.category) for j in parsed))
-        parsed = [j for j in parsed if valid_category(j.category)]
     attempt = task.request.retries + 1
     try:
-        parsed, expired = job_store.load(ctx.redis, parsed)
-    except redis_lib.RedisError as err:  # the payloads are there, Redis is not: later, nothing lost
-        log.warning("batch of %d: stored payloads unreadable (%s); retry", len(parsed), type(err).__name__)
-        raise task.retry(countdown=backoff(min(attempt, 6), None, settings.retry_after_cap)) from None
-    opened, refused = [], [Result(job, None, None, (job_store.EXPIRED, "the job's stored payload "
-                                  "expired before a worker ran it (TIERGUARD_JOB_PAYLOAD_TTL_S)"),
-                                  attempt) for job in expired]
-    for job in parsed:
-        try:
-            opened.append(open_job(job, ctx.sealer))
-        except PayloadInvalid as err:  # recorded as an error, never executed
-            log.warning("job %s: %s", job.job_id, err)
-            refused.append(Result(job, None, None, ("payload_invalid", str(err)), attempt))
-    opened, via_batch = _by_batch(ctx, opened, refused, attempt)
-    opened, deferred, too_long = defer_paused(ctx, opened, attempt)
-    refused += too_long
-    try:
-        if via_batch:  # kept for the next Message Batch; beat sends and collects it
-            batches.enqueue(ctx, via_batch, attempt)
-        limited: dict[str, float] = {}
-        results, retries = ctx.runner.run(run_batch(
-            ctx.runner, ctx.policy, opened, attempt=attempt,
-            final=attempt >= settings.shadow_max_attempts,
-            held=held_probes(ctx, opened), limited=limited)) if opened else ([], [])
-        for rung, wait in limited.items():  # a probe's 429: later probes and shadows to it wait
-            pause_quietly(ctx, rung, min(wait, settings.retry_after_cap) or 10.0)
-        results = refused + results
-        remember_headroom(ctx, results)
-        caps_spent(ctx, results)
-        outcomes = ctx.record_all(results) if results else []
-        job_store.forget(ctx.redis, [r.job for r in results] + via_batch)
-    except sa.exc.OperationalError as err:
-        # The database is down: keep the jobs until it is back (nothing lost).
+        after = flow.run(context_for(task.app), jobs, attempt, max_attempts=settings.shadow_max_attempts,
+                         retry_cap=settings.retry_after_cap)
+    except StoreUnavailable as err:  # nothing lost: the message waits for the store
         delay = backoff(min(attempt, 6), None, settings.retry_after_cap)
-        log.warning("batch of %d: database unavailable (%s); retry in %.1fs", len(parsed),
-                    type(err.orig).__name__, delay)
+        log.warning("message of %d job(s): %s; retry in %.1fs", len(jobs), err, delay)
         raise task.retry(countdown=delay) from None
     except Exception as err:
         if attempt >= UNEXPECTED_ERROR_ATTEMPTS:
             raise
-        log.exception("batch of %d failed unexpectedly; retry %d", len(parsed), attempt)
+        log.exception("message of %d job(s) failed unexpectedly; retry %d", len(jobs), attempt)
         raise task.retry(countdown=backoff(attempt, None, settings.retry_after_cap)) from err
-    for item in retries:
-        delay = backoff(attempt, item.error.retry_after, settings.retry_after_cap)
-        if item.error.kind == "rate_limited":  # its own 429: every shadow to that model waits
-            until = pause_quietly(ctx, item.job.shadow_model, delay)
-            deferred.append((deferred_copy(item.job), max(delay, until - time.time())))
-            continue
-        log.info("job %s: %s; retry %d in %.1fs", item.job.job_id, item.error.kind, attempt, delay)
-        task.app.send_task(SHADOW_TASK, args=[_travelling(ctx, item.job)], task_id=item.job.job_id,
-                           queue=settings.queue, countdown=delay, retries=attempt)
-    for job, wait in deferred:  # a pause spends no attempt
-        task.app.send_task(SHADOW_TASK, args=[_travelling(ctx, job)], task_id=job.job_id,
-                           queue=settings.queue, countdown=wait + random.uniform(0, 1),
-                           retries=attempt - 1)
-    count_deferred(ctx, [job for job, _ in deferred])
-    if too_long and announce_paused(ctx, too_long):
+    for again in after.again:
+        task.app.send_task(SHADOW_TASK, args=[again.job], task_id=again.job_id, queue=settings.queue,
+                           countdown=again.delay, retries=again.retries)
+    if after.deliver:
         task.app.send_task(DELIVER_TASK, queue=settings.queue)
-    if any(o.events for o in outcomes):
-        task.app.send_task(DELIVER_TASK, queue=settings.queue)
-    return {"recorded": sum(o.status != "duplicate" for o in outcomes), "retried": len(retries),
-            "deferred": len(deferred)}
-
-
-def _parsed(jobs: list[Any]) -> list[ShadowJob]:
-    """The jobs of a message; one that is not a job at all (no id to record it under) is logged
-    and left out, never the end of the others."""
-    out = []
-    for raw in jobs:
-        try:
-            out.append(ShadowJob.from_dict(raw))
-        except (TypeError, ValueError, AttributeError) as err:
-            log.error("dropping a message entry that is not a shadow job (%s: %s)", type(err).__name__,
-                      str(err)[:200])
-    return out
-
-
-def _travelling(ctx: Context, job: ShadowJob) -> dict[str, Any]:
-    """A job re-queued: sealed again, and by reference when its payload is stored."""
-    return (job_store.strip(job) if job.payload_ref else seal_job(job, ctx.sealer)).to_dict()
-
-
-def _by_batch(ctx: Context, jobs: list[ShadowJob], refused: list[Result], attempt: int
-              ) -> tuple[list[ShadowJob], list[ShadowJob]]:
-    """(jobs to call now, jobs for a batch); a batch job its model cannot take is skipped now."""
-    now, later = [], []
-    for job in jobs:
-        if ctx.policy.category(job.category).shadow_via != "batch" or job.headers:
-            now.append(job)  # a beta request's headers are per request: no Message Batch carries them
-        elif (skip := skipped(ctx.policy, job, attempt)) is not None:
-            refused.append(skip)
-        else:
-            later.append(job)
-    return now, later
+    return after.counts()
 
 
 def batch_cycle(task: Task) -> dict[str, int]:
@@ -236,7 +87,7 @@ def batch_cycle(task: Task) -> dict[str, int]:
             # cycle sends it again instead, and collecting is idempotent.
             ctx.batch_client = anthropic.Anthropic(api_key=key.get_secret_value() if key else None,
                                                    max_retries=0, timeout=settings.shadow_timeout)
-        counts, outcomes = batches.cycle(ctx, ctx.batch_client, settings.shadow_max_attempts)
+        counts, outcomes = message_batches.cycle(ctx, ctx.batch_client, settings.shadow_max_attempts)
     except sa.exc.OperationalError as err:  # the database is down: the next cycle does it
         log.warning("batch shadows wait for the database: %s", type(err.orig).__name__)
         return {"database_unavailable": 1}
@@ -269,7 +120,7 @@ def monitor(task: Task) -> int:
     except Exception as err:
         log.warning("cannot publish the adaptive sample rates yet: %s", err)
     try:
-        headroom_log.snapshot(ctx.engine, ctx.redis, headroom_log.models_of(ctx.policy), ctx.scope)
+        history.snapshot(ctx.engine, ctx.redis, history.models_of(ctx.policy), ctx.scope)
     except Exception as err:
         log.warning("cannot keep the rate-limit headroom for the dashboard yet: %s", err)
     events = check(ctx.engine, ctx.redis, ctx.policy, task.app.tierguard_settings.queue)

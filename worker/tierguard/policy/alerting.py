@@ -4,18 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _unit(v: float | None) -> float | None:
-    if v is not None and not 0.0 <= v <= 1.0:
-        raise ValueError("must be between 0 and 1")
-    return v
-
+from tierguard.policy.base import Strict, unit
 
 EVENT_KINDS = ("demoted", "promoted", "eligible", "pin_expired", "flap_guard", "monitor_blind",
                "error_rate", "noise_floor", "policy_invalid", "shadows_paused", "test")
@@ -28,7 +19,7 @@ _REQUIRED = {"webhook": "url", "slack": "webhook_url_env", "pagerduty": "routing
              "alertmanager": "url"}
 
 
-class Channel(_Strict):
+class Channel(Strict):
     """Where alerts go. Secrets are named by environment variable, never written here."""
 
     type: Literal["webhook", "slack", "pagerduty", "alertmanager", "grafana"]
@@ -69,7 +60,7 @@ class Channel(_Strict):
         return events is None or kind in events
 
 
-class Alerting(_Strict):
+class Alerting(Strict):
     channels: list[Channel] = []
     severities: dict[str, Severity] = {}
     dashboard_url: str | None = None
@@ -78,7 +69,7 @@ class Alerting(_Strict):
     error_window_minutes: float = Field(15, gt=0)
     give_up_hours: float = Field(48, gt=0)
 
-    _unit_fields = field_validator("error_rate_limit")(_unit)
+    _unit_fields = field_validator("error_rate_limit")(unit)
 
     @field_validator("severities")
     @classmethod

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tierguard.errors import ConfigError
-from tierguard.policy import Policy, load_policy
+from tierguard.policy.schema import Policy, load_policy
 
 log = logging.getLogger(__name__)
 

@@ -21,13 +21,15 @@ from pydantic import (
 )
 
 from tierguard import compare as comparators
+from tierguard.compare.base import model_called
 from tierguard.engine.detector import Engine, EngineConfig
 from tierguard.engine.ladder import Ladder
 from tierguard.engine.sampling import SamplingConfig
 from tierguard.errors import ConfigError
-from tierguard.limits import family_limits
-from tierguard.policy_alerts import EVENT_KINDS, SEVERITIES, Alerting, Channel, Severity
-from tierguard.policy_sections import (
+from tierguard.policy.alerting import EVENT_KINDS, SEVERITIES, Alerting, Channel, Severity
+from tierguard.policy.base import Strict, error_lines, unit, valid_category
+from tierguard.policy.model_limits import family_limits
+from tierguard.policy.sections import (
     ModelLimits,
     Models,
     Payloads,
@@ -36,11 +38,7 @@ from tierguard.policy_sections import (
     ShadowCap,
     ShadowHeadroom,
     UnknownCategories,
-    _format,
-    _Strict,
-    _unit,
     check_ladder,
-    valid_category,
 )
 
 __all__ = ["EVENT_KINDS", "SEVERITIES", "Alerting", "CategoryPolicy", "Channel", "Policy", "Severity",
@@ -50,7 +48,7 @@ __all__ = ["EVENT_KINDS", "SEVERITIES", "Alerting", "CategoryPolicy", "Channel",
 ComparatorSpec = str | dict[str, Any]
 
 
-class _Tunables(_Strict):
+class _Tunables(Strict):
     """Keys a category may set; unset ones come from ``defaults``."""
 
     sample_rate: float | None = None
@@ -84,7 +82,7 @@ class _Tunables(_Strict):
 
     _unit_fields = field_validator("sample_rate", "threshold", "healthy", "promote_threshold",
                                    "noise_floor_rate", "sample_rate_min", "sample_rate_max",
-                                   "probe_rate")(_unit)
+                                   "probe_rate")(unit)
 
     @field_validator("false_flip_rate")
     @classmethod
@@ -141,7 +139,7 @@ class CategoryOverrides(_Tunables):
         return v
 
 
-class CategoryPolicy(_Strict):
+class CategoryPolicy(Strict):
     """One category's effective settings (defaults merged with its overrides)."""
 
     name: str
@@ -185,6 +183,11 @@ class CategoryPolicy(_Strict):
     @cached_property
     def compare(self) -> comparators.Comparator:
         return comparators.resolve(self.comparator)
+
+    @property
+    def judge_model(self) -> str | None:
+        """The model the comparator calls for each comparison (the judge's), or None."""
+        return model_called(self.compare, self.reference)
 
     @property
     def engine_config(self) -> EngineConfig:
@@ -239,7 +242,7 @@ class CategoryPolicy(_Strict):
         return self.reference if self.start_on == "reference" else self.start_on
 
 
-class Policy(_Strict):
+class Policy(Strict):
     models: Models = Models()
     pricing: dict[str, Price] = {
         "claude-haiku-4-5": Price(input=1.0, output=5.0),
@@ -252,7 +255,7 @@ class Policy(_Strict):
     alerts: Alerting = Alerting()
     retention: Retention = Retention()
     shadow_headroom: ShadowHeadroom = ShadowHeadroom()
-    limits: dict[str, ModelLimits] = {}  # by model name; families have defaults (tierguard.limits)
+    limits: dict[str, ModelLimits] = {}  # by model name; families have defaults (model_limits)
     shadow_limits: dict[str, ShadowCap] = {}  # by model name: hard caps on shadow calls
     # A category a caller names that the policy does not: tracked (up to max_categories in all)
     # and served with the caller's model unless start_on says otherwise, or passed through.
@@ -375,7 +378,7 @@ def parse_policy(data: Any, source: str | None = None) -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format(err), source) from None
+        raise ConfigError(error_lines(err), source) from None
 
 
 def load_policy(path: str | Path | None) -> Policy:

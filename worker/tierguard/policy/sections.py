@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-
-
-def valid_category(name: object) -> bool:
-    return isinstance(name, str) and CATEGORY_NAME.fullmatch(name) is not None
+from tierguard.policy.base import Strict
 
 
-def _unit(v: float | None) -> float | None:
-    if v is not None and not 0.0 <= v <= 1.0:
-        raise ValueError("must be between 0 and 1")
-    return v
-
-
-def _format(err: ValidationError) -> list[str]:
-    out = []
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field"
-        out.extend(f"{path}: {line}" if path else line for line in msg.split("\n"))
-    return out
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Models(_Strict):
+class Models(Strict):
     """Two models (``candidate``, ``reference``), or a ``ladder`` of them, cheapest first."""
 
     candidate: str = "claude-haiku-4-5"
@@ -63,12 +37,12 @@ def check_ladder(ladder: list[str]) -> None:
         raise ValueError(f"ladder: a model is listed twice ({', '.join(ladder)})")
 
 
-class ModelLimits(_Strict):
+class ModelLimits(Strict):
     context_tokens: int = Field(gt=0, description="input + output tokens the model takes")
     max_output_tokens: int = Field(gt=0)
 
 
-class Price(_Strict):
+class Price(Strict):
     input: float = Field(ge=0, description="USD per million input tokens")
     output: float = Field(ge=0, description="USD per million output tokens")
     cache_write: float | None = Field(None, ge=0, description="USD per million cache-write tokens "
@@ -86,8 +60,8 @@ class Price(_Strict):
         return total * self.batch_discount if batch else total
 
 
-class ShadowHeadroom(_Strict):
-    """How shadows yield to production's rate limits (tierguard.pauses)."""
+class ShadowHeadroom(Strict):
+    """How shadows yield to production's rate limits (tierguard.headroom.pauses)."""
 
     max_defer_minutes: float = Field(60, gt=0, description="then a deferred job is recorded as "
                                      "skipped (rate_headroom)")
@@ -98,29 +72,29 @@ class ShadowHeadroom(_Strict):
                                     "in a workspace of its own)")
 
 
-class ShadowCap(_Strict):
-    """Hard caps on one model's shadow calls, across every worker (tierguard.shadow_caps)."""
+class ShadowCap(Strict):
+    """Hard caps on one model's shadow calls, across every worker (tierguard.headroom.caps)."""
 
     requests_per_minute: int | None = Field(None, ge=1)
     input_tokens_per_minute: int | None = Field(None, ge=1)
     output_tokens_per_minute: int | None = Field(None, ge=1)
 
 
-class Retention(_Strict):
+class Retention(Strict):
     """How long raw samples and aggregates are kept (audit tables are kept for good)."""
 
     samples_days: float = Field(30, gt=0)
     rollups_days: float = Field(400, gt=0)
 
 
-class Payloads(_Strict):
+class Payloads(Strict):
     """What of a production request and its answers is stored with a sample."""
 
     store: Literal["hash", "excerpt"] = "hash"
     excerpt_chars: int = Field(500, ge=1, le=100_000)
 
 
-class UnknownCategories(_Strict):
+class UnknownCategories(Strict):
     """What happens to a category the policy does not list (``track`` / ``pass_through`` alone
     are short for ``{mode: …}``)."""
 

@@ -5,7 +5,7 @@
 category, with its detector state, its measured calls per day and the average
 cost of its recent samples; the policy's global ``shadow_budget_usd_per_day``
 scales the adaptive categories down together when their spend would pass it.
-The rates go to Redis (:data:`tierguard.keys.RATES`), where the wrappers' and
+The rates go to Redis (:data:`tierguard.contract.keys.RATES`), where the wrappers' and
 gateways' route refresh reads them. Fixed categories are never in that hash, and
 a wrapper uses a rate from it only for a category its own policy calls adaptive.
 """
@@ -21,10 +21,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from tierguard import keys, metrics
-from tierguard.db import Category, Sample, Traffic, session, utcnow
+from tierguard import metrics
+from tierguard.contract import keys
 from tierguard.engine.sampling import Evidence, Rate, choose
 from tierguard.policy import Policy
+from tierguard.store.db import session, utcnow
+from tierguard.store.tables import Category, Sample, Traffic
 
 log = logging.getLogger(__name__)
 

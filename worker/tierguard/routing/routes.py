@@ -20,11 +20,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
-from tierguard import keys
-from tierguard.db import Category, RouteChange, insert_new, session, utcnow
+from tierguard.contract import keys
 from tierguard.errors import RouteConflict
 from tierguard.policy import CategoryPolicy, Policy
-from tierguard.rates import parse_rates
+from tierguard.routing.rates import parse_rates
+from tierguard.store.db import insert_new, session, utcnow
+from tierguard.store.tables import Category, RouteChange
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class RouteTable:
         self.ttl = ttl
         self.routes: dict[str, str] = {}
         self.moved: frozenset[str] = frozenset()  # categories whose route was ever changed (version > 1)
-        self.rates: dict[str, float] = {}  # adaptive sample rates (tierguard.rates)
+        self.rates: dict[str, float] = {}  # adaptive sample rates (tierguard.routing.rates)
         self.failures = 0
         self._read_once = False
         self._stop = threading.Event()

@@ -53,7 +53,7 @@ from typing import Any
 
 import yaml
 
-from tierguard.messages import content_text
+from tierguard.contract.messages import content_text
 
 VENDORS = ["Acme GmbH", "Globex Ltd", "Initech SA", "Umbrella BV", "Stark Industries",
            "Wayne Enterprises", "Hooli Inc", "Vandelay Imports"]

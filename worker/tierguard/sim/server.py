@@ -44,12 +44,12 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import unquote, parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
-from tierguard.messages import content_text
-from tierguard.ops.sim_batches import BatchError, BatchStore
-from tierguard.ops.sim_buckets import BucketStore, fingerprint
-from tierguard.ops.simulate import Scenario, Simulator
+from tierguard.contract.messages import content_text
+from tierguard.sim.batches import BatchError, BatchStore
+from tierguard.sim.buckets import BucketStore, fingerprint
+from tierguard.sim.models import Scenario, Simulator
 
 BATCH_PATH = re.compile(r"^/v1/messages/batches(?:/([^/]+)(?:/(results|cancel))?)?$")
 FAMILY_WORDS = {"requests": "requests", "input-tokens": "input tokens", "output-tokens": "output tokens"}

@@ -17,44 +17,11 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Column, Field, SQLModel
 
-from tierguard.db import Sample, session, upsert_insert, utcnow
+from tierguard.store.db import session, upsert_insert, utcnow
+from tierguard.store.tables import BatchJob, Sample, ShadowBatch
 
 OPEN = ("submitting", "in_progress")
-
-
-def _ts(nullable: bool = False, index: bool = False) -> Any:
-    column = Column(sa.DateTime(timezone=True), nullable=nullable, index=index)
-    return Field(default=None, sa_column=column) if nullable else Field(default_factory=utcnow,
-                                                                        sa_column=column)
-
-
-class ShadowBatch(SQLModel, table=True):
-    __tablename__ = "shadow_batch"
-
-    id: str = Field(primary_key=True)
-    category: str = Field(index=True)
-    status: str = Field(index=True)
-    api_id: str | None = None
-    jobs: int = 0
-    request_counts: dict = Field(default_factory=dict, sa_column=Column(sa.JSON, nullable=False))
-    error: str | None = None
-    created_at: dt.datetime = _ts()
-    submitted_at: dt.datetime | None = _ts(nullable=True)
-    ended_at: dt.datetime | None = _ts(nullable=True)
-
-
-class BatchJob(SQLModel, table=True):
-    __tablename__ = "batch_job"
-
-    job_id: str = Field(primary_key=True)
-    category: str = Field(index=True)
-    batch_id: str | None = Field(default=None, index=True)
-    # The job as the worker received it (sealed again when TIERGUARD_PAYLOAD_KEYS is set).
-    payload: dict = Field(sa_column=Column(sa.JSON, nullable=False))
-    attempt: int = 1
-    queued_at: dt.datetime = _ts(index=True)
 
 
 def enqueue(engine: Engine, payloads: list[dict[str, Any]], attempt: int = 1) -> int:

@@ -21,10 +21,10 @@ import redis as redis_lib
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tierguard import partitions, traffic
-from tierguard.db import Rollup, RollupError, Sample, Traffic, session, utcnow
-from tierguard.headroom_log import Headroom
 from tierguard.policy import Policy
+from tierguard.store import partitions, traffic
+from tierguard.store.db import session, utcnow
+from tierguard.store.tables import Headroom, Rollup, RollupError, Sample, Traffic
 
 log = logging.getLogger(__name__)
 BATCH = 10_000

@@ -10,7 +10,7 @@ redelivered job lands in the same partition and its primary key still dedupes it
 :func:`ensure` creates the days of the retention window and ``AHEAD_DAYS`` ahead
 (rows a new partition's range takes are moved out of the default first);
 :func:`drop_before` drops whole days past retention, and batched deletes clear the
-default partition. SQLite has no partitions: :mod:`tierguard.maintenance` deletes.
+default partition. SQLite has no partitions: :mod:`tierguard.store.maintenance` deletes.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from tierguard.db import LATENCY_BUCKETS, Rollup, RollupError, execute_many, upsert_insert
+from tierguard.store.db import execute_many, upsert_insert
+from tierguard.store.tables import LATENCY_BUCKETS, Rollup, RollupError
 
 GRAINS = {"1m": 60, "5m": 300, "1h": 3600}  # dashboards read 1m up to 6 h, 5m up to 3 days
 SUMS = ("samples", "agreements", "disagreements", "errors", "skipped", "primary_input_tokens",
@@ -105,7 +106,7 @@ def add(s: Session, samples: list[dict[str, Any]]) -> None:
 def rebuild(s: Session, since: dt.datetime | None = None) -> int:
     """Recompute the rollups from the raw samples (all, or from ``since``'s hour): for migrations
     and repairs. Returns the samples read (-1 on PostgreSQL, where SQL does it in one pass)."""
-    from tierguard.db import Sample
+    from tierguard.store.tables import Sample
 
     if s.get_bind().dialect.name == "postgresql":
         rebuild_sql(s, since)
@@ -134,7 +135,7 @@ def rebuild(s: Session, since: dt.datetime | None = None) -> int:
 
 def rebuild_sql(s: Session, since: dt.datetime | None = None) -> None:
     """:func:`rebuild` in one pass of SQL on PostgreSQL (millions of rows: seconds, not minutes)."""
-    from tierguard.db import LATENCY_BUCKETS as N
+    from tierguard.store.tables import LATENCY_BUCKETS as N
 
     start = _period(since, 3600) if since else None
     where = "kind <> 'replay'" + (" AND created_at >= :start" if start else "")

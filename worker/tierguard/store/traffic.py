@@ -1,7 +1,7 @@
 """Production traffic counters: what the wrappers and gateways saw, per category, model and minute.
 
 The production side adds to a Redis hash per epoch minute in the background
-(:data:`tierguard.keys.TRAFFIC`, fields ``category|model|metric``; a bare
+(:data:`tierguard.contract.keys.TRAFFIC`, fields ``category|model|metric``; a bare
 ``category`` field is an older wrapper's call count). Beat folds every closed
 minute into the ``traffic`` table with SET semantics, so folding a minute twice
 (two beats, a retry) stores the same numbers; minutes stay in Redis for a day.
@@ -17,9 +17,10 @@ import redis as redis_lib
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tierguard import keys
-from tierguard.db import Traffic, session, upsert_insert, utcnow
-from tierguard.messages import USAGE_FIELDS, usage_counts
+from tierguard.contract import keys
+from tierguard.contract.messages import USAGE_FIELDS, usage_counts
+from tierguard.store.db import session, upsert_insert, utcnow
+from tierguard.store.tables import Traffic
 
 TOKENS = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
 METRICS = ("calls", "guarded", *TOKENS)

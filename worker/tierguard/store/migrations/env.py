@@ -3,10 +3,8 @@
 from alembic import context
 from sqlmodel import SQLModel
 
-import tierguard.batch_store  # noqa: F401  (registers its tables)
-import tierguard.db  # noqa: F401  (registers the tables)
-import tierguard.headroom_log  # noqa: F401
-from tierguard.partitions import include_name
+import tierguard.store.tables  # noqa: F401  (registers every table)
+from tierguard.store.partitions import include_name
 
 config = context.config
 engine = config.attributes["engine"]

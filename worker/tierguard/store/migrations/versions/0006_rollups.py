@@ -51,7 +51,7 @@ def upgrade() -> None:
     # Existing samples get their rollups now: the dashboards read nothing else.
     from sqlmodel import Session
 
-    from tierguard.rollups import rebuild
+    from tierguard.store.rollups import rebuild
 
     bind = op.get_bind()
     with Session(bind=bind) as s:

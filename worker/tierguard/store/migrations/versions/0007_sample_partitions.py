@@ -15,7 +15,7 @@ depends_on = None
 def upgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
-        from tierguard.partitions import convert
+        from tierguard.store.partitions import convert
 
         convert(bind)
         return
@@ -27,7 +27,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
-        from tierguard.partitions import unconvert
+        from tierguard.store.partitions import unconvert
 
         unconvert(bind)
         return

@@ -1,0 +1,196 @@
+"""One message of shadow jobs, from its wire form to recorded results: the worker's one flow.
+
+:func:`run` opens the jobs (stored payloads loaded, seals checked; an entry that is not a job is
+logged and left out, a job that cannot run is recorded with its reason), keeps Message Batches
+jobs for beat's batch cycle, sets aside jobs whose models have no rate-limit room
+(:mod:`tierguard.pipeline.yielding`), calls the rest at once (:mod:`tierguard.pipeline.fanout`),
+records every result in one transaction and returns what must happen next (:class:`Next`).
+The Celery task sends what :class:`Next` lists and decides the message's own retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis as redis_lib
+import sqlalchemy as sa
+
+from tierguard.contract import job_store
+from tierguard.contract.job import ShadowJob
+from tierguard.contract.sealing import open_job, seal_job
+from tierguard.errors import PayloadInvalid, StoreUnavailable
+from tierguard.pipeline import message_batches
+from tierguard.pipeline.context import Context
+from tierguard.pipeline.fanout import Retry, run_batch
+from tierguard.pipeline.results import Outcome, Result
+from tierguard.pipeline.shadow import skipped
+from tierguard.pipeline.yielding import (
+    announce_paused,
+    caps_spent,
+    count_deferred,
+    defer_paused,
+    deferred_copy,
+    held_probes,
+    pause_quietly,
+    remember_headroom,
+)
+from tierguard.policy import valid_category
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Again:
+    """A job to send again as a message of its own, after ``delay`` seconds; ``retries`` is the
+    attempt count it travels with (a transient error spends an attempt, a pause does not)."""
+
+    job: dict[str, Any]
+    job_id: str
+    delay: float
+    retries: int
+
+
+@dataclass(frozen=True)
+class Next:
+    """What a message's run leaves to do: jobs to send again, and whether events wait."""
+
+    recorded: int
+    again: list[Again]
+    retried: int
+    deferred: int
+    deliver: bool
+
+    def counts(self) -> dict[str, int]:
+        return {"recorded": self.recorded, "retried": self.retried, "deferred": self.deferred}
+
+
+def backoff(attempt: int, retry_after: float | None, cap: float) -> float:
+    """Seconds before retry ``attempt`` + 1: the server's retry-after (capped) or jittered 2^n."""
+    if retry_after is not None:
+        return min(retry_after, cap)
+    return min(cap, 0.5 * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
+
+
+def run(ctx: Context, raw: list[Any], attempt: int, *, max_attempts: int, retry_cap: float) -> Next:
+    """Run one message's jobs. Raises :class:`StoreUnavailable` when the payload store or the
+    database cannot be reached (the message runs again later)."""
+    opened, refused = _opened(ctx, _parsed(raw), attempt)
+    opened, via_batch = _by_batch(ctx, opened, refused, attempt)
+    opened, deferred, too_long = defer_paused(ctx, opened, attempt)
+    results, retries = _called(ctx, opened, attempt, final=attempt >= max_attempts, retry_cap=retry_cap)
+    outcomes = _recorded(ctx, refused + too_long + results, via_batch)
+    again, waiting = _again(ctx, retries, deferred, attempt, retry_cap)
+    count_deferred(ctx, waiting)
+    paused_event = bool(too_long) and announce_paused(ctx, too_long)
+    return Next(recorded=sum(o.status != "duplicate" for o in outcomes), again=again,
+                retried=len(retries), deferred=len(waiting),
+                deliver=paused_event or any(o.events for o in outcomes))
+
+
+def _parsed(raw: list[Any]) -> list[ShadowJob]:
+    """The jobs of a message; one that is not a job at all (no id to record it under) is logged
+    and left out, never the end of the others; so is one whose category name is invalid."""
+    out = []
+    for entry in raw:
+        try:
+            out.append(ShadowJob.from_dict(entry))
+        except (TypeError, ValueError, AttributeError) as err:
+            log.error("dropping a message entry that is not a shadow job (%s: %s)", type(err).__name__,
+                      str(err)[:200])
+    bad = sum(not valid_category(j.category) for j in out)
+    if bad:  # a producer that skips the checks
+        log.warning("dropping %d job(s) with an invalid category name", bad)
+    return [j for j in out if valid_category(j.category)]
+
+
+def _opened(ctx: Context, jobs: list[ShadowJob], attempt: int) -> tuple[list[ShadowJob], list[Result]]:
+    """(jobs ready to call, results of jobs that cannot run: payload expired or seal invalid)."""
+    try:
+        jobs, expired = job_store.load(ctx.redis, jobs)
+    except redis_lib.RedisError as err:  # the payloads are there, Redis is not: later, nothing lost
+        raise StoreUnavailable(f"stored payloads unreadable ({type(err).__name__})") from None
+    refused = [Result(job, None, None, (job_store.EXPIRED, "the job's stored payload expired before "
+                                        "a worker ran it (TIERGUARD_JOB_PAYLOAD_TTL_S)"), attempt)
+               for job in expired]
+    opened = []
+    for job in jobs:
+        try:
+            opened.append(open_job(job, ctx.sealer))
+        except PayloadInvalid as err:  # recorded as an error, never executed
+            log.warning("job %s: %s", job.job_id, err)
+            refused.append(Result(job, None, None, ("payload_invalid", str(err)), attempt))
+    return opened, refused
+
+
+def _by_batch(ctx: Context, jobs: list[ShadowJob], refused: list[Result], attempt: int
+              ) -> tuple[list[ShadowJob], list[ShadowJob]]:
+    """(jobs to call now, jobs for a Message Batch); one its model cannot take is skipped now."""
+    now, later = [], []
+    for job in jobs:
+        if ctx.policy.category(job.category).shadow_via != "batch" or job.headers:
+            now.append(job)  # a beta request's headers are per request: no Message Batch carries them
+        elif (skip := skipped(ctx.policy, job, attempt)) is not None:
+            refused.append(skip)
+        else:
+            later.append(job)
+    if later:
+        _stored(lambda: message_batches.enqueue(ctx, later, attempt))
+    return now, later
+
+
+def _called(ctx: Context, jobs: list[ShadowJob], attempt: int, *, final: bool, retry_cap: float
+            ) -> tuple[list[Result], list[Retry]]:
+    """Every job's calls at once; a probe's 429 pauses its rung for the shadows after it."""
+    if not jobs:
+        return [], []
+    limited: dict[str, float] = {}
+    results, retries = ctx.runner.run(run_batch(ctx.runner, ctx.policy, jobs, attempt=attempt,
+                                                final=final, held=held_probes(ctx, jobs),
+                                                limited=limited))
+    for rung, wait in limited.items():
+        pause_quietly(ctx, rung, min(wait, retry_cap) or 10.0)
+    remember_headroom(ctx, results)
+    caps_spent(ctx, results)
+    return results, retries
+
+
+def _recorded(ctx: Context, results: list[Result], via_batch: list[ShadowJob]) -> list[Outcome]:
+    """Every result recorded in one transaction; the payloads of finished jobs let go."""
+    outcomes = _stored(lambda: ctx.record_all(results)) if results else []
+    job_store.forget(ctx.redis, [r.job for r in results] + via_batch)
+    return outcomes
+
+
+def _stored(write: Any) -> Any:
+    try:
+        return write()
+    except sa.exc.OperationalError as err:  # the database is down: the message waits for it
+        raise StoreUnavailable(f"database unavailable ({type(err.orig).__name__})") from None
+
+
+def _again(ctx: Context, retries: list[Retry], deferred: list[tuple[ShadowJob, float]], attempt: int,
+           retry_cap: float) -> tuple[list[Again], list[ShadowJob]]:
+    """(jobs sent again, those of them waiting for rate-limit room): a transient error with backoff
+    (its own 429 pauses its model and waits without spending an attempt); a deferred job after
+    its wait."""
+    out, deferred = [], list(deferred)
+    for item in retries:
+        delay = backoff(attempt, item.error.retry_after, retry_cap)
+        if item.error.kind == "rate_limited":  # its own 429: every shadow to that model waits
+            until = pause_quietly(ctx, item.job.shadow_model, delay)
+            deferred.append((deferred_copy(item.job), max(delay, until - time.time())))
+            continue
+        log.info("job %s: %s; retry %d in %.1fs", item.job.job_id, item.error.kind, attempt, delay)
+        out.append(Again(travelling(ctx, item.job), item.job.job_id, delay, attempt))
+    for job, wait in deferred:  # a pause spends no attempt
+        out.append(Again(travelling(ctx, job), job.job_id, wait + random.uniform(0, 1), attempt - 1))
+    return out, [job for job, _ in deferred]
+
+
+def travelling(ctx: Context, job: ShadowJob) -> dict[str, Any]:
+    """A job's wire form when sent again: sealed again, and by reference when its payload is stored."""
+    return (job_store.strip(job) if job.payload_ref else seal_job(job, ctx.sealer)).to_dict()

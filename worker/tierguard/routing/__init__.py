@@ -1,0 +1,8 @@
+"""Which model serves each category, and at what rate its calls are shadowed.
+
+Owns the routes (``routes``: the database's route per category, its forward-only copy in Redis,
+the wrapper's cached :class:`RouteTable`, moves the policy asks for) and the sample rates
+(``rates``: the adaptive rates beat chooses and the wrappers read).
+
+May import: ``store``, ``contract``, ``policy``, ``engine``, ``metrics``, ``errors``.
+"""
