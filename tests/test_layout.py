@@ -41,6 +41,16 @@ RULES: dict[str, set[str]] = {
     "__main__": {"cli"},
 }
 MAX_LOOSE = 8  # modules at the top of the package, besides the rooms
+MAX_FUNCTION_LINES, MAX_DEPTH = 60, 4
+# Functions written before the rule, still longer or deeper: this list may only shrink.
+LONG_FUNCTIONS = {
+    "alerts.monitors.check", "app.stream.feed", "bench.dashboards.dashboard_figures",
+    "bench.gateway.gateway_figures", "bench.headroom._run", "bench.hotpath.hotpath_figures",
+    "bench.ladder._one", "bench.pipeline.pipeline_figures", "cli.replay.replay",
+    "engine.replay._next_event", "ops.demo.run", "ops.demo._traffic", "ops.replay.from_db",
+    "ops.status.category_status", "policy.model_limits._jpeg_size", "store.rollups.accumulate",
+}
+BLOCKS = (ast.If, ast.For, ast.While, ast.With, ast.Try, ast.AsyncFor, ast.AsyncWith, ast.Match)
 
 # Modules that do I/O: the engine and the comparators import none of them.
 IO_MODULES = {"redis", "sqlalchemy", "sqlmodel", "celery", "kombu", "httpx", "httpx2", "anthropic",
@@ -159,6 +169,43 @@ def test_modules_stay_small() -> None:
     assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}
 
 
+def depth(node: ast.AST, level: int = 0) -> int:
+    """How deep blocks nest in a function (nested functions and classes count on their own)."""
+    deepest = level
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            deepest = max(deepest, depth(child, level + isinstance(child, BLOCKS)))
+    return deepest
+
+
+def long_functions() -> set[str]:
+    out = set()
+    for name, path in module_names().items():
+        if ".migrations." in name:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                    node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES or depth(node) > MAX_DEPTH):
+                out.add(f"{name.removeprefix('tierguard.')}.{node.name}")
+    return out
+
+
+def test_no_private_name_crosses_a_module() -> None:
+    crossing = []
+    for name, path in module_names().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tierguard"):
+                crossing += [f"{name} imports {node.module}.{a.name}" for a in node.names
+                             if a.name.startswith("_") and not a.name.startswith("__")]
+    assert crossing == []
+
+
+def test_functions_stay_short_and_shallow() -> None:
+    found = long_functions()
+    assert found - LONG_FUNCTIONS == set(), f"over {MAX_FUNCTION_LINES} lines or {MAX_DEPTH} levels deep"
+    assert LONG_FUNCTIONS - found == set(), "shorter now: take them off LONG_FUNCTIONS"
+
+
 def loose_modules(names: list[str]) -> list[str]:
     return sorted(n.removesuffix(".py") for n in names if n.endswith(".py") and n != "__init__.py")
 
@@ -166,6 +213,15 @@ def loose_modules(names: list[str]) -> list[str]:
 def test_few_modules_sit_loose_at_the_top() -> None:
     loose = loose_modules([p.name for p in PACKAGE.glob("*.py")])
     assert len(loose) <= MAX_LOOSE, f"{len(loose)} loose modules (at most {MAX_LOOSE}): {loose}"
+
+
+def test_tests_mirror_the_package() -> None:
+    """tests/<room>/ for the package's rooms; no test folder for a room that does not exist."""
+    tests = Path(__file__).parent
+    rooms = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    folders = {p.name for p in tests.iterdir() if (p / "__init__.py").exists()}
+    assert folders - rooms == set()
+    assert {"store", "policy", "headroom", "sim", "contract", "routing"} <= folders
 
 
 def test_every_subpackage_says_what_it_owns() -> None:

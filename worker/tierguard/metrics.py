@@ -93,8 +93,8 @@ class QueueDepth:
             if self._redis is None:
                 self._redis = self._redis_factory()
             family.add_metric([self._queue], float(self._redis.llen(self._queue)))
-        except Exception:
-            pass
+        except Exception as err:  # a scrape without the depth: the broker's own alerts cover Redis
+            log.debug("queue depth unavailable: %s", err)
         yield family
 
 

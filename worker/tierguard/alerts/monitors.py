@@ -18,7 +18,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from tierguard.alerts.events import emit, for_route_change
-from tierguard.contract import keys
 from tierguard.policy import CategoryPolicy, Policy
 from tierguard.routing.routes import expire_pin, publish_quietly
 from tierguard.store import traffic
@@ -26,7 +25,6 @@ from tierguard.store.db import session, utcnow
 from tierguard.store.tables import Category, Sample
 
 log = logging.getLogger(__name__)
-TRAFFIC_KEY = keys.TRAFFIC
 NOISE_WINDOW = 500
 
 

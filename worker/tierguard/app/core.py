@@ -20,7 +20,7 @@ import redis as redis_lib
 
 from tierguard import metrics
 from tierguard.app import forks, snapshot
-from tierguard.app.publisher import Publisher
+from tierguard.app.publisher import Publisher, Sampled
 from tierguard.config import Settings, get_settings
 from tierguard.policy import CategoryPolicy, Policy, valid_category
 from tierguard.policy.live import LivePolicy
@@ -209,8 +209,9 @@ class Core:
                     return
                 headers, body = headers or taken[0], taken[1]
             model = request["model"]
-            self.publisher.submit(cat.name, model, cat.other_model(model), body, headers, answer,
-                                  (time.perf_counter() - started) * 1000, dt.datetime.now(dt.UTC))
+            self.publisher.submit(Sampled(cat.name, model, cat.other_model(model), body, headers, answer,
+                                          (time.perf_counter() - started) * 1000,
+                                          dt.datetime.now(dt.UTC)))
         except Exception:
             self._failed("sampling")
 

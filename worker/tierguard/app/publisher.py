@@ -2,7 +2,7 @@
 
 ``submit`` is a non-blocking put into a bounded queue; a full queue drops the
 job and counts it. The publishing thread builds the jobs (hashing, JSON) and
-sends up to ``batch_size`` of them, gathered for at most ``batch_wait`` s, as one
+sends up to ``jobs_per_message`` of them, gathered for at most ``gather_wait`` s, as one
 ``shadow_batch`` message; when Redis is unreachable it drops, counts, and tries
 the broker again after a short pause instead of queueing without bound.
 """
@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from tierguard import metrics
@@ -38,25 +39,39 @@ MAX_UNSENT = 100_000  # (category, model, metric) sums held while Redis is down
 MAX_SEEN = 1_000_000  # production calls and usages waiting for the publisher's thread
 _UNSET = object()
 
-def build_job(category: str, served: str, shadow: str, body: str | bytes,
-              headers: dict[str, str] | None, message: Any, latency_ms: float,
-              requested_at: dt.datetime) -> ShadowJob:
-    """The job for one sampled call; ``body`` is the request as sent (:mod:`tierguard.app.snapshot`)."""
-    inp, out = usage_of(message)
-    write, read = cache_tokens_of(message)
-    return ShadowJob(job_id=uuid.uuid4().hex, category=category, served_model=served,
-                     shadow_model=shadow, request=job_request(body), primary_text=message_text(message),
-                     primary_input_tokens=inp, primary_output_tokens=out,
-                     primary_cache_write_tokens=write, primary_cache_read_tokens=read,
-                     primary_latency_ms=round(latency_ms, 3), requested_at=requested_at.isoformat(),
-                     headers=dict(headers) if headers else None)
+@dataclass(frozen=True, slots=True)
+class Sampled:
+    """One sampled call, handed from the caller's thread to the publisher's: ``body`` is the
+    request as sent (:mod:`tierguard.app.snapshot`), ``message`` the served answer."""
+
+    category: str
+    served: str
+    shadow: str
+    body: str | bytes
+    headers: dict[str, str] | None
+    message: Any
+    latency_ms: float
+    requested_at: dt.datetime
+
+
+def build_job(s: Sampled) -> ShadowJob:
+    """The job for one sampled call (built on the publisher's thread)."""
+    inp, out = usage_of(s.message)
+    write, read = cache_tokens_of(s.message)
+    return ShadowJob(job_id=uuid.uuid4().hex, category=s.category, served_model=s.served,
+                     shadow_model=s.shadow, request=job_request(s.body),
+                     primary_text=message_text(s.message), primary_input_tokens=inp,
+                     primary_output_tokens=out, primary_cache_write_tokens=write,
+                     primary_cache_read_tokens=read, primary_latency_ms=round(s.latency_ms, 3),
+                     requested_at=s.requested_at.isoformat(),
+                     headers=dict(s.headers) if s.headers else None)
 
 
 class Publisher:
-    def __init__(self, settings: Settings, broker_pause: float = 1.0, batch_size: int = 50,
-                 batch_wait: float = 0.02):
+    def __init__(self, settings: Settings, broker_pause: float = 1.0, jobs_per_message: int = 50,
+                 gather_wait: float = 0.02):
         self.settings = settings
-        self.batch_size, self.batch_wait = batch_size, batch_wait
+        self.jobs_per_message, self.gather_wait = jobs_per_message, gather_wait
         self.broker_pause = broker_pause
         self._last_warning = 0.0
         self._sealing: Any = _UNSET
@@ -71,7 +86,7 @@ class Publisher:
 
     def _fresh(self) -> None:
         """Empty queues, counters, locks and no connections: a new publisher's or a forked child's."""
-        self.queue: queue.Queue[tuple] = queue.Queue(maxsize=self.settings.publish_buffer)
+        self.queue: queue.Queue[tuple[float, Sampled]] = queue.Queue(maxsize=self.settings.publish_buffer)
         self.counts: Counter[str] = Counter()
         self._down_until = 0.0
         self._app = None
@@ -94,10 +109,10 @@ class Publisher:
         self._fresh()
         self.start()
 
-    def submit(self, *item: Any) -> None:
+    def submit(self, sampled: Sampled) -> None:
         """Queue one sampled call; never blocks, never raises."""
         try:
-            self.queue.put_nowait((time.monotonic(), item))
+            self.queue.put_nowait((time.monotonic(), sampled))
             self.counts["submitted"] += 1
         except queue.Full:
             self.counts["dropped_buffer_full"] += 1
@@ -232,8 +247,8 @@ class Publisher:
                 items = [self.queue.get(timeout=0.2)]
             except queue.Empty:
                 continue
-            deadline = time.monotonic() + self.batch_wait
-            while len(items) < self.batch_size and (left := deadline - time.monotonic()) > 0:
+            deadline = time.monotonic() + self.gather_wait
+            while len(items) < self.jobs_per_message and (left := deadline - time.monotonic()) > 0:
                 try:
                     items.append(self.queue.get(timeout=left))
                 except queue.Empty:
@@ -246,9 +261,9 @@ class Publisher:
                 for _ in items:
                     self.queue.task_done()
 
-    def _publish(self, items: list[tuple]) -> None:
-        for _, item in items:
-            metrics.SAMPLED.labels(item[0]).inc()
+    def _publish(self, items: list[tuple[float, Sampled]]) -> None:
+        for _, sampled in items:
+            metrics.SAMPLED.labels(sampled.category).inc()
         if time.monotonic() < self._down_until:
             self.counts["dropped_broker_down"] += len(items)
             metrics.DROPPED.labels("broker_down").inc(len(items))
@@ -260,9 +275,9 @@ class Publisher:
             metrics.DROPPED.labels("bad_payload_keys").inc(len(items))
             return
         jobs = []
-        for _, item in items:
+        for _, sampled in items:
             try:
-                jobs.append(seal_job(build_job(*item), seal))
+                jobs.append(seal_job(build_job(sampled), seal))
             except Exception:
                 self.counts["dropped_unserializable"] += 1
                 metrics.DROPPED.labels("unserializable").inc()

@@ -29,12 +29,12 @@ def _body(category: str, i: int) -> dict[str, Any]:
             "messages": [{"role": "user", "content": f"item {i}: " + "the order arrived late. " * 8}]}
 
 
-def _limits(requests: int, production_share: float) -> dict[str, int]:
-    """Per-minute limits at which ``production_share`` of each is production's (tokens as the
-    simulator counts them for these requests)."""
-    from tierguard.sim.server import _input_tokens
+def _limits(requests: int) -> dict[str, int]:
+    """Per-minute limits that ``requests`` calls a minute fill (tokens as the simulator counts
+    them for these requests)."""
+    from tierguard.sim.server import input_tokens
 
-    per_call_in = _input_tokens(_body("prod", 0))
+    per_call_in = input_tokens(_body("prod", 0))
     return {"requests_per_minute": requests,
             "input_tokens_per_minute": int(requests * per_call_in * 1.02),
             "output_tokens_per_minute": int(requests * 3 * 1.02)}
@@ -60,7 +60,7 @@ def _run(shadows: bool, *, minutes: float, time_scale: float, limit: int, share:
     from tierguard.store.tables import Sample
 
     tag = "on" if shadows else "off"
-    limits = _limits(limit, share)
+    limits = _limits(limit)
     sim = SimServer(Scenario.from_dict({
         "time_scale": time_scale, "rate_limits": {OPUS: limits},
         "categories": {c: {"kind": "label", "labels": LABELS, "agreement": 1.0}

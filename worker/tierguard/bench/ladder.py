@@ -27,7 +27,8 @@ import random
 import statistics
 from typing import Any
 
-from tierguard.bench.watching import VOLUMES, _binomial
+from tierguard.bench.stats import binomial
+from tierguard.bench.watching import VOLUMES
 from tierguard.policy import CategoryPolicy, parse_policy
 
 HAIKU, SONNET, OPUS = "claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7"
@@ -85,7 +86,7 @@ def _one(cat: CategoryPolicy, index: int, volume: int, tokens: tuple[int, int], 
         out["production"] += calls * price[serving]
         if true_agreement(index, serving, day) < cat.threshold:
             out["below_h"] += 1
-        n = _binomial(sampling, calls, SAMPLE_RATE)
+        n = binomial(sampling, calls, SAMPLE_RATE)
         for j in range(n):
             now = hour * 3600.0 + 3600.0 * (j + 1) / (n + 1)
             shadowed = cat.other_model(serving)

@@ -27,6 +27,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from tierguard.bench.stats import binomial
 from tierguard.engine.detector import Situation
 from tierguard.engine.sampling import Evidence, SamplingConfig, choose
 from tierguard.policy import Policy, parse_policy
@@ -106,7 +107,7 @@ def _month(policy: Policy, fleet: Fleet, mode: str, batch: bool, seed: int
             rate = choose(config, Evidence(engine.statistic(state), int(state.get("n", 0)),
                                            None)).rate
             calls = volume / 24
-            n = _binomial(rng, calls, rate)
+            n = binomial(rng, calls, rate)
             shadow += n * per_shadow
             p = agreement(index, (hour + 0.5) / 24)
             sit = Situation("candidate", pinned=False, now=hour * 3600.0)
@@ -129,16 +130,6 @@ def _month(policy: Policy, fleet: Fleet, mode: str, batch: bool, seed: int
             false_flips += 1
     return delays, false_flips, production, shadow
 
-
-def _binomial(rng: random.Random, calls: float, rate: float) -> int:
-    mean = calls * rate
-    if mean > 30:  # normal approximation: fast and close enough for hourly counts
-        return max(0, round(rng.gauss(mean, math.sqrt(mean * (1 - rate)))))
-    n, threshold, product = 0, math.exp(-mean), rng.random()
-    while product > threshold:  # Poisson (Knuth) for small hourly counts
-        n += 1
-        product *= rng.random()
-    return n
 
 
 def watching_figures(seed: int = 7, months: int = 5, policy: Policy | None = None) -> dict[str, Any]:

@@ -13,6 +13,14 @@ PAUSE = "tierguard:pause:{model}"
 """String: until when (epoch s) shadows to ``model`` wait, after a 429 (production's or a shadow's);
 expires then."""
 
+HEADROOM = "tierguard:headroom:{model}"
+"""Hash: rate-limit family -> ``share|reset|seen``, the latest remaining share of each of the API's
+limits for ``model`` (``{model}@{fingerprint}`` for a separate shadow key); expires at the last
+reset (tierguard.headroom.ratelimits)."""
+
+CAPS = "tierguard:cap"
+"""Prefix of the ``limits`` library's keys for the ``shadow_limits`` windows (tierguard.headroom.caps)."""
+
 DEFERRED = "tierguard:deferred"
 """Hash: model -> shadow jobs deferred by a pause or short headroom (a running count)."""
 

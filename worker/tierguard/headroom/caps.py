@@ -19,6 +19,8 @@ from limits import RateLimitItemPerMinute
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 
+from tierguard.contract import keys
+
 log = logging.getLogger(__name__)
 NAMESPACE = "tierguard-shadow-cap"
 
@@ -33,7 +35,7 @@ class ShadowCaps:
 
     def limiter(self, family: str) -> Any:
         if not self._limiters:
-            storage = storage_from_string(self._url, key_prefix="tierguard:cap", socket_timeout=2,
+            storage = storage_from_string(self._url, key_prefix=keys.CAPS, socket_timeout=2,
                                           socket_connect_timeout=2)
             self._limiters = {"requests": MovingWindowRateLimiter(storage),
                               "tokens": SlidingWindowCounterRateLimiter(storage)}

@@ -18,8 +18,9 @@ from typing import Any
 
 import redis as redis_lib
 
+from tierguard.contract import keys
+
 FAMILIES = ("requests", "tokens", "input-tokens", "output-tokens")
-KEY = "tierguard:headroom:{model}"
 
 
 def fingerprint(api_key: str) -> str:
@@ -58,7 +59,7 @@ def record(r: redis_lib.Redis, model: str, view: dict[str, tuple[float, float]],
     if not view:
         return
     now = now or time.time()
-    key = KEY.format(model=model)
+    key = keys.HEADROOM.format(model=model)
     mapping = {f: f"{share:.4f}|{reset:.3f}|{now:.3f}" for f, (share, reset) in view.items()}
     ttl = max(1, int(max(reset for _, reset in view.values()) - now) + 1)
     pipe = r.pipeline(transaction=True)
@@ -93,7 +94,7 @@ def low(r: redis_lib.Redis, models: Iterable[str], min_remaining: float,
     now = now or time.time()
     pipe = r.pipeline(transaction=False)
     for m in names:
-        pipe.hgetall(KEY.format(model=m))
+        pipe.hgetall(keys.HEADROOM.format(model=m))
     out = {}
     for model, raw in zip(names, pipe.execute(), strict=True):
         worst = None
@@ -115,7 +116,7 @@ def low(r: redis_lib.Redis, models: Iterable[str], min_remaining: float,
 def view(r: redis_lib.Redis, model: str) -> dict[str, float]:
     """family -> remaining share, as last seen (for status)."""
     out = {}
-    for family, value in r.hgetall(KEY.format(model=model)).items():
+    for family, value in r.hgetall(keys.HEADROOM.format(model=model)).items():
         try:
             out[family.decode().replace("-", "_")] = float(value.decode().split("|")[0])
         except (ValueError, AttributeError):

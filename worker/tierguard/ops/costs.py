@@ -22,7 +22,6 @@ from tierguard.store.db import session
 from tierguard.store.tables import Sample, Traffic
 from tierguard.store.traffic import TOKENS
 
-KEYS = ("production_usd", "shadow_usd", "watching_share", "savings_usd")
 SHADOW_KINDS = ("shadow", "noise", "probe")
 
 

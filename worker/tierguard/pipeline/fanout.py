@@ -101,67 +101,86 @@ def async_client(timeout: float, max_connections: int = POOL_SHARD,
                                     http_client=anthropic.DefaultAsyncHttpxClient(limits=limits))
 
 
-async def run_batch(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *, attempt: int,
-                    final: bool, held: frozenset[str] = frozenset(),
-                    limited: dict[str, float] | None = None) -> tuple[list[Result], list[Retry]]:
+async def run_jobs(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *, attempt: int,
+                   final: bool, held: frozenset[str] = frozenset(),
+                   limited: dict[str, float] | None = None) -> tuple[list[Result], list[Retry]]:
     """Call every job's shadow model at once; compare; sort into results and retries. The probes
     of jobs in ``held`` are left out; a probe's 429 lands in ``limited`` (rung -> retry-after)."""
+    run = _Run(runner, policy, attempt, final, held, limited if limited is not None else {})
+    done = [item for items in await asyncio.gather(*(run.alone(job) for job in jobs)) for item in items]
+    return ([d for d in done if isinstance(d, Result)], [d for d in done if isinstance(d, Retry)])
 
-    judge = JudgeCall(lambda: runner.client)
 
-    async def one(job: ShadowJob) -> list[Result | Retry]:
+@dataclass
+class _Run:
+    """One message's jobs on the loop: what every job's calls share."""
+
+    runner: LoopRunner
+    policy: Policy
+    attempt: int
+    final: bool
+    held: frozenset[str]
+    limited: dict[str, float]
+
+    def __post_init__(self) -> None:
+        self.judge = JudgeCall(lambda: self.runner.client)
+
+    async def alone(self, job: ShadowJob) -> list[Result | Retry]:
+        """:meth:`one`, whose failure is this job's recorded error, never the message's."""
+        try:
+            return await self.one(job)
+        except Exception as err:
+            log.exception("job %s failed; recorded as job_failed", job.job_id)
+            failed = PermanentCallError(f"{type(err).__name__}: {err}"[:500], kind="job_failed")
+            return [result_of(self.policy, job, None, failed, self.attempt)]
+
+    async def one(self, job: ShadowJob) -> list[Result | Retry]:
+        """The job's shadow call, compared or judged, with its probe and noise twin."""
+        policy, attempt = self.policy, self.attempt
         skip = skipped(policy, job, attempt)
         if skip is not None:
             return [skip]
         try:
-            answer = await call_model_async(runner.client, job.shadow_model, job.request, job.headers)
+            answer = await call_model_async(self.runner.client, job.shadow_model, job.request, job.headers)
             metrics.SHADOW_CALL.labels(job.shadow_model).observe(answer.latency_ms / 1000)
         except RetryableCallError as err:
-            return [result_of(policy, job, None, err, attempt) if final else Retry(job, err)]
+            return [result_of(policy, job, None, err, attempt) if self.final else Retry(job, err)]
         except PermanentCallError as err:
             return [result_of(policy, job, None, err, attempt)]
         judged = needs_judge(policy.category(job.category))
         if judged:  # no noise-floor twin: one judge is enough
-            result = await judge.result(policy, job, answer, attempt)
+            result = await self.judge.result(policy, job, answer, attempt)
         else:
             result = result_of(policy, job, answer, None, attempt)
-        probe = await probed(job, answer, judged) if result.verdict is not None else []
+        probe = await self.probed(job, answer, judged) if result.verdict is not None else []
         if judged or result.verdict is None or not noise_sampled(policy, job):
             return [result] + probe
+        return [result] + probe + await self.noise(job, answer)
+
+    async def noise(self, job: ShadowJob, answer: Answer) -> list[Result]:
+        """The reference asked again for the noise floor (best effort, never retried)."""
         try:
-            second = await call_model_async(runner.client, policy.category(job.category).reference,
+            second = await call_model_async(self.runner.client, self.policy.category(job.category).reference,
                                             job.request, job.headers)
         except (RetryableCallError, PermanentCallError):
-            return [result] + probe  # a noise sample is best effort, never retried
-        twin = noise_result(policy, job, answer.text, second)
-        return [result] + probe + ([twin] if twin else [])
-
-    async def probed(job: ShadowJob, answer: Answer, judged: bool) -> list[Result]:
-        """A ladder's probe of a rung not in service (best effort, never retried)."""
-        rung = probe_rung(policy, job)
-        if rung is None or job.job_id in held:  # a probe never waits: left out while its rung must
             return []
-        twin = probe_job(policy, job, rung, answer.text)
+        twin = noise_result(self.policy, job, answer.text, second)
+        return [twin] if twin else []
+
+    async def probed(self, job: ShadowJob, answer: Answer, judged: bool) -> list[Result]:
+        """A ladder's probe of a rung not in service (best effort, never retried)."""
+        rung = probe_rung(self.policy, job)
+        if rung is None or job.job_id in self.held:  # a probe never waits: left out while its rung must
+            return []
+        twin = probe_job(self.policy, job, rung, answer.text)
         try:
-            second = await call_model_async(runner.client, rung, job.request, job.headers)
+            second = await call_model_async(self.runner.client, rung, job.request, job.headers)
         except RetryableCallError as err:
-            if err.kind == "rate_limited" and limited is not None:  # the worker pauses the rung
-                limited[rung] = max(limited.get(rung, 0.0), err.retry_after or 0.0)
+            if err.kind == "rate_limited":  # the worker pauses the rung
+                self.limited[rung] = max(self.limited.get(rung, 0.0), err.retry_after or 0.0)
             return []
         except PermanentCallError:
             return []
         if judged:
-            return [await judge.result(policy, twin, second, attempt, kind="probe")]
-        return [dataclasses.replace(result_of(policy, twin, second, None, attempt), kind="probe")]
-
-    async def alone(job: ShadowJob) -> list[Result | Retry]:
-        """``one``, whose failure is this job's recorded error, never the batch's."""
-        try:
-            return await one(job)
-        except Exception as err:
-            log.exception("job %s failed; recorded as job_failed", job.job_id)
-            failed = PermanentCallError(f"{type(err).__name__}: {err}"[:500], kind="job_failed")
-            return [result_of(policy, job, None, failed, attempt)]
-
-    done = [item for items in await asyncio.gather(*(alone(job) for job in jobs)) for item in items]
-    return ([d for d in done if isinstance(d, Result)], [d for d in done if isinstance(d, Retry)])
+            return [await self.judge.result(self.policy, twin, second, self.attempt, kind="probe")]
+        return [dataclasses.replace(result_of(self.policy, twin, second, None, self.attempt), kind="probe")]

@@ -25,7 +25,7 @@ from tierguard.contract.sealing import open_job, seal_job
 from tierguard.errors import PayloadInvalid, StoreUnavailable
 from tierguard.pipeline import message_batches
 from tierguard.pipeline.context import Context
-from tierguard.pipeline.fanout import Retry, run_batch
+from tierguard.pipeline.fanout import Retry, run_jobs
 from tierguard.pipeline.results import Outcome, Result
 from tierguard.pipeline.shadow import skipped
 from tierguard.pipeline.yielding import (
@@ -148,7 +148,7 @@ def _called(ctx: Context, jobs: list[ShadowJob], attempt: int, *, final: bool, r
     if not jobs:
         return [], []
     limited: dict[str, float] = {}
-    results, retries = ctx.runner.run(run_batch(ctx.runner, ctx.policy, jobs, attempt=attempt,
+    results, retries = ctx.runner.run(run_jobs(ctx.runner, ctx.policy, jobs, attempt=attempt,
                                                 final=final, held=held_probes(ctx, jobs),
                                                 limited=limited))
     for rung, wait in limited.items():

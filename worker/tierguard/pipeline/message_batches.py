@@ -158,21 +158,12 @@ def _failure(result: Any) -> tuple[str, str, bool]:
 
 def collect(ctx: Context, client: anthropic.Anthropic, batch: ShadowBatch,
             counts: Counter[str], max_attempts: int) -> list[Outcome]:
+    """Record an ended batch's results (in chunks); requests that failed transiently wait again."""
     assert batch.api_id is not None
     try:
         api = client.messages.batches.retrieve(batch.api_id)
     except anthropic.AnthropicError as err:
-        error = classify(err)
-        if getattr(error, "status", None) == 404:  # the API no longer knows it: send its jobs again
-            log.error("batch %s (%s) is unknown to the API; its jobs wait again", batch.id, batch.api_id)
-            rows = batch_jobs.jobs_of(ctx.engine, batch.id)
-            given_up = _give_up(ctx, [r for r in rows if r.attempt >= max_attempts], "batch_lost",
-                                f"the API no longer knows batch {batch.api_id}")
-            _record(ctx, batch.id, given_up, [r.job_id for r in rows if r.attempt < max_attempts],
-                    status="lost", error=str(error))
-            counts["lost"] += 1
-        else:
-            log.warning("batch %s (%s): cannot look at it yet: %s", batch.id, batch.api_id, error)
+        _unreachable(ctx, batch, classify(err), counts, max_attempts)
         return []
     if api.processing_status != "ended":
         return []
@@ -185,28 +176,7 @@ def collect(ctx: Context, client: anthropic.Anthropic, batch: ShadowBatch,
         row = rows.pop(item.custom_id, None)
         if row is None:  # recorded by an earlier, interrupted collection
             continue
-        opened, refused = _opened(ctx, [row])
-        if refused:
-            pending += refused
-            continue
-        job = opened[0][1]
-        result = item.result
-        if result.type == "succeeded":
-            message = result.message
-            answer = Answer(message_text(message), *usage_of(message), None,
-                            *cache_tokens_of(message), batch=True)
-            if needs_judge(ctx.policy.category(job.category)):
-                judged.append((job, answer, row.attempt))
-            else:
-                pending.append(result_of(ctx.policy, job, answer, None, row.attempt))
-        else:
-            kind, why, retryable = _failure(result)
-            counts[kind] += 1
-            if retryable and row.attempt < max_attempts:
-                retry.append(row.job_id)
-            else:
-                pending.append(Result(job, None, None, (kind, f"{why} (attempt {row.attempt})"),
-                                      row.attempt))
+        _sort(ctx, row, item.result, pending, judged, retry, counts, max_attempts)
         if len(pending) >= CHUNK:
             outcomes += _record(ctx, batch.id, pending)
             pending = []
@@ -222,6 +192,48 @@ def collect(ctx: Context, client: anthropic.Anthropic, batch: ShadowBatch,
     counts["collected"] += 1
     log.info("batch %s (%s) ended: %s", batch.id, batch.api_id, api.request_counts.model_dump())
     return outcomes
+
+
+def _unreachable(ctx: Context, batch: ShadowBatch, error: Exception, counts: Counter[str],
+                 max_attempts: int) -> None:
+    """A batch the API would not show: lost when it no longer knows it (its jobs wait again, up to
+    their attempts), else looked at again next cycle."""
+    if getattr(error, "status", None) != 404:
+        log.warning("batch %s (%s): cannot look at it yet: %s", batch.id, batch.api_id, error)
+        return
+    log.error("batch %s (%s) is unknown to the API; its jobs wait again", batch.id, batch.api_id)
+    rows = batch_jobs.jobs_of(ctx.engine, batch.id)
+    given_up = _give_up(ctx, [r for r in rows if r.attempt >= max_attempts], "batch_lost",
+                        f"the API no longer knows batch {batch.api_id}")
+    _record(ctx, batch.id, given_up, [r.job_id for r in rows if r.attempt < max_attempts],
+            status="lost", error=str(error))
+    counts["lost"] += 1
+
+
+def _sort(ctx: Context, row: BatchJob, result: Any, pending: list[Result],
+          judged: list[tuple[ShadowJob, Answer, int]], retry: list[str], counts: Counter[str],
+          max_attempts: int) -> None:
+    """One request's result: to record now, to judge, or to send again."""
+    opened, refused = _opened(ctx, [row])
+    if refused:
+        pending += refused
+        return
+    job = opened[0][1]
+    if result.type == "succeeded":
+        message = result.message
+        answer = Answer(message_text(message), *usage_of(message), None, *cache_tokens_of(message),
+                        batch=True)
+        if needs_judge(ctx.policy.category(job.category)):
+            judged.append((job, answer, row.attempt))
+        else:
+            pending.append(result_of(ctx.policy, job, answer, None, row.attempt))
+        return
+    kind, why, retryable = _failure(result)
+    counts[kind] += 1
+    if retryable and row.attempt < max_attempts:
+        retry.append(row.job_id)
+    else:
+        pending.append(Result(job, None, None, (kind, f"{why} (attempt {row.attempt})"), row.attempt))
 
 
 def _give_up(ctx: Context, rows: list[BatchJob], kind: str, why: str) -> list[Result]:

@@ -94,8 +94,8 @@ def batch_cycle(task: Task) -> dict[str, int]:
     finally:
         try:
             lock.release()
-        except redis_lib.exceptions.RedisError:
-            pass  # expired (a long cycle) or Redis gone: it lapses by itself
+        except redis_lib.exceptions.RedisError as err:  # expired (a long cycle) or Redis gone
+            log.info("Message Batches lock not released (%s): it lapses by itself", err)
     if any(o.events for o in outcomes):
         task.app.send_task(DELIVER_TASK, queue=settings.queue)
     return dict(counts)

@@ -73,8 +73,8 @@ def ensure_categories(engine: Engine, policy: Policy) -> None:
             if target is not None and not row.pinned:
                 try:
                     change_route(s, row, target, rule="policy", reason=reason)
-                except RouteConflict:
-                    pass  # another process moved it first
+                except RouteConflict:  # another process moved it first
+                    log.info("category %s: moved by another process first", row.name)
             s.commit()
 
 

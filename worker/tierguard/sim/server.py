@@ -90,7 +90,7 @@ def sse_events(msg: dict[str, Any]) -> list[bytes]:
     return [f"event: {e}\ndata: {json.dumps(d)}\n\n".encode() for e, d in events]
 
 
-def _input_tokens(body: dict[str, Any]) -> int:
+def input_tokens(body: dict[str, Any]) -> int:
     chars = len(json.dumps(body.get("messages"))) + len(content_text(body.get("system", "")))
     return max(1, chars // 4)
 
@@ -134,8 +134,8 @@ def is_judging(body: dict[str, Any]) -> bool:
 def build_message(sim: Simulator, body: dict[str, Any]) -> dict[str, Any]:
     """The Message that ``POST /v1/messages`` answers ``body`` with (also each batch request)."""
     if is_judging(body):
-        return message_body(body["model"], "", _input_tokens(body), content=sim.judge(body))
-    return message_body(body["model"], sim.answer(body)[1], _input_tokens(body))
+        return message_body(body["model"], "", input_tokens(body), content=sim.judge(body))
+    return message_body(body["model"], sim.answer(body)[1], input_tokens(body))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -269,7 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
             model = unquote(found["model"] or found["vmodel"])
             return self._messages({**body, "model": model} if isinstance(body, dict) else body)
         if path == "/v1/messages/count_tokens":
-            return self._json(200, {"input_tokens": _input_tokens(body)})
+            return self._json(200, {"input_tokens": input_tokens(body)})
         if path != "/v1/messages":
             return self._error(404, f"no route {self.path}")
         self._messages(body)
@@ -317,7 +317,7 @@ class _Handler(BaseHTTPRequestHandler):
         if problem := request_problem(body, headers.get("anthropic-beta")):
             return self._error(400, problem)
         model, key = body["model"], fingerprint(self._api_key())
-        gate = buckets.admit(key, model, _input_tokens(body))
+        gate = buckets.admit(key, model, input_tokens(body))
         if gate and gate.retry_after is not None:
             wait, fam = gate.retry_after, gate.family
             limit = gate.headers[f"anthropic-ratelimit-{fam}-limit"]

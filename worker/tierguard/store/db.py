@@ -133,7 +133,7 @@ def session(engine: Engine) -> Session:
     return Session(engine, expire_on_commit=False)
 
 
-def _alembic_config(engine: Engine) -> Any:
+def alembic_config(engine: Engine) -> Any:
     from alembic.config import Config
 
     cfg = Config()
@@ -151,13 +151,13 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     from alembic import command
 
     if engine.dialect.name != "postgresql":
-        command.upgrade(_alembic_config(engine), revision)
+        command.upgrade(alembic_config(engine), revision)
         return
     # Session-level lock on an autocommit connection: no transaction left idle meanwhile.
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock:
         lock.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": UPGRADE_LOCK})
         try:
-            command.upgrade(_alembic_config(engine), revision)
+            command.upgrade(alembic_config(engine), revision)
         finally:
             lock.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": UPGRADE_LOCK})
 
@@ -165,7 +165,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()  # type: ignore[arg-type]
+    return ScriptDirectory.from_config(alembic_config(None)).get_current_head()  # type: ignore[arg-type]
 
 
 def current_revision(engine: Engine) -> str | None:

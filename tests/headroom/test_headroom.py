@@ -11,9 +11,10 @@ import redis
 from sqlmodel import select
 
 import tierguard
+from tests.headroom.test_pauses import CATS, POLICY, call
 from tests.helpers import API_KEY, last_json, samples, tg, wait_until, write_policy
-from tests.pipeline.test_pauses import CATS, POLICY, call
 from tierguard.config import get_settings
+from tierguard.contract import keys
 from tierguard.headroom import pauses, ratelimits
 from tierguard.policy import parse_policy
 from tierguard.store.db import make_engine, session
@@ -36,7 +37,7 @@ def test_the_wrapper_reads_production_headers_in_the_background(simulator, redis
     sim = simulator(categories=CATS, rate_limits={OPUS: {"requests_per_minute": 100}}, time_scale=0.001)
     settings = get_settings(redis_url=redis_url, database_url=sqlite_url)
     r = redis.Redis.from_url(redis_url)
-    r.delete(ratelimits.KEY.format(model=OPUS))
+    r.delete(keys.HEADROOM.format(model=OPUS))
     sdk = anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
     client = tierguard.ShadowedAnthropic(sdk, settings=settings, policy=parse_policy(POLICY))
     for i in range(10):  # b is served by Opus

@@ -14,7 +14,7 @@ from sqlmodel import SQLModel
 import tierguard.headroom.history  # noqa: F401
 import tierguard.store.batch_jobs  # noqa: F401  (registers its tables)
 from tests.helpers import last_json, tg
-from tests.test_rollups import POLICY, result
+from tests.store.test_rollups import POLICY, result
 from tierguard.pipeline.recorder import record_many
 from tierguard.store import partitions
 from tierguard.store.db import make_engine, session, upgrade
@@ -62,9 +62,9 @@ def test_migration_converts_a_populated_table_without_losing_a_row(postgres_url)
     assert count(engine, where="job_id = 'dup'") == 1
     from alembic import command
 
-    from tierguard.store.db import _alembic_config
+    from tierguard.store.db import alembic_config
 
-    command.downgrade(_alembic_config(engine), "0006")  # and back: one plain table, rows kept
+    command.downgrade(alembic_config(engine), "0006")  # and back: one plain table, rows kept
     assert not partitions.partitioned(engine) and count(engine) == 2_001
 
 
