@@ -53,13 +53,13 @@ def postgres_url(postgres_server: PostgresServer) -> str:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'tierguard.store.db'}"
+    return f"sqlite:///{tmp_path / 'tierguard.db'}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'tierguard.store.db'}"
+        return f"sqlite:///{tmp_path / 'tierguard.db'}"
     return request.getfixturevalue("postgres_url")
 
 

@@ -77,7 +77,7 @@ def test_demo_flips_the_drifting_category_and_cleans_up(tmp_path):
     assert set(cats) == {"sentiment", "invoice-extraction", "ticket-routing"}
     assert cats["sentiment"]["route"] == cats["invoice-extraction"]["route"] == "claude-haiku-4-5"
     assert all(c["samples"] > 100 for c in cats.values())
-    assert (tmp_path / "tierguard-demo" / "tierguard.store.db").exists()
+    assert (tmp_path / "tierguard-demo" / "tierguard.db").exists()
     assert [(a["event"], a["severity"]) for a in result["alerts"]] == [("demoted", "critical")]
     assert result["report"].endswith("report.png") and Path(result["report"]).stat().st_size > 10_000
     for pid in result["processes"].values():  # every process the demo started is gone

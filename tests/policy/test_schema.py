@@ -87,7 +87,7 @@ def test_urls_are_shown_with_their_password_masked():
     assert mask_url("postgresql://tg:s3cr%40t@db:5432/tierguard") == "postgresql://tg:***@db:5432/tierguard"
     assert mask_url("redis://:hunter2@redis:6379/0") == "redis://:***@redis:6379/0"
     assert mask_url("rediss://default:pw@cache/1") == "rediss://default:***@cache/1"
-    assert mask_url("sqlite:///tierguard.store.db") == "sqlite:///tierguard.store.db"
+    assert mask_url("sqlite:///tierguard.db") == "sqlite:///tierguard.db"
     assert mask_url("http://127.0.0.1:8765") == "http://127.0.0.1:8765"
 
 

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TIERGUARD_", extra="ignore")
 
     policy: Path = Path("tierguard.yaml")
-    database_url: str = "sqlite:///tierguard.store.db"
+    database_url: str = "sqlite:///tierguard.db"
     redis_url: str = "redis://localhost:6379/0"
     # Passwords kept out of the URLs (any characters; encoded into the URL here).
     database_password: SecretStr | None = None

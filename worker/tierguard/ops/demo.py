@@ -128,7 +128,7 @@ def run(seconds: float = 60.0, rate: float = 60.0, sample_rate: float = 0.5,
         console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
     folder.mkdir(parents=True, exist_ok=True)
-    db_path = folder / "tierguard.store.db"
+    db_path = folder / "tierguard.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
     drift_after = int(rate * seconds / 3 * 0.4)  # ticket-routing degrades 40% into the run
