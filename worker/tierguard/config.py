@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     job_payload_ttl_s: float = Field(86_400, gt=0, description="how long a stored job payload is kept")
     payload_keys: SecretStr | None = Field(
         None, description="Fernet keys, comma-separated, newest first: shadow jobs are sealed")
+    job_signing_key: SecretStr | None = Field(
+        None, description="HMAC key: shadow jobs are signed whole when not sealed; workers refuse "
+                          "unsigned jobs")
     # Gateway.
     upstream_url: str | None = Field(None, description="the Messages API the gateway forwards to")
     category_header: str = Field("x-tierguard-category", min_length=1)
@@ -44,6 +47,18 @@ class Settings(BaseSettings):
     gateway_timeout: float = Field(600.0, gt=0, description="seconds to wait for the upstream")
     gateway_max_body: int = Field(32 * 1024 * 1024, gt=0,
                                   description="largest request body in bytes, decoded (else a 413)")
+    gateway_header_timeout: float = Field(10.0, gt=0, description=(
+        "seconds a caller has to send its request line and headers (else the connection closes)"))
+    gateway_body_timeout: float = Field(60.0, gt=0, description=(
+        "seconds a caller has to send its whole request body (else a 408)"))
+    gateway_max_clients: int = Field(512, ge=1, description=(
+        "caller connections per gateway process (beyond: 503); keep under the process's fd limit"))
+    gateway_deadline: float = Field(600.0, gt=0, description=(
+        "seconds one upstream request may take in all, streamed or not (then it is cut)"))
+    gateway_max_json_depth: int = Field(128, ge=8, description=(
+        "deepest JSON nesting a request body may have (else a 400)"))
+    stream_assembly_max: int = Field(8 * 1024 * 1024, gt=0, description=(
+        "bytes of a sampled stream assembled for its shadow; a longer stream is relayed unshadowed"))
     # Worker side.
     worker_concurrency: int = Field(64, gt=0, description="Celery task threads per process")
     max_in_flight: int = Field(1024, ge=32, description="shadow calls in flight per process")
@@ -54,6 +69,9 @@ class Settings(BaseSettings):
     retry_after_cap: float = Field(30.0, gt=0)
     visibility_timeout: int = Field(60, gt=0)
     metrics_port: int = Field(9464, ge=0, le=65535, description="worker /metrics port (0: off)")
+    metrics_host: str = Field("0.0.0.0", description="interface /metrics, /livez and /readyz listen on")
+    compare_timeout: float = Field(2.0, gt=0, description=(
+        "seconds one comparison may take off the worker's event loop (else comparator_timeout)"))
     # Beat.
     alert_sweep_seconds: float = Field(15.0, gt=0, description="alert redelivery sweep period")
     monitor_seconds: float = Field(60.0, gt=0, description="monitor-blind / error-rate checks")
