@@ -87,6 +87,7 @@ def test_postgres_down_for_a_minute_loses_nothing_and_decisions_resume(stack, si
         client.tierguard_flush(10)
         wait_until(lambda: samples(url) == 40, 60, "samples before the outage")
 
+        before = sum(r["count"] for r in httpx2.get(sim.base_url + "/_sim/stats").json()["requests"])
         pg.stop()
         for i in range(40):
             assert call("broken", i).content
@@ -95,6 +96,9 @@ def test_postgres_down_for_a_minute_loses_nothing_and_decisions_resume(stack, si
         pg.start()
 
         wait_until(lambda: samples(url) == 80, 120, "every sample after the outage")
+        # No answer bought twice: 40 production calls and 40 shadows, however often the message ran.
+        paid = sum(r["count"] for r in httpx2.get(sim.base_url + "/_sim/stats").json()["requests"]) - before
+        assert paid == 80, f"{paid - 40} shadow calls for 40 jobs"
         with session(make_engine(url)) as s:
             job_ids = s.exec(select(Sample.job_id)).all()
             changes = s.exec(select(RouteChange)).all()

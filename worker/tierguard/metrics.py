@@ -58,6 +58,10 @@ HEADROOM = Gauge("tierguard_headroom", "Remaining share of a model's rate limit,
                  ["model", "family"], multiprocess_mode="mostrecent")
 DEFERRED = Counter("tierguard_shadows_deferred", "Shadow jobs deferred by a pause or short headroom",
                    ["model"])
+ANSWERS_REUSED = Counter("tierguard_answers_reused",
+                         "Jobs recorded from answers kept by an earlier run of their message (no new call)")
+ANSWERS_NOT_KEPT = Counter("tierguard_answers_not_kept",
+                           "Jobs whose answers could not be kept before recording (Redis failing)")
 
 
 def safely(fn: Callable[..., Any]) -> Callable[..., Any]:

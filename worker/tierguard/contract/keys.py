@@ -27,6 +27,11 @@ DEFERRED = "tierguard:deferred"
 BATCH_LOCK = "tierguard:lock:batches"
 """Lock: held by the one worker sending and collecting Message Batches (pipeline/batches.py)."""
 
+ANSWERS = "tierguard:answers:{job_id}"
+"""String: the results a worker paid for on one job (answers, verdicts, probe and noise twins), kept
+from the calls until recorded, so a message run again after a failure records them without calling a
+model (tierguard.pipeline.answers); sealed with ``TIERGUARD_PAYLOAD_KEYS`` when set."""
+
 JOB_PAYLOAD = "tierguard:job:{job_id}"
 """String: a large shadow job's payload (request, primary text, seal), kept out of the broker
 message (tierguard.contract.job_store); expires after ``TIERGUARD_JOB_PAYLOAD_TTL_S``, deleted once

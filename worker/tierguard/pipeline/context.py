@@ -50,6 +50,7 @@ class Context:
     batch_client: Any = None  # the anthropic.Anthropic client Message Batches use, made lazily
     scope: str = ""  # TIERGUARD_SHADOW_API_KEY's fingerprint: its own pauses and headroom
     caps: Any = None  # a tierguard.headroom.caps.ShadowCaps (policy shadow_limits)
+    answers_ttl_s: float = 86_400  # how long answers paid for are kept unrecorded (pipeline/answers)
 
     def record_all(self, results: list[Result]) -> list[Outcome]:
         if self.recorder is not None:
@@ -83,7 +84,8 @@ def build_context(settings: Settings) -> Context:
                         shards=settings.max_in_flight // POOL_SHARD)
     ctx = Context(policy=live.current, engine=engine, redis=r, recorder=writer.record_all,
                   runner=runner, sealer=sealer(settings),
-                  scope=ratelimits.fingerprint(key) if key else "", caps=ShadowCaps(settings.redis_url))
+                  scope=ratelimits.fingerprint(key) if key else "", caps=ShadowCaps(settings.redis_url),
+                  answers_ttl_s=settings.job_payload_ttl_s)
     live.start()
     return ctx
 

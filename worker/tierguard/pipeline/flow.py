@@ -19,14 +19,16 @@ from typing import Any
 import redis as redis_lib
 import sqlalchemy as sa
 
+from tierguard import metrics
 from tierguard.contract import job_store
 from tierguard.contract.job import ShadowJob
 from tierguard.contract.sealing import open_job, seal_job
 from tierguard.errors import PayloadInvalid, StoreUnavailable
-from tierguard.pipeline import message_batches
+from tierguard.pipeline import answers, message_batches
 from tierguard.pipeline.context import Context
 from tierguard.pipeline.fanout import Retry, run_jobs
 from tierguard.pipeline.results import Outcome, Result
+from tierguard.pipeline.samples import recorded_ids
 from tierguard.pipeline.shadow import skipped
 from tierguard.pipeline.yielding import (
     announce_paused,
@@ -79,10 +81,12 @@ def run(ctx: Context, raw: list[Any], attempt: int, *, max_attempts: int, retry_
     """Run one message's jobs. Raises :class:`StoreUnavailable` when the payload store or the
     database cannot be reached (the message runs again later)."""
     opened, refused = _opened(ctx, _parsed(raw), attempt)
+    opened, paid = _unpaid(ctx, opened)
     opened, via_batch = _by_batch(ctx, opened, refused, attempt)
     opened, deferred, too_long = defer_paused(ctx, opened, attempt)
     results, retries = _called(ctx, opened, attempt, final=attempt >= max_attempts, retry_cap=retry_cap)
-    outcomes = _recorded(ctx, refused + too_long + results, via_batch)
+    answers.keep(ctx.redis, ctx.sealer, results, ctx.answers_ttl_s)
+    outcomes = _recorded(ctx, refused + too_long + paid + results, via_batch)
     again, waiting = _again(ctx, retries, deferred, attempt, retry_cap)
     count_deferred(ctx, waiting)
     paused_event = bool(too_long) and announce_paused(ctx, too_long)
@@ -126,6 +130,24 @@ def _opened(ctx: Context, jobs: list[ShadowJob], attempt: int) -> tuple[list[Sha
     return opened, refused
 
 
+def _unpaid(ctx: Context, jobs: list[ShadowJob]) -> tuple[list[ShadowJob], list[Result]]:
+    """(jobs still to call, results an earlier run of the message paid for). A job already
+    recorded (a redelivered message, a replayed job) is left out: it is never called again."""
+    if not jobs:
+        return [], []
+    done = _stored(lambda: recorded_ids(ctx.engine, [j.job_id for j in jobs]))
+    if done:
+        log.info("%d job(s) already recorded: not called again", len(done))
+        answers.forget(ctx.redis, sorted(done))
+        job_store.forget(ctx.redis, [j for j in jobs if j.job_id in done])
+    jobs = [j for j in jobs if j.job_id not in done]
+    kept = answers.kept(ctx.redis, ctx.sealer, jobs)
+    if kept:
+        metrics.ANSWERS_REUSED.inc(len(kept))
+        log.info("%d job(s) recorded from answers already paid for", len(kept))
+    return [j for j in jobs if j.job_id not in kept], [r for rs in kept.values() for r in rs]
+
+
 def _by_batch(ctx: Context, jobs: list[ShadowJob], refused: list[Result], attempt: int
               ) -> tuple[list[ShadowJob], list[ShadowJob]]:
     """(jobs to call now, jobs for a Message Batch); one its model cannot take is skipped now."""
@@ -162,6 +184,7 @@ def _recorded(ctx: Context, results: list[Result], via_batch: list[ShadowJob]) -
     """Every result recorded in one transaction; the payloads of finished jobs let go."""
     outcomes = _stored(lambda: ctx.record_all(results)) if results else []
     job_store.forget(ctx.redis, [r.job for r in results] + via_batch)
+    answers.forget(ctx.redis, [r.job.job_id for r in results if ":" not in r.job.job_id])
     return outcomes
 
 

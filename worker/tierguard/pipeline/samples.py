@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from tierguard.compare import Verdict
@@ -12,7 +13,7 @@ from tierguard.contract.job import ShadowJob, digest, parse_time
 from tierguard.contract.messages import content_text
 from tierguard.pipeline.results import JudgeUsage
 from tierguard.policy import CategoryPolicy, Policy
-from tierguard.store.db import execute_many, upsert_insert, utcnow
+from tierguard.store.db import execute_many, session, upsert_insert, utcnow
 from tierguard.store.tables import Sample
 
 if TYPE_CHECKING:
@@ -84,6 +85,12 @@ def rung_of(cat: CategoryPolicy, job: ShadowJob) -> str | None:
     if job.shadow_model == cat.reference and job.served_model in below:
         return job.served_model
     return None
+
+
+def recorded_ids(engine: Engine, job_ids: list[str]) -> set[str]:
+    """The ids among ``job_ids`` that already have a sample."""
+    with session(engine) as s:
+        return set(s.execute(sa.select(Sample.job_id).where(Sample.job_id.in_(job_ids))).scalars())
 
 
 def insert_samples(s: Session, rows: list[dict]) -> set[str]:

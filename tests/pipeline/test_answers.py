@@ -1,0 +1,96 @@
+"""Answers paid for are kept until recorded: a message run again after a failure records them
+without calling a model again; a job already recorded is never called again."""
+
+import uuid
+
+import anthropic
+import httpx2
+import pytest
+import redis
+import sqlalchemy as sa
+from cryptography.fernet import Fernet
+from sqlmodel import select
+
+from tests.helpers import API_KEY
+from tierguard.contract import keys
+from tierguard.contract.job import ShadowJob
+from tierguard.contract.sealing import Sealer
+from tierguard.errors import StoreUnavailable
+from tierguard.pipeline import answers, flow
+from tierguard.pipeline.context import Context
+from tierguard.pipeline.fanout import LoopRunner
+from tierguard.pipeline.recorder import record_many
+from tierguard.policy import parse_policy
+from tierguard.store.db import session
+from tierguard.store.tables import Sample
+
+LABELS = ["RED", "GREEN"]
+
+
+def paid(sim) -> int:
+    """Messages API calls the simulator answered so far."""
+    return sum(r["count"] for r in httpx2.get(sim.base_url + "/_sim/stats").json()["requests"])
+POLICY = parse_policy({"categories": {"labels": {
+    "comparator": {"type": "label", "labels": LABELS}, "noise_floor_rate": 1.0}}})
+
+
+def job(i: int) -> ShadowJob:
+    return ShadowJob(job_id=uuid.uuid4().hex, category="labels", served_model="claude-haiku-4-5",
+                     shadow_model="claude-opus-4-7",
+                     request={"max_tokens": 8, "system": "labels: pick",
+                              "messages": [{"role": "user", "content": f"item {i}"}]},
+                     primary_text="RED")
+
+
+class DatabaseDownOnce:
+    """Records as the worker does, after one failed attempt (the database was away)."""
+
+    def __init__(self, engine):
+        self.engine, self.failed = engine, False
+
+    def __call__(self, results):
+        if not self.failed:
+            self.failed = True
+            raise sa.exc.OperationalError("INSERT", {}, Exception("connection refused"))
+        return record_many(self.engine, None, POLICY, results)
+
+
+@pytest.mark.parametrize("sealed", [False, True])
+def test_a_rerun_after_a_database_failure_calls_no_model(engine, simulator, redis_url, sealed):
+    sim = simulator(categories={"labels": {"kind": "label", "labels": LABELS}})
+    r = redis.Redis.from_url(redis_url)
+    runner = LoopRunner(lambda: anthropic.AsyncAnthropic(base_url=sim.base_url, api_key=API_KEY,
+                                                         max_retries=0))
+    ctx = Context(policy=POLICY, engine=engine, redis=r, runner=runner, recorder=DatabaseDownOnce(engine),
+                  sealer=Sealer([Fernet.generate_key().decode()]) if sealed else None)
+    jobs = [job(i).to_dict() for i in range(5)]
+    with pytest.raises(StoreUnavailable):
+        flow.run(ctx, jobs, 1, max_attempts=3, retry_cap=1.0)
+    calls = paid(sim)
+    assert calls == 10  # each job's shadow and its noise twin, paid once
+    stored = r.get(keys.ANSWERS.format(job_id=jobs[0]["job_id"]))
+    assert stored is not None and (b"claude-opus-4-7" in stored) != sealed  # sealed: ciphertext
+
+    after = flow.run(ctx, jobs, 2, max_attempts=3, retry_cap=1.0)
+    assert paid(sim) == calls  # nothing bought again
+    assert after.recorded == 10 and after.again == []
+    with session(engine) as s:
+        kinds = sorted(x.kind for x in s.exec(select(Sample)))
+    assert kinds == ["noise"] * 5 + ["shadow"] * 5
+    assert r.get(keys.ANSWERS.format(job_id=jobs[0]["job_id"])) is None  # let go once recorded
+
+    again = flow.run(ctx, jobs, 1, max_attempts=3, retry_cap=1.0)  # the same message redelivered
+    assert again.recorded == 0 and paid(sim) == calls
+
+
+def test_kept_answers_round_trip_every_field():
+    from tierguard.compare import Verdict
+    from tierguard.pipeline.calls import Answer
+    from tierguard.pipeline.results import JudgeUsage, Result
+
+    j = job(1)
+    result = Result(j, Answer("RED", 10, 2, 123.0, 1, 2, headers={"x": "y"}), Verdict(True, 1.0, "same"),
+                    None, 2, kind="probe", judge=JudgeUsage("claude-opus-4-7", 5, 6, 0, 1))
+    back = answers.decode(answers.encode(result), j.request)
+    assert back == Result(j, Answer("RED", 10, 2, 123.0, 1, 2), Verdict(True, 1.0, "same"), None, 2,
+                          kind="probe", judge=JudgeUsage("claude-opus-4-7", 5, 6, 0, 1))
