@@ -167,3 +167,25 @@ def test_shadows_wait_while_a_model_has_little_headroom_left(stack, simulator, s
     # Not before the limit is back at the floor (0.25, refilling steadily from 5 % towards its reset).
     assert row.created_at.replace(tzinfo=dt.UTC).timestamp() >= back
     client.tierguard_close()
+
+
+def test_a_long_pause_never_holds_a_job_past_the_visibility_timeout(engine, simulator, redis_url):
+    """A 600 s pause: the jobs go back with countdowns under half the visibility timeout (a broker
+    would deliver a held job twice after it), spending no attempt, calling no model."""
+    from tests.pipeline.test_answers import job, paid
+    from tierguard.pipeline import flow
+    from tierguard.pipeline.context import Context
+    from tierguard.pipeline.fanout import LoopRunner
+    from tierguard.policy import parse_policy
+
+    sim = simulator(categories={"labels": {"kind": "label", "labels": ["RED", "GREEN"]}})
+    r = redis.Redis.from_url(redis_url)
+    pauses.pause(r, "claude-opus-4-7", 600)
+    ctx = Context(policy=parse_policy({"categories": {"labels": {}}}), engine=engine, redis=r,
+                  runner=LoopRunner(lambda: anthropic.AsyncAnthropic(base_url=sim.base_url,
+                                                                     api_key=API_KEY, max_retries=0)))
+    after = flow.run(ctx, [job(i).to_dict() for i in range(20)], 3, max_attempts=6, retry_cap=30.0,
+                     max_countdown=30.0)
+    assert after.deferred == 20 and len(after.again) == 20 and paid(sim) == 0
+    assert all(a.delay <= 30.0 and a.retries == 2 for a in after.again)
+    assert all(a.job["deferred_since"] for a in after.again)  # the limit counts from the first deferral

@@ -77,9 +77,12 @@ def backoff(attempt: int, retry_after: float | None, cap: float) -> float:
     return min(cap, 0.5 * 2 ** (attempt - 1) * random.uniform(0.8, 1.2))
 
 
-def run(ctx: Context, raw: list[Any], attempt: int, *, max_attempts: int, retry_cap: float) -> Next:
+def run(ctx: Context, raw: list[Any], attempt: int, *, max_attempts: int, retry_cap: float,
+        max_countdown: float = 30.0) -> Next:
     """Run one message's jobs. Raises :class:`StoreUnavailable` when the payload store or the
-    database cannot be reached (the message runs again later)."""
+    database cannot be reached (the message runs again later). No job is sent again with a
+    countdown over ``max_countdown`` (held past the broker's visibility timeout, it would be
+    delivered twice): a longer wait is waited in steps."""
     opened, refused = _opened(ctx, _parsed(raw), attempt)
     opened, paid = _unpaid(ctx, opened)
     opened, via_batch = _by_batch(ctx, opened, refused, attempt)
@@ -87,7 +90,7 @@ def run(ctx: Context, raw: list[Any], attempt: int, *, max_attempts: int, retry_
     results, retries = _called(ctx, opened, attempt, final=attempt >= max_attempts, retry_cap=retry_cap)
     answers.keep(ctx.redis, ctx.sealer, results, ctx.answers_ttl_s)
     outcomes = _recorded(ctx, refused + too_long + paid + results, via_batch)
-    again, waiting = _again(ctx, retries, deferred, attempt, retry_cap)
+    again, waiting = _again(ctx, retries, deferred, attempt, retry_cap, max_countdown)
     count_deferred(ctx, waiting)
     paused_event = bool(too_long) and announce_paused(ctx, too_long)
     return Next(recorded=sum(o.status != "duplicate" for o in outcomes), again=again,
@@ -196,7 +199,7 @@ def _stored(write: Any) -> Any:
 
 
 def _again(ctx: Context, retries: list[Retry], deferred: list[tuple[ShadowJob, float]], attempt: int,
-           retry_cap: float) -> tuple[list[Again], list[ShadowJob]]:
+           retry_cap: float, max_countdown: float) -> tuple[list[Again], list[ShadowJob]]:
     """(jobs sent again, those of them waiting for rate-limit room): a transient error with backoff
     (its own 429 pauses its model and waits without spending an attempt); a deferred job after
     its wait."""
@@ -208,9 +211,10 @@ def _again(ctx: Context, retries: list[Retry], deferred: list[tuple[ShadowJob, f
             deferred.append((deferred_copy(item.job), max(delay, until - time.time())))
             continue
         log.info("job %s: %s; retry %d in %.1fs", item.job.job_id, item.error.kind, attempt, delay)
-        out.append(Again(travelling(ctx, item.job), item.job.job_id, delay, attempt))
-    for job, wait in deferred:  # a pause spends no attempt
-        out.append(Again(travelling(ctx, job), job.job_id, wait + random.uniform(0, 1), attempt - 1))
+        out.append(Again(travelling(ctx, item.job), item.job.job_id, min(delay, max_countdown), attempt))
+    for job, wait in deferred:  # a pause spends no attempt; arrivals spread over a tenth of the wait
+        countdown = min(wait + random.uniform(0, max(1.0, wait / 10)), max_countdown)
+        out.append(Again(travelling(ctx, job), job.job_id, countdown, attempt - 1))
     return out, [job for job, _ in deferred]
 
 

@@ -54,16 +54,17 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
     attempt = task.request.retries + 1
     try:
         after = flow.run(context_for(task.app), jobs, attempt, max_attempts=settings.shadow_max_attempts,
-                         retry_cap=settings.retry_after_cap)
+                         retry_cap=settings.retry_after_cap, max_countdown=settings.visibility_timeout / 2)
     except StoreUnavailable as err:  # nothing lost: the message waits for the store
-        delay = backoff(min(attempt, 6), None, settings.retry_after_cap)
+        delay = min(backoff(min(attempt, 6), None, settings.retry_after_cap), settings.visibility_timeout / 2)
         log.warning("message of %d job(s): %s; retry in %.1fs", len(jobs), err, delay)
         raise task.retry(countdown=delay) from None
     except Exception as err:
         if attempt >= UNEXPECTED_ERROR_ATTEMPTS:
             raise
         log.exception("message of %d job(s) failed unexpectedly; retry %d", len(jobs), attempt)
-        raise task.retry(countdown=backoff(attempt, None, settings.retry_after_cap)) from err
+        raise task.retry(countdown=min(backoff(attempt, None, settings.retry_after_cap),
+                                       settings.visibility_timeout / 2)) from err
     for again in after.again:
         task.app.send_task(SHADOW_TASK, args=[again.job], task_id=again.job_id, queue=settings.queue,
                            countdown=again.delay, retries=again.retries)
