@@ -180,3 +180,40 @@ def test_a_batch_the_api_refuses_is_split_until_each_job_is_recorded_once(simula
     recorded = rows_of(sqlite_url, Sample)
     assert sorted(x.job_id for x in recorded) == ["j0", "j1", "j2", "j3"]
     assert {x.error for x in recorded} == {"batch_refused"}
+
+
+def test_a_killed_collector_frees_the_batch_lock_within_its_ttl(redis_url):
+    """The lock lives while its holder does (a heartbeat extends it past its TTL) and lapses a TTL
+    after the holder is killed outright, so another worker collects."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import redis
+
+    from tierguard.contract import keys
+    from tierguard.pipeline.locks import held
+
+    r = redis.Redis.from_url(redis_url)
+    code = ("import sys, time, redis; from tierguard.pipeline.locks import held; "
+            "r = redis.Redis.from_url(sys.argv[1]); cm = held(r, sys.argv[2], 1.5); "
+            "assert cm.__enter__(); print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, redis_url, keys.BATCH_LOCK],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        time.sleep(3.5)  # more than twice the TTL: only the heartbeat keeps it
+        with held(r, keys.BATCH_LOCK, 1.5) as ours:
+            assert not ours
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+        start = time.monotonic()
+        while r.exists(keys.BATCH_LOCK):
+            assert time.monotonic() - start < 3, "the dead holder's lock outlived its TTL"
+            time.sleep(0.05)
+        with held(r, keys.BATCH_LOCK, 1.5) as ours:
+            assert ours
+    finally:
+        holder.kill()

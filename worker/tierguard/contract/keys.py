@@ -25,7 +25,8 @@ DEFERRED = "tierguard:deferred"
 """Hash: model -> shadow jobs deferred by a pause or short headroom (a running count)."""
 
 BATCH_LOCK = "tierguard:lock:batches"
-"""Lock: held by the one worker sending and collecting Message Batches (pipeline/batches.py)."""
+"""Lock: held by the one worker sending and collecting Message Batches (pipeline/message_batches.py);
+30 s TTL, extended every 10 s while its holder lives (pipeline/locks.py)."""
 
 ANSWERS = "tierguard:answers:{job_id}"
 """String: the results a worker paid for on one job (answers, verdicts, probe and noise twins), kept

@@ -12,7 +12,6 @@ import logging
 from typing import Any
 
 import anthropic
-import redis as redis_lib
 import sqlalchemy as sa
 from celery import Celery, Task
 from celery.signals import worker_ready
@@ -35,11 +34,13 @@ from tierguard.headroom import history
 from tierguard.pipeline import flow, message_batches
 from tierguard.pipeline.context import context_for
 from tierguard.pipeline.flow import backoff
+from tierguard.pipeline.locks import held
 from tierguard.routing import rates
 from tierguard.store import maintenance, traffic
 
 log = logging.getLogger(__name__)
 UNEXPECTED_ERROR_ATTEMPTS = 8
+LOCK_TTL_S = 30.0  # the Message Batches lock lapses this long after its holder dies
 
 
 def shadow(task: Task, job: dict[str, Any]) -> dict[str, int]:
@@ -77,26 +78,20 @@ def batch_cycle(task: Task) -> dict[str, int]:
     """Send the Message Batches that are due and collect the ended ones (one worker at a time)."""
     settings: Settings = task.app.tierguard_settings
     ctx = context_for(task.app)
-    lock = ctx.redis.lock(keys.BATCH_LOCK, timeout=max(600.0, 10 * settings.batch_poll_seconds),
-                          blocking=False)
-    if not lock.acquire():
-        return {"busy": 1}
-    try:
-        if ctx.batch_client is None:
-            key = settings.shadow_api_key
-            # No SDK retries: a create retried after a timeout may make a second batch; the next
-            # cycle sends it again instead, and collecting is idempotent.
-            ctx.batch_client = anthropic.Anthropic(api_key=key.get_secret_value() if key else None,
-                                                   max_retries=0, timeout=settings.shadow_timeout)
-        counts, outcomes = message_batches.cycle(ctx, ctx.batch_client, settings.shadow_max_attempts)
-    except sa.exc.OperationalError as err:  # the database is down: the next cycle does it
-        log.warning("batch shadows wait for the database: %s", type(err.orig).__name__)
-        return {"database_unavailable": 1}
-    finally:
+    with held(ctx.redis, keys.BATCH_LOCK, LOCK_TTL_S) as ours:
+        if not ours:
+            return {"busy": 1}
         try:
-            lock.release()
-        except redis_lib.exceptions.RedisError as err:  # expired (a long cycle) or Redis gone
-            log.info("Message Batches lock not released (%s): it lapses by itself", err)
+            if ctx.batch_client is None:
+                key = settings.shadow_api_key
+                # No SDK retries: a create retried after a timeout may make a second batch; the next
+                # cycle sends it again instead, and collecting is idempotent.
+                ctx.batch_client = anthropic.Anthropic(api_key=key.get_secret_value() if key else None,
+                                                       max_retries=0, timeout=settings.shadow_timeout)
+            counts, outcomes = message_batches.cycle(ctx, ctx.batch_client, settings.shadow_max_attempts)
+        except sa.exc.OperationalError as err:  # the database is down: the next cycle does it
+            log.warning("batch shadows wait for the database: %s", type(err.orig).__name__)
+            return {"database_unavailable": 1}
     if any(o.events for o in outcomes):
         task.app.send_task(DELIVER_TASK, queue=settings.queue)
     return dict(counts)

@@ -1,0 +1,46 @@
+"""A Redis lock that lapses soon after its holder dies: short-lived, kept alive by a heartbeat.
+
+``with held(r, name, ttl) as ok:`` takes the lock without waiting (``ok`` False: another
+process holds it) and, while the block runs, a daemon thread extends it every ``ttl / 3``
+seconds. A holder killed outright stops extending: the lock is free ``ttl`` seconds later,
+not after the longest cycle anyone could imagine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis as redis_lib
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def held(r: redis_lib.Redis, name: str, ttl: float = 30.0) -> Iterator[bool]:
+    lock = r.lock(name, timeout=ttl, blocking=False, thread_local=False)  # the heartbeat extends it
+    if not lock.acquire():
+        yield False
+        return
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(ttl / 3):
+            try:
+                lock.reacquire()
+            except redis_lib.RedisError as err:  # lost it (expired, or Redis away): say so, go on
+                log.warning("lock %s not extended: %s", name, err)
+
+    heart = threading.Thread(target=beat, name="tierguard-lock-heartbeat", daemon=True)
+    heart.start()
+    try:
+        yield True
+    finally:
+        done.set()
+        heart.join(1)
+        try:
+            lock.release()
+        except redis_lib.RedisError as err:  # expired or Redis gone: it lapses by itself
+            log.info("lock %s not released (%s): it lapses by itself", name, err)
