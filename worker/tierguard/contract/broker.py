@@ -19,6 +19,14 @@ MAINTAIN_TASK = "tierguard.maintain"
 BATCHES_TASK = "tierguard.batches"
 
 
+def beat_entries(settings: Settings) -> list[tuple[str, str, float]]:
+    """(schedule name, task, period in seconds) of everything beat sends."""
+    return [("deliver-alerts", DELIVER_TASK, settings.alert_sweep_seconds),
+            ("monitor", MONITOR_TASK, settings.monitor_seconds),
+            ("batches", BATCHES_TASK, settings.batch_poll_seconds),
+            ("maintain", MAINTAIN_TASK, settings.maintain_seconds)]
+
+
 def make_celery(settings: Settings) -> Celery:
     app = Celery("tierguard", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
@@ -41,16 +49,11 @@ def make_celery(settings: Settings) -> Celery:
             "socket_timeout": 10,
         },
         worker_hijack_root_logger=False,
-        beat_schedule={
-            "deliver-alerts": {"task": DELIVER_TASK, "schedule": settings.alert_sweep_seconds,
-                               "options": {"expires": settings.alert_sweep_seconds}},
-            "monitor": {"task": MONITOR_TASK, "schedule": settings.monitor_seconds,
-                        "options": {"expires": settings.monitor_seconds}},
-            "batches": {"task": BATCHES_TASK, "schedule": settings.batch_poll_seconds,
-                        "options": {"expires": settings.batch_poll_seconds}},
-            "maintain": {"task": MAINTAIN_TASK, "schedule": settings.maintain_seconds,
-                         "options": {"expires": settings.maintain_seconds}},
-        },
+        # No ``expires``: Celery makes it absolute with beat's clock and a worker compares it with
+        # its own, so a skewed clock drops every beat task. A backlog of sends runs once per
+        # period instead (tierguard.pipeline.tasks.beat_due, by Redis's clock).
+        beat_schedule={name: {"task": task, "schedule": period, "kwargs": {"beat": True}}
+                       for name, task, period in beat_entries(settings)},
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     app.tierguard_settings = settings  # type: ignore[attr-defined]

@@ -24,6 +24,10 @@ CAPS = "tierguard:cap"
 DEFERRED = "tierguard:deferred"
 """Hash: model -> shadow jobs deferred by a pause or short headroom (a running count)."""
 
+BEAT = "tierguard:beat:{task}"
+"""String with a TTL of 0.8 of the task's period: beat's send of ``task`` ran in this period (a backlog
+of sends runs once; Redis's clock decides, not a worker's)."""
+
 BATCH_LOCK = "tierguard:lock:batches"
 """Lock: held by the one worker sending and collecting Message Batches (pipeline/message_batches.py);
 30 s TTL, extended every 10 s while its holder lives (pipeline/locks.py)."""

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import anthropic
+import redis as redis_lib
 import sqlalchemy as sa
 from celery import Celery, Task
 from celery.signals import worker_ready
@@ -27,6 +28,7 @@ from tierguard.contract.broker import (
     MAINTAIN_TASK,
     MONITOR_TASK,
     SHADOW_TASK,
+    beat_entries,
     make_celery,
 )
 from tierguard.errors import StoreUnavailable
@@ -74,9 +76,25 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
     return after.counts()
 
 
-def batch_cycle(task: Task) -> dict[str, int]:
+def beat_due(task: Task, beat: bool) -> bool:
+    """Whether a periodic task runs now: always when sent by tierguard itself; once per period when
+    sent by beat (a backlog of beat's sends, left while workers were down, runs once)."""
+    if not beat:
+        return True
+    settings: Settings = task.app.tierguard_settings
+    period = {t: p for _, t, p in beat_entries(settings)}.get(task.name, 60.0)
+    try:
+        return bool(context_for(task.app).redis.set(keys.BEAT.format(task=task.name), "1", nx=True,
+                                                    px=max(1, int(period * 800))))
+    except redis_lib.RedisError:
+        return True  # no record to read: run (each periodic task is idempotent)
+
+
+def batch_cycle(task: Task, beat: bool = False) -> dict[str, int]:
     """Send the Message Batches that are due and collect the ended ones (one worker at a time)."""
     settings: Settings = task.app.tierguard_settings
+    if not beat_due(task, beat):
+        return {"skipped": 1}
     ctx = context_for(task.app)
     with held(ctx.redis, keys.BATCH_LOCK, LOCK_TTL_S) as ours:
         if not ours:
@@ -97,14 +115,18 @@ def batch_cycle(task: Task) -> dict[str, int]:
     return dict(counts)
 
 
-def deliver_alerts(task: Task) -> dict[str, int]:
+def deliver_alerts(task: Task, beat: bool = False) -> dict[str, int]:
     """Send every due alert; run after each event and every few seconds by beat."""
+    if not beat_due(task, beat):
+        return {"skipped": 1}
     ctx = context_for(task.app)
     return dict(deliver_due(ctx.engine, ctx.policy))
 
 
-def monitor(task: Task) -> int:
+def monitor(task: Task, beat: bool = False) -> int:
     """The periodic checks; new events are delivered right away."""
+    if not beat_due(task, beat):
+        return 0
     ctx = context_for(task.app)
     # Neither stops the monitor's checks below.
     try:
@@ -125,8 +147,10 @@ def monitor(task: Task) -> int:
     return events
 
 
-def maintain(task: Task) -> dict:
+def maintain(task: Task, beat: bool = False) -> dict:
     """One pass of the periodic maintenance (counters folded, retention applied)."""
+    if not beat_due(task, beat):
+        return {"skipped": 1}
     ctx = context_for(task.app)
     return maintenance.run(ctx.engine, ctx.redis, ctx.policy)
 
