@@ -41,7 +41,9 @@ def test_round_trip_rotation_and_tampering():
         open_job(tampered, rotated)
     with pytest.raises(PayloadInvalid, match="no TIERGUARD_PAYLOAD_KEYS"):
         open_job(sealed_new, None)
-    assert seal_job(JOB, None) == JOB and open_job(JOB, rotated) == JOB  # no key: plain, as before
+    assert seal_job(JOB, None) == JOB and open_job(JOB, None) == JOB  # no key: plain, as before
+    with pytest.raises(PayloadInvalid, match="unsealed, unsigned job refused"):
+        open_job(JOB, rotated)  # a worker with keys runs only sealed jobs
     with pytest.raises(ConfigError, match="TIERGUARD_PAYLOAD_KEYS"):
         Sealer(["not-a-key"])
 
@@ -86,3 +88,61 @@ def test_the_broker_holds_ciphertext_and_a_tampered_job_is_recorded_not_run(stac
     assert bad.error == "payload_invalid" and bad.agree is None and "does not open" in bad.reason
     assert sum(r["count"] for r in httpx2.get(sim.base_url + "/_sim/stats").json()["requests"]) == calls
     client.tierguard_close()
+
+
+def test_a_captured_job_cannot_be_replayed_elsewhere_or_re_aimed():
+    """The seal covers the whole job: its readable fields must be what was sealed."""
+    s = Sealer([Fernet.generate_key().decode()])
+    sealed = seal_job(JOB, s)
+    assert open_job(sealed, s) == JOB
+    for field, value in (("category", "billing"), ("shadow_model", "attacker-model"),
+                         ("served_model", "claude-opus-4-7"), ("job_id", "j2"),
+                         ("headers", {"anthropic-beta": "x"})):
+        with pytest.raises(PayloadInvalid, match=f"{field} does not match its seal"):
+            open_job(dataclasses.replace(sealed, **{field: value}), s)
+    old_style = dataclasses.replace(JOB, request={}, primary_text="", sealed=s.seal(
+        {"request": JOB.request, "primary_text": JOB.primary_text}))
+    with pytest.raises(PayloadInvalid, match="older tierguard"):
+        open_job(old_style, s)
+
+
+def test_signed_jobs_when_sealing_is_off():
+    signer = Sealer([], "k" * 40)
+    signed = seal_job(JOB, signer)
+    assert signed.request == JOB.request and signed.signature  # in clear, signed whole
+    assert open_job(signed, signer) == JOB
+    travelled = ShadowJob.from_dict(json.loads(json.dumps(signed.to_dict())))  # through the broker
+    assert open_job(dataclasses.replace(travelled, deferred_since="2026-01-01T00:00:00"),
+                    signer).deferred_since  # set by a worker on the way: outside the signature
+    for field, value in (("category", "billing"), ("shadow_model", "attacker-model"),
+                         ("request", {"messages": []})):
+        with pytest.raises(PayloadInvalid, match="signature does not match"):
+            open_job(dataclasses.replace(signed, **{field: value}), signer)
+    with pytest.raises(PayloadInvalid, match="unsealed, unsigned"):
+        open_job(JOB, signer)
+    with pytest.raises(PayloadInvalid, match="signature does not match"):
+        open_job(signed, Sealer([], "o" * 40))
+    with pytest.raises(ConfigError, match="at least 32"):
+        Sealer([], "short")
+
+
+def test_a_worker_never_calls_a_model_the_policy_does_not_list(engine, simulator, redis_url):
+    """Even unsealed (no keys anywhere): a job re-aimed at a model of an attacker's choosing is
+    recorded as payload_invalid and nothing is called."""
+    from tests.pipeline.test_answers import paid
+    from tierguard.pipeline import flow
+    from tierguard.pipeline.context import Context
+    from tierguard.pipeline.fanout import LoopRunner
+    from tierguard.policy import parse_policy
+
+    sim = simulator(categories={"sentiment": {"kind": "label", "labels": ["POSITIVE", "NEGATIVE"]}})
+    ctx = Context(policy=parse_policy({"categories": {"sentiment": {}}}), engine=engine,
+                  redis=redis.Redis.from_url(redis_url),
+                  runner=LoopRunner(lambda: anthropic.AsyncAnthropic(base_url=sim.base_url, api_key="k",
+                                                                     max_retries=0)))
+    aimed = dataclasses.replace(JOB, shadow_model="attacker-model").to_dict()
+    after = flow.run(ctx, [aimed], 1, max_attempts=3, retry_cap=1.0)
+    assert after.recorded == 1 and paid(sim) == 0
+    with session(engine) as s:
+        row = s.exec(select(Sample)).one()
+    assert row.error == "payload_invalid" and "attacker-model" in row.reason

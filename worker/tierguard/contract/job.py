@@ -37,6 +37,8 @@ class ShadowJob:
     # The request and primary text kept out of the broker message (a large job): the key of the
     # stored payload (tierguard.contract.job_store); ``request`` is then empty until the worker loads it.
     payload_ref: str | None = None
+    # HMAC-SHA256 of the job with TIERGUARD_JOB_SIGNING_KEY, when jobs are signed rather than sealed.
+    signature: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -29,7 +29,7 @@ from tierguard.pipeline.context import Context
 from tierguard.pipeline.fanout import Retry, run_jobs
 from tierguard.pipeline.results import Outcome, Result
 from tierguard.pipeline.samples import recorded_ids
-from tierguard.pipeline.shadow import skipped
+from tierguard.pipeline.shadow import runnable, skipped
 from tierguard.pipeline.yielding import (
     announce_paused,
     caps_spent,
@@ -126,7 +126,7 @@ def _opened(ctx: Context, jobs: list[ShadowJob], attempt: int) -> tuple[list[Sha
     opened = []
     for job in jobs:
         try:
-            opened.append(open_job(job, ctx.sealer))
+            opened.append(runnable(ctx.policy, open_job(job, ctx.sealer)))
         except PayloadInvalid as err:  # recorded as an error, never executed
             log.warning("job %s: %s", job.job_id, err)
             refused.append(Result(job, None, None, ("payload_invalid", str(err)), attempt))

@@ -37,7 +37,7 @@ from tierguard.pipeline.calls import Answer, classify
 from tierguard.pipeline.context import Context
 from tierguard.pipeline.judging import JudgeCall, needs_judge
 from tierguard.pipeline.results import Outcome, Result
-from tierguard.pipeline.shadow import result_of
+from tierguard.pipeline.shadow import result_of, runnable
 from tierguard.store import batch_jobs
 from tierguard.store.db import utcnow
 from tierguard.store.tables import BatchJob, ShadowBatch
@@ -105,7 +105,7 @@ def _opened(ctx: Context, rows: list[BatchJob]
     for row in rows:
         job = ShadowJob.from_dict(row.payload)
         try:
-            ok.append((row, open_job(job, ctx.sealer)))
+            ok.append((row, runnable(ctx.policy, open_job(job, ctx.sealer))))
         except PayloadInvalid as err:
             refused.append(Result(job, None, None, ("payload_invalid", str(err)), row.attempt))
     return ok, refused

@@ -10,7 +10,7 @@ import logging
 
 from tierguard.compare import Verdict
 from tierguard.contract.job import ShadowJob, digest
-from tierguard.errors import PermanentCallError, RetryableCallError
+from tierguard.errors import PayloadInvalid, PermanentCallError, RetryableCallError
 from tierguard.pipeline.calls import Answer
 from tierguard.pipeline.results import Result
 from tierguard.policy import Policy
@@ -34,6 +34,16 @@ def result_of(policy: Policy, job: ShadowJob, answer: Answer | None, error: Exce
 
 
 SKIPPED = "skipped"
+
+
+def runnable(policy: Policy, job: ShadowJob) -> ShadowJob:
+    """``job``, if its shadow model is one the policy lists for its category; else
+    :class:`PayloadInvalid` (a worker never calls a model it was not told to watch)."""
+    cat = policy.category(job.category)
+    if job.shadow_model not in cat.rungs:
+        raise PayloadInvalid(f"shadow model {job.shadow_model!r} is not one the policy lists for "
+                             f"{job.category} ({', '.join(cat.rungs)}): never called")
+    return job
 
 
 def skipped(policy: Policy, job: ShadowJob, attempt: int) -> Result | None:
