@@ -55,6 +55,7 @@ class Core:
             self.routes.refresh_quietly()
         self.publisher = Publisher(self.settings)
         self.counts: Counter[str] = Counter()
+        self._refused_models: set[str] = set()
         self._generation: int | None = None  # the background threads run in no process yet
         self._fork_lock = threading.Lock()
 
@@ -113,6 +114,8 @@ class Core:
             if cat.follows_caller and name not in self.routes.moved:  # unlisted, not moved yet
                 return cat, (request if request.get("model") else {**request, "model": cat.reference})
             model = self.routes.get(name, cat.initial_route)
+            if model not in cat.rungs and model not in self.policy.models.rungs:
+                model = self._refused_route(cat, model)
             if model != cat.reference and too_big(self.policy.limits_for(model), request,
                                                   est := estimate(request)):  # attachments read once
                 model = next((m for m in cat.above(model)  # the cheapest rung above that can
@@ -122,6 +125,17 @@ class Core:
         except Exception:
             self._failed("routing")
             return None, request
+
+    def _refused_route(self, cat: CategoryPolicy, model: str) -> str:
+        """A route to a model the policy does not list (a forged Redis copy, a stale row): never
+        served; the category's reference instead (what a route off its ladder moves to), counted
+        and logged once per model."""
+        self.counts["route_refused"] += 1
+        if model not in self._refused_models:
+            self._refused_models.add(model)
+            log.error("tierguard: the route of %s names %r, which the policy does not list; serving "
+                      "%s instead", cat.name, model, cat.reference)
+        return cat.reference
 
     def _refuse(self, name: str) -> str | None:
         """Why a category seen for the first time gets no state, or None to track it."""

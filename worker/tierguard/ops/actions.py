@@ -37,7 +37,7 @@ def pin(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: str
         change = change_route(s, row, target, rule="pin", reason=reason or "pinned by operator",
                               actor=actor, pin=True, until=until)
         s.commit()
-    publish_quietly(r, [row])
+    publish_quietly(r, [row], force=True)  # whatever Redis held: the database's route
     return change
 
 
@@ -51,7 +51,7 @@ def unpin(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: s
         change = change_route(s, row, row.routed_model, rule="unpin",
                               reason=reason or "unpinned by operator", actor=actor, pin=False)
         s.commit()
-    publish_quietly(r, [row])
+    publish_quietly(r, [row], force=True)  # whatever Redis held: the database's route
     return change
 
 
@@ -79,7 +79,7 @@ def promote(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category:
                               reason=reason or (said + ("" if eligible else " (forced, not eligible)")))
         for_route_change(s, policy, change, "promoted")
         s.commit()
-    publish_quietly(r, [row])
+    publish_quietly(r, [row], force=True)  # whatever Redis held: the database's route
     return change
 
 

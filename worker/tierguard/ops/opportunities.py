@@ -143,5 +143,5 @@ def apply_recommendation(engine: Engine, r: redis_lib.Redis | None, policy: Poli
                                        "wilson_high": figures["wilson_high"], "cases": result["cases"]})
         for_route_change(s, policy, change, "promoted")
         s.commit()
-    publish_quietly(r, [row])
+    publish_quietly(r, [row], force=True)  # whatever Redis held: the database's route
     return change

@@ -2,7 +2,8 @@
 
 The database is the truth. A flip is one transaction with an optimistic version
 check that writes the route and its ``route_change`` row; Redis holds a copy
-(``model|version`` per category, written only forward) for the wrappers, whose
+(``model|version`` per category, written only forward after a flip, rewritten whole from the
+database by beat's monitor task, and by an operator's pin or promotion) for the wrappers, whose
 :class:`RouteTable` keeps an in-process dict refreshed in the background.
 """
 
@@ -131,8 +132,12 @@ def expire_pin(s: Session, row: Category, now: dt.datetime) -> RouteChange | Non
                                f"{until.isoformat(timespec='minutes')}")
 
 
-def publish(r: redis_lib.Redis, rows: list[Category]) -> None:
-    """Copy routes to Redis, never overwriting a newer version."""
+def publish(r: redis_lib.Redis, rows: list[Category], force: bool = False) -> None:
+    """Copy routes to Redis, never overwriting a newer version; ``force``: whatever Redis holds
+    (an operator's pin or promotion, just committed, replaces any copy)."""
+    if force:
+        r.hset(REDIS_KEY, mapping={row.name: f"{row.routed_model}|{row.version}" for row in rows})
+        return
     script = r.register_script(_FORWARD_ONLY)
     pipe = r.pipeline(transaction=False)
     for row in rows:
@@ -140,21 +145,32 @@ def publish(r: redis_lib.Redis, rows: list[Category]) -> None:
     pipe.execute()
 
 
-def publish_quietly(r: redis_lib.Redis | None, rows: list[Category]) -> bool:
+def publish_quietly(r: redis_lib.Redis | None, rows: list[Category], force: bool = False) -> bool:
     if r is None or not rows:
         return False
     try:
-        publish(r, rows)
+        publish(r, rows, force)
         return True
     except redis_lib.RedisError as err:
         log.warning("could not copy %d route(s) to Redis (%s); the periodic sync will", len(rows), err)
         return False
 
 
-def sync_to_redis(engine: Engine, r: redis_lib.Redis) -> int:
+def derive(engine: Engine, r: redis_lib.Redis) -> int:
+    """Rewrite Redis's copy whole from the database, whatever it holds (a forged version, a category
+    the database does not have); a route that changed meanwhile is published again after."""
     with session(engine) as s:
-        rows = list(s.exec(select(Category)))
-    publish(r, rows)
+        rows = {row.name: (row.routed_model, row.version) for row in s.exec(select(Category))}
+    pipe = r.pipeline(transaction=True)
+    pipe.delete(REDIS_KEY)
+    if rows:
+        pipe.hset(REDIS_KEY, mapping={name: f"{m}|{v}" for name, (m, v) in rows.items()})
+    pipe.execute()
+    with session(engine) as s:  # a flip committed between the read and the write: forward again
+        moved = [row for row in s.exec(select(Category)) if (row.routed_model, row.version) !=
+                 rows.get(row.name)]
+    if moved:
+        publish(r, moved)
     return len(rows)
 
 
