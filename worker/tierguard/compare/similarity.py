@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from tierguard.compare.base import Verdict
 
 _TOKEN = re.compile(r"\w+", re.U)
+# ROUGE-L costs one step per pair of tokens: past this many (about a second of CPU), token F1.
+ROUGE_MAX_CELLS = 4_000_000
 
 
 def _tokens(text: str) -> list[str]:
@@ -64,7 +66,14 @@ class Similarity:
             raise ValueError("threshold: must be between 0 and 1")
 
     def compare(self, primary: str, shadow: str) -> Verdict:
-        fn = token_f1 if self.method == "f1" else rouge_l
-        score = fn(_tokens(primary), _tokens(shadow))
+        a, b = _tokens(primary), _tokens(shadow)
+        method = self.method
+        if method == "rougeL" and len(a) * len(b) > ROUGE_MAX_CELLS:  # quadratic: bounded work
+            method = "f1"
+        score = (token_f1 if method == "f1" else rouge_l)(a, b)
         agree = score >= self.threshold
-        return Verdict(agree, score, f"{self.method} {score:.2f} {'≥' if agree else '<'} {self.threshold}")
+        reason = f"{method} {score:.2f} {'≥' if agree else '<'} {self.threshold}"
+        if method != self.method:
+            return Verdict(agree, score, reason + " (too long for rougeL: token F1 instead)",
+                           {"method": method, "tokens": [len(a), len(b)]})
+        return Verdict(agree, score, reason)

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ class Retry:
     error: RetryableCallError
 
 
+COMPARE_THREADS = 4  # comparisons run here, off the loop: a slow one cannot stall the calls
 POOL_SHARD = 8  # connections per client: httpcore scans its whole pool on every request
 
 
@@ -58,8 +60,11 @@ class LoopRunner:
     The loop's thread starts on first use, and again (with new clients) in a forked child.
     """
 
-    def __init__(self, client_factory: Callable[[], anthropic.AsyncAnthropic], shards: int = 1):
+    def __init__(self, client_factory: Callable[[], anthropic.AsyncAnthropic], shards: int = 1,
+                 compare_timeout: float = 2.0):
         self._factory = client_factory
+        self.compare_timeout = compare_timeout
+        self._compare_pool: ThreadPoolExecutor | None = None
         self._clients: list[anthropic.AsyncAnthropic] = []
         self._shards = max(1, shards)
         self._next = 0
@@ -74,6 +79,8 @@ class LoopRunner:
             with self._start_lock:
                 if self._pid != os.getpid():
                     self._clients, self._next = [], 0  # a parent's connections are the parent's
+                    self._compare_pool = ThreadPoolExecutor(COMPARE_THREADS,
+                                                            thread_name_prefix="tierguard-compare")
                     self._loop = asyncio.new_event_loop()
                     threading.Thread(target=self._loop.run_forever, name="tierguard-fanout",
                                      daemon=True).start()
@@ -91,6 +98,23 @@ class LoopRunner:
 
     def run(self, coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    async def off_loop(self, fn: Callable[..., Result | None], *args: Any) -> Result | None:
+        """``fn(*args)`` on a comparison thread, never on the loop; None past the time budget,
+        counted from when it starts (the thread finishes on its own; the loop goes on)."""
+        loop = asyncio.get_running_loop()
+        started = asyncio.Event()
+
+        def run() -> Result | None:
+            loop.call_soon_threadsafe(started.set)
+            return fn(*args)
+
+        future = loop.run_in_executor(self._compare_pool, run)
+        await started.wait()  # waiting behind other comparisons is not this one's time
+        try:
+            return await asyncio.wait_for(future, self.compare_timeout)
+        except TimeoutError:
+            return None
 
 
 def async_client(timeout: float, max_connections: int = POOL_SHARD,
@@ -151,7 +175,7 @@ class _Run:
         if judged:  # no noise-floor twin: one judge is enough
             result = await self.judge.result(policy, job, answer, attempt)
         else:
-            result = result_of(policy, job, answer, None, attempt)
+            result = await self.compared(job, answer)
         probe = await self.probed(job, answer, judged) if result.verdict is not None else []
         if judged or result.verdict is None or not noise_sampled(policy, job):
             return [result] + probe
@@ -164,7 +188,7 @@ class _Run:
                                             job.request, job.headers)
         except (RetryableCallError, PermanentCallError):
             return []
-        twin = noise_result(self.policy, job, answer.text, second)
+        twin = await self.runner.off_loop(noise_result, self.policy, job, answer.text, second)
         return [twin] if twin else []
 
     async def probed(self, job: ShadowJob, answer: Answer, judged: bool) -> list[Result]:
@@ -183,4 +207,15 @@ class _Run:
             return []
         if judged:
             return [await self.judge.result(self.policy, twin, second, self.attempt, kind="probe")]
-        return [dataclasses.replace(result_of(self.policy, twin, second, None, self.attempt), kind="probe")]
+        return [dataclasses.replace(await self.compared(twin, second), kind="probe")]
+
+    async def compared(self, job: ShadowJob, answer: Answer) -> Result:
+        """The answer compared off the loop, within the time budget (else ``comparator_timeout``)."""
+        result = await self.runner.off_loop(result_of, self.policy, job, answer, None, self.attempt)
+        if result is not None:
+            return result
+        log.warning("job %s: the comparison took over %.1fs; recorded as comparator_timeout", job.job_id,
+                    self.runner.compare_timeout)
+        return Result(job, answer, None, ("comparator_timeout", f"the comparison took over "
+                                          f"{self.runner.compare_timeout:g}s (TIERGUARD_COMPARE_TIMEOUT)"),
+                      self.attempt)
