@@ -26,7 +26,7 @@ def test_a_poisoned_route_copy_is_refused_rewritten_and_overridden(simulator, re
 
     wait_until(refused, 5, "the forged route read")
     assert "any-model" not in served and served[-1] == "claude-opus-4-7"  # the reference instead
-    assert derive(engine, r) == 1  # beat's monitor task: the database's copy, whatever Redis said
+    assert derive(engine, r) == 1  # each worker's 5 s rewrite: the database's copy, whatever Redis said
     assert r.hget(REDIS_KEY, "sentiment") == b"claude-haiku-4-5|1"
     wait_until(lambda: call(client).model == "claude-haiku-4-5", 5, "the database's route again")
 

@@ -22,7 +22,7 @@ def worker(concurrency: int | None = typer.Option(
     """Run a Celery worker that executes shadow jobs (threads pool, at-least-once)."""
     from tierguard.contract.sealing import sealer
     from tierguard.pipeline.tasks import worker_app
-    from tierguard.routing.routes import ensure_categories, sync_to_redis
+    from tierguard.routing.routes import derive, ensure_categories
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)
@@ -35,7 +35,7 @@ def worker(concurrency: int | None = typer.Option(
         stop = threading.Event()
         while not stop.wait(5.0):
             try:
-                sync_to_redis(engine, r)
+                derive(engine, r)  # the database's routes, whatever Redis held
             except Exception as err:
                 logging.getLogger("tierguard.routing.routes").warning("route sync failed: %s", err)
 

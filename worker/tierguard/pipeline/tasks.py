@@ -37,7 +37,7 @@ from tierguard.pipeline import flow, message_batches
 from tierguard.pipeline.context import context_for
 from tierguard.pipeline.flow import backoff
 from tierguard.pipeline.locks import held
-from tierguard.routing import rates, routes
+from tierguard.routing import rates
 from tierguard.store import maintenance, traffic
 
 log = logging.getLogger(__name__)
@@ -137,10 +137,6 @@ def monitor(task: Task, beat: bool = False) -> int:
         rates.refresh(ctx.engine, ctx.redis, ctx.policy)
     except Exception as err:
         log.warning("cannot publish the adaptive sample rates yet: %s", err)
-    try:
-        routes.derive(ctx.engine, ctx.redis)
-    except Exception as err:
-        log.warning("cannot rewrite the routes' Redis copy yet: %s", err)
     try:
         history.snapshot(ctx.engine, ctx.redis, history.models_of(ctx.policy), ctx.scope)
     except Exception as err:

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,13 +19,10 @@ from pydantic import (
 )
 
 from tierguard import compare as comparators
-from tierguard.compare.base import model_called
-from tierguard.engine.detector import Engine, EngineConfig
-from tierguard.engine.ladder import Ladder
-from tierguard.engine.sampling import SamplingConfig
 from tierguard.errors import ConfigError
 from tierguard.policy.alerting import EVENT_KINDS, SEVERITIES, Alerting, Channel, Severity
 from tierguard.policy.base import Strict, error_lines, unit, valid_category
+from tierguard.policy.category import CategoryPolicy, ComparatorSpec
 from tierguard.policy.model_limits import family_limits
 from tierguard.policy.sections import (
     ModelLimits,
@@ -43,9 +38,6 @@ from tierguard.policy.sections import (
 
 __all__ = ["EVENT_KINDS", "SEVERITIES", "Alerting", "CategoryPolicy", "Channel", "Policy", "Severity",
            "load_policy", "parse_policy", "valid_category"]
-
-
-ComparatorSpec = str | dict[str, Any]
 
 
 class _Tunables(Strict):
@@ -137,109 +129,6 @@ class CategoryOverrides(_Tunables):
         if v is not None:
             check_ladder(v)
         return v
-
-
-class CategoryPolicy(Strict):
-    """One category's effective settings (defaults merged with its overrides)."""
-
-    name: str
-    candidate: str
-    reference: str
-    sample_rate: float
-    threshold: float
-    healthy: float | None
-    false_flip_rate: float
-    false_flip_horizon: int
-    comparator: ComparatorSpec
-    min_samples: int
-    promote_threshold: float
-    promote_min_samples: int
-    auto_promote: bool
-    cooldown_minutes: float
-    flap_limit: int
-    flap_window_hours: float
-    mode: Literal["enforce", "observe"]
-    noise_floor_rate: float
-    start_on: str
-    demote_to: Literal["reference", "next"]
-    probe_rate: float
-    ladder: tuple[str, ...] = ()
-    sampling: Literal["fixed", "adaptive"]
-    sample_rate_min: float
-    sample_rate_max: float
-    shadow_budget_usd_per_day: float | None
-    shadow_via: Literal["sync", "batch"]
-    batch_max_jobs: int
-    batch_max_wait_minutes: float
-    follows_caller: bool = False  # unlisted, start_on caller: the caller's model until moved
-
-    @property
-    def sampling_config(self) -> SamplingConfig:
-        return SamplingConfig(mode=self.sampling, fixed_rate=self.sample_rate,
-                              rate_min=self.sample_rate_min, rate_max=self.sample_rate_max,
-                              min_samples=self.min_samples, settle_s=max(self.cooldown_minutes, 60) * 60,
-                              budget_usd_per_day=self.shadow_budget_usd_per_day)
-
-    @cached_property
-    def compare(self) -> comparators.Comparator:
-        return comparators.resolve(self.comparator)
-
-    @property
-    def judge_model(self) -> str | None:
-        """The model the comparator calls for each comparison (the judge's), or None."""
-        return model_called(self.compare, self.reference)
-
-    @property
-    def engine_config(self) -> EngineConfig:
-        return EngineConfig(
-            threshold=self.threshold, healthy=self.healthy_level,
-            false_flip_rate=self.false_flip_rate, horizon=self.false_flip_horizon,
-            min_samples=self.min_samples, promote_threshold=self.promote_threshold,
-            promote_min_samples=self.promote_min_samples, auto_promote=self.auto_promote,
-            cooldown_s=self.cooldown_minutes * 60, flap_limit=self.flap_limit,
-            flap_window_s=self.flap_window_hours * 3600, observe=self.mode == "observe")
-
-    @cached_property
-    def engine(self) -> Engine:
-        return Engine(self.engine_config)
-
-    @cached_property
-    def ladder_engine(self) -> Ladder:
-        """One state per rung (only for ladders of three or more: two rungs use ``engine``)."""
-        manual = Engine(dataclasses.replace(self.engine_config, auto_promote=False))
-        return Ladder(self.rungs, self.engine, manual, self.demote_to)
-
-    @property
-    def healthy_level(self) -> float:
-        return self.healthy if self.healthy is not None else min(self.threshold + 0.03, 0.999)
-
-    @property
-    def rungs(self) -> tuple[str, ...]:
-        """The ladder, cheapest first, the reference last (two rungs: candidate, reference)."""
-        return self.ladder or (self.candidate, self.reference)
-
-    @property
-    def laddered(self) -> bool:
-        """More than two rungs: every rung watched, probes, one engine state per rung."""
-        return len(self.rungs) > 2
-
-    def other_model(self, served: str) -> str:
-        """The model a request served by ``served`` is shadowed to: the reference, or, while the
-        reference serves, the rung just below it (the next to promote)."""
-        if not self.laddered:
-            return self.reference if served == self.candidate else self.candidate
-        return self.rungs[-2] if served == self.reference else self.reference
-
-    def above(self, model: str) -> tuple[str, ...]:
-        """The rungs dearer than ``model``, cheapest first (the reference for one off the ladder)."""
-        rungs = self.rungs
-        return rungs[rungs.index(model) + 1:] if model in rungs else (self.reference,)
-
-    @property
-    def initial_route(self) -> str:
-        if self.start_on in ("cheapest", "candidate"):
-            return self.candidate
-        return self.reference if self.start_on == "reference" else self.start_on
 
 
 class Policy(Strict):

@@ -3,7 +3,7 @@
 The database is the truth. A flip is one transaction with an optimistic version
 check that writes the route and its ``route_change`` row; Redis holds a copy
 (``model|version`` per category, written only forward after a flip, rewritten whole from the
-database by beat's monitor task, and by an operator's pin or promotion) for the wrappers, whose
+database every 5 s by each worker, and by an operator's pin or promotion) for the wrappers, whose
 :class:`RouteTable` keeps an in-process dict refreshed in the background.
 """
 
