@@ -189,9 +189,10 @@ def test_unbounded_category_names_stop_at_the_cap_and_never_reach_the_caller(sim
         cat, request = core.route(name, {"max_tokens": 8, "messages": []})
         if core.sampled(cat, request):
             core.submit(cat, request, answer, 0.0)
-    assert len(core.categories) == 49  # with "sentiment", the policy's own: 50 in all
+    assert len(core.categories) == 50  # unlisted ones: "sentiment", the policy's own, never counts
     stats = client.tierguard_stats()
-    assert stats["uncategorized_over_max_categories"] == 10_000 - 49 and stats["internal_errors"] == 0
+    assert stats["uncategorized_over_max_categories"] == 10_000 - 50 and stats["internal_errors"] == 0
+    assert core.route("sentiment", {"max_tokens": 8, "messages": []})[0] is not None  # listed: always
     # Real calls past the cap and with invalid names are served, unrouted, never raising.
     for bad in ("another-new-one", "", " spaces ", "x" * 65, "ünïcode", "a/b"):
         msg = client.messages.create(category=bad, max_tokens=8, system="sentiment: classify",

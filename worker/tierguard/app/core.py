@@ -9,6 +9,7 @@ publisher's thread).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import random
 import threading
@@ -22,6 +23,7 @@ from tierguard import metrics
 from tierguard.app import forks, snapshot
 from tierguard.app.publisher import Publisher, Sampled
 from tierguard.config import Settings, get_settings
+from tierguard.headroom import ratelimits
 from tierguard.policy import CategoryPolicy, Policy, valid_category
 from tierguard.policy.live import LivePolicy
 from tierguard.policy.model_limits import estimate, too_big
@@ -56,6 +58,7 @@ class Core:
         self.publisher = Publisher(self.settings)
         self.counts: Counter[str] = Counter()
         self._refused_models: set[str] = set()
+        self._unlisted_seen: dict[str, float] = {}  # unlisted category -> when last routed
         self._generation: int | None = None  # the background threads run in no process yet
         self._fork_lock = threading.Lock()
 
@@ -111,6 +114,8 @@ class Core:
                     return None, (request if request.get("model") else
                                   {**request, "model": self.policy.models.rungs[-1]})
                 cat = self.category(name)
+            if cat.name not in self.policy.categories:
+                self._unlisted_seen[name] = time.monotonic()
             if cat.follows_caller and name not in self.routes.moved:  # unlisted, not moved yet
                 return cat, (request if request.get("model") else {**request, "model": cat.reference})
             model = self.routes.get(name, cat.initial_route)
@@ -147,10 +152,33 @@ class Core:
         if policy.unknown_categories.mode == "pass_through":
             return "unknown"
         cap, routes = policy.max_categories, self.routes.routes
-        if len(self.categories) + len(routes) + len(policy.categories) < cap:
+        if len(self.categories) + len(routes) < cap:
             return None  # under the cap however they overlap: no set to build
-        known = len(self.categories.keys() | routes.keys() | policy.categories.keys())
-        return "over_max_categories" if known >= cap else None
+        self._forget_idle()
+        unlisted = (self.categories.keys() | routes.keys()) - policy.categories.keys()
+        return "over_max_categories" if len(unlisted) >= cap else None
+
+    def _forget_idle(self) -> None:
+        """Unlisted categories not seen for ``unknown_category_ttl_days`` leave the cache (the
+        database forgets them too: store/maintenance), so a burst of junk names cannot hold the
+        cap for good."""
+        cutoff = time.monotonic() - self.policy.unknown_category_ttl_days * 86_400
+        for name in [n for n, at in self._unlisted_seen.items() if at < cutoff]:
+            self._unlisted_seen.pop(name, None)
+            self.categories.pop(name, None)
+
+    def tenant_refuses(self, name: str, api_key: str | None) -> bool:
+        """With ``gateway_tenants``: whether the caller's key may not name ``name`` (its team's
+        globs); such a call is served as sent, unrouted and unshadowed, counted ``tenant_mismatch``."""
+        tenants = self.policy.gateway_tenants
+        if not tenants:
+            return False
+        digest = hashlib.sha256((api_key or "").encode()).hexdigest()
+        tenant = self.policy.tenant_of(digest)
+        if tenant is not None and tenant.allows(name):
+            return False
+        self.uncategorized("tenant_mismatch")
+        return True
 
     def sampled(self, cat: CategoryPolicy | None, request: dict[str, Any]) -> bool:
         """Count one production call of ``cat``; whether it is to be shadowed."""
@@ -170,23 +198,25 @@ class Core:
             self._failed("sampling")
             return False
 
-    def rate_limited(self, model: str | None, retry_after: Any) -> None:
-        """A production 429 on ``model``: its shadows pause for ``retry-after`` (never raises)."""
+    def rate_limited(self, model: str | None, retry_after: Any, scope: str = "") -> None:
+        """A production 429 on ``model``: its shadows pause for ``retry-after`` (never raises).
+        ``scope``: the caller's key fingerprint at a gateway with tenants (its pause is its own)."""
         try:
             wait = float(retry_after) if retry_after not in (None, "") else None
         except (TypeError, ValueError):
             wait = None
         try:
             if model:
-                self.publisher.rate_limited(model, wait)
+                self.publisher.rate_limited(ratelimits.scoped(model, scope), wait)
         except Exception:
             self._failed("pausing shadows")
 
-    def saw_headers(self, model: str | None, headers: Any) -> None:
-        """A production response's headers: its rate-limit view gates the shadows (never raises)."""
+    def saw_headers(self, model: str | None, headers: Any, scope: str = "") -> None:
+        """A production response's headers: its rate-limit view gates the shadows (never raises);
+        ``scope`` as for :meth:`rate_limited`."""
         try:
             if model and headers is not None:
-                self.publisher.saw_headers(model, headers)
+                self.publisher.saw_headers(ratelimits.scoped(model, scope), headers)
         except Exception:
             self._failed("reading rate-limit headers")
 

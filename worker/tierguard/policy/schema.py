@@ -25,6 +25,7 @@ from tierguard.policy.base import Strict, error_lines, unit, valid_category
 from tierguard.policy.category import CategoryPolicy, ComparatorSpec
 from tierguard.policy.model_limits import family_limits
 from tierguard.policy.sections import (
+    GatewayTenant,
     ModelLimits,
     Models,
     Payloads,
@@ -34,6 +35,7 @@ from tierguard.policy.sections import (
     ShadowHeadroom,
     UnknownCategories,
     check_ladder,
+    tenant_problems,
 )
 
 __all__ = ["EVENT_KINDS", "SEVERITIES", "Alerting", "CategoryPolicy", "Channel", "Policy", "Severity",
@@ -149,7 +151,10 @@ class Policy(Strict):
     # A category a caller names that the policy does not: tracked (up to max_categories in all)
     # and served with the caller's model unless start_on says otherwise, or passed through.
     unknown_categories: UnknownCategories = UnknownCategories()
-    max_categories: int = Field(500, ge=1, le=100_000)
+    max_categories: int = Field(500, ge=1, le=100_000)  # unlisted categories tracked at once
+    unknown_category_ttl_days: float = Field(7.0, gt=0)  # an unlisted one without traffic is forgotten
+    # Teams at the gateway (opt in): a caller's key names its team, its team the categories it may use.
+    gateway_tenants: dict[str, GatewayTenant] = {}
     # Adaptive categories' shadow spend together stays under this (optional; see engine/sampling.py).
     shadow_budget_usd_per_day: float | None = Field(None, ge=0)
     _resolved: dict[str, CategoryPolicy] = PrivateAttr(default_factory=dict)
@@ -204,6 +209,7 @@ class Policy(Strict):
                 problems.append(f"{field}: {start!r} is not cheapest, reference or a model of "
                                 f"the ladder ({', '.join(rungs)})")
         problems += self.unknown_categories.problems(self.models.rungs)
+        problems += tenant_problems(self.gateway_tenants)
         if problems:
             raise ValueError("\n".join(dict.fromkeys(problems)))
         return self
@@ -232,6 +238,10 @@ class Policy(Strict):
         if found is None:
             found = self._resolved[name] = self._merged(name)
         return found
+
+    def tenant_of(self, key_digest: str) -> GatewayTenant | None:
+        """The gateway tenant whose keys include ``key_digest`` (SHA-256 hex of an API key)."""
+        return next((t for t in self.gateway_tenants.values() if key_digest in t.keys), None)
 
     def warm(self) -> None:
         """Design every listed category's detector now, not on its first sample."""

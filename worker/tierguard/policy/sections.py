@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tierguard.policy.base import Strict
 
@@ -122,3 +124,37 @@ class UnknownCategories(Strict):
             return []
         return [f"unknown_categories.start_on: {self.start_on!r} is not caller, cheapest, reference "
                 f"or a model of models.ladder ({', '.join(rungs)})"]
+
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class GatewayTenant(Strict):
+    """One team at the gateway: its API keys (SHA-256, hex) and the category globs it may name."""
+
+    keys: list[str] = Field(min_length=1)
+    categories: list[str] = Field(min_length=1)
+
+    @field_validator("keys")
+    @classmethod
+    def _digests(cls, v: list[str]) -> list[str]:
+        for key in v:
+            if not SHA256_HEX.fullmatch(key):
+                raise ValueError("each key is the SHA-256 of an API key, as 64 lowercase hex digits "
+                                 "(never the key itself): printf %s \"$KEY\" | sha256sum")
+        return v
+
+    def allows(self, category: str) -> bool:
+        return any(fnmatch.fnmatchcase(category, glob) for glob in self.categories)
+
+
+def tenant_problems(tenants: dict[str, GatewayTenant]) -> list[str]:
+    """A key in two tenants would make its caller's team ambiguous."""
+    owner: dict[str, str] = {}
+    problems = []
+    for name, tenant in tenants.items():
+        for key in tenant.keys:
+            if key in owner and owner[key] != name:
+                problems.append(f"gateway_tenants.{name}.keys: {key[:12]}… is also {owner[key]}'s")
+            owner[key] = name
+    return problems

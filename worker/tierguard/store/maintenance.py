@@ -6,7 +6,8 @@ runs it by hand (``--dry-run`` says what it would delete). Samples older than
 ``retention.rollups_days``; the audit tables (route changes, events, alerts) are
 never pruned. On PostgreSQL ``sample`` is partitioned by day: the retention
 window's partitions (and a week ahead) are created, whole days past retention
-are dropped, and only the default partition is deleted from. Elsewhere deletes
+are dropped, and only the default partition is deleted from. Unlisted categories idle for
+``unknown_category_ttl_days`` are forgotten. Elsewhere deletes
 run in batches, each its own transaction, so a long prune never holds a lock the
 writers need.
 """
@@ -24,7 +25,7 @@ from sqlalchemy.engine import Engine
 from tierguard.policy import Policy
 from tierguard.store import partitions, traffic
 from tierguard.store.db import session, utcnow
-from tierguard.store.tables import Headroom, Rollup, RollupError, Sample, Traffic
+from tierguard.store.tables import Category, Headroom, Rollup, RollupError, Sample, Traffic
 
 log = logging.getLogger(__name__)
 BATCH = 10_000
@@ -47,6 +48,24 @@ def _prune(engine: Engine, table: Any, column: Any, key: list[Any], cutoff: dt.d
         deleted += done
         if done < BATCH:
             return deleted
+
+
+def forget_unlisted(engine: Engine, policy: Policy, now: dt.datetime, dry_run: bool = False) -> list[str]:
+    """Unlisted categories without traffic for ``unknown_category_ttl_days`` (and not pinned):
+    their rows go (their audit stays), so junk names cannot hold ``max_categories`` for good."""
+    cutoff = now - dt.timedelta(days=policy.unknown_category_ttl_days)
+    recent = sa.select(Traffic.category).where(Traffic.minute >= cutoff).distinct()
+    with session(engine) as s:
+        stale = [n for n in s.execute(
+            sa.select(Category.name).where(Category.pinned.is_(False), Category.updated_at < cutoff,
+                                           Category.name.not_in(recent))).scalars()
+                 if n not in policy.categories]
+        if stale and not dry_run:
+            s.execute(sa.delete(Category).where(Category.name.in_(stale)))
+            s.commit()
+            log.info("maintenance: forgot %d unlisted categories idle for %g days", len(stale),
+                     policy.unknown_category_ttl_days)
+    return sorted(stale)
 
 
 def run(engine: Engine, r: redis_lib.Redis | None, policy: Policy, *, dry_run: bool = False,
@@ -90,7 +109,9 @@ def run(engine: Engine, r: redis_lib.Redis | None, policy: Policy, *, dry_run: b
         log.info("maintenance: pruned %s", pruned)
     if created:
         log.info("maintenance: created sample partitions %s", ", ".join(created))
+    forgotten = forget_unlisted(engine, policy, now, dry_run)
     return {"dry_run": dry_run, "folded_traffic_rows": folded,
+            ("categories_would_forget" if dry_run else "categories_forgotten"): forgotten,
             "partitions_created": created,
             ("partitions_would_drop" if dry_run else "partitions_dropped"): dropped,
             "samples_before": samples_cut.isoformat(), "rollups_before": rollups_cut.isoformat(),
