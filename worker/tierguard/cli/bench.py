@@ -84,9 +84,15 @@ def bench_hotpath(calls: int = typer.Option(5000, min=5000, help="calls each, in
 @bench_app.command("pipeline")
 def bench_pipeline(seconds: float = typer.Option(20.0, min=5.0), rate: float = 700.0,
                    workers: int = typer.Option(1, min=1), concurrency: int = 100,
+                   db_outage: float = typer.Option(0.0, min=0.0, help=(
+                       "the fault case instead: jobs sent while PostgreSQL is stopped this many "
+                       "seconds; shadow calls per job (goal ≤ 1.05)")),
                    as_json: bool = JsonOpt) -> None:
     """End to end on this host: enqueue → 1 s shadow call → compare → PostgreSQL row."""
     from tierguard.bench.pipeline import pipeline_figures
+
+    if db_outage:
+        return _outage(db_outage, as_json)
 
     with console.status("running the pipeline…") if not as_json else nothing():
         fig = pipeline_figures(seconds=seconds, rate=rate, workers=workers, concurrency=concurrency)
@@ -227,3 +233,15 @@ def bench_ladder(seed: int = typer.Option(11), as_json: bool = JsonOpt) -> None:
     console.print(f"goals: ladders ≤ {fig['goals']['cost_vs_two_tier']} × two_tier's production cost, "
                   f"median detection ≤ {fig['goals']['delay_vs_two_tier']} × two_tier's, no more false "
                   "flips or hours below threshold")
+
+
+def _outage(seconds: float, as_json: bool) -> None:
+    from tierguard.bench.outage import outage_figures
+
+    with console.status(f"PostgreSQL down for {seconds:g} s…") if not as_json else nothing():
+        fig = outage_figures(outage_s=seconds)
+    if as_json:
+        emit(fig)
+        return
+    console.print(f"a {seconds:g} s database outage: [bold]{fig['calls_per_job']}[/] shadow calls per "
+                  f"job (goal ≤ {fig['goal_calls_per_job']}); {fig['recorded']}/{fig['jobs']} recorded")
