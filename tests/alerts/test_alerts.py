@@ -208,7 +208,8 @@ def test_monitors_page_once_per_episode(engine, redis_url, channels_env):
 
     import redis
 
-    from tierguard.alerts.monitors import TRAFFIC_KEY, check
+    from tierguard.alerts.monitors import check
+    from tierguard.contract.keys import TRAFFIC as TRAFFIC_KEY
     from tierguard.store.db import utcnow
 
     receiver = channels_env
