@@ -8,6 +8,18 @@
 # references, which Grafana expands from its environment: no secret is written to disk.
 set -eu
 
+# The datasource's sslmode (provisioning/datasources/tierguard.yaml reads it): require unless set.
+# Compose sets disable for its own PostgreSQL, which has no TLS and stays on the compose network.
+TIERGUARD_PG_SSLMODE=${TIERGUARD_PG_SSLMODE:-require}
+case "$TIERGUARD_PG_SSLMODE" in
+  disable | require | verify-ca | verify-full) ;;
+  *)
+    echo "tierguard: TIERGUARD_PG_SSLMODE=$TIERGUARD_PG_SSLMODE: use disable, require, verify-ca or verify-full" >&2
+    exit 1
+    ;;
+esac
+export TIERGUARD_PG_SSLMODE
+
 src=${TIERGUARD_GRAFANA_SRC:-/etc/tierguard-grafana/provisioning}
 dst=${GF_PATHS_PROVISIONING:?GF_PATHS_PROVISIONING must name a writable folder}
 rm -rf "$dst"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import socketserver
 import threading
 from collections.abc import Callable
@@ -105,9 +106,13 @@ class QueueDepth:
 Probe = Callable[[], tuple[bool, str]]
 
 
-def serve(port: int, extra: list[Any] = (), probes: dict[str, Probe] | None = None) -> bool:  # type: ignore[assignment]
-    """Serve ``/metrics`` on ``port`` (merged across processes with PROMETHEUS_MULTIPROC_DIR),
-    and each of ``probes`` (path → check): 200 with its reason when it holds, else 503."""
+def serve(port: int, extra: list[Any] = (), probes: dict[str, Probe] | None = None,  # type: ignore[assignment]
+          host: str = "0.0.0.0") -> bool:
+    """Serve ``/metrics`` on ``host``:``port`` (merged across processes with PROMETHEUS_MULTIPROC_DIR),
+    and each of ``probes`` (path → check): 200 with its reason when it holds, else 503.
+
+    ``host`` is ``TIERGUARD_METRICS_HOST``: ``0.0.0.0`` (every IPv4 interface: a pod's probes and
+    Prometheus), ``127.0.0.1`` (this host or container only), an address, or an IPv6 one (``::``)."""
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
     from prometheus_client import make_wsgi_app
@@ -137,16 +142,17 @@ def serve(port: int, extra: list[Any] = (), probes: dict[str, Probe] | None = No
 
     class Threading(socketserver.ThreadingMixIn, WSGIServer):
         daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
     class Quiet(WSGIRequestHandler):
         def log_message(self, *args: Any) -> None:  # probes every few seconds: not log lines
             pass
 
     try:
-        server = make_server("", port, app, server_class=Threading, handler_class=Quiet)
+        server = make_server(host, port, app, server_class=Threading, handler_class=Quiet)
     except OSError as err:
-        log.warning("cannot serve metrics on port %d (%s); running without them", port, err)
+        log.warning("cannot serve metrics on %s port %d (%s); running without them", host, port, err)
         return False
     threading.Thread(target=server.serve_forever, name="tierguard-metrics", daemon=True).start()
-    log.info("metrics on :%d/metrics%s", port, "".join(f", {p}" for p in checks))
+    log.info("metrics on %s:%d/metrics%s", host, port, "".join(f", {p}" for p in checks))
     return True

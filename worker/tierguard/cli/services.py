@@ -47,7 +47,7 @@ def worker(concurrency: int | None = typer.Option(
 
         metrics.serve(settings.metrics_port, [metrics.QueueDepth(lambda: redis_client(settings),
                                                                  settings.queue)],
-                      probes(celery, settings))
+                      probes(celery, settings), host=settings.metrics_host)
     n = concurrency or settings.worker_concurrency
     celery.worker_main(["worker", "-P", pool, "-c", str(n), "-Q", settings.queue,
                         "-l", loglevel, "-n", f"tierguard-{os.getpid()}@%h",
@@ -86,7 +86,8 @@ def beat(loglevel: str = "INFO") -> None:
     if settings.metrics_port:  # /livez for the image's HEALTHCHECK and the pod's liveness probe
         from tierguard import metrics
 
-        metrics.serve(settings.metrics_port, probes={"/livez": lambda: (True, "alive")})
+        metrics.serve(settings.metrics_port, probes={"/livez": lambda: (True, "alive")},
+                      host=settings.metrics_host)
     # In-memory schedule: tierguard's tasks are periodic and idempotent, so nothing is worth a
     # schedule file (none is left in /tmp, and a read-only root filesystem works).
     make_celery(settings).start(["beat", "-l", loglevel, "--scheduler", "celery.beat:Scheduler"])
