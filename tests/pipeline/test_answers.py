@@ -14,7 +14,7 @@ from sqlmodel import select
 from tests.helpers import API_KEY
 from tierguard.contract import keys
 from tierguard.contract.job import ShadowJob
-from tierguard.contract.sealing import Sealer
+from tierguard.contract.sealing import Sealer, seal_job
 from tierguard.errors import StoreUnavailable
 from tierguard.pipeline import answers, flow
 from tierguard.pipeline.context import Context
@@ -63,7 +63,7 @@ def test_a_rerun_after_a_database_failure_calls_no_model(engine, simulator, redi
                                                          max_retries=0))
     ctx = Context(policy=POLICY, engine=engine, redis=r, runner=runner, recorder=DatabaseDownOnce(engine),
                   sealer=Sealer([Fernet.generate_key().decode()]) if sealed else None)
-    jobs = [job(i).to_dict() for i in range(5)]
+    jobs = [seal_job(job(i), ctx.sealer).to_dict() for i in range(5)]  # as the publisher sends them
     with pytest.raises(StoreUnavailable):
         flow.run(ctx, jobs, 1, max_attempts=3, retry_cap=1.0)
     calls = paid(sim)
