@@ -62,16 +62,17 @@ class Running:
                 if " ERROR " in line or line.startswith("Traceback")]
 
 
-def start(stack, tmp_path, nofile: int | None = None, **env: str) -> Running:
+def start(stack, tmp_path, nofile: int | tuple[int, int] | None = None, **env: str) -> Running:
     """A ``tierguard gateway`` process, as tests/conftest.py starts one; ``nofile``: its soft
-    open-file limit at start (the hard one unchanged)."""
+    open-file limit at start (the hard one unchanged), or both."""
     port = free_port()
     log = tmp_path / f"gateway-{port}.log"
 
     def limit() -> None:
         if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, resource.getrlimit(
-                resource.RLIMIT_NOFILE)[1]))
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            soft_hard = nofile if isinstance(nofile, tuple) else (nofile, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, soft_hard)
 
     proc = subprocess.Popen([sys.executable, "-m", "tierguard", "gateway", "--port", str(port)],
                             env={**os.environ, **stack.env, **env}, stdout=open(log, "w"),
@@ -191,24 +192,105 @@ def test_the_gateway_raises_its_open_file_limit(stack, sim_and_env, tmp_path):
     assert soft == hard
 
 
-def test_callers_beyond_max_clients_get_a_quick_503(stack, sim_and_env, tmp_path):
+class Flood:
+    """``n`` sockets sending a request head one byte every ``every`` seconds, each opened again
+    as soon as the gateway closes it (a slowloris)."""
+
+    HEAD = b"POST /v1/messages HTTP/1.1\r\nhost: gateway\r\nx-pad: " + b"a" * 100_000
+
+    def __init__(self, address: tuple[str, int], n: int, every: float):
+        self.address, self.n, self.every = address, n, every
+        self.stop = threading.Event()
+        self.reopened = 0
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self) -> None:
+        socks: list[socket.socket | None] = [None] * self.n
+        sent = [0] * self.n
+        while not self.stop.wait(self.every):
+            for i in range(self.n):
+                try:
+                    if socks[i] is None:
+                        socks[i] = socket.create_connection(self.address, timeout=0.2)
+                        socks[i].setblocking(False)
+                        sent[i] = 0
+                        self.reopened += 1
+                    socks[i].send(self.HEAD[sent[i]:sent[i] + 1])
+                    sent[i] += 1
+                except OSError:
+                    if socks[i] is not None:
+                        socks[i].close()
+                    socks[i] = None
+        for sock in socks:
+            if sock is not None:
+                sock.close()
+
+    def __enter__(self) -> "Flood":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def test_a_flood_of_slow_callers_past_the_open_file_limit_never_locks_others_out(stack, sim_and_env,
+                                                                                   tmp_path):
+    """The review's 1,000 slow sockets against 1,024 files, at a quarter of the scale."""
+    sim_and_env()
+    gw = start(stack, tmp_path, nofile=(256, 256), TIERGUARD_GATEWAY_MAX_CLIENTS="128")
+    answers = []
+    with Flood(gw.address, 300, 0.25):
+        time.sleep(2)
+        for _ in range(10):
+            started = time.monotonic()
+            try:
+                answer = httpx2.post(gw.base + "/v1/messages", json=BODY, headers=HEADERS, timeout=5)
+                status = answer.status_code
+            except httpx2.TransportError as err:
+                status = type(err).__name__
+            answers.append((status, round(time.monotonic() - started, 2)))
+            time.sleep(0.2)
+    assert [status for status, _ in answers] == [200] * 10, answers
+    assert max(took for _, took in answers) < 2.0, answers
+    stats = gw.stats()
+    assert stats["evicted_idle"] > 0
+    assert "open-file limit (256) is below" in gw.log.read_text()  # told at startup
+
+
+def test_beyond_max_clients_a_caller_takes_an_idle_place_or_gets_a_quick_503(stack, sim_and_env, tmp_path):
     sim_and_env()
     gw = start(stack, tmp_path, TIERGUARD_GATEWAY_MAX_CLIENTS="10", TIERGUARD_GATEWAY_HEADER_TIMEOUT="30")
-    idle = [socket.create_connection(gw.address) for _ in range(10)]
+    busy = [socket.create_connection(gw.address) for _ in range(10)]
+    for sock in busy:  # requests in progress (their bodies still to come): no place to give
+        sock.sendall(request_bytes(b"", length=100))
+    time.sleep(0.3)
+    started = time.monotonic()
+    refused = httpx2.post(gw.base + "/v1/messages", json=BODY, headers=HEADERS, timeout=10)
+    took = time.monotonic() - started
+    for sock in busy:
+        sock.close()
+    assert refused.status_code == 503 and took < 1.0, (refused.status_code, took)
+    error = refused.json()
+    assert error["type"] == "error" and error["error"]["type"] == "overloaded_error"
+    assert "TIERGUARD_GATEWAY_MAX_CLIENTS" in error["error"]["message"]
+    time.sleep(0.3)
+    idle = [socket.create_connection(gw.address) for _ in range(10)]  # connected, nothing sent
     try:
-        time.sleep(0.3)  # all accepted
+        time.sleep(0.3)
         started = time.monotonic()
-        refused = httpx2.post(gw.base + "/v1/messages", json=BODY, headers=HEADERS, timeout=10)
+        admitted = httpx2.post(gw.base + "/v1/messages", json=BODY, headers=HEADERS, timeout=10)
         took = time.monotonic() - started
+        assert admitted.status_code == 200 and took < 1.0, (admitted.status_code, took)
+        # The one that had waited longest gave its place; the others are still connected.
+        assert closed_at(idle[0], time.monotonic() + 1) is not None
+        assert [closed_at(sock, time.monotonic() + 0.05) for sock in idle[1:]] == [None] * 9
     finally:
         for sock in idle:
             sock.close()
-    assert refused.status_code == 503 and took < 1.0, (refused.status_code, took)
-    assert refused.json()["type"] == "error" and refused.json()["error"]["type"] == "overloaded_error"
-    assert "TIERGUARD_GATEWAY_MAX_CLIENTS" in refused.json()["error"]["message"]
-    time.sleep(0.3)  # the idle ones are gone: room again
-    assert httpx2.post(gw.base + "/v1/messages", json=BODY, headers=HEADERS).status_code == 200
-    assert gw.stats()["too_many_clients"] == 1
+    stats = gw.stats()
+    assert stats["too_many_clients"] == 1 and stats["evicted_idle"] == 1
+    assert stats["caller_left"] == 10  # the requests left unfinished
 
 
 def test_a_body_sent_too_slowly_is_a_408_and_nothing_goes_upstream(stack, sim_and_env, tmp_path):

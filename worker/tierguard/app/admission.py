@@ -10,9 +10,14 @@ uvicorn's httptools protocol with two checks added, served by ``tierguard gatewa
   request on a kept-alive connection), cancelled when the head is complete: a caller that
   has not sent its request line and headers within ``TIERGUARD_GATEWAY_HEADER_TIMEOUT``
   seconds is disconnected (``header_timeout``);
-- a count of the process's caller connections: past ``TIERGUARD_GATEWAY_MAX_CLIENTS``, a new
-  connection is answered with an Anthropic-shaped 503 as soon as its head is in (its head
-  timer shortened to ``OVER_CAP_WAIT``) and closed (``too_many_clients``).
+- a count of the process's caller connections. At ``TIERGUARD_GATEWAY_MAX_CLIENTS``, a new
+  connection takes the place of the one that has waited longest for a request head — a
+  caller still sending its first head, or a kept-alive connection between requests — if
+  that one has waited ``EVICT_AFTER`` seconds or more: it is closed (``evicted_idle``), as
+  a server closes an idle kept-alive connection. Slow callers holding every place therefore
+  never lock out a caller that sends its request at once. With no such connection, the new
+  one is answered with an Anthropic-shaped 503 as soon as its request is in (it has
+  ``OVER_CAP_WAIT`` seconds to send it) and closed (``too_many_clients``).
 
 A response the gateway must cut short after its headers (a deadline passed) can close the
 connection under it through the scope's ``ABORT`` extension, without uvicorn logging an error.
@@ -33,7 +38,9 @@ from tierguard.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-OVER_CAP_WAIT = 1.0  # seconds a connection past the cap may take to send the head its 503 answers
+OVER_CAP_WAIT = 0.5  # seconds a connection past the cap may take to send the head its 503 answers
+EVICT_AFTER = 0.1  # seconds a connection must have waited for a request head before it gives way
+DRAIN_MAX = 64 * 1024  # bytes of a refused request read before its 503 (closing on unread data resets)
 ABORT = "tierguard.abort"  # scope["extensions"][ABORT](): close this request's connection now
 FD_MARGIN = 64  # open files a gateway process needs besides its callers and upstream connections
 
@@ -50,6 +57,7 @@ class Door:
         self.header_timeout = header_timeout
         self.max_clients = max_clients
         self.open = 0
+        self.waiting: dict[GuardedProtocol, float] = {}  # no request in progress: since when, oldest first
         self.counts: Counter[str] = Counter()
         self._logged: set[str] = set()
 
@@ -60,8 +68,34 @@ class Door:
             self._logged.add(kind)
             log.warning(why + " (counted as %s; later ones are only counted)", *args, kind)
 
+    def make_room(self, now: float) -> bool:
+        """Close the connection that has waited longest for a request head, if it has waited
+        ``EVICT_AFTER`` or more; whether one was closed."""
+        oldest = next(iter(self.waiting.items()), None)
+        if oldest is None or now - oldest[1] < EVICT_AFTER:
+            return False
+        del self.waiting[oldest[0]]
+        oldest[0].evict()
+        self.refuse("evicted_idle", "TIERGUARD_GATEWAY_MAX_CLIENTS (%d) reached: the caller connection "
+                    "that had waited longest for a request head was closed for a new one",
+                    self.max_clients)
+        return True
+
     async def over_capacity(self, scope: dict, receive: Any, send: Any) -> None:
-        """The ASGI app a connection past the cap is served: a 503 the SDKs retry, then close."""
+        """The ASGI app a connection past the cap is served: a 503 the SDKs retry, then close. A small
+        body is read first: closing a socket with unread data resets it, and the 503 would be lost."""
+        try:
+            async with asyncio.timeout(OVER_CAP_WAIT):
+                size = 0
+                while size <= DRAIN_MAX:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    size += len(message.get("body", b""))
+                    if not message.get("more_body"):
+                        break
+        except TimeoutError:
+            pass
         body = error_body(f"the gateway holds {self.max_clients} connections already "
                           f"(TIERGUARD_GATEWAY_MAX_CLIENTS); retry shortly", "overloaded_error")
         await send({"type": "http.response.start", "status": 503,
@@ -103,12 +137,14 @@ class GuardedProtocol(HttpToolsProtocol):
         door = self.door
         door.open += 1
         self.counted = True
-        wait = door.header_timeout
-        if door.open > door.max_clients:
+        wait, now = door.header_timeout, self.loop.time()
+        if door.open > door.max_clients and not door.make_room(now):
             self.app = door.over_capacity  # answered as soon as its head is in
             wait = min(wait, OVER_CAP_WAIT)
             door.refuse("too_many_clients", "a caller connection beyond TIERGUARD_GATEWAY_MAX_CLIENTS "
                         "(%d) was answered 503", door.max_clients)
+        else:
+            door.waiting[self] = now
         self.head_timer = self.loop.call_later(wait, self.head_timed_out)
 
     def on_message_begin(self) -> None:
@@ -118,12 +154,19 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.stop_timer()
+        self.door.waiting.pop(self, None)
         super().on_headers_complete()
         extensions = self.scope.setdefault("extensions", {})  # type: ignore[typeddict-item]
         extensions[ABORT] = functools.partial(self.abort, self.cycle)
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.cycle.response_complete:  # none pipelined
+            self.door.waiting[self] = self.loop.time()  # kept alive: waiting for the next head
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop_timer()
+        self.door.waiting.pop(self, None)
         if self.counted:
             self.counted = False
             self.door.open -= 1
@@ -134,9 +177,16 @@ class GuardedProtocol(HttpToolsProtocol):
             self.head_timer.cancel()
             self.head_timer = None
 
+    def evict(self) -> None:
+        self.stop_timer()
+        self.transport.close()
+
     def head_timed_out(self) -> None:
         self.head_timer = None
-        if not self.transport.is_closing():
+        self.door.waiting.pop(self, None)
+        if self.app == self.door.over_capacity:  # refused already (too_many_clients)
+            self.transport.close()
+        elif not self.transport.is_closing():
             self.door.refuse("header_timeout", "a caller that had not sent its request head within "
                              "TIERGUARD_GATEWAY_HEADER_TIMEOUT (%g s) was disconnected",
                              self.door.header_timeout)

@@ -63,8 +63,10 @@ from tierguard.contract.job import SHAPING_HEADERS
 log = logging.getLogger(__name__)
 
 _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
-# Paths whose API limit is above the Messages API's: they keep their own (bytes).
+# Paths whose API limit is above the Messages API's: they keep their own (bytes), and get time for
+# their bodies in proportion (TIERGUARD_GATEWAY_BODY_TIMEOUT per 32 MiB).
 _LARGER_LIMITS = (("/v1/messages/batches", 256_000_000), ("/v1/files", 500_000_000))
+_MESSAGES_LIMIT = 32 * 1024 * 1024
 __all__ = ["Gateway", "create_app", "error_body", "HOP_BY_HOP"]
 
 
@@ -109,8 +111,9 @@ class Gateway:
         assert core is not None
         method, path = scope["method"], scope["path"]
         limit = self._limit(method, path)
+        wait = self.settings.gateway_body_timeout * max(1.0, limit / _MESSAGES_LIMIT)
         try:
-            async with asyncio.timeout(self.settings.gateway_body_timeout):
+            async with asyncio.timeout(wait):
                 body = await read_body(receive, limit, declared(scope["headers"]))
         except TooLarge:
             return await self._too_large(send, limit)
@@ -119,8 +122,7 @@ class Gateway:
             return None
         except TimeoutError:
             return await self._refuse(send, "body_timeout", 408, "timeout_error", close=True,
-                                      why=f"the request body did not arrive within "
-                                          f"{self.settings.gateway_body_timeout:g} s "
+                                      why=f"the request body did not arrive within {wait:g} s "
                                           f"(TIERGUARD_GATEWAY_BODY_TIMEOUT)")
         headers, category = self._forwarded(scope["headers"])
         target = path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
