@@ -20,7 +20,7 @@ from typing import Any
 import redis as redis_lib
 
 from tierguard import metrics
-from tierguard.app import forks, snapshot
+from tierguard.app import forks, snapshot, stream
 from tierguard.app.publisher import Publisher, Sampled
 from tierguard.config import Settings, get_settings
 from tierguard.headroom import ratelimits
@@ -59,6 +59,8 @@ class Core:
         self.counts: Counter[str] = Counter()
         self._refused_models: set[str] = set()
         self._unlisted_seen: dict[str, float] = {}  # unlisted category -> when last routed
+        self._refusals_logged: set[str] = set()
+        stream.configure(self.settings.stream_assembly_max)  # the wrapper's stream assemblers
         self._generation: int | None = None  # the background threads run in no process yet
         self._fork_lock = threading.Lock()
 
@@ -246,6 +248,11 @@ class Core:
         """Hand a sampled call to the publisher: its routed ``request`` (for the model), the served
         answer, the shaping headers and ``body``, the request as sent (JSON text; a snapshot of
         ``request`` is taken now when it is not given)."""
+        if isinstance(answer, dict) and answer.get(stream.UNASSEMBLED):
+            self.refuse("stream_too_long", "a sampled stream was longer than "
+                        "TIERGUARD_STREAM_ASSEMBLY_MAX (%d): relayed whole, not shadowed",
+                        self.settings.stream_assembly_max)
+            return
         try:
             if body is None:
                 taken = self.snapshot(request)
@@ -263,6 +270,15 @@ class Core:
         self.counts["uncategorized"] += 1
         self.counts[f"uncategorized_{reason}"] += 1
         metrics.UNCATEGORIZED.labels(reason).inc()
+
+    def refuse(self, kind: str, why: str, *args: Any) -> None:
+        """Count one refusal of ``kind``; the first of each kind in this process is logged (``why``),
+        the rest only counted (a flood of them must not flood the log)."""
+        self.counts[kind] += 1
+        if kind not in self._refusals_logged:
+            self._refusals_logged.add(kind)
+            log.warning("tierguard: " + why + " (counted as %s; later ones are only counted)",
+                        *args, kind)
 
     def _failed(self, where: str) -> None:
         self.counts["internal_errors"] += 1

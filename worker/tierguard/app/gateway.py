@@ -20,6 +20,16 @@ decoded, without ``content-encoding`` (see :mod:`~tierguard.app.upstream`). Bodi
 above ``OFF_LOOP`` bytes (and every encoded one) are decoded, parsed, routed and
 rewritten on a worker thread, so the event loop keeps serving while one is read.
 Other paths keep the API's larger limits where it has them (batches, files).
+
+Bounded (issue 25): the request head must come within ``TIERGUARD_GATEWAY_HEADER_TIMEOUT``
+and a process holds at most ``TIERGUARD_GATEWAY_MAX_CLIENTS`` callers (see
+:mod:`~tierguard.app.admission`); the body within ``TIERGUARD_GATEWAY_BODY_TIMEOUT`` (else a
+408, nothing upstream); a routed body nested deeper than ``TIERGUARD_GATEWAY_MAX_JSON_DEPTH``
+is a 400 before it is parsed. Each upstream request has ``TIERGUARD_GATEWAY_DEADLINE`` in all,
+streamed answers included: past it, a 504 before the answer's headers, a cut answer after
+(see :mod:`~tierguard.app.relay`). A caller that leaves before the answer's headers cancels
+the upstream request and is not shadowed. Every refusal is counted in ``/tierguard/stats``
+and logged once.
 """
 
 from __future__ import annotations
@@ -32,27 +42,32 @@ from typing import Any
 
 import httpx2
 
+from tierguard.app import admission
+from tierguard.app.admission import error_body
 from tierguard.app.core import Core
-from tierguard.app.stream import Assembler, SSEParser, UsageOnly
-from tierguard.app.upstream import OFF_LOOP, TooLarge, Upstream, parse_request, with_model
+from tierguard.app.relay import (
+    HOP_BY_HOP,
+    CallerLeft,
+    Watch,
+    cutter,
+    declared,
+    disconnected,
+    pump,
+    read_body,
+    respond,
+)
+from tierguard.app.upstream import OFF_LOOP, TooDeep, TooLarge, Upstream, parse_request, with_model
 from tierguard.config import Settings, get_settings, mask_url, upstream_url
 from tierguard.contract.job import SHAPING_HEADERS
 
 log = logging.getLogger(__name__)
 
-HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-              b"trailer", b"trailers", b"transfer-encoding", b"upgrade"}
 _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
-# Paths whose API limit is above the Messages API's: they keep their own (bytes).
+# Paths whose API limit is above the Messages API's: they keep their own (bytes), and get time for
+# their bodies in proportion (TIERGUARD_GATEWAY_BODY_TIMEOUT per 32 MiB).
 _LARGER_LIMITS = (("/v1/messages/batches", 256_000_000), ("/v1/files", 500_000_000))
-
-
-class CallerLeft(Exception):
-    """The caller disconnected before its request body ended."""
-
-
-def error_body(message: str, kind: str = "api_error") -> bytes:
-    return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
+_MESSAGES_LIMIT = 32 * 1024 * 1024
+__all__ = ["Gateway", "create_app", "error_body", "HOP_BY_HOP"]
 
 
 class Gateway:
@@ -63,13 +78,15 @@ class Gateway:
         self.core = core
         self.upstream: Upstream | None = None
         self.header = self.settings.category_header.lower().encode()
+        self.door = admission.configure(self.settings)
 
     async def startup(self) -> None:
+        s = self.settings
+        admission.raise_fd_limit(s.gateway_max_clients + s.gateway_max_connections + admission.FD_MARGIN)
         if self.core is None:
-            self.core = await asyncio.to_thread(Core, self.settings)
+            self.core = await asyncio.to_thread(Core, s)
         self.core.check_fork()  # its refresher keeps /readyz honest before any request
-        self.upstream = Upstream(upstream_url(self.settings), self.settings.gateway_max_connections,
-                                 self.settings.gateway_timeout)
+        self.upstream = Upstream(upstream_url(s), s.gateway_max_connections, s.gateway_timeout)
         if self.upstream.proxy:
             log.info("upstream through the proxy %s", mask_url(self.upstream.proxy))
 
@@ -81,29 +98,40 @@ class Gateway:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            return await self._lifespan(receive, send)
-        if scope["type"] != "http":
-            return None
-        method, path = scope["method"], scope["path"]
-        if method == "GET" and path in ("/healthz", "/readyz", "/tierguard/stats", "/metrics"):
-            return await self._local(path, send)
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            if scope["method"] == "GET" and scope["path"] in ("/healthz", "/readyz", "/tierguard/stats",
+                                                              "/metrics"):
+                await self._local(scope["path"], send)
+            else:
+                await self._http(scope, receive, send)
+
+    async def _http(self, scope: dict, receive: Any, send: Any) -> None:
         core = self.core
         assert core is not None
+        method, path = scope["method"], scope["path"]
         limit = self._limit(method, path)
+        wait = self.settings.gateway_body_timeout * max(1.0, limit / _MESSAGES_LIMIT)
         try:
-            body = await _read_body(receive, limit, _declared(scope["headers"]))
+            async with asyncio.timeout(wait):
+                body = await read_body(receive, limit, declared(scope["headers"]))
         except TooLarge:
             return await self._too_large(send, limit)
         except CallerLeft:  # nothing reaches the upstream: the request was never whole
             core.counts["caller_left"] += 1
             return None
+        except TimeoutError:
+            return await self._refuse(send, "body_timeout", 408, "timeout_error", close=True,
+                                      why=f"the request body did not arrive within {wait:g} s "
+                                          f"(TIERGUARD_GATEWAY_BODY_TIMEOUT)")
         headers, category = self._forwarded(scope["headers"])
         target = path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         if method == "POST" and path == "/v1/messages":
             if category:
-                return await self._messages(category, target, headers, body, receive, send)
+                return await self._messages(scope, category, target, headers, body, receive, send)
             core.uncategorized()
-        await self._relay(method, target, headers, body, receive, send)
+        await self._relay(scope, method, target, headers, body, receive, send)
+        return None
 
     def _forwarded(self, raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], str | None]:
         headers, category = [], None
@@ -124,12 +152,18 @@ class Gateway:
 
     async def _too_large(self, send: Any, limit: int) -> None:
         self.core.counts["too_large"] += 1  # type: ignore[union-attr]
-        await _respond(send, 413, error_body(f"request body is larger than the gateway's limit of "
-                                             f"{limit} bytes (TIERGUARD_GATEWAY_MAX_BODY)",
-                                             "request_too_large"))
+        await respond(send, 413, error_body(f"request body is larger than the gateway's limit of "
+                                            f"{limit} bytes (TIERGUARD_GATEWAY_MAX_BODY)",
+                                            "request_too_large"))
 
-    async def _messages(self, name: str, target: str, headers: list, body: bytes, receive: Any,
-                        send: Any) -> None:
+    async def _refuse(self, send: Any, kind: str, status: int, error: str, why: str,
+                      close: bool = False) -> None:
+        """Answer a refused request with the API's error shape; counted, logged once."""
+        self.core.refuse(kind, "%s", why)  # type: ignore[union-attr]
+        await respond(send, status, error_body(why, error), close=close)
+
+    async def _messages(self, scope: dict, name: str, target: str, headers: list, body: bytes,
+                        receive: Any, send: Any) -> None:
         core = self.core
         assert core is not None
         codings = _codings(headers)
@@ -138,38 +172,50 @@ class Gateway:
                 len(body) > OFF_LOOP or bool(codings), self._route_body, name, body, codings)
         except TooLarge:
             return await self._too_large(send, self.settings.gateway_max_body)
+        except TooDeep as err:
+            return await self._refuse(send, "json_too_deep", 400, "invalid_request_error",
+                                      f"the request body's JSON nests deeper than the gateway's limit "
+                                      f"of {err.limit} levels (TIERGUARD_GATEWAY_MAX_JSON_DEPTH)")
         except (ValueError, RecursionError):  # let the API say what is wrong with it
             core.uncategorized("unreadable_body")
-            return await self._relay("POST", target, headers, body, receive, send)
+            await self._relay(scope, "POST", target, headers, body, receive, send)
+            return None
         if cat is None:
-            return await self._relay("POST", target, headers, body, receive, send)
+            await self._relay(scope, "POST", target, headers, body, receive, send)
+            return None
         # Every answer is read on the side (its usage: production's tokens, measured; the whole
         # answer when sampled): ask for it uncompressed. The body goes decoded.
         drop = (b"accept-encoding", b"content-encoding") if codings else (b"accept-encoding",)
         headers = [h for h in headers if h[0] not in drop] + [(b"accept-encoding", b"identity")]
-        await self._routed(cat, routed, target, headers, forwarded, receive, send)
+        await self._routed(scope, cat, routed, target, headers, forwarded, receive, send)
+        return None
 
     def _route_body(self, name: str, body: bytes, codings: list[str]) -> tuple[Any, dict, bytes]:
-        """(category, routed request, the bytes to send) for a Messages body (TooLarge or
+        """(category, routed request, the bytes to send) for a Messages body (TooLarge, TooDeep or
         ValueError if it cannot be read); the caller's bytes unless the route changes ``model``."""
-        parsed = parse_request(body, codings, self.settings.gateway_max_body)
+        s = self.settings
+        parsed = parse_request(body, codings, s.gateway_max_body, s.gateway_max_json_depth)
         cat, routed = self.core.route(name, parsed.request)  # type: ignore[union-attr]
         if cat is None or ("model" in parsed.request and routed.get("model") == parsed.request["model"]):
             return cat, routed, parsed.raw
         return cat, routed, with_model(parsed, routed["model"])
 
-    async def _routed(self, cat: Any, routed: dict, target: str, headers: list, body: bytes,
-                      receive: Any, send: Any) -> None:
+    async def _routed(self, scope: dict, cat: Any, routed: dict, target: str, headers: list,
+                      body: bytes, receive: Any, send: Any) -> None:
         """Send a routed request; count its answer, and shadow it when sampled."""
         core = self.core
         assert core is not None
         sampled = core.sampled(cat, routed)
         started = time.perf_counter()
-        watch = _Watch(routed.get("stream") is True, usage_only=not sampled)
-        done = await self._relay("POST", target, headers, body, receive, send, watch)
+        watch = Watch(routed.get("stream") is True, usage_only=not sampled,
+                      limit=self.settings.stream_assembly_max)
+        done = await self._relay(scope, "POST", target, headers, body, receive, send, watch)
         if watch.status == 429:  # production is rate-limited on this model: its shadows wait
             core.rate_limited(routed.get("model"), watch.retry_after)
         core.saw_headers(routed.get("model"), watch.headers)
+        if watch.overflowed:
+            core.refuse("stream_too_long", "a stream event was longer than TIERGUARD_STREAM_ASSEMBLY_MAX "
+                        "(%d): relayed whole, not watched", self.settings.stream_assembly_max)
         if done and watch.status == 200:
             answer = watch.answer()
             if answer is not None:
@@ -177,50 +223,94 @@ class Gateway:
                 if sampled:
                     core.submit(cat, routed, answer, started, headers=_shaping(headers), body=body)
 
-    async def _relay(self, method: str, target: str, headers: list, body: bytes, receive: Any,
-                     send: Any, watch: _Watch | None = None) -> bool:
-        """Forward one request and relay its response; False if the caller left before the end."""
+    async def _relay(self, scope: dict, method: str, target: str, headers: list, body: bytes,
+                     receive: Any, send: Any, watch: Watch | None = None) -> bool:
+        """Forward one request and relay its response within the deadline; False unless the whole
+        response reached the caller."""
+        until = asyncio.get_running_loop().time() + self.settings.gateway_deadline
+        left = asyncio.ensure_future(disconnected(receive))
+        try:
+            sent = await self._response_head(method, target, headers, body, send, left, until)
+            if sent is None:
+                return False
+            response, shard = sent
+            try:
+                return await self._response_body(scope, response, send, watch, left, until)
+            finally:
+                await response.aclose()
+                self.upstream.done(shard)  # type: ignore[union-attr]
+        finally:
+            left.cancel()
+
+    async def _response_head(self, method: str, target: str, headers: list, body: bytes, send: Any,
+                             left: asyncio.Future, until: float) -> tuple[httpx2.Response, int] | None:
+        """The upstream's response, its body still to read; None if the caller was answered already
+        (502, 504) or left first (the upstream request is then cancelled)."""
         upstream = self.upstream
         assert upstream is not None
-        try:
-            response, shard = await upstream.send(method, target, headers, body)
-        except httpx2.TimeoutException:
-            await _respond(send, 504, error_body("the upstream API did not answer in time"))
-            return False
-        except httpx2.TransportError as err:
-            log.warning("upstream %s unreachable: %s", mask_url(upstream.base_url), type(err).__name__)
-            await _respond(send, 502, error_body(f"the gateway cannot reach the upstream API "
-                                                 f"({type(err).__name__})"))
-            return False
-        try:
-            if watch is not None:
-                watch.status = response.status_code
-                watch.headers = response.headers
-                if response.status_code == 429:
-                    watch.retry_after = response.headers.get("retry-after")
-            await send({"type": "http.response.start", "status": response.status_code,
-                        "headers": [(k.lower(), v) for k, v in response.headers.raw
-                                    if k.lower() not in HOP_BY_HOP]})
-            pump = asyncio.ensure_future(_pump(response, send, watch))
-            left = asyncio.ensure_future(_disconnected(receive))
-            await asyncio.wait((pump, left), return_when=asyncio.FIRST_COMPLETED)
-            if pump.done():
-                left.cancel()
-                return pump.result()
-            pump.cancel()
+        sent = asyncio.ensure_future(upstream.send(method, target, headers, body))
+        await asyncio.wait((sent, left), timeout=_remaining(until), return_when=asyncio.FIRST_COMPLETED)
+        if sent.done() and not left.done():
+            try:
+                return sent.result()
+            except httpx2.TimeoutException:
+                await respond(send, 504, error_body("the upstream API did not answer in time"))
+            except httpx2.TransportError as err:
+                log.warning("upstream %s unreachable: %s", mask_url(upstream.base_url), type(err).__name__)
+                await respond(send, 502, error_body(f"the gateway cannot reach the upstream API "
+                                                    f"({type(err).__name__})"))
+            return None
+        await self._drop(sent)
+        if left.done():  # before any answer: the upstream request is cancelled, nothing shadowed
             self.core.counts["caller_left"] += 1  # type: ignore[union-attr]
-            return False
-        finally:
+        else:
+            self.core.refuse("deadline_exceeded", "%s", self._late())  # type: ignore[union-attr]
+            await respond(send, 504, error_body(self._late()))
+        return None
+
+    async def _response_body(self, scope: dict, response: httpx2.Response, send: Any,
+                             watch: Watch | None, left: asyncio.Future, until: float) -> bool:
+        if watch is not None:
+            watch.status = response.status_code
+            watch.headers = response.headers
+            if response.status_code == 429:
+                watch.retry_after = response.headers.get("retry-after")
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": [(k.lower(), v) for k, v in response.headers.raw
+                                if k.lower() not in HOP_BY_HOP]})
+        cut = cutter(scope, send, response)
+        pumping = asyncio.ensure_future(pump(response, send, watch, cut))
+        await asyncio.wait((pumping, left), timeout=_remaining(until), return_when=asyncio.FIRST_COMPLETED)
+        if pumping.done():
+            return pumping.result()
+        pumping.cancel()
+        await _settle(pumping)
+        if left.done():
+            self.core.counts["caller_left"] += 1  # type: ignore[union-attr]
+        else:
+            self.core.refuse("deadline_exceeded", "%s", self._late())  # type: ignore[union-attr]
+            await cut(self._late())
+        return False
+
+    def _late(self) -> str:
+        return (f"the upstream API's answer took longer than the gateway's deadline of "
+                f"{self.settings.gateway_deadline:g} s (TIERGUARD_GATEWAY_DEADLINE)")
+
+    async def _drop(self, sent: asyncio.Future) -> None:
+        """Cancel an upstream request (its connection is closed); a response that came anyway is closed."""
+        sent.cancel()
+        if await _settle(sent):
+            response, shard = sent.result()
             await response.aclose()
-            upstream.done(shard)
+            self.upstream.done(shard)  # type: ignore[union-attr]
 
     async def _local(self, path: str, send: Any) -> None:
         core = self.core
         if path == "/healthz":
-            return await _respond(send, 200, b'{"status":"ok"}')
+            return await respond(send, 200, b'{"status":"ok"}')
         if path == "/readyz":
             ready = core is not None and core.routes.loaded
-            return await _respond(send, 200 if ready else 503, json.dumps(
+            return await respond(send, 200 if ready else 503, json.dumps(
                 {"status": "ready" if ready else "route table not loaded yet"}).encode())
         if path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -230,7 +320,8 @@ class Gateway:
                         "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode()),
                                     (b"content-length", str(len(body)).encode())]})
             return await send({"type": "http.response.body", "body": body})
-        await _respond(send, 200, json.dumps(core.stats() if core else {}).encode())
+        stats = {**(core.stats() if core else {}), **self.door.counts}
+        await respond(send, 200, json.dumps(stats).encode())
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -248,89 +339,14 @@ class Gateway:
                 return
 
 
-class _Watch:
-    """What the gateway keeps of a response while relaying it (all of it when sampled, else the usage)."""
-
-    def __init__(self, stream: bool, usage_only: bool = False):
-        self.status = 0
-        self.stream = stream
-        self.chunks: list[bytes] = []
-        self.parser = SSEParser() if stream else None
-        self.assembler = (UsageOnly() if usage_only else Assembler()) if stream else None
-        self.message: dict | None = None
-        self.retry_after: str | None = None
-        self.headers: Any = None
-
-    def feed(self, chunk: bytes) -> None:
-        if self.status != 200:
-            return
-        if self.parser is None:
-            self.chunks.append(chunk)
-            return
-        for event in self.parser.feed(chunk):
-            if self.assembler.feed(event):  # type: ignore[union-attr]
-                self.message = self.assembler.message()  # type: ignore[union-attr]
-
-    def answer(self) -> dict | None:
-        if self.stream:
-            return self.message
-        try:
-            answer = json.loads(b"".join(self.chunks))
-        except ValueError:
-            return None
-        return answer if isinstance(answer, dict) else None
+def _remaining(until: float) -> float:
+    return max(0.0, until - asyncio.get_running_loop().time())
 
 
-async def _pump(response: httpx2.Response, send: Any, watch: _Watch | None) -> bool:
-    try:
-        async for chunk in response.aiter_raw():
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if watch is not None:
-                try:
-                    watch.feed(chunk)
-                except Exception:
-                    log.exception("watching a response failed; it is not shadowed")
-                    watch.status = -1
-    except httpx2.TransportError as err:  # the upstream broke off mid-body
-        log.warning("upstream response broke off: %s", type(err).__name__)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return False
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-    return True
-
-
-async def _disconnected(receive: Any) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-def _declared(raw: list[tuple[bytes, bytes]]) -> int | None:
-    """The request's ``Content-Length``, if it gives one."""
-    for name, value in raw:
-        if name.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-async def _read_body(receive: Any, limit: int, declared: int | None) -> bytes:
-    """The whole body; TooLarge as soon as it is known to pass ``limit`` (the rest is never held)."""
-    if declared is not None and declared > limit:
-        raise TooLarge
-    parts, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise CallerLeft
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge
-        parts.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(parts)
+async def _settle(task: asyncio.Future) -> bool:
+    """Wait for a task that was cancelled; True if it finished with a result all the same."""
+    await asyncio.wait((task,))
+    return not task.cancelled() and task.exception() is None
 
 
 async def _maybe_off_loop(off: bool, func: Any, *args: Any) -> Any:
@@ -353,13 +369,6 @@ def _shaping(headers: list[tuple[bytes, bytes]]) -> dict[str, str] | None:
         if name.decode("latin-1") in SHAPING_HEADERS:
             found.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
     return {k: ",".join(v) for k, v in found.items()} or None
-
-
-async def _respond(send: Any, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def create_app() -> Gateway:

@@ -4,6 +4,14 @@
 the SDK's event objects (the wrapper) — and builds the message they describe:
 its content blocks (text, tool calls with their input) and its usage. Only
 sampled streams are watched; the caller's events are never held back.
+
+Both are linear in the stream's length: text and JSON deltas are kept in lists and
+joined once, at the end; the SSE parser searches each byte once. An assembler holds at
+most ``limit`` characters of content (``TIERGUARD_STREAM_ASSEMBLY_MAX``, 8 MiB; the
+SDK wrapper's assemblers take the setting of the latest :class:`~tierguard.app.core.Core`
+built in the process, see :func:`configure`): past it the content is dropped, only the
+usage is kept, and the message it hands over carries ``UNASSEMBLED`` — counted, never
+shadowed. The stream itself goes on to the caller untouched.
 """
 
 from __future__ import annotations
@@ -14,44 +22,47 @@ from typing import Any
 
 from tierguard.contract.messages import USAGE_FIELDS
 
+UNASSEMBLED = "tierguard_unassembled"  # set in a message too long to assemble: usage only
+USAGE_EVENTS = frozenset({b"message_start", b"message_delta", b"message_stop"})
+_defaults = {"limit": 8 * 1024 * 1024}
+
+
+def configure(limit: int) -> None:
+    """The content limit of the assemblers built from now on in this process (characters)."""
+    _defaults["limit"] = limit
+
 
 def _get(obj: Any, name: str) -> Any:
     return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
-
-
 class Assembler:
     """Feed it every event of one stream; ``feed`` is true once, at ``message_stop``."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self.blocks: dict[int, dict[str, Any]] = {}
+        self.texts: dict[int, list[str]] = {}
         self.partial_json: dict[int, list[str]] = {}
         self.usage: dict[str, int] = {}
         self.model: str | None = None
         self.done = False
+        self.limit = _defaults["limit"] if limit is None else limit
+        self.size = 0  # characters of content held
+        self.too_long = False
 
     def feed(self, event: Any) -> bool:
         kind = _get(event, "type")
         if kind == "content_block_delta":
             index, delta = _get(event, "index"), _get(event, "delta")
-            block = self.blocks.get(index)
             dkind = _get(delta, "type")
-            if block is None:
+            if index not in self.blocks:
                 return False
             if dkind == "text_delta":
-                block["text"] = block.get("text", "") + (_get(delta, "text") or "")
+                self._keep(self.texts, index, _get(delta, "text") or "")
             elif dkind == "input_json_delta":
-                self.partial_json.setdefault(index, []).append(_get(delta, "partial_json") or "")
+                self._keep(self.partial_json, index, _get(delta, "partial_json") or "")
         elif kind == "content_block_start":
-            block = _get(event, "content_block")
-            btype = _get(block, "type")
-            entry: dict[str, Any] = {"type": btype}
-            if btype == "text":
-                entry["text"] = _get(block, "text") or ""
-            elif btype in ("tool_use", "server_tool_use"):
-                entry.update(name=_get(block, "name"), input=_get(block, "input") or {})
-            self.blocks[_get(event, "index")] = entry
+            self._start(_get(event, "index"), _get(event, "content_block"))
         elif kind == "message_start":
             message = _get(event, "message")
             self.model = _get(message, "model")
@@ -63,6 +74,34 @@ class Assembler:
             return True
         return False
 
+    def _start(self, index: Any, block: Any) -> None:
+        if self.too_long:
+            return
+        btype = _get(block, "type")
+        entry: dict[str, Any] = {"type": btype}
+        if btype == "text":
+            entry["text"] = _get(block, "text") or ""
+            self._grow(len(entry["text"]))
+        elif btype in ("tool_use", "server_tool_use"):
+            entry.update(name=_get(block, "name"), input=_get(block, "input") or {})
+        if not self.too_long:
+            self.blocks[index] = entry
+
+    def _keep(self, parts: dict[int, list[str]], index: int, piece: str) -> None:
+        self._grow(len(piece))
+        if not self.too_long:
+            parts.setdefault(index, []).append(piece)
+
+    def _grow(self, n: int) -> None:
+        self.size += n
+        if self.size > self.limit:
+            self.give_up()
+
+    def give_up(self) -> None:
+        """Keep no more content (the stream is too long to shadow); the usage is still followed."""
+        self.too_long = True
+        self.blocks, self.texts, self.partial_json = {}, {}, {}
+
     def _usage(self, usage: Any) -> None:
         if usage is None:
             return
@@ -72,10 +111,16 @@ class Assembler:
                 self.usage[name] = value
 
     def message(self) -> dict[str, Any]:
-        """The assembled message as the Messages API's JSON (content and usage)."""
+        """The assembled message as the Messages API's JSON (content and usage); a stream too long
+        to assemble gives its usage and ``UNASSEMBLED``, no content."""
+        if self.too_long:
+            return {"type": "message", "model": self.model, "content": [], "usage": dict(self.usage),
+                    UNASSEMBLED: True}
         content = []
         for index in sorted(self.blocks):
             block = dict(self.blocks[index])
+            if index in self.texts:
+                block["text"] = block.get("text", "") + "".join(self.texts[index])
             if index in self.partial_json:
                 raw = "".join(self.partial_json[index])
                 try:
@@ -87,24 +132,55 @@ class Assembler:
 
 
 class SSEParser:
-    """Bytes of a ``text/event-stream`` body in, the JSON ``data`` of each complete event out."""
+    """Bytes of a ``text/event-stream`` body in, the JSON ``data`` of each complete event out.
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    ``only``: the event names whose data is decoded (an event without a name always is);
+    ``limit``: the longest event it waits for — past it, ``overflow`` and no more events.
+    """
 
-    def feed(self, chunk: bytes) -> Iterator[dict[str, Any]]:
-        self._buffer += chunk.replace(b"\r\n", b"\n")
-        while b"\n\n" in self._buffer:
-            raw, self._buffer = self._buffer.split(b"\n\n", 1)
-            data = [line[5:].lstrip() for line in raw.split(b"\n") if line.startswith(b"data:")]
-            if not data:
-                continue
-            try:
-                event = json.loads(b"\n".join(data))
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                yield event
+    def __init__(self, limit: int | None = None, only: frozenset[bytes] | None = None) -> None:
+        self._buffer = bytearray()
+        self._searched = 0  # bytes at the buffer's start already searched for an event's end
+        self._cr = False  # the last chunk ended in "\r": its "\n" may open the next one
+        self.limit = limit
+        self.only = only
+        self.overflow = False
+
+    def feed(self, chunk: bytes) -> list[dict[str, Any]]:
+        if self.overflow:
+            return []
+        if self._cr:
+            chunk = b"\r" + chunk
+        self._cr = chunk.endswith(b"\r")
+        buffer = self._buffer
+        buffer += (chunk[:-1] if self._cr else chunk).replace(b"\r\n", b"\n")
+        events, start = [], 0
+        while (end := buffer.find(b"\n\n", max(start, self._searched - 1))) >= 0:
+            event = self._event(bytes(buffer[start:end]))
+            if event is not None:
+                events.append(event)
+            start = end + 2
+        del buffer[:start]
+        self._searched = len(buffer)
+        if self.limit is not None and len(buffer) > self.limit:
+            self.overflow = True
+            self._buffer = bytearray()
+        return events
+
+    def _event(self, raw: bytes) -> dict[str, Any] | None:
+        lines = raw.split(b"\n")
+        if self.only is not None:
+            name = next((line[6:].strip() for line in lines if line.startswith(b"event:")), None)
+            if name is not None and name not in self.only:
+                return None
+        data = [line[5:].lstrip() for line in lines if line.startswith(b"data:")]
+        if not data:
+            return None
+        try:
+            event = json.loads(b"\n".join(data))
+        except ValueError:
+            return None
+        return event if isinstance(event, dict) else None
 
 
 class UsageOnly(Assembler):

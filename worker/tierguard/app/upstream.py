@@ -3,7 +3,10 @@
 Bodies: :func:`parse_request` decodes a ``gzip``/``deflate`` body (bounded: past the
 limit is :class:`TooLarge`) and reads its top-level JSON object one value (or array
 element) at a time, keeping where ``model`` is; :func:`with_model` sets ``model`` in
-the caller's own bytes, so non-ASCII text, key order and whitespace go as sent.
+the caller's own bytes, so non-ASCII text, key order and whitespace go as sent. Before
+any of it, :func:`nesting` measures how deep the body's arrays and objects go (a byte scan:
+strings dropped, brackets counted, a step at a time), so a body nested past the gateway's
+limit is :class:`TooDeep` before ``json`` recurses into it.
 
 The client: requests go straight to ``httpx2`` transports (no client-level cookie jar,
 redirects or auth: a proxy must not carry one caller's state to the next).
@@ -20,6 +23,8 @@ import codecs
 import json
 import re
 import zlib
+from itertools import accumulate, count
+from operator import sub
 from typing import Any, NamedTuple
 
 import httpx2
@@ -30,10 +35,22 @@ OFF_LOOP = 256 * 1024  # bodies above this many bytes are decoded and parsed on 
 _WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}  # zlib's window bits per content coding
 _WS = re.compile(r"[ \t\n\r]*")  # JSON whitespace
 _DECODER = json.JSONDecoder()
+_ESCAPE = re.compile(rb"\\.", re.S)  # a backslash and the byte it escapes
+_OPENS = bytes.maketrans(b"[{]}", b"\x01\x01\x00\x00")  # an opening bracket: 1, a closing one: 0
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = 1 << 18  # bytes scanned at once (the GIL is let go between steps)
 
 
 class TooLarge(Exception):
     """A request body over the gateway's limit (as sent or decoded)."""
+
+
+class TooDeep(Exception):
+    """A request body whose JSON nests deeper than the gateway's limit."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"nested deeper than {limit}")
+        self.limit = limit
 
 
 def environment_proxy(url: str) -> str | None:
@@ -126,15 +143,45 @@ class Parsed(NamedTuple):
     first: int  # where the object's first key (or its closing brace) is
 
 
-def parse_request(body: bytes, codings: list[str], limit: int) -> Parsed:
-    """Decode and parse a Messages API body; ValueError if it is not a JSON object in UTF-8."""
+def parse_request(body: bytes, codings: list[str], limit: int, max_depth: int | None = None) -> Parsed:
+    """Decode and parse a Messages API body; ValueError if it is not a JSON object in UTF-8,
+    TooDeep if its arrays and objects nest deeper than ``max_depth``."""
     for coding in reversed(codings):
         body = inflate(body, coding, limit)
+    if max_depth is not None and nesting(body, max_depth) > max_depth:
+        raise TooDeep(max_depth)
     decoder, step = codecs.getincrementaldecoder("utf-8")(), 1 << 20
     text = "".join(decoder.decode(body[i:i + step]) for i in range(0, len(body), step))
     text += decoder.decode(b"", final=True)
     request, spans, first = scan_object(text)
     return Parsed(body, text, request, spans, first)
+
+
+def nesting(data: bytes, stop: int | None = None) -> int:
+    """How deep ``data``'s JSON arrays and objects nest (brackets inside strings do not count);
+    linear, in steps of ``_STEP`` bytes. With ``stop`` the answer only tells whether the depth is
+    past it: a body with too few brackets is not scanned, one found past it is scanned no further."""
+    if stop is not None and len(data) <= OFF_LOOP and data.count(b"[") + data.count(b"{") <= stop:
+        return 0  # too few brackets to nest that deep: not worth a scan
+    depth = deepest = 0
+    outside, i = True, 0
+    while i < len(data):
+        j = min(i + _STEP, len(data))
+        while j < len(data) and data[j - 1] == 0x5C:  # never end a step inside an escape
+            j += 1
+        step = data[i:j]
+        if b"\\" in step:
+            step = _ESCAPE.sub(b"", step)
+        parts = step.split(b'"')  # outside and inside strings by turns
+        marks = b"".join(parts[0 if outside else 1::2]).translate(_OPENS, _NOT_BRACKETS)
+        outside ^= len(parts) % 2 == 0
+        if marks:  # the depth after the k-th bracket: depth + 2 * (opening ones so far) - k
+            deepest = max(deepest, depth + max(map(sub, map((2).__mul__, accumulate(marks)), count(1))))
+            depth += 2 * marks.count(1) - len(marks)
+        if stop is not None and deepest > stop:
+            break
+        i = j
+    return deepest
 
 
 def scan_object(text: str) -> tuple[dict[str, Any], list[tuple[int, int]], int]:

@@ -108,6 +108,9 @@ def gateway(host: str = typer.Option("127.0.0.1", help="interface to listen on")
     logging.getLogger("tierguard.gateway").info(
         "gateway on http://%s:%d -> %s (category header %s)", host, port, mask_url(upstream_url(settings)),
         settings.category_header)
+    # The guarded protocol times request heads out and caps caller connections (app/admission.py);
+    # the gateway serves no WebSocket.
     uvicorn.run("tierguard.app.gateway:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level=loglevel.lower(), access_log=False, lifespan="on",
-                timeout_keep_alive=75, server_header=False, date_header=False)
+                timeout_keep_alive=75, server_header=False, date_header=False,
+                http="tierguard.app.admission:GuardedProtocol", ws="none")

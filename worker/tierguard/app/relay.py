@@ -1,0 +1,166 @@
+"""The gateway's plumbing on the caller's side: reading a request body, answering, relaying an
+upstream response and watching it, and ending one cut short.
+
+A response cut after its headers (the deadline passed, the upstream broke off) ends the way
+the caller can tell: a stream (``text/event-stream``) gets an ``error`` event, as the API
+sends one mid-stream, and ends; any other body is cut by closing the connection under it
+(the scope's :data:`~tierguard.app.admission.ABORT`), so the caller sees a short read,
+never a shorter body that looks whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx2
+
+from tierguard.app.admission import ABORT, error_body
+from tierguard.app.stream import USAGE_EVENTS, Assembler, SSEParser, UsageOnly
+from tierguard.app.upstream import TooLarge
+
+log = logging.getLogger("tierguard.app.gateway")
+
+CUT_WAIT = 1.0  # seconds an error event may wait for a caller that is not reading
+HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+              b"trailer", b"trailers", b"transfer-encoding", b"upgrade"}
+
+
+class CallerLeft(Exception):
+    """The caller disconnected before its request body ended."""
+
+
+def declared(raw: list[tuple[bytes, bytes]]) -> int | None:
+    """The request's ``Content-Length``, if it gives one."""
+    for name, value in raw:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def read_body(receive: Any, limit: int, length: int | None) -> bytes:
+    """The whole body; TooLarge as soon as it is known to pass ``limit`` (the rest is never held)."""
+    if length is not None and length > limit:
+        raise TooLarge
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise CallerLeft
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge
+        parts.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+async def respond(send: Any, status: int, body: bytes, close: bool = False) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + ([(b"connection", b"close")] if close else [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def disconnected(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class Watch:
+    """What the gateway keeps of a response while relaying it (all of it when sampled, else the
+    usage). A sampled stream past ``limit`` bytes is no longer assembled: its usage is still read."""
+
+    def __init__(self, stream: bool, usage_only: bool = False, limit: int = 8 * 1024 * 1024):
+        self.status = 0
+        self.stream = stream
+        self.usage_only = usage_only
+        self.limit = limit
+        self.size = 0
+        self.chunks: list[bytes] = []
+        self.parser = SSEParser(limit, USAGE_EVENTS if usage_only else None) if stream else None
+        self.assembler = (UsageOnly() if usage_only else Assembler(limit)) if stream else None
+        self.message: dict | None = None
+        self.retry_after: str | None = None
+        self.headers: Any = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self.status != 200:
+            return
+        parser, assembler = self.parser, self.assembler
+        if parser is None or assembler is None:
+            self.chunks.append(chunk)
+            return
+        self.size += len(chunk)
+        if self.size > self.limit and not (self.usage_only or assembler.too_long):
+            assembler.give_up()  # too long to shadow: from now on only its usage is read
+            parser.only = USAGE_EVENTS
+        for event in parser.feed(chunk):
+            if assembler.feed(event):
+                self.message = assembler.message()
+
+    @property
+    def overflowed(self) -> bool:
+        """One event of the stream was longer than the limit: nothing more was read of it."""
+        return self.parser is not None and self.parser.overflow
+
+    def answer(self) -> dict | None:
+        if self.stream:
+            return self.message
+        try:
+            answer = json.loads(b"".join(self.chunks))
+        except ValueError:
+            return None
+        return answer if isinstance(answer, dict) else None
+
+
+Cut = Callable[[str], Awaitable[None]]
+
+
+def cutter(scope: dict, send: Any, response: httpx2.Response) -> Cut:
+    """How to end ``response``'s relay early, with a reason (see the module's docstring)."""
+    headers = response.headers
+    sse = "content-length" not in headers and headers.get("content-type", "").startswith(
+        "text/event-stream")
+    abort = (scope.get("extensions") or {}).get(ABORT)
+
+    async def cut(message: str) -> None:
+        if sse:
+            event = b"event: error\ndata: " + error_body(message) + b"\n\n"
+            try:
+                async with asyncio.timeout(CUT_WAIT):  # a caller not reading: closed instead
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            except TimeoutError:
+                pass
+        if abort is not None:
+            abort()
+        # else: served without the gateway's protocol, the body is left unfinished (the server closes)
+    return cut
+
+
+async def pump(response: httpx2.Response, send: Any, watch: Watch | None, cut: Cut) -> bool:
+    """Relay the response's body; False if the upstream broke off before its end."""
+    try:
+        async for chunk in response.aiter_raw():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if watch is not None:
+                try:
+                    watch.feed(chunk)
+                except Exception:
+                    log.exception("watching a response failed; it is not shadowed")
+                    watch.status = -1
+    except httpx2.TransportError as err:  # the upstream broke off mid-body
+        log.warning("upstream response broke off: %s", type(err).__name__)
+        await cut(f"the upstream API broke off its answer ({type(err).__name__})")
+        return False
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    return True
