@@ -49,6 +49,8 @@ from tierguard.app.relay import (
     HOP_BY_HOP,
     CallerLeft,
     Watch,
+    caller_key,
+    caller_scope,
     cutter,
     declared,
     disconnected,
@@ -127,9 +129,10 @@ class Gateway:
         headers, category = self._forwarded(scope["headers"])
         target = path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         if method == "POST" and path == "/v1/messages":
-            if category:
+            if category and not core.tenant_refuses(category, caller_key(headers)):
                 return await self._messages(scope, category, target, headers, body, receive, send)
-            core.uncategorized()
+            if not category:
+                core.uncategorized()
         await self._relay(scope, method, target, headers, body, receive, send)
         return None
 
@@ -210,9 +213,10 @@ class Gateway:
         watch = Watch(routed.get("stream") is True, usage_only=not sampled,
                       limit=self.settings.stream_assembly_max)
         done = await self._relay(scope, "POST", target, headers, body, receive, send, watch)
+        scope_key = caller_scope(core.policy, headers)  # with tenants: each key's limits are its own
         if watch.status == 429:  # production is rate-limited on this model: its shadows wait
-            core.rate_limited(routed.get("model"), watch.retry_after)
-        core.saw_headers(routed.get("model"), watch.headers)
+            core.rate_limited(routed.get("model"), watch.retry_after, scope_key)
+        core.saw_headers(routed.get("model"), watch.headers, scope_key)
         if watch.overflowed:
             core.refuse("stream_too_long", "a stream event was longer than TIERGUARD_STREAM_ASSEMBLY_MAX "
                         "(%d): relayed whole, not watched", self.settings.stream_assembly_max)

@@ -21,6 +21,7 @@ import httpx2
 from tierguard.app.admission import ABORT, error_body
 from tierguard.app.stream import USAGE_EVENTS, Assembler, SSEParser, UsageOnly
 from tierguard.app.upstream import TooLarge
+from tierguard.headroom import ratelimits
 
 log = logging.getLogger("tierguard.app.gateway")
 
@@ -164,3 +165,22 @@ async def pump(response: httpx2.Response, send: Any, watch: Watch | None, cut: C
         return False
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return True
+
+
+def caller_key(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The caller's API key (``x-api-key``, else a bearer token), read only to name its tenant."""
+    for name, value in headers:
+        if name == b"x-api-key":
+            return value.decode("latin-1").strip()
+    for name, value in headers:
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            return value[7:].decode("latin-1").strip()
+    return None
+
+
+def caller_scope(policy: Any, headers: list[tuple[bytes, bytes]]) -> str:
+    """With ``gateway_tenants``: the caller's key fingerprint (its 429s and headroom are its own)."""
+    if not policy.gateway_tenants:
+        return ""
+    key = caller_key(headers)
+    return ratelimits.fingerprint(key) if key else ""
