@@ -30,6 +30,9 @@ SAMPLED = Counter("tierguard_sampled", "Production calls handed to the shadow pi
 DROPPED = Counter("tierguard_dropped", "Shadow jobs dropped on the production side", ["reason"])
 GUARDED = Counter("tierguard_guarded", "Calls sent to the reference because the routed model "
                   "could not take them", ["category", "model"])
+REFUSED = Counter("tierguard_refused", "Requests the gateway or wrapper refused or cut, by kind "
+                  "(header_timeout, too_many_clients, body_timeout, json_too_deep, deadline_exceeded, "
+                  "stream_too_long, caller_left, …)", ["kind"])
 UNCATEGORIZED = Counter("tierguard_uncategorized", "Gateway requests without a usable category",
                         ["reason"])
 PUBLISH = Histogram("tierguard_publish_seconds", "From a sampled call to its job on the broker",

@@ -271,10 +271,16 @@ class Core:
         self.counts[f"uncategorized_{reason}"] += 1
         metrics.UNCATEGORIZED.labels(reason).inc()
 
+    def left(self) -> None:
+        """A caller that left before its answer (counted ``caller_left``)."""
+        self.counts["caller_left"] += 1
+        metrics.REFUSED.labels("caller_left").inc()
+
     def refuse(self, kind: str, why: str, *args: Any) -> None:
         """Count one refusal of ``kind``; the first of each kind in this process is logged (``why``),
         the rest only counted (a flood of them must not flood the log)."""
         self.counts[kind] += 1
+        metrics.REFUSED.labels(kind).inc()
         if kind not in self._refusals_logged:
             self._refusals_logged.add(kind)
             log.warning("tierguard: " + why + " (counted as %s; later ones are only counted)",

@@ -42,6 +42,7 @@ from typing import Any
 
 import httpx2
 
+from tierguard import metrics
 from tierguard.app import admission
 from tierguard.app.admission import error_body
 from tierguard.app.core import Core
@@ -120,7 +121,7 @@ class Gateway:
         except TooLarge:
             return await self._too_large(send, limit)
         except CallerLeft:  # nothing reaches the upstream: the request was never whole
-            core.counts["caller_left"] += 1
+            core.left()
             return None
         except TimeoutError:
             return await self._refuse(send, "body_timeout", 408, "timeout_error", close=True,
@@ -155,6 +156,7 @@ class Gateway:
 
     async def _too_large(self, send: Any, limit: int) -> None:
         self.core.counts["too_large"] += 1  # type: ignore[union-attr]
+        metrics.REFUSED.labels("too_large").inc()
         await respond(send, 413, error_body(f"request body is larger than the gateway's limit of "
                                             f"{limit} bytes (TIERGUARD_GATEWAY_MAX_BODY)",
                                             "request_too_large"))
@@ -266,7 +268,7 @@ class Gateway:
             return None
         await self._drop(sent)
         if left.done():  # before any answer: the upstream request is cancelled, nothing shadowed
-            self.core.counts["caller_left"] += 1  # type: ignore[union-attr]
+            self.core.left()  # type: ignore[union-attr]
         else:
             self.core.refuse("deadline_exceeded", "%s", self._late())  # type: ignore[union-attr]
             await respond(send, 504, error_body(self._late()))
@@ -290,7 +292,7 @@ class Gateway:
         pumping.cancel()
         await _settle(pumping)
         if left.done():
-            self.core.counts["caller_left"] += 1  # type: ignore[union-attr]
+            self.core.left()  # type: ignore[union-attr]
         else:
             self.core.refuse("deadline_exceeded", "%s", self._late())  # type: ignore[union-attr]
             await cut(self._late())
