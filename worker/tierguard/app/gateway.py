@@ -55,6 +55,7 @@ from tierguard.app.relay import (
     cutter,
     declared,
     disconnected,
+    path_category,
     pump,
     read_body,
     respond,
@@ -112,7 +113,7 @@ class Gateway:
     async def _http(self, scope: dict, receive: Any, send: Any) -> None:
         core = self.core
         assert core is not None
-        method, path = scope["method"], scope["path"]
+        method, (path, named) = scope["method"], path_category(scope["path"])
         limit = self._limit(method, path)
         wait = self.settings.gateway_body_timeout * max(1.0, limit / _MESSAGES_LIMIT)
         try:
@@ -128,6 +129,7 @@ class Gateway:
                                       why=f"the request body did not arrive within {wait:g} s "
                                           f"(TIERGUARD_GATEWAY_BODY_TIMEOUT)")
         headers, category = self._forwarded(scope["headers"])
+        category = category or named  # the header wins over a /c/CATEGORY/ path prefix
         target = path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         if method == "POST" and path == "/v1/messages":
             if category and not core.tenant_refuses(category, caller_key(headers)):
