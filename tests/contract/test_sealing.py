@@ -146,3 +146,47 @@ def test_a_worker_never_calls_a_model_the_policy_does_not_list(engine, simulator
     with session(engine) as s:
         row = s.exec(select(Sample)).one()
     assert row.error == "payload_invalid" and "attacker-model" in row.reason
+
+
+def test_odd_signatures_and_foreign_payload_references_are_refused(engine, simulator, redis_url):
+    from tests.pipeline.test_answers import paid
+    from tierguard.contract import keys
+    from tierguard.pipeline import flow
+    from tierguard.pipeline.context import Context
+    from tierguard.pipeline.fanout import LoopRunner
+    from tierguard.policy import parse_policy
+
+    signer = Sealer([], "k" * 40)
+    for odd in ("ünïcode", 12345, ["x"]):
+        with pytest.raises(PayloadInvalid):
+            open_job(dataclasses.replace(seal_job(JOB, signer), signature=odd), signer)
+    sim = simulator(categories={"sentiment": {"kind": "label", "labels": ["POSITIVE", "NEGATIVE"]}})
+    r = redis.Redis.from_url(redis_url)
+    r.set("tierguard:routes-lookalike", "precious")
+    ctx = Context(policy=parse_policy({"categories": {"sentiment": {}}}), engine=engine, redis=r,
+                  runner=LoopRunner(lambda: anthropic.AsyncAnthropic(base_url=sim.base_url, api_key="k",
+                                                                     max_retries=0)))
+    forged = dataclasses.replace(JOB, job_id="forged-ref", payload_ref="tierguard:routes-lookalike")
+    assert flow.run(ctx, [forged.to_dict()], 1, max_attempts=3, retry_cap=1.0).recorded == 1
+    assert r.get("tierguard:routes-lookalike") == b"precious" and paid(sim) == 0  # never read, kept
+    with session(engine) as s:
+        assert s.exec(select(Sample)).one().error == "payload_invalid"
+    assert keys.JOB_PAYLOAD.format(job_id="x") == "tierguard:job:x"
+
+
+def test_a_signed_job_by_reference_travels_again_signed(redis_url):
+    """A large signed job retried or deferred keeps a valid signature beside its reference."""
+    from tierguard.contract import job_store
+    from tierguard.pipeline.context import Context
+    from tierguard.pipeline.flow import travelling
+
+    signer = Sealer([], "k" * 40)
+    r = redis.Redis.from_url(redis_url)
+    (stored, _), = job_store.stash(r, [seal_job(JOB, signer)], 0, 60)
+    assert stored.payload_ref and stored.request == {}
+    (loaded,), _ = job_store.load(r, [stored])
+    opened = open_job(loaded, signer)
+    again = ShadowJob.from_dict(travelling(Context(policy=None, engine=None, sealer=signer), opened))
+    assert again.payload_ref and again.request == {} and again.signature
+    (reloaded,), _ = job_store.load(r, [again])
+    assert open_job(reloaded, signer).request == JOB.request

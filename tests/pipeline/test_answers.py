@@ -55,21 +55,27 @@ class DatabaseDownOnce:
         return record_many(self.engine, None, POLICY, results)
 
 
-@pytest.mark.parametrize("sealed", [False, True])
+@pytest.mark.parametrize("sealed", [False, True, "signed"])
 def test_a_rerun_after_a_database_failure_calls_no_model(engine, simulator, redis_url, sealed):
     sim = simulator(categories={"labels": {"kind": "label", "labels": LABELS}})
     r = redis.Redis.from_url(redis_url)
     runner = LoopRunner(lambda: anthropic.AsyncAnthropic(base_url=sim.base_url, api_key=API_KEY,
                                                          max_retries=0))
     ctx = Context(policy=POLICY, engine=engine, redis=r, runner=runner, recorder=DatabaseDownOnce(engine),
-                  sealer=Sealer([Fernet.generate_key().decode()]) if sealed else None)
+                  sealer=None if not sealed else Sealer([], "s" * 40) if sealed == "signed" else
+                  Sealer([Fernet.generate_key().decode()]))
     jobs = [seal_job(job(i), ctx.sealer).to_dict() for i in range(5)]  # as the publisher sends them
     with pytest.raises(StoreUnavailable):
         flow.run(ctx, jobs, 1, max_attempts=3, retry_cap=1.0)
     calls = paid(sim)
     assert calls == 10  # each job's shadow and its noise twin, paid once
     stored = r.get(keys.ANSWERS.format(job_id=jobs[0]["job_id"]))
-    assert stored is not None and (b"claude-opus-4-7" in stored) != sealed  # sealed: ciphertext
+    assert stored is not None and (b"claude-opus-4-7" in stored) != (sealed is True)  # sealed: ciphertext
+    if sealed == "signed":  # in clear with a MAC: an answer altered in Redis is not used
+        key = keys.ANSWERS.format(job_id=jobs[0]["job_id"])
+        r.set(key, stored.replace(b"labels", b"stolen"))
+        assert answers.kept(r, ctx.sealer, [ShadowJob.from_dict(jobs[0])]) == {}
+        r.set(key, stored)
 
     after = flow.run(ctx, jobs, 2, max_attempts=3, retry_cap=1.0)
     assert paid(sim) == calls  # nothing bought again
@@ -94,3 +100,18 @@ def test_kept_answers_round_trip_every_field():
     back = answers.decode(answers.encode(result), j.request)
     assert back == Result(j, Answer("RED", 10, 2, 123.0, 1, 2), Verdict(True, 1.0, "same"), None, 2,
                           kind="probe", judge=JudgeUsage("claude-opus-4-7", 5, 6, 0, 1))
+
+
+def test_a_run_leaves_jobs_another_live_run_is_calling(engine, simulator, redis_url):
+    """A message redelivered while its first run still calls: its jobs go back for later, unpaid."""
+    sim = simulator(categories={"labels": {"kind": "label", "labels": LABELS}})
+    r = redis.Redis.from_url(redis_url)
+    ctx = Context(policy=POLICY, engine=engine, redis=r, runner=LoopRunner(
+        lambda: anthropic.AsyncAnthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)))
+    jobs = [job(i).to_dict() for i in range(3)]
+    assert answers.claim(r, [jobs[0]["job_id"], jobs[1]["job_id"]], 120) == {}  # the first run
+    after = flow.run(ctx, jobs, 1, max_attempts=3, retry_cap=1.0, max_countdown=30.0)
+    assert after.recorded == 2 and paid(sim) == 2  # the third job and its noise twin only
+    assert sorted(a.job_id for a in after.again) == sorted(j["job_id"] for j in jobs[:2])
+    assert all(a.delay <= 30.0 and a.retries == 0 for a in after.again)  # no attempt spent
+    assert not r.exists(keys.CLAIM.format(job_id=jobs[2]["job_id"]))  # released once recorded

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(60, gt=0)
     metrics_port: int = Field(9464, ge=0, le=65535, description="worker /metrics port (0: off)")
     metrics_host: str = Field("0.0.0.0", description="interface /metrics, /livez and /readyz listen on")
-    compare_timeout: float = Field(2.0, gt=0, description=(
+    compare_timeout: float = Field(10.0, gt=0, description=(
         "seconds one comparison may take off the worker's event loop (else comparator_timeout)"))
     # Beat.
     alert_sweep_seconds: float = Field(15.0, gt=0, description="alert redelivery sweep period")

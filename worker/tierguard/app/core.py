@@ -121,7 +121,7 @@ class Core:
             if cat.follows_caller and name not in self.routes.moved:  # unlisted, not moved yet
                 return cat, (request if request.get("model") else {**request, "model": cat.reference})
             model = self.routes.get(name, cat.initial_route)
-            if model not in cat.rungs and model not in self.policy.models.rungs:
+            if model not in cat.rungs:
                 model = self._refused_route(cat, model)
             if model != cat.reference and too_big(self.policy.limits_for(model), request,
                                                   est := estimate(request)):  # attachments read once
@@ -165,7 +165,7 @@ class Core:
         database forgets them too: store/maintenance), so a burst of junk names cannot hold the
         cap for good."""
         cutoff = time.monotonic() - self.policy.unknown_category_ttl_days * 86_400
-        for name in [n for n, at in self._unlisted_seen.items() if at < cutoff]:
+        for name in [n for n, at in list(self._unlisted_seen.items()) if at < cutoff]:
             self._unlisted_seen.pop(name, None)
             self.categories.pop(name, None)
 

@@ -37,6 +37,11 @@ ANSWERS = "tierguard:answers:{job_id}"
 from the calls until recorded, so a message run again after a failure records them without calling a
 model (tierguard.pipeline.answers); sealed with ``TIERGUARD_PAYLOAD_KEYS`` when set."""
 
+CLAIM = "tierguard:claim:{job_id}"
+"""String with a TTL (three shadow timeouts and a half minute): a worker is calling this job's models; a
+run of a redelivered message meanwhile sends the job again for later instead of paying again
+(tierguard.pipeline.answers.claim); deleted once recorded or sent again."""
+
 JOB_PAYLOAD = "tierguard:job:{job_id}"
 """String: a large shadow job's payload (request, primary text, seal), kept out of the broker
 message (tierguard.contract.job_store); expires after ``TIERGUARD_JOB_PAYLOAD_TTL_S``, deleted once

@@ -66,9 +66,13 @@ class Sealer:
                                  "no longer listed)") from None
 
     def sign(self, job: ShadowJob) -> str | None:
+        return self.mac(canonical(job))
+
+    def mac(self, data: bytes) -> str | None:
+        """HMAC-SHA256 of ``data`` with the signing key (None without one)."""
         if self._signing is None:
             return None
-        return hmac.new(self._signing, canonical(job), hashlib.sha256).hexdigest()
+        return hmac.new(self._signing, data, hashlib.sha256).hexdigest()
 
 
 def canonical(job: ShadowJob) -> bytes:
@@ -98,7 +102,8 @@ def open_job(job: ShadowJob, s: Sealer | None) -> ShadowJob:
     if job.signature is None or s.sign(job) is None:
         raise PayloadInvalid("an unsealed, unsigned job refused: this worker only runs jobs "
                              "sealed (TIERGUARD_PAYLOAD_KEYS) or signed (TIERGUARD_JOB_SIGNING_KEY)")
-    if not hmac.compare_digest(job.signature, s.sign(job) or ""):
+    given = job.signature.encode("ascii", "replace") if isinstance(job.signature, str) else b""
+    if not hmac.compare_digest(given, (s.sign(job) or "").encode()):
         raise PayloadInvalid("the job's signature does not match it (altered in transit, or "
                              "signed with another TIERGUARD_JOB_SIGNING_KEY)")
     return dataclasses.replace(job, signature=None)
@@ -111,8 +116,8 @@ def _unsealed(job: ShadowJob, inside: dict[str, Any]) -> ShadowJob:
         raise PayloadInvalid("the job was sealed by an older tierguard, whose seal leaves its category "
                              "and models out: upgrade the producer")
     outside = job.to_dict()
-    for key, value in inside.items():
-        if key not in ("request", "primary_text") and outside.get(key) != value:
+    for key, value in inside.items():  # keys this version does not know: a newer producer's
+        if key in outside and key not in ("request", "primary_text") and outside[key] != value:
             raise PayloadInvalid(f"the job's {key} does not match its seal (altered in transit)")
     return dataclasses.replace(job, request=inside["request"], primary_text=inside["primary_text"],
                                sealed=None)

@@ -12,6 +12,7 @@ and expire after ``TIERGUARD_JOB_PAYLOAD_TTL_S``. Redis failing here costs a pai
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 import logging
 from typing import Any
@@ -66,10 +67,7 @@ def keep(redis: Any, sealer: Any, results: list[Result], ttl_s: float) -> None:
     try:
         pipe = redis.pipeline(transaction=False)
         for job_id, encoded in by_job.items():
-            text = json.dumps(encoded)
-            pipe.set(keys.ANSWERS.format(job_id=job_id),
-                     sealer.seal({"results": encoded}) if sealer is not None else text,
-                     ex=max(1, int(ttl_s)))
+            pipe.set(keys.ANSWERS.format(job_id=job_id), _wrapped(sealer, encoded), ex=max(1, int(ttl_s)))
         pipe.execute()
     except Exception as err:  # the results are recorded now anyway; only a rerun would pay again
         metrics.ANSWERS_NOT_KEPT.inc(len(by_job))
@@ -90,11 +88,68 @@ def kept(redis: Any, sealer: Any, jobs: list[ShadowJob]) -> dict[str, list[Resul
         if value is None:
             continue
         try:
-            encoded = sealer.open(value.decode())["results"] if sealer is not None else json.loads(value)
-            out[job.job_id] = [decode(d, job.request) for d in encoded]
+            results = [decode(d, job.request) for d in _unwrapped(sealer, value)]
+            if any(_owner(r) != job.job_id for r in results):
+                raise PayloadInvalid("kept under another job's id")
+            out[job.job_id] = results
         except (PayloadInvalid, ValueError, TypeError, KeyError) as err:
             log.warning("job %s: kept answers unusable (%s); called again", job.job_id, err)
     return out
+
+
+def _wrapped(sealer: Any, encoded: list[dict[str, Any]]) -> str:
+    """Sealed with payload keys; with a signing key only, in clear with a MAC; else in clear."""
+    if sealer is None:
+        return json.dumps(encoded)
+    if sealer.seals:
+        return sealer.seal({"results": encoded})
+    text = json.dumps(encoded)
+    return json.dumps({"results": encoded, "mac": sealer.mac(text.encode())})
+
+
+def _unwrapped(sealer: Any, value: bytes) -> list[dict[str, Any]]:
+    if sealer is None:
+        return json.loads(value)
+    if sealer.seals:
+        return sealer.open(value.decode())["results"]
+    data = json.loads(value)
+    expected = sealer.mac(json.dumps(data["results"]).encode()) or ""
+    if not isinstance(data.get("mac"), str) or not hmac.compare_digest(data["mac"], expected):
+        raise PayloadInvalid("their MAC does not match (altered in Redis)")
+    return data["results"]
+
+
+def claim(redis: Any, job_ids: list[str], ttl_s: float) -> dict[str, float]:
+    """Claim the jobs this run is about to call; job id -> seconds left on another live run's
+    claim, for those it holds (a redelivered message while the first run still calls). Fails
+    open: no Redis, no claims (a 429 or the recording's idempotence still bound the cost)."""
+    if not job_ids or redis is None:
+        return {}
+    try:
+        pipe = redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.set(keys.CLAIM.format(job_id=job_id), "1", nx=True, px=max(1, int(ttl_s * 1000)))
+        taken = pipe.execute()
+        held = [j for j, ok in zip(job_ids, taken, strict=True) if not ok]
+        if not held:
+            return {}
+        left = redis.pipeline(transaction=False)
+        for job_id in held:
+            left.pttl(keys.CLAIM.format(job_id=job_id))
+        return {j: max(1.0, ms / 1000) for j, ms in zip(held, left.execute(), strict=True)}
+    except Exception as err:
+        log.warning("jobs not claimed (%s); called without a claim", type(err).__name__)
+        return {}
+
+
+def release(redis: Any, job_ids: list[str]) -> None:
+    """Drop this run's claims (its jobs are recorded, or sent again); never raises."""
+    if not job_ids or redis is None:
+        return
+    try:
+        redis.delete(*[keys.CLAIM.format(job_id=j) for j in sorted(set(job_ids))])
+    except Exception as err:
+        log.info("claims not released (they expire): %s", type(err).__name__)
 
 
 def forget(redis: Any, job_ids: list[str]) -> None:

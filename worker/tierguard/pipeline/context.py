@@ -51,6 +51,7 @@ class Context:
     scope: str = ""  # TIERGUARD_SHADOW_API_KEY's fingerprint: its own pauses and headroom
     caps: Any = None  # a tierguard.headroom.caps.ShadowCaps (policy shadow_limits)
     answers_ttl_s: float = 86_400  # how long answers paid for are kept unrecorded (pipeline/answers)
+    claim_ttl_s: float = 165.0  # how long a run's claim on its jobs holds (three shadow timeouts + 30 s)
 
     def record_all(self, results: list[Result]) -> list[Outcome]:
         if self.recorder is not None:
@@ -85,7 +86,7 @@ def build_context(settings: Settings) -> Context:
     ctx = Context(policy=live.current, engine=engine, redis=r, recorder=writer.record_all,
                   runner=runner, sealer=sealer(settings),
                   scope=ratelimits.fingerprint(key) if key else "", caps=ShadowCaps(settings.redis_url),
-                  answers_ttl_s=settings.job_payload_ttl_s)
+                  answers_ttl_s=settings.job_payload_ttl_s, claim_ttl_s=3 * settings.shadow_timeout + 30)
     live.start()
     return ctx
 

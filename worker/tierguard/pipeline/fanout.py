@@ -48,6 +48,7 @@ class Retry:
     error: RetryableCallError
 
 
+QUEUE_WAITS = 5  # a comparison waits at most this many budgets for a free comparison thread
 COMPARE_THREADS = 4  # comparisons run here, off the loop: a slow one cannot stall the calls
 POOL_SHARD = 8  # connections per client: httpcore scans its whole pool on every request
 
@@ -110,8 +111,8 @@ class LoopRunner:
             return fn(*args)
 
         future = loop.run_in_executor(self._compare_pool, run)
-        await started.wait()  # waiting behind other comparisons is not this one's time
-        try:
+        try:  # waiting behind other comparisons is not this one's time, but is bounded too
+            await asyncio.wait_for(started.wait(), QUEUE_WAITS * self.compare_timeout)
             return await asyncio.wait_for(future, self.compare_timeout)
         except TimeoutError:
             return None

@@ -10,6 +10,7 @@ The Celery task sends what :class:`Next` lists and decides the message's own ret
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -20,7 +21,7 @@ import redis as redis_lib
 import sqlalchemy as sa
 
 from tierguard import metrics
-from tierguard.contract import job_store
+from tierguard.contract import job_store, keys
 from tierguard.contract.job import ShadowJob
 from tierguard.contract.sealing import open_job, seal_job
 from tierguard.errors import PayloadInvalid, StoreUnavailable
@@ -87,15 +88,29 @@ def run(ctx: Context, raw: list[Any], attempt: int, *, max_attempts: int, retry_
     opened, paid = _unpaid(ctx, opened)
     opened, via_batch = _by_batch(ctx, opened, refused, attempt)
     opened, deferred, too_long = defer_paused(ctx, opened, attempt)
-    results, retries = _called(ctx, opened, attempt, final=attempt >= max_attempts, retry_cap=retry_cap)
-    answers.keep(ctx.redis, ctx.sealer, results, ctx.answers_ttl_s)
-    outcomes = _recorded(ctx, refused + too_long + paid + results, via_batch)
+    busy = answers.claim(ctx.redis, [j.job_id for j in opened], ctx.claim_ttl_s)
+    deferred += [(j, busy[j.job_id]) for j in opened if j.job_id in busy]  # another run calls them
+    opened = [j for j in opened if j.job_id not in busy]
+    try:
+        results, retries = _called(ctx, opened, attempt, final=attempt >= max_attempts,
+                                   retry_cap=retry_cap)
+        answers.keep(ctx.redis, ctx.sealer, results, ctx.answers_ttl_s)
+        outcomes = _recorded(ctx, refused + too_long + paid + results, via_batch)
+    finally:
+        answers.release(ctx.redis, [j.job_id for j in opened])
     again, waiting = _again(ctx, retries, deferred, attempt, retry_cap, max_countdown)
-    count_deferred(ctx, waiting)
+    count_deferred(ctx, [job for job in waiting
+                         if job.job_id not in busy and not _was_deferred(raw, job.job_id)])
     paused_event = bool(too_long) and announce_paused(ctx, too_long)
     return Next(recorded=sum(o.status != "duplicate" for o in outcomes), again=again,
                 retried=len(retries), deferred=len(waiting),
                 deliver=paused_event or any(o.events for o in outcomes))
+
+
+def _was_deferred(raw: list[Any], job_id: str) -> bool:
+    """Whether the job arrived already deferred (a later hop of one wait: counted once)."""
+    return any(isinstance(e, dict) and e.get("job_id") == job_id and e.get("deferred_since")
+               for e in raw)
 
 
 def _parsed(raw: list[Any]) -> list[ShadowJob]:
@@ -116,6 +131,8 @@ def _parsed(raw: list[Any]) -> list[ShadowJob]:
 
 def _opened(ctx: Context, jobs: list[ShadowJob], attempt: int) -> tuple[list[ShadowJob], list[Result]]:
     """(jobs ready to call, results of jobs that cannot run: payload expired or seal invalid)."""
+    foreign = [j for j in jobs if j.payload_ref not in (None, keys.JOB_PAYLOAD.format(job_id=j.job_id))]
+    jobs = [j for j in jobs if j not in foreign]
     try:
         jobs, expired = job_store.load(ctx.redis, jobs)
     except redis_lib.RedisError as err:  # the payloads are there, Redis is not: later, nothing lost
@@ -123,6 +140,9 @@ def _opened(ctx: Context, jobs: list[ShadowJob], attempt: int) -> tuple[list[Sha
     refused = [Result(job, None, None, (job_store.EXPIRED, "the job's stored payload expired before "
                                         "a worker ran it (TIERGUARD_JOB_PAYLOAD_TTL_S)"), attempt)
                for job in expired]
+    refused += [Result(dataclasses.replace(job, payload_ref=None), None, None,
+                       ("payload_invalid", "the job's payload reference is not its own key"), attempt)
+                for job in foreign]  # never read or deleted: it could name any key
     opened = []
     for job in jobs:
         try:
@@ -213,11 +233,17 @@ def _again(ctx: Context, retries: list[Retry], deferred: list[tuple[ShadowJob, f
         log.info("job %s: %s; retry %d in %.1fs", item.job.job_id, item.error.kind, attempt, delay)
         out.append(Again(travelling(ctx, item.job), item.job.job_id, min(delay, max_countdown), attempt))
     for job, wait in deferred:  # a pause spends no attempt; arrivals spread over a tenth of the wait
-        countdown = min(wait + random.uniform(0, max(1.0, wait / 10)), max_countdown)
+        spread = min(max(1.0, wait / 10), max_countdown / 10)
+        countdown = min(wait, max_countdown - spread) + random.uniform(0, spread)
         out.append(Again(travelling(ctx, job), job.job_id, countdown, attempt - 1))
     return out, [job for job, _ in deferred]
 
 
 def travelling(ctx: Context, job: ShadowJob) -> dict[str, Any]:
-    """A job's wire form when sent again: sealed again, and by reference when its payload is stored."""
-    return (job_store.strip(job) if job.payload_ref else seal_job(job, ctx.sealer)).to_dict()
+    """A job's wire form when sent again: sealed (or signed) again, and by reference when its
+    payload is stored (the stored payload keeps its seal; a signature travels beside the reference)."""
+    if job.payload_ref is None:
+        return seal_job(job, ctx.sealer).to_dict()
+    if ctx.sealer is not None and not ctx.sealer.seals:
+        job = seal_job(job, ctx.sealer)
+    return job_store.strip(job).to_dict()
