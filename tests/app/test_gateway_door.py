@@ -12,28 +12,16 @@ import threading
 import time
 
 import httpx2
-import pytest
 
 from tests.app.gatewayparts import (
     BODY,
     HEADERS,
-    POLICY,
     ROUTED,
-    SCENARIO,
     closed_at,
     request_bytes,
     seen,
     start,
 )
-
-
-@pytest.fixture
-def sim_and_env(stack, simulator, sqlite_url):
-    def make(**scenario):
-        sim = simulator(**SCENARIO, **scenario)
-        stack.configure(policy=POLICY, database_url=sqlite_url, base_url=sim.base_url)
-        return sim
-    return make
 
 
 def test_slow_request_heads_are_cut_off_and_other_callers_still_served(stack, sim_and_env, tmp_path):

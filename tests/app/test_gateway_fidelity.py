@@ -17,20 +17,12 @@ import httpx2
 import pytest
 from sqlmodel import select
 
+from tests.app.gatewayparts import BODY, HEADERS, LABELS, POLICY, ROUTED, SCENARIO
 from tests.app.netparts import ForwardProxy, TLSFront, make_ca
-from tests.helpers import API_KEY, samples, wait_until
+from tests.helpers import samples, wait_until
 from tierguard.store.db import make_engine, session
 from tierguard.store.tables import Sample
 
-LABELS = ["POSITIVE", "NEGATIVE"]
-SCENARIO = {"categories": {"sentiment": {"kind": "label", "labels": LABELS, "agreement": 1.0}}}
-POLICY = {"defaults": {"sample_rate": 1.0},
-          "categories": {"sentiment": {"comparator": {"type": "label", "labels": LABELS}}}}
-HEADERS = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01",
-           "content-type": "application/json", "x-tierguard-category": "sentiment"}
-BODY = {"model": "claude-opus-4-7", "max_tokens": 8, "system": "sentiment: classify",
-        "messages": [{"role": "user", "content": "The parcel arrived damaged."}]}
-ROUTED = "claude-haiku-4-5"  # the policy's candidate: where the route sends every request here
 NETWORK_VARIABLES = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "SSL_CERT_FILE",
                      "SSL_CERT_DIR"]
 

@@ -14,7 +14,6 @@ import time
 
 import anthropic
 import httpx2
-import pytest
 import redis
 
 import tierguard
@@ -35,15 +34,6 @@ from tests.helpers import API_KEY, wait_until
 from tierguard.app.stream import Assembler, SSEParser
 from tierguard.config import get_settings
 from tierguard.policy import parse_policy
-
-
-@pytest.fixture
-def sim_and_env(stack, simulator, sqlite_url):
-    def make(**scenario):
-        sim = simulator(**SCENARIO, **scenario)
-        stack.configure(policy=POLICY, database_url=sqlite_url, base_url=sim.base_url)
-        return sim
-    return make
 
 
 def deep(depth: int) -> bytes:
