@@ -148,6 +148,8 @@ def test_a_permanent_batch_error_is_recorded_at_once(simulator, sqlite_url):
     # Not due yet: one job, and it has not waited batch_max_wait_minutes (1.2 s).
     assert message_batches.cycle(ctx, client, 6)[0]["submitted"] == 0
     time.sleep(1.3)
+    lost, _ = message_batches.cycle(ctx, client, 6, owned=lambda: False)  # the lock went elsewhere
+    assert lost["lock_lost"] == 1 and lost["submitted"] == 0
     _settle(ctx, client, 6)
     [row] = rows_of(sqlite_url, Sample)
     assert row.error == "batch_errored" and row.attempts == 1
@@ -214,6 +216,8 @@ def test_a_killed_collector_frees_the_batch_lock_within_its_ttl(redis_url):
             assert time.monotonic() - start < 3, "the dead holder's lock outlived its TTL"
             time.sleep(0.05)
         with held(r, keys.BATCH_LOCK, 1.5) as ours:
-            assert ours
+            assert ours and ours.still()
+            r.delete(keys.BATCH_LOCK)  # lost (a long Redis blip): another worker could take it now
+            assert not ours.still()
     finally:
         holder.kill()

@@ -12,17 +12,35 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import redis as redis_lib
 
 log = logging.getLogger(__name__)
 
 
+class Holding:
+    """Truthy when the lock was taken; :meth:`still` says whether it is still this holder's (a
+    heartbeat that failed for a whole TTL lets another worker take it)."""
+
+    def __init__(self, lock: Any = None):
+        self._lock = lock
+
+    def __bool__(self) -> bool:
+        return self._lock is not None
+
+    def still(self) -> bool:
+        try:
+            return self._lock is not None and bool(self._lock.owned())
+        except redis_lib.RedisError:
+            return False
+
+
 @contextmanager
-def held(r: redis_lib.Redis, name: str, ttl: float = 30.0) -> Iterator[bool]:
+def held(r: redis_lib.Redis, name: str, ttl: float = 30.0) -> Iterator[Holding]:
     lock = r.lock(name, timeout=ttl, blocking=False, thread_local=False)  # the heartbeat extends it
     if not lock.acquire():
-        yield False
+        yield Holding()
         return
     done = threading.Event()
 
@@ -36,7 +54,7 @@ def held(r: redis_lib.Redis, name: str, ttl: float = 30.0) -> Iterator[bool]:
     heart = threading.Thread(target=beat, name="tierguard-lock-heartbeat", daemon=True)
     heart.start()
     try:
-        yield True
+        yield Holding(lock)
     finally:
         done.set()
         heart.join(1)

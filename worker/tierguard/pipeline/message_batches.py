@@ -24,6 +24,7 @@ import logging
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
@@ -69,8 +70,11 @@ def enqueue(ctx: Context, jobs: list[ShadowJob], attempt: int = 1) -> int:
 
 
 def cycle(ctx: Context, client: anthropic.Anthropic, max_attempts: int,
-          now: dt.datetime | None = None) -> tuple[Counter[str], list[Outcome]]:
-    """Send the batches that are due, then collect every ended one."""
+          now: dt.datetime | None = None, owned: Callable[[], bool] = lambda: True
+          ) -> tuple[Counter[str], list[Outcome]]:
+    """Send the batches that are due, then collect every ended one. ``owned`` says whether this
+    worker still holds the cycle's lock: no batch is created once it does not (two workers
+    creating the same batch would pay for it twice)."""
     now = now or utcnow()
     counts: Counter[str] = Counter()
     outcomes: list[Outcome] = []
@@ -81,6 +85,10 @@ def cycle(ctx: Context, client: anthropic.Anthropic, max_attempts: int,
             if batch_jobs.claim(ctx.engine, name, cat.batch_max_jobs) is None:
                 break
     for batch in batch_jobs.batches(ctx.engine, "submitting"):
+        if not owned():
+            log.warning("the Message Batches lock is no longer this worker's: no batch is sent")
+            counts["lock_lost"] += 1
+            break
         outcomes += _each(submit, ctx, client, batch, counts)
     for batch in batch_jobs.batches(ctx.engine, "in_progress"):
         outcomes += _each(collect, ctx, client, batch, counts, max_attempts)

@@ -106,7 +106,8 @@ def batch_cycle(task: Task, beat: bool = False) -> dict[str, int]:
                 # cycle sends it again instead, and collecting is idempotent.
                 ctx.batch_client = anthropic.Anthropic(api_key=key.get_secret_value() if key else None,
                                                        max_retries=0, timeout=settings.shadow_timeout)
-            counts, outcomes = message_batches.cycle(ctx, ctx.batch_client, settings.shadow_max_attempts)
+            counts, outcomes = message_batches.cycle(ctx, ctx.batch_client, settings.shadow_max_attempts,
+                                                     owned=ours.still)
         except sa.exc.OperationalError as err:  # the database is down: the next cycle does it
             log.warning("batch shadows wait for the database: %s", type(err.orig).__name__)
             return {"database_unavailable": 1}
