@@ -46,9 +46,10 @@ def test_the_wheel_holds_migrations_dashboard_and_types(installed):
     wheel, venv = installed
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "tierguard/dashboards/tierguard.json" in names
-    assert "tierguard/migrations/script.py.mako" in names and "tierguard/py.typed" in names
-    assert {f"tierguard/migrations/versions/{p.name}"
-            for p in (ROOT / "worker/tierguard/migrations/versions").glob("0*.py")} <= names
+    assert "tierguard/store/migrations/script.py.mako" in names and "tierguard/py.typed" in names
+    versions = {f"tierguard/store/migrations/versions/{p.name}"
+                for p in (ROOT / "worker/tierguard/store/migrations/versions").glob("0*.py")}
+    assert len(versions) >= 12 and versions <= names
     where = subprocess.run([str(venv / "bin" / "python"), "-c",
                             "import tierguard; print(tierguard.__file__)"],
                            capture_output=True, text=True, check=True).stdout

@@ -29,7 +29,8 @@ JOB = ShadowJob(job_id="j1", category="sentiment", served_model="claude-haiku-4-
 def test_round_trip_rotation_and_tampering():
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     sealed_old = seal_job(JOB, Sealer([old]))
-    assert sealed_old.request == {} and sealed_old.primary_text == "" and "hi" not in sealed_old.sealed
+    assert sealed_old.request == {} and sealed_old.primary_text == ""
+    assert "messages" not in sealed_old.sealed and "POSITIVE" not in sealed_old.sealed  # ciphertext
     rotated = Sealer([new, old])
     assert open_job(sealed_old, rotated) == JOB  # the old key still opens
     sealed_new = seal_job(JOB, rotated)

@@ -1,6 +1,7 @@
 """One message of awkward jobs: each ends as its own row, and each shadow is the request sent."""
 
 import base64
+import dataclasses
 import json
 import uuid
 
@@ -26,6 +27,11 @@ def job(name: str, request: dict, **fields) -> ShadowJob:
                      **fields)
 
 
+def own_ref(j: ShadowJob) -> ShadowJob:
+    """``j`` sent by reference to its own payload key (what the publisher's store names)."""
+    return dataclasses.replace(j, payload_ref=keys.JOB_PAYLOAD.format(job_id=j.job_id))
+
+
 def test_every_awkward_job_is_one_row_and_the_same_request(stack, simulator, sqlite_url, redis_url):
     sim = simulator(**SCENARIO)
     settings = stack.configure(policy=POLICY, database_url=sqlite_url, base_url=sim.base_url)
@@ -34,7 +40,7 @@ def test_every_awkward_job_is_one_row_and_the_same_request(stack, simulator, sql
         {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": image}},
         {"type": "text", "text": "sentiment: this"}]}]}
     r = redis.Redis.from_url(redis_url)
-    stored = job("stored", {}, payload_ref=keys.JOB_PAYLOAD.format(job_id="stored"))
+    stored = own_ref(job("stored", {}))
     r.set(stored.payload_ref, json.dumps({"request": big, "primary_text": "POSITIVE", "sealed": None}))
     jobs = [job("plain", {"max_tokens": 8, "messages": MESSAGES}),
             job("temperature", {"max_tokens": 8, "messages": MESSAGES, "temperature": 0.2}),
@@ -44,7 +50,7 @@ def test_every_awkward_job_is_one_row_and_the_same_request(stack, simulator, sql
             job("beta-without-header", {"max_tokens": 8, "messages": MESSAGES,
                                         "context_management": {"edits": []}}),
             job("no-max-tokens", {"messages": MESSAGES}),
-            job("expired", {}, payload_ref=keys.JOB_PAYLOAD.format(job_id="gone")),
+            own_ref(job("expired", {})),  # its payload never stored, or already expired
             stored]
     make_celery(settings).send_task(BATCH_TASK, args=[[j.to_dict() for j in jobs]], queue=settings.queue)
     stack.start_worker(concurrency=4)

@@ -38,9 +38,9 @@ from the calls until recorded, so a message run again after a failure records th
 model (tierguard.pipeline.answers); sealed with ``TIERGUARD_PAYLOAD_KEYS`` when set."""
 
 CLAIM = "tierguard:claim:{job_id}"
-"""String with a TTL (three shadow timeouts and a half minute): a worker is calling this job's models; a
-run of a redelivered message meanwhile sends the job again for later instead of paying again
-(tierguard.pipeline.answers.claim); deleted once recorded or sent again."""
+"""String with a TTL (30 s, or the visibility timeout if shorter) a heartbeat extends while a worker calls
+this job's models; a run of a redelivered message meanwhile sends the job again for later instead of
+paying again (tierguard.pipeline.answers.claimed); deleted once recorded or sent again."""
 
 JOB_PAYLOAD = "tierguard:job:{job_id}"
 """String: a large shadow job's payload (request, primary text, seal), kept out of the broker

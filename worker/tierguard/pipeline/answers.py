@@ -15,6 +15,9 @@ import dataclasses
 import hmac
 import json
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tierguard import metrics
@@ -140,6 +143,34 @@ def claim(redis: Any, job_ids: list[str], ttl_s: float) -> dict[str, float]:
     except Exception as err:
         log.warning("jobs not claimed (%s); called without a claim", type(err).__name__)
         return {}
+
+
+@contextmanager
+def claimed(redis: Any, job_ids: list[str], ttl_s: float) -> Iterator[dict[str, float]]:
+    """:func:`claim` the jobs for the block (the busy ones are yielded), kept alive by a heartbeat
+    while it runs (a killed worker's claims lapse a TTL later), released after it."""
+    busy = claim(redis, job_ids, ttl_s)
+    mine = [j for j in job_ids if j not in busy]
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(ttl_s / 3):
+            try:
+                pipe = redis.pipeline(transaction=False)
+                for job_id in mine:
+                    pipe.pexpire(keys.CLAIM.format(job_id=job_id), max(1, int(ttl_s * 1000)))
+                pipe.execute()
+            except Exception as err:  # they lapse: another run may call them (a rare double cost)
+                log.warning("claims not extended: %s", type(err).__name__)
+
+    heart = threading.Thread(target=beat, name="tierguard-claims", daemon=True)
+    if mine and redis is not None:
+        heart.start()
+    try:
+        yield busy
+    finally:
+        done.set()
+        release(redis, mine)
 
 
 def release(redis: Any, job_ids: list[str]) -> None:

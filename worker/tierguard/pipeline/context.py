@@ -51,7 +51,7 @@ class Context:
     scope: str = ""  # TIERGUARD_SHADOW_API_KEY's fingerprint: its own pauses and headroom
     caps: Any = None  # a tierguard.headroom.caps.ShadowCaps (policy shadow_limits)
     answers_ttl_s: float = 86_400  # how long answers paid for are kept unrecorded (pipeline/answers)
-    claim_ttl_s: float = 165.0  # how long a run's claim on its jobs holds (three shadow timeouts + 30 s)
+    claim_ttl_s: float = 30.0  # a run's claim on its jobs, extended while it runs (pipeline/answers)
 
     def record_all(self, results: list[Result]) -> list[Outcome]:
         if self.recorder is not None:
@@ -86,7 +86,8 @@ def build_context(settings: Settings) -> Context:
     ctx = Context(policy=live.current, engine=engine, redis=r, recorder=writer.record_all,
                   runner=runner, sealer=sealer(settings),
                   scope=ratelimits.fingerprint(key) if key else "", caps=ShadowCaps(settings.redis_url),
-                  answers_ttl_s=settings.job_payload_ttl_s, claim_ttl_s=3 * settings.shadow_timeout + 30)
+                  answers_ttl_s=settings.job_payload_ttl_s,
+                  claim_ttl_s=min(30.0, settings.visibility_timeout))
     live.start()
     return ctx
 

@@ -88,16 +88,13 @@ def run(ctx: Context, raw: list[Any], attempt: int, *, max_attempts: int, retry_
     opened, paid = _unpaid(ctx, opened)
     opened, via_batch = _by_batch(ctx, opened, refused, attempt)
     opened, deferred, too_long = defer_paused(ctx, opened, attempt)
-    busy = answers.claim(ctx.redis, [j.job_id for j in opened], ctx.claim_ttl_s)
-    deferred += [(j, busy[j.job_id]) for j in opened if j.job_id in busy]  # another run calls them
-    opened = [j for j in opened if j.job_id not in busy]
-    try:
+    with answers.claimed(ctx.redis, [j.job_id for j in opened], ctx.claim_ttl_s) as busy:
+        deferred += [(j, busy[j.job_id]) for j in opened if j.job_id in busy]  # another run calls them
+        opened = [j for j in opened if j.job_id not in busy]
         results, retries = _called(ctx, opened, attempt, final=attempt >= max_attempts,
                                    retry_cap=retry_cap)
         answers.keep(ctx.redis, ctx.sealer, results, ctx.answers_ttl_s)
         outcomes = _recorded(ctx, refused + too_long + paid + results, via_batch)
-    finally:
-        answers.release(ctx.redis, [j.job_id for j in opened])
     again, waiting = _again(ctx, retries, deferred, attempt, retry_cap, max_countdown)
     count_deferred(ctx, [job for job in waiting
                          if job.job_id not in busy and not _was_deferred(raw, job.job_id)])
