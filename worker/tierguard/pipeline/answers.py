@@ -15,7 +15,6 @@ import dataclasses
 import hmac
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,6 +25,7 @@ from tierguard.contract import keys
 from tierguard.contract.job import ShadowJob
 from tierguard.errors import PayloadInvalid
 from tierguard.pipeline.calls import Answer
+from tierguard.pipeline.locks import heartbeat
 from tierguard.pipeline.results import JudgeUsage, Result
 
 log = logging.getLogger(__name__)
@@ -151,25 +151,20 @@ def claimed(redis: Any, job_ids: list[str], ttl_s: float) -> Iterator[dict[str, 
     while it runs (a killed worker's claims lapse a TTL later), released after it."""
     busy = claim(redis, job_ids, ttl_s)
     mine = [j for j in job_ids if j not in busy]
-    done = threading.Event()
 
-    def beat() -> None:
-        while not done.wait(ttl_s / 3):
-            try:
-                pipe = redis.pipeline(transaction=False)
-                for job_id in mine:
-                    pipe.pexpire(keys.CLAIM.format(job_id=job_id), max(1, int(ttl_s * 1000)))
-                pipe.execute()
-            except Exception as err:  # they lapse: another run may call them (a rare double cost)
-                log.warning("claims not extended: %s", type(err).__name__)
+    def extend() -> None:  # lapsed claims: another run may call them (a rare double cost)
+        pipe = redis.pipeline(transaction=False)
+        for job_id in mine:
+            pipe.pexpire(keys.CLAIM.format(job_id=job_id), max(1, int(ttl_s * 1000)))
+        pipe.execute()
 
-    heart = threading.Thread(target=beat, name="tierguard-claims", daemon=True)
-    if mine and redis is not None:
-        heart.start()
     try:
-        yield busy
+        if mine and redis is not None:
+            with heartbeat(extend, ttl_s / 3, "claims"):
+                yield busy
+        else:
+            yield busy
     finally:
-        done.set()
         release(redis, mine)
 
 

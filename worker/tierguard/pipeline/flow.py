@@ -96,18 +96,13 @@ def run(ctx: Context, raw: list[Any], attempt: int, *, max_attempts: int, retry_
         answers.keep(ctx.redis, ctx.sealer, results, ctx.answers_ttl_s)
         outcomes = _recorded(ctx, refused + too_long + paid + results, via_batch)
     again, waiting = _again(ctx, retries, deferred, attempt, retry_cap, max_countdown)
-    count_deferred(ctx, [job for job in waiting
-                         if job.job_id not in busy and not _was_deferred(raw, job.job_id)])
+    arrived_deferred = {e.get("job_id") for e in raw if isinstance(e, dict) and e.get("deferred_since")}
+    count_deferred(ctx, [job for job in waiting  # one wait counted once, not at each of its hops
+                         if job.job_id not in busy and job.job_id not in arrived_deferred])
     paused_event = bool(too_long) and announce_paused(ctx, too_long)
     return Next(recorded=sum(o.status != "duplicate" for o in outcomes), again=again,
                 retried=len(retries), deferred=len(waiting),
                 deliver=paused_event or any(o.events for o in outcomes))
-
-
-def _was_deferred(raw: list[Any], job_id: str) -> bool:
-    """Whether the job arrived already deferred (a later hop of one wait: counted once)."""
-    return any(isinstance(e, dict) and e.get("job_id") == job_id and e.get("deferred_since")
-               for e in raw)
 
 
 def _parsed(raw: list[Any]) -> list[ShadowJob]:

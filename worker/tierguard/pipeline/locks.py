@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,27 +37,37 @@ class Holding:
 
 
 @contextmanager
+def heartbeat(extend: Callable[[], Any], every: float, what: str) -> Iterator[None]:
+    """Call ``extend`` every ``every`` seconds on a daemon thread while the block runs (what a
+    holder does to keep a short-lived key alive); a failure is logged, never raised."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(every):
+            try:
+                extend()
+            except Exception as err:  # lost (expired, or Redis away): say so, go on (never dies)
+                log.warning("%s not extended: %s", what, type(err).__name__)
+
+    heart = threading.Thread(target=beat, name="tierguard-heartbeat", daemon=True)
+    heart.start()
+    try:
+        yield
+    finally:
+        done.set()
+        heart.join(1)
+
+
+@contextmanager
 def held(r: redis_lib.Redis, name: str, ttl: float = 30.0) -> Iterator[Holding]:
     lock = r.lock(name, timeout=ttl, blocking=False, thread_local=False)  # the heartbeat extends it
     if not lock.acquire():
         yield Holding()
         return
-    done = threading.Event()
-
-    def beat() -> None:
-        while not done.wait(ttl / 3):
-            try:
-                lock.reacquire()
-            except redis_lib.RedisError as err:  # lost it (expired, or Redis away): say so, go on
-                log.warning("lock %s not extended: %s", name, err)
-
-    heart = threading.Thread(target=beat, name="tierguard-lock-heartbeat", daemon=True)
-    heart.start()
     try:
-        yield Holding(lock)
+        with heartbeat(lock.reacquire, ttl / 3, f"lock {name}"):
+            yield Holding(lock)
     finally:
-        done.set()
-        heart.join(1)
         try:
             lock.release()
         except redis_lib.RedisError as err:  # expired or Redis gone: it lapses by itself

@@ -159,6 +159,7 @@ class Policy(Strict):
     shadow_budget_usd_per_day: float | None = Field(None, ge=0)
     _resolved: dict[str, CategoryPolicy] = PrivateAttr(default_factory=dict)
     _limits: dict[str, tuple[int, int] | None] = PrivateAttr(default_factory=dict)
+    _tenant_keys: dict[str, GatewayTenant] | None = PrivateAttr(default=None)
 
     @field_validator("alerts", mode="before")
     @classmethod
@@ -241,7 +242,9 @@ class Policy(Strict):
 
     def tenant_of(self, key_digest: str) -> GatewayTenant | None:
         """The gateway tenant whose keys include ``key_digest`` (SHA-256 hex of an API key)."""
-        return next((t for t in self.gateway_tenants.values() if key_digest in t.keys), None)
+        if self._tenant_keys is None:  # built once per policy: looked up on every gateway request
+            self._tenant_keys = {k: t for t in self.gateway_tenants.values() for k in t.keys}
+        return self._tenant_keys.get(key_digest)
 
     def warm(self) -> None:
         """Design every listed category's detector now, not on its first sample."""
