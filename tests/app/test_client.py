@@ -75,9 +75,9 @@ def test_redis_down_calls_succeed_and_drops_are_counted(simulator, sqlite_url):
 def test_full_buffer_drops_instead_of_blocking(simulator, sqlite_url, redis_url):
     server = simulator(**SCENARIO)
     client = wrapper(server, redis_url=redis_url, database_url=sqlite_url, publish_buffer=1)
-    client._core.check_fork()  # the threads running, as after a first call
-    client._core.publisher._stop.set()  # nobody drains the queue now
-    client._core.publisher._thread.join()
+    client.tierguard_core.check_fork()  # the threads running, as after a first call
+    client.tierguard_core.publisher._stop.set()  # nobody drains the queue now
+    client.tierguard_core.publisher._thread.join()
     for i in range(5):
         call(client, str(i))
     stats = client.tierguard_stats()
@@ -180,7 +180,7 @@ def test_unbounded_category_names_stop_at_the_cap_and_never_reach_the_caller(sim
                                          settings=get_settings(redis_url=redis_url,
                                                                database_url=sqlite_url),
                                          policy=policy)
-    core = client._core
+    core = client.tierguard_core
     rng = random.Random(1)
     names = ["".join(rng.choices(string.ascii_lowercase, k=12)) for _ in range(10_000)]
     answer = {"content": [{"type": "text", "text": "POSITIVE"}], "usage": {"input_tokens": 3,

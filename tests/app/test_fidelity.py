@@ -92,7 +92,7 @@ def test_an_unlisted_category_is_served_with_the_callers_model_and_shadowed(simu
     assert client.tierguard_stats()["unshadowed_off_ladder"] == 1
     # Moved on purpose (promote, evaluate --apply: a version above 1): the route is followed.
     redis.Redis.from_url(redis_url).hset(REDIS_KEY, "sentimnet", "claude-haiku-4-5|2")
-    client._core.routes.refresh()
+    client.tierguard_core.routes.refresh()
     assert client.messages.create(category="sentimnet", model="claude-opus-4-7", max_tokens=8,
                                   messages=[{"role": "user", "content": "x"}]).model == "claude-haiku-4-5"
     client.tierguard_close()

@@ -150,7 +150,7 @@ def test_the_guard_sends_an_oversized_haiku_request_one_rung_up(simulator, redis
     big = client.messages.create(category="triage", max_tokens=1500, system="triage: route the ticket",
                                  messages=[{"role": "user", "content": "ticket long"}])
     assert big.model == SONNET  # haiku cannot take 1,500 output tokens; sonnet can
-    seen = list(client._core.publisher._seen)
+    seen = list(client.tierguard_core.publisher._seen)
     assert ("triage", SONNET, "guarded") in seen
     client.tierguard_close()
 

@@ -90,7 +90,7 @@ def test_workers_and_wrappers_follow_the_file(stack, simulator, sqlite_url):
     assert state["n"] == 5  # counted since the change only
     # Another: no shadowing at all; the wrapper follows within the reload period.
     write(settings.policy, {**policy, "defaults": {"sample_rate": 0.0, "threshold": 0.8}})
-    wait_until(lambda: client._core.policy.defaults.sample_rate == 0.0, 10, "the wrapper to reload")
+    wait_until(lambda: client.tierguard_core.policy.defaults.sample_rate == 0.0, 10, "the wrapper to reload")
     send(10, 300)
     time.sleep(1)
     assert samples(sqlite_url) == 30 and client.tierguard_stats()["submitted"] == 30

@@ -1,189 +1,200 @@
-"""The production-side wrapper: ``messages.create`` and ``messages.stream`` plus a ``category``.
+"""The production-side wrapper: the SDK's own client, plus ``category=``.
 
-tierguard picks the model from the category's route, returns the SDK's own
-object untouched (a ``Message``, a ``Stream``, a stream manager), and copies a
-sampled share of calls to the shadow pipeline: a streamed call once its stream
-has reached ``message_stop``. Nothing tierguard does on the side can raise into
-the caller or wait on I/O.
+``ShadowedAnthropic(client)`` is a copy of ``client`` of a subclass of its class
+(``isinstance(wrapped, anthropic.Anthropic)`` holds; a Bedrock, Vertex or custom
+client gets a ``Shadowed…`` subclass of its own class), sending through the client's
+own ``httpx2`` client wrapped in a :class:`~tierguard.app.transport.WatchingClient`.
+Its ``messages`` and ``beta.messages`` take ``category=`` on every way of making a
+message (:mod:`~tierguard.app.resources`); ``with_options``/``copy`` give a wrapper
+sharing the same tierguard state; it is a context manager as the SDK client is.
+Every answer is the SDK's own object. Watching happens on the wire, through public
+``httpx2`` streams (:mod:`~tierguard.app.tap`); nothing tierguard does on the side can
+raise into the caller or wait on I/O.
+
+``ShadowedAnthropic(api_key=…, …)`` (the SDK's own arguments, no client) builds one
+directly.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
+import contextvars
+import inspect
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import anthropic
 
 from tierguard.app.core import Core
-from tierguard.app.stream import watch_sdk_manager, watch_sdk_stream
+from tierguard.app.resources import (
+    AsyncShadowedBeta,
+    AsyncShadowedMessages,
+    ShadowedBeta,
+    ShadowedMessages,
+)
+from tierguard.app.tap import Tap
+from tierguard.app.transport import AsyncWatchingClient, WatchingClient
 from tierguard.config import Settings
 from tierguard.policy import Policy
 
-_SDK_CREATE = {anthropic.resources.Messages: anthropic.resources.Messages.create,
-               anthropic.resources.AsyncMessages: anthropic.resources.AsyncMessages.create}
+_COPYING: contextvars.ContextVar[Core | None] = contextvars.ContextVar("tierguard_copying", default=None)
+_CLASSES: dict[type, type] = {}
 
 
-def _raw_create(messages: Any) -> Any:
-    """The SDK's ``with_raw_response.create`` when ``messages`` is the SDK's own and its ``create``
-    is unpatched, now (a test double or a patched ``create``, on the object or its class, is
-    called as it is, and its headers are not read)."""
-    kind = type(messages)
-    if kind not in _SDK_CREATE or kind.create is not _SDK_CREATE[kind] or "create" in vars(messages):
-        return None
-    return messages.with_raw_response.create
+def _is_async(kind: type) -> bool:
+    """An SDK client class whose ``close`` is a coroutine (AsyncAnthropic, AsyncAnthropicBedrock, …)."""
+    return inspect.iscoroutinefunction(getattr(kind, "close", None))
 
 
-class _Messages:
-    def __init__(self, messages: Any, core: Core, defaults: Any = None, routable: bool = True):
-        self._messages = messages
-        self._core = core
-        self._defaults = defaults  # the client's default headers (their anthropic-beta is kept)
-        self._routable = routable
+def _watching(http: Any, core: Core, is_async: bool) -> Any:
+    """``http`` wrapped for ``core`` (the SDK's default client when ``http`` is None)."""
+    if isinstance(http, (WatchingClient, AsyncWatchingClient)):
+        if http.tap.core is core:
+            return http
+        http = http.inner
+    if is_async:
+        return AsyncWatchingClient(http or anthropic.DefaultAsyncHttpxClient(), Tap(core))
+    return WatchingClient(http or anthropic.DefaultHttpxClient(), Tap(core))
 
-    def _plain(self, category: str | None) -> bool:
-        """True for a call passed through untouched: no category, or a client tierguard cannot route."""
-        if category is not None and not self._routable:
-            self._core.check_fork(start=False)
-            self._core.counts["unroutable_client"] += 1
-        return category is None or not self._routable
 
-    def create(self, *, category: str | None = None, **kwargs: Any) -> Any:
-        if self._plain(category):
-            return self._messages.create(**kwargs)
-        cat, kwargs = self._core.route(category, kwargs)
-        started = time.perf_counter()
-        raw = _raw_create(self._messages)
+class _Shadowing:
+    """What makes an SDK client class a wrapper. Not a base class: its attributes are copied into
+    a direct subclass of the SDK class (:func:`shadowed_class`), so that a copy of a client can
+    become one (a mixin base would change the object's layout); ``_tierguard_base`` is that class."""
+
+    _tierguard_base: type
+    tierguard_core: Core
+    _tierguard_owner: bool
+
+    def __new__(cls, client: Any = None, *, settings: Settings | None = None,
+                policy: Policy | None = None, **options: Any) -> Any:
+        if client is None:
+            return object.__new__(cls)
+        if not hasattr(client, "copy") or not hasattr(client, "_client"):
+            raise TypeError(f"ShadowedAnthropic wraps an anthropic SDK client (Anthropic, AsyncAnthropic, "
+                            f"AnthropicBedrock, AnthropicVertex, …); got {type(client).__name__}")
+        core = Core(settings, policy)
+        kind = shadowed_class(type(client))
+        wrapped = client.copy(http_client=_watching(client._client, core, _is_async(kind)))
+        wrapped.__class__ = kind
+        wrapped._tierguard_adopt(core, owner=True)
+        return wrapped
+
+    def __init__(self, client: Any = None, *, settings: Settings | None = None,
+                 policy: Policy | None = None, **options: Any) -> None:
+        if client is not None:
+            return  # built from ``client`` by __new__
+        copying = _COPYING.get()
+        core = copying or Core(settings, policy)
+        options["http_client"] = _watching(options.get("http_client"), core, _is_async(type(self)))
+        self._tierguard_base.__init__(self, **options)
+        self._tierguard_adopt(core, owner=copying is None)
+
+    def _tierguard_adopt(self, core: Core, owner: bool) -> None:
+        self.tierguard_core = core
+        self._tierguard_owner = owner
+        for name in ("messages", "beta"):  # Bedrock's and Vertex's clients set their own in __init__
+            self.__dict__.pop(name, None)
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        """The SDK's ``copy``/``with_options``: a wrapper sharing this one's tierguard state."""
+        token = _COPYING.set(self.tierguard_core)
         try:
-            if raw is None:
-                result = self._messages.create(**kwargs)
-            else:  # the same call and object; the response's headers kept for their rate limits
-                response = raw(**kwargs)
-                result = response.parse()
-                self._core.saw_headers(kwargs.get("model"), response.headers)
-        except anthropic.RateLimitError as err:
-            self._core.rate_limited(kwargs.get("model"), err.response.headers.get("retry-after"))
-            self._core.saw_headers(kwargs.get("model"), err.response.headers)
-            raise
-        self._after(cat, kwargs, result, started)
-        return result
+            return self._tierguard_base.copy(self, *args, **kwargs)
+        finally:
+            _COPYING.reset(token)
 
-
-    def _after(self, cat: Any, kwargs: dict[str, Any], result: Any, started: float) -> None:
-        core = self._core
-        sampled = core.sampled(cat, kwargs)
-        if not kwargs.get("stream"):
-            core.served(cat, kwargs, getattr(result, "usage", None))
-            headers, body = self._snapshot(kwargs) if sampled else (None, None)
-            if body is not None:
-                core.submit(cat, kwargs, result, started, headers, body)
-            return
-        if cat is None:
-            return
-        try:
-            watch_sdk_stream(result, self._on_message(cat, kwargs, started, sampled),
-                             usage_only=not sampled)
-        except Exception:
-            core._failed("watching a stream")
-
-    def _snapshot(self, kwargs: dict[str, Any]) -> tuple[Any, Any]:
-        """(headers, body) of a sampled call, taken now; (None, None) if that failed (counted)."""
-        taken = self._core.snapshot(kwargs, self._defaults)
-        return taken if taken is not None else (None, None)
-
-    def _on_message(self, cat: Any, kwargs: dict[str, Any], started: float, sampled: bool) -> Any:
-        core = self._core
-        headers, body = self._snapshot(kwargs) if sampled else (None, None)  # before any next turn
-
-        def on_message(message: dict[str, Any]) -> None:
-            core.served(cat, kwargs, message.get("usage"))
-            if body is not None:
-                core.submit(cat, kwargs, message, started, headers, body)
-        return on_message
-
-    def stream(self, *, category: str | None = None, **kwargs: Any) -> Any:
-        if self._plain(category):
-            return self._messages.stream(**kwargs)
-        core = self._core
-        cat, kwargs = core.route(category, kwargs)
-        started = time.perf_counter()
-        manager = self._messages.stream(**kwargs)
-        sampled = core.sampled(cat, kwargs)
-        if cat is not None:
-            try:
-                if not watch_sdk_manager(manager, self._on_message(cat, kwargs, started, sampled),
-                                         usage_only=not sampled):
-                    core.counts["stream_unwatched"] += 1
-            except Exception:
-                core._failed("watching a stream")
-        return manager
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._messages, name)
-
-
-class _AsyncMessages(_Messages):
-    async def create(self, *, category: str | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
-        if self._plain(category):
-            return await self._messages.create(**kwargs)
-        cat, kwargs = self._core.route(category, kwargs)
-        started = time.perf_counter()
-        raw = _raw_create(self._messages)
-        try:
-            if raw is None:
-                result = await self._messages.create(**kwargs)
-            else:
-                response = await raw(**kwargs)
-                result = await response.parse()
-                self._core.saw_headers(kwargs.get("model"), response.headers)
-        except anthropic.RateLimitError as err:
-            self._core.rate_limited(kwargs.get("model"), err.response.headers.get("retry-after"))
-            self._core.saw_headers(kwargs.get("model"), err.response.headers)
-            raise
-        self._after(cat, kwargs, result, started)
-        return result
-
-
-# Clients whose model ids tierguard cannot route yet (their platforms name models otherwise).
-_UNROUTABLE = tuple(c for c in (getattr(anthropic, n, None) for n in (
-    "AnthropicBedrock", "AsyncAnthropicBedrock", "AnthropicVertex", "AsyncAnthropicVertex"))
-    if isinstance(c, type))
-
-
-def unroutable(client: Any) -> bool:
-    """True for a Bedrock or Vertex client: its calls pass through untouched, ``category``
-    dropped and counted as ``unroutable_client``."""
-    return isinstance(client, _UNROUTABLE)
-
-
-class ShadowedAnthropic:
-    """Wraps an ``anthropic.Anthropic``; everything but ``messages.create``/``stream`` passes through."""
-
-    _messages_class = _Messages
-
-    def __init__(self, client: Any, *, settings: Settings | None = None,
-                 policy: Policy | None = None):
-        self._client = client
-        self._core = Core(settings, policy)
-        self.messages = self._messages_class(client.messages, self._core,
-                                             getattr(client, "_custom_headers", None),
-                                             routable=not unroutable(client))
+    with_options = copy
 
     def tierguard_stats(self) -> dict[str, int]:
         """Counters: submitted, published, dropped_* and internal errors."""
-        return self._core.stats()
+        return self.tierguard_core.stats()
 
     def tierguard_flush(self, timeout: float = 5.0) -> bool:
-        self._core.check_fork(start=False)
-        return self._core.publisher.flush(timeout)
+        core = self.tierguard_core
+        core.check_fork(start=False)
+        return core.publisher.flush(timeout)
 
     def tierguard_close(self) -> None:
-        self._core.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
+        self.tierguard_core.close()
 
 
-class AsyncShadowedAnthropic(ShadowedAnthropic):
-    """The same for ``anthropic.AsyncAnthropic``."""
+class _SyncShadowing(_Shadowing):
+    @cached_property
+    def messages(self) -> ShadowedMessages:
+        return ShadowedMessages(self)
 
-    _messages_class = _AsyncMessages
+    @cached_property
+    def beta(self) -> ShadowedBeta:
+        return ShadowedBeta(self)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Close the HTTP client (the SDK's ``close``); the wrapper that made the tierguard state
+        also flushes and stops it."""
+        try:
+            self._tierguard_base.close(self)  # type: ignore[attr-defined]
+        finally:
+            if self._tierguard_owner:
+                self.tierguard_close()
+
+
+class _AsyncShadowing(_Shadowing):
+    @cached_property
+    def messages(self) -> AsyncShadowedMessages:
+        return AsyncShadowedMessages(self)
+
+    @cached_property
+    def beta(self) -> AsyncShadowedBeta:
+        return AsyncShadowedBeta(self)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        try:
+            await self._tierguard_base.close(self)  # type: ignore[attr-defined]
+        finally:
+            if self._tierguard_owner:
+                self.tierguard_close()
+
+
+def _make(kind: type, name: str, doc: str) -> type:
+    """A direct subclass of SDK client class ``kind`` with the wrapper's attributes."""
+    mixin = _AsyncShadowing if _is_async(kind) else _SyncShadowing
+    namespace: dict[str, Any] = {}
+    for part in reversed(mixin.__mro__[:-1]):  # _Shadowing first, object left out
+        namespace.update((k, v) for k, v in vars(part).items() if k not in ("__dict__", "__weakref__"))
+    namespace.update(_tierguard_base=kind, __module__=__name__, __qualname__=name, __doc__=doc)
+    return type(name, (kind,), namespace)
+
+
+if TYPE_CHECKING:
+    from tierguard.app.typed import AsyncShadowedAnthropic, ShadowedAnthropic
+else:
+    ShadowedAnthropic = _make(anthropic.Anthropic, "ShadowedAnthropic",
+                              "An ``anthropic.Anthropic`` whose messages take ``category=`` (see the module).")
+    AsyncShadowedAnthropic = _make(anthropic.AsyncAnthropic, "AsyncShadowedAnthropic",
+                                   "The same for ``anthropic.AsyncAnthropic``.")
+
+
+def _platform_classes() -> tuple[type, ...]:
+    names = ("AnthropicBedrock", "AsyncAnthropicBedrock", "AnthropicVertex", "AsyncAnthropicVertex")
+    return tuple(c for c in (getattr(anthropic, n, None) for n in names) if isinstance(c, type))
+
+
+def shadowed_class(kind: type) -> type:
+    """The wrapper class for SDK client class ``kind`` (made once per class)."""
+    if "_tierguard_base" in vars(kind):
+        return kind
+    if kind is anthropic.Anthropic:
+        return ShadowedAnthropic
+    if kind is anthropic.AsyncAnthropic:
+        return AsyncShadowedAnthropic
+    found = _CLASSES.get(kind)
+    if found is None:
+        found = _CLASSES[kind] = _make(kind, "Shadowed" + kind.__name__,
+                                       f"A ``{kind.__name__}`` whose messages take ``category=``.")
+    return found
+
+
+def unroutable(client: Any) -> bool:
+    """True for a Bedrock or Vertex client (their model ids are mapped by the policy's ``model_ids``)."""
+    return isinstance(client, _platform_classes())
+
+

@@ -234,35 +234,3 @@ async def awatched(events: Any, on_message: Callable[[dict[str, Any]], None],
 class _Ignore(Assembler):
     def feed(self, event: Any) -> bool:
         return False
-
-
-_MANAGER_REQUEST = ("_MessageStreamManager__api_request", "_AsyncMessageStreamManager__api_request")
-
-
-def watch_sdk_stream(stream: Any, on_message: Callable[[dict[str, Any]], None],
-                     usage_only: bool = False) -> Any:
-    """Watch the events of the SDK's own ``Stream``/``AsyncStream`` as the caller reads them."""
-    inner = stream._iterator  # the SDK's cached generator over the parsed events
-    wrap = awatched if hasattr(inner, "__anext__") else watched
-    stream.__dict__["_iterator"] = wrap(inner, on_message, UsageOnly() if usage_only else Assembler())
-    return stream
-
-
-def watch_sdk_manager(manager: Any, on_message: Callable[[dict[str, Any]], None],
-                      usage_only: bool = False) -> bool:
-    """Watch the stream a ``messages.stream(...)`` manager opens; False if this SDK hides it."""
-    name = next((n for n in _MANAGER_REQUEST if hasattr(manager, n)), None)
-    if name is None:
-        return False
-    request = getattr(manager, name)
-    if name.startswith("_Async"):  # an awaitable, awaited once at ``__aenter__``
-        async def opened_async() -> Any:
-            return watch_sdk_stream(await request, on_message, usage_only)
-
-        setattr(manager, name, opened_async())
-    else:
-        def opened() -> Any:
-            return watch_sdk_stream(request(), on_message, usage_only)
-
-        setattr(manager, name, opened)
-    return True

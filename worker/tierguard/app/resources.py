@@ -1,0 +1,146 @@
+"""The wrapper's ``messages`` and ``beta.messages``: the SDK's own resources, plus ``category=``.
+
+Each way of making a message — ``create``, ``stream``, ``parse``, ``count_tokens``, and
+through the SDK's ``with_raw_response`` / ``with_streaming_response``, which call these
+— takes ``category=`` (or a ``metadata.user_id`` of ``tg:CATEGORY:rest``, the prefix
+stripped before the request leaves), routes the call's ``model`` from the category's
+route, and marks the request with the category header for the client's
+:class:`~tierguard.app.tap.Tap`, which counts, samples and watches it on the wire. A
+call that names no category is the SDK's own, untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+
+from anthropic.resources.beta import AsyncBeta, Beta
+from anthropic.resources.beta.messages import AsyncMessages as AsyncBetaMessages
+from anthropic.resources.beta.messages import Messages as BetaMessages
+from anthropic.resources.messages import AsyncMessages, Messages
+
+from tierguard.app.core import Core
+from tierguard.app.tap import ROUTED
+
+_PLATFORMS = {"AnthropicBedrock": "bedrock", "AsyncAnthropicBedrock": "bedrock",
+              "AnthropicVertex": "vertex", "AsyncAnthropicVertex": "vertex"}
+USER_PREFIX = "tg:"  # metadata.user_id "tg:CATEGORY:rest" names the category
+
+
+def platform_of(client: Any) -> str:
+    """``bedrock``, ``vertex`` or ``anthropic``: whose model ids and paths a client speaks."""
+    for name, platform in _PLATFORMS.items():
+        kind = getattr(anthropic, name, None)
+        if isinstance(kind, type) and isinstance(client, kind):
+            return platform
+    return "anthropic"
+
+
+def from_user_id(kwargs: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The category a ``metadata.user_id`` of ``tg:CATEGORY:rest`` names, and the call's arguments
+    with the prefix stripped (``rest`` kept as the user id; none left if it is empty)."""
+    metadata = kwargs.get("metadata")
+    user = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if not isinstance(user, str) or not user.startswith(USER_PREFIX):
+        return None, kwargs
+    name, _, rest = user[len(USER_PREFIX):].partition(":")
+    metadata = {k: v for k, v in metadata.items() if k != "user_id"} | ({"user_id": rest} if rest else {})
+    return (name or None), {**kwargs, "metadata": metadata}
+
+
+def named(core: Core, category: str | None, kwargs: dict[str, Any], platform: str = "anthropic"
+          ) -> dict[str, Any]:
+    """The call's arguments routed and marked for the tap (unchanged when no category is named or
+    tierguard declines it: an unknown name past the cap, a refused one)."""
+    by_user, kwargs = from_user_id(kwargs)
+    category = by_user if category is None else category  # category= wins over the user id's prefix
+    if category is None:
+        return kwargs
+    if platform != "anthropic":
+        core.check_fork(start=False)
+        core.counts["unroutable_client"] += 1
+        return kwargs
+    cat, kwargs = core.route(category, kwargs)
+    if cat is None:
+        return kwargs
+    extra = kwargs.get("extra_headers")
+    headers = dict(extra) if isinstance(extra, dict) else {}
+    headers[core.settings.category_header] = category
+    headers[ROUTED] = kwargs["model"]
+    return {**kwargs, "extra_headers": headers}
+
+
+class _Named:
+    """``category=`` on each way of making a message (placed before the SDK's resource class)."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)  # type: ignore[call-arg]
+        self._core: Core = client.tierguard_core
+        self._platform = platform_of(client)
+
+    def create(self, *, category: str | None = None, **kwargs: Any) -> Any:
+        return super().create(**named(self._core, category, kwargs, self._platform))  # type: ignore[misc]
+
+    def stream(self, *, category: str | None = None, **kwargs: Any) -> Any:
+        return super().stream(**named(self._core, category, kwargs, self._platform))  # type: ignore[misc]
+
+    def parse(self, *, category: str | None = None, **kwargs: Any) -> Any:
+        return super().parse(**named(self._core, category, kwargs, self._platform))  # type: ignore[misc]
+
+    def count_tokens(self, *, category: str | None = None, **kwargs: Any) -> Any:
+        return super().count_tokens(**named(self._core, category, kwargs, self._platform))  # type: ignore[misc]
+
+
+class _AsyncNamed(_Named):
+    """:class:`_Named` for the async resources (``stream`` is not a coroutine there either)."""
+
+    async def create(self, *, category: str | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        return await super(_Named, self).create(**named(self._core, category, kwargs, self._platform))  # type: ignore[misc]
+
+    async def parse(self, *, category: str | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        return await super(_Named, self).parse(**named(self._core, category, kwargs, self._platform))  # type: ignore[misc]
+
+    async def count_tokens(self, *, category: str | None = None,  # type: ignore[override]
+                           **kwargs: Any) -> Any:
+        return await super(_Named, self).count_tokens(  # type: ignore[misc]
+            **named(self._core, category, kwargs, self._platform))
+
+
+class ShadowedMessages(_Named, Messages):  # type: ignore[misc]
+    """``client.messages`` of a wrapped client."""
+
+
+class AsyncShadowedMessages(_AsyncNamed, AsyncMessages):  # type: ignore[misc]
+    """``client.messages`` of a wrapped async client."""
+
+
+class ShadowedBetaMessages(_Named, BetaMessages):  # type: ignore[misc]
+    """``client.beta.messages`` of a wrapped client."""
+
+
+class AsyncShadowedBetaMessages(_AsyncNamed, AsyncBetaMessages):  # type: ignore[misc]
+    """``client.beta.messages`` of a wrapped async client."""
+
+
+class ShadowedBeta(Beta):
+    """``client.beta`` of a wrapped client: its ``messages`` take ``category=``."""
+
+    @property
+    def messages(self) -> ShadowedBetaMessages:  # type: ignore[override]
+        return _cached(self, "_tierguard_messages", ShadowedBetaMessages)
+
+
+class AsyncShadowedBeta(AsyncBeta):
+    """``client.beta`` of a wrapped async client."""
+
+    @property
+    def messages(self) -> AsyncShadowedBetaMessages:  # type: ignore[override]
+        return _cached(self, "_tierguard_messages", AsyncShadowedBetaMessages)
+
+
+def _cached(beta: Any, name: str, kind: type) -> Any:
+    found = beta.__dict__.get(name)
+    if found is None:
+        found = beta.__dict__[name] = kind(beta._client)
+    return found

@@ -1,0 +1,147 @@
+"""The wrapper's eye on the wire: what one request that names a category does on its way out and back.
+
+The SDK wrapper's HTTP client (:mod:`~tierguard.app.transport`) hands every request
+here. A request without the category header goes on untouched, at the cost of one
+header lookup. One with it (``category=`` is sugar for it; a client's
+``default_headers`` or a call's ``extra_headers`` work too) is routed — by the
+wrapper's resource before the SDK built it (``ROUTED`` then names the model), or
+here, by setting ``model`` in the request's own bytes — and loses tierguard's
+headers before it leaves (but for a SigV4-signed request, whose signature covers them).
+Its answer, read by the SDK through public ``httpx2`` streams, is watched as its bytes
+pass: a 429 pauses the shadows, the rate-limit headers are kept, a 200 answer of the
+Messages API is counted, and a sampled one is handed to the publisher with the
+request's body exactly as it was sent. Nothing here raises into the caller.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx2
+
+from tierguard.app.core import Core
+from tierguard.app.relay import Watch
+from tierguard.app.upstream import parse_request, with_model
+from tierguard.contract.job import SHAPING_HEADERS
+
+ROUTED = "x-tierguard-routed"  # set by the wrapper's resources: the model the call was routed to
+_MESSAGES = "/v1/messages"
+_COUNT = "/v1/messages/count_tokens"
+
+
+class Call:
+    """One routed request on its way: what its answer is counted and shadowed as."""
+
+    __slots__ = ("core", "cat", "routed", "body", "shaping", "sampled", "started", "watch")
+
+    def __init__(self, core: Core, cat: Any, routed: dict[str, Any], body: bytes | None,
+                 shaping: dict[str, str] | None):
+        self.core, self.cat, self.routed = core, cat, routed
+        self.body, self.shaping = body, shaping
+        self.sampled = False
+        self.started = time.perf_counter()
+        self.watch: Watch | None = None
+
+    def answered(self, response: httpx2.Response) -> bool:
+        """The answer's head arrived: its rate limits read; True if its body is to be watched."""
+        core, model = self.core, self.routed.get("model")
+        status = response.status_code
+        if status == 429:
+            core.rate_limited(model, response.headers.get("retry-after"))
+        core.saw_headers(model, response.headers)
+        if status != 200 or self.body is None:  # an error, or a count of tokens: nothing to watch
+            return False
+        self.sampled = core.sampled(self.cat, self.routed)
+        streamed = response.headers.get("content-type", "").startswith("text/event-stream")
+        self.watch = Watch(streamed, usage_only=not self.sampled, limit=core.settings.stream_assembly_max)
+        self.watch.status = 200
+        return True
+
+    def feed(self, chunk: bytes) -> None:
+        watch = self.watch
+        if watch is not None:
+            try:
+                watch.feed(chunk)
+            except Exception:
+                self.watch = None
+                self.core._failed("watching an answer")
+
+    def ended(self) -> None:
+        """The whole answer went to the caller: counted, and shadowed when sampled."""
+        watch, self.watch = self.watch, None
+        if watch is None:
+            return
+        core = self.core
+        try:
+            if watch.overflowed:
+                core.refuse("stream_too_long", "a stream event was longer than "
+                            "TIERGUARD_STREAM_ASSEMBLY_MAX (%d): not watched", core.settings.stream_assembly_max)
+                return
+            answer = watch.answer()
+            if answer is None:
+                return
+            core.served(self.cat, self.routed, answer.get("usage"))
+            if self.sampled:
+                core.submit(self.cat, self.routed, answer, self.started, self.shaping, self.body)
+        except Exception:
+            core._failed("handing over an answer")
+
+
+class Tap:
+    """Per client: routes and watches the requests that name a category (see the module)."""
+
+    def __init__(self, core: Core):
+        self.core = core
+        self.header = core.settings.category_header.lower()
+
+    def begin(self, request: httpx2.Request) -> tuple[httpx2.Request, Call | None]:
+        """The request to send (tierguard's headers gone, routed) and its :class:`Call`, or None
+        for a request tierguard leaves alone."""
+        headers = request.headers
+        name = headers.get(self.header)
+        if name is None:
+            return request, None
+        try:
+            routed = headers.get(ROUTED)
+            if not headers.get("authorization", "").startswith("AWS4-"):  # else signed: they stay
+                del headers[self.header]
+                if routed is not None:
+                    del headers[ROUTED]
+            path = request.url.path
+            if request.method != "POST" or not path.endswith((_MESSAGES, _COUNT)):
+                return request, None
+            self.core.check_fork()
+            if routed is None:
+                return self._route(name, request, path.endswith(_COUNT))
+            cat = self.core.category(name)
+            body = None if path.endswith(_COUNT) else request.content
+            return request, Call(self.core, cat, {"model": routed}, body, _shaping(headers))
+        except Exception:
+            self.core._failed("routing a request")
+            return request, None
+
+    def _route(self, name: str, request: httpx2.Request, count: bool) -> tuple[httpx2.Request, Call | None]:
+        """Route a request the wrapper's resources did not (a category named by header only)."""
+        s = self.core.settings
+        parsed = parse_request(request.content, [], s.gateway_max_body, s.gateway_max_json_depth)
+        cat, routed = self.core.route(name, parsed.request)
+        if cat is None:
+            return request, None
+        body = parsed.raw
+        if routed.get("model") != parsed.request.get("model"):
+            body = with_model(parsed, routed["model"])
+            request = _with_body(request, body)
+        return request, (None if count else Call(self.core, cat, routed, body, _shaping(request.headers)))
+
+
+def _with_body(request: httpx2.Request, body: bytes) -> httpx2.Request:
+    headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
+    return httpx2.Request(request.method, request.url, headers=headers, content=body,
+                          extensions=request.extensions)
+
+
+def _shaping(headers: httpx2.Headers) -> dict[str, str] | None:
+    """The request-shaping headers it was sent with (its betas), never credentials."""
+    found = {name: headers[name] for name in SHAPING_HEADERS if name in headers}
+    return found or None

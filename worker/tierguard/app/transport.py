@@ -1,0 +1,145 @@
+"""The SDK wrapper's HTTP clients: the SDK's own ``httpx2`` client, with a :class:`~tierguard.app.tap.Tap`.
+
+A :class:`WatchingClient` is what the wrapped SDK client sends through (passed to it as
+its public ``http_client``): it hands each request to the tap, sends it with the
+client it wraps (the caller's own, with its proxies, limits and TLS), and, for a
+request the tap watches, reads the answer through a byte stream that passes every
+chunk on to the caller as it comes and to the tap beside it. Everything else —
+building requests, timeouts, closing — is the wrapped client's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx2
+
+from tierguard.app.tap import Call, Tap
+
+
+class _Unused(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
+    """The transport of the outer client, never used: requests go through the wrapped client."""
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        raise RuntimeError("tierguard's client sends through the client it wraps")
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        raise RuntimeError("tierguard's client sends through the client it wraps")
+
+
+class _Teed(httpx2.SyncByteStream):
+    def __init__(self, inner: Any, call: Call):
+        self._inner, self._call = inner, call
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._inner:
+            self._call.feed(chunk)
+            yield chunk
+        self._call.ended()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    @property
+    def elapsed(self) -> Any:
+        return getattr(self._inner, "elapsed", None)
+
+
+class _AsyncTeed(httpx2.AsyncByteStream):
+    def __init__(self, inner: Any, call: Call):
+        self._inner, self._call = inner, call
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            self._call.feed(chunk)
+            yield chunk
+        self._call.ended()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    @property
+    def elapsed(self) -> Any:
+        return getattr(self._inner, "elapsed", None)
+
+
+class WatchingClient(httpx2.Client):
+    """An ``httpx2.Client`` that sends through ``inner`` and lets ``tap`` see what names a category."""
+
+    def __init__(self, inner: httpx2.Client, tap: Tap):
+        super().__init__(transport=_Unused(), trust_env=False)
+        self.inner, self.tap = inner, tap
+
+    def send(self, request: httpx2.Request, *, stream: bool = False, **kwargs: Any) -> httpx2.Response:
+        request, call = self.tap.begin(request)
+        if call is None:
+            return self.inner.send(request, stream=stream, **kwargs)
+        response = self.inner.send(request, stream=True, **kwargs)
+        if call.answered(response):
+            response.stream = _Teed(response.stream, call)
+        if not stream:
+            try:
+                response.read()
+            finally:
+                response.close()
+        return response
+
+    def build_request(self, *args: Any, **kwargs: Any) -> httpx2.Request:
+        return self.inner.build_request(*args, **kwargs)
+
+    @property
+    def timeout(self) -> httpx2.Timeout:  # type: ignore[override]
+        return self.inner.timeout
+
+    @timeout.setter
+    def timeout(self, value: Any) -> None:
+        pass  # the outer client's own (set while it is built) is never used
+
+    @property
+    def is_closed(self) -> bool:
+        return self.inner.is_closed
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncWatchingClient(httpx2.AsyncClient):
+    """:class:`WatchingClient` for the SDK's async clients."""
+
+    def __init__(self, inner: httpx2.AsyncClient, tap: Tap):
+        super().__init__(transport=_Unused(), trust_env=False)
+        self.inner, self.tap = inner, tap
+
+    async def send(self, request: httpx2.Request, *, stream: bool = False,
+                   **kwargs: Any) -> httpx2.Response:
+        request, call = self.tap.begin(request)
+        if call is None:
+            return await self.inner.send(request, stream=stream, **kwargs)
+        response = await self.inner.send(request, stream=True, **kwargs)
+        if call.answered(response):
+            response.stream = _AsyncTeed(response.stream, call)
+        if not stream:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        return response
+
+    def build_request(self, *args: Any, **kwargs: Any) -> httpx2.Request:
+        return self.inner.build_request(*args, **kwargs)
+
+    @property
+    def timeout(self) -> httpx2.Timeout:  # type: ignore[override]
+        return self.inner.timeout
+
+    @timeout.setter
+    def timeout(self, value: Any) -> None:
+        pass
+
+    @property
+    def is_closed(self) -> bool:
+        return self.inner.is_closed
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
