@@ -33,7 +33,8 @@ def sim_stats(sim):
     return httpx2.get(sim.base_url + "/_sim/stats").json()
 
 
-def test_the_wrapper_reads_production_headers_in_the_background(simulator, redis_url, sqlite_url):
+def test_the_wrapper_reads_production_headers_in_the_background(simulator, redis_url, sqlite_url,
+                                                                monkeypatch):
     sim = simulator(categories=CATS, rate_limits={OPUS: {"requests_per_minute": 100}}, time_scale=0.001)
     settings = get_settings(redis_url=redis_url, database_url=sqlite_url)
     r = redis.Redis.from_url(redis_url)
@@ -46,14 +47,14 @@ def test_the_wrapper_reads_production_headers_in_the_background(simulator, redis
     assert client.tierguard_flush(5)
     wait_until(lambda: ratelimits.view(r, OPUS).get("requests") is not None, 10, "production's view")
     assert 0.85 <= ratelimits.view(r, OPUS)["requests"] <= 0.91  # 90 of 100 left (headers of the last)
-    # A patched create is called as it is (no raw response to read); nothing raises.
-    patched = anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
+    # Instrumentation that patches the SDK's class (as tracing libraries do) still sees every call.
     seen = []
-    real = patched.messages.create
-    patched.messages.create = lambda **kw: seen.append(kw) or real(**kw)
-    other = tierguard.ShadowedAnthropic(patched, settings=settings, policy=parse_policy(POLICY))
+    real = anthropic.resources.messages.Messages.create
+    monkeypatch.setattr(anthropic.resources.messages.Messages, "create",
+                        lambda self, **kw: seen.append(kw) or real(self, **kw))
+    other = tierguard.ShadowedAnthropic(sdk, settings=settings, policy=parse_policy(POLICY))
     call(other, "b", 99)
-    assert len(seen) == 1
+    assert len(seen) == 1 and seen[0]["model"] == OPUS
     client.tierguard_close()
     other.tierguard_close()
 

@@ -165,7 +165,7 @@ def _make(kind: type, name: str, doc: str) -> type:
 
 
 if TYPE_CHECKING:
-    from tierguard.app.typed import AsyncShadowedAnthropic, ShadowedAnthropic
+    from tierguard.app.signatures import AsyncShadowedAnthropic, ShadowedAnthropic
 else:
     ShadowedAnthropic = _make(anthropic.Anthropic, "ShadowedAnthropic",
                               "An ``anthropic.Anthropic`` whose messages take ``category=`` (see the module).")

@@ -11,7 +11,7 @@ call that names no category is the SDK's own, untouched.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anthropic
 
@@ -22,6 +22,7 @@ from anthropic.resources.messages import AsyncMessages, Messages
 
 from tierguard.app.core import Core
 from tierguard.app.tap import ROUTED
+
 
 _PLATFORMS = {"AnthropicBedrock": "bedrock", "AsyncAnthropicBedrock": "bedrock",
               "AnthropicVertex": "vertex", "AsyncAnthropicVertex": "vertex"}
@@ -107,36 +108,41 @@ class _AsyncNamed(_Named):
             **named(self._core, category, kwargs, self._platform))
 
 
-class ShadowedMessages(_Named, Messages):  # type: ignore[misc]
-    """``client.messages`` of a wrapped client."""
+if TYPE_CHECKING:  # the same classes as mypy sees them: the SDK's signatures, plus ``category``
+    from tierguard.app.signatures import (
+        AsyncShadowedBeta,
+        AsyncShadowedBetaMessages,
+        AsyncShadowedMessages,
+        ShadowedBeta,
+        ShadowedBetaMessages,
+        ShadowedMessages,
+    )
+else:
+    class ShadowedMessages(_Named, Messages):
+        """``client.messages`` of a wrapped client."""
 
+    class AsyncShadowedMessages(_AsyncNamed, AsyncMessages):
+        """``client.messages`` of a wrapped async client."""
 
-class AsyncShadowedMessages(_AsyncNamed, AsyncMessages):  # type: ignore[misc]
-    """``client.messages`` of a wrapped async client."""
+    class ShadowedBetaMessages(_Named, BetaMessages):
+        """``client.beta.messages`` of a wrapped client."""
 
+    class AsyncShadowedBetaMessages(_AsyncNamed, AsyncBetaMessages):
+        """``client.beta.messages`` of a wrapped async client."""
 
-class ShadowedBetaMessages(_Named, BetaMessages):  # type: ignore[misc]
-    """``client.beta.messages`` of a wrapped client."""
+    class ShadowedBeta(Beta):
+        """``client.beta`` of a wrapped client: its ``messages`` take ``category=``."""
 
+        @property
+        def messages(self) -> ShadowedBetaMessages:  # type: ignore[override]
+            return _cached(self, "_tierguard_messages", ShadowedBetaMessages)
 
-class AsyncShadowedBetaMessages(_AsyncNamed, AsyncBetaMessages):  # type: ignore[misc]
-    """``client.beta.messages`` of a wrapped async client."""
+    class AsyncShadowedBeta(AsyncBeta):
+        """``client.beta`` of a wrapped async client."""
 
-
-class ShadowedBeta(Beta):
-    """``client.beta`` of a wrapped client: its ``messages`` take ``category=``."""
-
-    @property
-    def messages(self) -> ShadowedBetaMessages:  # type: ignore[override]
-        return _cached(self, "_tierguard_messages", ShadowedBetaMessages)
-
-
-class AsyncShadowedBeta(AsyncBeta):
-    """``client.beta`` of a wrapped async client."""
-
-    @property
-    def messages(self) -> AsyncShadowedBetaMessages:  # type: ignore[override]
-        return _cached(self, "_tierguard_messages", AsyncShadowedBetaMessages)
+        @property
+        def messages(self) -> AsyncShadowedBetaMessages:  # type: ignore[override]
+            return _cached(self, "_tierguard_messages", AsyncShadowedBetaMessages)
 
 
 def _cached(beta: Any, name: str, kind: type) -> Any:
