@@ -126,14 +126,10 @@ def _turns(messages: Any) -> tuple[str | None, list[dict[str, Any]]]:
         role = message.get("role")
         if role in ("system", "developer"):
             system.append(_text(message.get("content"), f"{where}.content"))
-        elif role == "user":
-            _add(turns, "user", _user_content(message.get("content"), f"{where}.content"))
-        elif role == "assistant":
-            _add(turns, "assistant", _assistant_content(message, where))
-        elif role == "tool":
-            _add(turns, "user", [_tool_result(message, where)])
-        else:
+            continue
+        if role not in _TURNS:
             raise Untranslatable(f"{where}.role: {role!r} is not translated")
+        _add(turns, "assistant" if role == "assistant" else "user", _TURNS[role](message, where))
     return ("\n".join(system) if system else None), turns
 
 
@@ -231,10 +227,15 @@ def _tool_use(call: Any, where: str) -> dict[str, Any]:
             "name": _string(function.get("name"), f"{where}.function.name"), "input": arguments}
 
 
-def _tool_result(message: dict[str, Any], where: str) -> dict[str, Any]:
+def _tool_results(message: dict[str, Any], where: str) -> list[dict[str, Any]]:
     call_id = _string(message.get("tool_call_id"), f"{where}.tool_call_id")
-    return {"type": "tool_result", "tool_use_id": call_id,
-            "content": _text(message.get("content"), f"{where}.content")}
+    return [{"type": "tool_result", "tool_use_id": call_id,
+             "content": _text(message.get("content"), f"{where}.content")}]
+
+
+# A chat turn's content as a Messages turn's, by role (a tool result goes in a user turn).
+_TURNS = {"user": lambda message, where: _user_content(message.get("content"), f"{where}.content"),
+          "assistant": _assistant_content, "tool": _tool_results}
 
 
 def _tools(chat: dict[str, Any]) -> dict[str, Any]:
