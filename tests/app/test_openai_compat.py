@@ -260,3 +260,18 @@ def test_the_gateways_watch_reads_chat_streams_in_any_pieces_and_needs_done():
     over.status = 200
     over.feed(raw)
     assert over.answer()[UNASSEMBLED] and over.answer()["usage"] == {"input_tokens": 12, "output_tokens": 5}
+
+
+def test_odd_answers_are_read_without_raising():
+    odd = {"choices": [{"message": "text", "finish_reason": ["x"]}], "usage": {"prompt_tokens": "9"}}
+    assert messages_answer(odd)["content"] == [] and messages_answer(odd)["usage"] == {
+        "input_tokens": 0, "output_tokens": 0}
+    calls = {"choices": [{"message": {"content": 7, "tool_calls": [
+        {"id": "c", "function": {"name": "f", "arguments": {"already": "parsed"}}}, "junk"]}}]}
+    assert messages_answer(calls)["content"] == [
+        {"type": "tool_use", "id": "c", "name": "f", "input": {"_unparsed": {"already": "parsed"}}}]
+    assembler = ChatAssembler(limit=100)
+    for chunk in ({"choices": ["x", {"delta": "y"}, {"index": 0, "delta": {"tool_calls": ["z", {
+                      "index": 0, "function": "w"}]}}]}, {"choices": None, "usage": [1]}):
+        assembler.feed(chunk)
+    assert assembler.message()["content"] == [{"type": "tool_use", "id": None, "name": None, "input": {}}]

@@ -259,7 +259,7 @@ def _tool(tool: Any, where: str) -> dict[str, Any]:
                                                                                        dict):
         raise Untranslatable(f"{where}: only function tools are translated")
     function = tool["function"]
-    out = {"name": _string(function.get("name"), f"{where}.function.name")}
+    out: dict[str, Any] = {"name": _string(function.get("name"), f"{where}.function.name")}
     if function.get("description") is not None:
         out["description"] = _string(function["description"], f"{where}.function.description")
     out["input_schema"] = function.get("parameters") or {"type": "object", "properties": {}}
@@ -295,13 +295,13 @@ def messages_usage(usage: Any) -> dict[str, int] | None:
     return out
 
 
-def answer_blocks(text: str | None, calls: list[tuple[Any, Any, str]]) -> list[dict[str, Any]]:
+def answer_blocks(text: Any, calls: list[tuple[Any, Any, Any]]) -> list[dict[str, Any]]:
     """Content blocks from an answer's text and its tool calls ``(id, name, arguments JSON)``."""
-    blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if isinstance(text, str) and text else []
     for call_id, name, raw in calls:
         try:
             arguments = json.loads(raw) if raw else {}
-        except ValueError:
+        except (TypeError, ValueError):
             arguments = {"_unparsed": raw}
         blocks.append({"type": "tool_use", "id": call_id, "name": name, "input": arguments})
     return blocks
@@ -312,15 +312,19 @@ def messages_answer(completion: Any) -> dict[str, Any] | None:
     choices = completion.get("choices") if isinstance(completion, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return None
-    message = choices[0].get("message") or {}
-    calls = [(c.get("id"), (c.get("function") or {}).get("name"), (c.get("function") or {}).get("arguments"))
-             for c in message.get("tool_calls") or [] if isinstance(c, dict)]
-    text = message.get("content")
+    message = choices[0].get("message")
+    message = message if isinstance(message, dict) else {}
+    calls = [_call(c) for c in message.get("tool_calls") or [] if isinstance(c, dict)]
     return {"type": "message", "id": completion.get("id"), "role": "assistant",
-            "model": completion.get("model"),
-            "content": answer_blocks(text if isinstance(text, str) else None, calls),
-            "stop_reason": STOP_REASONS.get(choices[0].get("finish_reason")),
+            "model": completion.get("model"), "content": answer_blocks(message.get("content"), calls),
+            "stop_reason": STOP_REASONS.get(str(choices[0].get("finish_reason"))),
             "usage": messages_usage(completion.get("usage"))}
+
+
+def _call(call: dict[str, Any]) -> tuple[Any, Any, Any]:
+    function = call.get("function")
+    function = function if isinstance(function, dict) else {}
+    return call.get("id"), function.get("name"), function.get("arguments")
 
 
 class ChatAssembler:
@@ -346,16 +350,20 @@ class ChatAssembler:
             return
         self.model = self.model or chunk.get("model")
         for choice in chunk.get("choices") or []:
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                self._delta(choice.get("delta") or {})
-                self.finish = choice.get("finish_reason") or self.finish
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            if isinstance(choice.get("delta"), dict):
+                self._delta(choice["delta"])
+            self.finish = choice.get("finish_reason") or self.finish
 
     def _delta(self, delta: dict[str, Any]) -> None:
         if isinstance(delta.get("content"), str):
             self._keep(self.texts, delta["content"])
         for call in delta.get("tool_calls") or []:
+            if not isinstance(call, dict):
+                continue
             entry = self.calls.setdefault(call.get("index"), [None, None, []])
-            function = call.get("function") or {}
+            function: dict[str, Any] = call["function"] if isinstance(call.get("function"), dict) else {}
             entry[0] = call.get("id") or entry[0]
             entry[1] = function.get("name") or entry[1]
             if isinstance(function.get("arguments"), str):
@@ -382,4 +390,4 @@ class ChatAssembler:
         calls = [(c[0], c[1], "".join(c[2])) for c in self.calls.values()]  # in the order they came
         return {"type": "message", "role": "assistant", "model": self.model,
                 "content": answer_blocks("".join(self.texts), calls),
-                "stop_reason": STOP_REASONS.get(self.finish), "usage": usage}
+                "stop_reason": STOP_REASONS.get(str(self.finish)), "usage": usage}
