@@ -2,8 +2,10 @@
 
 A plain ASGI app (served by uvicorn). ``POST /v1/messages`` with the category
 header gets its ``model`` from the category's route and is sampled through the
-same :class:`~tierguard.app.core.Core` as the SDK wrapper; everything else
-passes through unchanged. The caller's own credentials and headers go upstream;
+same :class:`~tierguard.app.core.Core` as the SDK wrapper; so is the OpenAI-compatible
+``POST /v1/chat/completions``, routed and shadowed as its Messages equivalent
+(:mod:`~tierguard.app.openai_compat`; one without is served as sent, ``untranslatable``).
+Everything else passes through unchanged. The caller's own credentials and headers go upstream;
 the gateway stores none and logs none. Responses (status, headers other than
 hop-by-hop ones, body) are relayed as they arrive, streams event by event;
 a sampled streamed answer is assembled on the side and shadowed once it reaches
@@ -46,9 +48,11 @@ from tierguard import metrics
 from tierguard.app import admission
 from tierguard.app.admission import error_body
 from tierguard.app.core import Core
+from tierguard.app.openai_compat import Untranslatable, messages_request
 from tierguard.app.relay import (
     HOP_BY_HOP,
     CallerLeft,
+    ChatWatch,
     Watch,
     caller_key,
     caller_scope,
@@ -71,6 +75,7 @@ _NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
 # their bodies in proportion (TIERGUARD_GATEWAY_BODY_TIMEOUT per 32 MiB).
 _LARGER_LIMITS = (("/v1/messages/batches", 256_000_000), ("/v1/files", 500_000_000))
 _MESSAGES_LIMIT = 32 * 1024 * 1024
+CHAT_PATH = "/v1/chat/completions"  # OpenAI-compatible: routed and shadowed as its Messages equivalent
 __all__ = ["Gateway", "create_app", "error_body", "HOP_BY_HOP"]
 
 
@@ -131,9 +136,10 @@ class Gateway:
         headers, category = self._forwarded(scope["headers"])
         category = category or named  # the header wins over a /c/CATEGORY/ path prefix
         target = path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
-        if method == "POST" and path == "/v1/messages":
+        if method == "POST" and path in ("/v1/messages", CHAT_PATH):
             if category and not core.tenant_refuses(category, caller_key(headers)):
-                return await self._messages(scope, category, target, headers, body, receive, send)
+                return await self._messages(scope, category, target, headers, body, receive, send,
+                                            chat=path == CHAT_PATH)
             if not category:
                 core.uncategorized()
         await self._relay(scope, method, target, headers, body, receive, send)
@@ -170,13 +176,18 @@ class Gateway:
         await respond(send, status, error_body(why, error), close=close)
 
     async def _messages(self, scope: dict, name: str, target: str, headers: list, body: bytes,
-                        receive: Any, send: Any) -> None:
+                        receive: Any, send: Any, chat: bool = False) -> None:
         core = self.core
         assert core is not None
         codings = _codings(headers)
         try:
             cat, routed, forwarded = await _maybe_off_loop(
-                len(body) > OFF_LOOP or bool(codings), self._route_body, name, body, codings)
+                len(body) > OFF_LOOP or bool(codings), self._route_body, name, body, codings, chat)
+        except Untranslatable as err:  # served as sent: unrouted, unshadowed
+            core.refuse("untranslatable", "an OpenAI-compatible request has no Messages equivalent "
+                        "(%s): served as sent, not routed nor shadowed", err)
+            await self._relay(scope, "POST", target, headers, body, receive, send)
+            return None
         except TooLarge:
             return await self._too_large(send, self.settings.gateway_max_body)
         except TooDeep as err:
@@ -194,28 +205,31 @@ class Gateway:
         # answer when sampled): ask for it uncompressed. The body goes decoded.
         drop = (b"accept-encoding", b"content-encoding") if codings else (b"accept-encoding",)
         headers = [h for h in headers if h[0] not in drop] + [(b"accept-encoding", b"identity")]
-        await self._routed(scope, cat, routed, target, headers, forwarded, receive, send)
+        await self._routed(scope, cat, routed, target, headers, forwarded, receive, send, chat)
         return None
 
-    def _route_body(self, name: str, body: bytes, codings: list[str]) -> tuple[Any, dict, bytes]:
+    def _route_body(self, name: str, body: bytes, codings: list[str],
+                    chat: bool = False) -> tuple[Any, dict, bytes]:
         """(category, routed request, the bytes to send) for a Messages body (TooLarge, TooDeep or
-        ValueError if it cannot be read); the caller's bytes unless the route changes ``model``."""
+        ValueError if it cannot be read); the caller's bytes unless the route changes ``model``.
+        With ``chat`` the routed request is the chat body's Messages equivalent (Untranslatable)."""
         s = self.settings
         parsed = parse_request(body, codings, s.gateway_max_body, s.gateway_max_json_depth)
-        cat, routed = self.core.route(name, parsed.request)  # type: ignore[union-attr]
+        request = messages_request(parsed.request) if chat else parsed.request
+        cat, routed = self.core.route(name, request)  # type: ignore[union-attr]
         if cat is None or ("model" in parsed.request and routed.get("model") == parsed.request["model"]):
             return cat, routed, parsed.raw
         return cat, routed, with_model(parsed, routed["model"])
 
     async def _routed(self, scope: dict, cat: Any, routed: dict, target: str, headers: list,
-                      body: bytes, receive: Any, send: Any) -> None:
-        """Send a routed request; count its answer, and shadow it when sampled."""
+                      body: bytes, receive: Any, send: Any, chat: bool = False) -> None:
+        """Send a routed request; count its answer, and shadow it when sampled (chat: as ``routed``)."""
         core = self.core
         assert core is not None
         sampled = core.sampled(cat, routed)
         started = time.perf_counter()
-        watch = Watch(routed.get("stream") is True, usage_only=not sampled,
-                      limit=self.settings.stream_assembly_max)
+        watch = (ChatWatch if chat else Watch)(routed.get("stream") is True, usage_only=not sampled,
+                                               limit=self.settings.stream_assembly_max)
         done = await self._relay(scope, "POST", target, headers, body, receive, send, watch)
         scope_key = caller_scope(core.policy, headers)  # with tenants: each key's limits are its own
         if watch.status == 429:  # production is rate-limited on this model: its shadows wait
@@ -229,7 +243,8 @@ class Gateway:
             if answer is not None:
                 core.served(cat, routed, answer.get("usage"))
                 if sampled:
-                    core.submit(cat, routed, answer, started, headers=_shaping(headers), body=body)
+                    core.submit(cat, routed, answer, started, headers=_shaping(headers),
+                                body=None if chat else body)
 
     async def _relay(self, scope: dict, method: str, target: str, headers: list, body: bytes,
                      receive: Any, send: Any, watch: Watch | None = None) -> bool:

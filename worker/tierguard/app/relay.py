@@ -19,6 +19,7 @@ from typing import Any
 import httpx2
 
 from tierguard.app.admission import ABORT, error_body
+from tierguard.app.openai_compat import ChatAssembler, messages_answer
 from tierguard.app.stream import USAGE_EVENTS, Assembler, SSEParser, UsageOnly
 from tierguard.app.upstream import TooLarge
 from tierguard.headroom import ratelimits
@@ -120,6 +121,36 @@ class Watch:
         except ValueError:
             return None
         return answer if isinstance(answer, dict) else None
+
+
+class ChatWatch(Watch):
+    """A :class:`Watch` over an OpenAI-compatible answer (``/v1/chat/completions``): a
+    ``chat.completion`` body, or ``data:`` chunks ending with ``data: [DONE]``; its answer is
+    Messages-shaped (:mod:`~tierguard.app.openai_compat`). A stream that never sends ``[DONE]``
+    hands nothing over."""
+
+    def __init__(self, stream: bool, usage_only: bool = False, limit: int = 8 * 1024 * 1024):
+        super().__init__(stream, usage_only, limit)
+        if stream:
+            self.parser = SSEParser(limit)
+            self.chat = ChatAssembler(limit, usage_only)
+
+    def feed(self, chunk: bytes) -> None:
+        if self.status != 200:
+            return
+        if not self.stream or self.parser is None:
+            self.chunks.append(chunk)
+            return
+        self.size += len(chunk)
+        if self.size > self.limit and not (self.usage_only or self.chat.too_long):
+            self.chat.give_up()  # too long to shadow: from now on only its usage is read
+        for event in self.parser.feed(chunk):
+            self.chat.feed(event)
+
+    def answer(self) -> dict | None:
+        if self.stream:
+            return self.chat.message() if self.parser is not None and self.parser.ended else None
+        return messages_answer(super().answer())
 
 
 Cut = Callable[[str], Awaitable[None]]

@@ -136,6 +136,7 @@ class SSEParser:
 
     ``only``: the event names whose data is decoded (an event without a name always is);
     ``limit``: the longest event it waits for — past it, ``overflow`` and no more events.
+    ``ended``: a ``data: [DONE]`` event came (how OpenAI-compatible streams end).
     """
 
     def __init__(self, limit: int | None = None, only: frozenset[bytes] | None = None) -> None:
@@ -145,6 +146,7 @@ class SSEParser:
         self.limit = limit
         self.only = only
         self.overflow = False
+        self.ended = False
 
     def feed(self, chunk: bytes) -> list[dict[str, Any]]:
         if self.overflow:
@@ -175,6 +177,9 @@ class SSEParser:
                 return None
         data = [line[5:].lstrip() for line in lines if line.startswith(b"data:")]
         if not data:
+            return None
+        if data == [b"[DONE]"]:
+            self.ended = True
             return None
         try:
             event = json.loads(b"\n".join(data))

@@ -3,6 +3,7 @@
 The API (as the ``anthropic`` SDK calls it; errors are ``{"type": "error", "error": {...}}``):
 
 - ``POST /v1/messages`` (streamed or not), ``POST /v1/messages/count_tokens``, ``GET /v1/models``.
+- ``POST /v1/chat/completions`` (OpenAI-compatible, streamed or not; ``sim/chat``): the same answers.
 - Message Batches (``ops.sim_batches``): ``POST /v1/messages/batches`` ``{"requests":
   [{"custom_id", "params"}]}``; ``GET /v1/messages/batches`` (``limit``, ``after_id``,
   ``before_id``); ``GET /v1/messages/batches/{id}``; ``POST /v1/messages/batches/{id}/cancel``;
@@ -28,8 +29,9 @@ Test controls:
   ``streams``, ``recent_headers``, ``batches`` (``created``, ``ended``, ``canceled``,
   ``requests``, ``results``), ``served`` and ``rate_limited`` per model, and ``by_key``
   (``{fingerprint: {model: {"served", "rate_limited"}}}``).
-- ``GET /_sim/requests``: the latest ``/v1/messages`` requests as received, oldest first:
-  ``{"requests": [{"headers": {anthropic-beta, content-encoding, x-tierguard-*}, "body": TEXT}]}``.
+- ``GET /_sim/requests``: the latest ``/v1/messages`` (and chat) requests as received, oldest first:
+  ``{"requests": [{"headers": {anthropic-beta, content-encoding, x-tierguard-*}, "body": TEXT,
+  "path": PATH}]}``.
   Bodies are checked as the API checks them: unknown keys, beta fields without an
   ``anthropic-beta`` header and non-numeric sampling parameters are a 400 naming the field.
 """
@@ -49,6 +51,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from tierguard.contract.messages import content_text
 from tierguard.sim.batches import BatchError, BatchStore
 from tierguard.sim.buckets import BucketStore, fingerprint
+from tierguard.sim.chat import CHAT_PATH, as_messages, chat_problem, chunks, completion
 from tierguard.sim.models import Scenario, Simulator
 
 BATCH_PATH = re.compile(r"^/v1/messages/batches(?:/([^/]+)(?:/(results|cancel))?)?$")
@@ -270,9 +273,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._messages({**body, "model": model} if isinstance(body, dict) else body)
         if path == "/v1/messages/count_tokens":
             return self._json(200, {"input_tokens": input_tokens(body)})
-        if path != "/v1/messages":
+        if path not in ("/v1/messages", CHAT_PATH):
             return self._error(404, f"no route {self.path}")
-        self._messages(body)
+        self._messages(body, chat=path == CHAT_PATH)
 
     def do_DELETE(self) -> None:  # noqa: N802
         try:
@@ -306,14 +309,18 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(err.status, err.message)
         self._error(405, f"{method} {self.path} is not supported")
 
-    def _messages(self, body: Any) -> None:
+    def _messages(self, body: Any, chat: bool = False) -> None:
         sim, buckets = self.server.sim, self.server.buckets
         headers = {k.lower(): v for k, v in self.headers.items()}
         with sim.lock:
             sim.recent_headers.append(headers)
             sim.recent_requests.append({"headers": {k: v for k, v in headers.items() if k in (
                 "anthropic-beta", "content-encoding") or k.startswith("x-tierguard")},
-                "body": self.raw_body.decode("utf-8", "replace")})
+                "body": self.raw_body.decode("utf-8", "replace"), "path": urlsplit(self.path).path})
+        asked = body  # a chat request is answered as its Messages reading (sim/chat)
+        if chat and (problem := chat_problem(body)):
+            return self._error(400, problem)
+        body = as_messages(body) if chat else body
         if problem := request_problem(body, headers.get("anthropic-beta")):
             return self._error(400, problem)
         model, key = body["model"], fingerprint(self._api_key())
@@ -346,6 +353,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             limits = sim.ratelimit_headers(model)
         buckets.note_served(key, model)
+        if chat:
+            pause = sim.scenario.stream_event_ms / 1000
+            return self._stream(chunks(msg, asked), pause, limits) if asked.get("stream") else \
+                self._json(200, completion(msg), limits)
         if body.get("stream"):
             return self._stream(sse_events(msg), sim.scenario.stream_event_ms / 1000, limits)
         self._json(200, msg, limits)
