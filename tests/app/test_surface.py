@@ -41,7 +41,8 @@ def test_the_wrapper_is_the_sdks_client_and_a_context_manager(simulator, redis_u
 def test_with_options_and_copy_keep_the_wrapper_and_its_state(simulator, redis_url, sqlite_url):
     client = wrapped(simulator(**SCENARIO), redis_url, sqlite_url)
     for other in (client.with_options(timeout=30, max_retries=0), client.copy(default_headers={"x-a": "b"})):
-        assert isinstance(other, tierguard.ShadowedAnthropic) and other.tierguard_core is client.tierguard_core
+        assert isinstance(other, tierguard.ShadowedAnthropic)
+        assert other.tierguard_core is client.tierguard_core
         assert other.messages.create(category="sentiment", **ASK).model == HAIKU
     assert client.tierguard_flush()
     assert client.tierguard_stats()["published"] == 2

@@ -168,7 +168,7 @@ if TYPE_CHECKING:
     from tierguard.app.signatures import AsyncShadowedAnthropic, ShadowedAnthropic
 else:
     ShadowedAnthropic = _make(anthropic.Anthropic, "ShadowedAnthropic",
-                              "An ``anthropic.Anthropic`` whose messages take ``category=`` (see the module).")
+                              "An ``anthropic.Anthropic`` whose messages take ``category=``.")
     AsyncShadowedAnthropic = _make(anthropic.AsyncAnthropic, "AsyncShadowedAnthropic",
                                    "The same for ``anthropic.AsyncAnthropic``.")
 

@@ -48,6 +48,7 @@ from tierguard import metrics
 from tierguard.app import admission
 from tierguard.app.admission import error_body
 from tierguard.app.core import Core
+from tierguard.app.naming import body_category, path_category
 from tierguard.app.openai_compat import Untranslatable, messages_request
 from tierguard.app.relay import (
     HOP_BY_HOP,
@@ -59,7 +60,6 @@ from tierguard.app.relay import (
     cutter,
     declared,
     disconnected,
-    path_category,
     pump,
     read_body,
     respond,
@@ -135,6 +135,9 @@ class Gateway:
                                           f"(TIERGUARD_GATEWAY_BODY_TIMEOUT)")
         headers, category = self._forwarded(scope["headers"])
         category = category or named  # the header wins over a /c/CATEGORY/ path prefix
+        if method == "POST" and path == "/v1/messages":  # metadata.user_id "tg:CATEGORY:…": stripped
+            by_user, body = body_category(body)
+            category = category or by_user
         target = path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         if method == "POST" and path in ("/v1/messages", CHAT_PATH):
             if category and not core.tenant_refuses(category, caller_key(headers)):

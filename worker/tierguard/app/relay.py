@@ -215,13 +215,3 @@ def caller_scope(policy: Any, headers: list[tuple[bytes, bytes]]) -> str:
         return ""
     key = caller_key(headers)
     return ratelimits.fingerprint(key) if key else ""
-
-
-def path_category(path: str) -> tuple[str, str | None]:
-    """``/c/CATEGORY/rest`` -> (``/rest``, CATEGORY): a base URL alone can name the category (the
-    prefix never goes upstream); any other path -> (path, None)."""
-    if path.startswith("/c/"):
-        name, sep, rest = path[3:].partition("/")
-        if sep and name:
-            return "/" + rest, name
-    return path, None

@@ -14,19 +14,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import anthropic
-
 from anthropic.resources.beta import AsyncBeta, Beta
 from anthropic.resources.beta.messages import AsyncMessages as AsyncBetaMessages
 from anthropic.resources.beta.messages import Messages as BetaMessages
 from anthropic.resources.messages import AsyncMessages, Messages
 
 from tierguard.app.core import Core
+from tierguard.app.naming import from_user_id
 from tierguard.app.tap import ROUTED
-
 
 _PLATFORMS = {"AnthropicBedrock": "bedrock", "AsyncAnthropicBedrock": "bedrock",
               "AnthropicVertex": "vertex", "AsyncAnthropicVertex": "vertex"}
-USER_PREFIX = "tg:"  # metadata.user_id "tg:CATEGORY:rest" names the category
 
 
 def platform_of(client: Any) -> str:
@@ -36,18 +34,6 @@ def platform_of(client: Any) -> str:
         if isinstance(kind, type) and isinstance(client, kind):
             return platform
     return "anthropic"
-
-
-def from_user_id(kwargs: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """The category a ``metadata.user_id`` of ``tg:CATEGORY:rest`` names, and the call's arguments
-    with the prefix stripped (``rest`` kept as the user id; none left if it is empty)."""
-    metadata = kwargs.get("metadata")
-    user = metadata.get("user_id") if isinstance(metadata, dict) else None
-    if not isinstance(user, str) or not user.startswith(USER_PREFIX):
-        return None, kwargs
-    name, _, rest = user[len(USER_PREFIX):].partition(":")
-    metadata = {k: v for k, v in metadata.items() if k != "user_id"} | ({"user_id": rest} if rest else {})
-    return (name or None), {**kwargs, "metadata": metadata}
 
 
 def named(core: Core, category: str | None, kwargs: dict[str, Any], platform: str = "anthropic"

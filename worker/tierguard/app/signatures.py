@@ -15,8 +15,12 @@ import anthropic
 import httpx2
 from anthropic import AsyncStream, NotGiven, Stream
 from anthropic._legacy_response import LegacyAPIResponse
-from anthropic._response import APIResponse, AsyncAPIResponse
-from anthropic._response import AsyncAPIResponseContextManager, APIResponseContextManager
+from anthropic._response import (
+    APIResponse,
+    APIResponseContextManager,
+    AsyncAPIResponse,
+    AsyncAPIResponseContextManager,
+)
 from anthropic.lib.streaming import AsyncMessageStreamManager, MessageStreamManager
 from anthropic.resources.beta import AsyncBeta, Beta
 from anthropic.resources.beta.messages import AsyncMessages as AsyncBetaMessages
@@ -77,7 +81,8 @@ class BetaCount(beta_count_params.MessageCountTokensParams, Options, total=False
 
 
 class RawMessages:
-    def create(self, *, category: str | None = None, **kwargs: Unpack[Create]) -> LegacyAPIResponse[Message]: ...
+    def create(self, *, category: str | None = None,
+               **kwargs: Unpack[Create]) -> LegacyAPIResponse[Message]: ...
     def count_tokens(self, *, category: str | None = None,
                      **kwargs: Unpack[Count]) -> LegacyAPIResponse[MessageTokensCount]: ...
 

@@ -75,8 +75,8 @@ class Call:
         core = self.core
         try:
             if watch.overflowed:
-                core.refuse("stream_too_long", "a stream event was longer than "
-                            "TIERGUARD_STREAM_ASSEMBLY_MAX (%d): not watched", core.settings.stream_assembly_max)
+                core.refuse("stream_too_long", "a stream event was longer than TIERGUARD_STREAM_ASSEMBLY_MAX "
+                            "(%d): not watched", core.settings.stream_assembly_max)
                 return
             answer = watch.answer()
             if answer is None:

@@ -1,4 +1,8 @@
-"""``tierguard bench hotpath``: the SDK wrapper against the bare SDK call, interleaved per call."""
+"""``tierguard bench hotpath``: the SDK wrapper against the bare SDK call, interleaved per call.
+
+``added``: the time spent in tierguard's own code on a call (routing in the resource, the tap's
+steps on the wire), clocked around those functions; the median ratio compares whole calls.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +12,43 @@ from typing import Any
 from tierguard.bench.stats import pct
 
 
-class _TimedMessages:
-    """Records how long each inner SDK call takes, so the wrapper's own cost can be isolated."""
+class _Clock:
+    """Adds up the time spent in tierguard's own code on the call path: the resources' routing
+    (``named``) and the tap's steps on the wire (begin, answered, feed, ended)."""
 
-    def __init__(self, messages: Any):
-        self._messages = messages
-        self.last = 0.0
+    def __init__(self) -> None:
+        self.spent = 0.0
+        self._undo: list[tuple[Any, str, Any]] = []
 
-    def create(self, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return self._messages.create(**kwargs)
-        finally:
-            self.last = time.perf_counter() - t0
+    def _wrap(self, owner: Any, name: str) -> None:
+        real = getattr(owner, name)
 
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                self.spent += time.perf_counter() - t0
 
-class _TimedClient:
-    def __init__(self, sdk: Any):
-        self.messages = _TimedMessages(sdk.messages)
+        self._undo.append((owner, name, real))
+        setattr(owner, name, timed)
+
+    def __enter__(self) -> _Clock:
+        from tierguard.app import resources, tap
+
+        self._wrap(resources, "named")
+        for name in ("answered", "feed", "ended"):
+            self._wrap(tap.Call, name)
+        self._wrap(tap.Tap, "begin")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for owner, name, real in reversed(self._undo):
+            setattr(owner, name, real)
+
+    def lap(self) -> float:
+        spent, self.spent = self.spent, 0.0
+        return spent
 
 
 def hotpath_figures(calls: int = 5000, sample_rate: float = 0.05) -> dict[str, Any]:
@@ -54,24 +77,24 @@ def hotpath_figures(calls: int = 5000, sample_rate: float = 0.05) -> dict[str, A
 
     def measure(redis_url: str, n: int) -> tuple[list[float], list[float], list[float], dict]:
         sdk = anthropic.Anthropic(base_url=sim.base_url, api_key="sk-bench", max_retries=0)
-        timed = _TimedClient(sdk)
-        wrapped = ShadowedAnthropic(timed, settings=get_settings(redis_url=redis_url, database_url=db_url),
+        wrapped = ShadowedAnthropic(sdk, settings=get_settings(redis_url=redis_url, database_url=db_url),
                                     policy=policy)
         bare_t, wrapped_t, added = [], [], []
         for _ in range(200):  # warm-up: connections, caches, the route table
             sdk.messages.create(**bare_request)
             wrapped.messages.create(**request)
-        for i in range(n):
-            for first in ((True, False) if i % 2 else (False, True)):
-                t0 = time.perf_counter()
-                if first:
-                    sdk.messages.create(**bare_request)
-                    bare_t.append(time.perf_counter() - t0)
-                else:
-                    wrapped.messages.create(**request)
-                    total = time.perf_counter() - t0
-                    wrapped_t.append(total)
-                    added.append(total - timed.messages.last)
+        with _Clock() as clock:
+            for i in range(n):
+                for first in ((True, False) if i % 2 else (False, True)):
+                    t0 = time.perf_counter()
+                    if first:
+                        sdk.messages.create(**bare_request)
+                        bare_t.append(time.perf_counter() - t0)
+                    else:
+                        clock.lap()
+                        wrapped.messages.create(**request)
+                        wrapped_t.append(time.perf_counter() - t0)
+                        added.append(clock.lap())
         wrapped.tierguard_flush(10)
         stats = wrapped.tierguard_stats()
         wrapped.tierguard_close()
