@@ -11,7 +11,7 @@ import httpx2
 import pytest
 
 from tierguard.contract.eventstream import EventStreamParser, encode_event, encode_exception, encode_frame
-from tierguard.policy.platform_ids import DEFAULT_MODEL_IDS, bare, canonical, model_name
+from tierguard.policy.platform_ids import DEFAULT_MODEL_IDS, bare, canonical, model_name_of
 from tierguard.routing.platforms import (
     PLATFORMS,
     Invoke,
@@ -106,15 +106,15 @@ def test_model_ids_read_back() -> None:
     haiku = "anthropic.claude-haiku-4-5-20251001-v1:0"
     for given in (f"global.{haiku}", f"us.{haiku}", f"eu.{haiku}", haiku,
                   f"arn:aws:bedrock:us-east-1:123:inference-profile/apac.{haiku}"):
-        assert model_name("bedrock", given, ids, known) == "claude-haiku-4-5", given
-    assert model_name("bedrock", "us-gov.anthropic.claude-opus-4-7", ids, known) == "claude-opus-4-7"
-    assert model_name("bedrock", "meta.llama3", ids, known) is None
-    assert model_name("bedrock", "arn:aws:bedrock:us-east-1:123:application-inference-profile/abc", ids,
+        assert model_name_of("bedrock", given, ids, known) == "claude-haiku-4-5", given
+    assert model_name_of("bedrock", "us-gov.anthropic.claude-opus-4-7", ids, known) == "claude-opus-4-7"
+    assert model_name_of("bedrock", "meta.llama3", ids, known) is None
+    assert model_name_of("bedrock", "arn:aws:bedrock:us-east-1:123:application-inference-profile/abc", ids,
                       known) is None
     vertex = DEFAULT_MODEL_IDS["vertex"]
-    assert model_name("vertex", "claude-haiku-4-5", vertex, known) == "claude-haiku-4-5"
-    assert model_name("vertex", "claude-haiku-4-5@20251001", vertex, known) == "claude-haiku-4-5"
-    assert model_name("vertex", "claude-haiku-4-5@20990101", {}, known) == "claude-haiku-4-5"  # by its name
+    assert model_name_of("vertex", "claude-haiku-4-5", vertex, known) == "claude-haiku-4-5"
+    assert model_name_of("vertex", "claude-haiku-4-5@20251001", vertex, known) == "claude-haiku-4-5"
+    assert model_name_of("vertex", "claude-haiku-4-5@20990101", {}, known) == "claude-haiku-4-5"
     assert canonical("bedrock", "anthropic.claude-sonnet-4-5-20250929-v1:0") == "claude-sonnet-4-5"
     assert bare("bedrock", "global.anthropic.claude-opus-4-7") == "anthropic.claude-opus-4-7"
     assert set(DEFAULT_MODEL_IDS["bedrock"]) == set(DEFAULT_MODEL_IDS["vertex"]) >= set(known)

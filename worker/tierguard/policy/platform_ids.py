@@ -7,7 +7,7 @@ Anthropic's list prices (geographic ones such as ``us.…``/``eu.…`` cost abou
 say so with the policy's ``platform_pricing``). Vertex's are the model names of its
 ``rawPredict`` paths (``claude-…@DATE`` for the dated models).
 
-Reading an id back (:func:`model_name`) forgives what varies between callers of one model:
+Reading an id back (:func:`model_name_of`) forgives what varies between callers of one model:
 a Bedrock id with or without its region prefix (``us.``, ``eu.``, ``apac.``, ``global.``…)
 or inside an ARN; a Vertex id with or without ``@DATE``.
 """
@@ -62,7 +62,7 @@ def canonical(platform: str, model_id: str) -> str:
     return _DATE.sub("", name)
 
 
-def model_name(platform: str, model_id: str, ids: Mapping[str, str], known: Iterable[str]) -> str | None:
+def model_name_of(platform: str, model_id: str, ids: Mapping[str, str], known: Iterable[str]) -> str | None:
     """The model ``model_id`` names on ``platform``: the one ``ids`` maps to it, else the model of
     ``known`` it spells; None when it is neither."""
     wanted = bare(platform, model_id)
