@@ -46,6 +46,7 @@ from tierguard import metrics
 from tierguard.app import admission
 from tierguard.app.admission import error_body
 from tierguard.app.core import Core
+from tierguard.app.platform_gateway import invoke_path, route_platform_call
 from tierguard.app.relay import (
     HOP_BY_HOP,
     CallerLeft,
@@ -136,6 +137,8 @@ class Gateway:
                 return await self._messages(scope, category, target, headers, body, receive, send)
             if not category:
                 core.uncategorized()
+        if method == "POST" and (invoke := invoke_path(path)) is not None:  # Bedrock's or Vertex's
+            return await self._platform(scope, invoke, category, target, headers, body, receive, send)
         await self._relay(scope, method, target, headers, body, receive, send)
         return None
 
@@ -197,6 +200,16 @@ class Gateway:
         await self._routed(scope, cat, routed, target, headers, forwarded, receive, send)
         return None
 
+    async def _platform(self, scope: dict, invoke: Any, name: str | None, target: str, headers: list,
+                        body: bytes, receive: Any, send: Any) -> None:
+        """A Bedrock or Vertex Messages call, routed by the model in its path (app/platform_gateway)."""
+        via = await _maybe_off_loop(len(body) > OFF_LOOP, route_platform_call, self.core, invoke, name,
+                                    target, headers, body)
+        if via is None:
+            await self._relay(scope, "POST", target, headers, body, receive, send)
+        else:
+            await self._routed(scope, via.cat, via.routed, via.target, via.headers, body, receive, send, via)
+
     def _route_body(self, name: str, body: bytes, codings: list[str]) -> tuple[Any, dict, bytes]:
         """(category, routed request, the bytes to send) for a Messages body (TooLarge, TooDeep or
         ValueError if it cannot be read); the caller's bytes unless the route changes ``model``."""
@@ -208,14 +221,14 @@ class Gateway:
         return cat, routed, with_model(parsed, routed["model"])
 
     async def _routed(self, scope: dict, cat: Any, routed: dict, target: str, headers: list,
-                      body: bytes, receive: Any, send: Any) -> None:
-        """Send a routed request; count its answer, and shadow it when sampled."""
+                      body: bytes, receive: Any, send: Any, via: Any = None) -> None:
+        """Send a routed request (``via``: a platform call's route); count it, shadow it if sampled."""
         core = self.core
         assert core is not None
         sampled = core.sampled(cat, routed)
         started = time.perf_counter()
         watch = Watch(routed.get("stream") is True, usage_only=not sampled,
-                      limit=self.settings.stream_assembly_max)
+                      limit=self.settings.stream_assembly_max, frames=via is not None and via.frames)
         done = await self._relay(scope, "POST", target, headers, body, receive, send, watch)
         scope_key = caller_scope(core.policy, headers)  # with tenants: each key's limits are its own
         if watch.status == 429:  # production is rate-limited on this model: its shadows wait
@@ -229,7 +242,8 @@ class Gateway:
             if answer is not None:
                 core.served(cat, routed, answer.get("usage"))
                 if sampled:
-                    core.submit(cat, routed, answer, started, headers=_shaping(headers), body=body)
+                    job_headers, job_body = (via.job_headers, None) if via else (_shaping(headers), body)
+                    core.submit(cat, routed, answer, started, headers=job_headers, body=job_body)
 
     async def _relay(self, scope: dict, method: str, target: str, headers: list, body: bytes,
                      receive: Any, send: Any, watch: Watch | None = None) -> bool:
