@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     shadow_timeout: float = Field(45.0, gt=0, description="seconds per shadow model call")
     shadow_api_key: SecretStr | None = Field(
         None, description="the key shadow, judge and batch calls use (else ANTHROPIC_API_KEY)")
+    shadow_platform: str = Field("anthropic", description=(
+        "where workers call models: anthropic, bedrock (AnthropicBedrock) or vertex (AnthropicVertex)"))
     shadow_max_attempts: int = Field(6, gt=0)
     retry_after_cap: float = Field(30.0, gt=0)
     visibility_timeout: int = Field(60, gt=0)
@@ -77,6 +79,13 @@ class Settings(BaseSettings):
     monitor_seconds: float = Field(60.0, gt=0, description="monitor-blind / error-rate checks")
     maintain_seconds: float = Field(3600.0, gt=0, description="counters folded, retention applied")
     batch_poll_seconds: float = Field(30.0, gt=0, description="batch shadows sent and collected")
+
+    @field_validator("shadow_platform")
+    @classmethod
+    def _platform(cls, v: str) -> str:
+        if v not in ("anthropic", "bedrock", "vertex"):
+            raise ValueError(f"TIERGUARD_SHADOW_PLATFORM: {v!r} is not anthropic, bedrock or vertex")
+        return v
 
     @model_validator(mode="after")
     def _passwords_into_urls(self) -> Settings:

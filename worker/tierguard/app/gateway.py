@@ -50,6 +50,7 @@ from tierguard.app.admission import error_body
 from tierguard.app.core import Core
 from tierguard.app.naming import body_category, path_category
 from tierguard.app.openai_compat import Untranslatable, messages_request
+from tierguard.app.platform_gateway import invoke_path, route_platform_call
 from tierguard.app.relay import (
     HOP_BY_HOP,
     CallerLeft,
@@ -57,16 +58,19 @@ from tierguard.app.relay import (
     Watch,
     caller_key,
     caller_scope,
+    codings,
     cutter,
     declared,
     disconnected,
     pump,
     read_body,
+    maybe_off_loop,
     respond,
+    settle,
+    shaping,
 )
 from tierguard.app.upstream import OFF_LOOP, TooDeep, TooLarge, Upstream, parse_request, with_model
 from tierguard.config import Settings, get_settings, mask_url, upstream_url
-from tierguard.contract.job import SHAPING_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +149,8 @@ class Gateway:
                                             chat=path == CHAT_PATH)
             if not category:
                 core.uncategorized()
+        if method == "POST" and (invoke := invoke_path(path)) is not None:  # Bedrock's or Vertex's
+            return await self._platform(scope, invoke, category, target, headers, body, receive, send)
         await self._relay(scope, method, target, headers, body, receive, send)
         return None
 
@@ -182,9 +188,9 @@ class Gateway:
                         receive: Any, send: Any, chat: bool = False) -> None:
         core = self.core
         assert core is not None
-        codings = _codings(headers)
+        codings = codings(headers)
         try:
-            cat, routed, forwarded = await _maybe_off_loop(
+            cat, routed, forwarded = await maybe_off_loop(
                 len(body) > OFF_LOOP or bool(codings), self._route_body, name, body, codings, chat)
         except Untranslatable as err:  # served as sent: unrouted, unshadowed
             core.refuse("untranslatable", "an OpenAI-compatible request has no Messages equivalent "
@@ -211,6 +217,17 @@ class Gateway:
         await self._routed(scope, cat, routed, target, headers, forwarded, receive, send, chat)
         return None
 
+    async def _platform(self, scope: dict, invoke: Any, name: str | None, target: str, headers: list,
+                        body: bytes, receive: Any, send: Any) -> None:
+        """A Bedrock or Vertex Messages call, routed by the model in its path (app/platform_gateway)."""
+        via = await maybe_off_loop(len(body) > OFF_LOOP, route_platform_call, self.core, invoke, name,
+                                    target, headers, body)
+        if via is None:
+            await self._relay(scope, "POST", target, headers, body, receive, send)
+        else:
+            await self._routed(scope, via.cat, via.routed, via.target, via.headers, body, receive, send,
+                              via=via)
+
     def _route_body(self, name: str, body: bytes, codings: list[str],
                     chat: bool = False) -> tuple[Any, dict, bytes]:
         """(category, routed request, the bytes to send) for a Messages body (TooLarge, TooDeep or
@@ -225,14 +242,16 @@ class Gateway:
         return cat, routed, with_model(parsed, routed["model"])
 
     async def _routed(self, scope: dict, cat: Any, routed: dict, target: str, headers: list,
-                      body: bytes, receive: Any, send: Any, chat: bool = False) -> None:
-        """Send a routed request; count its answer, and shadow it when sampled (chat: as ``routed``)."""
+                      body: bytes, receive: Any, send: Any, chat: bool = False, via: Any = None) -> None:
+        """Send a routed request (``chat``: as ``routed``, its Messages equivalent; ``via``: a platform
+        call's route); count its answer, and shadow it when sampled."""
         core = self.core
         assert core is not None
         sampled = core.sampled(cat, routed)
         started = time.perf_counter()
-        watch = (ChatWatch if chat else Watch)(routed.get("stream") is True, usage_only=not sampled,
-                                               limit=self.settings.stream_assembly_max)
+        streamed, limit = routed.get("stream") is True, self.settings.stream_assembly_max
+        watch = ChatWatch(streamed, not sampled, limit) if chat else \
+            Watch(streamed, not sampled, limit, frames=via is not None and via.frames)
         done = await self._relay(scope, "POST", target, headers, body, receive, send, watch)
         scope_key = caller_scope(core.policy, headers)  # with tenants: each key's limits are its own
         if watch.status == 429:  # production is rate-limited on this model: its shadows wait
@@ -246,8 +265,9 @@ class Gateway:
             if answer is not None:
                 core.served(cat, routed, answer.get("usage"))
                 if sampled:
-                    core.submit(cat, routed, answer, started, headers=_shaping(headers),
-                                body=None if chat else body)
+                    job_headers, job_body = (via.job_headers, None) if via else (shaping(headers), body)
+                    core.submit(cat, routed, answer, started, headers=job_headers,
+                                body=None if chat else job_body)
 
     async def _relay(self, scope: dict, method: str, target: str, headers: list, body: bytes,
                      receive: Any, send: Any, watch: Watch | None = None) -> bool:
@@ -310,7 +330,7 @@ class Gateway:
         if pumping.done():
             return pumping.result()
         pumping.cancel()
-        await _settle(pumping)
+        await settle(pumping)
         if left.done():
             self.core.left()  # type: ignore[union-attr]
         else:
@@ -325,7 +345,7 @@ class Gateway:
     async def _drop(self, sent: asyncio.Future) -> None:
         """Cancel an upstream request (its connection is closed); a response that came anyway is closed."""
         sent.cancel()
-        if await _settle(sent):
+        if await settle(sent):
             response, shard = sent.result()
             await response.aclose()
             self.upstream.done(shard)  # type: ignore[union-attr]
@@ -367,34 +387,6 @@ class Gateway:
 
 def _remaining(until: float) -> float:
     return max(0.0, until - asyncio.get_running_loop().time())
-
-
-async def _settle(task: asyncio.Future) -> bool:
-    """Wait for a task that was cancelled; True if it finished with a result all the same."""
-    await asyncio.wait((task,))
-    return not task.cancelled() and task.exception() is None
-
-
-async def _maybe_off_loop(off: bool, func: Any, *args: Any) -> Any:
-    return await asyncio.to_thread(func, *args) if off else func(*args)
-
-
-def _codings(headers: list[tuple[bytes, bytes]]) -> list[str]:
-    """The request's content codings, in the order they were applied (``identity`` left out)."""
-    codings = []
-    for name, value in headers:
-        if name == b"content-encoding":
-            codings += [c.strip().lower() for c in value.decode("latin-1").split(",")]
-    return [c for c in codings if c and c != "identity"]
-
-
-def _shaping(headers: list[tuple[bytes, bytes]]) -> dict[str, str] | None:
-    """The headers that shape the request (its betas) a shadow must send too; never credentials."""
-    found: dict[str, list[str]] = {}
-    for name, value in headers:
-        if name.decode("latin-1") in SHAPING_HEADERS:
-            found.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
-    return {k: ",".join(v) for k, v in found.items()} or None
 
 
 def create_app() -> Gateway:

@@ -22,6 +22,7 @@ from tierguard.app.admission import ABORT, error_body
 from tierguard.app.openai_compat import ChatAssembler, messages_answer
 from tierguard.app.stream import USAGE_EVENTS, Assembler, SSEParser, UsageOnly
 from tierguard.app.upstream import TooLarge
+from tierguard.contract.eventstream import EventStreamParser
 from tierguard.headroom import ratelimits
 
 log = logging.getLogger("tierguard.app.gateway")
@@ -80,14 +81,16 @@ class Watch:
     """What the gateway keeps of a response while relaying it (all of it when sampled, else the
     usage). A sampled stream past ``limit`` bytes is no longer assembled: its usage is still read."""
 
-    def __init__(self, stream: bool, usage_only: bool = False, limit: int = 8 * 1024 * 1024):
+    def __init__(self, stream: bool, usage_only: bool = False, limit: int = 8 * 1024 * 1024,
+                 frames: bool = False):
         self.status = 0
         self.stream = stream
         self.usage_only = usage_only
         self.limit = limit
         self.size = 0
         self.chunks: list[bytes] = []
-        self.parser = SSEParser(limit, USAGE_EVENTS if usage_only else None) if stream else None
+        parser = EventStreamParser if frames else SSEParser  # frames: Bedrock's AWS event-stream
+        self.parser = parser(limit, USAGE_EVENTS if usage_only else None) if stream else None
         self.assembler = (UsageOnly() if usage_only else Assembler(limit)) if stream else None
         self.message: dict | None = None
         self.retry_after: str | None = None

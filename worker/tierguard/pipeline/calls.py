@@ -13,6 +13,7 @@ import anthropic
 from tierguard.contract.job import SHAPING_HEADERS
 from tierguard.contract.messages import cache_tokens_of, content_json_text, message_text, usage_of
 from tierguard.errors import PermanentCallError, RetryableCallError, ShadowCallError
+from tierguard.pipeline.platform_client import platform_of, sent_model
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Answer:
     cache_read_tokens: int = 0
     headers: Any = None  # the response's headers (its rate-limit view: tierguard.headroom.ratelimits)
     batch: bool = False  # answered through the Message Batches API (priced at its discount)
+    platform: str = "anthropic"  # answered through Bedrock or Vertex (TIERGUARD_SHADOW_PLATFORM)
 
 
 def _retry_after(err: anthropic.APIStatusError) -> float | None:
@@ -95,6 +97,10 @@ async def call_json_async(client: anthropic.AsyncAnthropic, body: dict[str, Any]
     """One Messages API call; (the response's JSON, milliseconds, its headers). Reads the raw body (the
     SDK's ``with_raw_response``): building the typed ``Message`` costs ~12 % of a shadow
     call's CPU, and a worker only needs the content and the usage."""
+    try:  # on Bedrock or Vertex, the platform's id of the model
+        body = {**body, "model": sent_model(client, body["model"])} if "model" in body else body
+    except LookupError as err:
+        raise PermanentCallError(str(err), kind="no_model_id") from None
     params = sdk_params(body, headers)
     t0 = time.perf_counter()
     try:
@@ -120,7 +126,7 @@ async def call_model_async(client: anthropic.AsyncAnthropic, model: str,
     usage = body.get("usage") or {}
     return Answer(content_json_text(body.get("content") or []), usage.get("input_tokens"),
                   usage.get("output_tokens"), latency, *cache_tokens_of(body),
-                  headers=headers)
+                  headers=headers, platform=platform_of(client))
 
 
 async def call_model_with_retries(client: anthropic.AsyncAnthropic, model: str,

@@ -52,6 +52,7 @@ class Context:
     caps: Any = None  # a tierguard.headroom.caps.ShadowCaps (policy shadow_limits)
     answers_ttl_s: float = 86_400  # how long answers paid for are kept unrecorded (pipeline/answers)
     claim_ttl_s: float = 30.0  # a run's claim on its jobs, extended while it runs (pipeline/answers)
+    platform: str = "anthropic"  # TIERGUARD_SHADOW_PLATFORM: no Message Batches off Anthropic's API
 
     def record_all(self, results: list[Result]) -> list[Outcome]:
         if self.recorder is not None:
@@ -81,13 +82,14 @@ def build_context(settings: Settings) -> Context:
     live.current.warm()
     writer = Writer(engine, r, live.current)
     key = settings.shadow_api_key.get_secret_value() if settings.shadow_api_key else None
-    runner = LoopRunner(lambda: async_client(settings.shadow_timeout, api_key=key),
+    runner = LoopRunner(lambda: async_client(settings.shadow_timeout, api_key=key,
+                                             platform=settings.shadow_platform, policy=lambda: ctx.policy),
                         shards=settings.max_in_flight // POOL_SHARD, compare_timeout=settings.compare_timeout)
     ctx = Context(policy=live.current, engine=engine, redis=r, recorder=writer.record_all,
                   runner=runner, sealer=sealer(settings),
                   scope=ratelimits.fingerprint(key) if key else "", caps=ShadowCaps(settings.redis_url),
                   answers_ttl_s=settings.job_payload_ttl_s,
-                  claim_ttl_s=min(30.0, settings.visibility_timeout))
+                  claim_ttl_s=min(30.0, settings.visibility_timeout), platform=settings.shadow_platform)
     live.start()
     return ctx
 

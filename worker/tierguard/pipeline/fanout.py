@@ -26,6 +26,7 @@ from tierguard.contract.job import ShadowJob
 from tierguard.errors import PermanentCallError, RetryableCallError
 from tierguard.pipeline.calls import Answer, call_model_async
 from tierguard.pipeline.judging import JudgeCall, needs_judge
+from tierguard.pipeline.platform_client import platform_client
 from tierguard.pipeline.results import Result
 from tierguard.pipeline.shadow import (
     noise_result,
@@ -118,12 +119,15 @@ class LoopRunner:
             return None
 
 
-def async_client(timeout: float, max_connections: int = POOL_SHARD,
-                 api_key: str | None = None) -> anthropic.AsyncAnthropic:
-    """A shadow client; ``api_key`` None: the SDK's own ``ANTHROPIC_API_KEY``."""
+def async_client(timeout: float, max_connections: int = POOL_SHARD, api_key: str | None = None,
+                 platform: str = "anthropic", policy: Callable[[], Policy] | None = None) -> Any:
+    """A shadow client; ``api_key`` None: the SDK's own ``ANTHROPIC_API_KEY``. On ``bedrock`` or
+    ``vertex`` the platform's client, with ids from ``policy()`` (:mod:`.platform_client`)."""
     limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    return anthropic.AsyncAnthropic(api_key=api_key, max_retries=0, timeout=timeout,
-                                    http_client=anthropic.DefaultAsyncHttpxClient(limits=limits))
+    http = anthropic.DefaultAsyncHttpxClient(limits=limits)
+    if platform != "anthropic" and policy is not None:
+        return platform_client(platform, policy, max_retries=0, timeout=timeout, http_client=http)
+    return anthropic.AsyncAnthropic(api_key=api_key, max_retries=0, timeout=timeout, http_client=http)
 
 
 async def run_jobs(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *, attempt: int,

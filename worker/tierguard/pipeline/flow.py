@@ -168,8 +168,11 @@ def _by_batch(ctx: Context, jobs: list[ShadowJob], refused: list[Result], attemp
     """(jobs to call now, jobs for a Message Batch); one its model cannot take is skipped now."""
     now, later = [], []
     for job in jobs:
-        if ctx.policy.category(job.category).shadow_via != "batch" or job.headers:
-            now.append(job)  # a beta request's headers are per request: no Message Batch carries them
+        batch = ctx.policy.category(job.category).shadow_via == "batch" and ctx.platform == "anthropic"
+        if not batch or job.headers:
+            # a beta request's headers are per request: no Message Batch carries them; Bedrock and
+            # Vertex have no Message Batches API: their batch categories are called directly
+            now.append(job)
         elif (skip := skipped(ctx.policy, job, attempt)) is not None:
             refused.append(skip)
         else:

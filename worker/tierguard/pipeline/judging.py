@@ -21,6 +21,7 @@ from tierguard.contract.job import ShadowJob
 from tierguard.contract.messages import usage_counts
 from tierguard.errors import PermanentCallError, RetryableCallError
 from tierguard.pipeline.calls import Answer, call_json_async
+from tierguard.pipeline.platform_client import platform_of
 from tierguard.pipeline.results import JudgeUsage, Result
 from tierguard.policy import CategoryPolicy, Policy
 
@@ -55,7 +56,7 @@ class JudgeCall:
         """(verdict, None, usage), or (None, why, usage) when the judge failed or answered badly."""
         orders = judge.orders(job_id)
         readings: list[tuple[str, str]] = []
-        usage = JudgeUsage(model, 0, 0)
+        usage = JudgeUsage(model, 0, 0, platform=platform_of(self.client()))
         try:
             for reference_first in orders:
                 body = await self._ask(judge.request(model, request, reference, candidate,
@@ -64,7 +65,7 @@ class JudgeCall:
                 usage = JudgeUsage(model, usage.input_tokens + u["input_tokens"],
                                    usage.output_tokens + u["output_tokens"],
                                    usage.cache_write_tokens + u["cache_creation_input_tokens"],
-                                   usage.cache_read_tokens + u["cache_read_input_tokens"])
+                                   usage.cache_read_tokens + u["cache_read_input_tokens"], usage.platform)
                 readings.append(judge.read(body.get("content") or []))
         except (RetryableCallError, PermanentCallError, JudgeAnswerError) as err:
             return None, f"judge {model}: {err}", usage

@@ -28,6 +28,7 @@ class JudgeUsage:
     output_tokens: int
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
+    platform: str = "anthropic"  # where it was asked (its price: the policy's platform_pricing)
 
 
 @dataclass(frozen=True)

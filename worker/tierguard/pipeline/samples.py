@@ -65,7 +65,7 @@ def sample_values(policy: Policy, job: ShadowJob, answer: Answer | None, verdict
             shadow_output_tokens=answer.output_tokens,
             shadow_cost_usd=policy.cost_usd(job.shadow_model, answer.input_tokens,
                                             answer.output_tokens, answer.cache_write_tokens,
-                                            answer.cache_read_tokens, answer.batch),
+                                            answer.cache_read_tokens, answer.batch, answer.platform),
             shadow_via="batch" if answer.batch else None,
             shadow_hash=digest(answer.text), shadow_excerpt=_excerpt(policy, answer.text))
     if judge is not None:
@@ -73,7 +73,7 @@ def sample_values(policy: Policy, job: ShadowJob, answer: Answer | None, verdict
                       judge_output_tokens=judge.output_tokens,
                       judge_cost_usd=policy.cost_usd(judge.model, judge.input_tokens,
                                                      judge.output_tokens, judge.cache_write_tokens,
-                                                     judge.cache_read_tokens))
+                                                     judge.cache_read_tokens, platform=judge.platform))
     return values
 
 

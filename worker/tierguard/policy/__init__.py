@@ -4,7 +4,8 @@ Owns the policy's schema (``schema``: :class:`Policy`, :class:`CategoryPolicy`, 
 ``parse_policy``), its self-contained sections (``sections``: models, prices, limits, headroom,
 retention, payloads, unknown categories), the ``alerts`` section (``alerting``), the building
 blocks every section shares (``base``), the models' context windows and request estimates
-(``model_limits``: context windows, not rate limits) and the reload of a changed file in a long
+(``model_limits``: context windows, not rate limits), the models' ids on Bedrock and Vertex
+(``platform_ids``) and the reload of a changed file in a long
 running process (``live``).
 
 May import: ``engine``, ``compare``, ``errors`` (and pydantic, yaml). Nothing here does I/O

@@ -24,6 +24,7 @@ from tierguard.policy.alerting import EVENT_KINDS, SEVERITIES, Alerting, Channel
 from tierguard.policy.base import Strict, error_lines, unit, valid_category
 from tierguard.policy.category import CategoryPolicy, ComparatorSpec
 from tierguard.policy.model_limits import family_limits
+from tierguard.policy.platform_ids import DEFAULT_MODEL_IDS, model_name_of
 from tierguard.policy.sections import (
     GatewayTenant,
     ModelLimits,
@@ -35,6 +36,7 @@ from tierguard.policy.sections import (
     ShadowHeadroom,
     UnknownCategories,
     check_ladder,
+    platform_problems,
     tenant_problems,
 )
 
@@ -157,9 +159,14 @@ class Policy(Strict):
     gateway_tenants: dict[str, GatewayTenant] = {}
     # Adaptive categories' shadow spend together stays under this (optional; see engine/sampling.py).
     shadow_budget_usd_per_day: float | None = Field(None, ge=0)
+    # Bedrock's and Vertex's ids per model, over the defaults (policy/platform_ids.py), and their
+    # prices where they differ from ``pricing`` (e.g. Bedrock's geographic inference profiles).
+    model_ids: dict[str, dict[str, str]] = {}
+    platform_pricing: dict[str, dict[str, Price]] = {}
     _resolved: dict[str, CategoryPolicy] = PrivateAttr(default_factory=dict)
     _limits: dict[str, tuple[int, int] | None] = PrivateAttr(default_factory=dict)
     _tenant_keys: dict[str, GatewayTenant] | None = PrivateAttr(default=None)
+    _known: set[str] | None = PrivateAttr(default=None)
 
     @field_validator("alerts", mode="before")
     @classmethod
@@ -211,6 +218,7 @@ class Policy(Strict):
                                 f"the ladder ({', '.join(rungs)})")
         problems += self.unknown_categories.problems(self.models.rungs)
         problems += tenant_problems(self.gateway_tenants)
+        problems += platform_problems(self.model_ids, self.platform_pricing, self.known_models)
         if problems:
             raise ValueError("\n".join(dict.fromkeys(problems)))
         return self
@@ -261,11 +269,46 @@ class Policy(Strict):
                                            else family_limits(model))
             return found
 
+    @property
+    def known_models(self) -> set[str]:
+        """Every model the policy names: its pricing, its models and every category's."""
+        if self._known is None:  # read on every platform call the gateway routes
+            names = set(self.pricing) | set(self.models.rungs)
+            for o in self.categories.values():
+                names |= set(self._ladder(o))
+            self._known = names
+        return self._known
+
+    def model_ids_for(self, platform: str) -> dict[str, str]:
+        """Model name -> ``platform``'s id: the policy's ``model_ids`` first, then the defaults."""
+        if platform not in DEFAULT_MODEL_IDS:
+            raise ValueError(f"platform: {platform!r} is not bedrock or vertex")
+        own = self.model_ids.get(platform, {})
+        return {**own, **{k: v for k, v in DEFAULT_MODEL_IDS[platform].items() if k not in own}}
+
+    def model_id(self, platform: str, model: str) -> str:
+        """``model``'s id on ``platform`` (``anthropic``: the name itself); LookupError naming the
+        policy field to set when there is none."""
+        if platform == "anthropic":
+            return model
+        found = self.model_ids_for(platform).get(model)
+        if found is None:
+            raise LookupError(f"model_ids.{platform}.{model}: no {platform} id for {model}; add one "
+                              f"to the policy")
+        return found
+
+    def model_name(self, platform: str, model_id: str) -> str | None:
+        """The model a ``platform`` id names (region prefixes and ``@DATE`` forgiven), or None."""
+        if platform == "anthropic":
+            return model_id
+        return model_name_of(platform, model_id, self.model_ids_for(platform), self.known_models)
+
     def cost_usd(self, model: str, input_tokens: int | None, output_tokens: int | None,
                  cache_write_tokens: int | None = 0, cache_read_tokens: int | None = 0,
-                 batch: bool = False) -> float | None:
-        """USD for one call's full usage (uncached input, output, cache writes and reads)."""
-        price = self.pricing.get(model)
+                 batch: bool = False, platform: str = "anthropic") -> float | None:
+        """USD for one call's full usage (uncached input, output, cache writes and reads), at
+        ``platform``'s price when ``platform_pricing`` gives one."""
+        price = self.platform_pricing.get(platform, {}).get(model) or self.pricing.get(model)
         if price is None or input_tokens is None or output_tokens is None:
             return None
         return price.usd(input_tokens, output_tokens, cache_write_tokens or 0, cache_read_tokens or 0,

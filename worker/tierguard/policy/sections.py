@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tierguard.policy.base import Strict
+from tierguard.policy.platform_ids import DEFAULT_MODEL_IDS, bare
 
 
 class Models(Strict):
@@ -157,4 +158,28 @@ def tenant_problems(tenants: dict[str, GatewayTenant]) -> list[str]:
             if key in owner and owner[key] != name:
                 problems.append(f"gateway_tenants.{name}.keys: {key[:12]}… is also {owner[key]}'s")
             owner[key] = name
+    return problems
+
+
+def platform_problems(model_ids: dict[str, dict[str, str]], pricing: dict[str, dict[str, Any]],
+                      known: set[str]) -> list[str]:
+    """What is wrong with ``model_ids`` and ``platform_pricing``: a platform that is not Bedrock or
+    Vertex, a model the policy does not know, an empty id, one id given to two models."""
+    problems = []
+    for field, given in (("model_ids", model_ids), ("platform_pricing", pricing)):
+        for platform, per_model in given.items():
+            if platform not in DEFAULT_MODEL_IDS:
+                problems.append(f"{field}.{platform}: unknown platform (bedrock or vertex)")
+                continue
+            problems += [f"{field}.{platform}.{model}: not a model of this policy (models, categories "
+                         f"or pricing)" for model in per_model if model not in known]
+    for platform, ids in model_ids.items():
+        owner: dict[str, str] = {}
+        for model, model_id in ids.items():
+            if not model_id.strip():
+                problems.append(f"model_ids.{platform}.{model}: an empty id")
+            elif bare(platform, model_id) in owner:
+                problems.append(f"model_ids.{platform}.{model}: {model_id} is "
+                                f"{owner[bare(platform, model_id)]}'s id too")
+            owner.setdefault(bare(platform, model_id), model)
     return problems

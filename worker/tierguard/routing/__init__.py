@@ -2,7 +2,8 @@
 
 Owns the routes (``routes``: the database's route per category, its forward-only copy in Redis,
 the wrapper's cached :class:`RouteTable`, moves the policy asks for) and the sample rates
-(``rates``: the adaptive rates beat chooses and the wrappers read).
+(``rates``: the adaptive rates beat chooses and the wrappers read), and Bedrock's and Vertex's
+Messages paths and bodies (``platforms``, pure: the model named in the path, read and rewritten).
 
 May import: ``store``, ``contract``, ``policy``, ``engine``, ``metrics``, ``errors``.
 """

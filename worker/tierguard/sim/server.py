@@ -2,7 +2,8 @@
 
 The API (as the ``anthropic`` SDK calls it; errors are ``{"type": "error", "error": {...}}``):
 
-- ``POST /v1/messages`` (streamed or not), ``POST /v1/messages/count_tokens``, ``GET /v1/models``.
+- ``POST /v1/messages`` (streamed or not), ``POST /v1/messages/count_tokens``, ``GET /v1/models``;
+  Bedrock's and Vertex's Messages paths, streamed as each streams (``sim.platforms``).
 - ``POST /v1/chat/completions`` (OpenAI-compatible, streamed or not; ``sim/chat``): the same answers.
 - Message Batches (``ops.sim_batches``): ``POST /v1/messages/batches`` ``{"requests":
   [{"custom_id", "params"}]}``; ``GET /v1/messages/batches`` (``limit``, ``after_id``,
@@ -31,7 +32,8 @@ Test controls:
   (``{fingerprint: {model: {"served", "rate_limited"}}}``).
 - ``GET /_sim/requests``: the latest ``/v1/messages`` (and chat) requests as received, oldest first:
   ``{"requests": [{"headers": {anthropic-beta, content-encoding, x-tierguard-*}, "body": TEXT,
-  "path": PATH}]}``.
+  "path", "auth" (the credential's scheme), "platform", "model_id"}]}`` (Bedrock's and Vertex's
+  paths too: ``sim.platforms``).
   Bodies are checked as the API checks them: unknown keys, beta fields without an
   ``anthropic-beta`` header and non-numeric sampling parameters are a 400 naming the field.
 """
@@ -46,13 +48,14 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from tierguard.contract.messages import content_text
 from tierguard.sim.batches import BatchError, BatchStore
 from tierguard.sim.buckets import BucketStore, fingerprint
 from tierguard.sim.chat import CHAT_PATH, as_messages, chat_problem, chunks, completion
 from tierguard.sim.models import Scenario, Simulator
+from tierguard.sim.platforms import TOKEN_PATH, PlatformCall, encoded_stream, oauth_token, platform_call
 
 BATCH_PATH = re.compile(r"^/v1/messages/batches(?:/([^/]+)(?:/(results|cancel))?)?$")
 FAMILY_WORDS = {"requests": "requests", "input-tokens": "input tokens", "output-tokens": "output tokens"}
@@ -73,35 +76,10 @@ def message_body(model: str, text: str, input_tokens: int,
             "usage": {"input_tokens": input_tokens, "output_tokens": max(1, size // 4)}}
 
 
-def sse_events(msg: dict[str, Any]) -> list[bytes]:
-    """The Messages API's stream for ``msg``, one ``event:``/``data:`` block per event."""
-    text = msg["content"][0].get("text", "")
-    start = dict(msg, content=[], stop_reason=None,
-                 usage={"input_tokens": msg["usage"]["input_tokens"], "output_tokens": 1})
-    events: list[tuple[str, dict[str, Any]]] = [
-        ("message_start", {"type": "message_start", "message": start}),
-        ("content_block_start", {"type": "content_block_start", "index": 0,
-                                 "content_block": {"type": "text", "text": ""}})]
-    for i in range(0, len(text), 16):
-        events.append(("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                               "delta": {"type": "text_delta", "text": text[i:i + 16]}}))
-    events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
-               ("message_delta", {"type": "message_delta",
-                                  "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                  "usage": {"output_tokens": msg["usage"]["output_tokens"]}}),
-               ("message_stop", {"type": "message_stop"})]
-    return [f"event: {e}\ndata: {json.dumps(d)}\n\n".encode() for e, d in events]
-
-
 def input_tokens(body: dict[str, Any]) -> int:
     chars = len(json.dumps(body.get("messages"))) + len(content_text(body.get("system", "")))
     return max(1, chars // 4)
 
-
-# Bedrock's InvokeModel and Vertex's rawPredict paths (their stand-ins: the model is in the path).
-PLATFORM_PATH = re.compile(r"^(?:/model/(?P<model>[^/]+)/invoke(?:-with-response-stream)?"
-                           r"|/v1/projects/[^/]+/locations/[^/]+/publishers/anthropic/models/"
-                           r"(?P<vmodel>[^/:]+):(?:stream)?rawPredict)$")
 
 # The Messages API's body keys; BETA_KEYS only with an ``anthropic-beta`` header, others refused.
 BODY_KEYS = {"model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature",
@@ -160,13 +138,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _stream(self, events: list[bytes], pause_s: float, headers: dict[str, str] | None = None) -> None:
+    def _stream(self, events: list[bytes], pause_s: float, headers: dict[str, str] | None = None,
+                ctype: str = "text/event-stream") -> None:
         """Chunked, one write per event, as the API streams; a client that leaves aborts it."""
         sim = self.server.sim
         self.send_response(200)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
-        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Type", ctype)
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("request-id", "req_" + uuid.uuid4().hex[:16])
@@ -206,10 +185,13 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization") or ""
         return self.headers.get("X-Api-Key") or (auth[7:] if auth.lower().startswith("bearer ") else "")
 
-    def _body(self) -> Any:
+    def _body_bytes(self) -> bytes:
         n = int(self.headers.get("Content-Length") or 0)
         self.raw_body = self.rfile.read(n) or b"{}"
-        return json.loads(self.raw_body)
+        return self.raw_body
+
+    def _body(self) -> Any:
+        return json.loads(self._body_bytes())
 
     def do_GET(self) -> None:  # noqa: N802
         sim = self.server.sim
@@ -238,6 +220,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         sim = self.server.sim
+        if self.path == TOKEN_PATH:  # Google's OAuth refresh (a form body): any request gets a token
+            self._body_bytes()
+            return self._json(200, oauth_token())
         try:
             body = self._body()
         except ValueError:
@@ -266,11 +251,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if found := BATCH_PATH.match(path):
             return self._batch_call("POST", found, body)
-        if found := PLATFORM_PATH.match(path):  # Bedrock's and Vertex's paths name the model
-            body = {k: v for k, v in body.items() if k != "anthropic_version"} if isinstance(body, dict) \
-                else body
-            model = unquote(found["model"] or found["vmodel"])
-            return self._messages({**body, "model": model} if isinstance(body, dict) else body)
+        if call := platform_call(path, body):  # Bedrock's and Vertex's paths name the model
+            return self._messages(call.body, call)
         if path == "/v1/messages/count_tokens":
             return self._json(200, {"input_tokens": input_tokens(body)})
         if path not in ("/v1/messages", CHAT_PATH):
@@ -309,14 +291,18 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(err.status, err.message)
         self._error(405, f"{method} {self.path} is not supported")
 
-    def _messages(self, body: Any, chat: bool = False) -> None:
+    def _messages(self, body: Any, call: PlatformCall | None = None, chat: bool = False) -> None:
         sim, buckets = self.server.sim, self.server.buckets
         headers = {k.lower(): v for k, v in self.headers.items()}
         with sim.lock:
             sim.recent_headers.append(headers)
             sim.recent_requests.append({"headers": {k: v for k, v in headers.items() if k in (
                 "anthropic-beta", "content-encoding") or k.startswith("x-tierguard")},
-                "body": self.raw_body.decode("utf-8", "replace"), "path": urlsplit(self.path).path})
+                "body": self.raw_body.decode("utf-8", "replace"), "path": urlsplit(self.path).path,
+                # the credential's scheme only (AWS4-HMAC-SHA256, Bearer), never the credential
+                "auth": (headers.get("authorization") or "").partition(" ")[0],
+                "platform": call.platform if call else "anthropic",
+                "model_id": call.model_id if call else (body if isinstance(body, dict) else {}).get("model")})
         asked = body  # a chat request is answered as its Messages reading (sim/chat)
         if chat and (problem := chat_problem(body)):
             return self._error(400, problem)
@@ -348,6 +334,8 @@ class _Handler(BaseHTTPRequestHandler):
             if status:
                 return self._error(status, "simulated failure", retry_after, gate.headers if gate else None)
         msg = build_message(sim, body)
+        if call is not None:  # answered as the model the id spells, named as the caller named it
+            msg["model"] = call.model_id
         if gate:
             limits = buckets.finish(key, model, msg["usage"]["output_tokens"])
         else:
@@ -358,7 +346,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._stream(chunks(msg, asked), pause, limits) if asked.get("stream") else \
                 self._json(200, completion(msg), limits)
         if body.get("stream"):
-            return self._stream(sse_events(msg), sim.scenario.stream_event_ms / 1000, limits)
+            ctype, events = encoded_stream(msg, call)
+            return self._stream(events, sim.scenario.stream_event_ms / 1000, limits, ctype)
         self._json(200, msg, limits)
 
 
