@@ -115,20 +115,35 @@ def test_no_policy_file_reroutes_nothing_and_start_on_cheapest_keeps_the_old_way
     old_way.tierguard_close()
 
 
-def test_bedrock_and_vertex_clients_pass_through_untouched(simulator, redis_url, sqlite_url):
+def test_bedrock_and_vertex_clients_are_routed_with_their_platforms_ids(simulator, redis_url, sqlite_url,
+                                                                        monkeypatch):
     server = simulator(**SCENARIO)
-    bedrock = anthropic.AnthropicBedrock(aws_region="us-east-1", aws_access_key="a", aws_secret_key="b",
-                                         base_url=server.base_url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")  # SigV4-signed, as the SDK signs with real keys
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "b")
+    bedrock = anthropic.AnthropicBedrock(aws_region="us-east-1", base_url=server.base_url)
     vertex = anthropic.AnthropicVertex(region="us-east5", project_id="p", access_token="t",
                                        base_url=server.base_url + "/v1")
-    for sdk, model in ((bedrock, "anthropic.claude-haiku-4-5-20251001-v1:0"),
-                       (vertex, "claude-haiku-4-5@20251001")):
+    cases = ((bedrock, "global.anthropic.claude-opus-4-7", "global.anthropic.claude-haiku-4-5-20251001-v1:0"),
+             (vertex, "claude-opus-4-7", "claude-haiku-4-5@20251001"))
+    for sdk, asked, routed in cases:
+        redis.Redis.from_url(redis_url).flushdb()
         client = wrapped(server, redis_url, sqlite_url, client=sdk)
-        msg = client.messages.create(category="sentiment", model=model, max_tokens=8,
+        assert isinstance(client, type(sdk))
+        msg = client.messages.create(category="sentiment", model=asked, max_tokens=8,
                                      messages=[{"role": "user", "content": "hi"}])
-        assert msg.model == model  # the platform's id, sent to the platform's path
-        stats = client.tierguard_stats()
-        assert stats["unroutable_client"] == 1 and stats.get("submitted", 0) == 0
+        assert msg.model == routed  # the candidate's id on the platform, in the platform's path
+        with client.messages.stream(category="sentiment", model=asked, max_tokens=8,
+                                    messages=[{"role": "user", "content": "hi"}]) as stream:
+            assert stream.get_final_message().model == routed  # event-stream frames on Bedrock
+        assert client.tierguard_flush()
+        jobs = queued_jobs(redis_url)
+        assert [j["served_model"] for j in jobs] == ["claude-haiku-4-5"] * 2
+        assert all("anthropic_version" not in j["request"] and j["request"]["max_tokens"] == 8 for j in jobs)
+        assert client.tierguard_stats().get("internal_errors", 0) == 0
+        unknown = client.messages.create(category="sentiment", model="claude-unknown@1", max_tokens=8,
+                                         messages=[{"role": "user", "content": "hi"}])
+        assert unknown.model == "claude-unknown@1"  # an id no model maps to: sent as it is, counted
+        assert client.tierguard_stats()["uncategorized_unknown_model_id"] == 1
         client.tierguard_close()
 
 

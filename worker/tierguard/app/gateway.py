@@ -58,13 +58,13 @@ from tierguard.app.relay import (
     Watch,
     caller_key,
     caller_scope,
-    codings,
+    content_codings,
     cutter,
     declared,
     disconnected,
+    maybe_off_loop,
     pump,
     read_body,
-    maybe_off_loop,
     respond,
     settle,
     shaping,
@@ -188,7 +188,7 @@ class Gateway:
                         receive: Any, send: Any, chat: bool = False) -> None:
         core = self.core
         assert core is not None
-        codings = codings(headers)
+        codings = content_codings(headers)
         try:
             cat, routed, forwarded = await maybe_off_loop(
                 len(body) > OFF_LOOP or bool(codings), self._route_body, name, body, codings, chat)

@@ -23,6 +23,7 @@ from tierguard.app.openai_compat import ChatAssembler, messages_answer
 from tierguard.app.stream import USAGE_EVENTS, Assembler, SSEParser, UsageOnly
 from tierguard.app.upstream import TooLarge
 from tierguard.contract.eventstream import EventStreamParser
+from tierguard.contract.job import SHAPING_HEADERS
 from tierguard.headroom import ratelimits
 
 log = logging.getLogger("tierguard.app.gateway")
@@ -218,3 +219,31 @@ def caller_scope(policy: Any, headers: list[tuple[bytes, bytes]]) -> str:
         return ""
     key = caller_key(headers)
     return ratelimits.fingerprint(key) if key else ""
+
+
+def content_codings(headers: list[tuple[bytes, bytes]]) -> list[str]:
+    """The request's content codings, in the order they were applied (``identity`` left out)."""
+    codings = []
+    for name, value in headers:
+        if name == b"content-encoding":
+            codings += [c.strip().lower() for c in value.decode("latin-1").split(",")]
+    return [c for c in codings if c and c != "identity"]
+
+
+def shaping(headers: list[tuple[bytes, bytes]]) -> dict[str, str] | None:
+    """The headers that shape the request (its betas) a shadow must send too; never credentials."""
+    found: dict[str, list[str]] = {}
+    for name, value in headers:
+        if name.decode("latin-1") in SHAPING_HEADERS:
+            found.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+    return {k: ",".join(v) for k, v in found.items()} or None
+
+
+async def settle(task: asyncio.Future) -> bool:
+    """Wait for a task that was cancelled; True if it finished with a result all the same."""
+    await asyncio.wait((task,))
+    return not task.cancelled() and task.exception() is None
+
+
+async def maybe_off_loop(off: bool, func: Any, *args: Any) -> Any:
+    return await asyncio.to_thread(func, *args) if off else func(*args)

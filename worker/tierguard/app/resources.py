@@ -45,16 +45,40 @@ def named(core: Core, category: str | None, kwargs: dict[str, Any], platform: st
     if category is None:
         return kwargs
     if platform != "anthropic":
-        core.check_fork(start=False)
-        core.counts["unroutable_client"] += 1
-        return kwargs
+        return _platform_named(core, category, kwargs, platform)
     cat, kwargs = core.route(category, kwargs)
     if cat is None:
         return kwargs
+    return _marked(core, category, kwargs, kwargs["model"])
+
+
+def _platform_named(core: Core, category: str, kwargs: dict[str, Any], platform: str) -> dict[str, Any]:
+    """:func:`named` for a Bedrock or Vertex client: the platform's id read back to a model (the
+    policy's ``model_ids``), the call routed, the routed model's id sent. A call whose id names no
+    model tierguard knows goes as it is, counted (``unknown_model_id``)."""
+    given = kwargs.get("model")
+    model = core.policy.model_name(platform, given) if isinstance(given, str) else None
+    if model is None:
+        core.check_fork(start=False)
+        core.uncategorized("unknown_model_id")
+        return kwargs
+    cat, routed = core.route(category, {**kwargs, "model": model})
+    if cat is None:
+        return kwargs
+    try:
+        routed_id = core.policy.model_id(platform, routed["model"])
+    except LookupError as err:  # the routed model has no id there: the caller's own model
+        core.refuse("no_model_id", "%s", str(err))
+        routed, routed_id = {**routed, "model": model}, given
+    return _marked(core, category, {**routed, "model": routed_id}, routed["model"])
+
+
+def _marked(core: Core, category: str, kwargs: dict[str, Any], model: str) -> dict[str, Any]:
+    """The call's arguments with the tap's headers: the category and the model it was routed to."""
     extra = kwargs.get("extra_headers")
     headers = dict(extra) if isinstance(extra, dict) else {}
     headers[core.settings.category_header] = category
-    headers[ROUTED] = kwargs["model"]
+    headers[ROUTED] = model
     return {**kwargs, "extra_headers": headers}
 
 

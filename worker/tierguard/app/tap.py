@@ -15,6 +15,7 @@ request's body exactly as it was sent. Nothing here raises into the caller.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -24,10 +25,12 @@ from tierguard.app.core import Core
 from tierguard.app.relay import Watch
 from tierguard.app.upstream import parse_request, with_model
 from tierguard.contract.job import SHAPING_HEADERS
+from tierguard.routing.platforms import invoke_path, messages_body
 
 ROUTED = "x-tierguard-routed"  # set by the wrapper's resources: the model the call was routed to
 _MESSAGES = "/v1/messages"
 _COUNT = "/v1/messages/count_tokens"
+EVENT_STREAM = "application/vnd.amazon.eventstream"
 
 
 class Call:
@@ -53,8 +56,10 @@ class Call:
         if status != 200 or self.body is None:  # an error, or a count of tokens: nothing to watch
             return False
         self.sampled = core.sampled(self.cat, self.routed)
-        streamed = response.headers.get("content-type", "").startswith("text/event-stream")
-        self.watch = Watch(streamed, usage_only=not self.sampled, limit=core.settings.stream_assembly_max)
+        kind = response.headers.get("content-type", "")
+        frames = kind.startswith(EVENT_STREAM)  # Bedrock's streams
+        self.watch = Watch(frames or kind.startswith("text/event-stream"), usage_only=not self.sampled,
+                           limit=core.settings.stream_assembly_max, frames=frames)
         self.watch.status = 200
         return True
 
@@ -109,14 +114,22 @@ class Tap:
                 if routed is not None:
                     del headers[ROUTED]
             path = request.url.path
-            if request.method != "POST" or not path.endswith((_MESSAGES, _COUNT)):
+            invoke = invoke_path(path)  # a Bedrock or Vertex client's Messages call
+            if request.method != "POST" or (invoke is None and not path.endswith((_MESSAGES, _COUNT))):
                 return request, None
             self.core.check_fork()
             if routed is None:
+                if invoke is not None:  # a signed request cannot be routed here: the resource routes
+                    self.core.uncategorized("platform_header_only")
+                    return request, None
                 return self._route(name, request, path.endswith(_COUNT))
             cat = self.core.category(name)
-            body = None if path.endswith(_COUNT) else request.content
-            return request, Call(self.core, cat, {"model": routed}, body, _shaping(headers))
+            if path.endswith(_COUNT):
+                return request, Call(self.core, cat, {"model": routed}, None, None)
+            body, shaping = request.content, _shaping(headers)
+            if invoke is not None:  # the job is the Messages API request it stands for
+                body, shaping = _as_messages(invoke.platform, body, shaping)
+            return request, Call(self.core, cat, {"model": routed}, body, shaping)
         except Exception:
             self.core._failed("routing a request")
             return request, None
@@ -133,6 +146,13 @@ class Tap:
             body = with_model(parsed, routed["model"])
             request = _with_body(request, body)
         return request, (None if count else Call(self.core, cat, routed, body, _shaping(request.headers)))
+
+
+def _as_messages(platform: str, body: bytes, shaping: dict[str, str] | None
+                 ) -> tuple[bytes, dict[str, str] | None]:
+    """A platform request body as the Messages API body and shaping headers a shadow sends."""
+    request, betas = messages_body(platform, json.loads(body))
+    return json.dumps(request, ensure_ascii=False).encode(), ({**(shaping or {}), **betas} or None)
 
 
 def _with_body(request: httpx2.Request, body: bytes) -> httpx2.Request:

@@ -64,7 +64,28 @@ class _AsyncTeed(httpx2.AsyncByteStream):
         return getattr(self._inner, "elapsed", None)
 
 
-class WatchingClient(httpx2.Client):
+class _Delegating:
+    """What the outer client takes from the one it wraps: building requests, timeouts, state."""
+
+    inner: Any
+
+    def build_request(self, *args: Any, **kwargs: Any) -> httpx2.Request:
+        return self.inner.build_request(*args, **kwargs)
+
+    @property
+    def timeout(self) -> httpx2.Timeout:
+        return self.inner.timeout
+
+    @timeout.setter
+    def timeout(self, value: Any) -> None:
+        pass  # the outer client's own (set while it is built) is never used
+
+    @property
+    def is_closed(self) -> bool:
+        return self.inner.is_closed
+
+
+class WatchingClient(_Delegating, httpx2.Client):
     """An ``httpx2.Client`` that sends through ``inner`` and lets ``tap`` see what names a category."""
 
     def __init__(self, inner: httpx2.Client, tap: Tap):
@@ -85,26 +106,11 @@ class WatchingClient(httpx2.Client):
                 response.close()
         return response
 
-    def build_request(self, *args: Any, **kwargs: Any) -> httpx2.Request:
-        return self.inner.build_request(*args, **kwargs)
-
-    @property
-    def timeout(self) -> httpx2.Timeout:  # type: ignore[override]
-        return self.inner.timeout
-
-    @timeout.setter
-    def timeout(self, value: Any) -> None:
-        pass  # the outer client's own (set while it is built) is never used
-
-    @property
-    def is_closed(self) -> bool:
-        return self.inner.is_closed
-
     def close(self) -> None:
         self.inner.close()
 
 
-class AsyncWatchingClient(httpx2.AsyncClient):
+class AsyncWatchingClient(_Delegating, httpx2.AsyncClient):
     """:class:`WatchingClient` for the SDK's async clients."""
 
     def __init__(self, inner: httpx2.AsyncClient, tap: Tap):
@@ -125,21 +131,6 @@ class AsyncWatchingClient(httpx2.AsyncClient):
             finally:
                 await response.aclose()
         return response
-
-    def build_request(self, *args: Any, **kwargs: Any) -> httpx2.Request:
-        return self.inner.build_request(*args, **kwargs)
-
-    @property
-    def timeout(self) -> httpx2.Timeout:  # type: ignore[override]
-        return self.inner.timeout
-
-    @timeout.setter
-    def timeout(self, value: Any) -> None:
-        pass
-
-    @property
-    def is_closed(self) -> bool:
-        return self.inner.is_closed
 
     async def aclose(self) -> None:
         await self.inner.aclose()
