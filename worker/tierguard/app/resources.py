@@ -77,8 +77,7 @@ def _marked(core: Core, category: str, kwargs: dict[str, Any], model: str) -> di
     """The call's arguments with the tap's headers: the category and the model it was routed to."""
     extra = kwargs.get("extra_headers")
     headers = dict(extra) if isinstance(extra, dict) else {}
-    headers[core.settings.category_header] = category
-    headers[ROUTED] = model
+    headers[core.settings.category_header] = category + ROUTED + model
     return {**kwargs, "extra_headers": headers}
 
 

@@ -4,7 +4,8 @@ The SDK wrapper's HTTP client (:mod:`~tierguard.app.transport`) hands every requ
 here. A request without the category header goes on untouched, at the cost of one
 header lookup. One with it (``category=`` is sugar for it; a client's
 ``default_headers`` or a call's ``extra_headers`` work too) is routed — by the
-wrapper's resource before the SDK built it (``ROUTED`` then names the model), or
+wrapper's resource before the SDK built it (the header's value then ends with
+``;routed=MODEL``), or
 here, by setting ``model`` in the request's own bytes — and loses tierguard's
 headers before it leaves (but for a SigV4-signed request, whose signature covers them).
 Its answer, read by the SDK through public ``httpx2`` streams, is watched as its bytes
@@ -27,7 +28,7 @@ from tierguard.app.upstream import parse_request, with_model
 from tierguard.contract.job import SHAPING_HEADERS
 from tierguard.routing.platforms import invoke_path, messages_body
 
-ROUTED = "x-tierguard-routed"  # set by the wrapper's resources: the model the call was routed to
+ROUTED = ";routed="  # the wrapper's resources mark the header "CATEGORY;routed=MODEL": routed already
 _MESSAGES = "/v1/messages"
 _COUNT = "/v1/messages/count_tokens"
 EVENT_STREAM = "application/vnd.amazon.eventstream"
@@ -71,6 +72,9 @@ class Call:
             except Exception:
                 self.watch = None
                 self.core._failed("watching an answer")
+                return
+            if watch.message is not None:  # a stream at message_stop: whether or not it is read on
+                self.ended()
 
     def ended(self) -> None:
         """The whole answer went to the caller: counted, and shadowed when sampled."""
@@ -104,26 +108,24 @@ class Tap:
         """The request to send (tierguard's headers gone, routed) and its :class:`Call`, or None
         for a request tierguard leaves alone."""
         headers = request.headers
-        name = headers.get(self.header)
-        if name is None:
+        value = headers.get(self.header)
+        if value is None:
             return request, None
         try:
-            routed = headers.get(ROUTED)
-            if not headers.get("authorization", "").startswith("AWS4-"):  # else signed: they stay
-                del headers[self.header]
-                if routed is not None:
-                    del headers[ROUTED]
+            name, _, routed = value.partition(ROUTED)
             path = request.url.path
-            invoke = invoke_path(path)  # a Bedrock or Vertex client's Messages call
+            invoke = None if path.endswith((_MESSAGES, _COUNT)) else invoke_path(path)
+            if invoke is None or not headers.get("authorization", "").startswith("AWS4-"):
+                del headers[self.header]  # (a SigV4 signature covers it: then it stays)
             if request.method != "POST" or (invoke is None and not path.endswith((_MESSAGES, _COUNT))):
                 return request, None
             self.core.check_fork()
-            if routed is None:
-                if invoke is not None:  # a signed request cannot be routed here: the resource routes
+            cat = self.core.categories.get(name) if routed else None
+            if cat is None:  # named by the header alone (or a mark tierguard did not make)
+                if invoke is not None:  # a platform's request is routed before it is signed, or not
                     self.core.uncategorized("platform_header_only")
                     return request, None
                 return self._route(name, request, path.endswith(_COUNT))
-            cat = self.core.category(name)
             if path.endswith(_COUNT):
                 return request, Call(self.core, cat, {"model": routed}, None, None)
             body, shaping = request.content, _shaping(headers)
