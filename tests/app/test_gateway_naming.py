@@ -1,7 +1,11 @@
 """Naming the category without a custom header (issue 26, item 4): a ``/c/CATEGORY/`` path prefix, so
-a base URL alone carries it; the header wins when both are there."""
+a base URL alone carries it, or a ``metadata.user_id`` of ``tg:CATEGORY:rest``; the header wins when
+both are there, and neither prefix goes upstream."""
+
+import json
 
 import anthropic
+import httpx2
 
 from tests.app.gatewayparts import LABELS, SCENARIO, start
 from tests.helpers import API_KEY, samples, wait_until
@@ -27,3 +31,15 @@ def test_a_base_url_names_the_category(stack, tmp_path, simulator, sqlite_url):
     named = client.messages.create(**request, extra_headers={"x-tierguard-category": "nope-unknown"})
     assert named.model == "claude-opus-4-7"  # the header wins: an unlisted category, the caller's model
     wait_until(lambda: samples(sqlite_url) >= 2, 30, "the path-named calls shadowed")
+    # A user id of "tg:CATEGORY:rest" names it too, stripped before the API sees it.
+    plain = anthropic.Anthropic(base_url=gw.base, api_key=API_KEY, max_retries=0)
+    by_user = plain.messages.create(**request, metadata={"user_id": "tg:sentiment:u-42"})
+    assert by_user.model == "claude-haiku-4-5"
+    header_wins = plain.messages.create(**request, metadata={"user_id": "tg:other:"},
+                                        extra_headers={"x-tierguard-category": "nope-unknown"})
+    assert header_wins.model == "claude-opus-4-7"
+    sent = [json.loads(r["body"]) for r in httpx2.get(sim.base_url + "/_sim/requests").json()["requests"]
+            if r["path"] == "/v1/messages"]
+    assert {"user_id": "u-42"} in [b.get("metadata") for b in sent]
+    assert all("tg:" not in json.dumps(b) for b in sent)
+    wait_until(lambda: samples(sqlite_url) >= 3, 30, "the user-id-named call shadowed")
