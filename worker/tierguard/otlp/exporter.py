@@ -196,6 +196,12 @@ def use(exporter: Exporter | None) -> None:
         _current[:] = [exporter]
 
 
+def reset() -> None:
+    """Forget this process's exporter: the next use builds it from the environment again."""
+    with _lock:
+        _current.clear()
+
+
 def recorded(samples: Iterable[dict[str, Any]] = (), changes: Iterable[Any] = ()) -> None:
     """Export what a committed transaction recorded, if export is on; never raises."""
     try:
