@@ -249,3 +249,21 @@ def test_what_is_queued_when_the_process_exits_is_sent_first(phoenix, project):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)  # exits while the batch gathers
     assert time.monotonic() - began < 10
     assert set(by_job(phoenix.wait_spans(project, 1, timeout=10))) == {job_id}
+
+
+def test_operator_pins_and_their_expiry_are_route_change_spans(engine, phoenix, project, exporting):
+    import datetime as dt
+
+    from tierguard.alerts.monitors import check
+    from tierguard.ops.actions import pin
+
+    exporter = exporting(phoenix.url, service_name=project)
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+    pin(engine, None, POLICY, "sentiment", "reference", reason="incident 42", actor="alice", until=until)
+    check(engine, None, POLICY, "tierguard", now=until + dt.timedelta(seconds=1))  # beat's pin expiry
+    assert exporter.flush(10)
+    spans = phoenix.wait_spans(project, 2)
+    seen = sorted((s["attributes"]["tierguard.route.rule"], s["attributes"]["tierguard.route.actor"],
+                   s["attributes"]["tierguard.route.to"]) for s in spans)
+    assert seen == [("pin", "alice", OPUS), ("pin_expired", "auto", OPUS)]
+    assert all(s["parent_id"] is None and s["events"][0]["name"] == "tierguard.route_change" for s in spans)

@@ -20,6 +20,8 @@ from tierguard.otlp.exporter import from_settings, parse_headers, traces_url
 def test_export_is_off_unless_an_endpoint_is_set(monkeypatch):
     monkeypatch.delenv("TIERGUARD_OTLP_ENDPOINT", raising=False)
     assert from_settings(get_settings()) is None
+    monkeypatch.setenv("TIERGUARD_OTLP_ENDPOINT", "")  # compose passes it on empty when unset
+    assert from_settings(get_settings()) is None
     monkeypatch.setenv("TIERGUARD_OTLP_ENDPOINT", "http://collector:4318")
     monkeypatch.setenv("TIERGUARD_OTLP_HEADERS", "authorization=Bearer%20abc, x-team = ml")
     monkeypatch.setenv("TIERGUARD_OTLP_SERVICE_NAME", "tierguard-prod")

@@ -129,11 +129,12 @@ def route_change_span(change: Mapping[str, Any]) -> Span:
     """A route change (:func:`route_change_fields`) as a span of its own with one event."""
     at = nanos(change.get("created_at"))
     trigger = change.get("trigger_job_id")
-    key = f"route_change:{change.get('id') or os.urandom(8).hex()}"
     details = {"tierguard.category": change["category"], "tierguard.route.from": change["from_model"],
                "tierguard.route.to": change["to_model"], "tierguard.route.rule": change["rule"],
                "tierguard.route.reason": change.get("reason")}
-    span = Span(trace_id=trace_id(trigger) if trigger else os.urandom(16), span_id=span_id(key),
+    # A random span id: the row's id repeats across databases (another deployment, a test) and
+    # a backend keeps one span per id.
+    span = Span(trace_id=trace_id(trigger) if trigger else os.urandom(16), span_id=os.urandom(8),
                 parent_span_id=span_id(trigger) if trigger else b"", name=ROUTE_CHANGE,
                 kind=Span.SpanKind.SPAN_KIND_INTERNAL, start_time_unix_nano=at, end_time_unix_nano=at,
                 attributes=attributes({
