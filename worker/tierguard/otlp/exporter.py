@@ -57,8 +57,9 @@ class Exporter:
         """Queue recorded sample rows and route changes for export; never waits, never raises."""
         try:
             self._started()
-            items = [("sample", row) for row in samples]
-            items += [("route_change", spans.route_change_fields(c)) for c in changes]
+            # Route changes first: rarer, and the ones a full queue should keep.
+            items: list[Item] = [("route_change", spans.route_change_fields(c)) for c in changes]
+            items += [("sample", row) for row in samples]
             for n, item in enumerate(items):
                 try:
                     self.queue.put_nowait(item)
