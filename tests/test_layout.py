@@ -27,16 +27,17 @@ RULES: dict[str, set[str]] = {
     "routing": BASE | {"store", "contract", "policy", "engine"},
     "headroom": BASE | {"store", "contract", "policy"},
     "sim": {"config", "errors", "contract"},
-    "alerts": BASE | {"store", "contract", "policy", "routing"},
+    "otlp": BASE,  # plain values in, OTLP spans out: the worker side imports it
+    "alerts": BASE | {"store", "contract", "policy", "routing", "otlp"},
     "app": BASE | {"contract", "policy", "routing", "headroom", "store"},
     "pipeline": BASE | {"contract", "policy", "engine", "compare", "store", "routing", "headroom",
-                        "alerts"},
+                        "alerts", "otlp"},
     "ops": BASE | {"contract", "policy", "engine", "compare", "store", "routing", "headroom", "alerts",
-                   "app", "pipeline", "sim"},
+                   "app", "pipeline", "sim", "otlp"},
     "bench": BASE | {"contract", "policy", "engine", "compare", "store", "routing", "headroom", "alerts",
-                     "app", "pipeline", "sim"},
+                     "app", "pipeline", "sim", "otlp"},
     "cli": BASE | {"contract", "policy", "engine", "compare", "store", "routing", "headroom", "alerts",
-                   "app", "pipeline", "sim", "ops", "bench"},
+                   "app", "pipeline", "sim", "ops", "bench", "otlp"},
     "": {"app", "compare", "moved"},   # tierguard/__init__.py: the public surface
     "__main__": {"cli"},
 }

@@ -74,6 +74,18 @@ class Settings(BaseSettings):
     metrics_host: str = Field("0.0.0.0", description="interface /metrics, /livez and /readyz listen on")
     compare_timeout: float = Field(10.0, gt=0, description=(
         "seconds one comparison may take off the worker's event loop (else comparator_timeout)"))
+    # Verdicts exported over OTLP/HTTP (tierguard.otlp); unset: off.
+    otlp_endpoint: str | None = Field(None, description=(
+        "OTLP/HTTP base URL (``/v1/traces`` is appended unless the URL ends with it) every recorded "
+        "comparison and route change is exported to as a span; unset: nothing is exported"))
+    otlp_headers: SecretStr | None = Field(None, description=(
+        "headers sent with each export, ``key=value`` pairs separated by commas (values "
+        "percent-decoded), e.g. ``authorization=Bearer x``; never logged"))
+    otlp_service_name: str = Field("tierguard", min_length=1, description=(
+        "the spans' service.name (and Phoenix's project, openinference.project.name)"))
+    otlp_queue_max: int = Field(8192, gt=0, description="spans waiting for export per process; "
+                                "beyond: dropped and counted")
+    otlp_timeout: float = Field(5.0, gt=0, description="seconds one export request may take")
     # Beat.
     alert_sweep_seconds: float = Field(15.0, gt=0, description="alert redelivery sweep period")
     monitor_seconds: float = Field(60.0, gt=0, description="monitor-blind / error-rate checks")

@@ -66,6 +66,10 @@ ANSWERS_REUSED = Counter("tierguard_answers_reused",
                          "Jobs recorded from answers kept by an earlier run of their message (no new call)")
 ANSWERS_NOT_KEPT = Counter("tierguard_answers_not_kept",
                            "Jobs whose answers could not be kept before recording (Redis failing)")
+OTLP_EXPORTED = Counter("tierguard_otlp_exported", "Spans (comparisons, route changes) accepted by "
+                        "the OTLP endpoint")
+OTLP_DROPPED = Counter("tierguard_otlp_dropped", "Spans not exported, by reason (queue_full, "
+                       "unreachable, rejected, invalid)", ["reason"])
 
 
 def safely(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from tierguard.alerts.events import emit, for_route_change
+from tierguard.otlp import exporter as otlp
 from tierguard.policy import CategoryPolicy, Policy
 from tierguard.routing.routes import expire_pin, publish_quietly
 from tierguard.store import traffic
@@ -49,15 +50,17 @@ def check(engine: Engine, r: redis_lib.Redis | None, policy: Policy, queue: str,
     a = policy.alerts
     blind = dt.timedelta(minutes=a.blind_minutes)
     events = 0
-    moved = []
+    moved, expired = [], []
     with session(engine) as s:
         for row in s.exec(select(Category).where(Category.pinned).with_for_update()):
             change = expire_pin(s, row, now)
             if change is not None:
                 moved.append(row)
+                expired.append(change)
                 events += for_route_change(s, policy, change, "pin_expired") is not None
         s.commit()
     publish_quietly(r, moved)
+    otlp.recorded(changes=expired)
     seen = _traffic_or_empty(r, a.blind_minutes, now)
     with session(engine) as s:
         last = dict(s.execute(sa.select(Sample.category, sa.func.max(Sample.created_at))

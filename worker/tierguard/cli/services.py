@@ -21,6 +21,7 @@ def worker(concurrency: int | None = typer.Option(
            loglevel: str = "INFO") -> None:
     """Run a Celery worker that executes shadow jobs (threads pool, at-least-once)."""
     from tierguard.contract.sealing import sealer
+    from tierguard.otlp import exporter as otlp
     from tierguard.pipeline.tasks import worker_app
     from tierguard.routing.routes import derive, ensure_categories
 
@@ -28,6 +29,7 @@ def worker(concurrency: int | None = typer.Option(
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     settings, policy, engine = env()
     sealer(settings)  # a bad TIERGUARD_PAYLOAD_KEYS stops the worker here, with the reason
+    otlp.use(otlp.from_settings(settings))  # so does a bad TIERGUARD_OTLP_ENDPOINT or _HEADERS
     ensure_categories(engine, policy)
     r = redis_client(settings)
 

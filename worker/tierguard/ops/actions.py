@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from tierguard.alerts.events import for_route_change
 from tierguard.engine.detector import note_change
 from tierguard.errors import TierguardError
+from tierguard.otlp import exporter as otlp
 from tierguard.policy import Policy
 from tierguard.routing.routes import change_route, lock_category, publish_quietly
 from tierguard.store.db import session, utcnow
@@ -38,6 +39,7 @@ def pin(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: str
                               actor=actor, pin=True, until=until)
         s.commit()
     publish_quietly(r, [row], force=True)  # whatever Redis held: the database's route
+    otlp.recorded(changes=[change])
     return change
 
 
@@ -52,6 +54,7 @@ def unpin(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: s
                               reason=reason or "unpinned by operator", actor=actor, pin=False)
         s.commit()
     publish_quietly(r, [row], force=True)  # whatever Redis held: the database's route
+    otlp.recorded(changes=[change])
     return change
 
 
@@ -80,6 +83,7 @@ def promote(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category:
         for_route_change(s, policy, change, "promoted")
         s.commit()
     publish_quietly(r, [row], force=True)  # whatever Redis held: the database's route
+    otlp.recorded(changes=[change])
     return change
 
 

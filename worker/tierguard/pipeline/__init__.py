@@ -14,5 +14,6 @@ changes in one transaction (``recorder``) through a per-process writer
 
 May import ``contract``, ``policy``, ``engine``, ``compare``, ``store``,
 ``routing``, ``headroom`` and ``alerts`` (events are written with the change that
-caused them); never the production side, ops, sim or bench.
+caused them), and ``otlp`` (what a transaction recorded, exported after its commit); never the
+production side, ops, sim or bench.
 """

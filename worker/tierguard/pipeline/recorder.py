@@ -23,6 +23,7 @@ from tierguard.compare import Verdict
 from tierguard.contract.job import ShadowJob
 from tierguard.engine.detector import Decision, Situation
 from tierguard.errors import RouteConflict
+from tierguard.otlp import exporter as otlp
 from tierguard.pipeline.calls import Answer
 from tierguard.pipeline.results import Outcome, Result
 from tierguard.pipeline.samples import insert_samples, rung_of, sample_values
@@ -76,6 +77,7 @@ class _Done:
     changes: list[RouteChange] = field(default_factory=list)
     changed: dict[str, Category] = field(default_factory=dict)
     touched: dict[str, tuple[str, tuple[str, str], float]] = field(default_factory=dict)
+    recorded: list[dict] = field(default_factory=list)  # the sample rows inserted
 
 
 def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
@@ -86,13 +88,14 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
     """
     done = _Done([None] * len(results))
     with session(engine) as s:
-        by_category = _insert(s, policy, results, done.outcomes)
+        by_category = _insert(s, policy, results, done)
         now = utcnow()
         for name in sorted(by_category):
             _feed_category(s, policy, policy.category(name), [(i, results[i]) for i in by_category[name]],
                            now, done)
         s.commit()
     _observe(results, done)
+    otlp.recorded(done.recorded, done.changes)  # queued for export off this thread, if on
     for change in done.changes:
         log.warning("category %s: %s %s -> %s: %s", change.category,
                     "changed" if change.applied else "would change", change.from_model,
@@ -102,10 +105,10 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
     return done.outcomes  # type: ignore[return-value]
 
 
-def _insert(s: Session, policy: Policy, results: list[Result], outcomes: list[Outcome | None]
-            ) -> dict[str, list[int]]:
+def _insert(s: Session, policy: Policy, results: list[Result], done: _Done) -> dict[str, list[int]]:
     """Insert the samples and their rollups; the outcome of each result that feeds no detector
     (a duplicate, an error, a noise or judge sample), and the others' indices by category."""
+    outcomes = done.outcomes
     rows = [sample_values(policy, x.job, x.answer, x.verdict, x.error, x.attempt, x.kind, x.judge)
             for x in results]
     inserted = insert_samples(s, rows)
@@ -113,7 +116,8 @@ def _insert(s: Session, policy: Policy, results: list[Result], outcomes: list[Ou
     for row in rows:  # each inserted job once (a batch may hold a job twice)
         if row["job_id"] in inserted:
             fresh.setdefault(row["job_id"], row)
-    rollups.add(s, list(fresh.values()))
+    done.recorded = list(fresh.values())
+    rollups.add(s, done.recorded)
     by_category: dict[str, list[int]] = {}
     for i, x in enumerate(results):
         if x.job.job_id not in inserted:

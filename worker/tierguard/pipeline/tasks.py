@@ -15,7 +15,7 @@ import anthropic
 import redis as redis_lib
 import sqlalchemy as sa
 from celery import Celery, Task
-from celery.signals import worker_ready
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
 from tierguard.alerts.monitors import check
 from tierguard.alerts.outbox import deliver_due
@@ -33,6 +33,7 @@ from tierguard.contract.broker import (
 )
 from tierguard.errors import StoreUnavailable
 from tierguard.headroom import history
+from tierguard.otlp import exporter as otlp
 from tierguard.pipeline import flow, message_batches
 from tierguard.pipeline.context import context_for
 from tierguard.pipeline.flow import backoff
@@ -181,5 +182,10 @@ def worker_app(settings: Settings) -> Celery:
             except Exception as err:  # the first task will try again and report it
                 log.warning("worker context not built at start: %s", err)
 
+    def flush_exports(**_: Any) -> None:  # a prefork child's, or the worker's, spans still queued
+        otlp.flush(2.0)
+
     worker_ready.connect(ready, weak=False)
+    worker_process_shutdown.connect(flush_exports, weak=False)
+    worker_shutdown.connect(flush_exports, weak=False)
     return app
