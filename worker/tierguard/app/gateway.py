@@ -37,6 +37,7 @@ and logged once.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -48,7 +49,7 @@ from tierguard import metrics
 from tierguard.app import admission
 from tierguard.app.admission import error_body
 from tierguard.app.core import Core
-from tierguard.app.naming import body_category, path_category
+from tierguard.app.naming import body_category, names_by_user, path_category
 from tierguard.app.openai_compat import Untranslatable, messages_request
 from tierguard.app.platform_gateway import invoke_path, route_platform_call
 from tierguard.app.relay import (
@@ -102,6 +103,8 @@ class Gateway:
         self.upstream = Upstream(upstream_url(s), s.gateway_max_connections, s.gateway_timeout)
         if self.upstream.proxy:
             log.info("upstream through the proxy %s", mask_url(self.upstream.proxy))
+        gc.collect()  # what start-up made (modules, SDK types) is kept out of every later collection,
+        gc.freeze()  # so a large body's objects do not make the collector walk them all on the loop
 
     async def shutdown(self) -> None:
         if self.upstream is not None:
@@ -139,8 +142,8 @@ class Gateway:
                                           f"(TIERGUARD_GATEWAY_BODY_TIMEOUT)")
         headers, category = self._forwarded(scope["headers"])
         category = category or named  # the header wins over a /c/CATEGORY/ path prefix
-        if method == "POST" and path == "/v1/messages":  # metadata.user_id "tg:CATEGORY:…": stripped
-            by_user, body = body_category(body)
+        if method == "POST" and path == "/v1/messages" and names_by_user(body):  # stripped, always
+            by_user, body = await maybe_off_loop(len(body) > OFF_LOOP, body_category, body)
             category = category or by_user
         target = path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         if method == "POST" and path in ("/v1/messages", CHAT_PATH):

@@ -39,6 +39,11 @@ def from_user_id(request: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     return (name or None), {**request, "metadata": metadata}
 
 
+def names_by_user(body: bytes) -> bool:
+    """Whether a body may carry the user-id prefix (one byte search: only then is it parsed)."""
+    return _MARK in body
+
+
 def body_category(body: bytes) -> tuple[str | None, bytes]:
     """:func:`from_user_id` on a JSON request body: (the category, the body without the prefix),
     or (None, the body untouched) — also for a body that is not a readable JSON object. Only a
