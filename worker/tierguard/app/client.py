@@ -173,11 +173,6 @@ else:
                                    "The same for ``anthropic.AsyncAnthropic``.")
 
 
-def _platform_classes() -> tuple[type, ...]:
-    names = ("AnthropicBedrock", "AsyncAnthropicBedrock", "AnthropicVertex", "AsyncAnthropicVertex")
-    return tuple(c for c in (getattr(anthropic, n, None) for n in names) if isinstance(c, type))
-
-
 def shadowed_class(kind: type) -> type:
     """The wrapper class for SDK client class ``kind`` (made once per class)."""
     if "_tierguard_base" in vars(kind):
@@ -191,10 +186,3 @@ def shadowed_class(kind: type) -> type:
         found = _CLASSES[kind] = _make(kind, "Shadowed" + kind.__name__,
                                        f"A ``{kind.__name__}`` whose messages take ``category=``.")
     return found
-
-
-def unroutable(client: Any) -> bool:
-    """True for a Bedrock or Vertex client (their model ids are mapped by the policy's ``model_ids``)."""
-    return isinstance(client, _platform_classes())
-
-
