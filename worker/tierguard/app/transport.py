@@ -4,7 +4,8 @@ A :class:`WatchingClient` is what the wrapped SDK client sends through (passed t
 its public ``http_client``): it hands each request to the tap, sends it with the
 client it wraps (the caller's own, with its proxies, limits and TLS), and, for a
 request the tap watches, reads the answer through a byte stream that passes every
-chunk on to the caller as it comes and to the tap beside it. Everything else —
+chunk on to the caller as it comes and to the tap beside it (an answer the SDK asked
+to be read whole is handed to the tap once read). Everything else —
 building requests, timeouts, closing — is the wrapped client's.
 """
 
@@ -96,14 +97,13 @@ class WatchingClient(_Delegating, httpx2.Client):
         request, call = self.tap.begin(request)
         if call is None:
             return self.inner.send(request, stream=stream, **kwargs)
-        response = self.inner.send(request, stream=True, **kwargs)
+        response = self.inner.send(request, stream=stream, **kwargs)
         if call.answered(response):
-            response.stream = _Teed(response.stream, call)
-        if not stream:
-            try:
-                response.read()
-            finally:
-                response.close()
+            if stream:
+                response.stream = _Teed(response.stream, call)
+            else:  # read whole already, as the SDK asked
+                call.feed(response.content)
+                call.ended()
         return response
 
     def close(self) -> None:
@@ -122,14 +122,13 @@ class AsyncWatchingClient(_Delegating, httpx2.AsyncClient):
         request, call = self.tap.begin(request)
         if call is None:
             return await self.inner.send(request, stream=stream, **kwargs)
-        response = await self.inner.send(request, stream=True, **kwargs)
+        response = await self.inner.send(request, stream=stream, **kwargs)
         if call.answered(response):
-            response.stream = _AsyncTeed(response.stream, call)
-        if not stream:
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
+            if stream:
+                response.stream = _AsyncTeed(response.stream, call)
+            else:
+                call.feed(response.content)
+                call.ended()
         return response
 
     async def aclose(self) -> None:
