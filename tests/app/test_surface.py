@@ -127,3 +127,17 @@ def test_the_async_surface(simulator, redis_url, sqlite_url):
     asyncio.run(main())
     assert client.tierguard_stats()["published"] + client.tierguard_stats().get("submitted", 0) >= 3
     assert len(queued_jobs(redis_url)) == 3
+
+
+def test_an_unsampled_answers_usage_is_read_from_its_last_key_else_from_the_whole():
+    import json
+
+    from tierguard.app.tap import usage_of
+
+    usage = {"input_tokens": 3, "output_tokens": 1}
+    quoted = {"content": [{"type": "text", "text": '"usage": {"input_tokens": 9}'}], "usage": usage}
+    assert usage_of(json.dumps(quoted).encode()) == usage
+    later = {"content": [], "usage": usage, "context_management": {"usage": "n/a"}}  # a later "usage"
+    assert usage_of(json.dumps(later).encode()) == usage
+    assert usage_of(b'{"usage": {"input_tokens": "x"}}') == {"input_tokens": "x"}  # as the API said
+    assert usage_of(b"not json") is None

@@ -28,6 +28,7 @@ from tierguard.app.upstream import parse_request, with_model
 from tierguard.contract.job import SHAPING_HEADERS
 from tierguard.routing.platforms import invoke_path, messages_body
 
+_DECODER = json.JSONDecoder()
 ROUTED = ";routed="  # the wrapper's resources mark the header "CATEGORY;routed=MODEL": routed already
 _MESSAGES = "/v1/messages"
 _COUNT = "/v1/messages/count_tokens"
@@ -40,7 +41,7 @@ class Call:
     __slots__ = ("core", "cat", "routed", "body", "shaping", "sampled", "started", "watch")
 
     def __init__(self, core: Core, cat: Any, routed: dict[str, Any], body: bytes | None,
-                 shaping: dict[str, str] | None):
+                 shaping: dict[str, str] | httpx2.Headers | None):
         self.core, self.cat, self.routed = core, cat, routed
         self.body, self.shaping = body, shaping
         self.sampled = False
@@ -57,12 +58,25 @@ class Call:
         if status != 200 or self.body is None:  # an error, or a count of tokens: nothing to watch
             return False
         self.sampled = core.sampled(self.cat, self.routed)
+        return True
+
+    def streaming(self, response: httpx2.Response) -> None:
+        """Its body is read as it comes: watched chunk by chunk (:meth:`feed`, :meth:`ended`)."""
         kind = response.headers.get("content-type", "")
         frames = kind.startswith(EVENT_STREAM)  # Bedrock's streams
         self.watch = Watch(frames or kind.startswith("text/event-stream"), usage_only=not self.sampled,
-                           limit=core.settings.stream_assembly_max, frames=frames)
+                           limit=self.core.settings.stream_assembly_max, frames=frames)
         self.watch.status = 200
-        return True
+
+    def whole(self, content: bytes) -> None:
+        """Its body, read whole: counted (only its usage read, unless sampled) and shadowed when sampled."""
+        try:
+            if self.sampled:
+                self._handover(_json_object(content))
+            else:
+                self.core.served(self.cat, self.routed, usage_of(content))
+        except Exception:
+            self.core._failed("handing over an answer")
 
     def feed(self, chunk: bytes) -> None:
         watch = self.watch
@@ -87,14 +101,44 @@ class Call:
                 core.refuse("stream_too_long", "a stream event was longer than TIERGUARD_STREAM_ASSEMBLY_MAX "
                             "(%d): not watched", core.settings.stream_assembly_max)
                 return
-            answer = watch.answer()
-            if answer is None:
-                return
-            core.served(self.cat, self.routed, answer.get("usage"))
-            if self.sampled:
-                core.submit(self.cat, self.routed, answer, self.started, self.shaping, self.body)
+            self._handover(watch.answer())
         except Exception:
             core._failed("handing over an answer")
+
+    def _handover(self, answer: dict[str, Any] | None) -> None:
+        if answer is None:
+            return
+        core = self.core
+        core.served(self.cat, self.routed, answer.get("usage"))
+        if self.sampled:
+            shaping = self.shaping
+            if isinstance(shaping, httpx2.Headers):  # read only now, for the few sampled calls
+                shaping = _shaping(shaping)
+            core.submit(self.cat, self.routed, answer, self.started, shaping, self.body)
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+def usage_of(body: bytes) -> dict[str, Any] | None:
+    """The ``usage`` of a Messages API answer: read from its last top-level key (where the API puts
+    it) without parsing the whole answer, else from the whole answer."""
+    at = body.rfind(b'"usage"')
+    start = body.find(b"{", at) if at >= 0 else -1
+    if start > 0 and body[at + 7:start].strip() == b":":
+        try:
+            usage, _ = _DECODER.raw_decode(body[start:].decode())
+        except ValueError:
+            usage = None
+        if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
+            return usage
+    answer = _json_object(body)
+    return answer.get("usage") if answer is not None else None
 
 
 class Tap:
@@ -128,10 +172,10 @@ class Tap:
                 return self._route(name, request, path.endswith(_COUNT))
             if path.endswith(_COUNT):
                 return request, Call(self.core, cat, {"model": routed}, None, None)
-            body, shaping = request.content, _shaping(headers)
             if invoke is not None:  # the job is the Messages API request it stands for
-                body, shaping = _as_messages(invoke.platform, body, shaping)
-            return request, Call(self.core, cat, {"model": routed}, body, shaping)
+                body, shaping = _as_messages(invoke.platform, request.content, _shaping(headers))
+                return request, Call(self.core, cat, {"model": routed}, body, shaping)
+            return request, Call(self.core, cat, {"model": routed}, request.content, headers)
         except Exception:
             self.core._failed("routing a request")
             return request, None

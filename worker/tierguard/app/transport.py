@@ -100,10 +100,10 @@ class WatchingClient(_Delegating, httpx2.Client):
         response = self.inner.send(request, stream=stream, **kwargs)
         if call.answered(response):
             if stream:
+                call.streaming(response)
                 response.stream = _Teed(response.stream, call)
             else:  # read whole already, as the SDK asked
-                call.feed(response.content)
-                call.ended()
+                call.whole(response.content)
         return response
 
     def close(self) -> None:
@@ -125,10 +125,10 @@ class AsyncWatchingClient(_Delegating, httpx2.AsyncClient):
         response = await self.inner.send(request, stream=stream, **kwargs)
         if call.answered(response):
             if stream:
+                call.streaming(response)
                 response.stream = _AsyncTeed(response.stream, call)
             else:
-                call.feed(response.content)
-                call.ended()
+                call.whole(response.content)
         return response
 
     async def aclose(self) -> None:

@@ -14,7 +14,7 @@ from tierguard.bench.stats import pct
 
 class _Clock:
     """Adds up the time spent in tierguard's own code on the call path: the resources' routing
-    (``named``) and the tap's steps on the wire (begin, answered, feed, ended)."""
+    (``named``) and the tap's steps on the wire (begin, answered, whole or streaming/feed/ended)."""
 
     def __init__(self) -> None:
         self.spent = 0.0
@@ -37,7 +37,7 @@ class _Clock:
         from tierguard.app import resources, tap
 
         self._wrap(resources, "named")
-        for name in ("answered", "feed", "ended"):
+        for name in ("answered", "streaming", "whole", "feed", "ended"):
             self._wrap(tap.Call, name)
         self._wrap(tap.Tap, "begin")
         return self
