@@ -75,9 +75,9 @@ def _platform_named(core: Core, category: str, kwargs: dict[str, Any], platform:
 
 def _marked(core: Core, category: str, kwargs: dict[str, Any], model: str) -> dict[str, Any]:
     """The call's arguments with the tap's headers: the category and the model it was routed to."""
-    extra = kwargs.get("extra_headers")
-    headers = dict(extra) if isinstance(extra, dict) else {}
-    headers[core.settings.category_header] = category + ROUTED + model
+    extra, name = kwargs.get("extra_headers"), core.settings.category_header
+    headers = {k: v for k, v in extra.items() if k.lower() != name.lower()} if isinstance(extra, dict) else {}
+    headers[name] = category + ROUTED + model  # category= wins over a header given as well
     return {**kwargs, "extra_headers": headers}
 
 
