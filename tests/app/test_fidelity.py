@@ -129,6 +129,7 @@ def test_bedrock_and_vertex_clients_are_routed_with_their_platforms_ids(simulato
         redis.Redis.from_url(redis_url).flushdb()
         client = wrapped(server, redis_url, sqlite_url, client=sdk)
         assert isinstance(client, type(sdk))
+        assert isinstance(client.beta, type(sdk.beta))  # the platform's own beta resources, kept
         msg = client.messages.create(category="sentiment", model=asked, max_tokens=8,
                                      messages=[{"role": "user", "content": "hi"}])
         assert msg.model == routed  # the candidate's id on the platform, in the platform's path

@@ -141,3 +141,45 @@ def test_an_unsampled_answers_usage_is_read_from_its_last_key_else_from_the_whol
     assert usage_of(json.dumps(later).encode()) == usage
     assert usage_of(b'{"usage": {"input_tokens": "x"}}') == {"input_tokens": "x"}  # as the API said
     assert usage_of(b"not json") is None
+
+
+def test_odd_but_valid_calls_go_as_the_sdk_sends_them(simulator, redis_url, sqlite_url):
+    server = simulator(**SCENARIO)
+    client = wrapped(server, redis_url, sqlite_url)
+    turns = ({"role": "user", "content": text} for text in ["hi"])  # a generator: read once, by both
+    assert client.messages.create(category="sentiment", max_tokens=8, messages=turns).model == HAIKU
+    assert received(server)[-1]["body"].count('"hi"') == 1
+    both = client.messages.create(category="sentiment", extra_headers={"X-Tierguard-Category": "other"},
+                                  **ASK)
+    assert both.model == HAIKU  # category= wins over a header given as well, whatever its case
+    again = tierguard.ShadowedAnthropic(client, settings=client.tierguard_core.settings,
+                                        policy=parse_policy(LISTED))  # a wrapper wrapped again
+    assert again.tierguard_core is not client.tierguard_core
+    assert again.messages.create(category="sentiment", **ASK).model == HAIKU
+    assert again.tierguard_flush() and client.tierguard_flush()
+    assert again.tierguard_stats()["published"] == 1 and client.tierguard_stats()["published"] == 2
+    assert len(queued_jobs(redis_url)) == 3
+    again.tierguard_close()
+    client.tierguard_close()
+
+
+def test_an_async_stream_left_early_closes_cleanly_and_is_not_shadowed(simulator, redis_url, sqlite_url):
+    server = simulator(**SCENARIO)
+    client = tierguard.AsyncShadowedAnthropic(
+        anthropic.AsyncAnthropic(base_url=server.base_url, api_key=API_KEY),
+        settings=get_settings(redis_url=redis_url, database_url=sqlite_url), policy=parse_policy(LISTED))
+
+    async def main():
+        stream = await client.messages.create(category="sentiment", stream=True, **ASK)
+        async for _event in stream:
+            break
+        await stream.close()
+        full = await client.messages.create(category="sentiment", stream=True, **ASK)
+        return [event.type async for event in full]
+
+    events = asyncio.run(main())
+    assert events[-1] == "message_stop"
+    assert client.tierguard_flush()
+    assert len(queued_jobs(redis_url)) == 1  # only the stream read to its end
+    assert client.tierguard_stats().get("internal_errors", 0) == 0
+    client.tierguard_close()

@@ -30,6 +30,7 @@ from tierguard.app.resources import (
     AsyncShadowedMessages,
     ShadowedBeta,
     ShadowedMessages,
+    platform_beta,
 )
 from tierguard.app.tap import Tap
 from tierguard.app.transport import AsyncWatchingClient, WatchingClient
@@ -74,7 +75,11 @@ class _Shadowing:
                             f"AnthropicBedrock, AnthropicVertex, …); got {type(client).__name__}")
         core = Core(settings, policy)
         kind = shadowed_class(type(client))
-        wrapped = client.copy(http_client=_watching(client._client, core, _is_async(kind)))
+        token = _COPYING.set(core)  # (a wrapper wrapped again: its copy takes the new state)
+        try:
+            wrapped = client.copy(http_client=_watching(client._client, core, _is_async(kind)))
+        finally:
+            _COPYING.reset(token)
         wrapped.__class__ = kind
         wrapped._tierguard_adopt(core, owner=True)
         return wrapped
@@ -92,12 +97,14 @@ class _Shadowing:
     def _tierguard_adopt(self, core: Core, owner: bool) -> None:
         self.tierguard_core = core
         self._tierguard_owner = owner
-        for name in ("messages", "beta"):  # Bedrock's and Vertex's clients set their own in __init__
-            self.__dict__.pop(name, None)
+        self.__dict__.pop("messages", None)  # Bedrock's and Vertex's clients set their own in __init__
+        beta = self.__dict__.pop("beta", None)
+        if beta is not None:  # theirs (their own resources), its messages taking category=
+            self.__dict__["beta"] = platform_beta(beta, _is_async(type(self)))
 
     def copy(self, *args: Any, **kwargs: Any) -> Any:
         """The SDK's ``copy``/``with_options``: a wrapper sharing this one's tierguard state."""
-        token = _COPYING.set(self.tierguard_core)
+        token = _COPYING.set(_COPYING.get() or self.tierguard_core)
         try:
             return self._tierguard_base.copy(self, *args, **kwargs)
         finally:

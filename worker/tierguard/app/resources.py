@@ -11,6 +11,7 @@ call that names no category is the SDK's own, untouched.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anthropic
@@ -25,6 +26,9 @@ from tierguard.app.tap import ROUTED
 
 _PLATFORMS = {"AnthropicBedrock": "bedrock", "AsyncAnthropicBedrock": "bedrock",
               "AnthropicVertex": "vertex", "AsyncAnthropicVertex": "vertex"}
+
+
+_ITERABLES = ("messages", "system", "tools", "stop_sequences")
 
 
 def platform_of(client: Any) -> str:
@@ -44,6 +48,9 @@ def named(core: Core, category: str | None, kwargs: dict[str, Any], platform: st
     category = by_user if category is None else category  # category= wins over the user id's prefix
     if category is None:
         return kwargs
+    for key in _ITERABLES:  # an iterator (a generator) can be read once: read here, for both
+        if isinstance(kwargs.get(key), Iterator):
+            kwargs = {**kwargs, key: list(kwargs[key])}
     if platform != "anthropic":
         return _platform_named(core, category, kwargs, platform)
     cat, kwargs = core.route(category, kwargs)
@@ -76,7 +83,8 @@ def _platform_named(core: Core, category: str, kwargs: dict[str, Any], platform:
 def _marked(core: Core, category: str, kwargs: dict[str, Any], model: str) -> dict[str, Any]:
     """The call's arguments with the tap's headers: the category and the model it was routed to."""
     extra, name = kwargs.get("extra_headers"), core.settings.category_header
-    headers = {k: v for k, v in extra.items() if k.lower() != name.lower()} if isinstance(extra, dict) else {}
+    headers = {k: v for k, v in extra.items() if k.lower() != name.lower()} if isinstance(extra, Mapping) \
+        else {}
     headers[name] = category + ROUTED + model  # category= wins over a header given as well
     return {**kwargs, "extra_headers": headers}
 
@@ -159,3 +167,20 @@ def _cached(beta: Any, name: str, kind: type) -> Any:
     if found is None:
         found = beta.__dict__[name] = kind(beta._client)
     return found
+
+
+_BETAS: dict[type, type] = {}
+
+
+def platform_beta(beta: Any, is_async: bool) -> Any:
+    """A Bedrock or Vertex client's own ``beta`` (its own resources), made an instance of a subclass
+    of its class whose ``messages`` take ``category=``."""
+    kind = type(beta)
+    found = _BETAS.get(kind)
+    if found is None:
+        messages = AsyncShadowedBetaMessages if is_async else ShadowedBetaMessages
+        found = _BETAS[kind] = type("Shadowed" + kind.__name__, (kind,), {
+            "messages": property(lambda self: _cached(self, "_tierguard_messages", messages)),
+            "__module__": __name__})
+    beta.__class__ = found
+    return beta

@@ -50,6 +50,13 @@ class Call:
 
     def answered(self, response: httpx2.Response) -> bool:
         """The answer's head arrived: its rate limits read; True if its body is to be watched."""
+        try:
+            return self._answered(response)
+        except Exception:
+            self.core._failed("reading an answer's head")
+            return False
+
+    def _answered(self, response: httpx2.Response) -> bool:
         core, model = self.core, self.routed.get("model")
         status = response.status_code
         if status == 429:
@@ -62,6 +69,10 @@ class Call:
 
     def streaming(self, response: httpx2.Response) -> None:
         """Its body is read as it comes: watched chunk by chunk (:meth:`feed`, :meth:`ended`)."""
+        if response.headers.get("content-encoding", "identity") != "identity":
+            self.core.refuse("stream_encoded", "a streamed answer came compressed (%s): relayed, not watched",
+                             response.headers.get("content-encoding"))
+            return
         kind = response.headers.get("content-type", "")
         frames = kind.startswith(EVENT_STREAM)  # Bedrock's streams
         self.watch = Watch(frames or kind.startswith("text/event-stream"), usage_only=not self.sampled,
@@ -159,7 +170,7 @@ class Tap:
             name, _, routed = value.partition(ROUTED)
             path = request.url.path
             invoke = None if path.endswith((_MESSAGES, _COUNT)) else invoke_path(path)
-            if invoke is None or not headers.get("authorization", "").startswith("AWS4-"):
+            if not headers.get("authorization", "").startswith("AWS4-"):
                 del headers[self.header]  # (a SigV4 signature covers it: then it stays)
             if request.method != "POST" or (invoke is None and not path.endswith((_MESSAGES, _COUNT))):
                 return request, None

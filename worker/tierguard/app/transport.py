@@ -4,7 +4,7 @@ A :class:`WatchingClient` is what the wrapped SDK client sends through (passed t
 its public ``http_client``): it hands each request to the tap, sends it with the
 client it wraps (the caller's own, with its proxies, limits and TLS), and, for a
 request the tap watches, reads the answer through a byte stream that passes every
-chunk on to the caller as it comes and to the tap beside it (an answer the SDK asked
+chunk on to the caller as it comes and to the tap beside it (asked for uncompressed) (an answer the SDK asked
 to be read whole is handed to the tap once read). Everything else —
 building requests, timeouts, closing — is the wrapped client's.
 """
@@ -27,6 +27,13 @@ class _Unused(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         raise RuntimeError("tierguard's client sends through the client it wraps")
+
+
+def _uncompressed(request: httpx2.Request) -> None:
+    """A watched answer read as it comes is asked for uncompressed (the tap reads its raw bytes), as
+    the gateway asks; not a SigV4-signed request, whose signature covers its headers."""
+    if not request.headers.get("authorization", "").startswith("AWS4-"):
+        request.headers["accept-encoding"] = "identity"
 
 
 class _Teed(httpx2.SyncByteStream):
@@ -52,10 +59,15 @@ class _AsyncTeed(httpx2.AsyncByteStream):
         self._inner, self._call = inner, call
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            self._call.feed(chunk)
-            yield chunk
-        self._call.ended()
+        chunks = self._inner.__aiter__()
+        try:
+            async for chunk in chunks:
+                self._call.feed(chunk)
+                yield chunk
+            self._call.ended()
+        finally:  # also when the caller stops early: closed here, not by the event loop later
+            if hasattr(chunks, "aclose"):
+                await chunks.aclose()
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -97,6 +109,8 @@ class WatchingClient(_Delegating, httpx2.Client):
         request, call = self.tap.begin(request)
         if call is None:
             return self.inner.send(request, stream=stream, **kwargs)
+        if stream:
+            _uncompressed(request)
         response = self.inner.send(request, stream=stream, **kwargs)
         if call.answered(response):
             if stream:
@@ -122,6 +136,8 @@ class AsyncWatchingClient(_Delegating, httpx2.AsyncClient):
         request, call = self.tap.begin(request)
         if call is None:
             return await self.inner.send(request, stream=stream, **kwargs)
+        if stream:
+            _uncompressed(request)
         response = await self.inner.send(request, stream=stream, **kwargs)
         if call.answered(response):
             if stream:
