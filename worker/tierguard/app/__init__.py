@@ -1,9 +1,12 @@
 """The production side: route each call by its category, sample a share, hand it off without waiting.
 
 Owns the SDK wrapper (:mod:`~tierguard.app.client`: ``ShadowedAnthropic`` and
-``AsyncShadowedAnthropic``) over the shared core (``core``), the gateway
-(``gateway``, its upstream client ``upstream``), stream assembly (``stream``), the
-request snapshot (``snapshot``), fork detection (``forks``) and the background
+``AsyncShadowedAnthropic``; its resources ``resources``, their types ``signatures``, its HTTP
+client ``transport`` and the ``tap`` that watches the wire) over the shared core (``core``),
+the gateway (``gateway``, ``admission``, ``relay``, its upstream client ``upstream``, the
+OpenAI-compatible endpoint ``openai_compat`` and Bedrock's and Vertex's paths
+``platform_gateway``), naming a category without a header (``naming``), stream assembly
+(``stream``), the request snapshot (``snapshot``), fork detection (``forks``) and the background
 publisher that turns sampled calls into ``shadow_batch`` messages (``publisher``).
 Nothing here may raise into the caller or make it wait on I/O.
 
