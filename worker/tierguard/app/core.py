@@ -60,7 +60,6 @@ class Core:
         self._refused_models: set[str] = set()
         self._unlisted_seen: dict[str, float] = {}  # unlisted category -> when last routed
         self._refusals_logged: set[str] = set()
-        stream.configure(self.settings.stream_assembly_max)  # the wrapper's stream assemblers
         self._generation: int | None = None  # the background threads run in no process yet
         self._fork_lock = threading.Lock()
 

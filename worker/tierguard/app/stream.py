@@ -1,15 +1,14 @@
 """Watching a streamed answer on the side: server-sent events in, the final message out.
 
-:class:`Assembler` takes Messages API stream events — JSON dicts (the gateway) or
-the SDK's event objects (the wrapper) — and builds the message they describe:
+:class:`Assembler` takes Messages API stream events — JSON dicts, parsed from the bytes
+the gateway relays or the wrapper's tap sees — and builds the message they describe:
 its content blocks (text, tool calls with their input) and its usage. Only
 sampled streams are watched; the caller's events are never held back.
 
 Both are linear in the stream's length: text and JSON deltas are kept in lists and
 joined once, at the end; the SSE parser searches each byte once. An assembler holds at
-most ``limit`` characters of content (``TIERGUARD_STREAM_ASSEMBLY_MAX``, 8 MiB; the
-SDK wrapper's assemblers take the setting of the latest :class:`~tierguard.app.core.Core`
-built in the process, see :func:`configure`): past it the content is dropped, only the
+most ``limit`` characters of content (``TIERGUARD_STREAM_ASSEMBLY_MAX``, 8 MiB, passed by
+each caller): past it the content is dropped, only the
 usage is kept, and the message it hands over carries ``UNASSEMBLED`` — counted, never
 shadowed. The stream itself goes on to the caller untouched.
 """
@@ -17,19 +16,13 @@ shadowed. The stream itself goes on to the caller untouched.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from typing import Any
 
 from tierguard.contract.messages import USAGE_FIELDS
 
 UNASSEMBLED = "tierguard_unassembled"  # set in a message too long to assemble: usage only
 USAGE_EVENTS = frozenset({b"message_start", b"message_delta", b"message_stop"})
-_defaults = {"limit": 8 * 1024 * 1024}
-
-
-def configure(limit: int) -> None:
-    """The content limit of the assemblers built from now on in this process (characters)."""
-    _defaults["limit"] = limit
+DEFAULT_LIMIT = 8 * 1024 * 1024  # characters; callers pass TIERGUARD_STREAM_ASSEMBLY_MAX
 
 
 def _get(obj: Any, name: str) -> Any:
@@ -46,7 +39,7 @@ class Assembler:
         self.usage: dict[str, int] = {}
         self.model: str | None = None
         self.done = False
-        self.limit = _defaults["limit"] if limit is None else limit
+        self.limit = DEFAULT_LIMIT if limit is None else limit
         self.size = 0  # characters of content held
         self.too_long = False
 
@@ -205,37 +198,3 @@ class UsageOnly(Assembler):
 
     def message(self) -> dict[str, Any]:
         return {"usage": dict(self.usage)}
-
-
-def watched(events: Iterator[Any], on_message: Callable[[dict[str, Any]], None],
-            assembler: Assembler | None = None) -> Iterator[Any]:
-    """Yield ``events`` unchanged; at ``message_stop`` hand the assembled message to ``on_message``.
-
-    A stream the caller abandons before ``message_stop`` hands nothing over.
-    """
-    assembler = assembler or Assembler()
-    for event in events:
-        try:
-            if assembler.feed(event):
-                on_message(assembler.message())
-        except Exception:  # watching must never break the caller's stream
-            assembler = _Ignore()
-        yield event
-
-
-async def awatched(events: Any, on_message: Callable[[dict[str, Any]], None],
-                   assembler: Assembler | None = None) -> Any:
-    """:func:`watched` for an async iterator."""
-    assembler = assembler or Assembler()
-    async for event in events:
-        try:
-            if assembler.feed(event):
-                on_message(assembler.message())
-        except Exception:
-            assembler = _Ignore()
-        yield event
-
-
-class _Ignore(Assembler):
-    def feed(self, event: Any) -> bool:
-        return False
