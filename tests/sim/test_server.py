@@ -140,3 +140,23 @@ def test_scenarios_without_models_answer_exactly_as_before():
     # the digest of these answers before per-model scripts existed
     assert hashlib.sha256("\n".join(out).encode()).hexdigest() == (
         "42ccae94129cbb25bf95ae9dbe6ae04aba9e7e8f19dad2afac91e141fed5fc52")
+
+
+def test_a_script_mid_run_changes_snapshots_and_the_references_answers(simulator):
+    server = simulator(**SCENARIO)
+    client = sdk(server)
+    texts = [f"case {i}" for i in range(200)]
+    before = [ask(client, "claude-opus-4-7", t).content[0].text for t in texts]
+    assert ask(client, "claude-opus-4-7", "x").model == "claude-opus-4-7"
+    scripted = httpx2.post(f"{server.base_url}/_sim/script", json={
+        "snapshots": {"claude-opus-4-7": "claude-opus-4-7-20270101"},
+        "categories": {"sentiment": {"models": {"claude-opus-4-7": {"agreement": 0.8}}}}}).json()
+    assert scripted["snapshots"] == {"claude-opus-4-7": "claude-opus-4-7-20270101"}
+    after = [ask(client, "claude-opus-4-7", t) for t in texts]
+    assert {m.model for m in after} == {"claude-opus-4-7-20270101"}
+    wrong = sum(a.content[0].text != b for a, b in zip(after, before, strict=True))
+    assert 20 <= wrong <= 60  # 20 % of 200, deterministic per request
+    assert [ask(client, "claude-opus-4-7", t).content[0].text for t in texts[:20]] == \
+        [m.content[0].text for m in after[:20]]
+    bad = httpx2.post(f"{server.base_url}/_sim/script", json={"categories": {"nope": {}}})
+    assert bad.status_code == 400 and "nope" in bad.text

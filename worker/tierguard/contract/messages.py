@@ -53,6 +53,12 @@ def usage_counts(usage: Any) -> dict[str, int]:
     return out
 
 
+def snapshot_of(message: Any) -> str | None:
+    """The model snapshot that answered (the Message's ``model`` field), an SDK object or its JSON."""
+    model = message.get("model") if isinstance(message, dict) else getattr(message, "model", None)
+    return model if isinstance(model, str) and model else None
+
+
 def usage_of(message: Any) -> tuple[int | None, int | None]:
     """(input tokens, output tokens) of a Message, an SDK object or its JSON."""
     usage = _usage(message)

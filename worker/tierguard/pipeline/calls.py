@@ -11,7 +11,13 @@ from typing import Any
 import anthropic
 
 from tierguard.contract.job import SHAPING_HEADERS
-from tierguard.contract.messages import cache_tokens_of, content_json_text, message_text, usage_of
+from tierguard.contract.messages import (
+    cache_tokens_of,
+    content_json_text,
+    message_text,
+    snapshot_of,
+    usage_of,
+)
 from tierguard.errors import PermanentCallError, RetryableCallError, ShadowCallError
 from tierguard.pipeline.platform_client import platform_of, sent_model
 
@@ -27,6 +33,7 @@ class Answer:
     headers: Any = None  # the response's headers (its rate-limit view: tierguard.headroom.ratelimits)
     batch: bool = False  # answered through the Message Batches API (priced at its discount)
     platform: str = "anthropic"  # answered through Bedrock or Vertex (TIERGUARD_SHADOW_PLATFORM)
+    snapshot: str | None = None  # the model snapshot the API reported (the answer's ``model``)
 
 
 def _retry_after(err: anthropic.APIStatusError) -> float | None:
@@ -89,7 +96,8 @@ def call_model(client: anthropic.Anthropic, model: str, request: dict[str, Any],
         raise PermanentCallError(f"the job is not a Messages request: {err}", kind="bad_request") from None
     latency = (time.perf_counter() - t0) * 1000
     inp, out = usage_of(message)
-    return Answer(message_text(message), inp, out, latency, *cache_tokens_of(message))
+    return Answer(message_text(message), inp, out, latency, *cache_tokens_of(message),
+                  snapshot=snapshot_of(message))
 
 
 async def call_json_async(client: anthropic.AsyncAnthropic, body: dict[str, Any],
@@ -126,7 +134,7 @@ async def call_model_async(client: anthropic.AsyncAnthropic, model: str,
     usage = body.get("usage") or {}
     return Answer(content_json_text(body.get("content") or []), usage.get("input_tokens"),
                   usage.get("output_tokens"), latency, *cache_tokens_of(body),
-                  headers=headers, platform=platform_of(client))
+                  headers=headers, platform=platform_of(client), snapshot=snapshot_of(body))
 
 
 async def call_model_with_retries(client: anthropic.AsyncAnthropic, model: str,

@@ -31,7 +31,7 @@ import anthropic
 import httpx2
 
 from tierguard.contract.job import ShadowJob, digest
-from tierguard.contract.messages import cache_tokens_of, message_text, usage_of
+from tierguard.contract.messages import cache_tokens_of, message_text, snapshot_of, usage_of
 from tierguard.contract.sealing import open_job, seal_job
 from tierguard.errors import PayloadInvalid, RetryableCallError
 from tierguard.pipeline.calls import Answer, classify
@@ -230,7 +230,7 @@ def _sort(ctx: Context, row: BatchJob, result: Any, pending: list[Result],
     if result.type == "succeeded":
         message = result.message
         answer = Answer(message_text(message), *usage_of(message), None, *cache_tokens_of(message),
-                        batch=True)
+                        batch=True, snapshot=snapshot_of(message))
         if needs_judge(ctx.policy.category(job.category)):
             judged.append((job, answer, row.attempt))
         else:

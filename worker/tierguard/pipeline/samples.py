@@ -66,7 +66,7 @@ def sample_values(policy: Policy, job: ShadowJob, answer: Answer | None, verdict
             shadow_cost_usd=policy.cost_usd(job.shadow_model, answer.input_tokens,
                                             answer.output_tokens, answer.cache_write_tokens,
                                             answer.cache_read_tokens, answer.batch, answer.platform),
-            shadow_via="batch" if answer.batch else None,
+            shadow_via="batch" if answer.batch else None, shadow_snapshot=answer.snapshot,
             shadow_hash=digest(answer.text), shadow_excerpt=_excerpt(policy, answer.text))
     if judge is not None:
         values.update(judge_model=judge.model, judge_input_tokens=judge.input_tokens,

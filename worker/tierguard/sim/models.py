@@ -21,6 +21,7 @@ A scenario file (YAML)::
                   drift: {after: 400, agreement: 0.6},
                   models: {claude-haiku-4-5: {agreement: 0.80, drift: {after: 300, agreement: 0.6}},
                            claude-sonnet-4-6: {agreement: 0.97}}}
+    snapshots: {claude-haiku-4-5: claude-haiku-4-5-20251001}  # the ``model`` answers report
     batch_delay_s: 0.5          # Message Batches end this long after creation
     batch_cancel_delay_s: 0.1   # a canceled batch is "canceling" this long
     batch_error_rate: 0.0       # share of batch requests that end errored
@@ -34,7 +35,10 @@ A request belongs to the category whose ``match`` (default: the name) occurs in
 its system prompt. A candidate listed under a category's ``models`` uses its own
 ``agreement`` (default: the category's) and ``drift``, whose ``after`` counts
 that model's requests in the category; other candidates share the category's,
-whose ``after`` counts every candidate request in the category.
+whose ``after`` counts every candidate request in the category. A *reference* listed under
+``models`` answers right with its ``agreement`` (deterministic per request, like a candidate)
+instead of its ``reference_noise``. ``POST /_sim/script`` changes snapshots and agreements
+mid-run (:meth:`Simulator.script`).
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ class Scenario:
     batch_error_rate: float = 0.0  # share of batch requests that end errored (api_error)
     rate_limits: dict[str, dict[str, Any]] = field(default_factory=dict)  # see ops.sim_buckets
     time_scale: float = 1.0  # rate-limit minutes last 60/time_scale real seconds
+    snapshots: dict[str, str] = field(default_factory=dict)  # model -> the snapshot its answers name
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
@@ -140,7 +145,8 @@ class Scenario:
                    batch_cancel_delay_s=float(data.get("batch_cancel_delay_s", 0.1)),
                    batch_error_rate=float(data.get("batch_error_rate", 0)),
                    rate_limits=dict(data.get("rate_limits") or {}),
-                   time_scale=float(data.get("time_scale", 1.0)))
+                   time_scale=float(data.get("time_scale", 1.0)),
+                   snapshots={str(k): str(v) for k, v in (data.get("snapshots") or {}).items()})
 
     @classmethod
     def load(cls, path: str | Path) -> Scenario:
@@ -204,14 +210,35 @@ class Simulator:
             if not is_reference:
                 self.candidate_calls[cat.name] += 1
             n, own = self.candidate_calls[cat.name], self.requests[(model, cat.name)]
-        if is_reference:
+        noisy = is_reference and model not in cat.models  # a scripted reference: as a candidate
+        if noisy:
             with self.lock:
                 correct = self.rng.random() >= cat.reference_noise
         else:
             correct = _unit(self.scenario.seed, model, key) < cat.agreement_for(model, n, own)
-        wrong_u = _unit(self.scenario.seed, "wrong", model, key, self.rng.random() if is_reference else 0)
+        wrong_u = _unit(self.scenario.seed, "wrong", model, key, self.rng.random() if noisy else 0)
         reword = not is_reference and _unit(self.scenario.seed, "reword", model, key) < cat.paraphrase
         return cat.name, self._render(cat, truth_u, None if correct else wrong_u, key, reword)
+
+    def snapshot(self, model: str) -> str:
+        """The name answers of ``model`` report (its snapshot; the model itself unless scripted)."""
+        return self.scenario.snapshots.get(model, model)
+
+    def script(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Change snapshots and agreements from now on (``POST /_sim/script``); what is scripted."""
+        with self.lock:
+            for model, name in (body.get("snapshots") or {}).items():
+                self.scenario.snapshots[str(model)] = str(name)
+            for name, spec in (body.get("categories") or {}).items():
+                cat = self.scenario.categories[name]
+                if "agreement" in spec:
+                    cat.agreement, cat.drift_after = float(spec["agreement"]), None
+                for model, own in (spec.get("models") or {}).items():
+                    cat.models[str(model)] = ModelSim(agreement=float(own["agreement"]))
+            return {"snapshots": dict(self.scenario.snapshots),
+                    "categories": {n: {"agreement": c.agreement,
+                                       "models": {m: s.agreement for m, s in c.models.items()}}
+                                   for n, c in self.scenario.categories.items()}}
 
     def judge(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """A judge's answer: equivalent when both answers hold the same words, else candidate_worse."""

@@ -26,6 +26,10 @@ Test controls:
 - ``POST /_sim/buckets`` ``{"model", "requests_per_minute", "input_tokens_per_minute",
   "output_tokens_per_minute", "time_scale", "key"}`` or ``{"model", "key"?, "clear": true}``:
   set (full again) or drop a model's buckets, or one key's override.
+- ``POST /_sim/script`` ``{"snapshots": {MODEL: NAME}, "categories": {CAT: {"agreement",
+  "models": {MODEL: {"agreement"}}}}}`` (all optional): from now on, answers report ``NAME`` as
+  their ``model`` (a new snapshot behind the alias) and a category's candidates (or a listed model,
+  the reference included) answer right with that probability (``sim.models``).
 - ``GET /_sim/stats``: ``requests``, ``candidate_calls``, ``in_flight``, ``in_flight_max``,
   ``streams``, ``recent_headers``, ``batches`` (``created``, ``ended``, ``canceled``,
   ``requests``, ``results``), ``served`` and ``rate_limited`` per model, and ``by_key``
@@ -115,8 +119,8 @@ def is_judging(body: dict[str, Any]) -> bool:
 def build_message(sim: Simulator, body: dict[str, Any]) -> dict[str, Any]:
     """The Message that ``POST /v1/messages`` answers ``body`` with (also each batch request)."""
     if is_judging(body):
-        return message_body(body["model"], "", input_tokens(body), content=sim.judge(body))
-    return message_body(body["model"], sim.answer(body)[1], input_tokens(body))
+        return message_body(sim.snapshot(body["model"]), "", input_tokens(body), content=sim.judge(body))
+    return message_body(sim.snapshot(body["model"]), sim.answer(body)[1], input_tokens(body))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -239,6 +243,11 @@ class _Handler(BaseHTTPRequestHandler):
                     queue.append((int(body.get("status", 500)), float(body.get("delay", 0)),
                                   body.get("retry_after")))
             return self._json(200, {"queued": len(queue)})
+        if self.path == "/_sim/script":
+            try:
+                return self._json(200, sim.script(body))
+            except (ValueError, TypeError, AttributeError, KeyError) as err:
+                return self._error(400, f"script: {err}")
         if self.path in ("/_sim/batches", "/_sim/buckets"):
             try:
                 if self.path == "/_sim/batches":

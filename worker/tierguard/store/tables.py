@@ -77,6 +77,11 @@ class Sample(SQLModel, table=True):
     shadow_cost_usd: float | None = None
     shadow_via: str | None = None  # "batch" for a Message Batches shadow (priced at its discount)
     rung: str | None = None  # the model compared with the reference (null before revision 0012)
+    # What the evidence was gathered on (null before revision 0013): a hash of what defines the
+    # task (tierguard.contract.fingerprint) and the snapshots the API reported in the answers.
+    prompt_fingerprint: str | None = None
+    served_snapshot: str | None = None
+    shadow_snapshot: str | None = None
     judge_model: str | None = None
     judge_input_tokens: int | None = None
     judge_output_tokens: int | None = None
