@@ -169,3 +169,19 @@ def test_engine_meets_the_issue_goals_in_monte_carlo():
     assert fast["engine"]["median"] >= fast["oracle"]["median"]
     assert slow["engine"]["median"] >= slow["oracle"]["median"] * 0.97
     assert fig["false_flips_0.93"]["window100"] > 0.9  # the naive rule is as bad as claimed
+
+
+def test_restart_promotion_restarts_recovery_evidence_but_not_a_demotion_watch():
+    from tierguard.engine.detector import restart_promotion
+    engine = Engine(EngineConfig())
+    ref = Situation("reference", False, 0.0)
+    st = {}
+    for _ in range(30):
+        st, _ = engine.update(st, True, ref)
+    assert st["n"] == 30 and restart_promotion(st)["n"] == 0
+    assert restart_promotion(st)["dir"] == "promote"
+    cand = Situation("candidate", False, 0.0)
+    st = {}
+    for agree in (True, False, False):
+        st, _ = engine.update(st, agree, cand)
+    assert restart_promotion(st) == st

@@ -102,6 +102,14 @@ def note_change(state: dict, now: float, window_s: float) -> dict:
     return _restart(st, None)
 
 
+def restart_promotion(state: dict) -> dict:
+    """``state`` with its promotion evidence (and eligibility) restarted, as after a change of
+    what the evidence describes (a new prompt or snapshot); a demotion watch keeps running."""
+    if state.get("v") != STATE_VERSION or state.get("dir") != "promote":
+        return dict(state)
+    return _restart(state, "promote")
+
+
 def _restart(st: dict, direction: str | None) -> dict:
     return {**st, "dir": direction, "s": 0, "n": 0, "a": 0, "z": 0, "za": 0, "eligible": False}
 

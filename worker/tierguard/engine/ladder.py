@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from tierguard.engine.detector import Decision, Engine, Situation
+from tierguard.engine.detector import Decision, Engine, Situation, restart_promotion
 
 STATES = ("serving", "eligible", "watching", "demoted")
 
@@ -122,6 +122,12 @@ class Ladder:
         """:meth:`update` on a category's stored state (``{"rungs": {MODEL: state}, ...}``)."""
         states, move = self.update(dict(state.get("rungs") or {}), serving, rung, agree, pinned, now)
         return {**state, "rungs": states}, move
+
+    def restart_promotion(self, state: dict, serving: str) -> dict:
+        """A category's stored state with every rung's promotion evidence restarted (the rung in
+        service keeps its demotion watch)."""
+        rungs = {rung: restart_promotion(st) for rung, st in (state.get("rungs") or {}).items()}
+        return self.mirror({**state, "rungs": rungs}, serving)
 
     def mirror(self, state: dict, serving: str) -> dict:
         """The stored state with the :meth:`primary` rung's numbers at the top (what status,
