@@ -121,3 +121,20 @@ def test_a_promotion_that_would_flap_pins_the_route_where_it_is():
     states = {H: {"v": STATE_VERSION, "changes": [0.0], "last_change": 0.0}}  # one change in the window
     index, states, move = first_move(lad, states, S, H, [True] * 400, t0=10.0)
     assert (move.decision.action, move.target) == ("pin", S)  # sonnet serves on, pinned: not opus
+
+
+def test_every_rung_is_promoted_by_the_betting_test_at_the_two_model_sample():
+    outcomes = stream(8, 3000, 0.985)
+    engine, state, expected = Engine(dataclasses.replace(CONFIG, auto_promote=True)), {}, None
+    for i, agree in enumerate(outcomes):
+        state, decision = engine.update(state, agree, Situation("reference", False, float(i)))
+        if decision.action != "hold":
+            expected = i
+            break
+    # Sonnet, just below the reference in service, moves at the same sample, on the same test.
+    index, _, move = first_move(ladder(auto_promote=True), {}, OPUS, S, outcomes)
+    assert index == expected is not None and move.decision.action == "promote" and move.target == S
+    assert move.decision.numbers["e_value"] >= 1 / CONFIG.promote_error_rate
+    # Haiku, two rungs below, is only marked eligible, on its own betting evidence.
+    index, states, move = first_move(ladder(auto_promote=True), {}, OPUS, H, outcomes)
+    assert index == expected and move.decision.action == "eligible" and states[H]["w"] >= 460518

@@ -67,6 +67,7 @@ def test_same_decisions_same_samples_same_state(config, seed):
         (i, d.action, d.rule, d.applied, d.pin) for i, d in expected]
     assert [d.reason for _, d in got] == [d.reason for _, d in expected]
     assert vstate == state and vsit == sit
+    assert {type(v) for v in vstate.values()} <= {int, float, bool, str, list, type(None)}  # JSON
     assert len(expected) >= 2  # the stream does make the engine decide
 
 
@@ -77,3 +78,15 @@ def test_a_pinned_or_other_route_only_counts():
         expected, state, _ = scalar(engine, agree, times, sit)
         got, vstate, _ = vectorised(engine, agree, times, sit)
         assert got == expected == [] and vstate == state
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_a_withdrawn_eligibility_replays_exactly(seed):
+    engine = Engine(EngineConfig())
+    agree, times = stream(seed, 6000, [0.99, 0.5, 0.99])
+    expected, state, _ = scalar(engine, agree, times, Situation("reference", False, 0))
+    got, vstate, _ = vectorised(engine, agree, times, Situation("reference", False, 0))
+    assert [a for _, a in expected if a.action == "eligible"] and got == expected and vstate == state
+    # Eligible, withdrawn when a block of 200 agrees half the time, eligible again on recovery.
+    assert [d.action for _, d in expected] == ["eligible", "eligible"]
+    assert expected[0][0] < 2000 < 4000 <= expected[1][0]

@@ -27,8 +27,8 @@ LADDER = [HAIKU, SONNET, OPUS]
 LABELS = ["ROUTE_A", "ROUTE_B", "ROUTE_C", "ROUTE_D"]
 SCENARIO = {"latency_ms": 150, "categories": {"triage": {
     "kind": "label", "labels": LABELS, "agreement": 1.0,
-    # Haiku drifts after 250 of its calls: by then Sonnet has ~125 probes, enough to be eligible
-    # (all agreeing, its Wilson lower bound passes 0.95 at 77).
+    # Haiku drifts after 250 of its calls: by then Sonnet has ~200 probes, enough to be eligible
+    # (all agreeing, the promotion test passes at its 150th: tests/engine/test_betting.py).
     "models": {HAIKU: {"agreement": 1.0, "drift": {"after": 250, "agreement": 0.2}},
                SONNET: {"agreement": 1.0}}}}}
 
@@ -37,7 +37,7 @@ def policy_for(demote_to):
     return {"models": {"ladder": LADDER},
             "defaults": {"sample_rate": 1.0, "min_samples": 30, "promote_min_samples": 40},
             "categories": {"triage": {"comparator": {"type": "label", "labels": LABELS},
-                                      "demote_to": demote_to, "probe_rate": 0.5}}}
+                                      "demote_to": demote_to, "probe_rate": 0.8}}}
 
 
 def call(client, i, **kw):

@@ -39,6 +39,35 @@ def bench_engine(runs: int = typer.Option(2000, min=1000, help="Monte Carlo runs
                   f"catch {d['detect']:.2f}, false-flip budget {d['false_flip_rate']:.2%})")
 
 
+@bench_app.command("promotion")
+def bench_promotion(runs: int = typer.Option(200, min=50, help="seeded streams per level"),
+                    seed: int = typer.Option(27), as_json: bool = JsonOpt) -> None:
+    """Promotion under continuous looking: false promotions at 0.93/0.94, samples to promote."""
+    from tierguard.bench.promotion import promotion_figures
+
+    with console.status("feeding seeded streams to the engine…") if not as_json else nothing():
+        fig = promotion_figures(runs, seed)
+    if as_json:
+        emit(fig)
+        return
+    table = Table(title=f"promotion, {runs} streams per level of up to {fig['samples']:,} samples, "
+                        f"promote_threshold {fig['promote_threshold']}, error rate "
+                        f"{fig['promote_error_rate']}")
+    for col in ("true agreement", "goal", "tierguard (betting test)", "Wilson bound, looked at always"):
+        table.add_column(col)
+    old = fig["wilson_peeking"]
+    for level in ("0.93", "0.94"):
+        table.add_row(f"{level}: promoted (false)", "≤ 1 %", f"{fig['false_promotion_rate'][level]:.1%}",
+                      f"{old['false_promotion_rate'][level]:.1%}")
+    for level, goal in (("0.98", "median < 600"), ("0.965", "≥ 90 % promoted")):
+        new, was = fig["samples_to_promote"][level], old["samples_to_promote"][level]
+        table.add_row(f"{level}: promoted, median / p95 samples", goal,
+                      f"{new['promoted']:.0%}, {new['median']:.0f} / {new['p95']:.0f}",
+                      f"{was['promoted']:.0%}, {was['median']:.0f} / {was['p95']:.0f}")
+    console.print(table)
+    console.print("goals met" if fig["goals_met"] else "[red]goals missed[/]")
+
+
 @bench_app.command("replay")
 def bench_replay(samples: int = typer.Option(1_000_000, min=10_000), as_json: bool = JsonOpt) -> None:
     """A month of outcomes backtested end to end: `replay FILE` and `replay --from-db` wall times."""

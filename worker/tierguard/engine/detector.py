@@ -7,15 +7,18 @@ Per category, one stream of agree/disagree outcomes (errors never enter it):
   outcomes since the last restart; crossing ``h`` demotes to the reference.
   Demotion is never delayed by a cooldown.
 - While the **reference serves**, the candidate is shadowed and the engine waits
-  for agreement back above ``promote_threshold``: eligible when the Wilson 95 %
-  lower bound over at least ``promote_min_samples`` outcomes clears it. When the
-  upper bound falls below it, the evidence restarts (so a later recovery is
-  measured fresh). Promotion is an operator action unless ``auto_promote``;
-  automatic promotion waits out ``cooldown_s`` after the last change.
+  for agreement above ``promote_threshold``: eligible when the betting test of
+  :mod:`tierguard.engine.betting` reaches ``1/promote_error_rate`` after at least
+  ``promote_min_samples`` outcomes. It stays valid though it is consulted after every
+  sample, and its evidence never restarts on its own (no fresh tries). Promotion is an
+  operator action unless ``auto_promote``; automatic promotion waits out ``cooldown_s``
+  after the last change.
 - **Flap guard**: the ``flap_limit``-th automatic change inside
   ``flap_window_s`` pins the category to the reference instead.
-- **Pinned**: decisions hold; the evidence restarts when the pin goes. **Observe mode**: decisions
-  are reported with ``applied=False`` and routes never move.
+- **Pinned**: decisions hold; the evidence restarts when the pin goes. A change of the
+  demotion settings restarts all evidence; a change of the promotion settings (or rule) only
+  the promotion evidence, so an upgrade re-derives every eligibility on the next sample.
+  **Observe mode**: decisions are reported with ``applied=False`` and routes never move.
 
 Every decision carries its rule, reason and numbers.
 """
@@ -26,6 +29,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tierguard.engine.betting import BLOCK, RULE, UNITS, Betting, betting
 from tierguard.engine.cusum import Design, design
 
 Action = Literal["hold", "demote", "eligible", "promote", "pin"]
@@ -43,6 +47,7 @@ class EngineConfig:
     min_samples: int = 50
     promote_threshold: float = 0.95
     promote_min_samples: int = 200
+    promote_error_rate: float = 0.01
     auto_promote: bool = False
     cooldown_s: float = 3600.0
     flap_limit: int = 3
@@ -91,7 +96,7 @@ def wilson(agree: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def fresh_state() -> dict:
     return {"v": STATE_VERSION, "dir": None, "s": 0, "n": 0, "a": 0, "z": 0, "za": 0, "eligible": False,
-            "ewma": None, "total": 0, "last_change": None, "changes": []}
+            "ewma": None, "total": 0, "last_change": None, "changes": [], **_BET}
 
 
 def note_change(state: dict, now: float, window_s: float) -> dict:
@@ -110,8 +115,12 @@ def restart_promotion(state: dict) -> dict:
     return _restart(state, "promote")
 
 
+# The promotion test's state: log-wealth in units, the previous and current window blocks.
+_BET = {"w": 0, "pa": 0, "pn": 0, "ca": 0, "cn": 0}
+
+
 def _restart(st: dict, direction: str | None) -> dict:
-    return {**st, "dir": direction, "s": 0, "n": 0, "a": 0, "z": 0, "za": 0, "eligible": False}
+    return {**st, "dir": direction, "s": 0, "n": 0, "a": 0, "z": 0, "za": 0, "eligible": False, **_BET}
 
 
 class Engine:
@@ -119,14 +128,24 @@ class Engine:
         self.config = config
         self.design: Design = design(config.healthy, config.detect, config.false_flip_rate,
                                      config.horizon)
+        self.betting: Betting = betting(config.promote_threshold, config.promote_error_rate)
         c = config
         # The settings the evidence was gathered under; a state from other settings restarts.
         self.fingerprint = (f"{c.threshold:g}|{c.healthy:g}|{c.false_flip_rate:g}|{c.horizon}|"
-                            f"{c.min_samples}|{c.promote_threshold:g}|{c.promote_min_samples}")
+                            f"{c.min_samples}")
+        self.promotion_fingerprint = (f"{RULE}|{c.promote_threshold:g}|{c.promote_min_samples}|"
+                                      f"{c.promote_error_rate:g}")
 
     def stale(self, state: dict) -> bool:
-        """True when ``state`` was built under other detector settings (a policy change)."""
-        return state.get("cfg") not in (None, self.fingerprint)
+        """True when ``state`` was built under other demotion settings (a policy change). A state
+        written before the promotion settings had their own fingerprint carries them after these."""
+        cfg = state.get("cfg")
+        return cfg is not None and str(cfg).split("|")[:5] != self.fingerprint.split("|")
+
+    def settled(self, state: dict, direction: str | None) -> bool:
+        """True when :meth:`update` would keep ``state``'s evidence for an outcome in ``direction``."""
+        return (state.get("cfg") == self.fingerprint and state.get("dir") == direction
+                and (direction != "promote" or state.get("pcfg") == self.promotion_fingerprint))
 
     def statistic(self, state: dict) -> float:
         """The CUSUM statistic as a share of the flip threshold (1.0 flips)."""
@@ -144,6 +163,8 @@ class Engine:
                                                  "reference": "promote"}.get(sit.serving)
         if st["dir"] != direction:
             st = _restart(st, direction)
+        if direction == "promote" and st.get("pcfg") != self.promotion_fingerprint:
+            st = {**_restart(st, "promote"), "pcfg": self.promotion_fingerprint}
         st["n"] += 1
         st["a"] += int(agree)
         if direction == "pinned":
@@ -151,7 +172,7 @@ class Engine:
         if direction == "demote":
             return self._watch_candidate(st, agree, sit)
         if direction == "promote":
-            return self._watch_recovery(st, sit)
+            return self._watch_recovery(st, agree, sit)
         return st, self._hold(st, "served by a model outside the candidate/reference pair")
 
     def _hold(self, st: dict, reason: str, rule: str = "cusum") -> Decision:
@@ -192,21 +213,27 @@ class Engine:
         return st, Decision("demote", "flap_guard" if pin else "cusum", reason, rate, seg,
                             pin=pin, numbers=numbers)
 
-    def _watch_recovery(self, st: dict, sit: Situation) -> tuple[dict, Decision]:
-        c = self.config
+    def _watch_recovery(self, st: dict, agree: bool, sit: Situation) -> tuple[dict, Decision]:
+        c, b = self.config, self.betting
+        block = b.feed(st, agree)
         n, a = st["n"], st["a"]
-        low, high = wilson(a, n)
-        numbers = {"wilson_low": low, "wilson_high": high, "promote_threshold": c.promote_threshold,
+        if st["eligible"] and block is not None and block < b.withdraw_below:
+            st = _restart(st, "promote")
+            return st, self._hold(st, f"eligibility withdrawn: the last {BLOCK} comparisons agree "
+                                      f"{block}/{BLOCK}, clearly below {c.promote_threshold:.2f}; "
+                                      "evidence restarted", "promotion")
+        e = b.e_value(st)
+        if n < c.promote_min_samples or st["w"] < b.h:
+            return st, self._hold(st, f"recovery {a}/{n}, e-value {e:.3g} of {1 / c.promote_error_rate:g}",
+                                  "promotion")
+        numbers = {"e_value": e, "log_e_value": st["w"] / UNITS, "e_threshold": 1 / c.promote_error_rate,
+                   "promote_threshold": c.promote_threshold, "promote_error_rate": c.promote_error_rate,
                    "promote_min_samples": c.promote_min_samples, "samples": n,
                    "agreement_since_restart": a / n}
-        if n >= 50 and high < c.promote_threshold:
-            st = _restart(st, "promote")
-            return st, self._hold(st, f"agreement {a}/{n} clearly below {c.promote_threshold:.2f}; "
-                                      "evidence restarted", "promotion")
-        if n < c.promote_min_samples or low < c.promote_threshold:
-            return st, self._hold(st, f"recovery {a}/{n}, Wilson low {low:.3f}", "promotion")
-        reason = (f"agreement {a}/{n} = {a / n:.3f}, Wilson 95% lower bound {low:.3f} ≥ "
-                  f"promote threshold {c.promote_threshold:.2f}")
+        reason = (f"agreement {a}/{n} = {a / n:.3f}; the betting e-value {e:.3g} ≥ "
+                  f"{1 / c.promote_error_rate:g}: agreement above promote threshold "
+                  f"{c.promote_threshold:.2f}, wrong with probability ≤ {c.promote_error_rate:g} "
+                  "though checked after every sample")
         if not c.auto_promote:
             if st["eligible"]:
                 return st, self._hold(st, "eligible; waiting for `tierguard promote`", "promotion")

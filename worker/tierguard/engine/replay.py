@@ -3,7 +3,9 @@
 Between two decisions nothing but counters moves, and those have closed forms:
 the floored CUSUM ``s_i = max(0, s_{i-1} + x_i)`` is ``C_i - min(0, min_{j<=i} C_j)``
 over the cumulative sums ``C`` (``s_0`` included), the evidence segment restarts
-where ``s`` is zero, and the recovery counters are cumulative sums. So the run
+where ``s`` is zero, and the recovery counters are cumulative sums; so are the
+promotion test's window blocks, hence its stakes and its integer log-wealth
+(:mod:`tierguard.engine.betting`). So the run
 finds, per block, the first sample where the per-sample engine could decide
 anything (numpy, no Python per sample), applies the holds before it in bulk, and
 lets :meth:`Engine.update` itself take that one sample. Pure: no I/O.
@@ -15,17 +17,27 @@ from collections.abc import Callable
 
 import numpy as np
 
+from tierguard.engine import betting
 from tierguard.engine.detector import EWMA_SPAN, STATE_VERSION, Decision, Engine, Situation, fresh_state
 
 BLOCK = 4096
 
 
-def _wilson(a: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
-    p = a / n
-    centre = p + z * z / (2 * n)
-    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    denom = 1 + z * z / n
-    return (centre - spread) / denom, (centre + spread) / denom
+def _window(st: dict, agree: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Before each outcome of ``agree``: the betting window's (agreements, outcomes), and after
+    it the agreements of the block it completes (-1 where it completes none)."""
+    size, n = betting.BLOCK, len(agree)
+    k = st["cn"] + np.arange(n)                 # position in the blocks counted from the current one
+    cum = st["ca"] + np.concatenate(([0], np.cumsum(agree, dtype=np.int64)))
+
+    def at(pos: np.ndarray) -> np.ndarray:     # agreements before position ``pos`` (0 before the first)
+        return np.where(pos == 0, 0, cum[np.maximum(pos - st["cn"], 0)])
+
+    start = (k // size) * size
+    prev_a = np.where(start == 0, st["pa"], at(start) - at(np.maximum(start - size, 0)))
+    prev_n = np.where(start == 0, st["pn"], size)
+    done = np.where((k + 1) % size == 0, at(k + 1) - at(start), -1)
+    return prev_a + at(k) - at(start), prev_n + k - start, done
 
 
 def _ewma(e0: float | None, x: np.ndarray) -> float:
@@ -59,6 +71,8 @@ class StreamRunner:
         st["total"] += n
         st["n"] += n
         st["a"] += int(agree.sum())
+        if direction == "promote":
+            self._bet(agree)
         if direction == "demote":
             s = self._cusum(agree)
             st["s"] = int(s[-1])
@@ -70,6 +84,27 @@ class StreamRunner:
             else:
                 st["z"] += n
                 st["za"] += int(agree.sum())
+
+    def _wealth(self, agree: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The log-wealth after each outcome and the agreements of each block completed (-1: none)."""
+        b = self.engine.betting
+        a_w, n_w, done = _window(self.state, agree)
+        j = b.levels(a_w, n_w)
+        steps = np.where(agree, np.asarray(b.gains, np.int64)[j], -np.asarray(b.losses, np.int64)[j])
+        return self.state["w"] + np.cumsum(steps), done
+
+    def _bet(self, agree: np.ndarray) -> None:
+        st, size = self.state, betting.BLOCK
+        w, done = self._wealth(agree)
+        st["w"] = int(w[-1])
+        ends = np.flatnonzero(done >= 0)
+        if len(ends):
+            last = ends[-1]
+            st["pa"], st["pn"] = int(done[last]), size
+            st["ca"], st["cn"] = int(agree[last + 1:].sum()), int(len(agree) - 1 - last)
+        else:
+            st["ca"] += int(agree.sum())
+            st["cn"] += len(agree)
 
     def _cusum(self, agree: np.ndarray) -> np.ndarray:
         """The statistic after each outcome: the floored recursion in closed form."""
@@ -86,16 +121,16 @@ class StreamRunner:
             s = self._cusum(agree)
             hits = np.flatnonzero((counts >= c.min_samples) & (s >= self.engine.design.h))
         elif direction == "promote":
-            agreed = st["a"] + np.cumsum(agree)
-            low, high = _wilson(agreed, counts)
-            restart = (counts >= 50) & (high < c.promote_threshold)
-            ready = (counts >= c.promote_min_samples) & (low >= c.promote_threshold)
+            w, done = self._wealth(agree)
+            ready = (counts >= c.promote_min_samples) & (w >= self.engine.betting.h)
+            withdraw = np.zeros(n, bool)
             if st["eligible"]:  # already announced: only a promotion after the cooldown is news
+                withdraw = (done >= 0) & (done < self.engine.betting.withdraw_below)
                 if not c.auto_promote:
                     ready[:] = False
                 elif st["last_change"] is not None:
                     ready &= times - st["last_change"] >= c.cooldown_s
-            hits = np.flatnonzero(restart | ready)
+            hits = np.flatnonzero(withdraw | ready)
         else:
             return n
         return int(hits[0]) if len(hits) else n
@@ -109,7 +144,7 @@ class StreamRunner:
             direction = "pinned" if situation.pinned else {"candidate": "demote",
                                                            "reference": "promote"}.get(situation.serving)
             st = self.state
-            if st["dir"] != direction or st.get("cfg") != self.engine.fingerprint:
+            if not self.engine.settled(st, direction):
                 situation = self._one(agree, times, i, situation, on_event)
                 i += 1
                 continue

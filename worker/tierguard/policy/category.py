@@ -32,6 +32,7 @@ class CategoryPolicy(Strict):
     min_samples: int
     promote_threshold: float
     promote_min_samples: int
+    promote_error_rate: float
     auto_promote: bool
     cooldown_minutes: float
     flap_limit: int
@@ -73,7 +74,8 @@ class CategoryPolicy(Strict):
             threshold=self.threshold, healthy=self.healthy_level,
             false_flip_rate=self.false_flip_rate, horizon=self.false_flip_horizon,
             min_samples=self.min_samples, promote_threshold=self.promote_threshold,
-            promote_min_samples=self.promote_min_samples, auto_promote=self.auto_promote,
+            promote_min_samples=self.promote_min_samples, promote_error_rate=self.promote_error_rate,
+            auto_promote=self.auto_promote,
             cooldown_s=self.cooldown_minutes * 60, flap_limit=self.flap_limit,
             flap_window_s=self.flap_window_hours * 3600, observe=self.mode == "observe")
 

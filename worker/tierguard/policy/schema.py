@@ -56,6 +56,9 @@ class _Tunables(Strict):
     min_samples: int | None = Field(None, ge=1)
     promote_threshold: float | None = None
     promote_min_samples: int | None = Field(None, ge=1)
+    # The promotion test's error rate (engine/betting.py): chance of declaring eligible a rung
+    # whose agreement is at most promote_threshold, however often the evidence is looked at.
+    promote_error_rate: float | None = None
     auto_promote: bool | None = None
     cooldown_minutes: float | None = Field(None, ge=0)
     flap_limit: int | None = Field(None, ge=2)
@@ -80,7 +83,7 @@ class _Tunables(Strict):
                                    "noise_floor_rate", "sample_rate_min", "sample_rate_max",
                                    "probe_rate")(unit)
 
-    @field_validator("false_flip_rate")
+    @field_validator("false_flip_rate", "promote_error_rate")
     @classmethod
     def _small_rate(cls, v: float | None) -> float | None:
         if v is not None and not 0.0 < v < 0.5:
@@ -105,6 +108,7 @@ class Defaults(_Tunables):
     min_samples: int = Field(50, ge=1)
     promote_threshold: float = 0.95
     promote_min_samples: int = Field(200, ge=1)
+    promote_error_rate: float = 0.01
     auto_promote: bool = False
     cooldown_minutes: float = Field(60, ge=0)
     flap_limit: int = Field(3, ge=2)
