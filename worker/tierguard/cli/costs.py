@@ -24,8 +24,8 @@ def costs(since: str = typer.Option("7d", help="how far back (90m, 24h, 30d)"),
         emit(result)
         return
     table = Table(title=f"costs since {result['since'][:16]} ({result['days']:g} days), USD")
-    for col in ("category", "production", "shadow (sync / batch / noise / probe / sentinel / judge)", "watching",
-                "saving", "30-day projection (prod. / shadow / saving)"):
+    for col in ("category", "production", "shadow (sync / batch / noise / probe / sentinel / judge)",
+                "watching", "saving", "30-day projection (prod. / shadow / saving)"):
         table.add_column(col)
     rows = [*result["categories"].items(), ("total", result["total"])]
     for name, c in rows:
