@@ -276,3 +276,23 @@ def test_beat_runs_due_categories_once_per_every_hours_under_a_lock(stack, simul
             s.execute(sa.update(SentinelRun).values(at=utcnow() - dt.timedelta(hours=25)))
             s.commit()
         assert run_due(r, engine, policy) == {"alpha": {"busy": True}}
+
+
+def test_a_judged_category_asks_the_judge_with_expected_as_the_reference_answer(tmp_path, sqlite_url,
+                                                                               simulator):
+    scn = {"seed": 5, "categories": {"notes": {"kind": "text", "agreement": 1.0, "paraphrase": 1.0}}}
+    sim = simulator(**scn)
+    write_sentinels(tmp_path / "notes.jsonl", scn, "notes", n=8)
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    policy = parse_policy({"pricing": PRICES, "categories": {"notes": {
+        "comparator": {"type": "judge", "criteria": "Same facts as the reference, in any words."},
+        "sentinels": {"file": str(tmp_path / "notes.jsonl")}}}})
+    out = run_category(engine, policy, "notes", client=lambda: anthropic.AsyncAnthropic(
+        base_url=sim.base_url, api_key=API_KEY, max_retries=0))
+    # The candidate rewords every answer: only a judge that reads `expected` finds it right.
+    assert out[HAIKU]["accuracy"] == 1.0 and out[OPUS]["accuracy"] == 1.0
+    with session(engine) as s:
+        rows = [r for r in s.exec(select(Sample)) if r.kind == "sentinel"]
+    assert len(rows) == 16 and all(r.judge_model == OPUS and r.judge_cost_usd > 0 for r in rows)
+    assert all(r.reason.startswith("judge: equivalent") for r in rows)
