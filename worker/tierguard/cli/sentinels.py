@@ -24,7 +24,7 @@ def run(category: str | None = typer.Argument(None, help="one category (default:
         as_json: bool = JsonOpt) -> None:
     """Known answers through every rung of CATEGORY (or every category with sentinels)."""
     from tierguard.errors import SentinelError
-    from tierguard.pipeline.sentinels import run_locked
+    from tierguard.pipeline.sentinels import run_locked, shadow_clients
 
     settings, policy, engine = env()
     names = [category] if category else [n for n in sorted(policy.categories)
@@ -34,11 +34,12 @@ def run(category: str | None = typer.Argument(None, help="one category (default:
     import redis
 
     r = redis_client(settings)
+    client = shadow_clients(settings, lambda: policy)
     out: dict[str, dict] = {}
     for name in names:
         try:
             found = run_locked(r, engine, policy, name, attempts=settings.shadow_max_attempts,
-                               concurrency=concurrency)
+                               concurrency=concurrency, client=client)
         except redis.RedisError as err:
             raise SentinelError(f"{name}: cannot take the run's lock in Redis "
                                 f"({type(err).__name__})") from None

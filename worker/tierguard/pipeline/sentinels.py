@@ -29,11 +29,13 @@ import redis as redis_lib
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tierguard.config import Settings
 from tierguard.contract import keys
 from tierguard.contract.job import ShadowJob
 from tierguard.errors import PermanentCallError, RetryableCallError, SentinelError
 from tierguard.pipeline.baselines import Score, settle
 from tierguard.pipeline.calls import call_model_with_retries
+from tierguard.pipeline.fanout import async_client
 from tierguard.pipeline.judging import JudgeCall, needs_judge
 from tierguard.pipeline.locks import held
 from tierguard.pipeline.recorder import record_many
@@ -47,6 +49,13 @@ log = logging.getLogger(__name__)
 KIND = "sentinel"
 LOCK_TTL_S = 30.0  # a category's run lock lapses this long after its holder dies
 ClientFactory = Callable[[], anthropic.AsyncAnthropic]
+
+
+def shadow_clients(settings: Settings, policy: Callable[[], Policy]) -> ClientFactory:
+    """Clients as the workers call models: ``TIERGUARD_SHADOW_API_KEY`` and the platform when set."""
+    key = settings.shadow_api_key.get_secret_value() if settings.shadow_api_key else None
+    return lambda: async_client(settings.shadow_timeout, api_key=key, platform=settings.shadow_platform,
+                                policy=policy)
 
 
 def read_sentinels(path: Path) -> list[tuple[dict[str, Any], str]]:

@@ -37,7 +37,6 @@ from tierguard.headroom import history
 from tierguard.otlp import exporter as otlp
 from tierguard.pipeline import flow, message_batches, sentinels
 from tierguard.pipeline.context import context_for
-from tierguard.pipeline.fanout import async_client
 from tierguard.pipeline.flow import backoff
 from tierguard.pipeline.locks import held
 from tierguard.routing import rates
@@ -165,11 +164,8 @@ def run_sentinels(task: Task, beat: bool = False) -> dict[str, Any]:
     if not beat_due(task, beat):
         return {"skipped": 1}
     ctx = context_for(task.app)
-    key = settings.shadow_api_key.get_secret_value() if settings.shadow_api_key else None
-    ran = sentinels.run_due(
-        ctx.redis, ctx.engine, ctx.policy, attempts=settings.shadow_max_attempts,
-        client=lambda: async_client(settings.shadow_timeout, api_key=key, platform=settings.shadow_platform,
-                                    policy=lambda: ctx.policy))
+    ran = sentinels.run_due(ctx.redis, ctx.engine, ctx.policy, attempts=settings.shadow_max_attempts,
+                            client=sentinels.shadow_clients(settings, lambda: ctx.policy))
     if any(isinstance(r, dict) and r.get("event") for rungs in ran.values() for r in rungs.values()):
         deliver_due(ctx.engine, ctx.policy)
     return ran
