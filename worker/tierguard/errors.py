@@ -7,6 +7,8 @@
     ├── PayloadInvalid         a sealed shadow job failed authentication (never executed)
     ├── StoreUnavailable       the database or the payload store cannot be reached: the
     │                          message of jobs waits and runs again (nothing lost)
+    ├── SentinelError          a sentinel file cannot be used (names the file and line), or a
+    │                          category has no sentinels, or its run is already under way
     ├── ShadowCallError        the shadow model call failed
     │   ├── RetryableCallError     429, 529, 5xx, timeouts, connection errors
     │   └── PermanentCallError     4xx other than 408/409/429, bad responses
@@ -48,6 +50,10 @@ class PayloadInvalid(TierguardError):
 
 class StoreUnavailable(TierguardError):
     """A store the worker needs is unreachable; ``str()`` names it and why."""
+
+
+class SentinelError(TierguardError):
+    """A category's sentinels cannot run; ``str()`` names the file, line or field."""
 
 
 class ShadowCallError(TierguardError):

@@ -111,3 +111,20 @@ def for_shadows_paused(s: Session, policy: Policy, model: str, skipped: int, min
                     "not touched.",
                 actions=["tierguard status --json  (headroom)",
                          "raise the model's rate limits, or lower sample rates"])
+
+
+def for_sentinel_failed(s: Session, policy: Policy, category: str, model: str, reason: str,
+                        numbers: dict[str, Any], run: str) -> int | None:
+    """A rung's accuracy on its category's sentinels fell more than ``tolerance`` below its
+    baseline (once per transition into failing: the caller decides; ``run`` keys it)."""
+    reference = model == policy.category(category).reference
+    did = ("Nothing: routes never move on sentinels. Every category's agreement is measured "
+           "against this model, so the yardstick itself moved." if reference else
+           "Nothing: routes never move on sentinels; the live agreement still decides.")
+    return emit(s, policy, key=f"sentinel_failed:{category}:{model}:{run}", kind="sentinel_failed",
+                category=category, summary=f"{category}: sentinels failed on {model}"
+                f"{' (the reference)' if reference else ''}: {reason}",
+                numbers={"model": model, "reference": reference, **numbers},
+                did=did, actions=[f"tierguard sentinels run {category}  (run them again now)",
+                                  f"tierguard pin {category} MODEL --reason '…'  (if the answers "
+                                  "are wrong for production too)", "tierguard status"])

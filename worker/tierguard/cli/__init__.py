@@ -19,6 +19,7 @@ from tierguard.cli import (  # noqa: F401  (each registers its commands)
     policy,
     replay,
     routes,
+    sentinels,
     services,
     simulate,
 )

@@ -20,3 +20,6 @@ judge_app = typer.Typer(no_args_is_help=True, help="The judge comparator: check 
 app.add_typer(judge_app, name="judge")
 policy_app = typer.Typer(no_args_is_help=True, help="The policy file.")
 app.add_typer(policy_app, name="policy")
+sentinels_app = typer.Typer(no_args_is_help=True, help="Known answers run against every rung (the "
+                            "reference included).")
+app.add_typer(sentinels_app, name="sentinels")

@@ -24,8 +24,8 @@ def costs(since: str = typer.Option("7d", help="how far back (90m, 24h, 30d)"),
         emit(result)
         return
     table = Table(title=f"costs since {result['since'][:16]} ({result['days']:g} days), USD")
-    for col in ("category", "production", "shadow (sync / batch / noise / probe / judge)", "watching",
-                "saving", "30-day projection (prod. / shadow / saving)"):
+    for col in ("category", "production", "shadow (sync / batch / noise / probe / sentinel / judge)",
+                "watching", "saving", "30-day projection (prod. / shadow / saving)"):
         table.add_column(col)
     rows = [*result["categories"].items(), ("total", result["total"])]
     for name, c in rows:
@@ -33,7 +33,7 @@ def costs(since: str = typer.Option("7d", help="how far back (90m, 24h, 30d)"),
         p = c["projection_30d"]
         table.add_row(name, f"{c['production_usd']:,.2f}",
                       f"{c['shadow_usd']:,.2f} ({c['sync_usd']:,.2f} / {c['batch_usd']:,.2f} / "
-                      f"{c['noise_usd']:,.2f} / {c['probe_usd']:,.2f} / "
+                      f"{c['noise_usd']:,.2f} / {c['probe_usd']:,.2f} / {c['sentinel_usd']:,.2f} / "
                       f"{c['judge_usd']:,.2f})", share, f"{c['savings_usd']:,.2f}",
                       f"{p['production_usd']:,.0f} / {p['shadow_usd']:,.0f} / {p['savings_usd']:,.0f}")
     console.print(table)

@@ -15,6 +15,7 @@ def policy_check(file: Path = typer.Argument(..., help="the policy file to valid
                  as_json: bool = JsonOpt) -> None:
     """Validate FILE as running processes would; exit 1 with every problem named by its path."""
     from tierguard.errors import ConfigError
+    from tierguard.pipeline.sentinels import missing_files
     from tierguard.policy import load_policy
 
     if not file.is_file():
@@ -22,7 +23,7 @@ def policy_check(file: Path = typer.Argument(..., help="the policy file to valid
     else:
         try:
             policy = load_policy(file)
-            problems = []
+            problems = missing_files(policy)  # sentinel files, relative to the policy file's folder
         except ConfigError as err:
             problems = err.problems
     if as_json:

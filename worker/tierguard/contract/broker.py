@@ -17,6 +17,7 @@ DELIVER_TASK = "tierguard.deliver_alerts"
 MONITOR_TASK = "tierguard.monitor"
 MAINTAIN_TASK = "tierguard.maintain"
 BATCHES_TASK = "tierguard.batches"
+SENTINELS_TASK = "tierguard.sentinels"
 
 
 def beat_entries(settings: Settings) -> list[tuple[str, str, float]]:
@@ -24,7 +25,9 @@ def beat_entries(settings: Settings) -> list[tuple[str, str, float]]:
     return [("deliver-alerts", DELIVER_TASK, settings.alert_sweep_seconds),
             ("monitor", MONITOR_TASK, settings.monitor_seconds),
             ("batches", BATCHES_TASK, settings.batch_poll_seconds),
-            ("maintain", MAINTAIN_TASK, settings.maintain_seconds)]
+            ("maintain", MAINTAIN_TASK, settings.maintain_seconds),
+            # A look every monitor period; each category runs when its every_hours have passed.
+            ("sentinels", SENTINELS_TASK, settings.monitor_seconds)]
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -46,3 +46,7 @@ JOB_PAYLOAD = "tierguard:job:{job_id}"
 """String: a large shadow job's payload (request, primary text, seal), kept out of the broker
 message (tierguard.contract.job_store); expires after ``TIERGUARD_JOB_PAYLOAD_TTL_S``, deleted once
 recorded."""
+
+SENTINEL_LOCK = "tierguard:lock:sentinels:{category}"
+"""Lock: held while one category's sentinels run (beat's pass or ``tierguard sentinels run``), so a
+run never overlaps itself (tierguard.pipeline.sentinels); 30 s TTL extended while its holder lives."""

@@ -2,8 +2,8 @@
 
 ``shadow_batch`` (task ``tierguard.pipeline.shadow_batch``: a message of many shadow jobs; the
 name predates Message Batches and is kept for compatibility) and ``shadow`` (one job) run
-:func:`tierguard.pipeline.flow.run`; ``batch_cycle`` sends and collects Message Batches; the
-others are beat's periodic work.
+:func:`tierguard.pipeline.flow.run`; ``batch_cycle`` sends and collects Message Batches;
+``run_sentinels`` runs the categories whose sentinels are due; the others are beat's periodic work.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tierguard.contract.broker import (
     DELIVER_TASK,
     MAINTAIN_TASK,
     MONITOR_TASK,
+    SENTINELS_TASK,
     SHADOW_TASK,
     beat_entries,
     make_celery,
@@ -34,7 +35,7 @@ from tierguard.contract.broker import (
 from tierguard.errors import StoreUnavailable
 from tierguard.headroom import history
 from tierguard.otlp import exporter as otlp
-from tierguard.pipeline import flow, message_batches
+from tierguard.pipeline import flow, message_batches, sentinels
 from tierguard.pipeline.context import context_for
 from tierguard.pipeline.flow import backoff
 from tierguard.pipeline.locks import held
@@ -157,6 +158,19 @@ def maintain(task: Task, beat: bool = False) -> dict:
     return maintenance.run(ctx.engine, ctx.redis, ctx.policy)
 
 
+def run_sentinels(task: Task, beat: bool = False) -> dict[str, Any]:
+    """The categories whose sentinels are due, run now (each under its own lock)."""
+    settings: Settings = task.app.tierguard_settings
+    if not beat_due(task, beat):
+        return {"skipped": 1}
+    ctx = context_for(task.app)
+    ran = sentinels.run_due(ctx.redis, ctx.engine, ctx.policy, attempts=settings.shadow_max_attempts,
+                            client=sentinels.shadow_clients(settings, lambda: ctx.policy))
+    if any(isinstance(r, dict) and r.get("event") for rungs in ran.values() for r in rungs.values()):
+        deliver_due(ctx.engine, ctx.policy)
+    return ran
+
+
 def register(app: Celery) -> Celery:
     # max_retries=None: tierguard decides when to stop (shadow_max_attempts for the model API;
     # never for a database outage), not Celery's default of 3.
@@ -167,6 +181,7 @@ def register(app: Celery) -> Celery:
     app.task(name=MONITOR_TASK, bind=True, ignore_result=True)(monitor)
     app.task(name=MAINTAIN_TASK, bind=True, ignore_result=True)(maintain)
     app.task(name=BATCHES_TASK, bind=True, ignore_result=True)(batch_cycle)
+    app.task(name=SENTINELS_TASK, bind=True, ignore_result=True)(run_sentinels)
     return app
 
 

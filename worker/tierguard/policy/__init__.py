@@ -2,7 +2,7 @@
 
 Owns the policy's schema (``schema``: :class:`Policy`, :class:`CategoryPolicy`, ``load_policy``,
 ``parse_policy``), its self-contained sections (``sections``: models, prices, limits, headroom,
-retention, payloads, unknown categories), the ``alerts`` section (``alerting``), the building
+retention, payloads, unknown categories, sentinels), the ``alerts`` section (``alerting``), the building
 blocks every section shares (``base``), the models' context windows and request estimates
 (``model_limits``: context windows, not rate limits), the models' ids on Bedrock and Vertex
 (``platform_ids``) and the reload of a changed file in a long

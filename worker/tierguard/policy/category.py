@@ -13,6 +13,7 @@ from tierguard.engine.detector import Engine, EngineConfig
 from tierguard.engine.ladder import Ladder
 from tierguard.engine.sampling import SamplingConfig
 from tierguard.policy.base import Strict
+from tierguard.policy.sections import Sentinels
 
 ComparatorSpec = str | dict[str, Any]
 
@@ -50,6 +51,7 @@ class CategoryPolicy(Strict):
     shadow_via: Literal["sync", "batch"]
     batch_max_jobs: int
     batch_max_wait_minutes: float
+    sentinels: Sentinels | None = None  # known answers run against every rung on a schedule
     follows_caller: bool = False  # unlisted, start_on caller: the caller's model until moved
 
     @property

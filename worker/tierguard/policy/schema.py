@@ -32,6 +32,7 @@ from tierguard.policy.sections import (
     Payloads,
     Price,
     Retention,
+    Sentinels,
     ShadowCap,
     ShadowHeadroom,
     UnknownCategories,
@@ -78,6 +79,7 @@ class _Tunables(Strict):
     shadow_via: Literal["sync", "batch"] | None = None
     batch_max_jobs: int | None = Field(None, ge=1, le=100_000)
     batch_max_wait_minutes: float | None = Field(None, gt=0)
+    sentinels: Sentinels | None = None  # known answers run against every rung (pipeline/sentinels.py)
 
     _unit_fields = field_validator("sample_rate", "threshold", "healthy", "promote_threshold",
                                    "noise_floor_rate", "sample_rate_min", "sample_rate_max",
@@ -171,6 +173,7 @@ class Policy(Strict):
     _limits: dict[str, tuple[int, int] | None] = PrivateAttr(default_factory=dict)
     _tenant_keys: dict[str, GatewayTenant] | None = PrivateAttr(default=None)
     _known: set[str] | None = PrivateAttr(default=None)
+    _folder: Path | None = PrivateAttr(default=None)  # the policy file's: relative file keys start there
 
     @field_validator("alerts", mode="before")
     @classmethod
@@ -251,6 +254,14 @@ class Policy(Strict):
         if found is None:
             found = self._resolved[name] = self._merged(name)
         return found
+
+    def sentinel_file(self, name: str) -> Path | None:
+        """The category's sentinel file (relative to the policy file's folder), or None."""
+        spec = self.category(name).sentinels
+        if spec is None:
+            return None
+        path = Path(spec.file).expanduser()
+        return path if path.is_absolute() or self._folder is None else self._folder / path
 
     def tenant_of(self, key_digest: str) -> GatewayTenant | None:
         """The gateway tenant whose keys include ``key_digest`` (SHA-256 hex of an API key)."""
@@ -345,4 +356,6 @@ def load_policy(path: str | Path | None) -> Policy:
         raise ConfigError([f"{where}not valid YAML ({getattr(err, 'problem', err)})"], str(p)) from None
     except OSError as err:
         raise ConfigError([f"cannot read file: {err.strerror}"], str(p)) from None
-    return parse_policy(data, str(p))
+    policy = parse_policy(data, str(p))
+    policy._folder = p.resolve().parent
+    return policy

@@ -75,6 +75,16 @@ class ShadowHeadroom(Strict):
                                     "in a workspace of its own)")
 
 
+class Sentinels(Strict):
+    """A category's known answers, run against every rung on a schedule (pipeline/sentinels.py)."""
+
+    file: str = Field(min_length=1, description="JSON lines: Messages API bodies without model, "
+                      "each with 'expected' (the right answer's text); relative to the policy file")
+    every_hours: float = Field(24, gt=0, le=24 * 366, description="hours between runs")
+    tolerance: float = Field(0.05, ge=0, le=1, description="accuracy a rung may lose against its "
+                             "baseline before sentinel_failed")
+
+
 class ShadowCap(Strict):
     """Hard caps on one model's shadow calls, across every worker (tierguard.headroom.caps)."""
 

@@ -6,6 +6,8 @@ error with its reason). Traffic and rollups: ``traffic`` (production calls per m
 ``rollup`` / ``rollup_error`` (hourly figures for the dashboards). Alerts: ``event`` (what
 on-call should hear of, once), ``alert`` (the outbox: one event for one channel). Message
 Batches: ``shadow_batch``, ``batch_job``. Rate limits: ``headroom`` (room left per minute).
+Sentinels: ``sentinel_baseline`` (accuracy per category, model and snapshot), ``sentinel_run``
+(each rung's last run).
 """
 
 from __future__ import annotations
@@ -262,3 +264,36 @@ class Headroom(SQLModel, table=True):
     tokens: float | None = None
     paused: bool = False
     deferred: int = Field(default=0, sa_type=sa.BigInteger)  # running count of deferred shadows
+
+
+class SentinelBaseline(SQLModel, table=True):
+    """A rung's accuracy on its category's sentinels for one snapshot: the first run of that
+    snapshot that passed (the first run ever for a model's first snapshot); never rewritten."""
+
+    __tablename__ = "sentinel_baseline"
+
+    category: str = Field(primary_key=True)
+    model: str = Field(primary_key=True)
+    snapshot: str = Field(primary_key=True)
+    accuracy: float
+    cases: int
+    created_at: dt.datetime = _ts()
+
+
+class SentinelRun(SQLModel, table=True):
+    """A rung's last sentinel run in its category: what it scored, against which baseline, and
+    whether it failed (a failure is announced once, on the run that went from passing to failing)."""
+
+    __tablename__ = "sentinel_run"
+
+    category: str = Field(primary_key=True)
+    model: str = Field(primary_key=True)
+    run: str
+    snapshot: str | None = None
+    accuracy: float | None = None  # None: no case was compared (every call or comparison failed)
+    baseline: float | None = None
+    baseline_snapshot: str | None = None
+    cases: int = 0
+    compared: int = 0
+    failed: bool = False
+    at: dt.datetime = _ts()
