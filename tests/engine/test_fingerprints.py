@@ -103,3 +103,13 @@ def test_summary_before_any_sample_and_kept():
     assert kept(old, {"n": 0}) == {"n": 0, KEY: {"since": "x"}}
     assert kept({"n": 3}, {"n": 0}) == {"n": 0}
     assert kept(None, {"n": 0}) == {"n": 0}
+
+
+def test_the_last_reset_is_remembered():
+    from tierguard.engine.fingerprints import last_reset
+
+    state, _ = run(["a"] * 50)
+    assert last_reset(state) is None and "reset" not in state
+    state, resets = run(["b"] * 40, state=state)
+    assert last_reset(state) == (1_000_039.0, "prompt fingerprint a -> b")
+    assert state["reset"] == {"at": resets[0][1].since, "what": "prompt fingerprint a -> b"}

@@ -17,9 +17,10 @@ the evidence). A reset names every dimension that changed on that sample, old ->
 the promotion evidence (the caller's job; the demotion watch keeps running).
 
 The state lives in ``category.detector_state`` under :data:`KEY`:
-``{"prompt": DIM, "snapshots": {MODEL: DIM}, "since": ISO}`` with ``DIM = {"current": VALUE,
-"window": [[VALUE, COUNT], ...]}`` (the window as runs, oldest first) and ``since`` the time the
-current values became current (the first value seen, or the last reset).
+``{"prompt": DIM, "snapshots": {MODEL: DIM}, "since": ISO, "reset": {"at": ISO, "what": TEXT}}``
+with ``DIM = {"current": VALUE, "window": [[VALUE, COUNT], ...]}`` (the window as runs, oldest
+first), ``since`` the time the current values became current (the first value seen, or the last
+reset) and ``reset`` the last reset (absent before one).
 """
 
 from __future__ import annotations
@@ -129,8 +130,10 @@ class Tracker:
         st["snapshots"] = models
         at = dt.datetime.fromtimestamp(now, dt.UTC).isoformat()
         if changes:
+            reset = Reset(tuple(changes), at)
             st["since"] = at
-            return st, Reset(tuple(changes), at)
+            st["reset"] = {"at": at, "what": reset.what}
+            return st, reset
         if adopted and not st.get("since"):
             st["since"] = at
         return st, None
@@ -145,9 +148,17 @@ def summary(state: Mapping | None, served_model: str) -> dict[str, str | None]:
             "since": st.get("since")}
 
 
+def last_reset(state: Mapping | None) -> tuple[float, str] | None:
+    """(epoch seconds, what changed) of the category's last reset; None before one."""
+    reset = (state or {}).get("reset")
+    if not reset:
+        return None
+    return dt.datetime.fromisoformat(reset["at"]).timestamp(), reset["what"]
+
+
 def kept(old: Mapping | None, new: dict) -> dict:
     """``new`` (a category's detector state as rebuilt by the engine) with the tracker's state
     of ``old`` carried over."""
-    if not old or KEY not in old:
+    if not old or old.get(KEY) is None:
         return new
     return {**new, KEY: old[KEY]}
