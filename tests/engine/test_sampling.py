@@ -5,7 +5,7 @@ import math
 import pytest
 
 from tierguard.engine.detector import Engine, EngineConfig, Situation
-from tierguard.engine.sampling import EVIDENCE_FACTOR, WARNING, Evidence, SamplingConfig, choose
+from tierguard.engine.sampling import EVIDENCE_FACTOR, WARNING, Evidence, Rate, SamplingConfig, choose
 
 CONFIG = SamplingConfig(mode="adaptive", fixed_rate=0.05, rate_min=0.01, rate_max=0.10, min_samples=50,
                         settle_s=3600)
@@ -69,3 +69,13 @@ def test_bench_watching_runs_the_real_engine_and_reports_every_setup():
         assert set(s) >= {"watching_share", "detection_hours", "false_flips"}
         assert set(s["detection_hours"]) == {"median", "max"}
     assert fig["setups"]["adaptive_batch"]["watching_share"] < fixed["watching_share"] / 3
+
+
+def test_after_an_evidence_reset_the_rate_is_at_its_maximum_for_the_cooldown():
+    what = "prompt fingerprint a -> b"
+    healthy = dict(statistic=0.0, samples=500, seconds_since_change=None, reset=what)
+    assert choose(CONFIG, Evidence(**healthy, seconds_since_reset=None)).rate == 0.01
+    just = choose(CONFIG, Evidence(**healthy, seconds_since_reset=600.0))
+    assert just == Rate(0.10, "evidence reset 10 min ago (prompt fingerprint a -> b)")
+    assert choose(CONFIG, Evidence(**healthy, seconds_since_reset=3599.0)).rate == 0.10
+    assert choose(CONFIG, Evidence(**healthy, seconds_since_reset=3600.0)).rate == 0.01

@@ -100,6 +100,19 @@ def for_eligible(s: Session, policy: Policy, category: str, reason: str, episode
                 actions=[f"tierguard promote {category}", "tierguard status"])
 
 
+def for_evidence_reset(s: Session, policy: Policy, category: str, what: str, since: str,
+                       episode: str, numbers: dict[str, Any]) -> int | None:
+    """A category's prompt or a model's snapshot changed under its evidence (``what``: old -> new
+    per change); once per triggering sample (``episode``)."""
+    return emit(s, policy, key=f"evidence_reset:{category}:{episode}", kind="evidence_reset",
+                category=category, summary=f"{category}: evidence restarts: {what}",
+                numbers={**numbers, "since": since},
+                did=(f"Restarted {category}'s promotion evidence, which was gathered on what no "
+                     "longer runs; the demotion watch keeps running, and adaptive sampling goes to "
+                     "its maximum for the cooldown."),
+                actions=["tierguard status --json  (its fingerprint)", f"tierguard history {category}"])
+
+
 def for_shadows_paused(s: Session, policy: Policy, model: str, skipped: int, minutes: float,
                        hour: str) -> int | None:
     """Shadows to ``model`` held past max_defer_minutes by rate limits (once per model and hour)."""

@@ -26,7 +26,7 @@ from tierguard.config import Settings
 from tierguard.contract import job_store, keys
 from tierguard.contract.broker import BATCH_TASK, make_celery
 from tierguard.contract.job import ShadowJob
-from tierguard.contract.messages import cache_tokens_of, message_text, usage_of
+from tierguard.contract.messages import cache_tokens_of, message_text, snapshot_of, usage_of
 from tierguard.contract.sealing import Sealer, seal_job, sealer
 from tierguard.errors import ConfigError
 from tierguard.headroom import pauses, ratelimits
@@ -64,7 +64,8 @@ def build_job(s: Sampled) -> ShadowJob:
                      primary_output_tokens=out, primary_cache_write_tokens=write,
                      primary_cache_read_tokens=read, primary_latency_ms=round(s.latency_ms, 3),
                      requested_at=s.requested_at.isoformat(),
-                     headers=dict(s.headers) if s.headers else None)
+                     headers=dict(s.headers) if s.headers else None,
+                     served_snapshot=snapshot_of(s.message))
 
 
 class Publisher:

@@ -34,25 +34,7 @@ def status(as_json: bool = JsonOpt) -> None:
         agreement = c["agreement"]
         style = "red" if agreement is not None and agreement < c["threshold"] else ""
         last = c["last_change"]
-        state = []
-        if c["pinned"]:
-            until = f" until {c['pinned_until'][:16]}" if c["pinned_until"] else ""
-            state.append(f"[yellow]pinned{until}: {c['pin_reason']}[/]")
-        if c["eligible"]:
-            state.append("[green]eligible for promotion[/]")
-        if c["mode"] == "observe":
-            state.append(f"observe mode ({c['would_flip']} would-flips)")
-        if c["self_agreement"] is not None:
-            state.append(f"self-agreement {pct(c['self_agreement'])}")
-        if c["shadow_via"] == "batch" or c["batch"]["waiting"] or c["batch"]["open"]:
-            b = c["batch"]
-            state.append(f"batch shadows: {b['waiting']} waiting, {b['open']} batches open "
-                         f"({b['in_batches']} jobs)")
-        if len(c["rungs"]) > 2:
-            state.append("rungs: " + ", ".join(f"{m} {r['state']}" + (
-                f" {pct(r['agreement'])}" if r["agreement"] is not None else "")
-                for m, r in c["rungs"].items()))
-        state += [f"[red]{w}[/]" for w in c["warnings"]]
+        state = _notes(c)
         ft = c["flip_threshold"]
         engine = (f"{c['watching']}: {c['statistic']:.0%} of h={ft['h_nats']:.2f}"
                   if c["watching"] != "—" else "—")
@@ -69,16 +51,46 @@ def status(as_json: bool = JsonOpt) -> None:
                       f"({ft['healthy']:.0%} for the first category)[/]")
 
 
+def _notes(c: dict) -> list[str]:
+    """The status table's "state" lines of one category."""
+    state = []
+    if c["pinned"]:
+        until = f" until {c['pinned_until'][:16]}" if c["pinned_until"] else ""
+        state.append(f"[yellow]pinned{until}: {c['pin_reason']}[/]")
+    if c["eligible"]:
+        state.append("[green]eligible for promotion[/]")
+    if c["mode"] == "observe":
+        state.append(f"observe mode ({c['would_flip']} would-flips)")
+    fp = c["fingerprint"]
+    if fp["prompt"] or fp["served_snapshot"]:
+        state.append(f"prompt {(fp['prompt'] or '—')[:8]}, {fp['served_snapshot'] or '—'} "
+                     f"since {(fp['since'] or '')[:16]}")
+    if c["self_agreement"] is not None:
+        state.append(f"self-agreement {pct(c['self_agreement'])}")
+    if c["shadow_via"] == "batch" or c["batch"]["waiting"] or c["batch"]["open"]:
+        b = c["batch"]
+        state.append(f"batch shadows: {b['waiting']} waiting, {b['open']} batches open "
+                     f"({b['in_batches']} jobs)")
+    if len(c["rungs"]) > 2:
+        state.append("rungs: " + ", ".join(f"{m} {r['state']}" + (
+            f" {pct(r['agreement'])}" if r["agreement"] is not None else "")
+            for m, r in c["rungs"].items()))
+    state += [f"[red]{w}[/]" for w in c["warnings"]]
+    return state
+
+
 @app.command()
 def history(category: str | None = typer.Argument(None), limit: int = 100,
             as_json: bool = JsonOpt) -> None:
-    """Route changes, newest first: automatic flips and operator actions."""
+    """Route changes, newest first: automatic flips and operator actions; then evidence resets."""
+    from tierguard.ops.status import evidence_resets
     from tierguard.ops.status import history as route_history
 
     _, _, engine = env()
     rows = route_history(engine, category, limit)
+    resets = evidence_resets(engine, category, limit)
     if as_json:
-        emit({"changes": rows})
+        emit({"changes": rows, "resets": resets})
         return
     table = Table(title="route changes")
     for col in ("at", "category", "from", "to", "actor", "reason"):
@@ -86,6 +98,13 @@ def history(category: str | None = typer.Argument(None), limit: int = 100,
     for r in rows:
         table.add_row(r["at"][:19], r["category"], r["from"], r["to"], r["actor"], r["reason"])
     console.print(table)
+    if resets:
+        table = Table(title="evidence resets (a new prompt or snapshot)")
+        for col in ("at", "category", "what"):
+            table.add_column(col)
+        for r in resets:
+            table.add_row(r["at"][:19], r["category"], r["summary"])
+        console.print(table)
 
 
 @app.command()

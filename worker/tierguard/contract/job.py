@@ -39,6 +39,8 @@ class ShadowJob:
     payload_ref: str | None = None
     # HMAC-SHA256 of the job with TIERGUARD_JOB_SIGNING_KEY, when jobs are signed rather than sealed.
     signature: str | None = None
+    # The production answer's ``model`` field: the snapshot that served it (None from older producers).
+    served_snapshot: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

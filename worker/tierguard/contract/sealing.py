@@ -31,6 +31,9 @@ from tierguard.errors import ConfigError, PayloadInvalid
 
 # Set while the job travels (by the worker, by the payload store): outside the seal and the signature.
 TRAVEL_FIELDS = frozenset({"sealed", "signature", "payload_ref", "deferred_since"})
+# Fields added after signing began: left out of the signed bytes while unset, so a job from a
+# producer that predates them still verifies on a newer worker.
+ADDED_FIELDS = frozenset({"served_snapshot"})
 
 
 class Sealer:
@@ -77,7 +80,8 @@ class Sealer:
 
 def canonical(job: ShadowJob) -> bytes:
     """The job's signed bytes: every field but those set while it travels, in a stable form."""
-    fields = {k: v for k, v in job.to_dict().items() if k not in TRAVEL_FIELDS}
+    fields = {k: v for k, v in job.to_dict().items()
+              if k not in TRAVEL_FIELDS and not (k in ADDED_FIELDS and v is None)}
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 

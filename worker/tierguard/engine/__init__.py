@@ -2,7 +2,8 @@
 
 Owns the Bernoulli CUSUM's design (:mod:`~tierguard.engine.cusum`), the per-category
 detector that demotes, marks eligible, promotes and guards against flapping
-(:mod:`~tierguard.engine.detector`). Pure: it imports nothing that does I/O (no
+(:mod:`~tierguard.engine.detector`), and the rule that says when a category's evidence no
+longer describes what runs (:mod:`~tierguard.engine.fingerprints`). Pure: it imports nothing that does I/O (no
 database, broker, network, files or processes) and nothing of tierguard's but
 itself, so every verdict can be replayed and tested sample by sample.
 """

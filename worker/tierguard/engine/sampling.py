@@ -1,7 +1,9 @@
 """Adaptive sampling: how much of a category's traffic to shadow, chosen from its evidence.
 
 Pure: :func:`choose` maps what the detector knows to a rate and the reason for it.
-High (``rate_max``) while the evidence is thin, just after a route change, or while
+High (``rate_max``) for ``settle_s`` after the evidence was reset (a new prompt or
+snapshot: :mod:`tierguard.engine.fingerprints`), while the evidence is thin, just after a route
+change, or while
 the CUSUM statistic stands above ``warning`` of its flip threshold (a drift is
 suspected); low (``rate_min``) once the statistic sits near zero with evidence
 behind it. A daily shadow budget caps either. ``sampling: fixed`` keeps the
@@ -34,6 +36,8 @@ class Evidence:
     seconds_since_change: float | None   # since the last route change, if any
     calls_per_day: float | None = None   # production calls, measured
     cost_per_sample_usd: float | None = None
+    seconds_since_reset: float | None = None  # since the evidence was last reset (fingerprints)
+    reset: str = ""                      # what that reset changed
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,10 @@ def choose(config: SamplingConfig, ev: Evidence) -> Rate:
     if config.mode != "adaptive":
         return Rate(config.fixed_rate, "fixed sample_rate")
     needed = EVIDENCE_FACTOR * config.min_samples
-    if ev.samples < needed:
+    if ev.seconds_since_reset is not None and ev.seconds_since_reset < config.settle_s:
+        chosen = Rate(config.rate_max, f"evidence reset {ev.seconds_since_reset / 60:.0f} min ago "
+                                       f"({ev.reset})")
+    elif ev.samples < needed:
         chosen = Rate(config.rate_max, f"evidence thin: {ev.samples} of {needed} samples since the "
                                        "evidence last restarted")
     elif ev.seconds_since_change is not None and ev.seconds_since_change < config.settle_s:

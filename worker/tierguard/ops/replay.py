@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from tierguard.contract.job import digest
 from tierguard.engine.detector import Decision, Situation
+from tierguard.engine.fingerprints import kept
 from tierguard.engine.replay import StreamRunner
 from tierguard.errors import TierguardError
 from tierguard.pipeline.recorder import apply_decision, situation
@@ -116,14 +117,15 @@ def run(policy: Policy, engine: Engine, cats: list[str], agree: np.ndarray, seco
             idx = np.array(order[name])
             cat = policy.category(name)
             row = lock_category(s, cat)
-            runner = StreamRunner(cat.engine, dict(row.detector_state or {}))
+            before = dict(row.detector_state or {})  # its fingerprint tracker's state is kept
+            runner = StreamRunner(cat.engine, before)
 
             def on_event(k: int, decision: Decision, row: Category = row, idx: np.ndarray = idx,
-                         runner: StreamRunner = runner) -> Situation:
+                         runner: StreamRunner = runner, before: dict = before) -> Situation:
                 i = int(idx[k])
                 at = dt.datetime.fromtimestamp(float(seconds[i]), dt.UTC)
                 if decision.changes_route:
-                    row.detector_state = runner.state  # written with the route
+                    row.detector_state = kept(before, runner.state)  # written with the route
                     change = apply_decision(s, row, decision, f"{job_prefix}-{i}", at=at)
                     if change is not None:
                         (changes if change.applied else would).append({
@@ -133,7 +135,7 @@ def run(policy: Policy, engine: Engine, cats: list[str], agree: np.ndarray, seco
                 return situation(row, at.timestamp())
 
             runner.run(agree[idx], seconds[idx], situation(row, float(seconds[idx[0]])), on_event)
-            row.detector_state = runner.state
+            row.detector_state = kept(before, runner.state)
             s.add(row)
             routes[name] = row.routed_model
             if records is not None:

@@ -10,10 +10,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from tierguard.alerts.monitors import noise_warning, self_agreement
+from tierguard.engine.fingerprints import KEY as TRACKED
+from tierguard.engine.fingerprints import summary as fingerprint
 from tierguard.engine.ladder import rung_state
 from tierguard.policy import Policy
 from tierguard.store.db import session, utcnow
-from tierguard.store.tables import Category, RouteChange, Sample
+from tierguard.store.tables import Category, Event, RouteChange, Sample
 from tierguard.store.traffic import totals as traffic_totals
 
 STATUS_DAYS = 30  # production counters (guarded) are summed over this window
@@ -76,8 +78,9 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
         self_agree, noise_n = noise[name]
         warning = noise_warning(cat, self_agree, noise_n)
         warnings = [warning] if warning else []
+        route = row.routed_model if row else cat.initial_route
         out[name] = {
-            "route": row.routed_model if row else cat.initial_route,
+            "route": route,
             "candidate": cat.candidate,
             "reference": cat.reference,
             "samples": counts.get(name, 0),
@@ -109,6 +112,7 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
             "warnings": warnings,
             "rungs": rungs(cat, row.routed_model if row else cat.initial_route, state, change,
                            {m: per_rung.get((name, m), 0) for m in cat.rungs}),
+            "fingerprint": fingerprint(state.get(TRACKED), route),
             "last_change": None if change is None else {
                 "from": change.from_model, "to": change.to_model, "reason": change.reason,
                 "actor": change.actor, "at": change.created_at.isoformat()},
@@ -151,6 +155,19 @@ def history(engine: Engine, category: str | None = None, limit: int = 100) -> li
                  "samples": c.samples, "actor": c.actor, "applied": c.applied,
                  "trigger_job_id": c.trigger_job_id, "at": c.created_at.isoformat()}
                 for c in s.exec(q)]
+
+
+def evidence_resets(engine: Engine, category: str | None = None, limit: int = 100
+                    ) -> list[dict[str, Any]]:
+    """``evidence_reset`` events, newest first: what changed under a category's evidence, when."""
+    with session(engine) as s:
+        q = (select(Event).where(Event.kind == "evidence_reset")
+             .order_by(Event.id.desc()).limit(limit))  # type: ignore[union-attr]
+        if category:
+            q = q.where(Event.category == category)
+        return [{"id": e.id, "category": e.category, "summary": e.summary,
+                 "changes": (e.details or {}).get("numbers", {}).get("changes", []),
+                 "at": e.created_at.isoformat()} for e in s.exec(q)]
 
 
 def headroom(engine: Engine, r: Any, models: list[str], scope: str = "") -> dict[str, dict[str, Any]]:

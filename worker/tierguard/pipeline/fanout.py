@@ -193,7 +193,8 @@ class _Run:
                                             job.request, job.headers)
         except (RetryableCallError, PermanentCallError):
             return []
-        twin = await self.runner.off_loop(noise_result, self.policy, job, answer.text, second)
+        twin = await self.runner.off_loop(noise_result, self.policy, job, answer.text, second,
+                                          answer.snapshot)
         return [twin] if twin else []
 
     async def probed(self, job: ShadowJob, answer: Answer, judged: bool) -> list[Result]:
@@ -201,7 +202,7 @@ class _Run:
         rung = probe_rung(self.policy, job)
         if rung is None or job.job_id in self.held:  # a probe never waits: left out while its rung must
             return []
-        twin = probe_job(self.policy, job, rung, answer.text)
+        twin = probe_job(self.policy, job, rung, answer.text, answer.snapshot)
         try:
             second = await call_model_async(self.runner.client, rung, job.request, job.headers)
         except RetryableCallError as err:

@@ -3,6 +3,8 @@
 Insert the samples (idempotent on the job id). For each conclusive
 rung-vs-reference comparison, lock its category row (in name order, so
 concurrent transactions never deadlock), expire a pin whose time is up, feed
+the fingerprint tracker (:mod:`tierguard.engine.fingerprints`: a new prompt or
+snapshot restarts the promotion evidence, with an ``evidence_reset`` event), feed
 the detector, and apply its decision (flip, pin, or an observe-mode "would
 flip" row). Redis gets the new routes after commit.
 """
@@ -18,15 +20,17 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from tierguard import metrics
-from tierguard.alerts.events import for_eligible, for_route_change
+from tierguard.alerts.events import for_eligible, for_evidence_reset, for_route_change
 from tierguard.compare import Verdict
 from tierguard.contract.job import ShadowJob
-from tierguard.engine.detector import Decision, Situation
+from tierguard.engine.detector import Decision, Situation, restart_promotion
+from tierguard.engine.fingerprints import KEY as TRACKED
+from tierguard.engine.fingerprints import Tracker, kept
 from tierguard.errors import RouteConflict
 from tierguard.otlp import exporter as otlp
 from tierguard.pipeline.calls import Answer
 from tierguard.pipeline.results import Outcome, Result
-from tierguard.pipeline.samples import insert_samples, rung_of, sample_values
+from tierguard.pipeline.samples import fingerprint_of, insert_samples, rung_of, sample_values
 from tierguard.policy import CategoryPolicy, Policy
 from tierguard.routing.routes import change_route, expire_pin, lock_category, publish_quietly
 from tierguard.store import rollups
@@ -34,6 +38,7 @@ from tierguard.store.db import session, utcnow
 from tierguard.store.tables import Category, RouteChange
 
 log = logging.getLogger(__name__)
+TRACKER = Tracker()
 
 
 def situation(row: Category, now: float) -> Situation:
@@ -137,13 +142,17 @@ def _feed_category(s: Session, policy: Policy, cat: CategoryPolicy, items: list[
     """Feed one category's comparisons to its detector, in order, acting on each decision."""
     row = lock_category(s, cat)
     carried = _expire_pin(s, policy, row, now, done)
+    tracked = {TRACKED: (row.detector_state or {}).get(TRACKED)}
     state = _evidence(cat, row)
     sit = situation(row, now.timestamp())
     for n, (i, x) in enumerate(items):
         change, events = carried if n == 0 else (None, 0)  # the first sample carries a pin expiry
+        state, reset = _track(s, policy, cat, row, tracked, state, x, now)
+        events += reset
         state, decision, target = _fed(cat, row, state, x, sit, now)
         if decision is not None and decision.changes_route:
-            state, change, moved = _move(s, policy, cat, row, state, decision, target, x.job, done)
+            state, change, moved = _move(s, policy, cat, row, state, decision, target, x.job, done,
+                                         tracked)
             events += moved
             if change is not None and change.applied:
                 sit = situation(row, now.timestamp())
@@ -151,7 +160,8 @@ def _feed_category(s: Session, policy: Policy, cat: CategoryPolicy, items: list[
             events += for_eligible(s, policy, cat.name, decision.reason, x.job.job_id,
                                    decision.numbers) is not None
         done.outcomes[i] = Outcome("recorded", decision, change, events)
-    row.detector_state = cat.ladder_engine.mirror(state, row.routed_model) if cat.laddered else state
+    row.detector_state = kept(tracked, cat.ladder_engine.mirror(state, row.routed_model)
+                              if cat.laddered else state)
     s.add(row)
     done.touched[cat.name] = (row.routed_model, (row.candidate, row.reference),
                               cat.engine.statistic(row.detector_state))
@@ -178,6 +188,27 @@ def _evidence(cat: CategoryPolicy, row: Category) -> dict:
     return state
 
 
+def _track(s: Session, policy: Policy, cat: CategoryPolicy, row: Category, tracked: dict,
+           state: dict, x: Result, now: dt.datetime) -> tuple[dict, int]:
+    """Feed one sample's prompt fingerprint and snapshots to the category's tracker (``tracked``,
+    updated in place); on a reset, the state with its promotion evidence restarted (a demotion
+    watch keeps running) and whether an ``evidence_reset`` event was written."""
+    job = x.job
+    snapshots = {job.served_model: job.served_snapshot,
+                 job.shadow_model: x.answer.snapshot if x.answer else None}
+    tracked[TRACKED], reset = TRACKER.feed(tracked[TRACKED], fingerprint_of(job), snapshots,
+                                           now.timestamp())
+    if reset is None:
+        return state, 0
+    log.warning("category %s: evidence restarts: %s", cat.name, reset.what)
+    state = (cat.ladder_engine.restart_promotion(state, row.routed_model) if cat.laddered
+             else restart_promotion(state))
+    numbers = {"changes": [{"model": c.model, "old": c.old, "new": c.new} for c in reset.changes],
+               "route": row.routed_model}
+    return state, int(for_evidence_reset(s, policy, cat.name, reset.what, reset.since, job.job_id,
+                                         numbers) is not None)
+
+
 def _fed(cat: CategoryPolicy, row: Category, state: dict, x: Result, sit: Situation, now: dt.datetime
          ) -> tuple[dict, Decision | None, str | None]:
     """(new state, the decision, the rung it moves to) after one comparison; no decision when the
@@ -197,12 +228,13 @@ def _fed(cat: CategoryPolicy, row: Category, state: dict, x: Result, sit: Situat
 
 
 def _move(s: Session, policy: Policy, cat: CategoryPolicy, row: Category, state: dict,
-          decision: Decision, target: str | None, job: ShadowJob, done: _Done
-          ) -> tuple[dict, RouteChange | None, int]:
-    """Apply a route-changing decision: (state, the change, events made)."""
+          decision: Decision, target: str | None, job: ShadowJob, done: _Done,
+          tracked: dict | None = None) -> tuple[dict, RouteChange | None, int]:
+    """Apply a route-changing decision: (state, the change, events made); ``tracked`` holds the
+    fingerprint tracker's state, written with it."""
     if cat.laddered:
         state = cat.ladder_engine.mirror(state, target or row.routed_model)
-    row.detector_state = state  # the change writes the state with the route
+    row.detector_state = kept(tracked, state)  # the change writes the state with the route
     change = apply_decision(s, row, decision, job.job_id, target)
     if change is None:
         return state, None, 0

@@ -9,6 +9,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from tierguard.compare import Verdict
+from tierguard.contract.fingerprint import prompt_fingerprint
 from tierguard.contract.job import ShadowJob, digest, parse_time
 from tierguard.contract.messages import content_text
 from tierguard.pipeline.results import JudgeUsage
@@ -57,6 +58,7 @@ def sample_values(policy: Policy, job: ShadowJob, answer: Answer | None, verdict
         request_hash=digest(job.request), primary_hash=digest(job.primary_text),
         request_excerpt=_excerpt(policy, _request_text(job.request)),
         primary_excerpt=_excerpt(policy, job.primary_text),
+        prompt_fingerprint=fingerprint_of(job), served_snapshot=job.served_snapshot,
         requested_at=parse_time(job.requested_at), created_at=utcnow(),
     )
     if answer is not None:
@@ -75,6 +77,12 @@ def sample_values(policy: Policy, job: ShadowJob, answer: Answer | None, verdict
                                                      judge.output_tokens, judge.cache_write_tokens,
                                                      judge.cache_read_tokens, platform=judge.platform))
     return values
+
+
+def fingerprint_of(job: ShadowJob) -> str | None:
+    """The job's prompt fingerprint; None when its request is not there (a payload expired or
+    never opened: no ``messages``), rather than the fingerprint of an empty body."""
+    return prompt_fingerprint(job.request) if job.request.get("messages") else None
 
 
 def rung_of(cat: CategoryPolicy, job: ShadowJob) -> str | None:

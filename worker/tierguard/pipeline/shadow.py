@@ -77,24 +77,34 @@ def probe_rung(policy: Policy, job: ShadowJob) -> str | None:
     return None if too_big(policy.limits_for(rung), job.request) else rung
 
 
-def probe_job(policy: Policy, job: ShadowJob, rung: str, shadow_text: str) -> ShadowJob:
-    """The probe's own job: ``rung`` against the job's reference answer, recorded as its own sample."""
+def probe_job(policy: Policy, job: ShadowJob, rung: str, shadow_text: str,
+              shadow_snapshot: str | None = None) -> ShadowJob:
+    """The probe's own job: ``rung`` against the job's reference answer, recorded as its own sample
+    (``shadow_snapshot``: the snapshot of the job's shadow answer, the reference's when it is one)."""
     cat = policy.category(job.category)
-    reference_text = shadow_text if job.shadow_model == cat.reference else job.primary_text
     return ShadowJob(**{**job.to_dict(), "job_id": f"{job.job_id}:probe", "served_model": cat.reference,
-                        "shadow_model": rung, "primary_text": reference_text})
+                        "shadow_model": rung, **_reference_side(cat.reference, job, shadow_text,
+                                                                shadow_snapshot)})
 
 
-def noise_result(policy: Policy, job: ShadowJob, shadow_text: str, second: Answer) -> Result | None:
+def _reference_side(reference: str, job: ShadowJob, shadow_text: str, shadow_snapshot: str | None
+                    ) -> dict:
+    """The reference's answer of a job (and its snapshot) as a twin job's primary side."""
+    if job.shadow_model == reference:
+        return {"primary_text": shadow_text, "served_snapshot": shadow_snapshot}
+    return {"primary_text": job.primary_text, "served_snapshot": job.served_snapshot}
+
+
+def noise_result(policy: Policy, job: ShadowJob, shadow_text: str, second: Answer,
+                 shadow_snapshot: str | None = None) -> Result | None:
     """The reference's second answer against its first: self-agreement, never a decision."""
     cat = policy.category(job.category)
-    first = shadow_text if job.shadow_model == cat.reference else job.primary_text
-    verdict = compare(policy, job, first, second.text)
+    first = _reference_side(cat.reference, job, shadow_text, shadow_snapshot)
+    verdict = compare(policy, job, first["primary_text"], second.text)
     if verdict is None:
         return None
     twin = ShadowJob(**{**job.to_dict(), "job_id": job.job_id + ":noise",
-                        "served_model": cat.reference, "shadow_model": cat.reference,
-                        "primary_text": first})
+                        "served_model": cat.reference, "shadow_model": cat.reference, **first})
     return Result(twin, second, verdict, None, 1, kind="noise")
 
 

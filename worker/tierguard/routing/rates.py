@@ -2,7 +2,7 @@
 
 :func:`refresh` (beat's monitor task, every ``TIERGUARD_MONITOR_SECONDS``) asks
 :func:`tierguard.engine.sampling.choose` for every ``sampling: adaptive``
-category, with its detector state, its measured calls per day and the average
+category, with its detector state (and its last evidence reset), its measured calls per day and the average
 cost of its recent samples; the policy's global ``shadow_budget_usd_per_day``
 scales the adaptive categories down together when their spend would pass it.
 The rates go to Redis (:data:`tierguard.contract.keys.RATES`), where the wrappers' and
@@ -23,6 +23,8 @@ from sqlmodel import select
 
 from tierguard import metrics
 from tierguard.contract import keys
+from tierguard.engine.fingerprints import KEY as TRACKED
+from tierguard.engine.fingerprints import last_reset
 from tierguard.engine.sampling import Evidence, Rate, choose
 from tierguard.policy import Policy
 from tierguard.store.db import session, utcnow
@@ -65,9 +67,12 @@ def choose_all(engine: Engine, policy: Policy, now: dt.datetime | None = None) -
     for row, cat in adaptive:
         state = row.detector_state or {}
         last = state.get("last_change")
+        reset = last_reset(state.get(TRACKED))
         ev = Evidence(statistic=cat.engine.statistic(state), samples=int(state.get("n", 0)),
                       seconds_since_change=None if last is None else now.timestamp() - float(last),
-                      calls_per_day=calls.get(row.name), cost_per_sample_usd=cost.get(row.name))
+                      calls_per_day=calls.get(row.name), cost_per_sample_usd=cost.get(row.name),
+                      seconds_since_reset=None if reset is None else now.timestamp() - reset[0],
+                      reset=reset[1] if reset else "")
         out[row.name] = choose(cat.sampling_config, ev)
     budget = policy.shadow_budget_usd_per_day
     if budget is not None:
