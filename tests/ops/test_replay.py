@@ -151,3 +151,40 @@ def test_replay_from_the_database_equals_replay_of_its_export(tmp_path):
     assert list(narrowed["categories"]) == ["steady"] and narrowed["actual"] == []
     neither = tg("replay", "--json", env=env, cwd=tmp_path, check=False)
     assert neither.returncode == 2 and "give a FILE or --from-db" in neither.stderr
+
+
+def test_replay_from_the_database_restarts_evidence_where_the_recorder_did(tmp_path):
+    """A prompt change mid-stream restarts promotion evidence live; replay --from-db makes the
+    same promotion at the same sample, which it would not without the fingerprints."""
+    import uuid
+
+    from tierguard.compare import Verdict
+    from tierguard.contract.job import ShadowJob
+    from tierguard.ops.replay import from_db
+    from tierguard.pipeline.calls import Answer
+    from tierguard.pipeline.recorder import record
+
+    db = make_engine(f"sqlite:///{tmp_path}/live.db")
+    upgrade(db)
+    policy = parse_policy({"defaults": {"auto_promote": True, "cooldown_minutes": 0, "start_on": "reference",
+                                        "promote_min_samples": 100},
+                           "categories": {"sentiment": {}}})
+    agree = Verdict(True, 1.0, "same")
+    promoted_at = None
+    for i in range(400):  # all agree; the system prompt changes after 100 samples
+        system = "sentiment v1" if i < 100 else "sentiment v2"
+        job = ShadowJob(job_id=uuid.uuid4().hex, category="sentiment", served_model="claude-opus-4-7",
+                        shadow_model="claude-haiku-4-5", primary_text="POSITIVE",
+                        request={"max_tokens": 8, "system": system,
+                                 "messages": [{"role": "user", "content": f"text {i}"}]},
+                        served_snapshot="claude-opus-4-7-20260101")
+        answer = Answer("POSITIVE", 10, 1, 5.0, snapshot="claude-haiku-4-5-20251001")
+        outcome = record(db, None, policy, job, answer, agree, None, 1)
+        if outcome.decision is not None and outcome.decision.action == "promote":
+            promoted_at = i
+            break
+    # The reset comes with the 40th v2 sample (80 % of a window of 50); 150 agreements later, eligible.
+    assert promoted_at == 100 + 39 + 149  # (149 without the reset)
+    result = from_db(db, policy)
+    assert [(r["index"], r["what"].split(" ")[0]) for r in result["evidence_resets"]] == [(139, "prompt")]
+    assert [(c["index"], c["to"]) for c in result["changes"]] == [(promoted_at, "claude-haiku-4-5")]

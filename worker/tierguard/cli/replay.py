@@ -65,6 +65,8 @@ def replay(file: Path | None = typer.Argument(None, exists=True, dir_okay=False,
     for c in result["would_change"]:
         console.print(f"{where} {c['index']}: {c['category']} would change {c['from']} → {c['to']} "
                       "(observe mode)")
+    for c in result["evidence_resets"]:
+        console.print(f"{where} {c['index']}: {c['category']} evidence restarts: {c['what']}")
     for c in result.get("actual", []):
         console.print(f"[dim]actually, {c['at'][:19]}: {c['category']} {c['from']} → {c['to']} "
                       f"({c['rule']}, {c['actor']})[/]")

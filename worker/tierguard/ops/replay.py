@@ -2,9 +2,12 @@
 
 A line is ``{"category", "ts"?, "request"?, "primary": {"model", "output"}, "shadow": {"model",
 "output"}}`` (judged here by the category's comparator) or, pre-judged,
-``{"category", "agree", "score"?}``; ``--from-db`` reads the recorded outcomes
-instead. Each category's stream goes through the vectorised runner
-(:mod:`tierguard.engine.replay`, the same decisions as the per-sample engine);
+``{"category", "agree", "score"?}``; either may name ``prompt_fingerprint``, ``served_snapshot``
+and ``shadow_snapshot``. ``--from-db`` reads the recorded outcomes (and those columns)
+instead. Where the fingerprint tracker (:mod:`tierguard.engine.fingerprints`) resets a
+category's evidence, its promotion evidence restarts there, as the recorder's does
+(``evidence_resets`` lists them). Each category's stream goes through the vectorised
+runner (:mod:`tierguard.engine.replay`, the same decisions as the per-sample engine);
 routes start from the database (a fresh in-memory one by default) and move as
 the policy under test decides; each change reports the 0-based index of the
 sample that triggered it (its line in a file). A category the policy does not
@@ -24,8 +27,9 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from tierguard.contract.job import digest
-from tierguard.engine.detector import Decision, Situation
-from tierguard.engine.fingerprints import kept
+from tierguard.engine.detector import Decision, Situation, restart_promotion
+from tierguard.engine.fingerprints import KEY as TRACKED
+from tierguard.engine.fingerprints import Tracker, kept
 from tierguard.engine.replay import StreamRunner
 from tierguard.errors import TierguardError
 from tierguard.pipeline.recorder import apply_decision, situation
@@ -35,6 +39,9 @@ from tierguard.store.db import session
 from tierguard.store.tables import Category, Sample
 
 EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC).timestamp()
+TRACKER = Tracker()
+# What one outcome's evidence was gathered on: its prompt fingerprint and model -> snapshot.
+Evidence = tuple[str | None, dict[str, str | None]]
 
 
 class ReplayError(TierguardError):
@@ -101,56 +108,89 @@ def parse_lines(lines: list[str], policy: Policy) -> tuple[list[str], np.ndarray
 
 def run(policy: Policy, engine: Engine, cats: list[str], agree: np.ndarray, seconds: np.ndarray,
         *, job_prefix: str, records: list[dict] | None = None,
-        progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        progress: Callable[[int], None] | None = None,
+        evidence: list[Evidence | None] | None = None) -> dict[str, Any]:
     """Replay the outcomes (in stream order) against ``engine``'s routes, writing the route
-    changes there and, with ``records``, a sample row per outcome."""
+    changes there and, with ``records``, a sample row per outcome; ``evidence`` (per outcome:
+    its prompt fingerprint and model -> snapshot, or None) restarts promotion evidence where the
+    live recorder's fingerprint tracker would."""
     order: dict[str, list[int]] = {}
     for i, name in enumerate(cats):
         if name:
             order.setdefault(name, []).append(i)
-    changes: list[dict[str, Any]] = []
-    would: list[dict[str, Any]] = []
+    out: dict[str, list[dict[str, Any]]] = {"changes": [], "would_change": [], "evidence_resets": []}
     routes: dict[str, str] = {}
     done = 0
     with session(engine) as s:
         for name in sorted(order):
             idx = np.array(order[name])
-            cat = policy.category(name)
-            row = lock_category(s, cat)
-            before = dict(row.detector_state or {})  # its fingerprint tracker's state is kept
-            runner = StreamRunner(cat.engine, before)
-
-            def on_event(k: int, decision: Decision, row: Category = row, idx: np.ndarray = idx,
-                         runner: StreamRunner = runner, before: dict = before) -> Situation:
-                i = int(idx[k])
-                at = dt.datetime.fromtimestamp(float(seconds[i]), dt.UTC)
-                if decision.changes_route:
-                    row.detector_state = kept(before, runner.state)  # written with the route
-                    change = apply_decision(s, row, decision, f"{job_prefix}-{i}", at=at)
-                    if change is not None:
-                        (changes if change.applied else would).append({
-                            "category": row.name, "from": change.from_model, "to": change.to_model,
-                            "index": i, "agreement": change.agreement, "rule": change.rule,
-                            "reason": change.reason})
-                return situation(row, at.timestamp())
-
-            runner.run(agree[idx], seconds[idx], situation(row, float(seconds[idx[0]])), on_event)
-            row.detector_state = kept(before, runner.state)
+            row = lock_category(s, policy.category(name))
+            _category(s, policy.category(name), row, idx, agree, seconds, job_prefix, evidence, out)
             s.add(row)
             routes[name] = row.routed_model
             if records is not None:
-                _store(s, records, idx, row, agree, seconds, job_prefix, cat.comparator)
+                _store(s, records, idx, row, agree, seconds, job_prefix, policy.category(name).comparator)
             done += len(idx)
             if progress:
                 progress(done)
         s.commit()
-    changes.sort(key=lambda c: c["index"])
-    would.sort(key=lambda c: c["index"])
-    return {"changes": changes, "would_change": would,
-            "categories": {name: {"samples": len(ix),
-                                  "agreement": float(agree[ix].mean()) if ix else None,
-                                  "route": routes[name]}
-                           for name, ix in sorted(order.items())}}
+    for found in out.values():
+        found.sort(key=lambda c: c["index"])
+    return {**out, "categories": {name: {"samples": len(ix),
+                                         "agreement": float(agree[ix].mean()) if ix else None,
+                                         "route": routes[name]}
+                                  for name, ix in sorted(order.items())}}
+
+
+def _category(s: Any, cat: Any, row: Category, idx: np.ndarray, agree: np.ndarray, seconds: np.ndarray,
+              prefix: str, evidence: list[Evidence | None] | None, out: dict[str, list]) -> None:
+    """One category's outcomes through the engine, in stretches cut where its evidence resets."""
+    before = dict(row.detector_state or {})
+    tracked, cuts = _resets(before.get(TRACKED), row.name, idx, seconds, evidence, out["evidence_resets"])
+    runner = StreamRunner(cat.engine, before)
+    offset = [0]
+
+    def on_event(k: int, decision: Decision) -> Situation:
+        i = int(idx[offset[0] + k])
+        at = dt.datetime.fromtimestamp(float(seconds[i]), dt.UTC)
+        if decision.changes_route:
+            row.detector_state = kept(before, runner.state)  # written with the route
+            change = apply_decision(s, row, decision, f"{prefix}-{i}", at=at)
+            if change is not None:
+                out["changes" if change.applied else "would_change"].append({
+                    "category": row.name, "from": change.from_model, "to": change.to_model,
+                    "index": i, "agreement": change.agreement, "rule": change.rule,
+                    "reason": change.reason})
+        return situation(row, at.timestamp())
+
+    sit = situation(row, float(seconds[idx[0]]))
+    for start, end in zip([0, *cuts], [*cuts, len(idx)], strict=True):
+        if start and cat.laddered:
+            runner.state = cat.ladder_engine.restart_promotion(runner.state, row.routed_model)
+        elif start:
+            runner.state = restart_promotion(runner.state)
+        offset[0] = start
+        if end > start:
+            sit = runner.run(agree[idx[start:end]], seconds[idx[start:end]], sit, on_event)
+    row.detector_state = kept({TRACKED: tracked} if tracked else before, runner.state)
+
+
+def _resets(tracked: dict | None, name: str, idx: np.ndarray, seconds: np.ndarray,
+            evidence: list[Evidence | None] | None, found: list[dict]) -> tuple[dict | None, list[int]]:
+    """The tracker's state after the category's outcomes, and the positions (in ``idx``) of the
+    outcomes whose evidence resets (before the engine sees them, as the recorder does)."""
+    cuts: list[int] = []
+    if evidence is None:
+        return tracked, cuts
+    for k, i in enumerate(idx.tolist()):
+        if evidence[i] is None:
+            continue
+        prompt, snapshots = evidence[i]
+        tracked, reset = TRACKER.feed(tracked, prompt, snapshots, float(seconds[i]))
+        if reset is not None:
+            cuts.append(k)
+            found.append({"category": name, "index": i, "at": reset.since, "what": reset.what})
+    return tracked, cuts
 
 
 def as_defaults(policy: Policy) -> Policy:
@@ -168,7 +208,24 @@ def replay(lines: Iterable[str], policy: Policy, engine: Engine,
     policy = as_defaults(policy)
     cats, agree, seconds, records = parse_lines(lines, policy)
     return run(policy, engine, cats, agree, seconds, job_prefix=f"replay-{uuid.uuid4().hex[:8]}",
-               records=records if store else None, progress=progress)
+               records=records if store else None, progress=progress, evidence=_evidence(records))
+
+
+def _evidence(records: list[dict | None]) -> list[Evidence | None] | None:
+    """Per line, its ``prompt_fingerprint`` and snapshots (``served_snapshot``/``shadow_snapshot``
+    of ``primary.model``/``shadow.model``), when any line names one."""
+    out: list[Evidence | None] = []
+    for rec in records:
+        rec = rec or {}
+        named = [rec.get(k) for k in ("prompt_fingerprint", "served_snapshot", "shadow_snapshot")]
+        if not any(isinstance(v, str) for v in named):
+            out.append(None)
+            continue
+        models = [(rec.get(side) or {}).get("model") or side for side in ("primary", "shadow")]
+        out.append((named[0] if isinstance(named[0], str) else None,
+                    {models[0]: named[1] if isinstance(named[1], str) else None,
+                     models[1]: named[2] if isinstance(named[2], str) else None}))
+    return out if any(out) else None
 
 
 def _store(s: Any, records: list[dict], idx: np.ndarray, row: Category, agree: np.ndarray,
@@ -214,7 +271,8 @@ def from_db(source: Engine, policy: Policy, since: dt.datetime | None = None,
     # Seconds since the epoch computed by the database: no datetime object per row.
     epoch = (sa.func.date_part("epoch", s_.created_at) if source.dialect.name == "postgresql"
              else (sa.func.julianday(s_.created_at) - 2440587.5) * 86400.0)
-    query = (sa.select(s_.category, s_.agree, epoch)
+    query = (sa.select(s_.category, s_.agree, epoch, s_.served_model, s_.shadow_model,
+                       s_.prompt_fingerprint, s_.served_snapshot, s_.shadow_snapshot)
              .select_from(Sample.__table__.join(Category.__table__, c_.name == s_.category))
              .where(s_.kind == "shadow", s_.agree.is_not(None), pair)
              .order_by(s_.created_at, s_.job_id))
@@ -246,7 +304,9 @@ def from_db(source: Engine, policy: Policy, since: dt.datetime | None = None,
                                 after[0]["from_model"] if after else current.get(name, row.routed_model))
             s.add(row)
         s.commit()
-    result = run(policy, scratch, cats, agree, seconds, job_prefix="from-db", progress=progress)
+    evidence = [(r[5], {r[3]: r[6], r[4]: r[7]}) if r[5] or r[6] or r[7] else None for r in rows]
+    result = run(policy, scratch, cats, agree, seconds, job_prefix="from-db", progress=progress,
+                 evidence=evidence if any(evidence) else None)
     stamp = {i: dt.datetime.fromtimestamp(float(seconds[i]), dt.UTC).isoformat() for i in
              {c["index"] for c in result["changes"] + result["would_change"]}}
     for c in result["changes"] + result["would_change"]:
