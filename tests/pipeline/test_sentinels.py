@@ -296,3 +296,33 @@ def test_a_judged_category_asks_the_judge_with_expected_as_the_reference_answer(
         rows = [r for r in s.exec(select(Sample)) if r.kind == "sentinel"]
     assert len(rows) == 16 and all(r.judge_model == OPUS and r.judge_cost_usd > 0 for r in rows)
     assert all(r.reason.startswith("judge: equivalent") for r in rows)
+
+
+def test_sentinel_calls_yield_to_production_and_a_429_pauses_the_model(tmp_path, sqlite_url, redis_url,
+                                                                      simulator):
+    from tierguard.config import Settings
+    from tierguard.headroom import pauses
+    from tierguard.pipeline.sentinels import shadow_room
+
+    scn = scenario(pair={"agreement": 1.0})
+    sim = simulator(**scn)
+    write_sentinels(tmp_path / "pair.jsonl", scn, "pair", n=6)
+    policy = parse_policy({"pricing": PRICES, "defaults": {"comparator": LABEL},
+                           "shadow_headroom": {"max_defer_minutes": 0.02},
+                           "categories": {"pair": {"sentinels": {"file": str(tmp_path / "pair.jsonl")}}}})
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    r = redis.Redis.from_url(redis_url)
+    room = shadow_room(Settings(redis_url=redis_url, database_url=sqlite_url), policy, r)
+    # The first call (case 0 on haiku, one call in flight) meets a 429: haiku's shadows pause for
+    # 30 s, so its other cases wait, past max_defer_minutes, and are skipped; opus answers all.
+    import httpx2
+    httpx2.post(f"{sim.base_url}/_sim/fail", json={"status": 429, "count": 1, "retry_after": 30})
+    out = run_category(engine, policy, "pair", concurrency=1, room=room, attempts=3,
+                       client=lambda: anthropic.AsyncAnthropic(base_url=sim.base_url, api_key=API_KEY,
+                                                               max_retries=0))
+    assert pauses.paused(r, [HAIKU]) and not pauses.paused(r, [OPUS])
+    assert out[OPUS]["compared"] == 6 and out[HAIKU]["compared"] == 0 and out[HAIKU]["failed"] is False
+    with session(engine) as s:
+        haiku = [x for x in s.exec(select(Sample)) if x.shadow_model == HAIKU]
+    assert {(x.error, x.reason.split(":")[0]) for x in haiku} == {("skipped", "rate_headroom")}

@@ -24,7 +24,7 @@ def run(category: str | None = typer.Argument(None, help="one category (default:
         as_json: bool = JsonOpt) -> None:
     """Known answers through every rung of CATEGORY (or every category with sentinels)."""
     from tierguard.errors import SentinelError
-    from tierguard.pipeline.sentinels import run_locked, shadow_clients
+    from tierguard.pipeline.sentinels import run_locked, shadow_clients, shadow_room
 
     settings, policy, engine = env()
     names = [category] if category else [n for n in sorted(policy.categories)
@@ -35,11 +35,12 @@ def run(category: str | None = typer.Argument(None, help="one category (default:
 
     r = redis_client(settings)
     client = shadow_clients(settings, lambda: policy)
+    room = shadow_room(settings, policy, r)
     out: dict[str, dict] = {}
     for name in names:
         try:
             found = run_locked(r, engine, policy, name, attempts=settings.shadow_max_attempts,
-                               concurrency=concurrency, client=client)
+                               concurrency=concurrency, client=client, room=room)
         except redis.RedisError as err:
             raise SentinelError(f"{name}: cannot take the run's lock in Redis "
                                 f"({type(err).__name__})") from None

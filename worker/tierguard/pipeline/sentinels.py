@@ -9,6 +9,12 @@ comparator (the judge too, reading ``expected`` as the reference answer), record
 ``shadow_cost_usd``; never fed to the engine) and settles each rung's accuracy against its
 baseline (:mod:`tierguard.pipeline.baselines`). :func:`run_due` is beat's pass: every listed
 category whose last run is ``every_hours`` old, each under its own Redis lock.
+
+Sentinel calls yield to production as shadows do (:mod:`tierguard.headroom.deferral`): a call
+waits while its model is paused after a 429, short of rate-limit headroom or at its
+``shadow_limits`` cap, and is recorded as ``skipped`` after
+``shadow_headroom.max_defer_minutes``; a 429 pauses the model's shadows; answers' rate-limit
+headers are kept and their output tokens counted against the caps.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -33,15 +40,19 @@ from tierguard.config import Settings
 from tierguard.contract import keys
 from tierguard.contract.job import ShadowJob
 from tierguard.errors import PermanentCallError, RetryableCallError, SentinelError
+from tierguard.headroom import ratelimits
+from tierguard.headroom.caps import ShadowCaps
+from tierguard.headroom.deferral import Room
 from tierguard.pipeline.baselines import Score, settle
-from tierguard.pipeline.calls import call_model_with_retries
+from tierguard.pipeline.calls import Answer, call_model_async
 from tierguard.pipeline.fanout import async_client
 from tierguard.pipeline.judging import JudgeCall, needs_judge
 from tierguard.pipeline.locks import held
 from tierguard.pipeline.recorder import record_many
 from tierguard.pipeline.results import Result
-from tierguard.pipeline.shadow import result_of
+from tierguard.pipeline.shadow import SKIPPED, result_of
 from tierguard.policy import CategoryPolicy, Policy
+from tierguard.policy.model_limits import estimate_input_tokens
 from tierguard.store.db import session, utcnow
 from tierguard.store.tables import SentinelRun
 
@@ -56,6 +67,13 @@ def shadow_clients(settings: Settings, policy: Callable[[], Policy]) -> ClientFa
     key = settings.shadow_api_key.get_secret_value() if settings.shadow_api_key else None
     return lambda: async_client(settings.shadow_timeout, api_key=key, platform=settings.shadow_platform,
                                 policy=policy)
+
+
+def shadow_room(settings: Settings, policy: Policy, r: redis_lib.Redis) -> Room:
+    """The room shadows have, as a worker sees it (its key's scope, the policy's limits)."""
+    key = settings.shadow_api_key.get_secret_value() if settings.shadow_api_key else None
+    return Room(r, ratelimits.fingerprint(key) if key else "", policy.shadow_headroom,
+                policy.shadow_limits, ShadowCaps(settings.redis_url))
 
 
 def read_sentinels(path: Path) -> list[tuple[dict[str, Any], str]]:
@@ -103,11 +121,61 @@ def _job(cat: CategoryPolicy, run: str, i: int, model: str, request: dict[str, A
                      shadow_model=model, request=request, primary_text=expected, requested_at=at)
 
 
+class _NoRoom(Exception):
+    """The model had no room for longer than ``shadow_headroom.max_defer_minutes``."""
+
+
+async def _room_for(room: Room | None, model: str, request: dict[str, Any], limit_s: float) -> None:
+    """Wait while ``model`` is paused, short of headroom or capped; :class:`_NoRoom` past the
+    limit. Redis away: the call goes (a 429 will pause it)."""
+    deadline = time.time() + limit_s
+    while room is not None:
+        try:
+            until = room.until(model, room.shut([model]))
+        except redis_lib.RedisError:
+            return
+        now = time.time()
+        if until <= now:
+            until = room.capped(model, estimate_input_tokens(request)) or 0.0
+        if until <= now:
+            return
+        if until > deadline:
+            raise _NoRoom(f"rate_headroom: {model} paused or capped for over {limit_s / 60:g} min")
+        await asyncio.sleep(until - now)
+
+
+async def _answer(room: Room | None, job: ShadowJob, client: anthropic.AsyncAnthropic, attempts: int,
+                  limit_s: float) -> Answer:
+    """One case's answer with the worker's retries, yielding to production's rate limits."""
+    model = job.shadow_model
+    for attempt in range(1, attempts + 1):
+        await _room_for(room, model, job.request, limit_s)
+        try:
+            answer = await call_model_async(client, model, job.request)
+        except RetryableCallError as err:
+            paused = room is not None and err.kind == "rate_limited"
+            if paused:  # the model's shadows pause; the pause is this call's wait too
+                room.pause(model, err.retry_after if err.retry_after is not None else 60.0)  # type: ignore[union-attr]
+            if attempt == attempts:
+                raise
+            if not paused:
+                await asyncio.sleep(min(err.retry_after or 0.5 * 2 ** (attempt - 1), 30.0))
+            continue
+        if room is not None:
+            room.remember({model: answer.headers} if answer.headers is not None else {})
+            room.spent({model: answer.output_tokens or 0})
+        return answer
+    raise AssertionError("unreachable")
+
+
 async def _one(policy: Policy, job: ShadowJob, client: anthropic.AsyncAnthropic, attempts: int,
-               judge: JudgeCall | None) -> Result:
+               judge: JudgeCall | None, room: Room | None = None) -> Result:
     """One case on one rung: its answer compared with ``expected`` (an error is never wrong)."""
+    limit_s = policy.shadow_headroom.max_defer_minutes * 60
     try:
-        answer = await call_model_with_retries(client, job.shadow_model, job.request, attempts)
+        answer = await _answer(room, job, client, attempts, limit_s)
+    except _NoRoom as why:
+        return Result(job, None, None, (SKIPPED, str(why)), attempts, kind=KIND)
     except (RetryableCallError, PermanentCallError) as err:
         return dataclasses.replace(result_of(policy, job, None, err, attempts), kind=KIND)
     if judge is None:
@@ -120,14 +188,14 @@ async def _one(policy: Policy, job: ShadowJob, client: anthropic.AsyncAnthropic,
 
 
 async def _calls(policy: Policy, cat: CategoryPolicy, jobs: list[ShadowJob], client: ClientFactory,
-                 attempts: int, concurrency: int) -> list[Result]:
+                 attempts: int, concurrency: int, room: Room | None) -> list[Result]:
     sdk = client()
     gate = asyncio.Semaphore(concurrency)
     judge = JudgeCall(lambda: sdk, attempts=attempts) if needs_judge(cat) else None
 
     async def gated(job: ShadowJob) -> Result:
         async with gate:
-            return await _one(policy, job, sdk, attempts, judge)
+            return await _one(policy, job, sdk, attempts, judge, room)
 
     try:
         return list(await asyncio.gather(*(gated(j) for j in jobs)))
@@ -145,9 +213,11 @@ def _score(model: str, results: list[Result]) -> Score:
 
 
 def run_category(engine: Engine, policy: Policy, category: str, *, client: ClientFactory | None = None,
-                 attempts: int = 6, concurrency: int = 8) -> dict[str, dict[str, Any]]:
+                 attempts: int = 6, concurrency: int = 8, room: Room | None = None
+                 ) -> dict[str, dict[str, Any]]:
     """Run ``category``'s sentinels now: per rung ``{"accuracy", "baseline", "snapshot", "cases",
-    "failed", "compared", "baseline_snapshot", "reason", "event"}``."""
+    "failed", "compared", "baseline_snapshot", "reason", "event"}``; ``room`` (the workers' rate
+    limit room) makes the calls yield to production."""
     cat = policy.category(category)
     path = policy.sentinel_file(category)
     if category not in policy.categories or path is None:
@@ -157,7 +227,7 @@ def run_category(engine: Engine, policy: Policy, category: str, *, client: Clien
     jobs = [_job(cat, run, i, m, req, expected, now.isoformat())
             for i, (req, expected) in enumerate(cases) for m in cat.rungs]
     factory = client or (lambda: anthropic.AsyncAnthropic(max_retries=0))
-    results = asyncio.run(_calls(policy, cat, jobs, factory, attempts, concurrency))
+    results = asyncio.run(_calls(policy, cat, jobs, factory, attempts, concurrency, room))
     record_many(engine, None, policy, results)
     out: dict[str, dict[str, Any]] = {}
     with session(engine) as s:

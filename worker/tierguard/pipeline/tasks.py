@@ -35,7 +35,7 @@ from tierguard.contract.broker import (
 from tierguard.errors import StoreUnavailable
 from tierguard.headroom import history
 from tierguard.otlp import exporter as otlp
-from tierguard.pipeline import flow, message_batches, sentinels
+from tierguard.pipeline import flow, message_batches, sentinels, yielding
 from tierguard.pipeline.context import context_for
 from tierguard.pipeline.flow import backoff
 from tierguard.pipeline.locks import held
@@ -165,7 +165,8 @@ def run_sentinels(task: Task, beat: bool = False) -> dict[str, Any]:
         return {"skipped": 1}
     ctx = context_for(task.app)
     ran = sentinels.run_due(ctx.redis, ctx.engine, ctx.policy, attempts=settings.shadow_max_attempts,
-                            client=sentinels.shadow_clients(settings, lambda: ctx.policy))
+                            client=sentinels.shadow_clients(settings, lambda: ctx.policy),
+                            room=yielding.room(ctx))
     if any(isinstance(r, dict) and r.get("event") for rungs in ran.values() for r in rungs.values()):
         deliver_due(ctx.engine, ctx.policy)
     return ran
