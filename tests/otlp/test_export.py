@@ -63,9 +63,10 @@ def result(verdict: Verdict | None = None, error: tuple[str, str] | None = None,
            served=HAIKU, shadow=OPUS) -> Result:
     job = ShadowJob(job_id=uuid.uuid4().hex, category=category, served_model=served, shadow_model=shadow,
                     request={"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
-                    primary_text="POSITIVE", primary_input_tokens=12, primary_output_tokens=2)
+                    primary_text="POSITIVE", primary_input_tokens=12, primary_output_tokens=2,
+                    served_snapshot=served + "-20251001")
     answer = None if error else Answer("NEGATIVE" if verdict and not verdict.agree else "POSITIVE",
-                                       30, 4, 250.0)
+                                       30, 4, 250.0, snapshot=shadow + "-20260101")
     return Result(job, answer, verdict, error, 1)
 
 
@@ -95,7 +96,9 @@ def test_recorded_comparisons_reach_phoenix_with_their_evaluations(engine, phoen
         a = span["attributes"]
         assert (a["gen_ai.operation.name"], a["gen_ai.provider.name"], a["gen_ai.system"]) == (
             "chat", "anthropic", "anthropic")
-        assert a["gen_ai.request.model"] == OPUS
+        assert a["gen_ai.request.model"] == OPUS and a["gen_ai.response.model"] == OPUS + "-20260101"
+        assert a["tierguard.served_snapshot"] == HAIKU + "-20251001"
+        assert len(a["tierguard.prompt_fingerprint"]) == 16
         assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (30, 4)
         assert (a["tierguard.category"], a["tierguard.served_model"], a["tierguard.shadow_model"]) == (
             "sentiment", HAIKU, OPUS)

@@ -89,6 +89,7 @@ def _sample_attributes(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "gen_ai.operation.name": "chat", "gen_ai.provider.name": PROVIDER, "gen_ai.system": PROVIDER,
         "gen_ai.request.model": row["shadow_model"],
+        "gen_ai.response.model": row.get("shadow_snapshot"),  # the snapshot the API named
         "gen_ai.usage.input_tokens": row.get("shadow_input_tokens"),
         "gen_ai.usage.output_tokens": row.get("shadow_output_tokens"),
         "error.type": row.get("error"),
@@ -104,6 +105,8 @@ def _sample_attributes(row: Mapping[str, Any]) -> dict[str, Any]:
         "tierguard.shadow.latency_ms": _float(row.get("shadow_latency_ms")),
         "tierguard.shadow.cost_usd": _float(row.get("shadow_cost_usd")),
         "tierguard.judge_model": row.get("judge_model"),
+        "tierguard.prompt_fingerprint": row.get("prompt_fingerprint"),
+        "tierguard.served_snapshot": row.get("served_snapshot"),
     }
 
 
