@@ -97,3 +97,16 @@ def test_a_state_from_before_the_betting_rule_is_re_derived():
     cand = {**before, "dir": "demote", "s": 300}
     state, _ = engine.update(cand, False, Situation("candidate", False, 0.0))
     assert state["s"] == 300 + engine.design.m  # a running demotion watch keeps its evidence
+
+
+def test_the_standing_status_shows():
+    engine = Engine(EngineConfig())
+    assert engine.promotion({}) is None
+    state = fresh_state()
+    for _ in range(160):
+        state, _ = engine.update(state, True, Situation("reference", False, 0.0))
+    standing = engine.promotion(state)
+    assert standing["e_threshold"] == 100 and standing["samples"] == 160 and standing["agreement"] == 1.0
+    assert standing["e_value"] == pytest.approx(np.exp(state["w"] / UNITS)) and standing["e_value"] >= 100
+    state, _ = engine.update(state, False, Situation("candidate", False, 0.0))
+    assert engine.promotion(state) is None  # the candidate serves: a demotion watch

@@ -147,6 +147,16 @@ class Engine:
         return (state.get("cfg") == self.fingerprint and state.get("dir") == direction
                 and (direction != "promote" or state.get("pcfg") == self.promotion_fingerprint))
 
+    def promotion(self, state: dict) -> dict[str, float] | None:
+        """The promotion test's standing (``e_value`` against ``e_threshold`` over ``samples``),
+        or None when the state is not gathering promotion evidence under today's settings."""
+        if state.get("v") != STATE_VERSION or not self.settled(state, "promote"):
+            return None
+        n = int(state.get("n", 0))
+        return {"e_value": self.betting.e_value({**fresh_state(), **state}),
+                "e_threshold": 1 / self.config.promote_error_rate, "samples": n,
+                "agreement": state.get("a", 0) / n if n else None}  # type: ignore[dict-item]
+
     def statistic(self, state: dict) -> float:
         """The CUSUM statistic as a share of the flip threshold (1.0 flips)."""
         return state.get("s", 0) / self.design.h if state.get("v") == STATE_VERSION else 0.0

@@ -107,6 +107,7 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
                                "false_flip_rate": design.false_flip_rate,
                                "per_samples": design.horizon},
             "eligible": bool(state.get("eligible")),
+            "promotion": cat.engine.promotion(state),
             "would_flip": would.get(name, 0),
             "self_agreement": self_agree,
             "warnings": warnings,
@@ -138,7 +139,8 @@ def rungs(cat: Any, serving: str, state: dict, change: RouteChange | None,
             shown = ("serving" if serving == model else "eligible" if st.get("eligible")
                      else "demoted" if failed else "watching")
         out[model] = {"samples": samples.get(model, 0), "agreement": st.get("ewma"),
-                      "statistic": cat.engine.statistic(st) if st else 0.0, "state": shown}
+                      "statistic": cat.engine.statistic(st) if st else 0.0, "state": shown,
+                      "promotion": cat.engine.promotion(st)}
     out[cat.reference] = {"samples": sum(samples.get(m, 0) for m in cat.rungs[:-1]), "agreement": None,
                           "statistic": 0.0,
                           "state": "serving" if serving == cat.reference else "eligible"}
