@@ -11,7 +11,7 @@ from tierguard.engine.detector import Engine, EngineConfig, Situation, fresh_sta
 
 CANDIDATE = Situation("candidate", pinned=False, now=1_000_000.0)
 REFERENCE = Situation("reference", pinned=False, now=1_000_000.0)
-RECOVERED = 464  # all-agree outcomes to eligibility after 50 disagreements (engine/betting.py)
+RECOVERED = 476  # all-agree outcomes to eligibility after 50 disagreements (engine/betting.py)
 
 
 def run(engine, outcomes, sit=CANDIDATE, state=None):

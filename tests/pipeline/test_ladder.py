@@ -28,7 +28,7 @@ LABELS = ["ROUTE_A", "ROUTE_B", "ROUTE_C", "ROUTE_D"]
 SCENARIO = {"latency_ms": 150, "categories": {"triage": {
     "kind": "label", "labels": LABELS, "agreement": 1.0,
     # Haiku drifts after 250 of its calls: by then Sonnet has ~200 probes, enough to be eligible
-    # (all agreeing, the promotion test passes at its 150th: tests/engine/test_betting.py).
+    # (all agreeing, the promotion test passes at its 163rd: tests/engine/test_betting.py).
     "models": {HAIKU: {"agreement": 1.0, "drift": {"after": 250, "agreement": 0.2}},
                SONNET: {"agreement": 1.0}}}}}
 

@@ -9,10 +9,14 @@ has expectation ≤ 1, so W is a nonnegative supermartingale and, by Ville's ine
 (a one-sided confidence sequence by betting, Waudby-Smith & Ramdas 2023).
 
 λ is a shrunk Kelly bet on the agreement of the latest 200–400 outcomes (two blocks of
-:data:`BLOCK`, with :data:`PRIOR` outcomes at θ): a bad stretch bets nothing and costs
-little wealth, so a recovery is measured promptly and the evidence never restarts on its
-own (no fresh tries). Once eligible, a whole block whose Wilson upper bound falls below θ
-withdraws the eligibility (the candidate got worse); that can only make promotions rarer.
+:data:`BLOCK`, with :data:`PRIOR` outcomes at θ): a clearly bad stretch bets nothing and
+costs little wealth. A long stretch near θ still loses slowly; so that a later recovery is
+not buried under it, the wealth restarts at 1 once it has fallen to α_k (it is then far
+from evidence), and each restart is a new *episode* paid from the error budget: episode k
+needs ``W ≥ 1/α_k`` with α_k = α · 6/(π² k²), and Σ α_k = α, so the chance of a false
+eligibility over all episodes together is still at most α (no free fresh tries). Once
+eligible, a whole block whose Wilson upper bound falls below θ withdraws the eligibility
+(the candidate got worse); that can only make promotions rarer.
 
 Exact and replayable: λ is rounded down to one of :data:`LEVELS` levels with basic float
 arithmetic (identical in numpy and Python) and the log-wealth is kept in integer units of
@@ -48,7 +52,7 @@ def wilson_high(agree: int, n: int, z: float = 1.96) -> float:
 class Betting:
     theta: float
     alpha: float
-    h: int                    # eligible at log-wealth ≥ h units (ln 1/α, rounded up)
+    h: int                    # episode 1 is eligible at log-wealth ≥ h units (ln 1/α_1, rounded up)
     gains: tuple[int, ...]    # units won by an agreement at each level (rounded down)
     losses: tuple[int, ...]   # units lost by a disagreement at each level (rounded up)
     withdraw_below: int       # a block with fewer agreements withdraws an eligibility
@@ -56,6 +60,14 @@ class Betting:
     @property
     def step(self) -> float:
         return CAP / self.theta / LEVELS
+
+    def threshold(self, episode: int) -> int:
+        """Log-wealth units episode ``episode`` (1, 2, …) must reach: ln 1/α_k, rounded up."""
+        return h_units(self.alpha, episode)
+
+    def floor(self, episode: int) -> int:
+        """Log-wealth units at which episode ``episode`` ends and the next begins: −ln 1/α_k."""
+        return -self.threshold(episode)
 
     def level(self, agree: int, n: int) -> int:
         """The stake's level for a window of ``agree`` agreements in ``n`` outcomes."""
@@ -87,6 +99,12 @@ class Betting:
         return math.exp(min(st["w"] / UNITS, 700.0))
 
 
+@lru_cache(maxsize=1024)
+def h_units(alpha: float, episode: int) -> int:
+    """ceil(UNITS · ln 1/α_k) with α_k = α · 6/(π² k²)."""
+    return math.ceil(UNITS * math.log(math.pi ** 2 * episode ** 2 / (6 * alpha)))
+
+
 @lru_cache(maxsize=64)
 def betting(theta: float, alpha: float) -> Betting:
     """The test of agreement above ``theta`` with error rate ``alpha``."""
@@ -98,4 +116,4 @@ def betting(theta: float, alpha: float) -> Betting:
     gains = tuple(math.floor(UNITS * math.log1p(lam * (1 - theta))) for lam in lams)
     losses = tuple(math.ceil(-UNITS * math.log1p(-lam * theta)) for lam in lams)
     withdraw = next((a for a in range(BLOCK + 1) if wilson_high(a, BLOCK) >= theta), BLOCK + 1)
-    return Betting(theta, alpha, math.ceil(UNITS * math.log(1 / alpha)), gains, losses, withdraw)
+    return Betting(theta, alpha, h_units(alpha, 1), gains, losses, withdraw)

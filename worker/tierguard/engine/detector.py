@@ -8,9 +8,10 @@ Per category, one stream of agree/disagree outcomes (errors never enter it):
   Demotion is never delayed by a cooldown.
 - While the **reference serves**, the candidate is shadowed and the engine waits
   for agreement above ``promote_threshold``: eligible when the betting test of
-  :mod:`tierguard.engine.betting` reaches ``1/promote_error_rate`` after at least
+  :mod:`tierguard.engine.betting` reaches its episode's threshold after at least
   ``promote_min_samples`` outcomes. It stays valid though it is consulted after every
-  sample, and its evidence never restarts on its own (no fresh tries). Promotion is an
+  sample, and its evidence never restarts on its own (its episodes are paid from the
+  ``promote_error_rate`` budget). Promotion is an
   operator action unless ``auto_promote``; automatic promotion waits out ``cooldown_s``
   after the last change.
 - **Flap guard**: the ``flap_limit``-th automatic change inside
@@ -115,8 +116,8 @@ def restart_promotion(state: dict) -> dict:
     return _restart(state, "promote")
 
 
-# The promotion test's state: log-wealth in units, the previous and current window blocks.
-_BET = {"w": 0, "pa": 0, "pn": 0, "ca": 0, "cn": 0}
+# The promotion test's state: log-wealth in units, its episode, the previous and current window blocks.
+_BET = {"w": 0, "k": 1, "pa": 0, "pn": 0, "ca": 0, "cn": 0}
 
 
 def _restart(st: dict, direction: str | None) -> dict:
@@ -153,8 +154,9 @@ class Engine:
         if state.get("v") != STATE_VERSION or not self.settled(state, "promote"):
             return None
         n = int(state.get("n", 0))
+        k = int(state.get("k", 1))
         return {"e_value": self.betting.e_value({**fresh_state(), **state}),
-                "e_threshold": 1 / self.config.promote_error_rate, "samples": n,
+                "e_threshold": math.exp(self.betting.threshold(k) / UNITS), "episode": k, "samples": n,
                 "agreement": state.get("a", 0) / n if n else None}  # type: ignore[dict-item]
 
     def statistic(self, state: dict) -> float:
@@ -232,18 +234,20 @@ class Engine:
             return st, self._hold(st, f"eligibility withdrawn: the last {BLOCK} comparisons agree "
                                       f"{block}/{BLOCK}, clearly below {c.promote_threshold:.2f}; "
                                       "evidence restarted", "promotion")
-        e = b.e_value(st)
-        if n < c.promote_min_samples or st["w"] < b.h:
-            return st, self._hold(st, f"recovery {a}/{n}, e-value {e:.3g} of {1 / c.promote_error_rate:g}",
-                                  "promotion")
-        numbers = {"e_value": e, "log_e_value": st["w"] / UNITS, "e_threshold": 1 / c.promote_error_rate,
+        k = st.get("k", 1)
+        if st["w"] <= b.floor(k):  # far from evidence: a new episode, paid from the budget
+            st["w"], st["k"] = 0, k + 1
+            return st, self._hold(st, f"recovery {a}/{n}: betting episode {k + 1}", "promotion")
+        e, need = b.e_value(st), math.exp(b.threshold(k) / UNITS)
+        if n < c.promote_min_samples or st["w"] < b.threshold(k):
+            return st, self._hold(st, f"recovery {a}/{n}, e-value {e:.3g} of {need:.3g}", "promotion")
+        numbers = {"e_value": e, "log_e_value": st["w"] / UNITS, "e_threshold": need, "episode": k,
                    "promote_threshold": c.promote_threshold, "promote_error_rate": c.promote_error_rate,
                    "promote_min_samples": c.promote_min_samples, "samples": n,
                    "agreement_since_restart": a / n}
-        reason = (f"agreement {a}/{n} = {a / n:.3f}; the betting e-value {e:.3g} ≥ "
-                  f"{1 / c.promote_error_rate:g}: agreement above promote threshold "
-                  f"{c.promote_threshold:.2f}, wrong with probability ≤ {c.promote_error_rate:g} "
-                  "though checked after every sample")
+        reason = (f"agreement {a}/{n} = {a / n:.3f}; the betting e-value {e:.3g} ≥ {need:.3g} "
+                  f"(episode {k}): agreement above promote threshold {c.promote_threshold:.2f}, "
+                  f"wrong with probability ≤ {c.promote_error_rate:g} though checked after every sample")
         if not c.auto_promote:
             if st["eligible"]:
                 return st, self._hold(st, "eligible; waiting for `tierguard promote`", "promotion")

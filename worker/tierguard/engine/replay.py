@@ -122,15 +122,16 @@ class StreamRunner:
             hits = np.flatnonzero((counts >= c.min_samples) & (s >= self.engine.design.h))
         elif direction == "promote":
             w, done = self._wealth(agree)
-            ready = (counts >= c.promote_min_samples) & (w >= self.engine.betting.h)
-            withdraw = np.zeros(n, bool)
+            b, k = self.engine.betting, st.get("k", 1)
+            ready = (counts >= c.promote_min_samples) & (w >= b.threshold(k))
+            moves = w <= b.floor(k)  # a new episode: a change of state update() makes
             if st["eligible"]:  # already announced: only a promotion after the cooldown is news
-                withdraw = (done >= 0) & (done < self.engine.betting.withdraw_below)
+                moves |= (done >= 0) & (done < b.withdraw_below)  # the eligibility withdrawn
                 if not c.auto_promote:
                     ready[:] = False
                 elif st["last_change"] is not None:
                     ready &= times - st["last_change"] >= c.cooldown_s
-            hits = np.flatnonzero(withdraw | ready)
+            hits = np.flatnonzero(moves | ready)
         else:
             return n
         return int(hits[0]) if len(hits) else n
