@@ -184,7 +184,39 @@ def test_replay_from_the_database_restarts_evidence_where_the_recorder_did(tmp_p
             promoted_at = i
             break
     # The reset comes with the 40th v2 sample (80 % of a window of 50); 150 agreements later, eligible.
-    assert promoted_at == 100 + 39 + 149  # (149 without the reset)
+    assert promoted_at == 100 + 39 + 162  # (162 without the reset)
     result = from_db(db, policy)
     assert [(r["index"], r["what"].split(" ")[0]) for r in result["evidence_resets"]] == [(139, "prompt")]
     assert [(c["index"], c["to"]) for c in result["changes"]] == [(promoted_at, "claude-haiku-4-5")]
+
+
+def _ladder_lines():
+    """A ladder category's file: agreement drops to 0.8 at line 100; the prompt changes at 120
+    (a reset at 159, while the demotion watch is building up)."""
+    rng = random.Random(7)
+    lines = []
+    for i in range(900):
+        agree = True if i < 100 else rng.random() < 0.8
+        lines.append(json.dumps({"category": "triage", "agree": agree,
+                                 "prompt_fingerprint": "v1" if i < 120 else "v2"}))
+    return lines
+
+
+def test_a_reset_in_a_ladder_replay_keeps_its_demotion_watch():
+    policy = parse_policy({"models": {"ladder": ["claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7"]},
+                           "categories": {"triage": {}}})
+    lines = _ladder_lines()
+    plain = replay([json.dumps({k: v for k, v in json.loads(x).items() if k != "prompt_fingerprint"})
+                    for x in lines], policy, memory_db(), store=False)
+    tracked = replay(lines, policy, memory_db(), store=False)
+    assert [r["index"] for r in tracked["evidence_resets"]] == [159]
+    # The candidate serves: the reset restarts promotion evidence only, the demotion comes as before.
+    assert [c["index"] for c in tracked["changes"]] == [c["index"] for c in plain["changes"]]
+    assert 159 < tracked["changes"][0]["index"] < 400
+
+
+def test_snapshots_in_a_file_need_their_model():
+    policy = parse_policy({"categories": {"sentiment": {}}})
+    bad = json.dumps({"category": "sentiment", "agree": True, "served_snapshot": "x-1"})
+    with pytest.raises(ReplayError, match="line 1: primary.model: required with its snapshot"):
+        replay([bad], policy, memory_db(), store=False)

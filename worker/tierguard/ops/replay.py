@@ -164,10 +164,9 @@ def _category(s: Any, cat: Any, row: Category, idx: np.ndarray, agree: np.ndarra
         return situation(row, at.timestamp())
 
     sit = situation(row, float(seconds[idx[0]]))
-    for start, end in zip([0, *cuts], [*cuts, len(idx)], strict=True):
-        if start and cat.laddered:
-            runner.state = cat.ladder_engine.restart_promotion(runner.state, row.routed_model)
-        elif start:
+    stretches = zip([0, *cuts], [*cuts, len(idx)], [False] + [True] * len(cuts), strict=True)
+    for start, end, reset in stretches:
+        if reset:  # the runner's state is the two-model engine's, ladders included
             runner.state = restart_promotion(runner.state)
         offset[0] = start
         if end > start:
@@ -221,10 +220,15 @@ def _evidence(records: list[dict | None]) -> list[Evidence | None] | None:
         if not any(isinstance(v, str) for v in named):
             out.append(None)
             continue
-        models = [(rec.get(side) or {}).get("model") or side for side in ("primary", "shadow")]
-        out.append((named[0] if isinstance(named[0], str) else None,
-                    {models[0]: named[1] if isinstance(named[1], str) else None,
-                     models[1]: named[2] if isinstance(named[2], str) else None}))
+        snapshots: dict[str, str | None] = {}
+        for side, snap in (("primary", named[1]), ("shadow", named[2])):
+            model = (rec.get(side) or {}).get("model")
+            if isinstance(snap, str) and not isinstance(model, str):
+                raise ReplayError(f"line {len(out) + 1}: {side}.model: required with its snapshot "
+                                  "(snapshots are tracked per model)")
+            if isinstance(snap, str):
+                snapshots[model] = snap
+        out.append((named[0] if isinstance(named[0], str) else None, snapshots))
     return out if any(out) else None
 
 
