@@ -223,7 +223,8 @@ def test_a_reference_that_drifts_raises_one_sentinel_failed_and_no_route_moves(t
         events = list(s.exec(select(Event).where(Event.kind == "sentinel_failed")))
         changes = list(s.exec(select(RouteChange)))
         row = s.get(Category, "tickets")
-        new_baseline = s.get(SentinelBaseline, ("tickets", OPUS, "claude-opus-4-7-20260301"))
+        new_baseline = s.exec(select(SentinelBaseline).where(
+            SentinelBaseline.snapshot == "claude-opus-4-7-20260301")).first()
     assert len(events) == 1, [e.summary for e in events]
     event = events[0]
     assert event.severity == "warning" and event.category == "tickets"
@@ -326,3 +327,28 @@ def test_sentinel_calls_yield_to_production_and_a_429_pauses_the_model(tmp_path,
     with session(engine) as s:
         haiku = [x for x in s.exec(select(Sample)) if x.shadow_model == HAIKU]
     assert {(x.error, x.reason.split(":")[0]) for x in haiku} == {("skipped", "rate_headroom")}
+
+
+def test_a_run_with_few_cases_compared_is_inconclusive_and_an_edited_file_starts_new_baselines(sqlite_url,
+                                                                                              tmp_path):
+    from tierguard.pipeline.baselines import settle
+
+    few = judge(Score(OPUS, "opus-1", 2 / 3, 50, 3), 0.98, None, 0.05)
+    assert not few.failed and not few.new_baseline and few.reason.startswith("inconclusive: 3 of 50")
+    assert not judge(Score(OPUS, "opus-1", 1.0, 50, 1), None, None, 0.05).new_baseline
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"messages": [{"role": "user", "content": "x"}], "expected": "POSITIVE"}\n')
+    policy = parse_policy({"categories": {"c": {"sentinels": {"file": str(path)}}}})
+    now = utcnow()
+    with session(engine) as s:
+        first, _ = settle(s, policy, "c", Score(OPUS, "opus-1", 1.0, 20, 20, "v1"), "r1", now)
+        bad, event = settle(s, policy, "c", Score(OPUS, "opus-1", 0.8, 20, 20, "v1"), "r2", now)
+        assert first.new_baseline and bad.failed and event is not None
+        # Nothing conclusive since: still failing, in the answer as in the stored run, no new event.
+        still, again = settle(s, policy, "c", Score(OPUS, "opus-1", None, 20, 0, "v1"), "r3", now)
+        assert still.failed is True and again is None and s.get(SentinelRun, ("c", OPUS)).failed
+        # The file was edited: its cases have no baseline yet; the run makes one, and passes.
+        edited, _ = settle(s, policy, "c", Score(OPUS, "opus-1", 0.8, 20, 20, "v2"), "r4", now)
+        assert edited.new_baseline and not edited.failed and edited.baseline == 0.8

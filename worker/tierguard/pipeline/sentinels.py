@@ -38,7 +38,7 @@ from sqlalchemy.engine import Engine
 
 from tierguard.config import Settings
 from tierguard.contract import keys
-from tierguard.contract.job import ShadowJob
+from tierguard.contract.job import ShadowJob, digest
 from tierguard.errors import PermanentCallError, RetryableCallError, SentinelError
 from tierguard.headroom import ratelimits
 from tierguard.headroom.caps import ShadowCaps
@@ -125,10 +125,9 @@ class _NoRoom(Exception):
     """The model had no room for longer than ``shadow_headroom.max_defer_minutes``."""
 
 
-async def _room_for(room: Room | None, model: str, request: dict[str, Any], limit_s: float) -> None:
-    """Wait while ``model`` is paused, short of headroom or capped; :class:`_NoRoom` past the
-    limit. Redis away: the call goes (a 429 will pause it)."""
-    deadline = time.time() + limit_s
+async def _room_for(room: Room | None, model: str, request: dict[str, Any], deadline: float) -> None:
+    """Wait while ``model`` is paused, short of headroom or capped; :class:`_NoRoom` past
+    ``deadline``. Redis away: the call goes (a 429 will pause it)."""
     while room is not None:
         try:
             until = room.until(model, room.shut([model]))
@@ -140,16 +139,17 @@ async def _room_for(room: Room | None, model: str, request: dict[str, Any], limi
         if until <= now:
             return
         if until > deadline:
-            raise _NoRoom(f"rate_headroom: {model} paused or capped for over {limit_s / 60:g} min")
+            raise _NoRoom(f"rate_headroom: {model} paused or capped past "
+                          "shadow_headroom.max_defer_minutes")
         await asyncio.sleep(until - now)
 
 
 async def _answer(room: Room | None, job: ShadowJob, client: anthropic.AsyncAnthropic, attempts: int,
                   limit_s: float) -> Answer:
     """One case's answer with the worker's retries, yielding to production's rate limits."""
-    model = job.shadow_model
+    model, deadline = job.shadow_model, time.time() + limit_s  # one wait limit per case
     for attempt in range(1, attempts + 1):
-        await _room_for(room, model, job.request, limit_s)
+        await _room_for(room, model, job.request, deadline)
         try:
             answer = await call_model_async(client, model, job.request)
         except RetryableCallError as err:
@@ -203,13 +203,13 @@ async def _calls(policy: Policy, cat: CategoryPolicy, jobs: list[ShadowJob], cli
         await sdk.close()
 
 
-def _score(model: str, results: list[Result]) -> Score:
+def _score(model: str, results: list[Result], cases_hash: str) -> Score:
     compared = [r for r in results if r.verdict is not None and r.error is None]
     snapshots = Counter(r.answer.snapshot or model for r in results if r.answer is not None)
     snapshot = snapshots.most_common(1)[0][0] if snapshots else model
     right = sum(r.verdict.agree for r in compared)  # type: ignore[union-attr]
     accuracy = round(right / len(compared), 6) if compared else None
-    return Score(model, snapshot, accuracy, len(results), len(compared))
+    return Score(model, snapshot, accuracy, len(results), len(compared), cases_hash)
 
 
 def run_category(engine: Engine, policy: Policy, category: str, *, client: ClientFactory | None = None,
@@ -223,6 +223,7 @@ def run_category(engine: Engine, policy: Policy, category: str, *, client: Clien
     if category not in policy.categories or path is None:
         raise SentinelError(f"categories.{category}.sentinels: not set for this category")
     cases = read_sentinels(path)
+    version = digest(cases)[:16]  # the file's cases: baselines belong to this version of them
     run, now = uuid.uuid4().hex[:10], utcnow()
     jobs = [_job(cat, run, i, m, req, expected, now.isoformat())
             for i, (req, expected) in enumerate(cases) for m in cat.rungs]
@@ -232,7 +233,7 @@ def run_category(engine: Engine, policy: Policy, category: str, *, client: Clien
     out: dict[str, dict[str, Any]] = {}
     with session(engine) as s:
         for model in cat.rungs:
-            score = _score(model, [r for r in results if r.job.shadow_model == model])
+            score = _score(model, [r for r in results if r.job.shadow_model == model], version)
             standing, event = settle(s, policy, category, score, run, now)
             out[model] = {"accuracy": score.accuracy, "baseline": standing.baseline,
                           "snapshot": score.snapshot, "cases": score.cases, "failed": standing.failed,

@@ -275,6 +275,7 @@ class SentinelBaseline(SQLModel, table=True):
     category: str = Field(primary_key=True)
     model: str = Field(primary_key=True)
     snapshot: str = Field(primary_key=True)
+    cases_hash: str = Field(primary_key=True)  # the sentinel file's cases: an edited file starts anew
     accuracy: float
     cases: int
     created_at: dt.datetime = _ts()

@@ -23,7 +23,7 @@ def upgrade() -> None:
     op.create_table(
         "sentinel_baseline",
         _text("category", primary_key=True), _text("model", primary_key=True),
-        _text("snapshot", primary_key=True),
+        _text("snapshot", primary_key=True), _text("cases_hash", primary_key=True),
         sa.Column("accuracy", sa.Float(), nullable=False),
         sa.Column("cases", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
