@@ -18,7 +18,7 @@ PACKAGE = Path(tierguard.__file__).parent
 BASE = {"errors", "config", "metrics"}
 RULES: dict[str, set[str]] = {
     "errors": set(), "config": set(), "metrics": set(),
-    "engine": {"errors"}, "compare": {"errors"},
+    "engine": {"errors"}, "compare": {"errors", "contract"},  # contract.messages: an answer's text
     "comparators": {"compare"},  # the old import path of compare/
     "moved": set(),  # the old import paths of every moved module (imported by name, at run time)
     "contract": {"config", "errors"},

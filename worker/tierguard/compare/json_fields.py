@@ -5,12 +5,43 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import fastjsonschema
 
 from tierguard.compare.base import Verdict, disagree
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S | re.I)
+
+
+def _remote_ref(schema: Any) -> str | None:
+    """The first ``$ref`` in ``schema`` that is not local (``#…``), or None."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if ref is not None and not (isinstance(ref, str) and ref.startswith("#")):
+            return str(ref)
+        items: Any = schema.values()
+    elif isinstance(schema, list):
+        items = schema
+    else:
+        return None
+    return next((found for v in items if (found := _remote_ref(v)) is not None), None)
+
+
+def compile_schema(schema: Any) -> Callable[[Any], Any]:
+    """A validator for the JSON Schema ``schema``, compiled once (fastjsonschema: a few µs per
+    answer). Only local references (``#/…``): compiling never reads a file or the network.
+    ``ValueError`` naming ``schema`` when it is not a valid schema."""
+    if not isinstance(schema, dict):
+        raise ValueError("schema: must be a mapping (a JSON Schema)")
+    if (ref := _remote_ref(schema)) is not None:
+        raise ValueError(f"schema: $ref {ref!r} is not local; only '#/…' references (nothing is fetched)")
+    try:
+        return fastjsonschema.compile(schema, handlers={}, use_default=False)
+    except Exception as err:  # noqa: BLE001 - a malformed schema raises anything from its own to TypeError
+        raise ValueError(f"schema: not a valid JSON Schema ({err})") from None
 
 
 def extract_json(text: str) -> Any:
@@ -41,7 +72,9 @@ class Json:
     """Field-level comparison of the JSON in each answer.
 
     ``score`` is the share of leaf fields (union of both sides) that match;
-    the answers agree when ``score >= min_score``.
+    the answers agree when ``score >= min_score``. ``schema`` (a JSON Schema, optional) is not
+    used to compare: it is the category's format for the ``invalid`` answer check
+    (:mod:`~tierguard.compare.checks`).
     """
 
     ignore_keys: tuple[str, ...] = ()
@@ -50,13 +83,27 @@ class Json:
     unordered_lists: bool = False
     case_sensitive: bool = True
     min_score: float = 1.0
+    schema: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ignore_keys", tuple(self.ignore_keys or ()))
+        validate = None if self.schema is None else compile_schema(self.schema)
+        object.__setattr__(self, "_validate", validate)
         if not 0.0 <= self.min_score <= 1.0:
             raise ValueError("min_score: must be between 0 and 1")
         if self.rel_tol < 0 or self.abs_tol < 0:
             raise ValueError("rel_tol/abs_tol: must be >= 0")
+
+    def schema_problem(self, value: Any) -> str | None:
+        """Why ``value`` (a parsed answer) fails ``schema``, or None (also when there is none)."""
+        validate = self._validate  # type: ignore[attr-defined]
+        if validate is None:
+            return None
+        try:
+            validate(value)
+        except fastjsonschema.JsonSchemaValueException as err:
+            return err.message
+        return None
 
     def _leaves(self, value: Any, path: str, out: dict[str, Any]) -> None:
         if isinstance(value, dict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 from typing import Any
 
 from tierguard.compare.base import Comparator
@@ -31,12 +32,33 @@ def _import(path: str) -> type:
         raise ValueError(f"cannot import comparator {path!r} ({err})") from None
 
 
+def compile_pattern(pattern: Any) -> re.Pattern[str] | None:
+    """A comparator spec's ``pattern`` compiled (None: none); ``ValueError`` naming it when bad."""
+    if pattern is None:
+        return None
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError("pattern: must be a non-empty regular expression")
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"pattern: not a valid regular expression ({err})") from None
+
+
+def pattern_of(spec: str | dict[str, Any]) -> re.Pattern[str] | None:
+    """The ``pattern`` a comparator spec sets (any comparator may: it is no comparator's option)."""
+    return compile_pattern(spec.get("pattern")) if isinstance(spec, dict) else None
+
+
 def resolve(spec: str | dict[str, Any]) -> Comparator:
-    """Instantiate the comparator a policy names; ``ValueError`` says what is wrong."""
+    """Instantiate the comparator a policy names; ``ValueError`` says what is wrong.
+
+    ``pattern`` (a regex, :func:`pattern_of`) is accepted with every comparator and checked here,
+    not passed on: it is the category's answer format (:mod:`~tierguard.compare.checks`)."""
     if isinstance(spec, str):
         name, options = spec, {}
     elif isinstance(spec, dict):
         options = dict(spec)
+        compile_pattern(options.pop("pattern", None))
         name = options.pop("type", None)
         if not isinstance(name, str):
             raise ValueError("type: required (one of " + ", ".join(COMPARATORS) + " or a dotted path)")

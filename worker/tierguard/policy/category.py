@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from tierguard import compare as comparators
 from tierguard.compare.base import model_called
+from tierguard.compare.checks import Checks
+from tierguard.compare.registry import pattern_of
 from tierguard.engine.detector import Engine, EngineConfig
 from tierguard.engine.ladder import Ladder
 from tierguard.engine.sampling import SamplingConfig
@@ -16,6 +18,7 @@ from tierguard.policy.base import Strict
 from tierguard.policy.sections import Sentinels
 
 ComparatorSpec = str | dict[str, Any]
+CheckReason = Literal["invalid", "refusal", "truncated", "empty"]  # compare/checks.py
 
 
 class CategoryPolicy(Strict):
@@ -53,6 +56,10 @@ class CategoryPolicy(Strict):
     batch_max_wait_minutes: float
     sentinels: Sentinels | None = None  # known answers run against every rung on a schedule
     follows_caller: bool = False  # unlisted, start_on caller: the caller's model until moved
+    escalate_on: tuple[CheckReason, ...] = ()  # answer checks (compare/checks.py); none: no checks
+    escalate_to: Literal["reference", "next"] = "reference"  # where a failed answer goes
+    buffer_streams: bool = False  # streams buffered and checked before they are relayed
+    max_escalation_rate: float = 0.05  # the escalation CUSUM's limit per (category, rung)
 
     @property
     def sampling_config(self) -> SamplingConfig:
@@ -64,6 +71,11 @@ class CategoryPolicy(Strict):
     @cached_property
     def compare(self) -> comparators.Comparator:
         return comparators.resolve(self.comparator)
+
+    @cached_property
+    def checks(self) -> Checks:
+        """The answer checks of ``escalate_on`` against the comparator's format, compiled once."""
+        return Checks(self.escalate_on, self.compare, pattern_of(self.comparator))
 
     @property
     def judge_model(self) -> str | None:

@@ -22,7 +22,7 @@ from tierguard import compare as comparators
 from tierguard.errors import ConfigError
 from tierguard.policy.alerting import EVENT_KINDS, SEVERITIES, Alerting, Channel, Severity
 from tierguard.policy.base import Strict, error_lines, unit, valid_category
-from tierguard.policy.category import CategoryPolicy, ComparatorSpec
+from tierguard.policy.category import CategoryPolicy, CheckReason, ComparatorSpec
 from tierguard.policy.model_limits import family_limits
 from tierguard.policy.platform_ids import DEFAULT_MODEL_IDS, model_name_of
 from tierguard.policy.sections import (
@@ -80,12 +80,25 @@ class _Tunables(Strict):
     batch_max_jobs: int | None = Field(None, ge=1, le=100_000)
     batch_max_wait_minutes: float | None = Field(None, gt=0)
     sentinels: Sentinels | None = None  # known answers run against every rung (pipeline/sentinels.py)
+    # Answer checks (compare/checks.py): the reasons a served answer is escalated for, and where to.
+    escalate_on: list[CheckReason] | None = None
+    escalate_to: Literal["reference", "next"] | None = None
+    buffer_streams: bool | None = None  # streams buffered, checked, then relayed (short outputs)
+    max_escalation_rate: float | None = None  # the escalation CUSUM's limit per rung
 
     _unit_fields = field_validator("sample_rate", "threshold", "healthy", "promote_threshold",
                                    "noise_floor_rate", "sample_rate_min", "sample_rate_max",
                                    "probe_rate")(unit)
 
-    @field_validator("false_flip_rate", "promote_error_rate")
+    @field_validator("escalate_on")
+    @classmethod
+    def _no_repeats(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) < len(v):
+            twice = next(r for r in v if v.count(r) > 1)
+            raise ValueError(f"{twice!r} is listed twice")
+        return v
+
+    @field_validator("false_flip_rate", "promote_error_rate", "max_escalation_rate")
     @classmethod
     def _small_rate(cls, v: float | None) -> float | None:
         if v is not None and not 0.0 < v < 0.5:
@@ -126,6 +139,10 @@ class Defaults(_Tunables):
     shadow_via: Literal["sync", "batch"] = "sync"
     batch_max_jobs: int = Field(1000, ge=1, le=100_000)
     batch_max_wait_minutes: float = Field(10, gt=0)
+    escalate_on: list[CheckReason] = []
+    escalate_to: Literal["reference", "next"] = "reference"
+    buffer_streams: bool = False
+    max_escalation_rate: float = 0.05
 
 
 class CategoryOverrides(_Tunables):
