@@ -19,7 +19,8 @@ from typing import Any
 
 CHAT_PATH = "/v1/chat/completions"
 ROLES = {"system", "developer", "user", "assistant", "tool"}
-FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
+          "refusal": "content_filter"}
 
 
 def chat_problem(body: Any) -> str | None:

@@ -19,7 +19,9 @@ A scenario file (YAML)::
     categories:
       sentiment: {kind: label, labels: [POSITIVE, NEGATIVE, NEUTRAL], agreement: 0.98,
                   drift: {after: 400, agreement: 0.6},
-                  models: {claude-haiku-4-5: {agreement: 0.80, drift: {after: 300, agreement: 0.6}},
+                  broken: {rate: 0.05, kinds: [invalid, refusal, truncated, empty]},
+                  models: {claude-haiku-4-5: {agreement: 0.80, drift: {after: 300, agreement: 0.6},
+                                              broken: {rate: 0.2, kinds: [invalid]}},
                            claude-sonnet-4-6: {agreement: 0.97}}}
     snapshots: {claude-haiku-4-5: claude-haiku-4-5-20251001}  # the ``model`` answers report
     batch_delay_s: 0.5          # Message Batches end this long after creation
@@ -37,8 +39,16 @@ its system prompt. A candidate listed under a category's ``models`` uses its own
 that model's requests in the category; other candidates share the category's,
 whose ``after`` counts every candidate request in the category. A *reference* listed under
 ``models`` answers right with its ``agreement`` (deterministic per request, like a candidate)
-instead of its ``reference_noise``. ``POST /_sim/script`` changes snapshots and agreements
-mid-run (:meth:`Simulator.script`).
+instead of its ``reference_noise``. ``POST /_sim/script`` changes snapshots, agreements and
+broken answers mid-run (:meth:`Simulator.script`).
+
+Broken answers (``sim.broken``): a category's ``broken: {rate, kinds}`` makes that share of its
+candidates' answers come back broken (``invalid``, ``refusal``, ``truncated`` or ``empty``: the
+answer checks' reasons; ``kinds`` default: all four), deterministic per (model, request) like
+agreement; a model's own ``models.MODEL.broken`` overrides it. The reference never breaks unless
+``models`` gives it a ``broken`` of its own (a model listed with nothing but ``broken`` keeps the
+category's agreement, and a reference its ``reference_noise``). Streams carry the same answer
+(the stop reason in ``message_delta``).
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ from typing import Any
 import yaml
 
 from tierguard.contract.messages import content_text
+from tierguard.sim.broken import Broken, Reply, broken_reply
 
 VENDORS = ["Acme GmbH", "Globex Ltd", "Initech SA", "Umbrella BV", "Stark Industries",
            "Wayne Enterprises", "Hooli Inc", "Vandelay Imports"]
@@ -67,13 +78,16 @@ WORDS = ("the customer reports that the order was delayed and asks for a refund 
 
 @dataclass
 class ModelSim:
-    """One candidate's own script in a category (``categories.X.models.MODEL``)."""
+    """One model's own script in a category (``categories.X.models.MODEL``); ``agreement`` None:
+    the category's (a model listed only for its ``broken``)."""
 
-    agreement: float
+    agreement: float | None
     drift_after: int | None = None
     drift_agreement: float | None = None
+    broken: Broken | None = None
 
     def agreement_at(self, calls: int) -> float:
+        assert self.agreement is not None  # agreement_for reads the category's when it is None
         if self.drift_after is not None and calls > self.drift_after:
             return self.drift_agreement if self.drift_agreement is not None else self.agreement
         return self.agreement
@@ -91,6 +105,7 @@ class CategorySim:
     reference_noise: float = 0.0  # chance per call that the reference itself answers wrongly
     paraphrase: float = 0.0  # text: share of a candidate's right answers put in other words
     models: dict[str, ModelSim] = field(default_factory=dict)  # candidates with their own script
+    broken: Broken | None = None  # a share of the candidates' answers broken on purpose (sim.broken)
 
     def agreement_at(self, candidate_calls: int) -> float:
         if self.drift_after is not None and candidate_calls > self.drift_after:
@@ -100,7 +115,19 @@ class CategorySim:
     def agreement_for(self, model: str, candidate_calls: int, model_calls: int) -> float:
         """``model``'s agreement after ``candidate_calls`` in the category, ``model_calls`` its own."""
         own = self.models.get(model)
-        return own.agreement_at(model_calls) if own else self.agreement_at(candidate_calls)
+        return own.agreement_at(model_calls) if self.scripted(model) else self.agreement_at(candidate_calls)
+
+    def scripted(self, model: str) -> bool:
+        """Whether ``model`` answers with an agreement of its own (a reference: not its noise)."""
+        own = self.models.get(model)
+        return own is not None and own.agreement is not None
+
+    def broken_for(self, model: str, reference: bool) -> Broken | None:
+        """How ``model``'s answers break: its own ``broken``, else (not the reference) the category's."""
+        own = self.models.get(model)
+        if own is not None and own.broken is not None:
+            return own.broken
+        return None if reference else self.broken
 
 
 @dataclass
@@ -127,14 +154,17 @@ class Scenario:
             c = dict(c or {})
             drift = c.pop("drift", None) or {}
             models = c.pop("models", None) or {}
+            broken = Broken.parse(c.pop("broken", None), f"categories.{name}.broken")
             cat = cats[name] = CategorySim(name=name, drift_after=drift.get("after"),
-                                           drift_agreement=drift.get("agreement"), **c)
+                                           drift_agreement=drift.get("agreement"), broken=broken, **c)
             for model, m in models.items():
                 m = dict(m or {})
+                only_broken = set(m) == {"broken"}
                 own = m.pop("drift", None) or {}
-                cat.models[model] = ModelSim(agreement=float(m.pop("agreement", cat.agreement)),
-                                             drift_after=own.get("after"),
-                                             drift_agreement=own.get("agreement"), **m)
+                broken = Broken.parse(m.pop("broken", None), f"categories.{name}.models.{model}.broken")
+                agreement = None if only_broken else float(m.pop("agreement", cat.agreement))
+                cat.models[model] = ModelSim(agreement=agreement, drift_after=own.get("after"),
+                                             drift_agreement=own.get("agreement"), broken=broken, **m)
         return cls(seed=int(data.get("seed", 0)), latency_ms=float(data.get("latency_ms", 0)),
                    reference_models=list(data.get("reference_models", ["claude-opus-4-7"])),
                    error_rates={int(k): float(v) for k, v in (data.get("error_rates") or {}).items()},
@@ -151,6 +181,15 @@ class Scenario:
     @classmethod
     def load(cls, path: str | Path) -> Scenario:
         return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+
+def _scripted(cat: CategorySim) -> dict[str, Any]:
+    """A category's script as ``POST /_sim/script`` answers it."""
+    def broken(b: Broken | None) -> dict[str, Any] | None:
+        return None if b is None else {"rate": b.rate, "kinds": list(b.kinds)}
+    return {"agreement": cat.agreement, "broken": broken(cat.broken),
+            "models": {m: s.agreement for m, s in cat.models.items()},
+            "broken_models": {m: broken(s.broken) for m, s in cat.models.items() if s.broken}}
 
 
 _JUDGED = re.compile(r"<(reference_answer|candidate_answer)>\n(.*?)\n</\1>", re.S)
@@ -195,6 +234,11 @@ class Simulator:
 
     def answer(self, body: dict[str, Any]) -> tuple[str, str]:
         """(category name or '', answer text) for one request."""
+        name, reply = self.reply(body)
+        return name, reply.text
+
+    def reply(self, body: dict[str, Any]) -> tuple[str, Reply]:
+        """(category name or '', the answer: text, stop reason, content) for one request."""
         model = str(body.get("model", ""))
         messages = body.get("messages") or []
         prompt = content_text(messages[-1].get("content", "")) if messages else ""
@@ -202,7 +246,7 @@ class Simulator:
         key = hashlib.sha256(json.dumps([body.get("system"), messages], sort_keys=True,
                                         default=str).encode()).hexdigest()
         if cat is None:
-            return "", f"Echo: {prompt[:200]}"
+            return "", Reply(f"Echo: {prompt[:200]}")
         truth_u = _unit(self.scenario.seed, "truth", key)
         is_reference = model in self.scenario.reference_models
         with self.lock:
@@ -210,7 +254,7 @@ class Simulator:
             if not is_reference:
                 self.candidate_calls[cat.name] += 1
             n, own = self.candidate_calls[cat.name], self.requests[(model, cat.name)]
-        noisy = is_reference and model not in cat.models  # a scripted reference: as a candidate
+        noisy = is_reference and not cat.scripted(model)  # a scripted reference: as a candidate
         if noisy:
             with self.lock:
                 correct = self.rng.random() >= cat.reference_noise
@@ -218,14 +262,21 @@ class Simulator:
             correct = _unit(self.scenario.seed, model, key) < cat.agreement_for(model, n, own)
         wrong_u = _unit(self.scenario.seed, "wrong", model, key, self.rng.random() if noisy else 0)
         reword = not is_reference and _unit(self.scenario.seed, "reword", model, key) < cat.paraphrase
-        return cat.name, self._render(cat, truth_u, None if correct else wrong_u, key, reword)
+        text = self._render(cat, truth_u, None if correct else wrong_u, key, reword)
+        broken = cat.broken_for(model, is_reference)
+        if broken is None or _unit(self.scenario.seed, "broken", model, key) >= broken.rate:
+            return cat.name, Reply(text)
+        kind = broken.kind(_unit(self.scenario.seed, "broken-kind", model, key))
+        return cat.name, broken_reply(kind, cat.kind, cat.labels, text,
+                                      _unit(self.scenario.seed, "broken-shape", model, key))
 
     def snapshot(self, model: str) -> str:
         """The name answers of ``model`` report (its snapshot; the model itself unless scripted)."""
         return self.scenario.snapshots.get(model, model)
 
     def script(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Change snapshots and agreements from now on (``POST /_sim/script``); what is scripted."""
+        """Change snapshots, agreements and broken answers from now on (``POST /_sim/script``);
+        what is scripted. ``broken: null`` stops a category's or a model's broken answers."""
         with self.lock:
             for model, name in (body.get("snapshots") or {}).items():
                 self.scenario.snapshots[str(model)] = str(name)
@@ -233,12 +284,21 @@ class Simulator:
                 cat = self.scenario.categories[name]
                 if "agreement" in spec:
                     cat.agreement, cat.drift_after = float(spec["agreement"]), None
+                if "broken" in spec:
+                    cat.broken = Broken.parse(spec["broken"], f"categories.{name}.broken")
                 for model, own in (spec.get("models") or {}).items():
-                    cat.models[str(model)] = ModelSim(agreement=float(own["agreement"]))
+                    self._script_model(cat, str(model), own)
             return {"snapshots": dict(self.scenario.snapshots),
-                    "categories": {n: {"agreement": c.agreement,
-                                       "models": {m: s.agreement for m, s in c.models.items()}}
-                                   for n, c in self.scenario.categories.items()}}
+                    "categories": {n: _scripted(c) for n, c in self.scenario.categories.items()}}
+
+    @staticmethod
+    def _script_model(cat: CategorySim, model: str, own: dict[str, Any]) -> None:
+        was = cat.models.get(model)
+        if "agreement" in own or was is None:
+            agreement = float(own["agreement"]) if "agreement" in own else None
+            was = cat.models[model] = ModelSim(agreement=agreement, broken=was.broken if was else None)
+        if "broken" in own:
+            was.broken = Broken.parse(own["broken"], f"categories.{cat.name}.models.{model}.broken")
 
     def judge(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """A judge's answer: equivalent when both answers hold the same words, else candidate_worse."""

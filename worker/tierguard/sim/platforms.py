@@ -61,18 +61,31 @@ def platform_call(path: str, body: Any) -> PlatformCall | None:
     return PlatformCall(platform, model_id, streamed, body)
 
 
+def _block_events(index: int, block: dict[str, Any]) -> list[dict[str, Any]]:
+    """One content block streamed: its start, its deltas (16 characters each), its stop."""
+    if block.get("type") == "tool_use":
+        raw = json.dumps(block.get("input") or {})
+        start: dict[str, Any] = {**block, "input": {}}
+        deltas = [{"type": "input_json_delta", "partial_json": raw[i:i + 16]} for i in range(0, len(raw), 16)]
+    else:
+        text = block.get("text", "")
+        start = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": text[i:i + 16]} for i in range(0, len(text), 16)]
+    return ([{"type": "content_block_start", "index": index, "content_block": start}]
+            + [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
+            + [{"type": "content_block_stop", "index": index}])
+
+
 def sse_events(msg: dict[str, Any]) -> list[dict[str, Any]]:
-    """The Messages API's stream events for ``msg``."""
-    text = msg["content"][0].get("text", "")
+    """The Messages API's stream events for ``msg`` (no content: no block events; its stop reason
+    in ``message_delta``)."""
     start = dict(msg, content=[], stop_reason=None,
                  usage={"input_tokens": msg["usage"]["input_tokens"], "output_tokens": 1})
-    events: list[dict[str, Any]] = [
-        {"type": "message_start", "message": start},
-        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}]
-    events += [{"type": "content_block_delta", "index": 0,
-                "delta": {"type": "text_delta", "text": text[i:i + 16]}} for i in range(0, len(text), 16)]
-    return events + [{"type": "content_block_stop", "index": 0},
-                     {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+    events: list[dict[str, Any]] = [{"type": "message_start", "message": start}]
+    for i, block in enumerate(msg["content"]):
+        events += _block_events(i, block)
+    return events + [{"type": "message_delta",
+                      "delta": {"stop_reason": msg["stop_reason"], "stop_sequence": None},
                       "usage": {"output_tokens": msg["usage"]["output_tokens"]}},
                      {"type": "message_stop"}]
 

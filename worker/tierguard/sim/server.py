@@ -26,10 +26,12 @@ Test controls:
 - ``POST /_sim/buckets`` ``{"model", "requests_per_minute", "input_tokens_per_minute",
   "output_tokens_per_minute", "time_scale", "key"}`` or ``{"model", "key"?, "clear": true}``:
   set (full again) or drop a model's buckets, or one key's override.
-- ``POST /_sim/script`` ``{"snapshots": {MODEL: NAME}, "categories": {CAT: {"agreement",
-  "models": {MODEL: {"agreement"}}}}}`` (all optional): from now on, answers report ``NAME`` as
-  their ``model`` (a new snapshot behind the alias) and a category's candidates (or a listed model,
-  the reference included) answer right with that probability (``sim.models``).
+- ``POST /_sim/script`` ``{"snapshots": {MODEL: NAME}, "categories": {CAT: {"agreement", "broken",
+  "models": {MODEL: {"agreement", "broken"}}}}}`` (all optional): from now on, answers report
+  ``NAME`` as their ``model`` (a new snapshot behind the alias) and a category's candidates (or a
+  listed model, the reference included) answer right with that probability (``sim.models``);
+  ``broken: {rate, kinds}`` (``null``: none) makes that share of their answers ``invalid``,
+  ``refusal``, ``truncated`` or ``empty`` (``sim.broken``), streamed or not alike.
 - ``GET /_sim/stats``: ``requests``, ``candidate_calls``, ``in_flight``, ``in_flight_max``,
   ``streams``, ``recent_headers``, ``batches`` (``created``, ``ended``, ``canceled``,
   ``requests``, ``results``), ``served`` and ``rate_limited`` per model, and ``by_key``
@@ -69,13 +71,14 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "
                529: "overloaded_error"}
 
 
-def message_body(model: str, text: str, input_tokens: int,
-                 content: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    content = content or [{"type": "text", "text": text}]
+def message_body(model: str, text: str, input_tokens: int, content: list[dict[str, Any]] | None = None,
+                 stop_reason: str | None = None) -> dict[str, Any]:
+    content = content if content is not None else [{"type": "text", "text": text}]
     tool = any(b.get("type") == "tool_use" for b in content)
     size = len(json.dumps(content)) if tool else len(text)
     return {"id": "msg_" + uuid.uuid4().hex[:24], "type": "message", "role": "assistant",
-            "model": model, "content": content, "stop_reason": "tool_use" if tool else "end_turn",
+            "model": model, "content": content,
+            "stop_reason": stop_reason or ("tool_use" if tool else "end_turn"),
             "stop_sequence": None,
             "usage": {"input_tokens": input_tokens, "output_tokens": max(1, size // 4)}}
 
@@ -120,7 +123,9 @@ def build_message(sim: Simulator, body: dict[str, Any]) -> dict[str, Any]:
     """The Message that ``POST /v1/messages`` answers ``body`` with (also each batch request)."""
     if is_judging(body):
         return message_body(sim.snapshot(body["model"]), "", input_tokens(body), content=sim.judge(body))
-    return message_body(sim.snapshot(body["model"]), sim.answer(body)[1], input_tokens(body))
+    reply = sim.reply(body)[1]
+    return message_body(sim.snapshot(body["model"]), reply.text, input_tokens(body), reply.content,
+                        reply.stop_reason)
 
 
 class _Handler(BaseHTTPRequestHandler):
