@@ -149,5 +149,5 @@ class Checks:
         if self._format is not None and (problem := self._format(text)) is not None:
             return problem
         if self._pattern is not None and self._pattern.search(text) is None:
-            return f"the answer {_excerpt(text)} does not match pattern {self._pattern.pattern!r}"
+            return f"the answer {_excerpt(text)} does not match the pattern {self._pattern.pattern}"
         return None
