@@ -30,6 +30,9 @@ SAMPLED = Counter("tierguard_sampled", "Production calls handed to the shadow pi
 DROPPED = Counter("tierguard_dropped", "Shadow jobs dropped on the production side", ["reason"])
 GUARDED = Counter("tierguard_guarded", "Calls sent to the reference because the routed model "
                   "could not take them", ["category", "model"])
+ESCALATIONS = Counter("tierguard_escalations", "Answers of a cheap rung that failed their category's "
+                      "checks and were escalated, by the rung that answered and the check",
+                      ["category", "model", "reason"])
 REFUSED = Counter("tierguard_refused", "Requests the gateway or wrapper refused or cut, by kind "
                   "(header_timeout, too_many_clients, body_timeout, json_too_deep, deadline_exceeded, "
                   "stream_too_long, caller_left, …)", ["kind"])

@@ -230,6 +230,23 @@ class Core:
         except Exception:
             self._failed("counting tokens")
 
+    def escalated(self, cat: CategoryPolicy, model: str | None, to: str | None, reason: str) -> None:
+        """A ``model`` answer failed ``reason``; the caller got ``to``'s (a production call too)."""
+        try:
+            self.counts["escalated"] += 1
+            self.counts[f"escalated_{reason}"] += 1
+            metrics.ESCALATIONS.labels(cat.name, model or "", reason).inc()
+            self.publisher.count(cat.name, to or "")
+        except Exception:
+            self._failed("counting an escalation")
+
+    def escalation_failed(self, cat: CategoryPolicy, model: str | None, to: str | None, reason: str,
+                          status: int | None) -> None:
+        """The escalated call failed: the caller got the original answer (counted, logged once)."""
+        self.refuse("escalation_failed", "an answer of %s failed its check (%s) and the escalated "
+                    "call to %s failed (%s): the caller got the original answer", model, reason, to,
+                    status or "an exception")
+
     def snapshot(self, request: dict[str, Any], defaults: Any = None
                  ) -> tuple[dict[str, str] | None, str] | None:
         """(shaping headers, the body as JSON text) of a sampled call, taken now on the caller's

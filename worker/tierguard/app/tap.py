@@ -11,7 +11,9 @@ headers before it leaves (but for a SigV4-signed request, whose signature covers
 Its answer, read by the SDK through public ``httpx2`` streams, is watched as its bytes
 pass: a 429 pauses the shadows, the rate-limit headers are kept, a 200 answer of the
 Messages API is counted, and a sampled one is handed to the publisher with the
-request's body exactly as it was sent. Nothing here raises into the caller.
+request's body exactly as it was sent. A category with answer checks has its cheap rungs'
+answers checked and, when one fails, escalated (:mod:`~tierguard.app.escalation`); a sampled
+escalated call is shadowed as the answer the caller got. Nothing here raises into the caller.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from typing import Any
 
 import httpx2
 
+from tierguard.app import escalation
 from tierguard.app.core import Core
 from tierguard.app.relay import Watch
+from tierguard.app.stream import UNASSEMBLED
 from tierguard.app.upstream import parse_request, with_model
 from tierguard.contract.job import SHAPING_HEADERS
 from tierguard.routing.platforms import invoke_path, messages_body
@@ -38,15 +42,20 @@ EVENT_STREAM = "application/vnd.amazon.eventstream"
 class Call:
     """One routed request on its way: what its answer is counted and shadowed as."""
 
-    __slots__ = ("core", "cat", "routed", "body", "shaping", "sampled", "started", "watch")
+    __slots__ = ("core", "cat", "routed", "body", "shaping", "sampled", "started", "watch", "to",
+                 "platform", "failure", "first")
 
     def __init__(self, core: Core, cat: Any, routed: dict[str, Any], body: bytes | None,
-                 shaping: dict[str, str] | httpx2.Headers | None):
+                 shaping: dict[str, str] | httpx2.Headers | None, platform: bool = False):
         self.core, self.cat, self.routed = core, cat, routed
         self.body, self.shaping = body, shaping
         self.sampled = False
         self.started = time.perf_counter()
         self.watch: Watch | None = None
+        self.platform = platform  # Bedrock's or Vertex's path: the model is in it (never escalated)
+        self.to: str | None = None  # where a failing answer goes (None: not checked)
+        self.failure: Any = None  # the check the answer failed
+        self.first: Any = None  # the answer checked: its JSON, or its assembled stream
 
     def answered(self, response: httpx2.Response) -> bool:
         """The answer's head arrived: its rate limits read; True if its body is to be watched."""
@@ -65,7 +74,55 @@ class Call:
         if status != 200 or self.body is None:  # an error, or a count of tokens: nothing to watch
             return False
         self.sampled = core.sampled(self.cat, self.routed)
+        self.to = None if self.platform else escalation.target(self.cat, model)
         return True
+
+    def checked(self, stream: bool) -> bool:
+        """Whether the answer is read whole and checked before the caller gets it."""
+        return self.to is not None and (not stream or bool(self.cat.buffer_streams))
+
+    def escalation(self, request: httpx2.Request, content: bytes, stream: bool) -> httpx2.Request | None:
+        """The answer read whole: the request to send again when it fails its checks, else None."""
+        try:
+            answer = self._assembled(content) if stream else escalation.parsed(content)
+            self.first = answer
+            self.failure = None if answer is None else escalation.failure(self.cat, answer)
+            if self.failure is None:
+                return None
+            return escalation.request_to(request, request.content, self.to,  # type: ignore[arg-type]
+                                         self.core.settings.gateway_max_body)
+        except Exception:
+            self.core._failed("checking an answer")
+            self.failure = None
+            return None
+
+    def _assembled(self, content: bytes) -> dict[str, Any] | None:
+        watch = Watch(True, limit=self.core.settings.stream_assembly_max)
+        watch.status = 200
+        watch.feed(content)
+        answer = watch.answer() if watch.message is not None and not watch.overflowed else None
+        return answer if isinstance(answer, dict) and not answer.get(UNASSEMBLED) else None
+
+    def escalated(self, other: httpx2.Response | None) -> bool:
+        """The escalated call's answer arrived (or not): True when the caller gets it."""
+        core, reason = self.core, self.failure.reason
+        if other is None or other.status_code != 200:
+            core.escalation_failed(self.cat, self.routed.get("model"), self.to, reason,
+                                   None if other is None else other.status_code)
+            return False
+        first = self.first if isinstance(self.first, dict) else {}
+        core.served(self.cat, self.routed, first.get("usage"))  # the first answer was paid for too
+        core.escalated(self.cat, self.routed.get("model"), self.to, reason)
+        self.routed = {**self.routed, "model": self.to}
+        other.headers[escalation.HEADER] = reason
+        return True
+
+    def replay(self, content: bytes, stream: bool) -> None:
+        """The checked answer is the caller's after all: counted and shadowed as any other."""
+        if not stream:
+            self.whole(content)
+        elif isinstance(self.first, dict):
+            self._handover(self.first)
 
     def streaming(self, response: httpx2.Response) -> None:
         """Its body is read as it comes: watched chunk by chunk (:meth:`feed`, :meth:`ended`)."""
@@ -185,7 +242,7 @@ class Tap:
                 return request, Call(self.core, cat, {"model": routed}, None, None)
             if invoke is not None:  # the job is the Messages API request it stands for
                 body, shaping = _as_messages(invoke.platform, request.content, _shaping(headers))
-                return request, Call(self.core, cat, {"model": routed}, body, shaping)
+                return request, Call(self.core, cat, {"model": routed}, body, shaping, platform=True)
             return request, Call(self.core, cat, {"model": routed}, request.content, headers)
         except Exception:
             self.core._failed("routing a request")

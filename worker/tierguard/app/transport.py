@@ -5,8 +5,10 @@ its public ``http_client``): it hands each request to the tap, sends it with the
 client it wraps (the caller's own, with its proxies, limits and TLS), and, for a
 request the tap watches, reads the answer through a byte stream that passes every
 chunk on to the caller as it comes and to the tap beside it (asked for uncompressed) (an answer the SDK asked
-to be read whole is handed to the tap once read). Everything else —
-building requests, timeouts, closing — is the wrapped client's.
+to be read whole is handed to the tap once read). An answer its category checks
+(:mod:`~tierguard.app.escalation`: read whole, a stream only with ``buffer_streams``) that fails
+is replaced by the answer of the same request to ``escalate_to``, sent once more here. Everything
+else — building requests, timeouts, closing — is the wrapped client's.
 """
 
 from __future__ import annotations
@@ -77,6 +79,15 @@ class _AsyncTeed(httpx2.AsyncByteStream):
         return getattr(self._inner, "elapsed", None)
 
 
+def _watched(call: Call, response: httpx2.Response, stream: bool, asynchronous: bool = False) -> None:
+    """Hand ``response`` to ``call``: read whole already, or teed as the caller reads it."""
+    if not stream:
+        call.whole(response.content)
+        return
+    call.streaming(response)
+    response.stream = (_AsyncTeed if asynchronous else _Teed)(response.stream, call)  # type: ignore[assignment]
+
+
 class _Delegating:
     """What the outer client takes from the one it wraps: building requests, timeouts, state."""
 
@@ -112,12 +123,33 @@ class WatchingClient(_Delegating, httpx2.Client):
         if stream:
             _uncompressed(request)
         response = self.inner.send(request, stream=stream, **kwargs)
-        if call.answered(response):
+        if not call.answered(response):
+            return response
+        if call.checked(stream):
             if stream:
-                call.streaming(response)
-                response.stream = _Teed(response.stream, call)
-            else:  # read whole already, as the SDK asked
-                call.whole(response.content)
+                response.read()
+            return self._checked(request, call, response, stream, kwargs)
+        _watched(call, response, stream)
+        return response
+
+    def _checked(self, request: httpx2.Request, call: Call, response: httpx2.Response, stream: bool,
+                 kwargs: dict[str, Any]) -> httpx2.Response:
+        """The answer read whole and checked: itself, or the escalated call's when it fails."""
+        again = call.escalation(request, response.content, stream)
+        if again is not None:
+            try:
+                other = self.inner.send(again, stream=stream, **kwargs)
+            except Exception:
+                other = None
+            if other is not None and call.escalated(other):
+                response.close()
+                _watched(call, other, stream)
+                return other
+            if other is None:
+                call.escalated(None)
+            else:
+                other.close()
+        call.replay(response.content, stream)
         return response
 
     def close(self) -> None:
@@ -139,12 +171,32 @@ class AsyncWatchingClient(_Delegating, httpx2.AsyncClient):
         if stream:
             _uncompressed(request)
         response = await self.inner.send(request, stream=stream, **kwargs)
-        if call.answered(response):
+        if not call.answered(response):
+            return response
+        if call.checked(stream):
             if stream:
-                call.streaming(response)
-                response.stream = _AsyncTeed(response.stream, call)
+                await response.aread()
+            return await self._checked(request, call, response, stream, kwargs)
+        _watched(call, response, stream, asynchronous=True)
+        return response
+
+    async def _checked(self, request: httpx2.Request, call: Call, response: httpx2.Response,
+                       stream: bool, kwargs: dict[str, Any]) -> httpx2.Response:
+        again = call.escalation(request, response.content, stream)
+        if again is not None:
+            try:
+                other = await self.inner.send(again, stream=stream, **kwargs)
+            except Exception:
+                other = None
+            if other is not None and call.escalated(other):
+                await response.aclose()
+                _watched(call, other, stream, asynchronous=True)
+                return other
+            if other is None:
+                call.escalated(None)
             else:
-                call.whole(response.content)
+                await other.aclose()
+        call.replay(response.content, stream)
         return response
 
     async def aclose(self) -> None:

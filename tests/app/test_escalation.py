@@ -1,0 +1,129 @@
+"""Escalation in the SDK wrapper: a cheap rung's answer that fails its category's checks is replaced
+by the reference's before the caller sees it (sync, async, buffered streams); the escalated call
+failing hands the caller the original; a sampled escalated call is shadowed as what the caller got."""
+
+import asyncio
+
+import anthropic
+import httpx2
+from sqlmodel import select
+
+import tierguard
+from tests.helpers import API_KEY, wait_until
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import Sample
+
+HAIKU, OPUS = "claude-haiku-4-5", "claude-opus-4-7"
+LABELS = ["POSITIVE", "NEGATIVE", "NEUTRAL"]
+SCENARIO = {"categories": {"sentiment": {
+    "kind": "label", "labels": LABELS, "agreement": 1.0,
+    "models": {HAIKU: {"agreement": 1.0, "broken": {"rate": 1.0, "kinds": ["invalid"]}}}}}}
+
+
+def policy(sample_rate=0.0, **category):
+    return {"defaults": {"sample_rate": sample_rate},
+            "categories": {"sentiment": {"comparator": {"type": "label", "labels": LABELS},
+                                         "escalate_on": ["invalid", "refusal"], **category}}}
+
+
+BODY = {"category": "sentiment", "system": "sentiment: classify", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "great product"}]}
+
+
+def test_a_failing_answer_is_escalated_to_the_reference_sync_and_async(stack, simulator, sqlite_url):
+    sim = simulator(**SCENARIO)
+    stack.configure(policy=policy(), database_url=sqlite_url, base_url=sim.base_url)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    try:
+        raw = client.messages.with_raw_response.create(**BODY)
+        message = raw.parse()
+        assert message.model == OPUS and message.content[0].text in LABELS
+        assert raw.headers["x-tierguard-escalated"] == "invalid"
+        stats = client.tierguard_stats()
+        assert (stats["escalated"], stats["escalated_invalid"]) == (1, 1)
+    finally:
+        client.tierguard_close()
+
+    async def run():
+        aclient = tierguard.AsyncShadowedAnthropic(anthropic.AsyncAnthropic(max_retries=0))
+        try:
+            got = await aclient.messages.create(**BODY)
+            return got, aclient.tierguard_stats()
+        finally:
+            aclient.tierguard_close()
+
+    got, stats = asyncio.run(run())
+    assert got.model == OPUS and got.content[0].text in LABELS and stats["escalated"] == 1
+
+
+def test_a_policy_without_checks_relays_the_broken_answer_as_before(stack, simulator, sqlite_url):
+    sim = simulator(**SCENARIO)
+    plain = policy()
+    del plain["categories"]["sentiment"]["escalate_on"]
+    stack.configure(policy=plain, database_url=sqlite_url, base_url=sim.base_url)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    try:
+        message = client.messages.create(**BODY)
+        assert message.model == HAIKU and message.content[0].text not in LABELS
+        assert "escalated" not in client.tierguard_stats()
+    finally:
+        client.tierguard_close()
+
+
+def test_streams_are_checked_only_when_buffered(stack, simulator, sqlite_url):
+    sim = simulator(**SCENARIO)
+    stack.configure(policy=policy(buffer_streams=True), database_url=sqlite_url, base_url=sim.base_url)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    try:
+        with client.messages.stream(**BODY) as stream:
+            texts = list(stream.text_stream)
+            final = stream.get_final_message()
+        assert final.model == OPUS and "".join(texts) in LABELS
+    finally:
+        client.tierguard_close()
+    stack.configure(policy=policy(), database_url=sqlite_url, base_url=sim.base_url)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    try:
+        with client.messages.stream(**BODY) as stream:  # not buffered: relayed as it comes, unchecked
+            final = stream.get_final_message()
+        assert final.model == HAIKU and final.content[0].text not in LABELS
+    finally:
+        client.tierguard_close()
+
+
+def test_the_escalated_call_failing_hands_the_caller_the_original(stack, simulator, sqlite_url):
+    sim = simulator(**SCENARIO)
+    stack.configure(policy=policy(), database_url=sqlite_url, base_url=sim.base_url)
+    httpx2.post(f"{sim.base_url}/_sim/buckets", json={"model": OPUS, "requests_per_minute": 1})
+    plain = anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
+    plain.messages.create(**{k: v for k, v in BODY.items() if k != "category"}, model=OPUS)  # its one call
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    try:
+        message = client.messages.create(**BODY)
+        assert message.model == HAIKU and message.content[0].text not in LABELS  # the original
+        stats = client.tierguard_stats()
+        assert stats["escalation_failed"] == 1 and "escalated" not in stats
+    finally:
+        client.tierguard_close()
+
+
+def test_a_sampled_escalated_call_is_shadowed_as_the_answer_the_caller_got(stack, simulator, sqlite_url):
+    sim = simulator(**SCENARIO)
+    stack.configure(policy=policy(sample_rate=1.0), database_url=sqlite_url, base_url=sim.base_url)
+    stack.start_worker(concurrency=2)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    try:
+        assert client.messages.create(**BODY).model == OPUS
+        assert client.tierguard_flush(5)
+    finally:
+        client.tierguard_close()
+    engine = make_engine(sqlite_url)
+
+    def rows():
+        with session(engine) as s:
+            return list(s.exec(select(Sample)))
+
+    wait_until(lambda: len(rows()) == 1, 30, "the escalated call's sample")
+    [row] = rows()
+    # What the caller got (the reference's answer), shadowed to the candidate it replaced.
+    assert (row.served_model, row.shadow_model) == (OPUS, HAIKU) and row.agree is False
