@@ -127,3 +127,30 @@ def test_a_sampled_escalated_call_is_shadowed_as_the_answer_the_caller_got(stack
     [row] = rows()
     # What the caller got (the reference's answer), shadowed to the candidate it replaced.
     assert (row.served_model, row.shadow_model) == (OPUS, HAIKU) and row.agree is False
+
+
+def test_the_gateway_escalates_json_and_buffered_streams_and_marks_them(stack, simulator, sqlite_url):
+    sim = simulator(**SCENARIO)
+    stack.configure(policy=policy(sample_rate=1.0, buffer_streams=True), database_url=sqlite_url,
+                    base_url=sim.base_url)
+    stack.start_worker(concurrency=2)
+    base = stack.start_gateway()
+    client = anthropic.Anthropic(base_url=base, api_key=API_KEY, max_retries=0,
+                                 default_headers={"x-tierguard-category": "sentiment"})
+    body = {**{k: v for k, v in BODY.items() if k != "category"}, "model": HAIKU}
+    raw = client.messages.with_raw_response.create(**body)
+    assert raw.headers["x-tierguard-escalated"] == "invalid"
+    assert raw.parse().model == OPUS and raw.parse().content[0].text in LABELS
+    with client.messages.stream(**body) as stream:
+        final = stream.get_final_message()
+    assert final.model == OPUS and final.content[0].text in LABELS
+    stats = httpx2.get(base + "/tierguard/stats").json()
+    assert stats["escalated"] == 2 and stats["escalated_invalid"] == 2
+    engine = make_engine(sqlite_url)
+
+    def rows():
+        with session(engine) as s:
+            return list(s.exec(select(Sample)))
+
+    wait_until(lambda: len(rows()) == 2, 30, "both escalated calls' samples")
+    assert {(r.served_model, r.shadow_model) for r in rows()} == {(OPUS, HAIKU)}

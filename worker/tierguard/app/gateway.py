@@ -6,22 +6,22 @@ same :class:`~tierguard.app.core.Core` as the SDK wrapper; so is the OpenAI-comp
 ``POST /v1/chat/completions``, routed and shadowed as its Messages equivalent
 (:mod:`~tierguard.app.openai_compat`; one without is served as sent, ``untranslatable``).
 Everything else passes through unchanged. The caller's own credentials and headers go upstream;
-the gateway stores none and logs none. Responses (status, headers other than
-hop-by-hop ones, body) are relayed as they arrive, streams event by event;
-a sampled streamed answer is assembled on the side and shadowed once it reaches
-``message_stop``. A caller that leaves mid-stream cancels the upstream request.
+the gateway stores none and logs none. Responses (status, headers other than hop-by-hop ones,
+body) are relayed as they arrive, streams event by event; a sampled streamed answer is assembled
+on the side and shadowed once it reaches ``message_stop``. A caller that leaves mid-stream
+cancels the upstream request. A category with answer checks has its cheap rungs' answers read
+whole first and escalated when they fail (:mod:`~tierguard.app.escalating`).
 
-Request bodies are read up to ``TIERGUARD_GATEWAY_MAX_BODY`` (a larger one, or a
-``Content-Length`` announcing one, is an Anthropic-shaped 413 and nothing goes
-upstream); a caller that leaves mid-body sends nothing upstream. A routed body goes
-upstream byte for byte as the caller sent it but for the value of its top-level
-``model`` (rewritten in place, or inserted first when absent); when the route keeps
-the caller's model the bytes are untouched. A ``gzip``/``deflate`` body is decoded
-(the limit applies to the decoded size too), routed and shadowed, and goes upstream
-decoded, without ``content-encoding`` (see :mod:`~tierguard.app.upstream`). Bodies
-above ``OFF_LOOP`` bytes (and every encoded one) are decoded, parsed, routed and
-rewritten on a worker thread, so the event loop keeps serving while one is read.
-Other paths keep the API's larger limits where it has them (batches, files).
+Request bodies are read up to ``TIERGUARD_GATEWAY_MAX_BODY`` (a larger one, or a ``Content-Length``
+announcing one, is an Anthropic-shaped 413 and nothing goes upstream); a caller that leaves
+mid-body sends nothing upstream. A routed body goes upstream byte for byte as the caller sent it
+but for the value of its top-level ``model`` (rewritten in place, or inserted first when absent);
+when the route keeps the caller's model the bytes are untouched. A ``gzip``/``deflate`` body is
+decoded (the limit applies to the decoded size too), routed and shadowed, and goes upstream
+decoded, without ``content-encoding`` (see :mod:`~tierguard.app.upstream`). Bodies above
+``OFF_LOOP`` bytes (and every encoded one) are decoded, parsed, routed and rewritten on a worker
+thread, so the event loop keeps serving while one is read. Other paths keep the API's larger
+limits where it has them (batches, files).
 
 Bounded (issue 25): the request head must come within ``TIERGUARD_GATEWAY_HEADER_TIMEOUT``
 and a process holds at most ``TIERGUARD_GATEWAY_MAX_CLIENTS`` callers (see
@@ -46,7 +46,7 @@ from typing import Any
 import httpx2
 
 from tierguard import metrics
-from tierguard.app import admission
+from tierguard.app import admission, escalating, escalation
 from tierguard.app.admission import error_body
 from tierguard.app.core import Core
 from tierguard.app.naming import body_category, names_by_user, path_category
@@ -66,6 +66,7 @@ from tierguard.app.relay import (
     maybe_off_loop,
     pump,
     read_body,
+    remaining,
     respond,
     settle,
     shaping,
@@ -255,7 +256,13 @@ class Gateway:
         streamed, limit = routed.get("stream") is True, self.settings.stream_assembly_max
         watch = ChatWatch(streamed, not sampled, limit) if chat else \
             Watch(streamed, not sampled, limit, frames=via is not None and via.frames)
-        done = await self._relay(scope, "POST", target, headers, body, receive, send, watch)
+        checked = not (chat or via or (streamed and not cat.buffer_streams))
+        to = escalation.target(cat, routed["model"]) if checked else None
+        if to is None:
+            done = await self._relay(scope, "POST", target, headers, body, receive, send, watch)
+        else:  # checked: read whole, escalated when it fails (app/escalating)
+            done, routed = await escalating.checked_relay(self, scope, cat, routed, to, target, headers,
+                                                          body, receive, send, watch)
         scope_key = caller_scope(core.policy, headers)  # with tenants: each key's limits are its own
         if watch.status == 429:  # production is rate-limited on this model: its shadows wait
             core.rate_limited(routed.get("model"), watch.retry_after, scope_key)
@@ -298,7 +305,7 @@ class Gateway:
         upstream = self.upstream
         assert upstream is not None
         sent = asyncio.ensure_future(upstream.send(method, target, headers, body))
-        await asyncio.wait((sent, left), timeout=_remaining(until), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((sent, left), timeout=remaining(until), return_when=asyncio.FIRST_COMPLETED)
         if sent.done() and not left.done():
             try:
                 return sent.result()
@@ -329,7 +336,7 @@ class Gateway:
                                 if k.lower() not in HOP_BY_HOP]})
         cut = cutter(scope, send, response)
         pumping = asyncio.ensure_future(pump(response, send, watch, cut))
-        await asyncio.wait((pumping, left), timeout=_remaining(until), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((pumping, left), timeout=remaining(until), return_when=asyncio.FIRST_COMPLETED)
         if pumping.done():
             return pumping.result()
         pumping.cancel()
@@ -386,10 +393,6 @@ class Gateway:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-def _remaining(until: float) -> float:
-    return max(0.0, until - asyncio.get_running_loop().time())
 
 
 def create_app() -> Gateway:

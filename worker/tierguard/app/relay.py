@@ -73,6 +73,11 @@ async def respond(send: Any, status: int, body: bytes, close: bool = False) -> N
     await send({"type": "http.response.body", "body": body})
 
 
+def remaining(until: float) -> float:
+    """Seconds left until ``until`` on the running loop's clock (never below 0)."""
+    return max(0.0, until - asyncio.get_running_loop().time())
+
+
 async def disconnected(receive: Any) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
