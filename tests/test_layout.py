@@ -29,7 +29,7 @@ RULES: dict[str, set[str]] = {
     "sim": {"config", "errors", "contract"},
     "otlp": BASE,  # plain values in, OTLP spans out: the worker side imports it
     "alerts": BASE | {"store", "contract", "policy", "routing", "otlp"},
-    "app": BASE | {"contract", "policy", "routing", "headroom", "store"},
+    "app": BASE | {"contract", "policy", "routing", "headroom", "store", "compare"},
     "pipeline": BASE | {"contract", "policy", "engine", "compare", "store", "routing", "headroom",
                         "alerts", "otlp"},
     "ops": BASE | {"contract", "policy", "engine", "compare", "store", "routing", "headroom", "alerts",
