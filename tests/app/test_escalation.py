@@ -154,3 +154,20 @@ def test_the_gateway_escalates_json_and_buffered_streams_and_marks_them(stack, s
 
     wait_until(lambda: len(rows()) == 2, 30, "both escalated calls' samples")
     assert {(r.served_model, r.shadow_model) for r in rows()} == {(OPUS, HAIKU)}
+
+
+def test_where_a_failing_answer_goes():
+    from tierguard.app.escalation import failure, target
+    from tierguard.policy import parse_policy
+
+    ladder = ["claude-haiku-4-5", "claude-sonnet-4-6", OPUS]
+    pol = parse_policy({"models": {"ladder": ladder}, "categories": {
+        "up": {"escalate_on": ["empty"], "escalate_to": "next"}, "ref": {"escalate_on": ["empty"]},
+        "off": {}}})
+    assert target(pol.category("up"), HAIKU) == "claude-sonnet-4-6"
+    assert target(pol.category("up"), "claude-sonnet-4-6") == OPUS
+    assert target(pol.category("ref"), HAIKU) == OPUS
+    assert target(pol.category("ref"), OPUS) is None  # the reference's answer is never escalated
+    assert target(pol.category("off"), HAIKU) is None and target(None, HAIKU) is None
+    assert failure(pol.category("ref"), b'{"content": [], "stop_reason": "end_turn"}').reason == "empty"
+    assert failure(pol.category("ref"), b"not json").reason == "invalid"
