@@ -270,7 +270,7 @@ class Gateway:
         if watch.overflowed:
             core.refuse("stream_too_long", "a stream event was longer than TIERGUARD_STREAM_ASSEMBLY_MAX "
                         "(%d): relayed whole, not watched", self.settings.stream_assembly_max)
-        if done and watch.status == 200:
+        if (done or streamed) and watch.status == 200:  # a stream: complete once its end event went out
             answer = watch.answer()
             if answer is not None:
                 core.served(cat, routed, answer.get("usage"))
