@@ -11,7 +11,7 @@ from sqlmodel import select
 import tierguard
 from tierguard.pipeline.escalations import watch
 from tierguard.policy import parse_policy
-from tierguard.store.db import make_engine, session, upgrade, utcnow
+from tierguard.store.db import make_engine, session, utcnow
 from tierguard.store.tables import Category, Event, RouteChange
 from tierguard.store.traffic import fold
 
