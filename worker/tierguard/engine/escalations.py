@@ -2,8 +2,9 @@
 
 Every answer production checks (``escalate_on``) is one outcome of the rung that gave it:
 escalated or not. Like the agreement stream's (:mod:`tierguard.engine.cusum`), the CUSUM tells a
-healthy escalation rate (half of ``max_escalation_rate``) from the rate it is tuned to catch (one
-point above it), within the category's ``false_flip_rate`` per ``false_flip_horizon`` outcomes.
+healthy escalation rate (three points under ``max_escalation_rate`` as ``healthy`` is three
+points over ``threshold``, but never under half of it) from the rate it is tuned to catch (one point
+above it), within the category's ``false_flip_rate`` per ``false_flip_horizon`` outcomes.
 Outcomes arrive counted per minute (production counts them; beat folds them): a minute's
 ``escalated`` of ``checked`` is applied as one step, ``s ← max(0, s + m·escalated − k·passed)`` —
 the order within the minute in which the floor is reached least, so a minute never alarms where
@@ -21,9 +22,11 @@ from tierguard.engine.detector import Decision
 
 
 def escalation_design(max_rate: float, false_flip_rate: float, horizon: int) -> Design:
-    """The CUSUM for a rung whose healthy escalation rate is ``max_rate / 2``, tuned to catch
-    ``max_rate + 0.01`` (in the agreement design's terms: 1 − those rates)."""
-    return design(1 - max_rate / 2, 1 - min(max_rate + 0.01, 0.99), false_flip_rate, horizon)
+    """The CUSUM for a rung whose healthy escalation rate is ``max_rate − 0.03`` (never under
+    ``max_rate / 2``), tuned to catch ``max_rate + 0.01`` (in the agreement design's terms:
+    1 − those rates)."""
+    healthy = max(max_rate - 0.03, max_rate / 2)
+    return design(1 - healthy, 1 - min(max_rate + 0.01, 0.99), false_flip_rate, horizon)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ class Watch:
                   f"failed their checks in the last minute ({rate:.1%}; {st['e']} of {st['n']} since "
                   f"the watch began): evidence of a rate above max_escalation_rate "
                   f"{self.max_rate:.0%} (designed for ≤ {d.false_flip_rate:.2%} false flips per "
-                  f"{d.horizon:,} answers at {self.max_rate / 2:.1%})")
+                  f"{d.horizon:,} answers at {1 - d.healthy:.1%})")
         numbers = {"statistic": st["s"], "h": d.h, "k": d.k, "m": d.m, "checked": st["n"],
                    "escalated": st["e"], "minute_checked": checked, "minute_escalated": escalated,
                    "max_escalation_rate": self.max_rate}
