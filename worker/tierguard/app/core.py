@@ -230,6 +230,16 @@ class Core:
         except Exception:
             self._failed("counting tokens")
 
+    def checked(self, cat: CategoryPolicy, model: str | None, reason: str | None) -> None:
+        """A ``model`` answer checked against ``cat``'s checks (``reason``: the one it failed):
+        one outcome of the rung's escalation stream (counted with the traffic)."""
+        try:
+            self.publisher.count(cat.name, model or "", "checked")
+            if reason is not None:
+                self.publisher.count(cat.name, model or "", f"escalated_{reason}")
+        except Exception:
+            self._failed("counting a checked answer")
+
     def escalated(self, cat: CategoryPolicy, model: str | None, to: str | None, reason: str) -> None:
         """A ``model`` answer failed ``reason``; the caller got ``to``'s (a production call too)."""
         try:

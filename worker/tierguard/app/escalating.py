@@ -67,6 +67,8 @@ async def _escalated(gateway: Any, cat: Any, routed: dict, to: str, target: str,
     try:
         answer = _answer(first[2], routed.get("stream") is True, settings.stream_assembly_max)
         failed = None if answer is None else escalation.failure(cat, answer)
+        if answer is not None:
+            core.checked(cat, routed.get("model"), failed.reason if failed else None)
         if failed is None:
             return first, routed
         again = with_model(parse_request(body, [], settings.gateway_max_body), to)

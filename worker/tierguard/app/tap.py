@@ -87,6 +87,9 @@ class Call:
             answer = self._assembled(content) if stream else escalation.parsed(content)
             self.first = answer
             self.failure = None if answer is None else escalation.failure(self.cat, answer)
+            if answer is not None:
+                self.core.checked(self.cat, self.routed.get("model"),
+                                  self.failure.reason if self.failure else None)
             if self.failure is None:
                 return None
             return escalation.request_to(request, request.content, self.to,  # type: ignore[arg-type]

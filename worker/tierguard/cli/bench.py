@@ -68,6 +68,30 @@ def bench_promotion(runs: int = typer.Option(200, min=50, help="seeded streams p
     console.print("goals met" if fig["goals_met"] else "[red]goals missed[/]")
 
 
+@bench_app.command("safety-net")
+def bench_safety(seed: int = typer.Option(28), as_json: bool = JsonOpt) -> None:
+    """A simulated month of the fleet with broken cheap answers: answer checks and escalation off/on."""
+    from tierguard.bench.safety import safety_figures
+
+    with console.status("simulating a month, minute by minute…") if not as_json else nothing():
+        fig = safety_figures(seed)
+    if as_json:
+        emit(fig)
+        return
+    table = Table(title=f"safety net: {fig['categories']} categories, {fig['days']} days")
+    for col in ("set-up", "bad answers to users", "production USD", "escalated share",
+                "detection median / max min", "demoted before a step"):
+        table.add_column(col)
+    for name, s in fig["setups"].items():
+        d = s["detection_minutes"]
+        table.add_row(name, f"{s['bad_answers_to_users']:,}", f"{s['production_usd']:,.0f}",
+                      f"{s['escalated_share']:.2%}", f"{d['median']:g} / {d['max']:g}",
+                      str(s["demoted_before_a_step"]))
+    console.print(table)
+    console.print(f"on costs {fig['cost_vs_off']:.3f} × off (goal ≤ {fig['goals']['cost_vs_off']}); goals "
+                  + ("met" if fig["goals_met"] else "[red]missed[/]"))
+
+
 @bench_app.command("replay")
 def bench_replay(samples: int = typer.Option(1_000_000, min=10_000), as_json: bool = JsonOpt) -> None:
     """A month of outcomes backtested end to end: `replay FILE` and `replay --from-db` wall times."""

@@ -16,6 +16,7 @@ from tierguard.engine.ladder import rung_state
 from tierguard.policy import Policy
 from tierguard.store.db import session, utcnow
 from tierguard.store.tables import Category, Event, RouteChange, Sample
+from tierguard.store.traffic import escalations
 from tierguard.store.traffic import totals as traffic_totals
 
 STATUS_DAYS = 30  # production counters (guarded) are summed over this window
@@ -87,6 +88,9 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
             "errors": errors.get(name, 0),
             "skipped": skipped.get(name, 0),
             "guarded": guarded.get(name, {}).get("guarded", 0),
+            "escalations": {**escalations(guarded.get(name, {})),
+                            "statistic": {m: cat.escalation_watch.statistic(st)
+                                          for m, st in (row.escalation_state if row else {}).items()}},
             "judge_cost_usd": round(judge_cost.get(name) or 0.0, 6),
             "agreement": state.get("ewma"),
             "threshold": cat.threshold,

@@ -35,7 +35,7 @@ from tierguard.contract.broker import (
 from tierguard.errors import StoreUnavailable
 from tierguard.headroom import history
 from tierguard.otlp import exporter as otlp
-from tierguard.pipeline import flow, message_batches, sentinels, yielding
+from tierguard.pipeline import escalations, flow, message_batches, sentinels, yielding
 from tierguard.pipeline.context import context_for
 from tierguard.pipeline.flow import backoff
 from tierguard.pipeline.locks import held
@@ -136,6 +136,11 @@ def monitor(task: Task, beat: bool = False) -> int:
         traffic.fold(ctx.engine, ctx.redis, policy=ctx.policy)
     except Exception as err:
         log.warning("cannot fold production traffic counters yet: %s", err)
+    demoted: list = []
+    try:
+        demoted = escalations.watch(ctx.engine, ctx.redis, ctx.policy)
+    except Exception as err:
+        log.warning("cannot watch escalations yet: %s", err)
     try:
         rates.refresh(ctx.engine, ctx.redis, ctx.policy)
     except Exception as err:
@@ -145,9 +150,9 @@ def monitor(task: Task, beat: bool = False) -> int:
     except Exception as err:
         log.warning("cannot keep the rate-limit headroom for the dashboard yet: %s", err)
     events = check(ctx.engine, ctx.redis, ctx.policy, task.app.tierguard_settings.queue)
-    if events:
+    if events or demoted:
         deliver_due(ctx.engine, ctx.policy)
-    return events
+    return events + len(demoted)
 
 
 def maintain(task: Task, beat: bool = False) -> dict:

@@ -12,6 +12,7 @@ from tierguard.compare.base import model_called
 from tierguard.compare.checks import Checks
 from tierguard.compare.registry import pattern_of
 from tierguard.engine.detector import Engine, EngineConfig
+from tierguard.engine.escalations import Watch as EscalationWatch
 from tierguard.engine.ladder import Ladder
 from tierguard.engine.sampling import SamplingConfig
 from tierguard.policy.base import Strict
@@ -67,6 +68,12 @@ class CategoryPolicy(Strict):
                               rate_min=self.sample_rate_min, rate_max=self.sample_rate_max,
                               min_samples=self.min_samples, settle_s=max(self.cooldown_minutes, 60) * 60,
                               budget_usd_per_day=self.shadow_budget_usd_per_day)
+
+    @cached_property
+    def escalation_watch(self) -> EscalationWatch:
+        """The escalation CUSUM of this category's rungs (engine/escalations.py)."""
+        return EscalationWatch(self.max_escalation_rate, self.false_flip_rate, self.false_flip_horizon,
+                               self.min_samples)
 
     @cached_property
     def compare(self) -> comparators.Comparator:

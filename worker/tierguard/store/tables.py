@@ -44,6 +44,9 @@ class Category(SQLModel, table=True):
     pinned_until: dt.datetime | None = Field(
         default=None, sa_column=Column(sa.DateTime(timezone=True), nullable=True))
     detector_state: dict = Field(default_factory=dict, sa_column=Column(sa.JSON, nullable=False))
+    # Per rung, the escalation CUSUM over its checked answers (tierguard.engine.escalations).
+    escalation_state: dict = Field(default_factory=dict, sa_column=Column(
+        sa.JSON, nullable=False, server_default="{}"))
     version: int = 1
     updated_at: dt.datetime = _ts()
 
@@ -136,6 +139,12 @@ class Traffic(SQLModel, table=True):
     cache_read_tokens: int = _tokens()
     cost_usd: float | None = None  # priced with the policy in force when folded
     reference_cost_usd: float | None = None  # the same tokens at the category's reference's prices
+    # Answers checked against the category's escalate_on, and those that failed, per reason.
+    checked: int = _tokens()
+    escalated_empty: int = _tokens()
+    escalated_refusal: int = _tokens()
+    escalated_truncated: int = _tokens()
+    escalated_invalid: int = _tokens()
 
 
 LATENCY_BUCKETS = 24  # bucket b holds latencies up to 8 ms · 2^(b/2); the last one everything above

@@ -23,7 +23,8 @@ from tierguard.store.db import session, upsert_insert, utcnow
 from tierguard.store.tables import Traffic
 
 TOKENS = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
-METRICS = ("calls", "guarded", *TOKENS)
+ESCALATED = ("escalated_empty", "escalated_refusal", "escalated_truncated", "escalated_invalid")
+METRICS = ("calls", "guarded", *TOKENS, "checked", *ESCALATED)
 _FIELD = dict(zip(TOKENS, USAGE_FIELDS, strict=True))  # metric -> the usage field it counts
 KEEP_SECONDS = 24 * 3600
 CLOSED_AFTER_MINUTES = 2  # flushes every few seconds land in the minute they are sent in
@@ -116,9 +117,17 @@ def fold(engine: Engine, r: redis_lib.Redis, now: dt.datetime | None = None,
 
 
 def totals(engine: Engine, since: dt.datetime) -> dict[str, dict[str, int]]:
-    """category -> {calls, guarded} over folded minutes since ``since``."""
+    """category -> {calls, guarded, checked, escalated_REASON…} over folded minutes since ``since``."""
+    names = ("calls", "guarded", "checked", *ESCALATED)
     with session(engine) as s:
-        rows = s.execute(sa.select(Traffic.category, sa.func.sum(Traffic.calls),
-                                   sa.func.sum(Traffic.guarded))
+        rows = s.execute(sa.select(Traffic.category, *(sa.func.sum(getattr(Traffic, n)) for n in names))
                          .where(Traffic.minute >= since).group_by(Traffic.category)).all()
-    return {c: {"calls": int(calls or 0), "guarded": int(guarded or 0)} for c, calls, guarded in rows}
+    return {row[0]: {n: int(v or 0) for n, v in zip(names, row[1:], strict=True)} for row in rows}
+
+
+def escalations(counts: dict[str, int]) -> dict[str, object]:
+    """``{"checked", "escalated", "rate", "by_reason"}`` from a category's :func:`totals`."""
+    by_reason = {n.removeprefix("escalated_"): counts.get(n, 0) for n in ESCALATED}
+    checked, escalated = counts.get("checked", 0), sum(by_reason.values())
+    return {"checked": checked, "escalated": escalated,
+            "rate": escalated / checked if checked else None, "by_reason": by_reason}

@@ -1,0 +1,108 @@
+"""Beat's escalation watch: each rung's checked answers (folded per minute from production's counters)
+through its escalation CUSUM (:mod:`tierguard.engine.escalations`), and a rung that breaks too
+many answers demoted, audited and paged like an agreement demotion.
+
+:func:`watch` runs after the traffic fold in beat's monitor task. Per category with
+``escalate_on``, under the category's row lock, it feeds every folded minute not fed before
+(``category.escalation_state``, per rung), in order; a crossing while the rung serves (and is not
+pinned) moves the route to the reference, or with ``demote_to: next`` to the cheapest eligible
+rung above (rule ``escalations``; observe mode writes a "would flip" row). The agreement engine
+sees the new route on its next sample, as after any route change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections import defaultdict
+
+import redis as redis_lib
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from tierguard import metrics
+from tierguard.alerts.events import for_route_change
+from tierguard.engine.detector import Decision
+from tierguard.pipeline.recorder import apply_decision
+from tierguard.policy import CategoryPolicy, Policy
+from tierguard.routing.routes import lock_category, publish_quietly
+from tierguard.store.db import session, utcnow
+from tierguard.store.tables import Category, RouteChange, Traffic
+from tierguard.store.traffic import ESCALATED
+
+log = logging.getLogger(__name__)
+Minute = tuple[str, float, int, int]  # model, epoch seconds, checked, escalated
+
+
+def _minutes(engine: Engine, since: dt.datetime) -> dict[str, list[Minute]]:
+    t = Traffic
+    escalated = sum((getattr(t, name) for name in ESCALATED), sa.literal(0))
+    with session(engine) as s:
+        rows = s.execute(sa.select(t.category, t.model, t.minute, t.checked, escalated)
+                         .where(t.checked > 0, t.minute >= since).order_by(t.minute, t.model)).all()
+    out: dict[str, list[Minute]] = defaultdict(list)
+    for category, model, minute, checked, failed in rows:
+        at = minute if minute.tzinfo else minute.replace(tzinfo=dt.UTC)
+        out[category].append((model, at.timestamp(), int(checked), int(failed or 0)))
+    return out
+
+
+def _demote(s: Session, policy: Policy, cat: CategoryPolicy, row: Category, model: str,
+            decision: Decision) -> RouteChange | None:
+    target = (cat.ladder_engine.next_up((row.detector_state or {}).get("rungs") or {}, model)
+              if cat.laddered else cat.reference)
+    decision = dataclasses.replace(decision, applied=cat.mode != "observe",
+                                   reason=f"{model} breaks too many answers, so {target} serves: "
+                                          f"{decision.reason}")
+    change = apply_decision(s, row, decision, None, target)
+    if change is not None and change.applied:
+        for_route_change(s, policy, change, "demoted")
+    return change
+
+
+def _category(engine: Engine, policy: Policy, cat: CategoryPolicy, minutes: list[Minute]
+              ) -> tuple[Category, list[RouteChange]]:
+    changes = []
+    with session(engine) as s:
+        row = lock_category(s, cat)
+        states = dict(row.escalation_state or {})
+        for model, at, checked, failed in minutes:
+            serving = row.routed_model == model and not row.pinned
+            states[model], decision = cat.escalation_watch.feed(states.get(model), at, checked, failed,
+                                                                serving)
+            if decision is not None:
+                change = _demote(s, policy, cat, row, model, decision)
+                if change is not None:
+                    changes.append(change)
+        row.escalation_state = states
+        s.add(row)
+        s.commit()
+        s.refresh(row)
+    return row, changes
+
+
+def watch(engine: Engine, r: redis_lib.Redis | None, policy: Policy, now: dt.datetime | None = None,
+          days: float = 1.0) -> list[RouteChange]:
+    """Feed the folded minutes of the last ``days`` to every checked category's rungs; the route
+    changes made (applied or, in observe mode, not)."""
+    found = _minutes(engine, (now or utcnow()) - dt.timedelta(days=days))
+    changes: list[RouteChange] = []
+    moved: list[Category] = []
+    for name in sorted(found):
+        cat = policy.category(name)
+        if not cat.escalate_on:
+            continue
+        row, made = _category(engine, policy, cat, found[name])
+        changes += made
+        if any(c.applied for c in made):
+            moved.append(row)
+    for change in changes:
+        log.warning("category %s: %s %s -> %s: %s", change.category,
+                    "changed" if change.applied else "would change", change.from_model, change.to_model,
+                    change.reason)
+        if change.applied:
+            metrics.ROUTE_CHANGES.labels(change.category, change.rule, change.to_model).inc()
+    publish_quietly(r, moved)
+    return changes
