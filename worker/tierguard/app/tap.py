@@ -143,7 +143,7 @@ class Call:
         """Its body, read whole: counted (only its usage read, unless sampled) and shadowed when sampled."""
         try:
             if self.sampled:
-                self._handover(_json_object(content))
+                self._handover(escalation.parsed(content))
             else:
                 self.core.served(self.cat, self.routed, usage_of(content))
         except Exception:
@@ -188,14 +188,6 @@ class Call:
             core.submit(self.cat, self.routed, answer, self.started, shaping, self.body)
 
 
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        return None
-    return answer if isinstance(answer, dict) else None
-
-
 def usage_of(body: bytes) -> dict[str, Any] | None:
     """The ``usage`` of a Messages API answer: read from its last top-level key (where the API puts
     it) without parsing the whole answer, else from the whole answer."""
@@ -208,7 +200,7 @@ def usage_of(body: bytes) -> dict[str, Any] | None:
             usage = None
         if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
             return usage
-    answer = _json_object(body)
+    answer = escalation.parsed(body)
     return answer.get("usage") if answer is not None else None
 
 
