@@ -171,3 +171,15 @@ def test_where_a_failing_answer_goes():
     assert target(pol.category("off"), HAIKU) is None and target(None, HAIKU) is None
     assert failure(pol.category("ref"), b'{"content": [], "stop_reason": "end_turn"}').reason == "empty"
     assert failure(pol.category("ref"), b"not json").reason == "invalid"
+
+
+def test_a_json_answer_read_as_a_stream_is_checked_too(stack, simulator, sqlite_url):
+    sim = simulator(**SCENARIO)
+    stack.configure(policy=policy(), database_url=sqlite_url, base_url=sim.base_url)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    try:  # with_streaming_response: the SDK reads a JSON answer through httpx's stream
+        with client.messages.with_streaming_response.create(**BODY) as response:
+            message = response.parse()
+        assert message.model == OPUS and response.headers["x-tierguard-escalated"] == "invalid"
+    finally:
+        client.tierguard_close()

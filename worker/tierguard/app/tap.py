@@ -77,14 +77,15 @@ class Call:
         self.to = None if self.platform else escalation.target(self.cat, model)
         return True
 
-    def checked(self, stream: bool) -> bool:
-        """Whether the answer is read whole and checked before the caller gets it."""
-        return self.to is not None and (not stream or bool(self.cat.buffer_streams))
+    def checked(self, sse: bool) -> bool:
+        """Whether the answer (``sse``: an event stream) is read whole and checked before the caller
+        gets it."""
+        return self.to is not None and (not sse or bool(self.cat.buffer_streams))
 
-    def escalation(self, request: httpx2.Request, content: bytes, stream: bool) -> httpx2.Request | None:
+    def escalation(self, request: httpx2.Request, content: bytes, sse: bool) -> httpx2.Request | None:
         """The answer read whole: the request to send again when it fails its checks, else None."""
         try:
-            answer = self._assembled(content) if stream else escalation.parsed(content)
+            answer = self._assembled(content) if sse else escalation.parsed(content)
             self.first = answer
             self.failure = None if answer is None else escalation.failure(self.cat, answer)
             if answer is not None:
@@ -120,9 +121,9 @@ class Call:
         other.headers[escalation.HEADER] = reason
         return True
 
-    def replay(self, content: bytes, stream: bool) -> None:
+    def replay(self, content: bytes, sse: bool) -> None:
         """The checked answer is the caller's after all: counted and shadowed as any other."""
-        if not stream:
+        if not sse:
             self.whole(content)
         elif isinstance(self.first, dict):
             self._handover(self.first)

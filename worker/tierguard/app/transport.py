@@ -79,6 +79,10 @@ class _AsyncTeed(httpx2.AsyncByteStream):
         return getattr(self._inner, "elapsed", None)
 
 
+def _sse(response: httpx2.Response) -> bool:
+    return response.headers.get("content-type", "").startswith("text/event-stream")
+
+
 def _watched(call: Call, response: httpx2.Response, stream: bool, asynchronous: bool = False) -> None:
     """Hand ``response`` to ``call``: read whole already, or teed as the caller reads it."""
     if not stream:
@@ -125,7 +129,7 @@ class WatchingClient(_Delegating, httpx2.Client):
         response = self.inner.send(request, stream=stream, **kwargs)
         if not call.answered(response):
             return response
-        if call.checked(stream):
+        if call.checked(_sse(response)):
             if stream:
                 response.read()
             return self._checked(request, call, response, stream, kwargs)
@@ -135,7 +139,7 @@ class WatchingClient(_Delegating, httpx2.Client):
     def _checked(self, request: httpx2.Request, call: Call, response: httpx2.Response, stream: bool,
                  kwargs: dict[str, Any]) -> httpx2.Response:
         """The answer read whole and checked: itself, or the escalated call's when it fails."""
-        again = call.escalation(request, response.content, stream)
+        again = call.escalation(request, response.content, _sse(response))
         if again is not None:
             try:
                 other = self.inner.send(again, stream=stream, **kwargs)
@@ -149,7 +153,7 @@ class WatchingClient(_Delegating, httpx2.Client):
                 call.escalated(None)
             else:
                 other.close()
-        call.replay(response.content, stream)
+        call.replay(response.content, _sse(response))
         return response
 
     def close(self) -> None:
@@ -173,7 +177,7 @@ class AsyncWatchingClient(_Delegating, httpx2.AsyncClient):
         response = await self.inner.send(request, stream=stream, **kwargs)
         if not call.answered(response):
             return response
-        if call.checked(stream):
+        if call.checked(_sse(response)):
             if stream:
                 await response.aread()
             return await self._checked(request, call, response, stream, kwargs)
@@ -182,7 +186,7 @@ class AsyncWatchingClient(_Delegating, httpx2.AsyncClient):
 
     async def _checked(self, request: httpx2.Request, call: Call, response: httpx2.Response,
                        stream: bool, kwargs: dict[str, Any]) -> httpx2.Response:
-        again = call.escalation(request, response.content, stream)
+        again = call.escalation(request, response.content, _sse(response))
         if again is not None:
             try:
                 other = await self.inner.send(again, stream=stream, **kwargs)
@@ -196,7 +200,7 @@ class AsyncWatchingClient(_Delegating, httpx2.AsyncClient):
                 call.escalated(None)
             else:
                 await other.aclose()
-        call.replay(response.content, stream)
+        call.replay(response.content, _sse(response))
         return response
 
     async def aclose(self) -> None:
