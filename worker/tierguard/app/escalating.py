@@ -19,7 +19,6 @@ import httpx2
 from tierguard.app import escalation
 from tierguard.app.admission import error_body
 from tierguard.app.relay import HOP_BY_HOP, Watch, disconnected, remaining, respond
-from tierguard.app.stream import UNASSEMBLED
 from tierguard.app.upstream import parse_request, with_model
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers to relay, body
@@ -50,22 +49,13 @@ async def _drain(response: httpx2.Response) -> bytes:
     return b"".join([chunk async for chunk in response.aiter_raw()])
 
 
-def _answer(content: bytes, streamed: bool, limit: int) -> dict[str, Any] | None:
-    if not streamed:
-        return escalation.parsed(content)
-    watch = Watch(True, limit=limit)
-    watch.status = 200
-    watch.feed(content)
-    answer = watch.answer() if watch.message is not None and not watch.overflowed else None
-    return answer if isinstance(answer, dict) and not answer.get(UNASSEMBLED) else None
-
-
 async def _escalated(gateway: Any, cat: Any, routed: dict, to: str, target: str, headers: list,
                      body: bytes, first: Answer, until: float) -> tuple[Answer, dict]:
     """(the answer the caller gets, the routed request it answers)."""
     core, settings = gateway.core, gateway.settings
     try:
-        answer = _answer(first[2], routed.get("stream") is True, settings.stream_assembly_max)
+        sse = any(k == b"content-type" and v.startswith(b"text/event-stream") for k, v in first[1])
+        answer = escalation.answer_of(first[2], sse, settings.stream_assembly_max)
         failed = None if answer is None else escalation.failure(cat, answer)
         if answer is not None:
             core.checked(cat, routed.get("model"), failed.reason if failed else None)

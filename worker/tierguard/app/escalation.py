@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx2
 
+from tierguard.app.relay import Watch
+from tierguard.app.stream import UNASSEMBLED
 from tierguard.app.upstream import parse_request, with_model
 from tierguard.compare.checks import Failure
 from tierguard.policy import CategoryPolicy
@@ -40,6 +42,18 @@ def parsed(content: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return answer if isinstance(answer, dict) else None
+
+
+def answer_of(content: bytes, sse: bool, limit: int) -> dict[str, Any] | None:
+    """A whole answer as a Message: its JSON, or an event stream assembled (None: neither, or a
+    stream cut short or too long to assemble)."""
+    if not sse:
+        return parsed(content)
+    watch = Watch(True, limit=limit)
+    watch.status = 200
+    watch.feed(content)
+    answer = watch.answer() if watch.message is not None and not watch.overflowed else None
+    return answer if isinstance(answer, dict) and not answer.get(UNASSEMBLED) else None
 
 
 def failure(cat: CategoryPolicy, answer: Any) -> Failure | None:

@@ -27,7 +27,6 @@ import httpx2
 from tierguard.app import escalation
 from tierguard.app.core import Core
 from tierguard.app.relay import Watch
-from tierguard.app.stream import UNASSEMBLED
 from tierguard.app.upstream import parse_request, with_model
 from tierguard.contract.job import SHAPING_HEADERS
 from tierguard.routing.platforms import invoke_path, messages_body
@@ -85,7 +84,7 @@ class Call:
     def escalation(self, request: httpx2.Request, content: bytes, sse: bool) -> httpx2.Request | None:
         """The answer read whole: the request to send again when it fails its checks, else None."""
         try:
-            answer = self._assembled(content) if sse else escalation.parsed(content)
+            answer = escalation.answer_of(content, sse, self.core.settings.stream_assembly_max)
             self.first = answer
             self.failure = None if answer is None else escalation.failure(self.cat, answer)
             if answer is not None:
@@ -99,13 +98,6 @@ class Call:
             self.core._failed("checking an answer")
             self.failure = None
             return None
-
-    def _assembled(self, content: bytes) -> dict[str, Any] | None:
-        watch = Watch(True, limit=self.core.settings.stream_assembly_max)
-        watch.status = 200
-        watch.feed(content)
-        answer = watch.answer() if watch.message is not None and not watch.overflowed else None
-        return answer if isinstance(answer, dict) and not answer.get(UNASSEMBLED) else None
 
     def escalated(self, other: httpx2.Response | None) -> bool:
         """The escalated call's answer arrived (or not): True when the caller gets it."""

@@ -41,11 +41,16 @@ UNITS = 100_000      # log-wealth units per nat
 RULE = "betting-v1"  # part of the promotion fingerprint: stored evidence of another rule restarts
 
 
-def wilson_high(agree: int, n: int, z: float = 1.96) -> float:
+def wilson(agree: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for agree/n (``evaluate``'s bound, looked at once; here, a whole
+    block's upper bound that withdraws an eligibility)."""
+    if n == 0:
+        return 0.0, 1.0
     p = agree / n
     centre = p + z * z / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre + spread) / (1 + z * z / n)
+    denom = 1 + z * z / n
+    return (centre - spread) / denom, (centre + spread) / denom
 
 
 @dataclass(frozen=True)
@@ -115,5 +120,5 @@ def betting(theta: float, alpha: float) -> Betting:
     lams = [step * j for j in range(LEVELS + 1)]
     gains = tuple(math.floor(UNITS * math.log1p(lam * (1 - theta))) for lam in lams)
     losses = tuple(math.ceil(-UNITS * math.log1p(-lam * theta)) for lam in lams)
-    withdraw = next((a for a in range(BLOCK + 1) if wilson_high(a, BLOCK) >= theta), BLOCK + 1)
+    withdraw = next((a for a in range(BLOCK + 1) if wilson(a, BLOCK)[1] >= theta), BLOCK + 1)
     return Betting(theta, alpha, h_units(alpha, 1), gains, losses, withdraw)

@@ -84,17 +84,6 @@ class Decision:
         return self.action in ("demote", "promote", "pin")
 
 
-def wilson(agree: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for agree/n."""
-    if n == 0:
-        return 0.0, 1.0
-    p = agree / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    denom = 1 + z * z / n
-    return (centre - spread) / denom, (centre + spread) / denom
-
-
 def fresh_state() -> dict:
     return {"v": STATE_VERSION, "dir": None, "s": 0, "n": 0, "a": 0, "z": 0, "za": 0, "eligible": False,
             "ewma": None, "total": 0, "last_change": None, "changes": [], **_BET}

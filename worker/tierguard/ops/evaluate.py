@@ -22,7 +22,7 @@ import anthropic
 from sqlalchemy.engine import Engine
 
 from tierguard.contract.job import ShadowJob
-from tierguard.engine.detector import wilson
+from tierguard.engine.betting import wilson
 from tierguard.errors import TierguardError
 from tierguard.ops.jsonl import records
 from tierguard.pipeline.calls import Answer, call_model_with_retries
