@@ -107,12 +107,16 @@ def filled_db(tmp_path_factory, postgres_server):
     RUN["log"] = tmp / "worker.log"
     url = postgres_server.create_database("dashboard")
     upgrade(make_engine(url))
+    # Haiku refuses a tenth of sentiment's answers: escalated to Opus (the escalation panel, its spend).
+    sentiment = {**SCENARIO["categories"]["sentiment"],
+                 "models": {"claude-haiku-4-5": {"broken": {"rate": 0.1, "kinds": ["refusal"]}}}}
     sim = SimServer(Scenario.from_dict({**SCENARIO, "categories": {
-        **SCENARIO["categories"],
+        **SCENARIO["categories"], "sentiment": sentiment,
         "ticket-routing": {"kind": "label", "labels": QUEUES, "agreement": 0.98,
                            "drift": {"after": 60, "agreement": 0.2}}}})).start_background()
     policy = write_policy(tmp / "tierguard.yaml", {**POLICY, "defaults": {
-        **POLICY["defaults"], "min_samples": 20}})
+        **POLICY["defaults"], "min_samples": 20}, "categories": {**POLICY["categories"], "sentiment": {
+            **POLICY["categories"]["sentiment"], "escalate_on": ["refusal"]}}})
     RUN["policy"] = policy
     env = {**os.environ, "TIERGUARD_POLICY": str(policy), "TIERGUARD_DATABASE_URL": url,
            "TIERGUARD_DATABASE_PASSWORD": PASSWORD, "TIERGUARD_REDIS_PASSWORD": PASSWORD,
@@ -302,10 +306,11 @@ def test_cost_panels_show_what_tierguard_costs_prints(filled_db):
     now = dt.datetime.now(dt.UTC)
     sql = expand(target["rawSql"], now - dt.timedelta(hours=2), now + dt.timedelta(minutes=1), "1m",
                  {"category": ["sentiment", "ticket-routing", "invoice-extraction"]})
-    _, [(production, shadow, savings)] = run_sql(filled_db, sql)
+    _, [(production, shadow, savings, escalated)] = run_sql(filled_db, sql)
     printed = costs(make_engine(filled_db), load_policy(RUN["policy"]), now - dt.timedelta(hours=2),
                     now)["total"]
     assert production > 0 and shadow > 0
     assert float(production) == pytest.approx(printed["production_usd"], rel=1e-6)
     assert float(shadow) == pytest.approx(printed["shadow_usd"], rel=1e-6)
     assert float(savings or 0) == pytest.approx(printed["savings_usd"], rel=1e-6, abs=1e-9)
+    assert float(escalated) == pytest.approx(printed["escalated_usd"], rel=1e-6) and escalated > 0

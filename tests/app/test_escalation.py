@@ -183,3 +183,48 @@ def test_a_json_answer_read_as_a_stream_is_checked_too(stack, simulator, sqlite_
         assert message.model == OPUS and response.headers["x-tierguard-escalated"] == "invalid"
     finally:
         client.tierguard_close()
+
+
+def test_escalated_calls_spend_is_counted_apart(stack, simulator, sqlite_url, redis_url):
+    import datetime as dt
+
+    import redis
+
+    from tierguard.ops.costs import costs
+    from tierguard.policy import parse_policy
+    from tierguard.store import traffic
+
+    sim = simulator(**SCENARIO)
+    stack.configure(policy=policy(), database_url=sqlite_url, base_url=sim.base_url)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    try:
+        got = [client.messages.with_raw_response.create(**BODY).parse() for _ in range(3)]
+    finally:
+        client.tierguard_close()
+    assert {m.model for m in got} == {OPUS}
+    pol, engine = parse_policy(policy()), make_engine(sqlite_url)
+    now = dt.datetime.now(dt.UTC)
+    traffic.fold(engine, redis.Redis.from_url(redis_url), now + dt.timedelta(minutes=3), pol)
+    out = costs(engine, pol, now - dt.timedelta(hours=1), now)["categories"]["sentiment"]
+    escalated = sum(pol.cost_usd(OPUS, m.usage.input_tokens, m.usage.output_tokens) for m in got)
+    assert out["escalated_calls"] == 3 and out["calls"] == 6  # the cheap answers were paid for too
+    assert abs(out["escalated_usd"] - escalated) < 1e-9 and out["production_usd"] > escalated
+    assert out["savings_usd"] < 0  # every cheap answer was paid for and then replaced
+
+
+def test_the_gateway_relays_an_answer_too_long_to_check_unchecked(stack, simulator, sqlite_url, tmp_path):
+    from tests.app.gatewayparts import start
+
+    sim = simulator(**SCENARIO)
+    stack.configure(policy=policy(buffer_streams=True), database_url=sqlite_url, base_url=sim.base_url)
+    gw = start(stack, tmp_path, TIERGUARD_STREAM_ASSEMBLY_MAX="300")  # shorter than a whole stream
+    client = anthropic.Anthropic(base_url=gw.base, api_key=API_KEY, max_retries=0,
+                                 default_headers={"x-tierguard-category": "sentiment"})
+    body = {**{k: v for k, v in BODY.items() if k != "category"}, "model": HAIKU}
+    with client.messages.stream(**body) as stream:  # not held whole: relayed as it comes
+        final = stream.get_final_message()
+    assert final.model == HAIKU and final.content[0].text not in LABELS
+    message = client.messages.create(**body)  # a JSON answer within the limit is still checked
+    assert message.model == OPUS
+    stats = gw.stats()
+    assert stats["checked_too_long"] == 1 and stats["escalated"] == 1 and not gw.errors()

@@ -138,3 +138,25 @@ def test_an_untranslatable_request_is_served_untouched_counted_and_not_shadowed(
     logged = [line for line in gw.log.read_text().splitlines() if "untranslatable" in line]
     assert len(logged) == 1 and "messages[1].content[1].type" in logged[0]  # once, naming the field
     assert "file-abc" not in gw.log.read_text()
+
+
+def test_a_failing_chat_answer_is_escalated_json_and_buffered_stream(stack, tmp_path, simulator,
+                                                                    sqlite_url):
+    broken = {ROUTED: {"agreement": 1.0, "broken": {"rate": 1.0, "kinds": ["invalid"]}}}
+    sim = simulator(categories={"sentiment": {"kind": "label", "labels": LABELS, "agreement": 1.0,
+                                              "models": broken}})
+    policy = {"defaults": {"sample_rate": 0.0}, "categories": {"sentiment": {
+        "comparator": {"type": "label", "labels": LABELS}, "escalate_on": ["invalid"],
+        "buffer_streams": True}}}
+    stack.configure(policy=policy, database_url=sqlite_url, base_url=sim.base_url)
+    gw = start(stack, tmp_path)
+    client = openai.OpenAI(base_url=gw.base + "/c/sentiment/v1", api_key=API_KEY, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(**ask("one"))
+    answer = raw.parse()
+    assert raw.headers["x-tierguard-escalated"] == "invalid"
+    assert answer.model == CALLER and answer.choices[0].message.content in LABELS
+    model, text, _ = streamed(client, "two")  # buffered, checked, then relayed as the chat chunks
+    assert model == CALLER and text in LABELS
+    assert [b["model"] for b in received(sim, "/v1/chat/completions")] == [ROUTED, CALLER] * 2
+    stats = gw.stats()
+    assert stats["escalated"] == 2 and stats["escalated_invalid"] == 2 and not gw.errors()

@@ -41,3 +41,39 @@ def test_a_rung_not_serving_gathers_evidence_without_deciding():
 
 
 MINUTES_TO_DEMOTE = 2
+
+
+def test_shadow_checks_hold_a_rung_from_promotion_until_its_answers_pass():
+    from tierguard.engine.escalations import SHADOW_BLOCK, shadow_checked
+
+    watch = Watch(0.05)
+    assert "only 0 of its shadow answers" in watch.held(None)
+    state = None
+    for i in range(400):  # 10 % of its answers fail their checks: two full blocks
+        state = shadow_checked(state, i % 10 == 0)
+    assert state["shadow"] == [0, 0, SHADOW_BLOCK, 20]
+    assert watch.held(state) == ("20 of its last 200 shadow answers fail the category's checks "
+                                 "(10.0% > max_escalation_rate 5%)")
+    for _ in range(SHADOW_BLOCK):  # a clean block: the older one is forgotten
+        state = shadow_checked(state, False)
+    assert watch.held(state) is None and state["shadow"] == [0, 0, SHADOW_BLOCK, 0]
+
+
+def test_a_held_rung_is_not_made_eligible_however_well_it_agrees():
+    from tierguard.engine.detector import Engine, EngineConfig, Situation
+
+    engine = Engine(EngineConfig(promote_min_samples=50))
+    held = Situation("reference", False, 0.0, held="3 of its last 50 shadow answers fail")
+    free = Situation("reference", False, 0.0)
+    a = b = {}
+    for _ in range(2000):
+        a, decision = engine.update(a, True, held)
+        assert decision.action == "hold"
+        b, found = engine.update(b, True, free)
+        if found.action == "eligible":
+            break
+    assert found.action == "eligible" and not a["eligible"]
+    assert decision.reason.startswith("agreement holds (e-value") and decision.reason.endswith(
+        "but 3 of its last 50 shadow answers fail")
+    a, decision = engine.update(a, True, free)  # the other stream healthy again: eligible at once
+    assert decision.action == "eligible"

@@ -221,12 +221,14 @@ class Core:
         except Exception:
             self._failed("reading rate-limit headers")
 
-    def served(self, cat: CategoryPolicy | None, request: dict[str, Any], usage: Any) -> None:
-        """Add a production answer's tokens to its category's counters (every call, measured)."""
+    def served(self, cat: CategoryPolicy | None, request: dict[str, Any], usage: Any,
+               escalated: bool = False) -> None:
+        """Add a production answer's tokens to its category's counters (every call, measured;
+        ``escalated``: the answer of an escalated call, its spend also counted apart)."""
         if cat is None or usage is None:
             return
         try:
-            self.publisher.add_usage(cat.name, request.get("model", ""), usage)
+            self.publisher.add_usage(cat.name, request.get("model", ""), usage, escalated)
         except Exception:
             self._failed("counting tokens")
 
@@ -247,6 +249,7 @@ class Core:
             self.counts[f"escalated_{reason}"] += 1
             metrics.ESCALATIONS.labels(cat.name, model or "", reason).inc()
             self.publisher.count(cat.name, to or "")
+            self.publisher.count(cat.name, to or "", "escalated_calls")
         except Exception:
             self._failed("counting an escalation")
 

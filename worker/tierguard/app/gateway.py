@@ -256,13 +256,13 @@ class Gateway:
         streamed, limit = routed.get("stream") is True, self.settings.stream_assembly_max
         watch = ChatWatch(streamed, not sampled, limit) if chat else \
             Watch(streamed, not sampled, limit, frames=via is not None and via.frames)
-        checked = not (chat or via or (streamed and not cat.buffer_streams))
+        checked = not (via or (streamed and not cat.buffer_streams))
         to = escalation.target(cat, routed["model"]) if checked else None
         if to is None:
             done = await self._relay(scope, "POST", target, headers, body, receive, send, watch)
         else:  # checked: read whole, escalated when it fails (app/escalating)
             done, routed = await escalating.checked_relay(self, scope, cat, routed, to, target, headers,
-                                                          body, receive, send, watch)
+                                                          body, receive, send, watch, chat)
         scope_key = caller_scope(core.policy, headers)  # with tenants: each key's limits are its own
         if watch.status == 429:  # production is rate-limited on this model: its shadows wait
             core.rate_limited(routed.get("model"), watch.retry_after, scope_key)
@@ -273,7 +273,7 @@ class Gateway:
         if (done or streamed) and watch.status == 200:  # a stream: complete once its end event went out
             answer = watch.answer()
             if answer is not None:
-                core.served(cat, routed, answer.get("usage"))
+                core.served(cat, routed, answer.get("usage"), to is not None and routed.get("model") == to)
                 if sampled:
                     job_headers, job_body = (via.job_headers, None) if via else (shaping(headers), body)
                     core.submit(cat, routed, answer, started, headers=job_headers,

@@ -148,10 +148,11 @@ class Publisher:
         """Count one production call (or a guarded one) of ``category`` served by ``model``."""
         self._seen.append((category, model, metric))
 
-    def add_usage(self, category: str, model: str, usage: Any) -> None:
-        """Add a production answer's tokens (its ``usage``: SDK object or JSON) to ``category``."""
+    def add_usage(self, category: str, model: str, usage: Any, escalated: bool = False) -> None:
+        """Add a production answer's tokens (its ``usage``: SDK object or JSON) to ``category``
+        (``escalated``: an escalated call's, also counted apart)."""
         if usage is not None:
-            self._seen.append((category, model, usage))
+            self._seen.append((category, model, (usage,) if escalated else usage))
 
     def rate_limited(self, model: str, retry_after: float | None) -> None:
         """Production got a 429 on ``model``: pause its shadows (written by the publisher's thread)."""
@@ -199,9 +200,12 @@ class Publisher:
             if isinstance(what, str):
                 counts[(category, model, what)] += 1
                 continue
-            for metric, value in traffic.tokens_of(what).items():
+            escalated = isinstance(what, tuple)
+            for metric, value in traffic.tokens_of(what[0] if escalated else what).items():
                 if value:
                     counts[(category, model, metric)] += value
+                    if escalated:
+                        counts[(category, model, f"escalated_{metric}")] += value
         return counts
 
     def _flush_traffic(self) -> None:

@@ -42,7 +42,7 @@ class Call:
     """One routed request on its way: what its answer is counted and shadowed as."""
 
     __slots__ = ("core", "cat", "routed", "body", "shaping", "sampled", "started", "watch", "to",
-                 "platform", "failure", "first")
+                 "platform", "failure", "first", "rescued")
 
     def __init__(self, core: Core, cat: Any, routed: dict[str, Any], body: bytes | None,
                  shaping: dict[str, str] | httpx2.Headers | None, platform: bool = False):
@@ -55,6 +55,7 @@ class Call:
         self.to: str | None = None  # where a failing answer goes (None: not checked)
         self.failure: Any = None  # the check the answer failed
         self.first: Any = None  # the answer checked: its JSON, or its assembled stream
+        self.rescued = False  # the caller gets the escalated call's answer
 
     def answered(self, response: httpx2.Response) -> bool:
         """The answer's head arrived: its rate limits read; True if its body is to be watched."""
@@ -109,16 +110,19 @@ class Call:
         first = self.first if isinstance(self.first, dict) else {}
         core.served(self.cat, self.routed, first.get("usage"))  # the first answer was paid for too
         core.escalated(self.cat, self.routed.get("model"), self.to, reason)
-        self.routed = {**self.routed, "model": self.to}
+        self.routed, self.rescued = {**self.routed, "model": self.to}, True
         other.headers[escalation.HEADER] = reason
         return True
 
     def replay(self, content: bytes, sse: bool) -> None:
         """The checked answer is the caller's after all: counted and shadowed as any other."""
-        if not sse:
+        if isinstance(self.first, dict):  # read when checked: not parsed again
+            try:
+                self._handover(self.first)
+            except Exception:
+                self.core._failed("handing over an answer")
+        elif not sse:
             self.whole(content)
-        elif isinstance(self.first, dict):
-            self._handover(self.first)
 
     def streaming(self, response: httpx2.Response) -> None:
         """Its body is read as it comes: watched chunk by chunk (:meth:`feed`, :meth:`ended`)."""
@@ -138,7 +142,7 @@ class Call:
             if self.sampled:
                 self._handover(escalation.parsed(content))
             else:
-                self.core.served(self.cat, self.routed, usage_of(content))
+                self.core.served(self.cat, self.routed, usage_of(content), self.rescued)
         except Exception:
             self.core._failed("handing over an answer")
 
@@ -173,7 +177,7 @@ class Call:
         if answer is None:
             return
         core = self.core
-        core.served(self.cat, self.routed, answer.get("usage"))
+        core.served(self.cat, self.routed, answer.get("usage"), self.rescued)
         if self.sampled:
             shaping = self.shaping
             if isinstance(shaping, httpx2.Headers):  # read only now, for the few sampled calls

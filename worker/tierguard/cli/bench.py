@@ -131,6 +131,9 @@ def bench_hotpath(calls: int = typer.Option(5000, min=5000, help="calls each, in
                   f"{fig['redis_down_p50_added_us']} / {fig['redis_down_p99_added_us']} µs",
                   f"p99 ≤ {g['redis_down_p99_added_us']} µs")
     table.add_row("bare SDK call, median", f"{fig['bare_median_us']} µs", "")
+    c = fig["checks"]
+    table.add_row(f"answer checks on ({c['answer_bytes']:,} B JSON + schema), added p50 / p99",
+                  f"{c['p50_added_us']} / {c['p99_added_us']} µs", f"p50 ≤ {g['checks_p50_added_us']} µs")
     console.print(table)
 
 

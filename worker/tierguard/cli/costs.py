@@ -24,14 +24,15 @@ def costs(since: str = typer.Option("7d", help="how far back (90m, 24h, 30d)"),
         emit(result)
         return
     table = Table(title=f"costs since {result['since'][:16]} ({result['days']:g} days), USD")
-    for col in ("category", "production", "shadow (sync / batch / noise / probe / sentinel / judge)",
-                "watching", "saving", "30-day projection (prod. / shadow / saving)"):
+    for col in ("category", "production (escalated)",
+                "shadow (sync / batch / noise / probe / sentinel / judge)", "watching", "saving",
+                "30-day projection (prod. / shadow / saving)"):
         table.add_column(col)
     rows = [*result["categories"].items(), ("total", result["total"])]
     for name, c in rows:
         share = "—" if c["watching_share"] is None else f"{c['watching_share']:.1%}"
         p = c["projection_30d"]
-        table.add_row(name, f"{c['production_usd']:,.2f}",
+        table.add_row(name, f"{c['production_usd']:,.2f} ({c['escalated_usd']:,.2f})",
                       f"{c['shadow_usd']:,.2f} ({c['sync_usd']:,.2f} / {c['batch_usd']:,.2f} / "
                       f"{c['noise_usd']:,.2f} / {c['probe_usd']:,.2f} / {c['sentinel_usd']:,.2f} / "
                       f"{c['judge_usd']:,.2f})", share, f"{c['savings_usd']:,.2f}",

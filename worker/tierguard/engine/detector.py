@@ -66,6 +66,7 @@ class Situation:
     serving: Serving
     pinned: bool
     now: float  # seconds since the epoch
+    held: str | None = None  # why the candidate may not be promoted whatever its agreement
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,10 @@ class Engine:
         e, need = b.e_value(st), math.exp(b.threshold(k) / UNITS)
         if n < c.promote_min_samples or st["w"] < b.threshold(k):
             return st, self._hold(st, f"recovery {a}/{n}, e-value {e:.3g} of {need:.3g}", "promotion")
+        if sit.held:  # the other stream (its answers' checks) is not healthy: not eligible
+            st["eligible"] = False
+            return st, self._hold(st, f"agreement holds (e-value {e:.3g} ≥ {need:.3g}) but {sit.held}",
+                                  "promotion")
         numbers = {"e_value": e, "log_e_value": st["w"] / UNITS, "e_threshold": need, "episode": k,
                    "promote_threshold": c.promote_threshold, "promote_error_rate": c.promote_error_rate,
                    "promote_min_samples": c.promote_min_samples, "samples": n,

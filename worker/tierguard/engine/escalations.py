@@ -11,6 +11,12 @@ the order within the minute in which the floor is reached least, so a minute nev
 its outcomes one by one might not have. No decision before ``min_samples`` outcomes; crossing
 ``h`` while the rung serves demotes it (rule ``escalations``). State per rung:
 ``{"s", "n", "e", "upto"}`` (``upto``: the last minute fed, epoch seconds).
+
+A rung that does not serve gives no production answers; its shadow answers are checked instead
+(:func:`shadow_checked`, ``"shadow": [n, failed, previous n, previous failed]`` in blocks of
+:data:`SHADOW_BLOCK`), and :func:`held` keeps it from promotion while the failures of its last
+200–400 checked shadow answers are above ``max_escalation_rate`` (or fewer than ``min_samples``
+were checked): promotion needs both streams healthy.
 """
 
 from __future__ import annotations
@@ -27,6 +33,18 @@ def escalation_design(max_rate: float, false_flip_rate: float, horizon: int) -> 
     1 − those rates)."""
     healthy = max(max_rate - 0.03, max_rate / 2)
     return design(1 - healthy, 1 - min(max_rate + 0.01, 0.99), false_flip_rate, horizon)
+
+
+SHADOW_BLOCK = 200
+
+
+def shadow_checked(state: dict | None, failed: bool) -> dict:
+    """A rung's state after one of its shadow answers was checked (``failed``: a check failed)."""
+    n, e, pn, pe = (state or {}).get("shadow") or (0, 0, 0, 0)
+    n, e = n + 1, e + int(failed)
+    if n >= SHADOW_BLOCK:
+        n, e, pn, pe = 0, 0, n, e
+    return {**(state or {}), "shadow": [n, e, pn, pe]}
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,18 @@ class Watch:
         decision = Decision("demote", "escalations", reason, 1 - st["e"] / st["n"], st["n"],
                             numbers=numbers)
         return {"s": 0, "n": 0, "e": 0, "upto": minute}, decision
+
+    def held(self, state: dict | None) -> str | None:
+        """Why the rung may not be promoted on its checked shadow answers, or None."""
+        n, e, pn, pe = (state or {}).get("shadow") or (0, 0, 0, 0)
+        total, failed = n + pn, e + pe
+        if total < self.min_samples:
+            return (f"only {total} of its shadow answers were checked (min_samples {self.min_samples}): "
+                    "promotion needs its escalation rate too")
+        if failed / total > self.max_rate:
+            return (f"{failed} of its last {total} shadow answers fail the category's checks "
+                    f"({failed / total:.1%} > max_escalation_rate {self.max_rate:.0%})")
+        return None
 
     def statistic(self, state: dict | None) -> float:
         """The statistic as a share of ``h`` (1.0 demotes)."""

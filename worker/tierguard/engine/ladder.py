@@ -70,14 +70,16 @@ class Ladder:
         return self.reference
 
     def update(self, states: dict[str, dict], serving: str, rung: str, agree: bool, pinned: bool,
-               now: float) -> tuple[dict[str, dict], Move]:
-        """Feed one outcome of ``rung`` against the reference; the states and the move."""
+               now: float, held: str | None = None) -> tuple[dict[str, dict], Move]:
+        """Feed one outcome of ``rung`` against the reference; the states and the move (``held``:
+        why ``rung`` may not be promoted, see :class:`~tierguard.engine.detector.Situation`)."""
         if rung not in self.rungs[:-1]:
             raise ValueError(f"{rung!r} is not a rung below the reference of {self.rungs}")
         below_serving = self._index(rung) == self._index(serving) - 1
         in_service = rung == serving
         engine = self.engine if in_service or below_serving else self.manual
-        sit = Situation(serving="candidate" if in_service else "reference", pinned=pinned, now=now)
+        sit = Situation(serving="candidate" if in_service else "reference", pinned=pinned, now=now,
+                        held=held)
         st, decision = engine.update(states.get(rung) or {}, agree, sit)
         target = None
         if decision.action == "demote":
@@ -118,9 +120,10 @@ class Ladder:
         return out
 
     def feed(self, state: dict, serving: str, rung: str, agree: bool, pinned: bool,
-             now: float) -> tuple[dict, Move]:
+             now: float, held: str | None = None) -> tuple[dict, Move]:
         """:meth:`update` on a category's stored state (``{"rungs": {MODEL: state}, ...}``)."""
-        states, move = self.update(dict(state.get("rungs") or {}), serving, rung, agree, pinned, now)
+        states, move = self.update(dict(state.get("rungs") or {}), serving, rung, agree, pinned, now,
+                                   held)
         return {**state, "rungs": states}, move
 
     def restart_promotion(self, state: dict, serving: str) -> dict:

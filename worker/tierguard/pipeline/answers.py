@@ -47,11 +47,17 @@ def decode(data: dict[str, Any], request: dict[str, Any]) -> Result:
     """The result :func:`encode` wrote, its job given ``request`` back."""
     job = ShadowJob.from_dict({**data["job"], "request": request})
     error = data.get("error")
-    return Result(job, Answer(**data["answer"]) if data.get("answer") else None,
+    return Result(job, _answer(data["answer"]) if data.get("answer") else None,
                   Verdict(**data["verdict"]) if data.get("verdict") else None,
                   (error[0], error[1]) if error else None, int(data["attempt"]),
                   kind=data.get("kind", "shadow"),
                   judge=JudgeUsage(**data["judge"]) if data.get("judge") else None)
+
+
+def _answer(data: dict[str, Any]) -> Answer:
+    """An answer as :func:`encode` wrote it; fields a newer release added are left out."""
+    known = {f.name for f in dataclasses.fields(Answer)}
+    return Answer(**{k: v for k, v in data.items() if k in known})
 
 
 def _owner(result: Result) -> str:

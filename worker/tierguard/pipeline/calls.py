@@ -34,6 +34,7 @@ class Answer:
     batch: bool = False  # answered through the Message Batches API (priced at its discount)
     platform: str = "anthropic"  # answered through Bedrock or Vertex (TIERGUARD_SHADOW_PLATFORM)
     snapshot: str | None = None  # the model snapshot the API reported (the answer's ``model``)
+    stop_reason: str | None = None  # why the answer ended (the answer checks read it)
 
 
 def _retry_after(err: anthropic.APIStatusError) -> float | None:
@@ -97,7 +98,7 @@ def call_model(client: anthropic.Anthropic, model: str, request: dict[str, Any],
     latency = (time.perf_counter() - t0) * 1000
     inp, out = usage_of(message)
     return Answer(message_text(message), inp, out, latency, *cache_tokens_of(message),
-                  snapshot=snapshot_of(message))
+                  snapshot=snapshot_of(message), stop_reason=getattr(message, "stop_reason", None))
 
 
 async def call_json_async(client: anthropic.AsyncAnthropic, body: dict[str, Any],
@@ -134,7 +135,8 @@ async def call_model_async(client: anthropic.AsyncAnthropic, model: str,
     usage = body.get("usage") or {}
     return Answer(content_json_text(body.get("content") or []), usage.get("input_tokens"),
                   usage.get("output_tokens"), latency, *cache_tokens_of(body),
-                  headers=headers, platform=platform_of(client), snapshot=snapshot_of(body))
+                  headers=headers, platform=platform_of(client), snapshot=snapshot_of(body),
+                  stop_reason=body.get("stop_reason") if isinstance(body.get("stop_reason"), str) else None)
 
 
 async def call_model_with_retries(client: anthropic.AsyncAnthropic, model: str,

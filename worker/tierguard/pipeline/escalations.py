@@ -6,8 +6,11 @@ many answers demoted, audited and paged like an agreement demotion.
 ``escalate_on``, under the category's row lock, it feeds every folded minute not fed before
 (``category.escalation_state``, per rung), in order; a crossing while the rung serves (and is not
 pinned) moves the route to the reference, or with ``demote_to: next`` to the cheapest eligible
-rung above (rule ``escalations``; observe mode writes a "would flip" row). The agreement engine
-sees the new route on its next sample, as after any route change.
+rung above (rule ``escalations``; observe mode writes a "would flip" row). The demotion counts in
+the flap guard as the agreement engine's do (noted in the rung's detector state, a ladder's every
+rung stamped); the ``flap_limit``-th change within ``flap_window_hours`` pins the category to its
+reference (rule ``flap_guard``). The agreement engine sees the new route on its next sample, as
+after any route change.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from sqlmodel import Session
 
 from tierguard import metrics
 from tierguard.alerts.events import for_route_change
-from tierguard.engine.detector import Decision
+from tierguard.engine.detector import Decision, note_change
+from tierguard.engine.fingerprints import kept
 from tierguard.pipeline.recorder import apply_decision
 from tierguard.policy import CategoryPolicy, Policy
 from tierguard.routing.routes import lock_category, publish_quietly
@@ -49,16 +53,39 @@ def _minutes(engine: Engine, since: dt.datetime) -> dict[str, list[Minute]]:
     return out
 
 
+def _noted(cat: CategoryPolicy, row: Category, model: str, target: str, now: float) -> bool:
+    """The demotion noted in the flap guard's history (``row.detector_state``); whether it is the
+    ``flap_limit``-th change within the window (the category is then pinned to its reference)."""
+    config, state = cat.engine_config, dict(row.detector_state or {})
+    rungs = dict(state.get("rungs") or {}) if cat.laddered else None
+    st = (rungs.get(model) if rungs is not None else state) or {}
+    pin = len([t for t in st.get("changes", []) if now - t < config.flap_window_s]) + 1 >= config.flap_limit
+    noted = note_change(st, now, config.flap_window_s)
+    if rungs is None:
+        row.detector_state = kept(state, noted)
+    else:
+        rungs = cat.ladder_engine.stamp({**rungs, model: noted}, now, model)
+        row.detector_state = kept(state, cat.ladder_engine.mirror({**state, "rungs": rungs}, target))
+    return pin
+
+
 def _demote(s: Session, policy: Policy, cat: CategoryPolicy, row: Category, model: str,
             decision: Decision) -> RouteChange | None:
     target = (cat.ladder_engine.next_up((row.detector_state or {}).get("rungs") or {}, model)
               if cat.laddered else cat.reference)
-    decision = dataclasses.replace(decision, applied=cat.mode != "observe",
+    applied = cat.mode != "observe"
+    pin = applied and _noted(cat, row, model, target, utcnow().timestamp())
+    if pin:
+        target = cat.reference
+        decision = dataclasses.replace(decision, rule="flap_guard", pin=True, reason=(
+            f"{decision.reason}; flap guard: {cat.flap_limit} changes within "
+            f"{cat.flap_window_hours:g} h, pinned"))
+    decision = dataclasses.replace(decision, applied=applied,
                                    reason=f"{model} breaks too many answers, so {target} serves: "
                                           f"{decision.reason}")
     change = apply_decision(s, row, decision, None, target)
     if change is not None and change.applied:
-        for_route_change(s, policy, change, "demoted")
+        for_route_change(s, policy, change, "flap_guard" if pin else "demoted")
     return change
 
 

@@ -230,7 +230,8 @@ def _sort(ctx: Context, row: BatchJob, result: Any, pending: list[Result],
     if result.type == "succeeded":
         message = result.message
         answer = Answer(message_text(message), *usage_of(message), None, *cache_tokens_of(message),
-                        batch=True, snapshot=snapshot_of(message))
+                        batch=True, snapshot=snapshot_of(message),
+                        stop_reason=getattr(message, "stop_reason", None))
         if needs_judge(ctx.policy.category(job.category)):
             judged.append((job, answer, row.attempt))
         else:

@@ -4,13 +4,16 @@ Insert the samples (idempotent on the job id). For each conclusive
 rung-vs-reference comparison, lock its category row (in name order, so
 concurrent transactions never deadlock), expire a pin whose time is up, feed
 the fingerprint tracker (:mod:`tierguard.engine.fingerprints`: a new prompt or
-snapshot restarts the promotion evidence, with an ``evidence_reset`` event), feed
-the detector, and apply its decision (flip, pin, or an observe-mode "would
-flip" row). Redis gets the new routes after commit.
+snapshot restarts the promotion evidence, with an ``evidence_reset`` event), check a
+cheap rung's shadow answer against the category's ``escalate_on`` (its escalation stream
+while it does not serve: a rung failing too many is held from promotion,
+:mod:`tierguard.engine.escalations`), feed the detector, and apply its decision (flip, pin,
+or an observe-mode "would flip" row). Redis gets the new routes after commit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from tierguard.alerts.events import for_eligible, for_evidence_reset, for_route_
 from tierguard.compare import Verdict
 from tierguard.contract.job import ShadowJob
 from tierguard.engine.detector import Decision, Situation, restart_promotion
+from tierguard.engine.escalations import shadow_checked
 from tierguard.engine.fingerprints import KEY as TRACKED
 from tierguard.engine.fingerprints import Tracker, kept
 from tierguard.errors import RouteConflict
@@ -145,11 +149,13 @@ def _feed_category(s: Session, policy: Policy, cat: CategoryPolicy, items: list[
     tracked = {TRACKED: (row.detector_state or {}).get(TRACKED)}
     state = _evidence(cat, row)
     sit = situation(row, now.timestamp())
+    checks = dict(row.escalation_state or {}) if cat.escalate_on else None
     for n, (i, x) in enumerate(items):
         change, events = carried if n == 0 else (None, 0)  # the first sample carries a pin expiry
         state, reset = _track(s, policy, cat, row, tracked, state, x, now)
         events += reset
-        state, decision, target = _fed(cat, row, state, x, sit, now)
+        held = None if checks is None else _shadow_checks(cat, checks, x)
+        state, decision, target = _fed(cat, row, state, x, sit, now, held)
         if decision is not None and decision.changes_route:
             state, change, moved = _move(s, policy, cat, row, state, decision, target, x.job, done,
                                          tracked)
@@ -162,6 +168,8 @@ def _feed_category(s: Session, policy: Policy, cat: CategoryPolicy, items: list[
         done.outcomes[i] = Outcome("recorded", decision, change, events)
     row.detector_state = kept(tracked, cat.ladder_engine.mirror(state, row.routed_model)
                               if cat.laddered else state)
+    if checks is not None:
+        row.escalation_state = checks
     s.add(row)
     done.touched[cat.name] = (row.routed_model, (row.candidate, row.reference),
                               cat.engine.statistic(row.detector_state))
@@ -209,20 +217,31 @@ def _track(s: Session, policy: Policy, cat: CategoryPolicy, row: Category, track
                                          numbers) is not None)
 
 
-def _fed(cat: CategoryPolicy, row: Category, state: dict, x: Result, sit: Situation, now: dt.datetime
-         ) -> tuple[dict, Decision | None, str | None]:
+def _shadow_checks(cat: CategoryPolicy, checks: dict, x: Result) -> str | None:
+    """Check a cheap rung's shadow answer (its escalation stream while it does not serve; ``checks``
+    updated in place); why the sample's rung may not be promoted, or None."""
+    job, answer = x.job, x.answer
+    if answer is not None and job.shadow_model in cat.rungs[:-1]:
+        failed = cat.checks.check_text(answer.text, answer.stop_reason) is not None
+        checks[job.shadow_model] = shadow_checked(checks.get(job.shadow_model), failed)
+    rung = rung_of(cat, job)
+    return None if rung is None else cat.escalation_watch.held(checks.get(rung))
+
+
+def _fed(cat: CategoryPolicy, row: Category, state: dict, x: Result, sit: Situation, now: dt.datetime,
+         held: str | None = None) -> tuple[dict, Decision | None, str | None]:
     """(new state, the decision, the rung it moves to) after one comparison; no decision when the
-    sample compares no pair the detector watches."""
+    sample compares no pair the detector watches. ``held``: why its rung may not be promoted."""
     agree = x.verdict.agree  # type: ignore[union-attr]
     if cat.laddered:
         rung = rung_of(cat, x.job)
         if rung is None:
             return state, None, None
         state, move = cat.ladder_engine.feed(state, row.routed_model, rung, agree, row.pinned,
-                                             now.timestamp())
+                                             now.timestamp(), held)
         return state, move.decision, move.target
     if {x.job.served_model, x.job.shadow_model} == {row.candidate, row.reference}:
-        state, decision = cat.engine.update(state, agree, sit)
+        state, decision = cat.engine.update(state, agree, dataclasses.replace(sit, held=held))
         return state, decision, None
     return state, None, None
 

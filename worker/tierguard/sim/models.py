@@ -106,6 +106,7 @@ class CategorySim:
     paraphrase: float = 0.0  # text: share of a candidate's right answers put in other words
     models: dict[str, ModelSim] = field(default_factory=dict)  # candidates with their own script
     broken: Broken | None = None  # a share of the candidates' answers broken on purpose (sim.broken)
+    pad: int = 0  # json: answers padded (their ``notes``) to about this many bytes
 
     def agreement_at(self, candidate_calls: int) -> float:
         if self.drift_after is not None and candidate_calls > self.drift_after:
@@ -332,7 +333,11 @@ class Simulator:
                 field_ = ["vendor", "total", "currency"][int(wrong * 3)]
                 doc[field_] = {"vendor": "Unknown vendor", "total": round(doc["total"] * 1.1, 2),
                                "currency": "JPY"}[field_]
-            return json.dumps(doc)
+            text = json.dumps(doc)
+            if cat.pad > len(text):
+                doc["notes"] += " " + (" ".join(WORDS) * (cat.pad // 100 + 1))[:cat.pad - len(text) - 1]
+                text = json.dumps(doc)
+            return text
         r = random.Random(u)
         words = [r.choice(WORDS) for _ in range(20)]
         if wrong is not None:

@@ -145,6 +145,13 @@ class Traffic(SQLModel, table=True):
     escalated_refusal: int = _tokens()
     escalated_truncated: int = _tokens()
     escalated_invalid: int = _tokens()
+    # The escalated calls among ``calls`` (the answers callers got instead), their tokens and price.
+    escalated_calls: int = _tokens()
+    escalated_input_tokens: int = _tokens()
+    escalated_output_tokens: int = _tokens()
+    escalated_cache_write_tokens: int = _tokens()
+    escalated_cache_read_tokens: int = _tokens()
+    escalated_cost_usd: float | None = None
 
 
 LATENCY_BUCKETS = 24  # bucket b holds latencies up to 8 ms · 2^(b/2); the last one everything above

@@ -24,7 +24,10 @@ from tierguard.store.tables import Traffic
 
 TOKENS = ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
 ESCALATED = ("escalated_empty", "escalated_refusal", "escalated_truncated", "escalated_invalid")
-METRICS = ("calls", "guarded", *TOKENS, "checked", *ESCALATED)
+# The escalated calls (the answer the caller got instead of a failing one) and their tokens, also
+# in ``calls`` and TOKENS: their spend is shown apart.
+ESCALATED_TOKENS = tuple(f"escalated_{t}" for t in TOKENS)
+METRICS = ("calls", "guarded", *TOKENS, "checked", *ESCALATED, "escalated_calls", *ESCALATED_TOKENS)
 _FIELD = dict(zip(TOKENS, USAGE_FIELDS, strict=True))  # metric -> the usage field it counts
 KEEP_SECONDS = 24 * 3600
 CLOSED_AFTER_MINUTES = 2  # flushes every few seconds land in the minute they are sent in
@@ -36,16 +39,18 @@ def tokens_of(usage: Any) -> dict[str, int]:
     return {metric: counts[name] for metric, name in _FIELD.items()}
 
 
-PRICES = ("cost_usd", "reference_cost_usd")
+PRICES = ("cost_usd", "reference_cost_usd", "escalated_cost_usd")
 
 
 def priced(policy: Any, category: str, model: str, counts: dict[str, int]) -> dict[str, float | None]:
-    """What a (category, model) row's tokens cost, and would have cost on the category's reference."""
+    """What a (category, model) row's tokens cost, would have cost on the category's reference, and
+    what its escalated calls' tokens cost."""
     if policy is None:
         return dict.fromkeys(PRICES)
     tokens = [counts[t] for t in TOKENS]
     return {"cost_usd": policy.cost_usd(model, *tokens),
-            "reference_cost_usd": policy.cost_usd(policy.category(category).reference, *tokens)}
+            "reference_cost_usd": policy.cost_usd(policy.category(category).reference, *tokens),
+            "escalated_cost_usd": policy.cost_usd(model, *[counts[t] for t in ESCALATED_TOKENS])}
 
 
 def field(category: str, model: str, metric: str) -> str:
