@@ -80,9 +80,11 @@ SYSTEM = {"sentiment": "sentiment: answer POSITIVE, NEGATIVE or NEUTRAL",
           "invoice-extraction": "invoice-extraction: answer JSON"}
 
 
-def samples(url):
+def samples(url, kind=None):
+    """Sample rows in the database at ``url`` (``kind``: of that kind only)."""
+    query = sa.select(sa.func.count()).select_from(Sample)
     with session(make_engine(url)) as s:
-        return s.exec(sa.select(sa.func.count()).select_from(Sample)).one()[0]
+        return s.exec(query if kind is None else query.where(Sample.kind == kind)).one()[0]
 
 
 def wrapped_call(client, category, i):

@@ -116,7 +116,8 @@ def filled_db(tmp_path_factory, postgres_server):
                            "drift": {"after": 60, "agreement": 0.2}}}})).start_background()
     policy = write_policy(tmp / "tierguard.yaml", {**POLICY, "defaults": {
         **POLICY["defaults"], "min_samples": 20}, "categories": {**POLICY["categories"], "sentiment": {
-            **POLICY["categories"]["sentiment"], "escalate_on": ["refusal"]}}})
+            **POLICY["categories"]["sentiment"], "escalate_on": ["refusal"]}},
+        "challengers": ["claude-sonnet-4-6"]})  # on a fifth of the sampled jobs: the Challengers panel
     RUN["policy"] = policy
     env = {**os.environ, "TIERGUARD_POLICY": str(policy), "TIERGUARD_DATABASE_URL": url,
            "TIERGUARD_DATABASE_PASSWORD": PASSWORD, "TIERGUARD_REDIS_PASSWORD": PASSWORD,
@@ -136,7 +137,7 @@ def filled_db(tmp_path_factory, postgres_server):
         for i in range(300):
             wrapped_call(client, ["sentiment", "ticket-routing", "invoice-extraction"][i % 3], i)
         client.tierguard_flush(10)
-        wait_until(lambda: samples(url) == 300, 90, "300 samples")
+        wait_until(lambda: samples(url, 'shadow') == 300, 90, "300 samples")
         worker.terminate()  # queue ten jobs, then make their shadow calls fail
         worker.wait(20)
         for i in range(10):
@@ -145,12 +146,12 @@ def filled_db(tmp_path_factory, postgres_server):
         httpx2.post(sim.base_url + "/_sim/fail", json={"status": 500, "count": 10})
         worker = subprocess.Popen([sys.executable, "-m", "tierguard", "worker", "-c", "8"], env=env,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(lambda: samples(url) == 310, 60, "310 samples")
+        wait_until(lambda: samples(url, 'shadow') == 310, 60, "310 samples")
         # One request the candidate cannot take: served by the reference, counted as guarded.
         list(client.messages.create(category="sentiment", max_tokens=100_000, stream=True,
                                     system=SYSTEM["sentiment"],
                                     messages=[{"role": "user", "content": "a very long answer"}]))
-        wait_until(lambda: samples(url) == 311, 60, "311 samples (one skipped)")
+        wait_until(lambda: samples(url, 'shadow') == 311, 60, "311 samples (one skipped)")
         client.tierguard_close()  # flushes the production counters; beat would fold them
         from tierguard.policy import load_policy
 

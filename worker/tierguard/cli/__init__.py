@@ -12,6 +12,7 @@ import sys
 from tierguard.cli import (  # noqa: F401  (each registers its commands)
     alerts,
     bench,
+    challenge,
     costs,
     db,
     demo,

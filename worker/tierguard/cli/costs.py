@@ -25,7 +25,7 @@ def costs(since: str = typer.Option("7d", help="how far back (90m, 24h, 30d)"),
         return
     table = Table(title=f"costs since {result['since'][:16]} ({result['days']:g} days), USD")
     for col in ("category", "production (escalated)",
-                "shadow (sync / batch / noise / probe / sentinel / judge)", "watching", "saving",
+                "shadow (sync / batch / noise / probe / sentinel / challenger / judge)", "watching", "saving",
                 "30-day projection (prod. / shadow / saving)"):
         table.add_column(col)
     rows = [*result["categories"].items(), ("total", result["total"])]
@@ -35,6 +35,7 @@ def costs(since: str = typer.Option("7d", help="how far back (90m, 24h, 30d)"),
         table.add_row(name, f"{c['production_usd']:,.2f} ({c['escalated_usd']:,.2f})",
                       f"{c['shadow_usd']:,.2f} ({c['sync_usd']:,.2f} / {c['batch_usd']:,.2f} / "
                       f"{c['noise_usd']:,.2f} / {c['probe_usd']:,.2f} / {c['sentinel_usd']:,.2f} / "
+                      f"{c['challenger_usd']:,.2f} / "
                       f"{c['judge_usd']:,.2f})", share, f"{c['savings_usd']:,.2f}",
                       f"{p['production_usd']:,.0f} / {p['shadow_usd']:,.0f} / {p['savings_usd']:,.0f}")
     console.print(table)

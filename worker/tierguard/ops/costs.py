@@ -3,11 +3,11 @@
 Production spend is the tokens the wrappers and gateways counted on every call
 (``traffic``, folded per minute by beat), priced with the policy's prices, cache
 tokens included, when folded (as the dashboard reads them); nothing is
-extrapolated from samples. Shadow spend is what the
-recorded shadow, noise-floor, probe, sentinel and judge calls cost (``sample``). The saving is what
-the calls served by each category's candidate would have cost on its reference,
-minus what they cost, minus what the escalated calls cost (an escalated call pays for a cheap
-answer and a second one). ``escalated_usd`` is the escalated calls' spend (issue 28's safety net),
+extrapolated from samples. Shadow spend is what the recorded shadow, noise-floor, probe,
+sentinel, challenger and judge calls cost (``sample``). The saving is what the calls served
+by each category's candidate would have cost on its reference, minus what they cost, minus
+what the escalated calls cost (an escalated call pays for a cheap answer and a second one).
+``escalated_usd`` is the escalated calls' spend (issue 28's safety net),
 already in ``production_usd``.
 """
 
@@ -24,12 +24,12 @@ from tierguard.store.db import session
 from tierguard.store.tables import Sample, Traffic
 from tierguard.store.traffic import ESCALATED_TOKENS, TOKENS
 
-SHADOW_KINDS = ("shadow", "noise", "probe", "sentinel")
+SHADOW_KINDS = ("shadow", "noise", "probe", "sentinel", "challenger")
 
 
 def _empty() -> dict[str, float]:
     return {"production_usd": 0.0, "shadow_usd": 0.0, "sync_usd": 0.0, "batch_usd": 0.0,
-            "noise_usd": 0.0, "probe_usd": 0.0, "sentinel_usd": 0.0,
+            "noise_usd": 0.0, "probe_usd": 0.0, "sentinel_usd": 0.0, "challenger_usd": 0.0,
             "judge_usd": 0.0, "savings_usd": 0.0, "escalated_usd": 0.0, "calls": 0,
             "escalated_calls": 0, "calls_without_usage": 0}
 
@@ -63,7 +63,7 @@ def costs(engine: Engine, policy: Policy, since: dt.datetime, now: dt.datetime) 
         cats.setdefault(name, _empty())["calls_without_usage"] = int(calls or 0)
     for name, kind, via, shadow_usd, judge_usd in shadow:
         entry = cats.setdefault(name, _empty())
-        part = (f"{kind}_usd" if kind in ("noise", "probe", "sentinel")
+        part = (f"{kind}_usd" if kind in ("noise", "probe", "sentinel", "challenger")
                 else "batch_usd" if via == "batch" else "sync_usd")
         entry[part] += float(shadow_usd or 0)
         entry["judge_usd"] += float(judge_usd or 0)

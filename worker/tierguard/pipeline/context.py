@@ -26,6 +26,7 @@ from tierguard.pipeline.results import Outcome, Result
 from tierguard.pipeline.writer import Writer
 from tierguard.policy import Policy
 from tierguard.policy.live import LivePolicy
+from tierguard.routing.challengers import Active
 from tierguard.routing.routes import ensure_categories
 from tierguard.store.db import make_engine, session
 
@@ -53,6 +54,7 @@ class Context:
     answers_ttl_s: float = 86_400  # how long answers paid for are kept unrecorded (pipeline/answers)
     claim_ttl_s: float = 30.0  # a run's claim on its jobs, extended while it runs (pipeline/answers)
     platform: str = "anthropic"  # TIERGUARD_SHADOW_PLATFORM: no Message Batches off Anthropic's API
+    challengers: Any = None  # a tierguard.routing.challengers.Active (the policy's only when None)
 
     def record_all(self, results: list[Result]) -> list[Outcome]:
         if self.recorder is not None:
@@ -89,7 +91,8 @@ def build_context(settings: Settings) -> Context:
                   runner=runner, sealer=sealer(settings),
                   scope=ratelimits.fingerprint(key) if key else "", caps=ShadowCaps(settings.redis_url),
                   answers_ttl_s=settings.job_payload_ttl_s,
-                  claim_ttl_s=min(30.0, settings.visibility_timeout), platform=settings.shadow_platform)
+                  claim_ttl_s=min(30.0, settings.visibility_timeout), platform=settings.shadow_platform,
+                  challengers=Active(engine))
     live.start()
     return ctx
 

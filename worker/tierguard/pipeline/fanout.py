@@ -29,6 +29,7 @@ from tierguard.pipeline.judging import JudgeCall, needs_judge
 from tierguard.pipeline.platform_client import platform_client
 from tierguard.pipeline.results import Result
 from tierguard.pipeline.shadow import (
+    challenge_jobs,
     noise_result,
     noise_sampled,
     probe_job,
@@ -132,10 +133,13 @@ def async_client(timeout: float, max_connections: int = POOL_SHARD, api_key: str
 
 async def run_jobs(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *, attempt: int,
                    final: bool, held: frozenset[str] = frozenset(),
-                   limited: dict[str, float] | None = None) -> tuple[list[Result], list[Retry]]:
+                   limited: dict[str, float] | None = None,
+                   challenged: dict[str, list[str]] | None = None) -> tuple[list[Result], list[Retry]]:
     """Call every job's shadow model at once; compare; sort into results and retries. The probes
-    of jobs in ``held`` are left out; a probe's 429 lands in ``limited`` (rung -> retry-after)."""
-    run = _Run(runner, policy, attempt, final, held, limited if limited is not None else {})
+    of jobs in ``held`` are left out; a job in ``challenged`` also asks those challengers; a
+    probe's or challenger's 429 lands in ``limited`` (model -> retry-after)."""
+    run = _Run(runner, policy, attempt, final, held, limited if limited is not None else {},
+               challenged or {})
     done = [item for items in await asyncio.gather(*(run.alone(job) for job in jobs)) for item in items]
     return ([d for d in done if isinstance(d, Result)], [d for d in done if isinstance(d, Retry)])
 
@@ -150,6 +154,7 @@ class _Run:
     final: bool
     held: frozenset[str]
     limited: dict[str, float]
+    challenged: dict[str, list[str]]
 
     def __post_init__(self) -> None:
         self.judge = JudgeCall(lambda: self.runner.client)
@@ -181,10 +186,12 @@ class _Run:
             result = await self.judge.result(policy, job, answer, attempt)
         else:
             result = await self.compared(job, answer)
-        probe = await self.probed(job, answer, judged) if result.verdict is not None else []
+        extra = []
+        if result.verdict is not None:
+            extra = await self.probed(job, answer, judged) + await self.challenges(job, answer, judged)
         if judged or result.verdict is None or not noise_sampled(policy, job):
-            return [result] + probe
-        return [result] + probe + await self.noise(job, answer)
+            return [result] + extra
+        return [result] + extra + await self.noise(job, answer)
 
     async def noise(self, job: ShadowJob, answer: Answer) -> list[Result]:
         """The reference asked again for the noise floor (best effort, never retried)."""
@@ -203,17 +210,45 @@ class _Run:
         if rung is None or job.job_id in self.held:  # a probe never waits: left out while its rung must
             return []
         twin = probe_job(self.policy, job, rung, answer.text, answer.snapshot)
-        try:
-            second = await call_model_async(self.runner.client, rung, job.request, job.headers)
-        except RetryableCallError as err:
-            if err.kind == "rate_limited":  # the worker pauses the rung
-                self.limited[rung] = max(self.limited.get(rung, 0.0), err.retry_after or 0.0)
-            return []
-        except PermanentCallError:
+        second = await self.extra(job, rung)
+        if second is None:
             return []
         if judged:
             return [await self.judge.result(self.policy, twin, second, self.attempt, kind="probe")]
         return [dataclasses.replace(await self.compared(twin, second), kind="probe")]
+
+    async def extra(self, job: ShadowJob, model: str) -> Answer | None:
+        """A probe's or challenger's call of ``model`` (None when it failed; a 429 pauses it)."""
+        try:
+            return await call_model_async(self.runner.client, model, job.request, job.headers)
+        except RetryableCallError as err:
+            if err.kind == "rate_limited":  # the worker pauses the model
+                self.limited[model] = max(self.limited.get(model, 0.0), err.retry_after or 0.0)
+        except PermanentCallError:
+            pass
+        return None
+
+    async def challenges(self, job: ShadowJob, answer: Answer, judged: bool) -> list[Result]:
+        """The challengers the job asks, at once (best effort, never retried)."""
+        models = self.challenged.get(job.job_id) or []
+        done = await asyncio.gather(*(self.challenge(job, answer, m, judged) for m in models))
+        return [r for results in done for r in results]
+
+    async def challenge(self, job: ShadowJob, answer: Answer, model: str, judged: bool) -> list[Result]:
+        """One challenger's answer against the reference's and (not judged) the served one."""
+        vs_reference, vs_serving = challenge_jobs(self.policy, job, model, answer.text, answer.snapshot)
+        second = await self.extra(job, model)
+        if second is None:
+            return []
+        if judged:  # one judge call: against the reference only
+            return [await self.judge.result(self.policy, vs_reference, second, self.attempt,
+                                            kind="challenger")]
+        out = [dataclasses.replace(await self.compared(vs_reference, second), kind="challenger")]
+        if vs_serving is not None:  # the same answer, compared again: its call is priced once
+            unpriced = dataclasses.replace(second, input_tokens=None, output_tokens=None,
+                                           cache_write_tokens=0, cache_read_tokens=0)
+            out.append(dataclasses.replace(await self.compared(vs_serving, unpriced), kind="challenger"))
+        return out
 
     async def compared(self, job: ShadowJob, answer: Answer) -> Result:
         """The answer compared off the loop, within the time budget (else ``comparator_timeout``)."""

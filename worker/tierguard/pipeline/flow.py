@@ -34,6 +34,7 @@ from tierguard.pipeline.shadow import runnable, skipped
 from tierguard.pipeline.yielding import (
     announce_paused,
     caps_spent,
+    challenged,
     count_deferred,
     defer_paused,
     deferred_copy,
@@ -190,7 +191,7 @@ def _called(ctx: Context, jobs: list[ShadowJob], attempt: int, *, final: bool, r
     limited: dict[str, float] = {}
     results, retries = ctx.runner.run(run_jobs(ctx.runner, ctx.policy, jobs, attempt=attempt,
                                                 final=final, held=held_probes(ctx, jobs),
-                                                limited=limited))
+                                                limited=limited, challenged=challenged(ctx, jobs)))
     for rung, wait in limited.items():
         pause_quietly(ctx, rung, min(wait, retry_cap) or 10.0)
     remember_headroom(ctx, results)

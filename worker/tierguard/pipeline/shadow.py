@@ -1,4 +1,5 @@
-"""What a shadow job's results are made of: a call's result compared, a skip, a probe, a noise twin.
+"""What a shadow job's results are made of: a call's result compared, a skip, a probe, a challenger's
+twins, a noise twin.
 
 Pure functions of the policy and the job (no I/O): :mod:`tierguard.pipeline.fanout` calls the
 models and uses them to turn answers into :class:`~tierguard.pipeline.results.Result` values.
@@ -85,6 +86,23 @@ def probe_job(policy: Policy, job: ShadowJob, rung: str, shadow_text: str,
     return ShadowJob(**{**job.to_dict(), "job_id": f"{job.job_id}:probe", "served_model": cat.reference,
                         "shadow_model": rung, **_reference_side(cat.reference, job, shadow_text,
                                                                 shadow_snapshot)})
+
+
+CHALLENGE, AGAINST_SERVING = ":challenge:", ":challenge-serving:"  # the twins' job ids: JOB + this + MODEL
+
+
+def challenge_jobs(policy: Policy, job: ShadowJob, model: str, shadow_text: str,
+                   shadow_snapshot: str | None = None) -> tuple[ShadowJob, ShadowJob | None]:
+    """A challenger's twins of a job: ``model`` against the job's reference answer, and (when a
+    cheaper rung serves) against the served answer; each recorded as its own sample."""
+    cat = policy.category(job.category)
+    fields = {**job.to_dict(), "shadow_model": model}
+    vs_reference = ShadowJob(**{**fields, "job_id": f"{job.job_id}{CHALLENGE}{model}",
+                                "served_model": cat.reference,
+                                **_reference_side(cat.reference, job, shadow_text, shadow_snapshot)})
+    if job.served_model == cat.reference:
+        return vs_reference, None
+    return vs_reference, ShadowJob(**{**fields, "job_id": f"{job.job_id}{AGAINST_SERVING}{model}"})
 
 
 def _reference_side(reference: str, job: ShadowJob, shadow_text: str, shadow_snapshot: str | None

@@ -21,10 +21,12 @@ import sqlalchemy as sa
 from tierguard.alerts.events import for_shadows_paused
 from tierguard.contract.job import ShadowJob, parse_time
 from tierguard.headroom.deferral import Room, waited_too_long
+from tierguard.pipeline.challengers import picked
 from tierguard.pipeline.context import Context
 from tierguard.pipeline.results import Result
 from tierguard.pipeline.shadow import SKIPPED, probe_rung
 from tierguard.policy.model_limits import estimate_input_tokens
+from tierguard.routing.challengers import Active
 from tierguard.store.db import session
 
 log = logging.getLogger(__name__)
@@ -67,17 +69,35 @@ def _models(ctx: Context, job: ShadowJob) -> list[str]:
 def held_probes(ctx: Context, jobs: list[ShadowJob]) -> frozenset[str]:
     """The jobs whose probe is left out now: its rung has no room (a probe never holds its job
     back; a probe that goes is counted against the cap)."""
-    probes = {j.job_id: (j, r) for j in jobs if (r := probe_rung(ctx.policy, j)) is not None}
-    if not probes:
-        return frozenset()
+    probes = [(j, r) for j in jobs if (r := probe_rung(ctx.policy, j)) is not None]
+    return frozenset(probes[i][0].job_id for i in _no_room(ctx, probes))
+
+
+def challenged(ctx: Context, jobs: list[ShadowJob]) -> dict[str, list[str]]:
+    """The challengers each job asks that have room now (like a probe, a challenger never holds
+    its job back, and one that goes is counted against its cap)."""
+    active = ctx.challengers or Active(None)
+    calls = [(j, m) for j in jobs for m in picked(ctx.policy, lambda c: active.of(ctx.policy, c), j)]
+    shut = _no_room(ctx, calls)
+    out: dict[str, list[str]] = {}
+    for i, (job, model) in enumerate(calls):
+        if i not in shut:
+            out.setdefault(job.job_id, []).append(model)
+    return out
+
+
+def _no_room(ctx: Context, calls: list[tuple[ShadowJob, str]]) -> set[int]:
+    """The indices of ``calls`` (job, model) whose model has no room now (none when Redis fails)."""
+    if not calls:
+        return set()
     gates = room(ctx)
     try:
-        shut = gates.shut({r for _, r in probes.values()})
+        shut = gates.shut({model for _, model in calls})
     except redis_lib.RedisError:
-        return frozenset()
-    return frozenset(job_id for job_id, (job, rung) in probes.items()
-                     if any(g in shut for g in gates.gates(rung))
-                     or gates.capped(rung, estimate_input_tokens(job.request)) is not None)
+        return set()
+    return {i for i, (job, model) in enumerate(calls)
+            if any(g in shut for g in gates.gates(model))
+            or gates.capped(model, estimate_input_tokens(job.request)) is not None}
 
 
 def announce_paused(ctx: Context, skipped: list[Result]) -> bool:

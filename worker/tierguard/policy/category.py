@@ -61,6 +61,12 @@ class CategoryPolicy(Strict):
     escalate_to: Literal["reference", "next"] = "reference"  # where a failed answer goes
     buffer_streams: bool = False  # streams buffered and checked before they are relayed
     max_escalation_rate: float = 0.05  # the escalation CUSUM's limit per (category, rung)
+    challenge_rate: float = 0.2  # share of sampled jobs that also ask a challenger
+
+    @cached_property
+    def challenge_engine(self) -> Engine:
+        """The promotion rule a challenger's eligibility follows (never promoting by itself)."""
+        return Engine(dataclasses.replace(self.engine_config, auto_promote=False, observe=False))
 
     @property
     def sampling_config(self) -> SamplingConfig:

@@ -85,10 +85,13 @@ class _Tunables(Strict):
     escalate_to: Literal["reference", "next"] | None = None
     buffer_streams: bool | None = None  # streams buffered, checked, then relayed (short outputs)
     max_escalation_rate: float | None = None  # the escalation CUSUM's limit per rung
+    # Share of sampled jobs that also ask a challenger (pipeline/challengers.py); unset: the
+    # policy's top-level challenge_rate.
+    challenge_rate: float | None = None
 
     _unit_fields = field_validator("sample_rate", "threshold", "healthy", "promote_threshold",
                                    "noise_floor_rate", "sample_rate_min", "sample_rate_max",
-                                   "probe_rate")(unit)
+                                   "probe_rate", "challenge_rate")(unit)
 
     @field_validator("escalate_on")
     @classmethod
@@ -186,6 +189,10 @@ class Policy(Strict):
     # prices where they differ from ``pricing`` (e.g. Bedrock's geographic inference profiles).
     model_ids: dict[str, dict[str, str]] = {}
     platform_pricing: dict[str, dict[str, Price]] = {}
+    # Models shadowed beside every category's ladder on a share of its sampled jobs, judged against
+    # the rung in service (engine/challengers.py); `tierguard challenge` adds and stops them too.
+    challengers: list[str] = []
+    challenge_rate: float = 0.2
     _resolved: dict[str, CategoryPolicy] = PrivateAttr(default_factory=dict)
     _limits: dict[str, tuple[int, int] | None] = PrivateAttr(default_factory=dict)
     _tenant_keys: dict[str, GatewayTenant] | None = PrivateAttr(default=None)
@@ -196,6 +203,8 @@ class Policy(Strict):
     @classmethod
     def _channel_list(cls, v: Any) -> Any:
         return {"channels": v} if isinstance(v, list) else v
+
+    _challenge_unit = field_validator("challenge_rate")(unit)
 
     @field_validator("categories")
     @classmethod
@@ -240,6 +249,11 @@ class Policy(Strict):
                 field = "defaults.start_on" if o is None or o.start_on is None else f"{where}.start_on"
                 problems.append(f"{field}: {start!r} is not cheapest, reference or a model of "
                                 f"the ladder ({', '.join(rungs)})")
+        for i, model in enumerate(self.challengers):
+            if model not in self.pricing:
+                problems.append(f"challengers[{i}]: {model} has no price in pricing")
+            elif model in self.challengers[:i]:
+                problems.append(f"challengers[{i}]: {model} is listed twice")
         problems += self.unknown_categories.problems(self.models.rungs)
         problems += tenant_problems(self.gateway_tenants)
         problems += platform_problems(self.model_ids, self.platform_pricing, self.known_models)
@@ -262,6 +276,8 @@ class Policy(Strict):
         tunables = {k: getattr(o, k) if o is not None and getattr(o, k) is not None else getattr(d, k)
                     for k in _Tunables.model_fields}
         follows = o is None and bool(name) and self.unknown_categories.unlisted(tunables)
+        if tunables["challenge_rate"] is None:
+            tunables["challenge_rate"] = self.challenge_rate
         return CategoryPolicy(name=name, ladder=ladder if len(ladder) > 2 else (), candidate=ladder[0],
                               reference=ladder[-1], follows_caller=follows, **tunables)
 

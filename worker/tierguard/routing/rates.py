@@ -41,7 +41,7 @@ def _evidence(engine: Engine, since: dt.datetime) -> tuple[dict[str, int], dict[
             sa.select(Sample.category, Sample.kind,
                       sa.func.sum(sa.func.coalesce(Sample.shadow_cost_usd, 0)
                                   + sa.func.coalesce(Sample.judge_cost_usd, 0)), sa.func.count())
-            .where(Sample.created_at >= since, Sample.kind.in_(("shadow", "probe", "noise")),
+            .where(Sample.created_at >= since, Sample.kind.in_(("shadow", "probe", "noise", "challenger")),
                    Sample.error.is_(None))
             .group_by(Sample.category, Sample.kind)).all()
     total: dict[str, float] = {}

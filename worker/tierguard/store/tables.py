@@ -314,3 +314,27 @@ class SentinelRun(SQLModel, table=True):
     compared: int = 0
     failed: bool = False
     at: dt.datetime = _ts()
+
+
+class Challenge(SQLModel, table=True):
+    """A model challenged by an operator (``tierguard challenge``), or a policy challenger stopped
+    by one: which categories, at what share of their sampled jobs, since and until when."""
+
+    model: str = Field(primary_key=True)
+    categories: list | None = Field(default=None, sa_column=Column(sa.JSON, nullable=True))  # None: all
+    rate: float | None = None  # None: each category's challenge_rate
+    started_at: dt.datetime = _ts()
+    started_by: str = "operator"
+    stopped_at: dt.datetime | None = _ts(nullable=True)
+
+
+class ChallengerState(SQLModel, table=True):
+    """A challenger's evidence in one category (tierguard.engine.challengers): its counts against
+    the reference and the rung in service, and its promotion-rule state."""
+
+    __tablename__ = "challenger_state"
+
+    category: str = Field(primary_key=True)
+    model: str = Field(primary_key=True)
+    state: dict = Field(default_factory=dict, sa_column=Column(sa.JSON, nullable=False))
+    updated_at: dt.datetime = _ts()
