@@ -45,15 +45,16 @@ def traffic(n):
         client.tierguard_close()
 
 
-def test_a_challenger_good_in_one_category_and_bad_in_another(stack, simulator, sqlite_url, redis_url,
+def test_a_challenger_good_in_one_category_and_bad_in_another(stack, simulator, postgres_url, redis_url,
                                                               tmp_path):
+    url = postgres_url  # PostgreSQL here (row locks, upserts); the other tests run on SQLite
     sim = simulator(**SCENARIO)
-    stack.configure(policy=policy(challengers=[NEW], challenge_rate=1.0), database_url=sqlite_url,
+    stack.configure(policy=policy(challengers=[NEW], challenge_rate=1.0), database_url=url,
                     base_url=sim.base_url)
     stack.start_worker(concurrency=8)
     traffic(120)
-    wait_until(lambda: samples(sqlite_url, "shadow") == 240, 90, "240 shadow samples")
-    with session(make_engine(sqlite_url)) as s:
+    wait_until(lambda: samples(url, "shadow") == 240, 90, "240 shadow samples")
+    with session(make_engine(url)) as s:
         twins = list(s.exec(select(Sample).where(Sample.kind == "challenger")))
         states = {st.category: st.state for st in s.exec(select(ChallengerState))}
     # Each job: the challenger against the reference's answer and against Haiku's (in service).
@@ -61,7 +62,7 @@ def test_a_challenger_good_in_one_category_and_bad_in_another(stack, simulator, 
     assert {(t.served_model, t.shadow_model) for t in twins} == {(OPUS, NEW), (HAIKU, NEW)}
     assert all(t.shadow_cost_usd is None for t in twins if t.served_model == HAIKU)  # one call, priced once
     assert states["sentiment"]["n"] == states["tickets"]["n"] == 120
-    fold(make_engine(sqlite_url), redis.Redis.from_url(redis_url), utcnow() + dt.timedelta(minutes=3))
+    fold(make_engine(url), redis.Redis.from_url(redis_url), utcnow() + dt.timedelta(minutes=3))
     out = last_json(tg("challenge", "status", "--json", env=stack.env_for_cli(), cwd=tmp_path).stdout)
     good, bad = out["challengers"][NEW]["sentiment"], out["challengers"][NEW]["tickets"]
     assert (good["verdict"], good["eligible"], good["agreement_with_reference"]) == ("equivalent", True, 1.0)
@@ -71,8 +72,15 @@ def test_a_challenger_good_in_one_category_and_bad_in_another(stack, simulator, 
     assert out["recommendations"]["sentiment"]["model"] == NEW
     assert out["recommendations"]["tickets"] == {**out["recommendations"]["tickets"], "model": HAIKU,
                                                   "saving_usd_month": 0.0}
-    status = last_json(tg("status", "--json", env=stack.env_for_cli(), cwd=tmp_path).stdout)
+    env = stack.env_for_cli()
+    status = last_json(tg("status", "--json", env=env, cwd=tmp_path).stdout)
     assert status["categories"]["sentiment"]["challengers"][NEW]["verdict"] == "equivalent"
+    found = {c["category"]: c for c in last_json(tg("opportunities", "--json", env=env,
+                                                    cwd=tmp_path).stdout)["categories"]}
+    assert found["tickets"]["challengers"][NEW]["verdict"] == "worse"
+    assert found["sentiment"]["recommendation"]["model"] == NEW
+    report = last_json(tg("report", "--out", str(tmp_path / "r.png"), "--json", env=env, cwd=tmp_path).stdout)
+    assert report["challengers"] == {"sentiment": {NEW: "equivalent"}, "tickets": {NEW: "worse"}}
 
 
 def test_operators_start_narrow_and_stop_challengers(stack, simulator, sqlite_url, tmp_path):

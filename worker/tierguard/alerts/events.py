@@ -113,6 +113,22 @@ def for_evidence_reset(s: Session, policy: Policy, category: str, what: str, sin
                 actions=["tierguard status --json  (its fingerprint)", f"tierguard history {category}"])
 
 
+def for_rollout(s: Session, policy: Policy, rollout: Any, at: Any) -> int | None:
+    """A staged rollout's transition (started, a step, paused, resumed, aborted, done; a roll-back
+    is a route change): once per transition."""
+    weight = rollout.steps[rollout.step] if rollout.status == "running" else 0
+    return emit(s, policy, key=f"rollout:{rollout.category}:{rollout.created_at.isoformat()}:"
+                               f"{rollout.status}:{rollout.step}:{at.isoformat()}",
+                kind="rollout", category=rollout.category,
+                summary=f"{rollout.category}: rollout of {rollout.model} {rollout.status}: {rollout.reason}",
+                numbers={"model": rollout.model, "base": rollout.base, "status": rollout.status,
+                         "step": rollout.step + 1, "steps": list(rollout.steps), "weight_percent": weight},
+                did=f"{weight} % of {rollout.category}'s calls routed to {rollout.base} now go to "
+                    f"{rollout.model}.",
+                actions=[f"tierguard rollout status {rollout.category}",
+                         f"tierguard rollout pause|resume|abort {rollout.category}"])
+
+
 def for_shadows_paused(s: Session, policy: Policy, model: str, skipped: int, minutes: float,
                        hour: str) -> int | None:
     """Shadows to ``model`` held past max_defer_minutes by rate limits (once per model and hour)."""

@@ -102,8 +102,10 @@ class Core:
     def route(self, name: str, request: dict[str, Any]) -> tuple[CategoryPolicy | None, dict[str, Any]]:
         """The request with ``model`` set from the category's route (unchanged if that fails).
 
-        A request the routed model cannot take (limits) goes to the cheapest rung above it
-        that can (the reference for two models) for this call only, counted as ``guarded``.
+        A staged rollout (``routes.splits``) sends its share of the calls routed to the model in
+        service to its new model. A request the routed model cannot take (limits) goes to the
+        cheapest rung above it that can (the reference for two models) for this call only, counted
+        as ``guarded``.
         """
         try:
             self.check_fork()
@@ -122,6 +124,9 @@ class Core:
             model = self.routes.get(name, cat.initial_route)
             if model not in cat.rungs:
                 model = self._refused_route(cat, model)
+            split = self.routes.splits.get(name)
+            if split is not None and split.model in cat.rungs:  # a staged rollout's share
+                model = split.pick(model)
             if model != cat.reference and too_big(self.policy.limits_for(model), request,
                                                   est := estimate(request)):  # attachments read once
                 model = next((m for m in cat.above(model)  # the cheapest rung above that can

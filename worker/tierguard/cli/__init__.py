@@ -19,6 +19,7 @@ from tierguard.cli import (  # noqa: F401  (each registers its commands)
     onboard,
     policy,
     replay,
+    rollout,
     routes,
     sentinels,
     services,

@@ -73,10 +73,14 @@ def evaluate(cases: Path = typer.Argument(..., exists=True, dir_okay=False,
 @app.command()
 def opportunities(as_json: bool = JsonOpt) -> None:
     """Categories by production volume: route, agreement, eligibility, monthly saving."""
+    from tierguard.ops.challengers import by_category, challenger_status
     from tierguard.ops.opportunities import opportunities as gather
 
     _, policy, engine = env()
     rows = gather(engine, policy)
+    challenged = by_category(challenger_status(engine, policy))
+    for r in rows:  # each category's challengers and the recommendation, when any has evidence
+        r.update(challenged.get(r["category"], {}))
     if as_json:
         emit({"categories": rows})
         return
@@ -91,6 +95,11 @@ def opportunities(as_json: bool = JsonOpt) -> None:
                       f"{pct(r['evaluation_agreement'])} ({r['evaluation_cases']})",
                       "yes" if r["eligible"] else "", _money(r["projected_monthly_savings_usd"]))
     console.print(table)
+    for r in rows:
+        if r.get("recommendation"):
+            rec = r["recommendation"]
+            console.print(f"{r['category']}: recommended {rec['model']} ({rec['why']}), "
+                          f"{_money(rec['saving_usd_month'])} a month over {rec['serving']}")
 
 
 @judge_app.command("check")

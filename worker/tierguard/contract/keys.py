@@ -6,6 +6,10 @@ ROUTES = "tierguard:routes"
 TRAFFIC = "tierguard:traffic:{minute}"
 """Hash per epoch minute: category -> production calls the wrappers counted (kept 3 h)."""
 
+SPLITS = "tierguard:splits"
+"""Hash: category -> ``base|model|weight``, the running staged rollouts' splits (tierguard.routing.rollouts):
+a call routed to ``base`` goes to ``model`` with probability ``weight``; rewritten whole from the database."""
+
 RATES = "tierguard:rates"
 """Hash: category -> ``rate|reason``, the adaptive sample rates beat chose (only adaptive categories)."""
 

@@ -9,12 +9,10 @@ import redis as redis_lib
 from sqlalchemy.engine import Engine
 
 from tierguard.alerts.events import for_route_change
-from tierguard.engine.detector import note_change
-from tierguard.engine.fingerprints import kept
 from tierguard.errors import TierguardError
 from tierguard.otlp import exporter as otlp
 from tierguard.policy import Policy
-from tierguard.routing.routes import change_route, lock_category, publish_quietly
+from tierguard.routing.routes import change_route, lock_category, noted, publish_quietly
 from tierguard.store.db import session, utcnow
 from tierguard.store.tables import RouteChange
 
@@ -87,17 +85,6 @@ def promote(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category:
     otlp.recorded(changes=[change])
     return change
 
-
-def noted(cat: Any, state: dict, target: str, now: float) -> dict:
-    """``state`` once a route change to ``target`` is noted (cooldown, flap guard): for a ladder,
-    in every rung's state, the target's with its evidence restarted (the fingerprint tracker's
-    state kept)."""
-    window = cat.flap_window_hours * 3600
-    if not cat.laddered:
-        return kept(state, note_change(state, now, window))
-    states = cat.ladder_engine.stamp(dict(state.get("rungs") or {}), now, target)
-    states[target] = {**note_change(states.get(target) or {}, now, window), "failed": False}
-    return kept(state, cat.ladder_engine.mirror({**state, "rungs": states}, target))
 
 
 def _promotion_target(cat: Any, serving: str, to: str | None) -> str:

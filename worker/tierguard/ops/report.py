@@ -1,8 +1,8 @@
 """``tierguard report``: one PNG for people who want a picture without Grafana.
 
 Agreement per category over time with its threshold and the route changes,
-the current routes (a ladder's rungs with their states), and shadow spend
-against the estimated savings.
+the current routes (a ladder's rungs with their states, the challengers with their verdicts),
+and shadow spend against the estimated savings.
 """
 
 from __future__ import annotations
@@ -74,14 +74,17 @@ def gather(engine: Engine, since: dt.timedelta, policy: Any = None) -> dict[str,
         entry["shadow"] += shadow_cost or 0.0
         if cat and served == cat.candidate and rate and shadow_cost and primary_cost:
             entry["savings"] += (shadow_cost - primary_cost) / rate
+    challengers: dict[str, dict[str, Any]] = {}
     if policy is not None:
+        from tierguard.ops.challengers import by_category, challenger_status
         from tierguard.ops.costs import costs as measured
 
+        challengers = by_category(challenger_status(engine, policy))
         for name, c in measured(engine, policy, start, end)["categories"].items():
             if c["production_usd"] > 0:
                 spend[name] = {"shadow": c["shadow_usd"], "savings": c["savings_usd"]}
     return {"start": start, "end": end, "series": series, "categories": cats,
-            "changes": changes, "spend": spend}
+            "changes": changes, "spend": spend, "challengers": challengers}
 
 
 def plotted_from(data: dict[str, Any]) -> dt.datetime:
@@ -103,6 +106,13 @@ def _state(cat: Any) -> str:
         return ", ".join(f"{m.removeprefix('claude-')} {s}" for m, s in rungs.items())
     serving = {cat.candidate: "candidate", cat.reference: "reference"}.get(cat.routed_model, "other")
     return serving + (", eligible" if state.get("eligible") else "")
+
+
+def _challenged(data: dict[str, Any], name: str) -> str:
+    """A category's challengers and their verdicts, for the routes table ('' when none)."""
+    found = (data.get("challengers", {}).get(name) or {}).get("challengers") or {}
+    return "".join(f"; {m.removeprefix('claude-')} {e['verdict']}" + (" (eligible)" if e["eligible"] else "")
+                   for m, e in found.items())
 
 
 def _rungs(cat: Any) -> dict[str, str]:
@@ -156,7 +166,7 @@ def render(data: dict[str, Any], out: Path) -> Path:
     bars.legend(fontsize=8)
     table_ax = fig.add_subplot(grid[1, 1])
     table_ax.axis("off")
-    rows = [[c.name, c.routed_model, _state(c)]
+    rows = [[c.name, c.routed_model, _state(c) + _challenged(data, c.name)]
             for c in sorted(data["categories"].values(), key=lambda c: c.name)]
     if rows:
         table = table_ax.table(cellText=rows, colLabels=["category", "served by", "state"], loc="center")
@@ -178,5 +188,7 @@ def summary(data: dict[str, Any], out: Path) -> dict[str, Any]:
                            for n, c in sorted(data["categories"].items())},
             "changes": len(data["changes"]),
             "from": plotted_from(data).isoformat(), "to": data["end"].isoformat(),
+            "challengers": {n: {m: e["verdict"] for m, e in (v.get("challengers") or {}).items()}
+                            for n, v in data.get("challengers", {}).items()},
             "shadow_spend_usd": round(sum(v["shadow"] for v in data["spend"].values()), 6),
             "savings_usd_est": round(sum(v["savings"] for v in data["spend"].values()), 6)}

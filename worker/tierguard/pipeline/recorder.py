@@ -9,7 +9,8 @@ cheap rung's shadow answer against the category's ``escalate_on`` (its escalatio
 while it does not serve: a rung failing too many is held from promotion,
 :mod:`tierguard.engine.escalations`), feed the detector, and apply its decision (flip, pin,
 or an observe-mode "would flip" row), then feed challenged jobs to their challengers'
-evidence (:mod:`tierguard.pipeline.challengers`). Redis gets the new routes after commit.
+evidence (:mod:`tierguard.pipeline.challengers`) and a staged rollout's new model's comparisons
+to its gate (:mod:`tierguard.pipeline.rollouts`). Redis gets the new routes after commit.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from tierguard.engine.fingerprints import KEY as TRACKED
 from tierguard.engine.fingerprints import Tracker, kept
 from tierguard.errors import RouteConflict
 from tierguard.otlp import exporter as otlp
-from tierguard.pipeline import challengers
+from tierguard.pipeline import challengers, rollouts
 from tierguard.pipeline.calls import Answer
 from tierguard.pipeline.results import Outcome, Result
 from tierguard.pipeline.samples import fingerprint_of, insert_samples, rung_of, sample_values
@@ -104,8 +105,12 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
         for name in sorted(by_category):
             _feed_category(s, policy, policy.category(name), [(i, results[i]) for i in by_category[name]],
                            now, done)
-        challengers.record(s, policy, results, {row["job_id"] for row in done.recorded}, now)
+        inserted = {row["job_id"] for row in done.recorded}
+        challengers.record(s, policy, results, inserted, now)
+        rolled_back = rollouts.record(s, policy, results, inserted, now)
+        done.changes += rolled_back
         s.commit()
+    rollouts.publish_after(r, engine, rolled_back)
     _observe(results, done)
     otlp.recorded(done.recorded, done.changes)  # queued for export off this thread, if on
     for change in done.changes:

@@ -35,7 +35,7 @@ from tierguard.contract.broker import (
 from tierguard.errors import StoreUnavailable
 from tierguard.headroom import history
 from tierguard.otlp import exporter as otlp
-from tierguard.pipeline import escalations, flow, message_batches, sentinels, yielding
+from tierguard.pipeline import escalations, flow, message_batches, rollouts, sentinels, yielding
 from tierguard.pipeline.context import context_for
 from tierguard.pipeline.flow import backoff
 from tierguard.pipeline.locks import held
@@ -141,6 +141,11 @@ def monitor(task: Task, beat: bool = False) -> int:
         demoted = escalations.watch(ctx.engine, ctx.redis, ctx.policy)
     except Exception as err:
         log.warning("cannot watch escalations yet: %s", err)
+    try:
+        for line in rollouts.advance(ctx.engine, ctx.redis, ctx.policy):
+            log.warning("rollout: %s", line)
+    except Exception as err:
+        log.warning("cannot move the staged rollouts on yet: %s", err)
     try:
         rates.refresh(ctx.engine, ctx.redis, ctx.policy)
     except Exception as err:

@@ -22,9 +22,14 @@ from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
 from tierguard.contract import keys
+from tierguard.engine.detector import note_change
+from tierguard.engine.fingerprints import kept
 from tierguard.errors import RouteConflict
 from tierguard.policy import CategoryPolicy, Policy
 from tierguard.routing.rates import parse_rates
+from tierguard.routing.rollouts import Split
+from tierguard.routing.rollouts import parse as parse_splits
+from tierguard.routing.rollouts import read_db as read_db_splits
 from tierguard.store.db import insert_new, session, utcnow
 from tierguard.store.tables import Category, RouteChange
 
@@ -88,6 +93,18 @@ def _policy_route(row: Category, cat: CategoryPolicy) -> tuple[str | None, str]:
         return cat.initial_route, (f"the policy lists {cat.name} now: it starts on "
                                    f"{cat.initial_route} (start_on: {cat.start_on})")
     return None, ""
+
+
+def noted(cat: Any, state: dict, target: str, now: float) -> dict:
+    """``state`` once a route change to ``target`` is noted (cooldown, flap guard): for a ladder,
+    in every rung's state, the target's with its evidence restarted (the fingerprint tracker's
+    state kept)."""
+    window = cat.flap_window_hours * 3600
+    if not cat.laddered:
+        return kept(state, note_change(state, now, window))
+    states = cat.ladder_engine.stamp(dict(state.get("rungs") or {}), now, target)
+    states[target] = {**note_change(states.get(target) or {}, now, window), "failed": False}
+    return kept(state, cat.ladder_engine.mirror({**state, "rungs": states}, target))
 
 
 def change_route(s: Session, row: Category, to_model: str, *, rule: str, reason: str,
@@ -203,6 +220,7 @@ class RouteTable:
         self.routes: dict[str, str] = {}
         self.moved: frozenset[str] = frozenset()  # categories whose route was ever changed (version > 1)
         self.rates: dict[str, float] = {}  # adaptive sample rates (tierguard.routing.rates)
+        self.splits: dict[str, Split] = {}  # staged rollouts' splits (tierguard.routing.rollouts)
         self.failures = 0
         self._read_once = False
         self._stop = threading.Event()
@@ -253,8 +271,10 @@ class RouteTable:
             pipe = self._redis.pipeline(transaction=False)
             pipe.hgetall(REDIS_KEY)
             pipe.hgetall(keys.RATES)
-            raw, raw_rates = pipe.execute()
+            pipe.hgetall(keys.SPLITS)
+            raw, raw_rates, raw_splits = pipe.execute()
             self.rates = parse_rates(raw_rates)
+            self.splits = parse_splits(raw_splits)
             if raw:
                 pairs = {k.decode(): v.decode().rsplit("|", 1) for k, v in raw.items()}
                 routes = {k: v[0] for k, v in pairs.items()}
@@ -267,6 +287,7 @@ class RouteTable:
                     self._engine = self._engine_factory()
                 routes = read_db_routes(self._engine)
                 self.moved = read_db_moved(self._engine)
+                self.splits = read_db_splits(self._engine)
                 if self._redis is not None and routes:
                     publish_quietly(self._redis, self._rows_for_redis())
             except sa.exc.SQLAlchemyError:

@@ -338,3 +338,24 @@ class ChallengerState(SQLModel, table=True):
     model: str = Field(primary_key=True)
     state: dict = Field(default_factory=dict, sa_column=Column(sa.JSON, nullable=False))
     updated_at: dt.datetime = _ts()
+
+
+class Rollout(SQLModel, table=True):
+    """A category's staged rollout to a new model (tierguard.engine.rollouts): its steps, where it
+    stands, and the new model's agreement CUSUM on its share; the latest one per category."""
+
+    category: str = Field(primary_key=True)
+    model: str
+    base: str  # the model in service it takes the calls from
+    steps: list = Field(sa_column=Column(sa.JSON, nullable=False))
+    step: int = 0
+    step_minutes: float = 60.0
+    step_samples: int = 100
+    step_started_at: dt.datetime = _ts()
+    samples: int = 0  # comparisons of the new model in this step
+    status: str = "running"  # running | paused | done | rolled_back | aborted
+    reason: str = ""
+    state: dict = Field(default_factory=dict, sa_column=Column(sa.JSON, nullable=False))
+    started_by: str = "operator"
+    created_at: dt.datetime = _ts()
+    updated_at: dt.datetime = _ts()

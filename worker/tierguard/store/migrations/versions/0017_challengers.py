@@ -1,4 +1,4 @@
-"""challenge, challenger_state: models challenged by operators, and each challenger's evidence per category
+"""challenge, challenger_state, rollout: challengers, their evidence per category, staged rollouts
 
 New tables only; nothing existing changes.
 
@@ -35,8 +35,24 @@ def upgrade() -> None:
         sa.Column("state", sa.JSON(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
+    op.create_table(
+        "rollout",
+        _text("category", primary_key=True), _text("model", nullable=False), _text("base", nullable=False),
+        sa.Column("steps", sa.JSON(), nullable=False),
+        sa.Column("step", sa.Integer(), nullable=False),
+        sa.Column("step_minutes", sa.Float(), nullable=False),
+        sa.Column("step_samples", sa.Integer(), nullable=False),
+        sa.Column("step_started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("samples", sa.Integer(), nullable=False),
+        _text("status", nullable=False), _text("reason", nullable=False),
+        sa.Column("state", sa.JSON(), nullable=False),
+        _text("started_by", nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("rollout")
     op.drop_table("challenger_state")
     op.drop_table("challenge")

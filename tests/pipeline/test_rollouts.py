@@ -1,0 +1,112 @@
+"""Staged rollouts on real parts (the SDK wrapper, a real worker and beat, Redis, the simulator): the
+calls split as the weights say, steps that advance on a good rung, survive the worker and beat
+killed -9, and end with the new route; a bad rung rolled back at its first step, audited and paged,
+every call answered."""
+
+import os
+import signal
+import time
+
+import anthropic
+from sqlmodel import select
+
+import tierguard
+from tests.helpers import last_json, samples, tg, wait_until
+from tierguard.store.db import make_engine, session
+from tierguard.store.tables import Category, Event, RouteChange
+
+HAIKU, OPUS = "claude-haiku-4-5", "claude-opus-4-7"
+LABELS = ["POSITIVE", "NEGATIVE", "NEUTRAL"]
+
+
+def setup(stack, simulator, url, agreement):
+    sim = simulator(categories={"sentiment": {"kind": "label", "labels": LABELS, "agreement": agreement}})
+    stack.configure(policy={"defaults": {"sample_rate": 1.0, "min_samples": 20, "start_on": "reference"},
+                            "categories": {"sentiment": {"comparator": {"type": "label", "labels": LABELS}}}},
+                    database_url=url, base_url=sim.base_url, monitor_seconds=1)
+    return sim
+
+
+def calls(client, n, start=0):
+    """The models that answered ``n`` calls (every call answered)."""
+    return [client.messages.create(category="sentiment", system="sentiment: classify", max_tokens=8,
+                                   messages=[{"role": "user", "content": f"review {start + i}"}]).model
+            for i in range(n)]
+
+
+def status(stack, tmp_path):
+    """The rollout as `tierguard rollout status --json` shows it (read in this process: faster)."""
+    from tierguard.ops.rollouts import status as read
+    from tierguard.policy import load_policy
+
+    return read(make_engine(stack.env["TIERGUARD_DATABASE_URL"]),
+                load_policy(stack.env["TIERGUARD_POLICY"]), "sentiment")["rollouts"]["sentiment"]
+
+
+def traffic_until(client, stack, tmp_path, n, seconds=90):
+    """Calls, 20 at a time, until the rollout stops running (or ``seconds``); the calls made."""
+    deadline = time.monotonic() + seconds
+    while status(stack, tmp_path)["status"] == "running" and time.monotonic() < deadline:
+        calls(client, 20, n)
+        client.tierguard_flush(5)
+        n += 20
+        time.sleep(0.2)
+    return n
+
+
+def test_a_good_rung_is_rolled_out_step_by_step_across_restarts(stack, simulator, postgres_url, tmp_path):
+    setup(stack, simulator, postgres_url, 1.0)
+    worker, beat = stack.start_worker(concurrency=4), stack.start_beat()
+    env = stack.env_for_cli()
+    started = last_json(tg("rollout", "sentiment", HAIKU, "--steps", "20,100", "--step-minutes", "0",
+                           "--step-samples", "60", "--json", env=env, cwd=tmp_path).stdout)
+    found = started["rollouts"]["sentiment"]
+    assert {k: found[k] for k in ("status", "step", "weight", "base", "model", "steps")} == {
+        "status": "running", "step": 1, "weight": 0.2, "base": OPUS, "model": HAIKU, "steps": [20, 100]}
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    try:
+        first = calls(client, 150)  # under 60 Haiku comparisons: still the first step
+        assert 0.1 <= first.count(HAIKU) / 150 <= 0.3 and set(first) == {HAIKU, OPUS}
+        client.tierguard_flush(10)
+        wait_until(lambda: samples(postgres_url, "shadow") == 150, 60, "150 samples")
+        assert status(stack, tmp_path)["samples"] == first.count(HAIKU)
+        for proc in (worker, beat):  # killed mid-rollout: its state is in the database
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        stack.start_worker(concurrency=4)
+        stack.start_beat()
+        traffic_until(client, stack, tmp_path, 150)
+        assert status(stack, tmp_path)["status"] == "done"
+    finally:
+        client.tierguard_close()
+    with session(make_engine(postgres_url)) as s:
+        row = s.get(Category, "sentiment")
+        changes = list(s.exec(select(RouteChange)))
+        kinds = [e.kind for e in s.exec(select(Event).order_by(Event.id))]
+    assert row.routed_model == HAIKU and [(c.rule, c.from_model, c.to_model) for c in changes] == [
+        ("rollout", OPUS, HAIKU)]
+    assert kinds.count("rollout") == 3 and "promoted" in kinds  # started, the step, done
+
+
+def test_a_bad_rung_is_rolled_back_at_its_first_step(stack, simulator, sqlite_url, tmp_path):
+    setup(stack, simulator, sqlite_url, 0.3)
+    stack.start_worker(concurrency=4)
+    stack.start_beat()
+    tg("rollout", "sentiment", HAIKU, "--step-minutes", "0", "--step-samples", "1000",
+       env=stack.env_for_cli(), cwd=tmp_path)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    try:
+        n = traffic_until(client, stack, tmp_path, 0)
+        found = status(stack, tmp_path)
+        assert found["status"] == "rolled_back" and found["step"] == 1
+        wait_until(lambda: set(calls(client, 20, n)) == {OPUS}, 10, "every call back on Opus")
+    finally:
+        client.tierguard_close()
+    with session(make_engine(sqlite_url)) as s:
+        [change] = list(s.exec(select(RouteChange)))
+        events = [e.kind for e in s.exec(select(Event))]
+        assert s.get(Category, "sentiment").routed_model == OPUS
+    assert (change.rule, change.from_model, change.to_model) == ("rollout", HAIKU, OPUS)
+    assert "rolled back to claude-opus-4-7 at step 1 (5 %)" in change.reason and "demoted" in events
+    done = tg("rollout", "resume", "sentiment", env=stack.env_for_cli(), cwd=tmp_path, check=False)
+    assert done.returncode == 2 and "its last rollout is rolled_back; nothing to resume" in done.stderr

@@ -1,0 +1,140 @@
+"""Staged rollouts on the worker side: the new model's comparisons gate each step, beat moves them on.
+
+:func:`record` runs in the recording transaction: every inserted comparison of a running
+rollout's new model with the reference feeds its agreement CUSUM
+(:func:`tierguard.engine.rollouts.fed`) and counts for its step; a crossing rolls it back at once
+(status ``rolled_back``, an audited ``route_change`` from the new model to the one in service,
+rule ``rollout``, paged as a demotion). :func:`advance` is beat's: a step that has lasted its
+minutes and gathered its comparisons moves on (a ``rollout`` event); the last one makes the new
+model the route (audited, rule ``rollout``); a rollout whose category was moved or pinned under
+it is aborted. Both rewrite the splits' Redis copy after commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import redis as redis_lib
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from tierguard.alerts.events import for_rollout, for_route_change
+from tierguard.engine import rollouts as plan
+from tierguard.pipeline.results import Result
+from tierguard.policy import Policy
+from tierguard.routing import rollouts as splits
+from tierguard.routing.routes import change_route, lock_category, noted
+from tierguard.store.db import session, utcnow
+from tierguard.store.tables import Rollout, RouteChange
+
+log = logging.getLogger(__name__)
+
+
+def record(s: Session, policy: Policy, results: list[Result], inserted: set[str],
+           now: dt.datetime) -> list[RouteChange]:
+    """Feed running rollouts their new model's comparisons; the roll-backs made."""
+    names = {x.job.category for x in results if x.kind == "shadow" and x.verdict is not None}
+    if not names:
+        return []
+    found = list(s.exec(select(Rollout).where(Rollout.category.in_(sorted(names)),
+                                              Rollout.status == "running")
+                        .order_by(Rollout.category).with_for_update()))
+    made = []
+    for rollout in found:
+        cat = policy.category(rollout.category)
+        for x in results:
+            job = x.job
+            if (x.kind != "shadow" or x.verdict is None or job.job_id not in inserted
+                    or job.category != rollout.category or job.served_model != rollout.model
+                    or job.shadow_model != cat.reference or rollout.status != "running"):
+                continue
+            rollout.samples += 1
+            rollout.state, move = plan.fed(cat.engine, rollout.state, x.verdict.agree, now.timestamp())
+            if move is not None:
+                made.append(_roll_back(s, policy, rollout, move.reason, x.job.job_id, now))
+        rollout.updated_at = now
+        s.add(rollout)
+    return made
+
+
+def _roll_back(s: Session, policy: Policy, rollout: Rollout, reason: str, job_id: str | None,
+               now: dt.datetime) -> RouteChange:
+    rollout.status, rollout.reason = "rolled_back", reason
+    change = RouteChange(category=rollout.category, from_model=rollout.model, to_model=rollout.base,
+                         rule="rollout", reason=f"rollout of {rollout.model} rolled back to "
+                                                f"{rollout.base} at step {rollout.step + 1} "
+                                                f"({rollout.steps[rollout.step]} %): {reason}",
+                         samples=rollout.samples, numbers={"step": rollout.step + 1,
+                                                           "steps": rollout.steps},
+                         actor="auto", trigger_job_id=job_id, created_at=now)
+    s.add(change)
+    for_route_change(s, policy, change, "demoted")
+    log.warning("category %s: %s", rollout.category, change.reason)
+    return change
+
+
+def advance(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
+            now: dt.datetime | None = None) -> list[str]:
+    """Move every running rollout whose step is over; what happened, one line each."""
+    now = now or utcnow()
+    with session(engine) as s:
+        names = list(s.exec(select(Rollout.category).where(Rollout.status == "running")))
+    done = []
+    for name in sorted(names):
+        with session(engine) as s:
+            line = _advance_one(s, policy, name, now)
+            s.commit()
+        if line:
+            done.append(line)
+    if r is not None:
+        try:
+            splits.publish(r, engine)
+        except (redis_lib.RedisError, sa.exc.SQLAlchemyError) as err:
+            log.warning("cannot publish the rollouts' splits yet: %s", err)
+    return done
+
+
+def _advance_one(s: Session, policy: Policy, name: str, now: dt.datetime) -> str | None:
+    cat = policy.category(name)
+    row = lock_category(s, cat)
+    rollout = s.exec(select(Rollout).where(Rollout.category == name).with_for_update()).one()
+    if rollout.status != "running":
+        return None
+    if row.routed_model != rollout.base or row.pinned or rollout.model not in cat.rungs:
+        why = ("pinned" if row.pinned else f"the route moved to {row.routed_model}"
+               if row.routed_model != rollout.base else f"{rollout.model} is no longer one of its models")
+        return _end(s, policy, rollout, "aborted", f"aborted: {why} under the rollout", now)
+    started = rollout.step_started_at
+    started = started if started.tzinfo else started.replace(tzinfo=dt.UTC)
+    move = plan.due(rollout.steps, rollout.step, started.timestamp(), rollout.samples, now.timestamp(),
+                    rollout.step_minutes, rollout.step_samples)
+    if move.action == "wait":
+        return None
+    if move.action == "advance":
+        rollout.step, rollout.samples, rollout.step_started_at = move.step, 0, now
+        return _end(s, policy, rollout, "running", move.reason, now)
+    row.detector_state = noted(cat, dict(row.detector_state or {}), rollout.model, now.timestamp())
+    change = change_route(s, row, rollout.model, rule="rollout", reason=f"rollout finished: {move.reason}",
+                          samples=rollout.samples, numbers={"steps": rollout.steps})
+    for_route_change(s, policy, change, "promoted")
+    return _end(s, policy, rollout, "done", move.reason, now)
+
+
+def _end(s: Session, policy: Policy, rollout: Rollout, status: str, reason: str, now: dt.datetime) -> str:
+    """A transition written (status, reason) with its ``rollout`` event."""
+    rollout.status, rollout.reason, rollout.updated_at = status, reason, now
+    s.add(rollout)
+    for_rollout(s, policy, rollout, now)
+    return f"{rollout.category}: {reason}"
+
+
+def publish_after(r: redis_lib.Redis | None, engine: Engine, changes: list[RouteChange]) -> None:
+    """After a commit that rolled back: the splits' copy rewritten (quietly; beat heals it too)."""
+    if r is None or not changes:
+        return
+    try:
+        splits.publish(r, engine)
+    except (redis_lib.RedisError, sa.exc.SQLAlchemyError) as err:
+        log.warning("cannot publish the rollouts' splits yet (beat will): %s", err)
