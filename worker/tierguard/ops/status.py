@@ -13,6 +13,7 @@ from tierguard.alerts.monitors import noise_warning, self_agreement
 from tierguard.engine.fingerprints import KEY as TRACKED
 from tierguard.engine.fingerprints import summary as fingerprint
 from tierguard.engine.ladder import rung_state
+from tierguard.engine.retirements import retiring
 from tierguard.policy import Policy
 from tierguard.store.db import session, utcnow
 from tierguard.store.tables import Category, Event, RouteChange, Sample
@@ -122,6 +123,9 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
                 "from": change.from_model, "to": change.to_model, "reason": change.reason,
                 "actor": change.actor, "at": change.created_at.isoformat()},
         }
+        if found := retiring([route, *cat.rungs], policy.retirements, policy.retirement_warning_days,
+                             utcnow().date()):
+            out[name]["retiring"] = found  # route, pin and rungs near or past their retirement date
     return out
 
 

@@ -1,7 +1,9 @@
-"""The policy file's self-contained sections: models, prices, limits, headroom, retention, payloads."""
+"""The policy file's self-contained sections: models, prices, limits, headroom, retention, payloads,
+retirement dates."""
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import re
 from typing import Any, Literal
@@ -193,3 +195,27 @@ def platform_problems(model_ids: dict[str, dict[str, str]], pricing: dict[str, d
                                 f"{owner[bare(platform, model_id)]}'s id too")
             owner.setdefault(bare(platform, model_id), model)
     return problems
+
+
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def mapping_of_dates(v: Any) -> Any:
+    """``retirements`` before its values are read: a mapping (an empty key means none)."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ValueError("must be a mapping of model to its retirement date (MODEL: YYYY-MM-DD)")
+    return v
+
+
+def iso_date(v: Any) -> dt.date:
+    """A retirement date: a YAML date or an ISO ``YYYY-MM-DD`` string (not a time)."""
+    if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
+        return v
+    if isinstance(v, str) and ISO_DATE.fullmatch(v.strip()):
+        try:
+            return dt.date.fromisoformat(v.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"{v!r} is not an ISO date (YYYY-MM-DD, e.g. 2026-10-01)")
