@@ -191,3 +191,39 @@ def test_the_kept_list_survives_in_redis_with_when_it_was_read(redis_url, simula
     kept = listed_models.kept(redis.Redis.from_url(redis_url))  # any process reads it back
     assert len(kept.ids) == 1201 and OPUS in kept.ids and kept.read_at == "2026-11-16T09:00:00+00:00"
     assert json.loads(r.hget(keys.MODELS, "ids"))[:2] == ["claude-opus-4-7", "claude-test-0000"]
+
+
+def test_beats_monitor_task_runs_the_check(tmp_path, sqlite_url, redis_url):
+    from tests.helpers import write_policy
+    from tierguard.config import get_settings
+    from tierguard.contract.broker import MONITOR_TASK
+    from tierguard.pipeline.tasks import worker_app
+    from tierguard.store.db import make_engine, upgrade
+
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    soon = dt.date.today() + dt.timedelta(days=5)
+    policy = write_policy(tmp_path / "tierguard.yaml", {"categories": {"pair": {}},
+                                                         "retirements": {HAIKU: soon.isoformat()}})
+    app = worker_app(get_settings(redis_url=redis_url, database_url=sqlite_url, policy=policy))
+    monitor = app.tasks[MONITOR_TASK]
+    assert monitor.apply().get() == 1 and monitor.apply().get() == 0  # once this week
+    [event] = rows(engine, Event)
+    assert event.kind == "model_retiring" and event.summary.startswith(f"{HAIKU} retires on {soon} (5 days")
+
+
+def test_status_json_gains_retiring_only_where_a_model_retires(tmp_path, sqlite_url, redis_url):
+    import os
+
+    from tests.helpers import last_json, tg, write_policy
+    from tierguard.store.db import make_engine, upgrade
+
+    upgrade(make_engine(sqlite_url))
+    soon = dt.date.today() + dt.timedelta(days=3)
+    policy = write_policy(tmp_path / "tierguard.yaml", {
+        "categories": {"pair": {}, "other": {"candidate": SONNET}}, "retirements": {HAIKU: soon.isoformat()}})
+    env = {**os.environ, "TIERGUARD_POLICY": str(policy), "TIERGUARD_DATABASE_URL": sqlite_url,
+           "TIERGUARD_REDIS_URL": redis_url}
+    cats = last_json(tg("status", "--json", env=env, cwd=tmp_path).stdout)["categories"]
+    assert cats["pair"]["retiring"] == [{"model": HAIKU, "date": soon.isoformat(), "days_left": 3}]
+    assert "retiring" not in cats["other"] and cats["pair"]["route"] == HAIKU  # other keys unchanged

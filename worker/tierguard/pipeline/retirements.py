@@ -46,10 +46,11 @@ class Checked:
     changes: list[RouteChange] = field(default_factory=list)
 
 
-def usage(cat: CategoryPolicy, row: Category) -> decide.Usage:
-    """A category's models in use, as the decision logic reads them."""
-    states = decide.rung_states(cat.rungs, row.routed_model, row.detector_state or {}, cat.laddered)
-    return decide.Usage(cat.name, cat.rungs, row.routed_model, bool(row.pinned), states)
+def usage(cat: CategoryPolicy, row: Category | None) -> decide.Usage:
+    """A category's models in use, as the decision logic reads them (no row yet: its initial route)."""
+    routed = row.routed_model if row else cat.initial_route
+    states = decide.rung_states(cat.rungs, routed, (row.detector_state if row else None) or {}, cat.laddered)
+    return decide.Usage(cat.name, cat.rungs, routed, bool(row and row.pinned), states)
 
 
 def check(engine: Engine, r: redis_lib.Redis | None, policy: Policy, now: dt.datetime | None = None
@@ -60,8 +61,9 @@ def check(engine: Engine, r: redis_lib.Redis | None, policy: Policy, now: dt.dat
     if not policy.retirements and listed is None:
         return Checked()
     with session(engine) as s:
-        rows = list(s.exec(select(Category).order_by(Category.name)))
-    notices, moves = decide.check((usage(policy.category(row.name), row) for row in rows),
+        rows = {row.name: row for row in s.exec(select(Category))}
+    names = sorted(set(rows) | set(policy.categories))  # the policy's, with or without a row yet
+    notices, moves = decide.check((usage(policy.category(name), rows.get(name)) for name in names),
                                   policy.retirements, policy.retirement_warning_days, today,
                                   listed.ids if listed else None, listed.read_at if listed else None)
     done = Checked()
