@@ -7,8 +7,8 @@ the fingerprint tracker (:mod:`tierguard.engine.fingerprints`: a new prompt or
 snapshot restarts the promotion evidence, with an ``evidence_reset`` event), check a
 cheap rung's shadow answer against the category's ``escalate_on`` (its escalation stream
 while it does not serve: a rung failing too many is held from promotion,
-:mod:`tierguard.engine.escalations`; a retired rung is held too), feed the detector, and apply its
-decision (flip, pin, or an observe-mode "would flip" row). Redis gets the new routes after commit.
+:mod:`tierguard.engine.escalations`), feed the detector, and apply its decision (flip, pin,
+or an observe-mode "would flip" row). Redis gets the new routes after commit.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def _feed_category(s: Session, policy: Policy, cat: CategoryPolicy, items: list[
         state, reset = _track(s, policy, cat, row, tracked, state, x, now)
         events += reset
         held = None if checks is None else _shadow_checks(cat, checks, x)
-        held = held or retired_on(policy.retirements, rung_of(cat, x.job), now.date())
+        held = held or retired_on(policy.retirements, rung_of(cat, x.job), now.date())  # never promoted
         state, decision, target = _fed(cat, row, state, x, sit, now, held)
         if decision is not None and decision.changes_route:
             state, change, moved = _move(s, policy, cat, row, state, decision, target, x.job, done,

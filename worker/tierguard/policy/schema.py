@@ -6,13 +6,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BeforeValidator,
     Field,
     PrivateAttr,
     ValidationError,
@@ -34,13 +32,12 @@ from tierguard.policy.sections import (
     Payloads,
     Price,
     Retention,
+    RetirementDates,
     Sentinels,
     ShadowCap,
     ShadowHeadroom,
     UnknownCategories,
     check_ladder,
-    iso_date,
-    mapping_of_dates,
     platform_problems,
     tenant_problems,
 )
@@ -190,9 +187,8 @@ class Policy(Strict):
     # prices where they differ from ``pricing`` (e.g. Bedrock's geographic inference profiles).
     model_ids: dict[str, dict[str, str]] = {}
     platform_pricing: dict[str, dict[str, Price]] = {}
-    # The models' retirement dates (as Anthropic publishes them) and how many days ahead the
-    # categories using one hear of it (model_retiring; tierguard.pipeline.retirements).
-    retirements: dict[str, Annotated[dt.date, BeforeValidator(iso_date)]] = {}
+    # Retirement dates (Anthropic's); model_retiring this many days ahead (pipeline/retirements.py).
+    retirements: RetirementDates = {}
     retirement_warning_days: int = Field(30, ge=0)
     _resolved: dict[str, CategoryPolicy] = PrivateAttr(default_factory=dict)
     _limits: dict[str, tuple[int, int] | None] = PrivateAttr(default_factory=dict)
@@ -204,8 +200,6 @@ class Policy(Strict):
     @classmethod
     def _channel_list(cls, v: Any) -> Any:
         return {"channels": v} if isinstance(v, list) else v
-
-    _retirements = field_validator("retirements", mode="before")(mapping_of_dates)
 
     @field_validator("categories")
     @classmethod

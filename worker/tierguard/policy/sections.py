@@ -6,9 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from tierguard.policy.base import Strict
 from tierguard.policy.platform_ids import DEFAULT_MODEL_IDS, bare
@@ -219,3 +219,8 @@ def iso_date(v: Any) -> dt.date:
         except ValueError:
             pass
     raise ValueError(f"{v!r} is not an ISO date (YYYY-MM-DD, e.g. 2026-10-01)")
+
+
+# The policy's ``retirements``: model -> its retirement date (errors name ``retirements.MODEL``).
+RetirementDates = Annotated[dict[str, Annotated[dt.date, BeforeValidator(iso_date)]],
+                            BeforeValidator(mapping_of_dates)]
