@@ -179,6 +179,9 @@ class Policy(Strict):
     unknown_categories: UnknownCategories = UnknownCategories()
     max_categories: int = Field(500, ge=1, le=100_000)  # unlisted categories tracked at once
     unknown_category_ttl_days: float = Field(7.0, gt=0)  # an unlisted one without traffic is forgotten
+    # Retirement dates (Anthropic's); model_retiring this many days ahead (pipeline/retirements.py).
+    retirements: RetirementDates = {}
+    retirement_warning_days: int = Field(30, ge=0)
     # Teams at the gateway (opt in): a caller's key names its team, its team the categories it may use.
     gateway_tenants: dict[str, GatewayTenant] = {}
     # Adaptive categories' shadow spend together stays under this (optional; see engine/sampling.py).
@@ -187,9 +190,6 @@ class Policy(Strict):
     # prices where they differ from ``pricing`` (e.g. Bedrock's geographic inference profiles).
     model_ids: dict[str, dict[str, str]] = {}
     platform_pricing: dict[str, dict[str, Price]] = {}
-    # Retirement dates (Anthropic's); model_retiring this many days ahead (pipeline/retirements.py).
-    retirements: RetirementDates = {}
-    retirement_warning_days: int = Field(30, ge=0)
     _resolved: dict[str, CategoryPolicy] = PrivateAttr(default_factory=dict)
     _limits: dict[str, tuple[int, int] | None] = PrivateAttr(default_factory=dict)
     _tenant_keys: dict[str, GatewayTenant] | None = PrivateAttr(default=None)
