@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     monitor_seconds: float = Field(60.0, gt=0, description="monitor-blind / error-rate checks")
     maintain_seconds: float = Field(3600.0, gt=0, description="counters folded, retention applied")
     batch_poll_seconds: float = Field(30.0, gt=0, description="batch shadows sent and collected")
+    models_poll_seconds: float = Field(86_400.0, gt=0, description=(
+        "the API's model list read (GET /v1/models; also once when beat starts)"))
 
     @field_validator("shadow_platform")
     @classmethod

@@ -53,6 +53,8 @@ STATISTIC = Gauge("tierguard_cusum_statistic", "CUSUM statistic as a share of th
                   ["category"], multiprocess_mode="mostrecent")
 ROUTE = Gauge("tierguard_route", "1 for the model that serves each category", ["category", "model"],
               multiprocess_mode="mostrecent")
+MODELS_READ_FAILURES = Counter("tierguard_models_read_failures", "Reads of the API's model list "
+                               "(GET /v1/models) that failed, by error type", ["reason"])
 SHADOW_CALL = Histogram("tierguard_shadow_call_seconds", "Shadow model calls", ["model"],
                         buckets=LATENCY_BUCKETS)
 

@@ -47,7 +47,8 @@ def _pct(v: float | None) -> str:
 
 
 def for_route_change(s: Session, policy: Policy, change: RouteChange, kind: str) -> int | None:
-    """The event for an applied route change: demoted, promoted, flap_guard or pin_expired."""
+    """The event for an applied route change: demoted, promoted, flap_guard, pin_expired or
+    model_retired."""
     s.flush()  # the change needs its id
     name = change.category
     numbers = {"agreement": change.agreement, "samples": change.samples, "from": change.from_model,
@@ -61,6 +62,11 @@ def for_route_change(s: Session, policy: Policy, change: RouteChange, kind: str)
         did = (f"Pinned {name} to {change.to_model}: too many automatic route changes in a short "
                "time. The engine will not move it until an operator unpins it.")
         actions = [f"tierguard history {name}", f"tierguard unpin {name}  (when the cause is fixed)"]
+    elif kind == "model_retired":
+        summary = f"{name}: {change.from_model} retired, {change.to_model} serves"
+        did = f"Production traffic for {name} now goes to {change.to_model}: {change.reason}."
+        actions = [f"tierguard history {name}", "tierguard status  (what else is retiring)",
+                   f"take {change.from_model} out of {name}'s models in the policy"]
     elif kind == "demoted":
         summary = (f"{name} demoted: {change.from_model} → {change.to_model} "
                    f"(agreement {_pct(change.agreement)} over the last {change.samples} samples)")
@@ -157,3 +163,21 @@ def for_sentinel_failed(s: Session, policy: Policy, category: str, model: str, r
                 did=did, actions=[f"tierguard sentinels run {category}  (run them again now)",
                                   f"tierguard pin {category} MODEL --reason '…'  (if the answers "
                                   "are wrong for production too)", "tierguard status"])
+
+
+def for_model_retiring(s: Session, policy: Policy, model: str, reason: str, week: str,
+                       numbers: dict[str, Any]) -> int | None:
+    """A model in use is retiring, retired or no longer listed by the API (``reason`` names the
+    categories using it and each one's replacement); once per model and ISO ``week``."""
+    uses = numbers.get("categories") or {}
+    return emit(s, policy, key=f"model_retiring:{model}:{week}", kind="model_retiring", category=None,
+                summary=reason, numbers={"model": model, **numbers},
+                did=("Nothing yet: a category whose route is on a retired model moves to its "
+                     "replacement on the date (rule retirement, audited); a rung or an unlisted model "
+                     "never moves a route alone."),
+                actions=["tierguard status --json  (retiring, per category)",
+                         *(f"tierguard pin {name} {u['replacement']} --reason '{model} retiring'  "
+                           "(move it now)"
+                           for name, u in sorted(uses.items())
+                           if u.get("replacement") and {"route", "pin"} & set(u.get("roles", ()))),
+                         "take the model out of the policy's ladders"])

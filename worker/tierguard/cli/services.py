@@ -81,7 +81,7 @@ def ping(timeout: float = typer.Option(5.0, help="seconds to wait for replies"),
 @app.command()
 def beat(loglevel: str = "INFO") -> None:
     """Run Celery beat (exactly one per deployment): alert redelivery and the periodic checks."""
-    from tierguard.contract.broker import make_celery
+    from tierguard.contract.broker import make_celery, send_at_start
 
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings, _, _ = env()
@@ -92,7 +92,9 @@ def beat(loglevel: str = "INFO") -> None:
                       host=settings.metrics_host)
     # In-memory schedule: tierguard's tasks are periodic and idempotent, so nothing is worth a
     # schedule file (none is left in /tmp, and a read-only root filesystem works).
-    make_celery(settings).start(["beat", "-l", loglevel, "--scheduler", "celery.beat:Scheduler"])
+    app = make_celery(settings)
+    send_at_start(app)  # the API's model list read now, then every TIERGUARD_MODELS_POLL_SECONDS
+    app.start(["beat", "-l", loglevel, "--scheduler", "celery.beat:Scheduler"])
 
 
 @app.command()

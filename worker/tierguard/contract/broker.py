@@ -7,9 +7,14 @@ consume them.
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
+from celery.signals import beat_init
 
 from tierguard.config import Settings
+
+log = logging.getLogger(__name__)
 
 SHADOW_TASK = "tierguard.pipeline.shadow"
 BATCH_TASK = "tierguard.shadow_batch"
@@ -18,6 +23,7 @@ MONITOR_TASK = "tierguard.monitor"
 MAINTAIN_TASK = "tierguard.maintain"
 BATCHES_TASK = "tierguard.batches"
 SENTINELS_TASK = "tierguard.sentinels"
+MODELS_TASK = "tierguard.models"
 
 
 def beat_entries(settings: Settings) -> list[tuple[str, str, float]]:
@@ -27,7 +33,23 @@ def beat_entries(settings: Settings) -> list[tuple[str, str, float]]:
             ("batches", BATCHES_TASK, settings.batch_poll_seconds),
             ("maintain", MAINTAIN_TASK, settings.maintain_seconds),
             # A look every monitor period; each category runs when its every_hours have passed.
-            ("sentinels", SENTINELS_TASK, settings.monitor_seconds)]
+            ("sentinels", SENTINELS_TASK, settings.monitor_seconds),
+            # The API's model list: daily by default, and once when beat starts (send_at_start).
+            ("models", MODELS_TASK, settings.models_poll_seconds)]
+
+
+def send_at_start(app: Celery) -> None:
+    """When this app's beat starts, send the model-list read at once (its schedule would first send
+    it a period later); a broker that is down then is logged, and the schedule carries on."""
+    def send(sender: object = None, **_: object) -> None:
+        if getattr(sender, "app", None) is not app:
+            return
+        try:
+            app.send_task(MODELS_TASK, queue=app.tierguard_settings.queue)  # type: ignore[attr-defined]
+        except Exception as err:
+            log.warning("cannot send the model-list read at beat's start: %s", err)
+
+    beat_init.connect(send, weak=False)
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -54,3 +54,8 @@ recorded."""
 SENTINEL_LOCK = "tierguard:lock:sentinels:{category}"
 """Lock: held while one category's sentinels run (beat's pass or ``tierguard sentinels run``), so a
 run never overlaps itself (tierguard.pipeline.sentinels); 30 s TTL extended while its holder lives."""
+
+MODELS = "tierguard:models"
+"""Hash: the API's model list as last read by beat's ``tierguard.models`` task (``GET /v1/models``):
+``ids`` (JSON list) and ``read_at`` of the last successful read, kept until the next one succeeds;
+``failed_at``, ``error`` and ``failures`` (since that success) of failed reads (no TTL)."""

@@ -1,4 +1,5 @@
-"""Operator actions on routes: pin, unpin, promote; each audited as a route change."""
+"""Operator actions on routes: pin, unpin, promote; each audited as a route change. A retired model
+(the policy's ``retirements``) is never pinned or promoted to."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import redis as redis_lib
 from sqlalchemy.engine import Engine
 
 from tierguard.alerts.events import for_route_change
+from tierguard.engine.retirements import retired_on
 from tierguard.errors import TierguardError
 from tierguard.otlp import exporter as otlp
 from tierguard.policy import Policy
@@ -32,6 +34,8 @@ def pin(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: str
     if until is not None and until <= utcnow():
         raise ActionRefused(f"--until {until.isoformat()} is in the past")
     target = resolve_model(policy, category, model)
+    if why := retired_on(policy.retirements, target, utcnow().date()):
+        raise ActionRefused(f"{category}: {why}; pin it to a model still served")
     with session(engine) as s:
         row = lock_category(s, policy.category(category))
         change = change_route(s, row, target, rule="pin", reason=reason or "pinned by operator",
@@ -67,6 +71,8 @@ def promote(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category:
         if row.pinned:
             raise ActionRefused(f"{category} is pinned ({row.pin_reason}): unpin it first")
         target = _promotion_target(cat, row.routed_model, to and resolve_model(policy, category, to))
+        if why := retired_on(policy.retirements, target, utcnow().date()):
+            raise ActionRefused(f"{category}: {why}; it is never promoted to, even with --force")
         state = dict(row.detector_state or {})
         rung_state = (state.get("rungs") or {}).get(target) or {} if cat.laddered else state
         eligible = bool(rung_state.get("eligible"))

@@ -119,6 +119,7 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
             "rungs": rungs(cat, row.routed_model if row else cat.initial_route, state, change,
                            {m: per_rung.get((name, m), 0) for m in cat.rungs}),
             "fingerprint": fingerprint(state.get(TRACKED), route),
+            **retiring_now(policy, [route, *cat.rungs]),
             "last_change": None if change is None else {
                 "from": change.from_model, "to": change.to_model, "reason": change.reason,
                 "actor": change.actor, "at": change.created_at.isoformat()},
@@ -214,3 +215,12 @@ def headroom(engine: Engine, r: Any, models: list[str], scope: str = "") -> dict
         if scope:
             out[model]["shadow_key"] = {**one(ratelimits.scoped(model, scope)), "key": scope}
     return out
+
+
+def retiring_now(policy: Policy, models: list[str]) -> dict[str, Any]:
+    """``{"retiring": [{"model", "date", "days_left"}]}`` for those of ``models`` within the policy's
+    retirement warning or past their date; nothing when none is."""
+    from tierguard.engine.retirements import retiring
+
+    found = retiring(models, policy.retirements, policy.retirement_warning_days, utcnow().date())
+    return {"retiring": found} if found else {}

@@ -11,8 +11,9 @@ changes in one transaction (``recorder``) through a per-process writer
 (``writer``), yielding to rate limits (``yielding``), Message Batches
 (``message_batches``: the only meaning of "batch" in names here, besides the
 ``shadow_batch`` task, a message of many jobs), sentinels: known answers run against every rung
-on beat's schedule (``sentinels``) and their baselines per snapshot (``baselines``), and the health
-endpoint (``health``).
+on beat's schedule (``sentinels``) and their baselines per snapshot (``baselines``), the API's model
+list (``listed_models``) and beat's retirement check (``retirements``), and the health endpoint
+(``health``).
 
 May import ``contract``, ``policy``, ``engine``, ``compare``, ``store``,
 ``routing``, ``headroom`` and ``alerts`` (events are written with the change that

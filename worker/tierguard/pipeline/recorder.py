@@ -32,6 +32,7 @@ from tierguard.engine.detector import Decision, Situation, restart_promotion
 from tierguard.engine.escalations import shadow_checked
 from tierguard.engine.fingerprints import KEY as TRACKED
 from tierguard.engine.fingerprints import Tracker, kept
+from tierguard.engine.retirements import retired_on
 from tierguard.errors import RouteConflict
 from tierguard.otlp import exporter as otlp
 from tierguard.pipeline import challengers, rollouts
@@ -55,9 +56,11 @@ def situation(row: Category, now: float) -> Situation:
 
 
 def apply_decision(s: Session, row: Category, decision: Decision, trigger_job_id: str | None,
-                   target: str | None = None, at: dt.datetime | None = None) -> RouteChange | None:
+                   target: str | None = None, at: dt.datetime | None = None,
+                   unpin: bool = False) -> RouteChange | None:
     """Turn a route-changing decision into a route change (or an observe-mode record); ``target``
-    is the rung a ladder's decision moves to (two models: the candidate or the reference)."""
+    is the rung a ladder's decision moves to (two models: the candidate or the reference);
+    ``unpin``: the change lifts the category's pin."""
     if not decision.changes_route:
         return None
     target = target or (row.candidate if decision.action == "promote" else row.reference)
@@ -69,7 +72,8 @@ def apply_decision(s: Session, row: Category, decision: Decision, trigger_job_id
         s.add(change)
         return change
     try:
-        return change_route(s, row, target, pin=True if decision.pin else None, at=at, **fields)
+        return change_route(s, row, target, pin=True if decision.pin else False if unpin else None,
+                            at=at, **fields)
     except RouteConflict:
         log.info("change of %s lost a race; another writer changed it first", row.name)
         return None
@@ -163,6 +167,7 @@ def _feed_category(s: Session, policy: Policy, cat: CategoryPolicy, items: list[
         state, reset = _track(s, policy, cat, row, tracked, state, x, now)
         events += reset
         held = None if checks is None else _shadow_checks(cat, checks, x)
+        held = held or retired_on(policy.retirements, rung_of(cat, x.job), now.date())  # never promoted
         state, decision, target = _fed(cat, row, state, x, sit, now, held)
         if decision is not None and decision.changes_route:
             state, change, moved = _move(s, policy, cat, row, state, decision, target, x.job, done,

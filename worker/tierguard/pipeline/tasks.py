@@ -3,7 +3,8 @@
 ``shadow_batch`` (task ``tierguard.pipeline.shadow_batch``: a message of many shadow jobs; the
 name predates Message Batches and is kept for compatibility) and ``shadow`` (one job) run
 :func:`tierguard.pipeline.flow.run`; ``batch_cycle`` sends and collects Message Batches;
-``run_sentinels`` runs the categories whose sentinels are due; the others are beat's periodic work.
+``run_sentinels`` runs the categories whose sentinels are due; ``read_models`` reads the API's model
+list (at beat's start and every ``TIERGUARD_MODELS_POLL_SECONDS``); the others are beat's periodic work.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tierguard.contract.broker import (
     BATCHES_TASK,
     DELIVER_TASK,
     MAINTAIN_TASK,
+    MODELS_TASK,
     MONITOR_TASK,
     SENTINELS_TASK,
     SHADOW_TASK,
@@ -35,7 +37,16 @@ from tierguard.contract.broker import (
 from tierguard.errors import StoreUnavailable
 from tierguard.headroom import history
 from tierguard.otlp import exporter as otlp
-from tierguard.pipeline import escalations, flow, message_batches, rollouts, sentinels, yielding
+from tierguard.pipeline import (
+    escalations,
+    flow,
+    listed_models,
+    message_batches,
+    retirements,
+    rollouts,
+    sentinels,
+    yielding,
+)
 from tierguard.pipeline.context import context_for
 from tierguard.pipeline.flow import backoff
 from tierguard.pipeline.locks import held
@@ -141,6 +152,11 @@ def monitor(task: Task, beat: bool = False) -> int:
         demoted = escalations.watch(ctx.engine, ctx.redis, ctx.policy)
     except Exception as err:
         log.warning("cannot watch escalations yet: %s", err)
+    retired = retirements.Checked()
+    try:
+        retired = retirements.check(ctx.engine, ctx.redis, ctx.policy)
+    except Exception as err:
+        log.warning("cannot check model retirements yet: %s", err)
     try:
         for line in rollouts.advance(ctx.engine, ctx.redis, ctx.policy):
             log.warning("rollout: %s", line)
@@ -155,9 +171,9 @@ def monitor(task: Task, beat: bool = False) -> int:
     except Exception as err:
         log.warning("cannot keep the rate-limit headroom for the dashboard yet: %s", err)
     events = check(ctx.engine, ctx.redis, ctx.policy, task.app.tierguard_settings.queue)
-    if events or demoted:
+    if events or demoted or retired.events:
         deliver_due(ctx.engine, ctx.policy)
-    return events + len(demoted)
+    return events + len(demoted) + retired.events
 
 
 def maintain(task: Task, beat: bool = False) -> dict:
@@ -182,6 +198,25 @@ def run_sentinels(task: Task, beat: bool = False) -> dict[str, Any]:
     return ran
 
 
+def read_models(task: Task, beat: bool = False) -> dict[str, Any]:
+    """Read and keep the models the API lists (never raises: a failure is logged and counted)."""
+    settings: Settings = task.app.tierguard_settings
+    if not beat_due(task, beat):
+        return {"skipped": 1}
+    if settings.shadow_platform != "anthropic":  # Bedrock and Vertex have no Models API to read
+        return {"skipped": settings.shadow_platform}
+    ctx = context_for(task.app)
+    if ctx.redis is None:
+        return {"failed": "redis"}
+    try:
+        client = listed_models.client_for(settings)
+    except Exception as err:  # e.g. no API key in the environment
+        log.warning("cannot read the API's model list: %s", type(err).__name__)
+        return {"failed": "client"}
+    with client:
+        return listed_models.refresh(ctx.redis, client)
+
+
 def register(app: Celery) -> Celery:
     # max_retries=None: tierguard decides when to stop (shadow_max_attempts for the model API;
     # never for a database outage), not Celery's default of 3.
@@ -193,6 +228,7 @@ def register(app: Celery) -> Celery:
     app.task(name=MAINTAIN_TASK, bind=True, ignore_result=True)(maintain)
     app.task(name=BATCHES_TASK, bind=True, ignore_result=True)(batch_cycle)
     app.task(name=SENTINELS_TASK, bind=True, ignore_result=True)(run_sentinels)
+    app.task(name=MODELS_TASK, bind=True, ignore_result=True)(read_models)
     return app
 
 

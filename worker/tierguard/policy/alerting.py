@@ -10,13 +10,14 @@ from tierguard.policy.base import Strict, unit
 
 EVENT_KINDS = ("demoted", "promoted", "eligible", "pin_expired", "flap_guard", "monitor_blind",
                "error_rate", "noise_floor", "policy_invalid", "shadows_paused", "sentinel_failed", "test",
-               "evidence_reset", "rollout")
+               "evidence_reset", "rollout", "model_retiring", "model_retired")
 Severity = Literal["info", "warning", "critical"]
 SEVERITIES: dict[str, str] = {
     "demoted": "critical", "flap_guard": "critical", "monitor_blind": "warning",
     "error_rate": "warning", "noise_floor": "warning", "eligible": "info", "promoted": "info",
     "pin_expired": "info", "policy_invalid": "warning", "shadows_paused": "warning", "test": "info",
-    "sentinel_failed": "warning", "evidence_reset": "info", "rollout": "info"}
+    "sentinel_failed": "warning", "evidence_reset": "info", "rollout": "info",
+    "model_retiring": "warning", "model_retired": "warning"}
 _REQUIRED = {"webhook": "url", "slack": "webhook_url_env", "pagerduty": "routing_key_env",
              "alertmanager": "url"}
 

@@ -32,6 +32,7 @@ from tierguard.policy.sections import (
     Payloads,
     Price,
     Retention,
+    RetirementDates,
     Sentinels,
     ShadowCap,
     ShadowHeadroom,
@@ -181,6 +182,9 @@ class Policy(Strict):
     unknown_categories: UnknownCategories = UnknownCategories()
     max_categories: int = Field(500, ge=1, le=100_000)  # unlisted categories tracked at once
     unknown_category_ttl_days: float = Field(7.0, gt=0)  # an unlisted one without traffic is forgotten
+    # Retirement dates (Anthropic's); model_retiring this many days ahead (pipeline/retirements.py).
+    retirements: RetirementDates = {}
+    retirement_warning_days: int = Field(30, ge=0)
     # Teams at the gateway (opt in): a caller's key names its team, its team the categories it may use.
     gateway_tenants: dict[str, GatewayTenant] = {}
     # Adaptive categories' shadow spend together stays under this (optional; see engine/sampling.py).

@@ -1,12 +1,14 @@
-"""The policy file's self-contained sections: models, prices, limits, headroom, retention, payloads."""
+"""The policy file's self-contained sections: models, prices, limits, headroom, retention, payloads,
+retirement dates."""
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from tierguard.policy.base import Strict
 from tierguard.policy.platform_ids import DEFAULT_MODEL_IDS, bare
@@ -193,3 +195,32 @@ def platform_problems(model_ids: dict[str, dict[str, str]], pricing: dict[str, d
                                 f"{owner[bare(platform, model_id)]}'s id too")
             owner.setdefault(bare(platform, model_id), model)
     return problems
+
+
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def mapping_of_dates(v: Any) -> Any:
+    """``retirements`` before its values are read: a mapping (an empty key means none)."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ValueError("must be a mapping of model to its retirement date (MODEL: YYYY-MM-DD)")
+    return v
+
+
+def iso_date(v: Any) -> dt.date:
+    """A retirement date: a YAML date or an ISO ``YYYY-MM-DD`` string (not a time)."""
+    if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
+        return v
+    if isinstance(v, str) and ISO_DATE.fullmatch(v.strip()):
+        try:
+            return dt.date.fromisoformat(v.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"{v!r} is not an ISO date (YYYY-MM-DD, e.g. 2026-10-01)")
+
+
+# The policy's ``retirements``: model -> its retirement date (errors name ``retirements.MODEL``).
+RetirementDates = Annotated[dict[str, Annotated[dt.date, BeforeValidator(iso_date)]],
+                            BeforeValidator(mapping_of_dates)]

@@ -2,7 +2,8 @@
 
 Owns the simulated models and their answers (``models``; broken on purpose: ``broken``), the HTTP
 server speaking the Messages API, the Message Batches API, the OpenAI-compatible chat endpoint
-(``chat``) and the Bedrock/Vertex paths (``server``, ``batches``), its rate-limit buckets
+(``chat``), the Models API (``catalog``) and the Bedrock/Vertex paths (``server``, ``batches``),
+its rate-limit buckets
 (``buckets``) and private Redis and PostgreSQL servers (``servers``).
 
 May import: ``contract``, ``config``, ``errors``. Nothing else in tierguard: it imitates the

@@ -24,6 +24,7 @@ A scenario file (YAML)::
                                               broken: {rate: 0.2, kinds: [invalid]}},
                            claude-sonnet-4-6: {agreement: 0.97}}}
     snapshots: {claude-haiku-4-5: claude-haiku-4-5-20251001}  # the ``model`` answers report
+    models: [claude-haiku-4-5, claude-sonnet-4-6]  # GET /v1/models lists these (and the above's)
     batch_delay_s: 0.5          # Message Batches end this long after creation
     batch_cancel_delay_s: 0.1   # a canceled batch is "canceling" this long
     batch_error_rate: 0.0       # share of batch requests that end errored
@@ -68,6 +69,7 @@ from typing import Any
 import yaml
 
 from tierguard.contract.messages import content_text
+from tierguard.sim import catalog
 from tierguard.sim.broken import Broken, Reply, broken_reply
 
 VENDORS = ["Acme GmbH", "Globex Ltd", "Initech SA", "Umbrella BV", "Stark Industries",
@@ -147,6 +149,7 @@ class Scenario:
     rate_limits: dict[str, dict[str, Any]] = field(default_factory=dict)  # see ops.sim_buckets
     time_scale: float = 1.0  # rate-limit minutes last 60/time_scale real seconds
     snapshots: dict[str, str] = field(default_factory=dict)  # model -> the snapshot its answers name
+    models: list[str] | None = None  # listed by GET /v1/models besides the scripted (sim.catalog)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
@@ -177,7 +180,8 @@ class Scenario:
                    batch_error_rate=float(data.get("batch_error_rate", 0)),
                    rate_limits=dict(data.get("rate_limits") or {}),
                    time_scale=float(data.get("time_scale", 1.0)),
-                   snapshots={str(k): str(v) for k, v in (data.get("snapshots") or {}).items()})
+                   snapshots={str(k): str(v) for k, v in (data.get("snapshots") or {}).items()},
+                   models=None if data.get("models") is None else [str(m) for m in data["models"]])
 
     @classmethod
     def load(cls, path: str | Path) -> Scenario:
@@ -281,6 +285,8 @@ class Simulator:
         with self.lock:
             for model, name in (body.get("snapshots") or {}).items():
                 self.scenario.snapshots[str(model)] = str(name)
+            if body.get("models"):
+                self.scenario.models = [*self._listed(), *map(str, body["models"])]
             for name, spec in (body.get("categories") or {}).items():
                 cat = self.scenario.categories[name]
                 if "agreement" in spec:
@@ -289,8 +295,17 @@ class Simulator:
                     cat.broken = Broken.parse(spec["broken"], f"categories.{name}.broken")
                 for model, own in (spec.get("models") or {}).items():
                     self._script_model(cat, str(model), own)
-            return {"snapshots": dict(self.scenario.snapshots),
+            return {"snapshots": dict(self.scenario.snapshots), "models": self._listed(),
                     "categories": {n: _scripted(c) for n, c in self.scenario.categories.items()}}
+
+    def listed(self) -> list[str]:
+        """The models ``GET /v1/models`` lists (sim.catalog)."""
+        with self.lock:
+            return self._listed()
+
+    def _listed(self) -> list[str]:
+        s = self.scenario
+        return catalog.known(s.reference_models, s.categories, s.models)
 
     @staticmethod
     def _script_model(cat: CategorySim, model: str, own: dict[str, Any]) -> None:

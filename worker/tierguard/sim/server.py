@@ -2,7 +2,8 @@
 
 The API (as the ``anthropic`` SDK calls it; errors are ``{"type": "error", "error": {...}}``):
 
-- ``POST /v1/messages`` (streamed or not), ``POST /v1/messages/count_tokens``, ``GET /v1/models``;
+- ``POST /v1/messages`` (streamed or not), ``POST /v1/messages/count_tokens``, ``GET /v1/models``
+  (paged, ``sim.catalog``);
   Bedrock's and Vertex's Messages paths, streamed as each streams (``sim.platforms``).
 - ``POST /v1/chat/completions`` (OpenAI-compatible, streamed or not; ``sim/chat``): the same answers.
 - Message Batches (``ops.sim_batches``): ``POST /v1/messages/batches`` ``{"requests":
@@ -27,7 +28,8 @@ Test controls:
   "output_tokens_per_minute", "time_scale", "key"}`` or ``{"model", "key"?, "clear": true}``:
   set (full again) or drop a model's buckets, or one key's override.
 - ``POST /_sim/script`` ``{"snapshots": {MODEL: NAME}, "categories": {CAT: {"agreement", "broken",
-  "models": {MODEL: {"agreement", "broken"}}}}}`` (all optional): from now on, answers report
+  "models": {MODEL: {"agreement", "broken"}}}}, "models": [MODEL]}`` (all optional; ``models``: listed
+  by ``GET /v1/models`` from now on): from now on, answers report
   ``NAME`` as their ``model`` (a new snapshot behind the alias) and a category's candidates (or a
   listed model, the reference included) answer right with that probability (``sim.models``);
   ``broken: {rate, kinds}`` (``null``: none) makes that share of their answers ``invalid``,
@@ -57,6 +59,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from tierguard.contract.messages import content_text
+from tierguard.sim import catalog
 from tierguard.sim.batches import BatchError, BatchStore
 from tierguard.sim.buckets import BucketStore, fingerprint
 from tierguard.sim.chat import CHAT_PATH, as_messages, chat_problem, chunks, completion
@@ -220,11 +223,11 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if found := BATCH_PATH.match(url.path):
             return self._batch_call("GET", found, dict(parse_qsl(url.query)))
-        if self.path.split("?")[0] == "/v1/models":
-            models = sorted({*sim.scenario.reference_models, "claude-haiku-4-5", "claude-sonnet-4-6"})
-            return self._json(200, {"data": [{"type": "model", "id": m, "display_name": m,
-                                              "created_at": "2026-01-01T00:00:00Z"} for m in models],
-                                    "has_more": False, "first_id": models[0], "last_id": models[-1]})
+        if url.path == "/v1/models":  # sim.catalog: the models it knows, paged
+            try:
+                return self._json(200, catalog.page(sim.listed(), dict(parse_qsl(url.query))))
+            except catalog.PageError as err:
+                return self._error(400, str(err))
         self._error(404, f"no route {self.path}")
 
     def do_POST(self) -> None:  # noqa: N802
