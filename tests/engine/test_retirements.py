@@ -124,3 +124,18 @@ def test_status_lists_what_retires_and_retired_rungs_are_held():
     assert retired_on(dates, HAIKU, TODAY) == f"{HAIKU} retired on 2026-11-01"
     assert retired_on(dates, OLD, TODAY) is None and retired_on(dates, None, TODAY) is None
     assert iso_week(dt.date(2026, 11, 20)) == "2026-W47" and iso_week(dt.date(2027, 1, 1)) == "2026-W53"
+
+
+def test_an_eligible_challenger_is_named_beside_the_rung_moved_to_and_a_retiring_one_is_noticed():
+    import dataclasses
+
+    usage = dataclasses.replace(ladder(), challengers=("claude-haiku-5", "claude-old-1"),
+                                eligible_challengers=("claude-haiku-5",))
+    retirements = {OLD: TODAY, "claude-old-1": TODAY + dt.timedelta(days=3)}
+    notices, moves = check([usage], retirements, 30, TODAY)
+    by_model = {n.model: n for n in notices}
+    assert by_model[OLD].uses["support"]["challenger"] == "claude-haiku-5"
+    assert ("or the challenger claude-haiku-5, eligible against the reference (add it to the ladder "
+            "and roll it out)") in by_model[OLD].reason
+    assert [m.target for m in moves] == [OPUS]  # moved to a rung (the reference), never a challenger
+    assert by_model["claude-old-1"].uses["support"]["roles"] == ["challenger"]

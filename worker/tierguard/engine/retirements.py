@@ -32,7 +32,8 @@ class Usage:
     routed: str
     pinned: bool
     states: dict[str, str]
-    challengers: tuple[str, ...] = ()  # issue 29 item 1 fills this in
+    challengers: tuple[str, ...] = ()  # the category's active challengers (models in use too)
+    eligible_challengers: tuple[str, ...] = ()  # those eligible against the reference, not worse
 
     def roles(self) -> dict[str, list[str]]:
         """Each model in use and how: ``route`` or ``pin``, ``rung``, ``challenger``."""
@@ -98,8 +99,8 @@ def replacement(rungs: tuple[str, ...], states: dict[str, str], unusable: set[st
     the cheapest rung below the reference that serves or is eligible on its own promotion
     evidence, else the reference; None when the reference is unusable too. With the reason.
 
-    Challengers will be added here: a challenger eligible against the reference (issue 29 item 1)
-    competes with the rungs, the cheapest that holds first."""
+    A challenger eligible against the reference is named beside it in the notice
+    (``Usage.eligible_challengers``), never moved to: a route is one of the category's rungs."""
     for rung in rungs[:-1]:
         if rung in unusable:
             continue
@@ -144,8 +145,10 @@ class _Check:
                 continue
             unusable = {*self.dates, *(m for m in usage.rungs if self.gone(m)), model}
             target, why = replacement(usage.rungs, usage.states, unusable)
-            self.uses.setdefault(model, {})[usage.category] = {"roles": roles, "replacement": target,
-                                                               "why": why}
+            challenger = next((c for c in usage.eligible_challengers if c not in unusable), None)
+            self.uses.setdefault(model, {})[usage.category] = {
+                "roles": roles, "replacement": target, "why": why,
+                **({"challenger": challenger} if challenger else {})}
             date, days = self.dates.get(model, (None, None))
             if model == usage.routed and date is not None and days <= 0 and target is not None:
                 self.moves.append(Move(usage.category, model, target, date, usage.pinned, (
@@ -172,7 +175,9 @@ def notice(model: str, dated: tuple[dt.date, int] | None, unlisted: bool, uses: 
     if unlisted:
         parts.append(f"{model} is not listed by the API (its model list as read at {read_at})")
     per = [f"{name} ({', '.join(u['roles'])}; replacement: "
-           f"{u['why'] if u['replacement'] is None else u['replacement'] + ', ' + u['why']})"
+           f"{u['why'] if u['replacement'] is None else u['replacement'] + ', ' + u['why']}"
+           + (f"; or the challenger {u['challenger']}, eligible against the reference (add it to the "
+              "ladder and roll it out)" if u.get("challenger") else "") + ")"
            for name, u in sorted(uses.items())]
     return Notice(model, dated[0] if dated else None, dated[1] if dated else None, unlisted, uses,
                   f"{'; '.join(parts)}; used by {'; '.join(per)}")

@@ -3,7 +3,8 @@ model list (:mod:`tierguard.pipeline.listed_models`) against every category's mo
 decisions made by :mod:`tierguard.engine.retirements`.
 
 A model in use within ``retirement_warning_days`` of its date, past it, or not listed by the API
-raises ``model_retiring`` once per model and ISO week (event key ``model_retiring:MODEL:YYYY-Www``).
+raises ``model_retiring`` once per model and ISO week (event key ``model_retiring:MODEL:YYYY-Www``),
+naming each category's replacement and, when one is eligible, its challenger.
 A category whose route is on a retired model moves to the recommended replacement under its row
 lock, audited (rule ``retirement``, reason naming the date; a pin on it is lifted and the reason
 says so) with a ``model_retired`` event; in observe mode one "would change" row is written instead.
@@ -23,6 +24,7 @@ from sqlmodel import Session, select
 
 from tierguard import metrics
 from tierguard.alerts.events import for_model_retiring, for_route_change
+from tierguard.engine import challengers as evidence
 from tierguard.engine import retirements as decide
 from tierguard.engine.detector import Decision
 from tierguard.engine.fingerprints import kept
@@ -30,9 +32,11 @@ from tierguard.otlp import exporter as otlp
 from tierguard.pipeline import listed_models
 from tierguard.pipeline.recorder import apply_decision
 from tierguard.policy import CategoryPolicy, Policy
+from tierguard.routing.challengers import challengers_of
+from tierguard.routing.challengers import rows as challenger_rows
 from tierguard.routing.routes import lock_category, publish_quietly
 from tierguard.store.db import session, utcnow
-from tierguard.store.tables import Category, RouteChange
+from tierguard.store.tables import Category, ChallengerState, RouteChange
 
 log = logging.getLogger(__name__)
 RULE = "retirement"
@@ -46,11 +50,30 @@ class Checked:
     changes: list[RouteChange] = field(default_factory=list)
 
 
-def usage(cat: CategoryPolicy, row: Category | None) -> decide.Usage:
-    """A category's models in use, as the decision logic reads them (no row yet: its initial route)."""
+def usage(cat: CategoryPolicy, row: Category | None, challengers: tuple[str, ...] = (),
+          eligible: tuple[str, ...] = ()) -> decide.Usage:
+    """A category's models in use, as the decision logic reads them (no row yet: its initial route);
+    its active ``challengers`` and those ``eligible`` against the reference."""
     routed = row.routed_model if row else cat.initial_route
     states = decide.rung_states(cat.rungs, routed, (row.detector_state if row else None) or {}, cat.laddered)
-    return decide.Usage(cat.name, cat.rungs, routed, bool(row and row.pinned), states)
+    return decide.Usage(cat.name, cat.rungs, routed, bool(row and row.pinned), states, challengers,
+                        eligible)
+
+
+def _challengers(engine: Engine, policy: Policy, names: list[str]
+                 ) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Per category: its active challengers, and those eligible against the reference and not worse."""
+    found = challenger_rows(engine)
+    with session(engine) as s:
+        states = {(x.category, x.model): x.state for x in s.exec(select(ChallengerState))}
+    out = {}
+    for name in names:
+        cat = policy.category(name)
+        active = tuple(m for m, _ in challengers_of(policy, found, name))
+        good = tuple(m for m in active if evidence.eligible(states.get((name, m))) and evidence.verdict(
+            states.get((name, m)), cat.reference, cat.threshold, cat.min_samples).name != "worse")
+        out[name] = (active, good)
+    return out
 
 
 def check(engine: Engine, r: redis_lib.Redis | None, policy: Policy, now: dt.datetime | None = None
@@ -63,7 +86,9 @@ def check(engine: Engine, r: redis_lib.Redis | None, policy: Policy, now: dt.dat
     with session(engine) as s:
         rows = {row.name: row for row in s.exec(select(Category))}
     names = sorted(set(rows) | set(policy.categories))  # the policy's, with or without a row yet
-    notices, moves = decide.check((usage(policy.category(name), rows.get(name)) for name in names),
+    challenged = _challengers(engine, policy, names)
+    notices, moves = decide.check((usage(policy.category(name), rows.get(name), *challenged[name])
+                                   for name in names),
                                   policy.retirements, policy.retirement_warning_days, today,
                                   listed.ids if listed else None, listed.read_at if listed else None)
     done = Checked()
