@@ -114,3 +114,38 @@ def test_a_policy_without_challengers_asks_none(stack, simulator, sqlite_url):
     assert samples(sqlite_url) == 20
     assert NEW not in {json.loads(r["body"]).get("model")
                        for r in httpx2.get(sim.base_url + "/_sim/requests").json()["requests"]}
+
+
+def test_with_auto_rollout_an_eligible_cheaper_challenger_is_rolled_out_by_itself(stack, simulator,
+                                                                                sqlite_url, tmp_path):
+    sim = simulator(**SCENARIO)
+    pol = policy(challengers=[NEW], challenge_rate=1.0)
+    pol["defaults"]["auto_rollout"] = True
+    stack.configure(policy=pol, database_url=sqlite_url, base_url=sim.base_url)
+    stack.start_worker(concurrency=8)
+    traffic(110)  # eligible at its 92nd comparison with the reference (the promotion rule)
+    wait_until(lambda: samples(sqlite_url, "shadow") == 220, 90, "220 shadow samples")
+    found = last_json(tg("rollout", "status", "--json", env=stack.env_for_cli(), cwd=tmp_path).stdout)
+    assert set(found["rollouts"]) == {"sentiment"}  # tickets: worse, never rolled out
+    rollout = found["rollouts"]["sentiment"]
+    assert {k: rollout[k] for k in ("model", "base", "status", "step", "steps", "started_by")} == {
+        "model": NEW, "base": HAIKU, "status": "running", "step": 1, "steps": [5, 25, 50, 100],
+        "started_by": "auto_rollout"}
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    try:  # 5 % of sentiment's calls now go to the challenger, a model off its ladder
+        served = [client.messages.create(category="sentiment", system="sentiment: classify", max_tokens=8,
+                                         messages=[{"role": "user", "content": f"more {i}"}]).model
+                  for i in range(400)]
+    finally:
+        client.tierguard_close()
+    assert 5 <= served.count(NEW) <= 40 and set(served) == {HAIKU, NEW}
+    wait_until(lambda: status_samples(tmp_path, stack) == served.count(NEW), 60,
+               "the challenger's calls compared with the reference for the rollout")
+
+
+def status_samples(tmp_path, stack):
+    from tierguard.ops.rollouts import status
+    from tierguard.policy import load_policy
+
+    return status(make_engine(stack.env["TIERGUARD_DATABASE_URL"]),
+                  load_policy(stack.env["TIERGUARD_POLICY"]), "sentiment")["rollouts"]["sentiment"]["samples"]

@@ -110,3 +110,40 @@ def test_a_bad_rung_is_rolled_back_at_its_first_step(stack, simulator, sqlite_ur
     assert "rolled back to claude-opus-4-7 at step 1 (5 %)" in change.reason and "demoted" in events
     done = tg("rollout", "resume", "sentiment", env=stack.env_for_cli(), cwd=tmp_path, check=False)
     assert done.returncode == 2 and "its last rollout is rolled_back; nothing to resume" in done.stderr
+
+
+def test_a_rollout_whose_new_model_breaks_answers_is_rolled_back_by_the_escalation_watch(
+        stack, simulator, sqlite_url, redis_url, tmp_path):
+    import datetime as dt
+
+    import redis
+
+    from tierguard.pipeline.escalations import watch
+    from tierguard.policy import load_policy
+    from tierguard.store.db import utcnow
+    from tierguard.store.traffic import fold
+
+    new = "claude-haiku-5"  # a challenger, off the ladder: its answers are checked all the same
+    broken = {new: {"broken": {"rate": 0.5, "kinds": ["invalid"]}}}
+    sim = simulator(categories={"sentiment": {"kind": "label", "labels": LABELS, "agreement": 1.0,
+                                              "models": broken}})
+    stack.configure(policy={"defaults": {"sample_rate": 0.0}, "pricing": {
+        HAIKU: {"input": 1.0, "output": 5.0}, OPUS: {"input": 5.0, "output": 25.0},
+        new: {"input": 0.5, "output": 2.5}}, "categories": {"sentiment": {
+            "comparator": {"type": "label", "labels": LABELS}, "escalate_on": ["invalid"]}}},
+        database_url=sqlite_url, base_url=sim.base_url)
+    tg("rollout", "sentiment", new, "--steps", "50,100", env=stack.env_for_cli(), cwd=tmp_path)
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    try:
+        time.sleep(0.5)  # the route refresh reads the split
+        served = calls(client, 200)
+        stats = client.tierguard_stats()
+    finally:
+        client.tierguard_close()
+    assert set(served) <= {HAIKU, new, OPUS} and stats["escalated_invalid"] >= 20  # caught, escalated
+    engine, policy = make_engine(sqlite_url), load_policy(stack.env["TIERGUARD_POLICY"])
+    fold(engine, redis.Redis.from_url(redis_url), utcnow() + dt.timedelta(minutes=3), policy)
+    [change] = watch(engine, redis.Redis.from_url(redis_url), policy)
+    assert (change.rule, change.from_model, change.to_model) == ("rollout", new, HAIKU)
+    assert "its answers fail their checks: escalation CUSUM" in change.reason
+    assert status(stack, tmp_path)["status"] == "rolled_back"

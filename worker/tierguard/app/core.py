@@ -125,7 +125,7 @@ class Core:
             if model not in cat.rungs:
                 model = self._refused_route(cat, model)
             split = self.routes.splits.get(name)
-            if split is not None and split.model in cat.rungs:  # a staged rollout's share
+            if split is not None:  # a staged rollout's share
                 model = split.pick(model)
             if model != cat.reference and too_big(self.policy.limits_for(model), request,
                                                   est := estimate(request)):  # attachments read once
@@ -186,6 +186,11 @@ class Core:
         self.uncategorized("tenant_mismatch")
         return True
 
+    def rolling(self, name: str) -> str | None:
+        """The model a staged rollout of ``name`` is sending a share of its calls to, or None."""
+        split = self.routes.splits.get(name)
+        return split.model if split is not None else None
+
     def sampled(self, cat: CategoryPolicy | None, request: dict[str, Any]) -> bool:
         """Count one production call of ``cat``; whether it is to be shadowed."""
         if cat is None:
@@ -193,7 +198,8 @@ class Core:
         try:
             model = request.get("model", "")
             self.publisher.count(cat.name, model)
-            if model not in cat.rungs:  # a caller's own model off the category's ladder: no evidence
+            if model not in cat.rungs and model != self.rolling(cat.name):  # a caller's own model
+                # off the category's ladder: no evidence
                 self.counts["unshadowed_off_ladder"] += 1
                 return False
             rate = cat.sample_rate

@@ -26,10 +26,13 @@ from tierguard.policy import CategoryPolicy
 HEADER = "x-tierguard-escalated"
 
 
-def target(cat: CategoryPolicy | None, model: str | None) -> str | None:
-    """Where a failing answer of ``model`` goes (None: the call is not checked)."""
-    if cat is None or not cat.escalate_on or model not in cat.rungs[:-1]:
+def target(cat: CategoryPolicy | None, model: str | None, rolling: str | None = None) -> str | None:
+    """Where a failing answer of ``model`` goes (None: the call is not checked); ``rolling``: the
+    model a staged rollout sends a share of the category's calls to (checked too)."""
+    if cat is None or not cat.escalate_on or model == cat.reference:
         return None
+    if model not in cat.rungs[:-1]:
+        return cat.reference if model is not None and model == rolling else None
     if cat.escalate_to == "next":
         return cat.rungs[cat.rungs.index(model) + 1]
     return cat.reference

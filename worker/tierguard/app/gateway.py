@@ -257,7 +257,7 @@ class Gateway:
         watch = ChatWatch(streamed, not sampled, limit) if chat else \
             Watch(streamed, not sampled, limit, frames=via is not None and via.frames)
         checked = not (via or (streamed and not cat.buffer_streams))
-        to = escalation.target(cat, routed["model"]) if checked else None
+        to = escalation.target(cat, routed["model"], core.rolling(cat.name)) if checked else None
         if to is None:
             done = await self._relay(scope, "POST", target, headers, body, receive, send, watch)
         else:  # checked: read whole, escalated when it fails (app/escalating)

@@ -6,8 +6,9 @@ and the new ``model``: at step ``i`` a call goes to the new model with probabili
 new model's own agreement CUSUM (the category's demotion design, :class:`~tierguard.engine.
 detector.Engine` watching a rung in service); crossing it rolls back at once. A step advances
 once it has lasted ``step_minutes`` and gathered ``step_samples`` comparisons; the last step
-(100 %) makes the new model the route. Statuses: ``running``, ``paused`` (no split), ``done``,
-``rolled_back``, ``aborted``. Every decision carries its reason.
+(100 %) makes the new model the route — once the policy lists it for the category (a challenger
+rolled out holds at 100 % until it is added to the ladder). Statuses: ``running``, ``paused`` (no
+split), ``done``, ``rolled_back``, ``aborted``. Every decision carries its reason.
 """
 
 from __future__ import annotations
@@ -59,8 +60,10 @@ def fed(engine: Engine, state: dict, agree: bool, now: float) -> tuple[dict, Mov
 
 
 def due(steps: list[int] | tuple[int, ...], step: int, started: float, samples: int, now: float,
-        step_minutes: float, step_samples: int) -> Move:
-    """Whether a running rollout's step is over: ``advance``, ``finish`` (the last) or ``wait``."""
+        step_minutes: float, step_samples: int, listed: bool = True) -> Move:
+    """Whether a running rollout's step is over: ``advance``, ``finish`` (the last) or ``wait``;
+    ``listed``: whether the policy lists the new model for the category (a route must be one of its
+    models: until it does, the last step holds at 100 %)."""
     waited, minutes_left = now - started, step_minutes * 60 - (now - started)
     if minutes_left > 0 or samples < step_samples:
         return Move("wait", f"step {step + 1}/{len(steps)} ({steps[step]} %): {samples} of {step_samples} "
@@ -68,5 +71,8 @@ def due(steps: list[int] | tuple[int, ...], step: int, started: float, samples: 
     why = (f"step {step + 1}/{len(steps)} ({steps[step]} %) held for {waited / 60:.1f} min and "
            f"{samples} comparisons")
     if step + 1 == len(steps):
+        if not listed:
+            return Move("wait", f"{why}; held at 100 % until the policy lists the new model for the "
+                                "category (add it to the ladder): a route is one of its models")
         return Move("finish", f"{why}: the new model serves the category")
     return Move("advance", f"{why}: on to {steps[step + 1]} %", step + 1)

@@ -8,67 +8,49 @@ splits' Redis copy rewritten at once (beat rewrites it on every pass too).
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import redis as redis_lib
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from tierguard.alerts.events import for_rollout
 from tierguard.engine import rollouts as plan
-from tierguard.errors import ConfigError, TierguardError
+from tierguard.errors import ConfigError
+from tierguard.pipeline.rollouts import RolloutRefused, begin
 from tierguard.policy import Policy
 from tierguard.routing import rollouts as splits
-from tierguard.routing.routes import lock_category
 from tierguard.store.db import session, utcnow
 from tierguard.store.tables import Rollout
 
 
-class RolloutRefused(TierguardError):
-    """The rollout command does not apply to the category's state."""
-
-
 def start(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: str, model: str,
-          steps: str, step_minutes: float, step_samples: int, actor: str) -> Rollout:
-    """A new rollout of ``category`` to ``model`` (one of its rungs), from the model in service."""
+          steps: str, step_minutes: float, step_samples: int, actor: str) -> None:
+    """A new rollout of ``category`` to ``model`` (one of its rungs, or a priced model such as a
+    challenger: it holds at 100 % until the policy lists it), from the model in service."""
     cat = policy.category(category)
     problems = []
     try:
         parsed = plan.parse_steps(steps)
     except ValueError as err:
         problems.append(f"--steps: {err}")
-    if model not in cat.rungs:
-        problems.append(f"MODEL: {model} is not one of {category}'s models ({', '.join(cat.rungs)}); "
-                        "add it to the category's ladder first (`tierguard challenge status` says "
-                        "whether it holds)")
+    if model not in cat.rungs and model not in policy.pricing:
+        problems.append(f"MODEL: {model} is neither one of {category}'s models ({', '.join(cat.rungs)}) "
+                        "nor priced in the policy's pricing")
     if step_minutes < 0 or step_samples < 0:
         problems.append("--step-minutes and --step-samples: must not be negative")
     if problems:
         raise ConfigError(problems)
     now = utcnow()
     with session(engine) as s:
-        row = lock_category(s, cat)
-        live = _live(s, category)
-        if live is not None:
-            raise RolloutRefused(f"{category}: a rollout of {live.model} is {live.status}; abort it first")
-        if row.pinned or row.routed_model == model:
-            raise RolloutRefused(f"{category} is pinned ({row.pin_reason}): unpin it first" if row.pinned
-                                 else f"{category} is already served by {model}")
-        rollout = s.get(Rollout, category) or Rollout(category=category, model=model, base=row.routed_model,
-                                                      steps=list(parsed))
-        for key, value in dict(model=model, base=row.routed_model, steps=list(parsed), step=0,
-                               step_minutes=step_minutes, step_samples=step_samples, step_started_at=now,
-                               samples=0, status="running", state={}, started_by=actor, created_at=now,
-                               updated_at=now, reason=f"started by {actor}: {row.routed_model} → {model} "
-                                                      f"in steps of {', '.join(map(str, parsed))} %").items():
-            setattr(rollout, key, value)
-        return _written(s, engine, r, policy, rollout, now)
+        s.add(begin(s, policy, category, model, parsed, step_minutes, step_samples, actor, now))
+        s.commit()
+    _publish(r, engine)
 
 
 def act(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: str, action: str,
-        actor: str) -> Rollout:
+        actor: str) -> None:
     """``pause``, ``resume`` or ``abort`` the category's live rollout."""
     wanted = {"pause": ("running",), "resume": ("paused",), "abort": plan.LIVE}[action]
     now = utcnow()
@@ -82,26 +64,19 @@ def act(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: str
         if action == "resume":  # the step's minutes count again from now; its comparisons stay
             rollout.step_started_at = now
         rollout.updated_at = now
-        return _written(s, engine, r, policy, rollout, now)
+        s.add(rollout)
+        for_rollout(s, policy, rollout, now)
+        s.commit()
+    _publish(r, engine)
 
 
-def _live(s: Session, category: str) -> Rollout | None:
-    found = s.exec(select(Rollout).where(Rollout.category == category).with_for_update()).first()
-    return found if found is not None and found.status in plan.LIVE else None
-
-
-def _written(s: Session, engine: Engine, r: redis_lib.Redis | None, policy: Policy, rollout: Rollout,
-             now: dt.datetime) -> Rollout:
-    s.add(rollout)
-    for_rollout(s, policy, rollout, now)
-    s.commit()
-    s.refresh(rollout)
+def _publish(r: redis_lib.Redis | None, engine: Engine) -> None:
+    """The splits' Redis copy rewritten now (beat rewrites it on its next pass when this fails)."""
     if r is not None:
         try:
             splits.publish(r, engine)
         except (redis_lib.RedisError, sa.exc.SQLAlchemyError):
-            pass  # beat rewrites the copy on its next pass
-    return rollout
+            pass
 
 
 def status(engine: Engine, policy: Policy, category: str | None = None) -> dict[str, Any]:

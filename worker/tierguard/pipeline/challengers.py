@@ -20,7 +20,9 @@ from sqlmodel import Session, select
 
 from tierguard.contract.job import ShadowJob, digest
 from tierguard.engine import challengers as evidence
+from tierguard.engine.rollouts import DEFAULT_STEPS
 from tierguard.pipeline.results import Result
+from tierguard.pipeline.rollouts import RolloutRefused, begin
 from tierguard.pipeline.shadow import AGAINST_SERVING, CHALLENGE
 from tierguard.policy import Policy
 from tierguard.policy.model_limits import too_big
@@ -43,9 +45,10 @@ def picked(policy: Policy, challengers: Challengers, job: ShadowJob) -> list[str
     return out
 
 
-def record(s: Session, policy: Policy, results: list[Result], inserted: set[str], now: dt.datetime) -> None:
+def record(s: Session, policy: Policy, results: list[Result], inserted: set[str], now: dt.datetime) -> bool:
     """Feed every challenged job among ``results`` (samples in ``inserted``) to its evidence; rows
-    locked in (category, model) order, so concurrent transactions never deadlock."""
+    locked in (category, model) order, so concurrent transactions never deadlock. Whether a
+    rollout started (``auto_rollout``)."""
     by_id = {x.job.job_id: x for x in results}
     fed: dict[tuple[str, str], list[evidence.Outcome]] = {}
     for x in results:
@@ -55,24 +58,47 @@ def record(s: Session, policy: Policy, results: list[Result], inserted: set[str]
         parent, _, model = job_id.partition(CHALLENGE)
         outcome = _outcome(policy, x, by_id.get(parent), by_id.get(f"{parent}{AGAINST_SERVING}{model}"))
         fed.setdefault((x.job.category, model), []).append(outcome)
+    started = False
     for (name, model), outcomes in sorted(fed.items()):
-        _feed(s, policy, name, model, outcomes, now)
+        started |= _feed(s, policy, name, model, outcomes, now)
+    return started
 
 
 def _feed(s: Session, policy: Policy, name: str, model: str, outcomes: list[evidence.Outcome],
-          now: dt.datetime) -> None:
+          now: dt.datetime) -> bool:
     cat = policy.category(name)
     s.execute(upsert_insert(s)(ChallengerState.__table__).values(
         category=name, model=model, state={}, updated_at=now).on_conflict_do_nothing())
     row = s.exec(select(ChallengerState).where(ChallengerState.category == name,
                                                ChallengerState.model == model).with_for_update()).one()
-    state = row.state
+    state, started = row.state, False
     for outcome in outcomes:
         state, decision = evidence.feed(state, cat.challenge_engine, outcome, now.timestamp())
         if decision is not None:
             log.warning("category %s: challenger %s is eligible: %s", name, model, decision.reason)
+            started |= cat.auto_rollout and _rolled_out(s, policy, name, model, state, outcomes[-1], now)
     row.state, row.updated_at = state, now
     s.add(row)
+    return started
+
+
+def _rolled_out(s: Session, policy: Policy, name: str, model: str, state: dict,
+                last: evidence.Outcome, now: dt.datetime) -> bool:
+    """``auto_rollout``: an eligible challenger not ``worse`` and cheaper than the model in service
+    rolled out in the default steps; whether it started (not while a rollout is live, or pinned)."""
+    cat = policy.category(name)
+    if evidence.verdict(state, cat.reference, cat.threshold, cat.min_samples).name == "worse":
+        return False
+    price, serving = policy.pricing.get(model), policy.pricing.get(last.serving)
+    if price is None or serving is None or price.input + price.output >= serving.input + serving.output:
+        return False
+    try:
+        with s.begin_nested():
+            begin(s, policy, name, model, DEFAULT_STEPS, 60.0, 100, "auto_rollout", now)
+    except RolloutRefused as err:
+        log.info("category %s: challenger %s eligible, not rolled out: %s", name, model, err)
+        return False
+    return True
 
 
 def _outcome(policy: Policy, x: Result, parent: Result | None, serving: Result | None) -> evidence.Outcome:

@@ -6,11 +6,12 @@ many answers demoted, audited and paged like an agreement demotion.
 ``escalate_on``, under the category's row lock, it feeds every folded minute not fed before
 (``category.escalation_state``, per rung), in order; a crossing while the rung serves (and is not
 pinned) moves the route to the reference, or with ``demote_to: next`` to the cheapest eligible
-rung above (rule ``escalations``; observe mode writes a "would flip" row). The demotion counts in
-the flap guard as the agreement engine's do (noted in the rung's detector state, a ladder's every
-rung stamped); the ``flap_limit``-th change within ``flap_window_hours`` pins the category to its
-reference (rule ``flap_guard``). The agreement engine sees the new route on its next sample, as
-after any route change.
+rung above (rule ``escalations``; observe mode writes a "would flip" row); a running staged
+rollout's new model is watched as serving, and a crossing rolls the rollout back (rule
+``rollout``). The demotion counts in the flap guard as the agreement engine's do (noted in the
+rung's detector state, a ladder's every rung stamped); the ``flap_limit``-th change within
+``flap_window_hours`` pins the category to its reference (rule ``flap_guard``). The agreement
+engine sees the new route on its next sample, as after any route change.
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ from collections import defaultdict
 import redis as redis_lib
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from tierguard import metrics
 from tierguard.alerts.events import for_route_change
 from tierguard.engine.detector import Decision, note_change
 from tierguard.engine.fingerprints import kept
 from tierguard.pipeline.recorder import apply_decision
+from tierguard.pipeline.rollouts import publish_after, roll_back
 from tierguard.policy import CategoryPolicy, Policy
 from tierguard.routing.routes import lock_category, publish_quietly
 from tierguard.store.db import session, utcnow
-from tierguard.store.tables import Category, RouteChange, Traffic
+from tierguard.store.tables import Category, Rollout, RouteChange, Traffic
 from tierguard.store.traffic import ESCALATED
 
 log = logging.getLogger(__name__)
@@ -89,20 +91,34 @@ def _demote(s: Session, policy: Policy, cat: CategoryPolicy, row: Category, mode
     return change
 
 
+def _fed(s: Session, policy: Policy, cat: CategoryPolicy, row: Category, rollout: Rollout | None,
+        states: dict, minute: Minute) -> RouteChange | None:
+    """One folded minute of one model through its escalation CUSUM (``states`` updated); the
+    demotion, or a running rollout's roll-back, it made."""
+    model, at, checked, failed = minute
+    rolling = rollout is not None and rollout.status == "running" and model == rollout.model
+    serving = (row.routed_model == model and not row.pinned) or rolling
+    states[model], decision = cat.escalation_watch.feed(states.get(model), at, checked, failed, serving)
+    if decision is None:
+        return None
+    if rolling:  # a staged rollout's new model: rolled back
+        why = f"its answers fail their checks: {decision.reason}"
+        return roll_back(s, policy, rollout, why, None, utcnow())  # type: ignore[arg-type]
+    return _demote(s, policy, cat, row, model, decision)
+
+
 def _category(engine: Engine, policy: Policy, cat: CategoryPolicy, minutes: list[Minute]
               ) -> tuple[Category, list[RouteChange]]:
     changes = []
     with session(engine) as s:
         row = lock_category(s, cat)
+        rollout = s.exec(select(Rollout).where(Rollout.category == cat.name, Rollout.status == "running")
+                         .with_for_update()).first()
         states = dict(row.escalation_state or {})
-        for model, at, checked, failed in minutes:
-            serving = row.routed_model == model and not row.pinned
-            states[model], decision = cat.escalation_watch.feed(states.get(model), at, checked, failed,
-                                                                serving)
-            if decision is not None:
-                change = _demote(s, policy, cat, row, model, decision)
-                if change is not None:
-                    changes.append(change)
+        for minute in minutes:
+            change = _fed(s, policy, cat, row, rollout, states, minute)
+            if change is not None:
+                changes.append(change)
         row.escalation_state = states
         s.add(row)
         s.commit()
@@ -132,4 +148,5 @@ def watch(engine: Engine, r: redis_lib.Redis | None, policy: Policy, now: dt.dat
         if change.applied:
             metrics.ROUTE_CHANGES.labels(change.category, change.rule, change.to_model).inc()
     publish_quietly(r, moved)
+    publish_after(r, engine, any(c.rule == "rollout" for c in changes))
     return changes

@@ -110,11 +110,11 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
             _feed_category(s, policy, policy.category(name), [(i, results[i]) for i in by_category[name]],
                            now, done)
         inserted = {row["job_id"] for row in done.recorded}
-        challengers.record(s, policy, results, inserted, now)
+        started = challengers.record(s, policy, results, inserted, now)
         rolled_back = rollouts.record(s, policy, results, inserted, now)
         done.changes += rolled_back
         s.commit()
-    rollouts.publish_after(r, engine, rolled_back)
+    rollouts.publish_after(r, engine, bool(rolled_back) or started)
     _observe(results, done)
     otlp.recorded(done.recorded, done.changes)  # queued for export off this thread, if on
     for change in done.changes:

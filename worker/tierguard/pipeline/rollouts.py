@@ -22,6 +22,7 @@ from sqlmodel import Session, select
 
 from tierguard.alerts.events import for_rollout, for_route_change
 from tierguard.engine import rollouts as plan
+from tierguard.errors import TierguardError
 from tierguard.pipeline.results import Result
 from tierguard.policy import Policy
 from tierguard.routing import rollouts as splits
@@ -53,14 +54,16 @@ def record(s: Session, policy: Policy, results: list[Result], inserted: set[str]
             rollout.samples += 1
             rollout.state, move = plan.fed(cat.engine, rollout.state, x.verdict.agree, now.timestamp())
             if move is not None:
-                made.append(_roll_back(s, policy, rollout, move.reason, x.job.job_id, now))
+                made.append(roll_back(s, policy, rollout, move.reason, x.job.job_id, now))
         rollout.updated_at = now
         s.add(rollout)
     return made
 
 
-def _roll_back(s: Session, policy: Policy, rollout: Rollout, reason: str, job_id: str | None,
-               now: dt.datetime) -> RouteChange:
+def roll_back(s: Session, policy: Policy, rollout: Rollout, reason: str, job_id: str | None,
+              now: dt.datetime) -> RouteChange:
+    """End ``rollout`` now (its split gone): audited from the new model back to the one in service,
+    rule ``rollout``, paged as a demotion."""
     rollout.status, rollout.reason = "rolled_back", reason
     change = RouteChange(category=rollout.category, from_model=rollout.model, to_model=rollout.base,
                          rule="rollout", reason=f"rollout of {rollout.model} rolled back to "
@@ -102,15 +105,16 @@ def _advance_one(s: Session, policy: Policy, name: str, now: dt.datetime) -> str
     rollout = s.exec(select(Rollout).where(Rollout.category == name).with_for_update()).one()
     if rollout.status != "running":
         return None
-    if row.routed_model != rollout.base or row.pinned or rollout.model not in cat.rungs:
-        why = ("pinned" if row.pinned else f"the route moved to {row.routed_model}"
-               if row.routed_model != rollout.base else f"{rollout.model} is no longer one of its models")
+    if row.routed_model != rollout.base or row.pinned:
+        why = "pinned" if row.pinned else f"the route moved to {row.routed_model}"
         return _end(s, policy, rollout, "aborted", f"aborted: {why} under the rollout", now)
     started = rollout.step_started_at
     started = started if started.tzinfo else started.replace(tzinfo=dt.UTC)
     move = plan.due(rollout.steps, rollout.step, started.timestamp(), rollout.samples, now.timestamp(),
-                    rollout.step_minutes, rollout.step_samples)
+                    rollout.step_minutes, rollout.step_samples, rollout.model in cat.rungs)
     if move.action == "wait":
+        if move.reason != rollout.reason and "held at 100 %" in move.reason:  # said once
+            return _end(s, policy, rollout, "running", move.reason, now)
         return None
     if move.action == "advance":
         rollout.step, rollout.samples, rollout.step_started_at = move.step, 0, now
@@ -122,6 +126,31 @@ def _advance_one(s: Session, policy: Policy, name: str, now: dt.datetime) -> str
     return _end(s, policy, rollout, "done", move.reason, now)
 
 
+def begin(s: Session, policy: Policy, category: str, model: str, steps: tuple[int, ...],
+          step_minutes: float, step_samples: int, actor: str, now: dt.datetime) -> Rollout:
+    """A new rollout of ``category`` (its row locked) to ``model`` from the model in service, with
+    its ``rollout`` event (RolloutRefused while another is live, or when pinned or served by it)."""
+    row = lock_category(s, policy.category(category))
+    rollout = s.exec(select(Rollout).where(Rollout.category == category).with_for_update()).first()
+    if rollout is not None and rollout.status in plan.LIVE:
+        raise RolloutRefused(f"{category}: a rollout of {rollout.model} is {rollout.status}; abort it first")
+    if row.pinned or row.routed_model == model:
+        raise RolloutRefused(f"{category} is pinned ({row.pin_reason}): unpin it first" if row.pinned
+                             else f"{category} is already served by {model}")
+    rollout = rollout or Rollout(category=category, model=model, base=row.routed_model, steps=list(steps))
+    for key, value in dict(model=model, base=row.routed_model, steps=list(steps), step=0,
+                           step_minutes=step_minutes, step_samples=step_samples, step_started_at=now,
+                           samples=0, state={}, started_by=actor, created_at=now).items():
+        setattr(rollout, key, value)
+    _end(s, policy, rollout, "running", f"started by {actor}: {row.routed_model} → {model} in steps of "
+                                       f"{', '.join(map(str, steps))} %", now)
+    return rollout
+
+
+class RolloutRefused(TierguardError):
+    """The rollout command does not apply to the category's state."""
+
+
 def _end(s: Session, policy: Policy, rollout: Rollout, status: str, reason: str, now: dt.datetime) -> str:
     """A transition written (status, reason) with its ``rollout`` event."""
     rollout.status, rollout.reason, rollout.updated_at = status, reason, now
@@ -130,9 +159,10 @@ def _end(s: Session, policy: Policy, rollout: Rollout, status: str, reason: str,
     return f"{rollout.category}: {reason}"
 
 
-def publish_after(r: redis_lib.Redis | None, engine: Engine, changes: list[RouteChange]) -> None:
-    """After a commit that rolled back: the splits' copy rewritten (quietly; beat heals it too)."""
-    if r is None or not changes:
+def publish_after(r: redis_lib.Redis | None, engine: Engine, changed: bool) -> None:
+    """After a commit that started or rolled back a rollout: the splits' copy rewritten (quietly;
+    beat heals it too)."""
+    if r is None or not changed:
         return
     try:
         splits.publish(r, engine)

@@ -62,6 +62,7 @@ class CategoryPolicy(Strict):
     buffer_streams: bool = False  # streams buffered and checked before they are relayed
     max_escalation_rate: float = 0.05  # the escalation CUSUM's limit per (category, rung)
     challenge_rate: float = 0.2  # share of sampled jobs that also ask a challenger
+    auto_rollout: bool = False  # an eligible, cheaper challenger rolled out by itself (pipeline/challengers)
 
     @cached_property
     def challenge_engine(self) -> Engine:
@@ -133,9 +134,9 @@ class CategoryPolicy(Strict):
     def other_model(self, served: str) -> str:
         """The model a request served by ``served`` is shadowed to: the reference, or, while the
         reference serves, the rung just below it (the next to promote)."""
-        if not self.laddered:
-            return self.reference if served == self.candidate else self.candidate
-        return self.rungs[-2] if served == self.reference else self.reference
+        if served != self.reference:  # a rung, or a model a staged rollout sends calls to
+            return self.reference
+        return self.rungs[-2] if self.laddered else self.candidate
 
     def above(self, model: str) -> tuple[str, ...]:
         """The rungs dearer than ``model``, cheapest first (the reference for one off the ladder)."""

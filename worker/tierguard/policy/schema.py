@@ -89,6 +89,7 @@ class _Tunables(Strict):
     # Share of sampled jobs that also ask a challenger (pipeline/challengers.py); unset: the
     # policy's top-level challenge_rate.
     challenge_rate: float | None = None
+    auto_rollout: bool | None = None  # an eligible, cheaper challenger is rolled out in steps by itself
 
     _unit_fields = field_validator("sample_rate", "threshold", "healthy", "promote_threshold",
                                    "noise_floor_rate", "sample_rate_min", "sample_rate_max",
@@ -147,6 +148,7 @@ class Defaults(_Tunables):
     escalate_to: Literal["reference", "next"] = "reference"
     buffer_streams: bool = False
     max_escalation_rate: float = 0.05
+    auto_rollout: bool = False
 
 
 class CategoryOverrides(_Tunables):
