@@ -86,6 +86,8 @@ def test_a_good_rung_is_rolled_out_step_by_step_across_restarts(stack, simulator
     assert row.routed_model == HAIKU and [(c.rule, c.from_model, c.to_model) for c in changes] == [
         ("rollout", OPUS, HAIKU)]
     assert kinds.count("rollout") == 3 and "promoted" in kinds  # started, the step, done
+    shown = last_json(tg("status", "--json", env=env, cwd=tmp_path).stdout)["categories"]["sentiment"]
+    assert shown["route"] == HAIKU and shown["rollout"]["status"] == "done"
 
 
 def test_a_bad_rung_is_rolled_back_at_its_first_step(stack, simulator, sqlite_url, tmp_path):

@@ -14,6 +14,7 @@ from tierguard.engine.fingerprints import KEY as TRACKED
 from tierguard.engine.fingerprints import summary as fingerprint
 from tierguard.engine.ladder import rung_state
 from tierguard.ops.challengers import by_category, challenger_status
+from tierguard.ops.rollouts import status as rollout_status
 from tierguard.policy import Policy
 from tierguard.store.db import session, utcnow
 from tierguard.store.tables import Category, Event, RouteChange, Sample
@@ -127,6 +128,9 @@ def category_status(engine: Engine, policy: Policy) -> dict[str, dict[str, Any]]
     for name, figures in by_category(challenger_status(engine, policy)).items():
         if name in out:
             out[name].update(figures)
+    for name, rollout in rollout_status(engine, policy)["rollouts"].items():
+        if name in out:
+            out[name]["rollout"] = rollout
     return out
 
 
