@@ -149,3 +149,17 @@ def test_a_rollout_whose_new_model_breaks_answers_is_rolled_back_by_the_escalati
     assert (change.rule, change.from_model, change.to_model) == ("rollout", new, HAIKU)
     assert "its answers fail their checks: escalation CUSUM" in change.reason
     assert status(stack, tmp_path)["status"] == "rolled_back"
+
+
+def test_the_gateway_splits_calls_as_the_weights_say(stack, simulator, sqlite_url, tmp_path):
+    from tests.helpers import API_KEY
+
+    setup(stack, simulator, sqlite_url, 1.0)
+    tg("rollout", "sentiment", HAIKU, "--steps", "30,100", env=stack.env_for_cli(), cwd=tmp_path)
+    base = stack.start_gateway()
+    client = anthropic.Anthropic(base_url=base, api_key=API_KEY, max_retries=0,
+                                 default_headers={"x-tierguard-category": "sentiment"})
+    served = [client.messages.create(model=OPUS, system="sentiment: classify", max_tokens=8,
+                                     messages=[{"role": "user", "content": f"review {i}"}]).model
+              for i in range(300)]
+    assert 0.2 <= served.count(HAIKU) / 300 <= 0.4 and set(served) == {HAIKU, OPUS}  # 30 % ± 3.8 σ
