@@ -53,3 +53,17 @@ def test_paired_counts_restart_when_another_model_serves():
     assert (state["pn"], state["b"], state["sn"], state["sa"]) == (10, 10, 10, 10)
     state, _ = run([Outcome(OPUS, True, True, True)], state)
     assert (state["serving"], state["pn"], state["b"], state["n"]) == (OPUS, 1, 0, 11)
+
+
+def test_a_challenger_whose_answers_fail_the_checks_is_held_from_eligibility():
+    from tierguard.engine.escalations import Watch
+
+    checks = Watch(0.05)
+    failing = [Outcome(OPUS, True, True, True, failed=i % 10 == 0) for i in range(400)]
+    state, decisions = None, []
+    for i, x in enumerate(failing):
+        state, decision = feed(state, ENGINE, x, float(i), checks)
+        decisions += [decision] if decision else []
+    assert decisions == [] and state["checks"] == [0, 0, 200, 20]  # 10 % > 5 %: never eligible
+    state, decision = feed(state, ENGINE, Outcome(HAIKU, True, None, None, failed=False), 401.0, checks)
+    assert state["serving"] == HAIKU and state["pn"] == 0  # served by another model: the reference only

@@ -8,6 +8,7 @@ import signal
 import time
 
 import anthropic
+import httpx2
 from sqlmodel import select
 
 import tierguard
@@ -152,10 +153,15 @@ def test_a_rollout_whose_new_model_breaks_answers_is_rolled_back_by_the_escalati
 
 
 def test_the_gateway_splits_calls_as_the_weights_say(stack, simulator, sqlite_url, tmp_path):
+    import redis
+
     from tests.helpers import API_KEY
 
     setup(stack, simulator, sqlite_url, 1.0)
-    tg("rollout", "sentiment", HAIKU, "--steps", "30,100", env=stack.env_for_cli(), cwd=tmp_path)
+    env = stack.env_for_cli()
+    refused = tg("rollout", "sentiment", OPUS, env=env, cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "is sentiment's reference" in refused.stderr
+    tg("rollout", "sentiment", HAIKU, "--steps", "30,100", env=env, cwd=tmp_path)
     base = stack.start_gateway()
     client = anthropic.Anthropic(base_url=base, api_key=API_KEY, max_retries=0,
                                  default_headers={"x-tierguard-category": "sentiment"})
@@ -163,3 +169,24 @@ def test_the_gateway_splits_calls_as_the_weights_say(stack, simulator, sqlite_ur
                                      messages=[{"role": "user", "content": f"review {i}"}]).model
               for i in range(300)]
     assert 0.2 <= served.count(HAIKU) / 300 <= 0.4 and set(served) == {HAIKU, OPUS}  # 30 % ± 3.8 σ
+    r = redis.Redis.from_url(stack.env["TIERGUARD_REDIS_URL"])
+    r.hset("tierguard:splits", "sentiment", f"{OPUS}|claude-forged-1|1")  # a model the policy does not know
+    time.sleep(0.6)  # the gateway's route refresh reads it
+    forged = [client.messages.create(model=OPUS, system="sentiment: classify", max_tokens=8,
+                                     messages=[{"role": "user", "content": "x"}]).model for _ in range(5)]
+    assert set(forged) == {OPUS} and httpx2.get(base + "/tierguard/stats").json()["split_refused"] == 5
+
+
+def test_a_live_rollout_to_a_retired_model_is_aborted(stack, simulator, sqlite_url, tmp_path):
+    import datetime as dt
+
+    from tierguard.pipeline.rollouts import abort_retired
+    from tierguard.policy import load_policy
+
+    setup(stack, simulator, sqlite_url, 1.0)
+    tg("rollout", "sentiment", HAIKU, env=stack.env_for_cli(), cwd=tmp_path)
+    policy = load_policy(stack.env["TIERGUARD_POLICY"]).model_copy(
+        update={"retirements": {HAIKU: dt.date.today() - dt.timedelta(days=1)}})
+    assert abort_retired(make_engine(sqlite_url), None, policy, dt.date.today()) == 1
+    assert status(stack, tmp_path)["status"] == "aborted"
+    assert status(stack, tmp_path)["reason"].startswith(f"aborted: {HAIKU} retired on")

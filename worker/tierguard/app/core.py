@@ -125,8 +125,8 @@ class Core:
             if model not in cat.rungs:
                 model = self._refused_route(cat, model)
             split = self.routes.splits.get(name)
-            if split is not None:  # a staged rollout's share
-                model = split.pick(model)
+            if split is not None and model == split.base:  # a staged rollout's share
+                model = self._split(cat, split, model)
             if model != cat.reference and too_big(self.policy.limits_for(model), request,
                                                   est := estimate(request)):  # attachments read once
                 model = next((m for m in cat.above(model)  # the cheapest rung above that can
@@ -136,6 +136,15 @@ class Core:
         except Exception:
             self._failed("routing")
             return None, request
+
+    def _split(self, cat: CategoryPolicy, split: Any, model: str) -> str:
+        """A staged rollout's pick for a call routed to ``model``; a split to a model the policy does
+        not know (a forged or stale Redis copy) is never followed (counted ``split_refused``)."""
+        if split.model in cat.rungs or split.model in self.policy.known_models:
+            return split.pick(model)
+        self.refuse("split_refused", "a rollout split of %s names %r, which the policy does not know: "
+                    "not followed", cat.name, split.model)
+        return model
 
     def _refused_route(self, cat: CategoryPolicy, model: str) -> str:
         """A route to a model the policy does not list (a forged Redis copy, a stale row): never

@@ -52,13 +52,17 @@ async def _read(gateway: Any, method: str, target: str, headers: list, body: byt
         return None
     chunks: list[bytes] = []
     rest = response.aiter_raw()
+    long = False
     try:
-        if await asyncio.wait_for(_drain(rest, chunks, limit), remaining(until)):
-            return Long(response, shard, b"".join(chunks), rest)
+        long = await asyncio.wait_for(_drain(rest, chunks, limit), remaining(until))
     except (TimeoutError, httpx2.TransportError):
         chunks = None  # type: ignore[assignment]
-    await response.aclose()
-    upstream.done(shard)
+    finally:
+        if not long:  # read whole, failed or cancelled: given back now (a Long is closed by its relay)
+            await response.aclose()
+            upstream.done(shard)
+    if long:
+        return Long(response, shard, b"".join(chunks), rest)
     return None if chunks is None else (response.status_code, _kept(response), b"".join(chunks))
 
 

@@ -9,11 +9,12 @@ from tierguard.cli.apps import app
 from tierguard.cli.common import JsonOpt, actor_name, console, emit, env, redis_client
 
 ACTIONS = ("pause", "resume", "abort")
-HELP = ("Roll CATEGORY out to MODEL (one of its rungs) in weighted steps: each step sends that share "
+HELP = ("Roll CATEGORY out to MODEL (a rung below its reference, or a priced model such as a "
+        "challenger) in weighted steps: each step sends that share "
         "of the calls routed to the model in service to MODEL, and advances once it has lasted "
         "--step-minutes and gathered --step-samples comparisons of MODEL with the reference; MODEL's "
         "own agreement CUSUM on its share rolls it back at once (audited, paged, rule rollout); the "
-        "last step (100) makes MODEL the route.\n\n"
+        "last step (100) makes MODEL the route (a model off the ladder: once the policy lists it).\n\n"
         "`tierguard rollout status [CATEGORY] [--json]`, `tierguard rollout pause|resume|abort CATEGORY`.")
 
 

@@ -4,7 +4,12 @@ On the share of sampled jobs it challenges, a challenger answers the same reques
 compares its answer with the job's reference answer (``a`` of ``n`` agree) and with the answer of
 the rung in service (``sa`` of ``sn``), and notes whether the rung in service agreed with the
 reference on the same job: ``b`` jobs where it did and the challenger did not, ``c`` the reverse,
-of ``pn`` paired jobs. Paired counts restart when another model serves.
+of ``pn`` paired jobs. ``serving`` is the category's route when the job was recorded; a job
+served by another model (escalated, guarded, a rollout's share) counts against the reference only.
+Paired counts restart when another model serves. Where the category has answer checks, the
+challenger's answers are checked too (``failed``): its failures over its last 200–400 checked
+answers above ``max_escalation_rate`` hold it from eligibility, as for a rung (promotion needs
+both streams healthy, :mod:`tierguard.engine.escalations`).
 
 Eligibility is the promotion rule's (:class:`~tierguard.engine.detector.Engine`: the betting
 e-process on agreement with the reference above ``promote_threshold``, valid however often it is
@@ -26,6 +31,8 @@ from dataclasses import dataclass
 
 from tierguard.engine.betting import wilson
 from tierguard.engine.detector import Decision, Engine, Situation
+from tierguard.engine.escalations import Watch as EscalationWatch
+from tierguard.engine.escalations import shadow_checked
 
 MARGIN = 0.02  # agreement within ±2 points of the rung in service is equivalent
 Z = 1.96
@@ -44,11 +51,16 @@ class Outcome:
     with_reference: bool | None
     with_serving: bool | None
     serving_agreed: bool | None
+    failed: bool | None = None  # its answer failed the category's checks (None: not checked)
 
 
-def feed(state: dict | None, engine: Engine, x: Outcome, now: float) -> tuple[dict, Decision | None]:
-    """The state after one challenged job, and an ``eligible`` decision when it became eligible."""
+def feed(state: dict | None, engine: Engine, x: Outcome, now: float,
+         checks: EscalationWatch | None = None) -> tuple[dict, Decision | None]:
+    """The state after one challenged job, and an ``eligible`` decision when it became eligible
+    (``checks``: the category's escalation watch, when it has answer checks)."""
     st = {**fresh(x.serving), **(state or {})}
+    if x.failed is not None:
+        st["checks"] = shadow_checked({"shadow": st.get("checks")}, x.failed)["shadow"]
     if st["serving"] != x.serving:  # the rung it is judged against changed: paired counts restart
         st.update(sn=0, sa=0, pn=0, b=0, c=0, serving=x.serving)
     if x.with_serving is not None:
@@ -62,7 +74,9 @@ def feed(state: dict | None, engine: Engine, x: Outcome, now: float) -> tuple[di
         st["pn"] += 1
         st["b"] += int(x.serving_agreed and not x.with_reference)
         st["c"] += int(x.with_reference and not x.serving_agreed)
-    st["det"], decision = engine.update(st["det"] or {}, x.with_reference, Situation("reference", False, now))
+    held = None if checks is None else checks.held({"shadow": st.get("checks")})
+    st["det"], decision = engine.update(st["det"] or {}, x.with_reference,
+                                        Situation("reference", False, now, held=held))
     return st, decision if decision.action == "eligible" else None
 
 

@@ -97,8 +97,10 @@ def _add_traffic(entry: dict[str, float], policy: Policy, name: str, model: str,
     entry["escalated_usd"] += escalated
     entry["escalated_calls"] += int(escalated_calls or 0)
     entry["savings_usd"] -= escalated  # the cheap answer it replaced was paid for as well
-    if model in cat.rungs[:-1]:  # served by a rung cheaper than the reference
-        entry["savings_usd"] += on_reference - spent
+    if model in cat.rungs[:-1]:  # served by a rung cheaper than the reference (not its escalated
+        # calls, escalate_to: next: those replaced a cheap answer already counted)
+        escalated_on_reference = policy.cost_usd(cat.reference, *escalated_tokens) or 0.0
+        entry["savings_usd"] += (on_reference - escalated_on_reference) - (spent - escalated)
 
 
 def _finish(entry: dict[str, float], days: float) -> dict[str, Any]:

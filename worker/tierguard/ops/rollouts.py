@@ -1,6 +1,7 @@
 """``tierguard rollout``: an operator starts, pauses, resumes, aborts and reads staged rollouts.
 
-A rollout moves a category from the model in service to another of its rungs in weighted steps
+A rollout moves a category from the model in service to another of its rungs below the reference,
+or to a priced model off its ladder (a challenger), in weighted steps
 (:mod:`tierguard.engine.rollouts`; gated and moved on by the worker and beat,
 :mod:`tierguard.pipeline.rollouts`). Each transition is written with its ``rollout`` event and the
 splits' Redis copy rewritten at once (beat rewrites it on every pass too).
@@ -35,7 +36,10 @@ def start(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: s
         parsed = plan.parse_steps(steps)
     except ValueError as err:
         problems.append(f"--steps: {err}")
-    if model not in cat.rungs and model not in policy.pricing:
+    if model == cat.reference:
+        problems.append(f"MODEL: {model} is {category}'s reference; a category goes back to it at once "
+                        "(`tierguard pin`), not in steps")
+    elif model not in cat.rungs and model not in policy.pricing:
         problems.append(f"MODEL: {model} is neither one of {category}'s models ({', '.join(cat.rungs)}) "
                         "nor priced in the policy's pricing")
     if step_minutes < 0 or step_samples < 0:

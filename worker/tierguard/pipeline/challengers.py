@@ -27,7 +27,7 @@ from tierguard.pipeline.shadow import AGAINST_SERVING, CHALLENGE
 from tierguard.policy import Policy
 from tierguard.policy.model_limits import too_big
 from tierguard.store.db import upsert_insert
-from tierguard.store.tables import ChallengerState
+from tierguard.store.tables import Category, ChallengerState
 
 log = logging.getLogger(__name__)
 Challengers = Callable[[str], list[tuple[str, float]]]  # category -> (model, share) of its challengers
@@ -51,12 +51,16 @@ def record(s: Session, policy: Policy, results: list[Result], inserted: set[str]
     rollout started (``auto_rollout``)."""
     by_id = {x.job.job_id: x for x in results}
     fed: dict[tuple[str, str], list[evidence.Outcome]] = {}
+    routes: dict[str, str] = {}
     for x in results:
         job_id = x.job.job_id
         if x.kind != "challenger" or CHALLENGE not in job_id or job_id not in inserted:
             continue
         parent, _, model = job_id.partition(CHALLENGE)
-        outcome = _outcome(policy, x, by_id.get(parent), by_id.get(f"{parent}{AGAINST_SERVING}{model}"))
+        name = x.job.category
+        route = routes[name] if name in routes else routes.setdefault(name, _route(s, policy, name))
+        twin = by_id.get(f"{parent}{AGAINST_SERVING}{model}")
+        outcome = _outcome(policy, x, by_id.get(parent), twin, route)
         fed.setdefault((x.job.category, model), []).append(outcome)
     started = False
     for (name, model), outcomes in sorted(fed.items()):
@@ -72,8 +76,9 @@ def _feed(s: Session, policy: Policy, name: str, model: str, outcomes: list[evid
     row = s.exec(select(ChallengerState).where(ChallengerState.category == name,
                                                ChallengerState.model == model).with_for_update()).one()
     state, started = row.state, False
+    checks = cat.escalation_watch if cat.escalate_on else None
     for outcome in outcomes:
-        state, decision = evidence.feed(state, cat.challenge_engine, outcome, now.timestamp())
+        state, decision = evidence.feed(state, cat.challenge_engine, outcome, now.timestamp(), checks)
         if decision is not None:
             log.warning("category %s: challenger %s is eligible: %s", name, model, decision.reason)
             started |= cat.auto_rollout and _rolled_out(s, policy, name, model, state, outcomes[-1], now)
@@ -101,15 +106,28 @@ def _rolled_out(s: Session, policy: Policy, name: str, model: str, state: dict,
     return True
 
 
-def _outcome(policy: Policy, x: Result, parent: Result | None, serving: Result | None) -> evidence.Outcome:
-    """One challenged job: the challenger against the reference and the rung in service, and the
-    rung in service against the reference (from the job's own shadow, when it compared those)."""
+def _route(s: Session, policy: Policy, name: str) -> str:
+    """The category's route now (the row is locked in this transaction or soon will be)."""
+    row = s.get(Category, name)
+    return row.routed_model if row is not None else policy.category(name).initial_route
+
+
+def _outcome(policy: Policy, x: Result, parent: Result | None, serving: Result | None,
+             route: str) -> evidence.Outcome:
+    """One challenged job: the challenger against the reference and the rung in service (``route``),
+    and the rung in service against the reference (from the job's own shadow, when it compared
+    those); a job served by another model (escalated, guarded, a rollout's share) counts against
+    the reference only."""
     cat = policy.category(x.job.category)
     served = parent.job.served_model if parent is not None else cat.reference
     with_reference = x.verdict.agree if x.verdict is not None else None
+    failed = (cat.checks.check_text(x.answer.text, x.answer.stop_reason) is not None
+              if cat.escalate_on and x.answer is not None else None)
+    if served != route:
+        return evidence.Outcome(route, with_reference, None, None, failed)
     if served == cat.reference:
-        return evidence.Outcome(served, with_reference, with_reference, True)
+        return evidence.Outcome(served, with_reference, with_reference, True, failed)
     with_serving = serving.verdict.agree if serving is not None and serving.verdict is not None else None
     agreed = (parent.verdict.agree if parent is not None and parent.verdict is not None
               and parent.job.shadow_model == cat.reference else None)
-    return evidence.Outcome(served, with_reference, with_serving, agreed)
+    return evidence.Outcome(served, with_reference, with_serving, agreed, failed)

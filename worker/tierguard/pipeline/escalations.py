@@ -76,6 +76,7 @@ def _demote(s: Session, policy: Policy, cat: CategoryPolicy, row: Category, mode
     target = (cat.ladder_engine.next_up((row.detector_state or {}).get("rungs") or {}, model)
               if cat.laddered else cat.reference)
     applied = cat.mode != "observe"
+    before = row.detector_state
     pin = applied and _noted(cat, row, model, target, utcnow().timestamp())
     if pin:
         target = cat.reference
@@ -86,7 +87,9 @@ def _demote(s: Session, policy: Policy, cat: CategoryPolicy, row: Category, mode
                                    reason=f"{model} breaks too many answers, so {target} serves: "
                                           f"{decision.reason}")
     change = apply_decision(s, row, decision, None, target)
-    if change is not None and change.applied:
+    if change is None:  # lost a race: nothing changed, nothing to note in the flap guard
+        row.detector_state = before
+    elif change.applied:
         for_route_change(s, policy, change, "flap_guard" if pin else "demoted")
     return change
 

@@ -29,7 +29,7 @@ from tierguard.engine import retirements as decide
 from tierguard.engine.detector import Decision
 from tierguard.engine.fingerprints import kept
 from tierguard.otlp import exporter as otlp
-from tierguard.pipeline import listed_models
+from tierguard.pipeline import listed_models, rollouts
 from tierguard.pipeline.recorder import apply_decision
 from tierguard.policy import CategoryPolicy, Policy
 from tierguard.routing.challengers import challengers_of
@@ -100,6 +100,7 @@ def check(engine: Engine, r: redis_lib.Redis | None, policy: Policy, now: dt.dat
             done.events += event
             moved += [row] if change.applied else []
     done.events += _announce(engine, policy, notices, decide.iso_week(today))
+    done.events += rollouts.abort_retired(engine, r, policy, today)
     publish_quietly(r, moved)
     _observe(done.changes)
     return done

@@ -159,6 +159,23 @@ def _end(s: Session, policy: Policy, rollout: Rollout, status: str, reason: str,
     return f"{rollout.category}: {reason}"
 
 
+def abort_retired(engine: Engine, r: redis_lib.Redis | None, policy: Policy, today: dt.date) -> int:
+    """Abort every live rollout to a model retired by ``today`` (its split gone); how many."""
+    retired = {m for m, date in policy.retirements.items() if date <= today}
+    if not retired:
+        return 0
+    now, done = utcnow(), 0
+    with session(engine) as s:
+        for rollout in s.exec(select(Rollout).where(Rollout.status.in_(plan.LIVE),
+                                                    Rollout.model.in_(sorted(retired))).with_for_update()):
+            _end(s, policy, rollout, "aborted", f"aborted: {rollout.model} retired on "
+                                                f"{policy.retirements[rollout.model].isoformat()}", now)
+            done += 1
+        s.commit()
+    publish_after(r, engine, done > 0)
+    return done
+
+
 def publish_after(r: redis_lib.Redis | None, engine: Engine, changed: bool) -> None:
     """After a commit that started or rolled back a rollout: the splits' copy rewritten (quietly;
     beat heals it too)."""
