@@ -87,6 +87,9 @@ def test_a_good_rung_is_rolled_out_step_by_step_across_restarts(stack, simulator
     assert row.routed_model == HAIKU and [(c.rule, c.from_model, c.to_model) for c in changes] == [
         ("rollout", OPUS, HAIKU)]
     assert kinds.count("rollout") == 3 and "promoted" in kinds  # started, the step, done
+    told = last_json(tg("history", "sentiment", "--json", env=env, cwd=tmp_path).stdout)["rollouts"]
+    assert [r["summary"].split(": ")[1] for r in told] == [
+        f"rollout of {HAIKU} done", f"rollout of {HAIKU} running", f"rollout of {HAIKU} running"]
     shown = last_json(tg("status", "--json", env=env, cwd=tmp_path).stdout)["categories"]["sentiment"]
     assert shown["route"] == HAIKU and shown["rollout"]["status"] == "done"
 

@@ -82,15 +82,17 @@ def _notes(c: dict) -> list[str]:
 @app.command()
 def history(category: str | None = typer.Argument(None), limit: int = 100,
             as_json: bool = JsonOpt) -> None:
-    """Route changes, newest first: automatic flips and operator actions; then evidence resets."""
+    """Route changes, newest first: automatic flips and operator actions; then evidence resets and
+    staged rollouts' transitions."""
     from tierguard.ops.status import evidence_resets
     from tierguard.ops.status import history as route_history
 
     _, _, engine = env()
     rows = route_history(engine, category, limit)
     resets = evidence_resets(engine, category, limit)
+    rollouts = evidence_resets(engine, category, limit, kind="rollout")
     if as_json:
-        emit({"changes": rows, "resets": resets})
+        emit({"changes": rows, "resets": resets, "rollouts": rollouts})
         return
     table = Table(title="route changes")
     for col in ("at", "category", "from", "to", "actor", "reason"):
@@ -103,6 +105,13 @@ def history(category: str | None = typer.Argument(None), limit: int = 100,
         for col in ("at", "category", "what"):
             table.add_column(col)
         for r in resets:
+            table.add_row(r["at"][:19], r["category"], r["summary"])
+        console.print(table)
+    if rollouts:
+        table = Table(title="staged rollouts (started, steps, paused, resumed, aborted, done)")
+        for col in ("at", "category", "what"):
+            table.add_column(col)
+        for r in rollouts:
             table.add_row(r["at"][:19], r["category"], r["summary"])
         console.print(table)
 

@@ -172,11 +172,12 @@ def history(engine: Engine, category: str | None = None, limit: int = 100) -> li
                 for c in s.exec(q)]
 
 
-def evidence_resets(engine: Engine, category: str | None = None, limit: int = 100
-                    ) -> list[dict[str, Any]]:
-    """``evidence_reset`` events, newest first: what changed under a category's evidence, when."""
+def evidence_resets(engine: Engine, category: str | None = None, limit: int = 100,
+                    kind: str = "evidence_reset") -> list[dict[str, Any]]:
+    """``evidence_reset`` events (or another ``kind``: ``rollout``), newest first: what changed
+    under a category's evidence, when."""
     with session(engine) as s:
-        q = (select(Event).where(Event.kind == "evidence_reset")
+        q = (select(Event).where(Event.kind == kind)
              .order_by(Event.id.desc()).limit(limit))  # type: ignore[union-attr]
         if category:
             q = q.where(Event.category == category)
