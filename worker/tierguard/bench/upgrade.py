@@ -9,8 +9,12 @@ of the categories — on every rung — and fails (0.80 to 0.85) for the rest. H
 engine objects on simulated outcomes, for two set-ups:
 
 - ``manual``: on release the new model becomes every ladder's cheapest rung and every category's
-  route (a user switching to the new cheap model); the ladder's demotion CUSUM must catch the
-  categories it fails, and the promotion machinery climbs back down as in the ladder benchmark;
+  route (a user switching to the new cheap model, noted for cooldown and flap guard as
+  ``tierguard promote`` notes it); the ladder's demotion CUSUM must catch the categories it fails,
+  and the promotion machinery climbs back down as in the ladder benchmark (a flap-guard pin is
+  counted, not held: while pins recur, the category stays on the reference);
+- ``manual_no_flap_guard``: the same with a ``flap_limit`` never reached, so a demoted category
+  climbs back as soon as its evidence allows (manual's cheapest case);
 - ``challenger``: on release it is challenged on ``challenge_rate`` (0.2) of the sampled jobs
   (:mod:`tierguard.engine.challengers`: ``feed``, ``verdict``, ``eligible`` with the category's
   ``challenge_engine``), and when it becomes eligible, is not ``worse`` and is cheaper than the
@@ -32,11 +36,12 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from tierguard.bench.ladder import FLEET, GROUPS, HAIKU, OPUS, SAMPLE_RATE, SONNET
+from tierguard.bench.ladder import FLEET, GROUPS, HAIKU, OPUS, SAMPLE_RATE, SONNET, fleet_tokens
 from tierguard.bench.stats import binomial
 from tierguard.engine import challengers as evidence
 from tierguard.engine import rollouts as plan
 from tierguard.policy import CategoryPolicy, Policy, parse_policy
+from tierguard.routing.routes import noted
 
 NEW = "claude-haiku-5"
 NEW_PRICE = {"input": 0.5, "output": 2.5}
@@ -44,7 +49,10 @@ DAYS, RELEASE_DAY = 90, 30
 HOLDS, FAILS = 0.97, (0.80, 0.85)  # the new model's true agreement where it holds / fails
 BOTH_WRONG_AGREE = 0.5
 STEP_MINUTES, STEP_SAMPLES = 60.0, 100
-SETUPS = ("manual", "challenger")
+NO_FLAP_GUARD = 1_000_000  # a flap_limit never reached
+# set-up -> (what the user does on release, the policy's flap_limit or None for the default)
+SETUPS = {"manual": ("switch", None), "manual_no_flap_guard": ("switch", NO_FLAP_GUARD),
+          "challenger": ("challenge", None)}
 GOALS = {"bad_calls_vs_manual": 0.1, "cost_vs_manual": 1.05, "days_to_first_saving": 7}
 
 
@@ -67,13 +75,15 @@ def start_rung(index: int) -> str:
     return (HAIKU, SONNET, OPUS)[index % 3]
 
 
-def bench_policy(ladder: list[str], challengers: list[str]) -> Policy:
+def bench_policy(ladder: list[str], challengers: list[str], flap_limit: int | None = None) -> Policy:
     """The ladder benchmark's policy, with the new model priced (and challenging, if listed)."""
+    flap = {} if flap_limit is None else {"flap_limit": flap_limit}
     pricing = {HAIKU: {"input": 1.0, "output": 5.0}, SONNET: {"input": 3.0, "output": 15.0},
                OPUS: {"input": 5.0, "output": 25.0}, NEW: NEW_PRICE}
     return parse_policy({"pricing": pricing, "models": {"ladder": ladder}, "challengers": challengers,
                          "categories": {"bench": {}}, "defaults": {
-                             "auto_promote": True, "demote_to": "reference", "sample_rate": SAMPLE_RATE}})
+                             "auto_promote": True, "demote_to": "reference", "sample_rate": SAMPLE_RATE,
+                             **flap}})
 
 
 @dataclass
@@ -96,8 +106,10 @@ class Category:
 
     def __init__(self, setup: str, index: int, volume: int, tokens: tuple[int, int], seed: int,
                  release_h: int):
-        self.setup, self.index, self.volume, self.release_h = setup, index, volume, release_h
-        self.policy = bench_policy([HAIKU, SONNET, OPUS], [NEW] if setup == "challenger" else [])
+        self.index, self.volume, self.release_h = index, volume, release_h
+        self.action, self.flap_limit = SETUPS[setup]
+        challengers = [NEW] if self.action == "challenge" else []
+        self.policy = bench_policy([HAIKU, SONNET, OPUS], challengers, self.flap_limit)
         self.cat: CategoryPolicy = self.policy.category("bench")
         self.price = {m: self.policy.cost_usd(m, *tokens) or 0.0 for m in (NEW, HAIKU, SONNET, OPUS)}
         self.streams = {m: random.Random(f"{seed}|{index}|{m}") for m in (NEW, HAIKU, SONNET)}
@@ -107,7 +119,7 @@ class Category:
         self.challenger: dict | None = None
         self.rollout: Rollout | None = None
         self.out = {"production_usd": 0.0, "bad_calls": 0.0, "watching_usd": 0.0, "challenger_usd": 0.0,
-                    "first_saving_h": None, "rollbacks": 0, "rollouts": 0, "flips": 0}
+                    "first_saving_h": None, "rollbacks": 0, "rollouts": 0, "flips": 0, "pins": 0}
 
     def run(self, days: int) -> dict[str, Any]:
         for hour in range(days * 24):
@@ -132,10 +144,10 @@ class Category:
 
     def release(self, now: float) -> None:
         """The new model is out: the user switches every route to it, or it is challenged."""
-        if self.setup == "manual":
-            self.policy = bench_policy([NEW, HAIKU, SONNET, OPUS], [])
+        if self.action == "switch":
+            self.policy = bench_policy([NEW, HAIKU, SONNET, OPUS], [], self.flap_limit)
             self.cat = self.policy.category("bench")
-            self.states = self.cat.ladder_engine.stamp(self.states, now)
+            self.states = noted(self.cat, {"rungs": self.states}, NEW, now)["rungs"]  # as `promote` does
             self.saving(now, self.serving)
             self.serving = NEW
         else:
@@ -176,6 +188,7 @@ class Category:
             agree = self.outcome(rung)
             first = agree if first is None else first
             self.states, move = cat.ladder_engine.update(self.states, serving, rung, agree, False, now)
+            self.out["pins"] += move.decision.pin
             if move.target is not None and move.decision.applied and move.target != serving:
                 self.moved(move.target)
                 break
@@ -252,32 +265,49 @@ def run_setup(setup: str, fleet: list[tuple[int, int]], seed: int, days: int,
             "challenger_usd": round(sum(r["challenger_usd"] for r in rows), 2),
             "rollouts_started": sum(r["rollouts"] for r in rows),
             "route_changes": sum(r["flips"] for r in rows),
+            "flap_guard_pins": sum(r["pins"] for r in rows),
             "categories_on_new": sum(1 for r in rows if r["new_share"] > 0),
             "categories_bad_served": sum(1 for i, r in enumerate(rows)
                                          if r["bad_calls"] > 0 and not holds(i))}
 
 
-def upgrade_figures(seed: int = 29, days: int = DAYS, release_day: int = RELEASE_DAY) -> dict[str, Any]:
-    """Both set-ups over ``days`` with the new model released on ``release_day``; the goals."""
-    rng = random.Random(seed)
-    fleet = [(rng.randint(300, 2500), rng.randint(10, 300)) for _ in FLEET]  # the ladder benchmark's
-    setups = {name: run_setup(name, fleet, seed, days, release_day) for name in SETUPS}
+def upgrade_figures(seed: int = 29, days: int = DAYS, release_day: int = RELEASE_DAY,
+                    setups: tuple[str, ...] = tuple(SETUPS)) -> dict[str, Any]:
+    """The set-ups over ``days`` with the new model released on ``release_day``; the goals (when
+    ``manual`` and ``challenger`` both ran)."""
+    if not 0 < release_day < days:
+        raise ValueError(f"release_day: {release_day} is not a day inside the {days} simulated")
+    unknown = [name for name in setups if name not in SETUPS]
+    if unknown:
+        raise ValueError(f"setups: {', '.join(unknown)} (known: {', '.join(SETUPS)})")
+    fleet = fleet_tokens(seed)
+    figures = {name: run_setup(name, fleet, seed, days, release_day) for name in setups}
     policy = bench_policy([HAIKU, SONNET, OPUS], [])
-    unchanged = sum(v * days * (policy.cost_usd(start_rung(i), *fleet[i]) or 0.0) for i, v in enumerate(FLEET))
-    return {"setups": setups, "seed": seed, "days": days, "release_day": release_day,
-            "categories": len(FLEET), "new_model": NEW, "new_price": NEW_PRICE,
-            "holds_in": [i for i in range(len(FLEET)) if holds(i)],
-            "production_usd_without_new_model": round(unchanged, 2), "goals": GOALS,
-            **goals_met(setups["manual"], setups["challenger"])}
+    unchanged = sum(v * days * (policy.cost_usd(start_rung(i), *fleet[i]) or 0.0)
+                    for i, v in enumerate(FLEET))
+    out = {"setups": figures, "seed": seed, "days": days, "release_day": release_day,
+           "categories": len(FLEET), "new_model": NEW, "new_price": NEW_PRICE,
+           "holds_in": [i for i in range(len(FLEET)) if holds(i)],
+           "production_usd_without_new_model": round(unchanged, 2), "goals": GOALS}
+    if "manual" in figures and "challenger" in figures:
+        out.update(goals_met(figures["manual"], figures["challenger"]))
+        if "manual_no_flap_guard" in figures:
+            unguarded = figures["manual_no_flap_guard"]
+            out["cost_vs_manual_no_flap_guard"] = ratio(figures["challenger"], unguarded, "production_usd")
+    return out
+
+
+def ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float:
+    """``a[key] / b[key]`` (0 when both are 0)."""
+    return round(a[key] / b[key], 4) if b[key] else (0.0 if not a[key] else float("inf"))
 
 
 def goals_met(manual: dict[str, Any], challenger: dict[str, Any]) -> dict[str, Any]:
     """The challenger set-up against the goals (its bad calls and spend as multiples of manual's)."""
-    bad = challenger["bad_calls_served"] / manual["bad_calls_served"] if manual["bad_calls_served"] else 0.0
-    cost = challenger["production_usd"] / manual["production_usd"] if manual["production_usd"] else 1.0
+    bad, cost = ratio(challenger, manual, "bad_calls_served"), ratio(challenger, manual, "production_usd")
     first = challenger["days_to_first_saving"]
     met = {"bad_calls_vs_manual": bad <= GOALS["bad_calls_vs_manual"],
            "cost_vs_manual": cost <= GOALS["cost_vs_manual"],
            "days_to_first_saving": first is not None and first <= GOALS["days_to_first_saving"]}
-    return {"bad_calls_vs_manual": round(bad, 4), "cost_vs_manual": round(cost, 4), "goals_met": met,
+    return {"bad_calls_vs_manual": bad, "cost_vs_manual": cost, "goals_met": met,
             "all_goals_met": all(met.values())}
