@@ -137,10 +137,15 @@ def run_setup(ladder: list[str], demote_to: str, fleet: list[tuple[int, int]], s
             "shadow_usd": round(shadow, 2)}
 
 
+def fleet_tokens(seed: int) -> list[tuple[int, int]]:
+    """Each category's (input, output) tokens a call, drawn from ``seed``."""
+    rng = random.Random(seed)
+    return [(rng.randint(300, 2500), rng.randint(10, 300)) for _ in FLEET]
+
+
 def ladder_figures(seed: int = 11, days: int = DAYS) -> dict[str, Any]:
     policy = parse_policy({})
-    rng = random.Random(seed)
-    fleet = [(rng.randint(300, 2500), rng.randint(10, 300)) for _ in FLEET]
+    fleet = fleet_tokens(seed)
     setups = {name: run_setup(ladder, demote_to, fleet, seed, policy.cost_usd, days)
               for name, (ladder, demote_to) in SETUPS.items()}
     base = setups["two_tier"]

@@ -291,6 +291,40 @@ def bench_ladder(seed: int = typer.Option(11), as_json: bool = JsonOpt) -> None:
                   "flips or hours below threshold")
 
 
+@bench_app.command("upgrade")
+def bench_upgrade(seed: int = typer.Option(29), days: int = typer.Option(90, min=2, help="simulated days"),
+                  release_day: int = typer.Option(30, min=1, help="the day the new model is released"),
+                  as_json: bool = JsonOpt) -> None:
+    """A simulated quarter: a new cheap model released on day 30, switched to at once or challenged."""
+    from tierguard.bench.upgrade import upgrade_figures
+
+    if release_day >= days:
+        raise typer.BadParameter(f"{release_day} is not before --days {days}", param_hint="--release-day")
+    with console.status("simulating a quarter, hour by hour…") if not as_json else nothing():
+        fig = upgrade_figures(seed, days, release_day)
+    if as_json:
+        emit(fig)
+        return
+    table = Table(title=f"a new model ({fig['new_model']}) on day {fig['release_day']}: {fig['categories']} "
+                        f"categories, {fig['days']} days, it holds in {len(fig['holds_in'])}")
+    for col in ("set-up", "production USD", "bad calls served", "days to first saving", "rollbacks",
+                "watching USD", "on the new model", "flap-guard pins"):
+        table.add_column(col)
+    for name, s in fig["setups"].items():
+        first = s["days_to_first_saving"]
+        table.add_row(name, f"{s['production_usd']:,.0f}", f"{s['bad_calls_served']:,}",
+                      "never" if first is None else f"{first:g}", str(s["rollbacks"]),
+                      f"{s['watching_usd']:,.0f}", str(s["categories_on_new"]), str(s["flap_guard_pins"]))
+    console.print(table)
+    g, met = fig["goals"], fig["goals_met"]
+    console.print(f"challenger: bad calls {fig['bad_calls_vs_manual']:g} × manual's (goal ≤ "
+                  f"{g['bad_calls_vs_manual']}), spend {fig['cost_vs_manual']:.3f} × (goal ≤ "
+                  f"{g['cost_vs_manual']}; {fig['cost_vs_manual_no_flap_guard']:.3f} × without the flap "
+                  f"guard), first saving within {g['days_to_first_saving']} days: goals "
+                  + ("met" if all(met.values()) else "[red]missed: " + ", ".join(k for k, v in met.items()
+                                                                                   if not v) + "[/]"))
+
+
 def _outage(seconds: float, as_json: bool) -> None:
     from tierguard.bench.outage import outage_figures
 
