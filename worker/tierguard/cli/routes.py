@@ -100,20 +100,15 @@ def history(category: str | None = typer.Argument(None), limit: int = 100,
     for r in rows:
         table.add_row(r["at"][:19], r["category"], r["from"], r["to"], r["actor"], r["reason"])
     console.print(table)
-    if resets:
-        table = Table(title="evidence resets (a new prompt or snapshot)")
-        for col in ("at", "category", "what"):
-            table.add_column(col)
-        for r in resets:
-            table.add_row(r["at"][:19], r["category"], r["summary"])
-        console.print(table)
-    if rollouts:
-        table = Table(title="staged rollouts (started, steps, paused, resumed, aborted, done)")
-        for col in ("at", "category", "what"):
-            table.add_column(col)
-        for r in rollouts:
-            table.add_row(r["at"][:19], r["category"], r["summary"])
-        console.print(table)
+    for title, events in (("evidence resets (a new prompt or snapshot)", resets),
+                          ("staged rollouts (started, steps, paused, resumed, aborted, done)", rollouts)):
+        if events:
+            table = Table(title=title)
+            for col in ("at", "category", "what"):
+                table.add_column(col)
+            for r in events:
+                table.add_row(r["at"][:19], r["category"], r["summary"])
+            console.print(table)
 
 
 @app.command()
