@@ -223,3 +223,18 @@ def test_monitors_page_once_per_episode(engine, redis_url, channels_env):
     [hook] = by_path(receiver, "/hook")
     assert hook.json["event"] == "monitor_blind"
     assert "500 production calls in 15 min but no shadow sample ever" in hook.json["summary"]
+
+
+def test_pagerduty_opens_one_incident_per_model_for_a_models_own_events():
+    import datetime as dt
+
+    from tierguard.alerts.channels import pagerduty_event
+    from tierguard.store.tables import Event
+
+    def retiring(model):
+        return Event(key=f"model_retiring:{model}:2026-W49", kind="model_retiring", category=None,
+                     severity="warning", summary=f"{model} retires", created_at=dt.datetime.now(dt.UTC),
+                     details={"numbers": {"model": model}})
+
+    keys = {pagerduty_event(retiring(m), "rk")["dedup_key"] for m in ("claude-a", "claude-b")}
+    assert keys == {"tierguard/all/model_retiring/claude-a", "tierguard/all/model_retiring/claude-b"}

@@ -124,8 +124,12 @@ def send_slack(ch: Channel, event: Event) -> None:
 
 
 def pagerduty_event(event: Event, routing_key: str) -> dict[str, Any]:
-    """Events API v2: one incident per category and concern; promotion resolves the demotion."""
+    """Events API v2: one incident per category and concern (a model's own events without a
+    category, such as ``model_retiring``: per model); promotion resolves the demotion."""
     concern = "quality" if event.kind in ("demoted", "promoted", "flap_guard") else event.kind
+    model = ((event.details or {}).get("numbers") or {}).get("model")
+    if event.category is None and isinstance(model, str):
+        concern = f"{concern}/{model}"
     body: dict[str, Any] = {
         "routing_key": routing_key,
         "event_action": "resolve" if event.kind == "promoted" else "trigger",
