@@ -82,8 +82,9 @@ async def _drain(rest: Any, chunks: list[bytes], limit: int | None) -> bool:
     return False
 
 
-async def _relay_long(gateway: Any, long: Long, send: Any, watch: Watch, until: float) -> bool:
-    """Relay a long answer: what was read, then the rest as it comes."""
+async def _relay_long(gateway: Any, long: Long, send: Any, watch: Watch, until: float,
+                      left: asyncio.Future) -> bool:
+    """Relay a long answer: what was read, then the rest as it comes (until the caller leaves)."""
     response = long.response
     try:
         watch.status, watch.headers = response.status_code, response.headers
@@ -95,6 +96,9 @@ async def _relay_long(gateway: Any, long: Long, send: Any, watch: Watch, until: 
             chunk = await asyncio.wait_for(anext(long.rest, b""), remaining(until))
             if not chunk:
                 break
+            if left.done():  # the caller is gone: the upstream is not read on for nobody
+                gateway.core.left()
+                return False
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             watch.feed(chunk)
         await send({"type": "http.response.body", "body": b""})
@@ -161,7 +165,7 @@ async def checked_relay(gateway: Any, scope: dict, cat: Any, routed: dict, to: s
             gateway.core.refuse("checked_too_long", "an answer to check was longer than "
                                 "TIERGUARD_STREAM_ASSEMBLY_MAX (%d): relayed unchecked",
                                 gateway.settings.stream_assembly_max)
-            return await _relay_long(gateway, first, send, watch, until), routed
+            return await _relay_long(gateway, first, send, watch, until, left), routed
         if first is None:
             if remaining(until) > 0:
                 await respond(send, 502, error_body("the gateway cannot reach the upstream API"))
@@ -179,7 +183,7 @@ async def checked_relay(gateway: Any, scope: dict, cat: Any, routed: dict, to: s
                 await final.close(gateway)
             return False, routed
         if isinstance(final, Long):
-            return await _relay_long(gateway, final, send, watch, until), routed
+            return await _relay_long(gateway, final, send, watch, until, left), routed
         watch.status, watch.headers = final[0], httpx2.Headers(final[1])
         if final[0] == 429:
             watch.retry_after = watch.headers.get("retry-after")

@@ -74,7 +74,8 @@ class Call:
         if status != 200 or self.body is None:  # an error, or a count of tokens: nothing to watch
             return False
         self.sampled = core.sampled(self.cat, self.routed)
-        self.to = None if self.platform else escalation.target(self.cat, model, core.rolling(self.cat.name))
+        checked = self.cat.escalate_on and not self.platform  # else no rollout lookup on the call
+        self.to = escalation.target(self.cat, model, core.rolling(self.cat.name)) if checked else None
         return True
 
     def checked(self, sse: bool) -> bool:

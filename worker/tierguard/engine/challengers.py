@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from tierguard.engine.betting import wilson
 from tierguard.engine.detector import Decision, Engine, Situation
 from tierguard.engine.escalations import Watch as EscalationWatch
-from tierguard.engine.escalations import shadow_checked
+from tierguard.engine.escalations import counted
 
 MARGIN = 0.02  # agreement within ±2 points of the rung in service is equivalent
 Z = 1.96
@@ -60,7 +60,7 @@ def feed(state: dict | None, engine: Engine, x: Outcome, now: float,
     (``checks``: the category's escalation watch, when it has answer checks)."""
     st = {**fresh(x.serving), **(state or {})}
     if x.failed is not None:
-        st["checks"] = shadow_checked({"shadow": st.get("checks")}, x.failed)["shadow"]
+        st["checks"] = counted(st.get("checks"), x.failed)
     if st["serving"] != x.serving:  # the rung it is judged against changed: paired counts restart
         st.update(sn=0, sa=0, pn=0, b=0, c=0, serving=x.serving)
     if x.with_serving is not None:
@@ -74,7 +74,7 @@ def feed(state: dict | None, engine: Engine, x: Outcome, now: float,
         st["pn"] += 1
         st["b"] += int(x.serving_agreed and not x.with_reference)
         st["c"] += int(x.with_reference and not x.serving_agreed)
-    held = None if checks is None else checks.held({"shadow": st.get("checks")})
+    held = None if checks is None else checks.held_by(st.get("checks"))
     st["det"], decision = engine.update(st["det"] or {}, x.with_reference,
                                         Situation("reference", False, now, held=held))
     return st, decision if decision.action == "eligible" else None

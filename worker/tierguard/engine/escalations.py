@@ -38,13 +38,18 @@ def escalation_design(max_rate: float, false_flip_rate: float, horizon: int) -> 
 SHADOW_BLOCK = 200
 
 
-def shadow_checked(state: dict | None, failed: bool) -> dict:
-    """A rung's state after one of its shadow answers was checked (``failed``: a check failed)."""
-    n, e, pn, pe = (state or {}).get("shadow") or (0, 0, 0, 0)
+def counted(blocks: list[int] | None, failed: bool) -> list[int]:
+    """``[n, failed, previous n, previous failed]`` after one more checked answer."""
+    n, e, pn, pe = blocks or (0, 0, 0, 0)
     n, e = n + 1, e + int(failed)
     if n >= SHADOW_BLOCK:
         n, e, pn, pe = 0, 0, n, e
-    return {**(state or {}), "shadow": [n, e, pn, pe]}
+    return [n, e, pn, pe]
+
+
+def shadow_checked(state: dict | None, failed: bool) -> dict:
+    """A rung's state after one of its shadow answers was checked (``failed``: a check failed)."""
+    return {**(state or {}), "shadow": counted((state or {}).get("shadow"), failed)}
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,11 @@ class Watch:
 
     def held(self, state: dict | None) -> str | None:
         """Why the rung may not be promoted on its checked shadow answers, or None."""
-        n, e, pn, pe = (state or {}).get("shadow") or (0, 0, 0, 0)
+        return self.held_by((state or {}).get("shadow"))
+
+    def held_by(self, blocks: list[int] | None) -> str | None:
+        """:meth:`held` for :func:`counted` blocks (a challenger's answers, say)."""
+        n, e, pn, pe = blocks or (0, 0, 0, 0)
         total, failed = n + pn, e + pe
         if total < self.min_samples:
             return (f"only {total} of its shadow answers were checked (min_samples {self.min_samples}): "

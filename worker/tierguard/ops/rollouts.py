@@ -9,6 +9,7 @@ splits' Redis copy rewritten at once (beat rewrites it on every pass too).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis as redis_lib
@@ -24,6 +25,8 @@ from tierguard.policy import Policy
 from tierguard.routing import rollouts as splits
 from tierguard.store.db import session, utcnow
 from tierguard.store.tables import Rollout
+
+log = logging.getLogger(__name__)
 
 
 def start(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: str, model: str,
@@ -79,8 +82,8 @@ def _publish(r: redis_lib.Redis | None, engine: Engine) -> None:
     if r is not None:
         try:
             splits.publish(r, engine)
-        except (redis_lib.RedisError, sa.exc.SQLAlchemyError):
-            pass
+        except (redis_lib.RedisError, sa.exc.SQLAlchemyError) as err:
+            log.warning("cannot publish the rollouts' splits yet (beat will on its next pass): %s", err)
 
 
 def status(engine: Engine, policy: Policy, category: str | None = None) -> dict[str, Any]:
