@@ -18,31 +18,84 @@ from tests.helpers import API_KEY, wait_for_log, wait_until, write_policy
 from tierguard.config import Settings, get_settings
 from tierguard.sim.models import Scenario
 from tierguard.sim.server import SimServer
-from tierguard.sim.servers import PostgresServer, RedisServer
+from tierguard.sim.servers import PostgresServer, RedisServer, ServerUnavailable
 from tierguard.store.db import make_engine, upgrade
+
+# One Redis and one PostgreSQL for the whole run: with pytest-xdist the controller starts them and
+# every worker process gets its own Redis database (and each test its own PostgreSQL database).
+_SHARED: dict[str, object] = {}
+
+
+def _shared_servers() -> dict[str, object]:
+    if not _SHARED:
+        for name, make in (("redis", RedisServer), ("postgres", PostgresServer)):
+            try:
+                _SHARED[name] = make().start()
+            except (ServerUnavailable, RuntimeError) as e:
+                _SHARED[name] = f"{type(e).__name__}: {e}"
+    return _SHARED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    shared = _shared_servers()
+    node.workerinput["tg_redis"] = getattr(shared["redis"], "port", shared["redis"])
+    pg = shared["postgres"]
+    node.workerinput["tg_postgres"] = [pg.port, str(pg.datadir)] if isinstance(pg, PostgresServer) else pg
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for server in _SHARED.values():
+        if isinstance(server, RedisServer):
+            server.stop()
+        elif isinstance(server, PostgresServer):
+            server.destroy()
+    _SHARED.clear()
+
+
+def _given(config: pytest.Config, key: str) -> object:
+    value = getattr(config, "workerinput", {}).get(key)
+    if isinstance(value, str):
+        raise ServerUnavailable(value)
+    return value
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
+def redis_server(pytestconfig: pytest.Config) -> Iterator[RedisServer]:
+    port = _given(pytestconfig, "tg_redis")
+    if port:
+        worker = pytestconfig.workerinput["workerid"]  # type: ignore[attr-defined]
+        yield RedisServer(port=port, db=1 + int(worker.removeprefix("gw")))
+        return
     server = RedisServer().start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
+def postgres_server(pytestconfig: pytest.Config) -> Iterator[PostgresServer]:
+    given = _given(pytestconfig, "tg_postgres")
+    if given:
+        yield PostgresServer.attached(*given)
+        return
     server = PostgresServer().start()
     yield server
     server.destroy()
 
 
 @pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of this test's own, for a test that stops and restarts it."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     import redis
 
-    if redis_server.proc is None:
-        redis_server.start()
-    redis.Redis.from_url(redis_server.url).flushall()
+    redis.Redis.from_url(redis_server.url).flushdb()
     return redis_server.url
 
 

@@ -57,9 +57,9 @@ def test_counters_lose_no_increment_under_concurrency(redis_url):
                    ("c", "m", "output_tokens"): 360_000, ("c", "m", "cache_read_tokens"): 12_000_000}
 
 
-def test_counts_wait_out_a_redis_outage(redis_server):
+def test_counts_wait_out_a_redis_outage(private_redis):
+    redis_server = private_redis
     publisher = Publisher(get_settings(redis_url=redis_server.url))
-    redis.Redis.from_url(redis_server.url).flushall()
     redis_server.stop()
     publisher.count("c", "m")
     publisher.add_usage("c", "m", {"input_tokens": 5, "output_tokens": 1})

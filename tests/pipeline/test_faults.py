@@ -25,6 +25,12 @@ from tierguard.store.db import make_engine, session
 from tierguard.store.tables import RouteChange, Sample
 
 
+@pytest.fixture
+def redis_server(private_redis):
+    """This module's tests stop and restart Redis: each has its own."""
+    return private_redis
+
+
 def test_redis_stopped_and_restarted_mid_traffic(stack, simulator, sqlite_url, redis_server):
     sim = simulator(**SCENARIO)
     port = free_port()

@@ -80,24 +80,25 @@ def find_redis_server() -> str:
 class RedisServer:
     """A throw-away Redis on 127.0.0.1 with no persistence (``password``: ``requirepass``)."""
 
-    def __init__(self, port: int | None = None, password: str | None = None):
+    def __init__(self, port: int | None = None, password: str | None = None, db: int = 0):
         self.binary = find_redis_server()
         self.port = port or free_port()
         self.password = password
+        self.db = db
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         from tierguard.config import with_password
 
-        url = f"redis://127.0.0.1:{self.port}/0"
+        url = f"redis://127.0.0.1:{self.port}/{self.db}"
         return with_password(url, self.password) if self.password else url
 
     def start(self) -> RedisServer:
         auth = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "no", *auth],
+             "--appendonly", "no", "--protected-mode", "no", "--databases", "64", *auth],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_port(self.port, 10, self.proc)
         return self
@@ -155,6 +156,14 @@ class PostgresServer:
             os.chown(self.datadir, pw.pw_uid, pw.pw_gid)
             self._user = "postgres"
 
+    @classmethod
+    def attached(cls, port: int, datadir: str) -> PostgresServer:
+        """The cluster another process started on ``port`` (not stopped nor removed by this one)."""
+        server = cls.__new__(cls)
+        server.bindir, server.port, server._user = find_postgres_bindir(), port, None
+        server.datadir = Path(datadir)
+        return server
+
     @property
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
@@ -176,7 +185,7 @@ class PostgresServer:
         listen = "127.0.0.1" if tcp else "''"
         self._run("pg_ctl", "-D", str(self.datadir), "-w", "-l", str(self.datadir / "server.log"),
                   "-o", f"-p {self.port} -h {listen} -k {self.datadir} -F "
-                        "-c max_connections=300", "start")
+                        "-c max_connections=1000", "start")
         if tcp:
             _wait_port(self.port, 15)
         return self
