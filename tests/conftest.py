@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,24 @@ from tierguard.sim.models import Scenario
 from tierguard.sim.server import SimServer
 from tierguard.sim.servers import PostgresServer, RedisServer, ServerUnavailable
 from tierguard.store.db import make_engine, upgrade
+
+
+def _memory_tmp() -> None:
+    """Temporary files (SQLite databases, logs, PostgreSQL's data folder) in /dev/shm when it has
+    room, so a test's fsyncs cost nothing; a TMPDIR the caller set wins. Subprocesses inherit it."""
+    if "TMPDIR" in os.environ or not os.access("/dev/shm", os.W_OK):
+        return
+    free = os.statvfs("/dev/shm")
+    if free.f_bavail * free.f_frsize < 2 << 30:
+        return
+    folder = "/dev/shm/tierguard-tests"
+    os.makedirs(folder, mode=0o755, exist_ok=True)
+    os.environ["TMPDIR"] = folder
+    tempfile.tempdir = None
+
+
+_memory_tmp()
+
 
 # One Redis and one PostgreSQL for the whole run: with pytest-xdist the controller starts them and
 # every worker process gets its own Redis database (and each test its own PostgreSQL database).
@@ -153,7 +172,8 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
             policy_path = write_policy(tmp_path / "tierguard.yaml", policy)
             self.env = {"TIERGUARD_POLICY": str(policy_path), "TIERGUARD_DATABASE_URL": database_url,
                         "TIERGUARD_REDIS_URL": redis_url, "ANTHROPIC_BASE_URL": base_url,
-                        "ANTHROPIC_API_KEY": API_KEY, "TIERGUARD_ROUTE_TTL": "0.2"}
+                        "ANTHROPIC_API_KEY": API_KEY, "TIERGUARD_ROUTE_TTL": "0.2",
+                        "TIERGUARD_METRICS_PORT": "0"}  # parallel tests: no fixed port unless asked
             self.env.update({f"TIERGUARD_{k.upper()}": str(v) for k, v in settings.items()})
             for k, v in self.env.items():
                 monkeypatch.setenv(k, v)
@@ -169,7 +189,7 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
                 stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
             self.workers.append(proc)
             if wait:
-                wait_for_log(tmp_path / f"worker-{len(self.workers) - 1}.log", "ready.", proc)
+                wait_for_log(tmp_path / f"worker-{len(self.workers) - 1}.log", "ready.", proc, timeout=90)
             return proc
 
         def start_beat(self) -> subprocess.Popen:
@@ -178,7 +198,7 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
                                     env={**os.environ, **self.env}, stdout=open(log, "w"),
                                     stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
             self.others.append(proc)
-            wait_for_log(log, "beat: Starting", proc)
+            wait_for_log(log, "beat: Starting", proc, timeout=90)
             return proc
 
         def env_for_cli(self) -> dict[str, str]:
@@ -206,7 +226,7 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
                 except httpx2.TransportError:
                     return False
 
-            wait_until(ready, 30, "the gateway to be ready")
+            wait_until(ready, 90, "the gateway to be ready")
             return base
 
         def logs(self) -> list[str]:
@@ -214,7 +234,7 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
 
         def wait_ready(self) -> None:
             for i, proc in enumerate(self.workers):
-                wait_for_log(tmp_path / f"worker-{i}.log", "ready.", proc, timeout=60)
+                wait_for_log(tmp_path / f"worker-{i}.log", "ready.", proc, timeout=90)
 
         def stop_workers(self) -> None:
             for p in self.workers + self.others:
@@ -239,3 +259,17 @@ def receiver():
     r = Receiver().start()
     yield r
     r.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that needs minutes says so in its name (``minute``) and starts first, one per
+    parallel process, so that it runs beside the rest instead of at the end."""
+    slow = [item for item in items if "minute" in item.name]
+    if not slow:
+        return
+    rest = [item for item in items if "minute" not in item.name]
+    processes = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    share = max(1, len(items) // processes)
+    for k, item in enumerate(slow):
+        rest.insert(min(len(rest), (k % processes) * share + k // processes), item)
+    items[:] = rest

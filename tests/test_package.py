@@ -52,7 +52,8 @@ def test_the_wheel_holds_migrations_dashboard_and_types(installed):
     assert len(versions) >= 12 and versions <= names
     where = subprocess.run([str(venv / "bin" / "python"), "-c",
                             "import tierguard; print(tierguard.__file__)"],
-                           capture_output=True, text=True, check=True).stdout
+                           capture_output=True, text=True, check=True,
+                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}).stdout
     assert where.startswith(str(venv)), where
 
 

@@ -213,11 +213,11 @@ def test_gzip_and_deflate_bodies_are_routed_and_shadowed_with_their_betas(stack,
 
 PROBE = r"""
 import sys, time, httpx2
-waits = []
 with httpx2.Client(base_url=sys.argv[1]) as client:
     client.get("/healthz")
     print("ready", flush=True)
     while not sys.stdin.readline().strip():  # a blank line: one more round
+        waits = []
         for _ in range(int(sys.argv[2])):
             started = time.perf_counter()
             client.get("/healthz")
@@ -225,6 +225,20 @@ with httpx2.Client(base_url=sys.argv[1]) as client:
             time.sleep(0.002)
         print(max(waits), flush=True)
 """
+
+
+def worst_wait(client: httpx2.Client, probe: subprocess.Popen, big: bytes) -> float:
+    """The longest health check while three large bodies go through the gateway."""
+    sent = threading.Thread(target=lambda: [
+        client.post("/v1/messages", content=big, headers=HEADERS) for _ in range(3)])
+    sent.start()
+    worst = 0.0
+    while sent.is_alive():
+        probe.stdin.write("\n")
+        probe.stdin.flush()
+        worst = max(worst, float(probe.stdout.readline()))
+    sent.join()
+    return worst
 
 
 def test_a_large_body_does_not_hold_other_requests_up(stack, simulator, sqlite_url):
@@ -240,22 +254,18 @@ def test_a_large_body_does_not_hold_other_requests_up(stack, simulator, sqlite_u
     # Health checks from another process (the simulator, in this one, parses the 12 MB too).
     probe = subprocess.Popen([sys.executable, "-c", PROBE, base, "20"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
+    tries = []
     try:
         assert probe.stdout.readline().strip() == "ready"
         with httpx2.Client(base_url=base, timeout=60) as client:
             client.post("/v1/messages", content=big, headers=HEADERS)  # warm up: code paths, pools
-            sent = threading.Thread(target=lambda: [
-                client.post("/v1/messages", content=big, headers=HEADERS) for _ in range(3)])
-            sent.start()
-            worst = 0.0
-            while sent.is_alive():
-                probe.stdin.write("\n")
-                probe.stdin.flush()
-                worst = float(probe.stdout.readline())
-            sent.join()
+            # Up to three rounds: a busy host (parallel tests) can stall one; a body parsed on the
+            # event loop stalls every round.
+            while len(tries) < 3 and (not tries or tries[-1] >= 0.075):
+                tries.append(worst_wait(client, probe, big))
     finally:
         probe.kill()
         probe.wait()
-    assert len(seen(sim)) == 4
-    # Parsed and routed on the event loop, each 12 MB body held it ~130 ms here; off it, 13-20 ms.
+    assert len(seen(sim)) == 1 + 3 * len(tries)
+    worst = tries[-1]
     assert worst < 0.075, f"a health check waited {worst * 1000:.0f} ms behind a 12 MB body"

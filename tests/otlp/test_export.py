@@ -191,11 +191,11 @@ def test_an_unreachable_endpoint_drops_and_counts_and_recording_does_not_wait(en
         assert exporter.flush(30)
     silent.close()
     # Recording with a dead collector takes what it takes without one: a one-second timeout per
-    # export would add seconds if the recording thread waited for it.
+    # export would add 20 s if the recording thread waited for it (bounds with room for a busy host).
     print(f"\n{endpoint}: record_many of 25 results, median {statistics.median(baseline) * 1e3:.1f} ms "
           f"without export, {statistics.median(exporting_times) * 1e3:.1f} ms exporting")
-    assert sum(exporting_times) < sum(baseline) * 1.5 + 0.5
-    assert max(exporting_times) < 0.5
+    assert sum(exporting_times) < sum(baseline) * 2 + 2
+    assert max(exporting_times) < 0.9
     assert exporter.counts == {"dropped:unreachable": 500}
     assert dropped("unreachable") - before == 500
     warnings = [r for r in caplog.records
@@ -250,7 +250,7 @@ def test_what_is_queued_when_the_process_exits_is_sent_first(phoenix, project):
             f"'category': 'c', 'served_model': {HAIKU!r}, 'shadow_model': {OPUS!r}}}])\n")
     began = time.monotonic()
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)  # exits while the batch gathers
-    assert time.monotonic() - began < 10
+    assert time.monotonic() - began < 15
     assert set(by_job(phoenix.wait_spans(project, 1, timeout=10))) == {job_id}
 
 

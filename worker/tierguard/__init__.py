@@ -15,11 +15,37 @@ The package by room (``docs/architecture.md`` draws it whole), from the bottom u
 - ``ops/``: operator commands; ``cli/``: the ``tierguard`` command.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from tierguard import moved
-from tierguard.app.client import AsyncShadowedAnthropic, ShadowedAnthropic
-from tierguard.compare import Comparator, Verdict
+
+if TYPE_CHECKING:
+    from tierguard.app.client import AsyncShadowedAnthropic, ShadowedAnthropic
+    from tierguard.compare import Comparator, Verdict
 
 __all__ = ["AsyncShadowedAnthropic", "Comparator", "ShadowedAnthropic", "Verdict", "__version__"]
 __version__ = "0.1.0"
+
+# The public names load on first use, so the ``tierguard`` command (and a worker's
+# start) does not pay for the anthropic SDK's import unless it calls Claude.
+_LAZY = {"AsyncShadowedAnthropic": "tierguard.app.client", "ShadowedAnthropic": "tierguard.app.client",
+         "Comparator": "tierguard.compare", "Verdict": "tierguard.compare"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'tierguard' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 moved.install()  # old import paths (tierguard.db, tierguard.routes, ...) keep working

@@ -19,8 +19,7 @@ from sqlmodel import select
 
 from tierguard.engine import challengers as evidence
 from tierguard.engine.ladder import rung_state
-from tierguard.ops.evaluate import DAYS_PER_MONTH
-from tierguard.ops.opportunities import calls_per_day, token_sizes
+from tierguard.ops.opportunities import DAYS_PER_MONTH, calls_per_day, token_sizes
 from tierguard.policy import Policy
 from tierguard.routing.challengers import challengers_of, rows
 from tierguard.store.db import session

@@ -25,14 +25,13 @@ from tierguard.contract.job import ShadowJob
 from tierguard.engine.betting import wilson
 from tierguard.errors import TierguardError
 from tierguard.ops.jsonl import records
+from tierguard.ops.opportunities import DAYS_PER_MONTH
 from tierguard.pipeline.calls import Answer, call_model_with_retries
 from tierguard.pipeline.judging import JudgeCall, needs_judge
 from tierguard.pipeline.recorder import record_many
 from tierguard.pipeline.results import Result
 from tierguard.pipeline.shadow import result_of
 from tierguard.policy import CategoryPolicy, Policy
-
-DAYS_PER_MONTH = 30
 
 
 class EvaluationError(TierguardError):

@@ -20,13 +20,13 @@ from tierguard.alerts.events import for_route_change
 from tierguard.engine.ladder import rung_state
 from tierguard.errors import TierguardError
 from tierguard.ops.actions import noted
-from tierguard.ops.evaluate import DAYS_PER_MONTH
 from tierguard.policy import Policy
 from tierguard.routing.routes import change_route, lock_category, publish_quietly
 from tierguard.store.db import session, utcnow
 from tierguard.store.tables import Category, RouteChange, Sample
 from tierguard.store.traffic import totals
 
+DAYS_PER_MONTH = 30
 VOLUME_DAYS = 7
 
 
