@@ -261,13 +261,16 @@ def receiver():
     r.stop()
 
 
+SLOW = ("takes_a_minute", "takes_minutes")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test that needs minutes says so in its name (``minute``) and starts first, one per
-    parallel process, so that it runs beside the rest instead of at the end."""
-    slow = [item for item in items if "minute" in item.name]
+    """A test that needs a minute or more says so in its name (``…_takes_a_minute``) and starts
+    first, one per parallel process, so that it runs beside the rest instead of at the end."""
+    slow = [item for item in items if any(word in item.name for word in SLOW)]
     if not slow:
         return
-    rest = [item for item in items if "minute" not in item.name]
+    rest = [item for item in items if item not in slow]
     processes = int(getattr(config, "workerinput", {}).get("workercount", 1))
     share = max(1, len(items) // processes)
     for k, item in enumerate(slow):

@@ -70,7 +70,7 @@ def test_redis_stopped_and_restarted_mid_traffic(stack, simulator, sqlite_url, r
     client.tierguard_close()
 
 
-def test_postgres_down_for_a_minute_loses_nothing_and_decisions_resume(stack, simulator):
+def test_postgres_down_loses_nothing_and_decisions_resume_takes_a_minute(stack, simulator):
     pg = PostgresServer().start()
     try:
         url = pg.create_database("outage")

@@ -71,7 +71,7 @@ def closing():
 
 
 @pytest.mark.parametrize("demote_to, ends_on", [("next", SONNET), ("reference", OPUS)])
-def test_a_failing_haiku_ends_on_the_rung_that_holds(stack, simulator, postgres_url, tmp_path,
+def test_a_failing_haiku_ends_on_the_rung_that_holds_takes_a_minute(stack, simulator, postgres_url, tmp_path,
                                                      demote_to, ends_on, closing):
     sim = simulator(**SCENARIO)
     policy = policy_for(demote_to)
