@@ -74,7 +74,7 @@ def start(stack, tmp_path, nofile: int | tuple[int, int] | None = None, **env: s
         except httpx2.TransportError:
             return False
 
-    wait_until(ready, 30, "the gateway to be ready")
+    wait_until(ready, 90, "the gateway to be ready")
     return running
 
 
