@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import forkserver
 from tests.helpers import API_KEY, wait_for_log, wait_until, write_policy
 from tierguard.config import Settings, get_settings
 from tierguard.sim.models import Scenario
@@ -182,11 +182,9 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
 
         def start_worker(self, concurrency: int = 16, pool: str = "threads",
                          wait: bool = True) -> subprocess.Popen:
-            log = open(tmp_path / f"worker-{len(self.workers)}.log", "w")
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tierguard", "worker", "-c", str(concurrency),
-                 "--pool", pool], env={**os.environ, **self.env}, stdout=log,
-                stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+            proc = forkserver.start(["worker", "-c", str(concurrency), "--pool", pool],
+                                    env={**os.environ, **self.env}, cwd=tmp_path,
+                                    log=tmp_path / f"worker-{len(self.workers)}.log")
             self.workers.append(proc)
             if wait:
                 wait_for_log(tmp_path / f"worker-{len(self.workers) - 1}.log", "ready.", proc, timeout=90)
@@ -194,9 +192,7 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
 
         def start_beat(self) -> subprocess.Popen:
             log = tmp_path / "beat.log"
-            proc = subprocess.Popen([sys.executable, "-m", "tierguard", "beat"],
-                                    env={**os.environ, **self.env}, stdout=open(log, "w"),
-                                    stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+            proc = forkserver.start(["beat"], env={**os.environ, **self.env}, cwd=tmp_path, log=log)
             self.others.append(proc)
             wait_for_log(log, "beat: Starting", proc, timeout=90)
             return proc
@@ -212,9 +208,8 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
 
             port = free_port()
             log = tmp_path / f"gateway-{port}.log"
-            proc = subprocess.Popen([sys.executable, "-m", "tierguard", "gateway", "--port", str(port)],
-                                    env={**os.environ, **self.env, **env}, stdout=open(log, "w"),
-                                    stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+            proc = forkserver.start(["gateway", "--port", str(port)], env={**os.environ, **self.env, **env},
+                                    cwd=tmp_path, log=log)
             self.others.append(proc)
             base = f"http://127.0.0.1:{port}"
 

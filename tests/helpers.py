@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 import yaml
 
+from tests import forkserver
 from tierguard.compare import Verdict
 from tierguard.contract.job import ShadowJob
 from tierguard.pipeline.calls import Answer
@@ -53,8 +53,7 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
 
 
 def tg(*args, env, cwd, check=True):
-    done = subprocess.run([sys.executable, "-m", "tierguard", *args], capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=120)
+    done = forkserver.run(list(args), env=env, cwd=cwd, timeout=120)
     if check and done.returncode != 0:
         raise AssertionError(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
     return done

@@ -5,7 +5,6 @@ import os
 import resource
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx2
 import psutil
 
+from tests import forkserver
 from tests.helpers import API_KEY, wait_until
 from tierguard.sim.servers import free_port
 
@@ -53,16 +53,12 @@ def start(stack, tmp_path, nofile: int | tuple[int, int] | None = None, **env: s
     port = free_port()
     log = tmp_path / f"gateway-{port}.log"
 
-    def limit() -> None:
-        if nofile is not None:
-            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-            soft_hard = nofile if isinstance(nofile, tuple) else (nofile, hard)
-            resource.setrlimit(resource.RLIMIT_NOFILE, soft_hard)
-
-    proc = subprocess.Popen([sys.executable, "-m", "tierguard", "gateway", "--port", str(port)],
-                            env={**os.environ, **stack.env, **env}, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
-                            preexec_fn=limit)
+    limit = None
+    if nofile is not None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        limit = nofile if isinstance(nofile, tuple) else (nofile, hard)
+    proc = forkserver.start(["gateway", "--port", str(port)], env={**os.environ, **stack.env, **env},
+                            cwd=tmp_path, log=log, nofile=limit)
     stack.others.append(proc)
     running = Running(f"http://127.0.0.1:{port}", proc, log)
 
