@@ -179,6 +179,7 @@ def start(args: list[str], *, env: dict[str, str], cwd: Path, log: Path, session
           nofile: tuple[int, int] | None = None) -> Forked | subprocess.Popen:
     """``python -m tierguard ARGS`` with its output (stdout and stderr) appended to ``log``
     (``nofile``: its open-files limit, soft and hard)."""
+    open(log, "w").close()  # there (and empty) once this returns, as with Popen's stdout
     if not ENABLED:
         def limit() -> None:
             if nofile:
