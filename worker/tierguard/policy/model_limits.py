@@ -122,6 +122,20 @@ def _text(request: dict[str, Any]) -> tuple[int, int]:
     return math.ceil(chars / CHARS_PER_TOKEN), attachments
 
 
+def fits(limits: tuple[int, int], request: dict[str, Any]) -> bool:
+    """True when ``request`` is text alone and fits ``limits`` (``too_big`` would find nothing): the
+    hot path's check, one pass over the lengths; False when it does not fit or has attachments
+    (then ask :func:`too_big`)."""
+    context, output = limits
+    max_tokens = request.get("max_tokens")
+    if not isinstance(max_tokens, int):
+        max_tokens = 0
+    elif max_tokens > output:
+        return False
+    tokens, attachments = _text(request)
+    return not attachments and tokens + max_tokens <= context
+
+
 def estimate(request: dict[str, Any]) -> Estimate:
     """The request's input estimate (see the module's docstring)."""
     tokens, attachments = _text(request)

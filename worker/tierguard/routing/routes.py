@@ -222,6 +222,7 @@ class RouteTable:
         self.rates: dict[str, float] = {}  # adaptive sample rates (tierguard.routing.rates)
         self.splits: dict[str, Split] = {}  # staged rollouts' splits (tierguard.routing.rollouts)
         self.failures = 0
+        self.generation = 0  # counts refreshes: what a reader derived from an older one is stale
         self._read_once = False
         self._stop = threading.Event()
         self._loaded = threading.Event()
@@ -264,6 +265,13 @@ class RouteTable:
         self._stop.set()
 
     def refresh(self) -> None:
+        """Read the routes, rates and splits (Redis, else the database); a failure keeps the last."""
+        try:
+            self._refresh()
+        finally:  # after the tables it stamps, whatever happened to them (one writer at a time)
+            self.generation += 1
+
+    def _refresh(self) -> None:
         routes = None
         try:
             if self._redis is None:
