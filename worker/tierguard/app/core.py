@@ -53,6 +53,7 @@ class Core:
             self.settings.route_ttl,
             lambda: make_engine(self.settings.database_url, pool_size=1),
         )
+        self.routes.on_refresh = lambda: setattr(self, "_plans", {})  # (a new dict: see plan())
         self._start_routes = start_routes
         if start_routes:  # the routes before the first call, read here; the refresher starts later
             self.routes.refresh_quietly()
@@ -134,15 +135,17 @@ class Core:
 
     def plan(self, name: str) -> plans.Plan | None:
         """``name``'s routing as of the latest route refresh and policy (None for a category not
-        seen yet: the full path makes its state)."""
+        seen yet: the full path makes its state). A refresh or a new policy empties the plans."""
         found = self._plans.get(name)
-        generation = self.routes.generation
-        if found is not None and found.generation == generation and found.policy is self.policy:
+        if found is not None:
             return found
         cat = self.categories.get(name)
         if cat is None:
             return None
-        found = self._plans[name] = plans.make(cat, name, self.policy, self.routes, generation)
+        kept, generation = self._plans, self.routes.generation
+        found = plans.make(self, cat, name, self.policy, self.routes, generation)
+        if self.routes.generation == generation:  # not made while the tables changed
+            kept[name] = found
         return found
 
     def _route(self, name: str, request: dict[str, Any]) -> tuple[CategoryPolicy | None, dict[str, Any]]:

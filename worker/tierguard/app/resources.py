@@ -22,7 +22,8 @@ from anthropic.resources.messages import AsyncMessages, Messages
 
 from tierguard.app.core import Core
 from tierguard.app.naming import from_user_id
-from tierguard.app.tap import MARKED, ROUTED, Marked
+from tierguard.app.plans import Marked
+from tierguard.app.tap import MARKED, ROUTED
 
 _PLATFORMS = {"AnthropicBedrock": "bedrock", "AsyncAnthropicBedrock": "bedrock",
               "AnthropicVertex": "vertex", "AsyncAnthropicVertex": "vertex"}
@@ -80,7 +81,8 @@ def routed(core: Core, category: str | None, kwargs: dict[str, Any], platform: s
     plan = core.planned(category, kwargs)
     if plan is not None:  # most calls: the category's plan is all they need
         kwargs["model"] = plan.model
-        return kwargs, Marked(core, plan.cat, plan.model, plan.rate, strip, count)
+        mark = plan.mark
+        return kwargs, (mark._replace(strip=strip, count=count, quick=False) if strip or count else mark)
     cat, kwargs = core.route(category, kwargs)
     if cat is None:
         return kwargs, None

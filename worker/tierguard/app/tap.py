@@ -22,12 +22,13 @@ import contextvars
 import json
 import random
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx2
 
 from tierguard.app import escalation
 from tierguard.app.core import Core
+from tierguard.app.plans import Marked
 from tierguard.app.publisher import body_usage as usage_of  # noqa: F401  (its name here before)
 from tierguard.app.relay import Watch
 from tierguard.app.upstream import parse_request, with_model
@@ -38,19 +39,6 @@ ROUTED = ";routed="  # the wrapper's resources mark the header "CATEGORY;routed=
 _MESSAGES = "/v1/messages"
 _COUNT = "/v1/messages/count_tokens"
 EVENT_STREAM = "application/vnd.amazon.eventstream"
-
-
-class Marked(NamedTuple):
-    """A call the wrapper's resources routed, as the tap gets it: set in :data:`MARKED` while the SDK
-    sends it, so that no header carries it (``strip``: the client's default headers name a category
-    anyway, which must not go upstream)."""
-
-    core: Core
-    cat: Any
-    model: str
-    rate: float | None = None  # the share shadowed, known for a model on the category's ladder
-    strip: bool = False
-    count: bool = False  # ``count_tokens``: not an answer to count or shadow
 
 
 MARKED: contextvars.ContextVar[Marked | None] = contextvars.ContextVar("tierguard_marked", default=None)
@@ -231,6 +219,34 @@ class Tap:
     def __init__(self, core: Core):
         self.core = core
         self.header = core.settings.category_header.lower()
+
+    def quick(self, mark: Marked, request: httpx2.Request) -> bool:
+        """Whether ``request`` takes :meth:`answered_whole`: marked for this client's core, the rate
+        known, nothing to strip, an answer to count (and then nothing in :meth:`begin` applies)."""
+        return mark.quick and mark.core is self.core and request.method == "POST"
+
+    def answered_whole(self, mark: Marked, request: httpx2.Request, response: httpx2.Response,
+                       started: float) -> None:
+        """Most calls, in one go: a :meth:`quick` request's answer, read whole — its rate limits
+        read, the call counted with its tokens (read on the publisher's thread), or, when sampled,
+        shadowed (``started``: when it was sent)."""
+        try:
+            core, model = self.core, mark.model
+            status, headers = response.status_code, response.headers
+            if status == 429:
+                core.rate_limited(model, headers.get("retry-after"))
+            core.publisher.saw_headers(model, headers)
+            if status != 200:
+                return
+            if random.random() >= mark.rate:  # type: ignore[operator]
+                core.publisher.add_call(mark.cat.name, model, response.content)
+                return
+            core.publisher.count(mark.cat.name, model)
+            call = Call(core, mark.cat, {"model": model}, request.content, headers)
+            call.sampled, call.started = True, started
+            call._handover(escalation.parsed(response.content))
+        except Exception:
+            core._failed("watching an answer")
 
     def begin(self, request: httpx2.Request) -> tuple[httpx2.Request, Call | None]:
         """The request to send (tierguard's headers gone, routed) and its :class:`Call`, or None

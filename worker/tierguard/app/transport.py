@@ -13,12 +13,13 @@ else — building requests, timeouts, closing — is the wrapped client's.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx2
 
-from tierguard.app.tap import Call, Tap
+from tierguard.app.tap import MARKED, Call, Tap
 
 
 class _Unused(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
@@ -122,6 +123,12 @@ class WatchingClient(_Delegating, httpx2.Client):
         self.build_request = inner.build_request  # type: ignore[method-assign]  (no frame of ours)
 
     def send(self, request: httpx2.Request, *, stream: bool = False, **kwargs: Any) -> httpx2.Response:
+        mark = MARKED.get()
+        if mark is not None and not stream and self.tap.quick(mark, request):  # most calls
+            started = time.perf_counter()
+            response = self.inner.send(request, **kwargs)
+            self.tap.answered_whole(mark, request, response, started)
+            return response
         request, call = self.tap.begin(request)
         if call is None:
             return self.inner.send(request, stream=stream, **kwargs)
@@ -175,6 +182,12 @@ class AsyncWatchingClient(_Delegating, httpx2.AsyncClient):
 
     async def send(self, request: httpx2.Request, *, stream: bool = False,
                    **kwargs: Any) -> httpx2.Response:
+        mark = MARKED.get()
+        if mark is not None and not stream and self.tap.quick(mark, request):  # most calls
+            started = time.perf_counter()
+            response = await self.inner.send(request, **kwargs)
+            self.tap.answered_whole(mark, request, response, started)
+            return response
         request, call = self.tap.begin(request)
         if call is None:
             return await self.inner.send(request, stream=stream, **kwargs)
