@@ -9,7 +9,8 @@ OpenAI-compatible endpoint ``openai_compat`` and Bedrock's and Vertex's paths
 (``stream``), the request snapshot (``snapshot``), fork detection (``forks``), escalating a cheap
 rung's answer that fails its category's checks (``escalation``; the gateway's side
 ``escalating``) and the background publisher that turns sampled calls into ``shadow_batch``
-messages (``publisher``). Nothing here may raise into the caller or make it wait on I/O.
+messages (``publisher``). Nothing here may raise into the caller or make it wait on I/O. A
+call reads its category's routing, worked out once per route refresh and policy (``plans``).
 
 May import ``contract``, ``policy``, ``routing``, ``headroom``, ``store``, ``compare`` (the answer
 checks) and the settings; never the worker side, alerts, ops, sim or bench.

@@ -20,13 +20,13 @@ from typing import Any
 import redis as redis_lib
 
 from tierguard import metrics
-from tierguard.app import forks, snapshot, stream
+from tierguard.app import forks, plans, snapshot, stream
 from tierguard.app.publisher import Publisher, Sampled
 from tierguard.config import Settings, get_settings
 from tierguard.headroom import ratelimits
 from tierguard.policy import CategoryPolicy, Policy, valid_category
 from tierguard.policy.live import LivePolicy
-from tierguard.policy.model_limits import estimate, too_big
+from tierguard.policy.model_limits import estimate, fits, too_big
 from tierguard.routing.routes import RouteTable
 from tierguard.store.db import make_engine
 
@@ -46,12 +46,14 @@ class Core:
             policy = self.live.current
         self.policy = policy
         self.categories: dict[str, CategoryPolicy] = {}
+        self._plans: dict[str, plans.Plan] = {}  # by category: how its calls are routed (see plans)
         url = self.settings.redis_url
         self.routes = RouteTable(
             lambda: redis_lib.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1),
             self.settings.route_ttl,
             lambda: make_engine(self.settings.database_url, pool_size=1),
         )
+        self.routes.on_refresh = lambda: setattr(self, "_plans", {})  # (a new dict: see plan())
         self._start_routes = start_routes
         if start_routes:  # the routes before the first call, read here; the refresher starts later
             self.routes.refresh_quietly()
@@ -91,7 +93,7 @@ class Core:
                 self.live.start()
 
     def _policy_changed(self, old: Policy, new: Policy) -> None:
-        self.policy, self.categories = new, {}
+        self.policy, self.categories, self._plans = new, {}, {}
 
     def category(self, name: str) -> CategoryPolicy:
         cat = self.categories.get(name)
@@ -105,37 +107,82 @@ class Core:
         A staged rollout (``routes.splits``) sends its share of the calls routed to the model in
         service to its new model. A request the routed model cannot take (limits) goes to the
         cheapest rung above it that can (the reference for two models) for this call only, counted
-        as ``guarded``.
+        as ``guarded``. Most calls read their category's :class:`~tierguard.app.plans.Plan` alone.
         """
+        plan = self.planned(name, request)
+        if plan is not None:
+            return plan.cat, {**request, "model": plan.model}
         try:
             self.check_fork()
-            cat = self.categories.get(name)
-            if cat is None:
-                refused = self._refuse(name)
-                if refused:  # served as the caller sent it, unrouted and unshadowed
-                    self.uncategorized(refused)
-                    return None, (request if request.get("model") else
-                                  {**request, "model": self.policy.models.rungs[-1]})
-                cat = self.category(name)
-            if cat.name not in self.policy.categories:
-                self._unlisted_seen[name] = time.monotonic()
-            if cat.follows_caller and name not in self.routes.moved:  # unlisted, not moved yet
-                return cat, (request if request.get("model") else {**request, "model": cat.reference})
-            model = self.routes.get(name, cat.initial_route)
-            if model not in cat.rungs:
-                model = self._refused_route(cat, model)
-            split = self.routes.splits.get(name)
-            if split is not None and model == split.base:  # a staged rollout's share
-                model = self._split(cat, split, model)
-            if model != cat.reference and too_big(self.policy.limits_for(model), request,
-                                                  est := estimate(request)):  # attachments read once
-                model = next((m for m in cat.above(model)  # the cheapest rung above that can
-                              if not too_big(self.policy.limits_for(m), request, est)), cat.reference)
-                self.publisher.count(name, model, "guarded")
-            return cat, {**request, "model": model}
+            return self._route(name, request)
         except Exception:
             self._failed("routing")
             return None, request
+
+    def planned(self, name: str, request: dict[str, Any]) -> plans.Plan | None:
+        """The plan of a call that needs nothing but it — a listed category, a routed model that
+        takes the request — else None (then :meth:`route` it). Never raises."""
+        try:
+            if self._generation != forks.generation:
+                self.check_fork()
+            plan = self.plan(name)
+            if plan is None or plan.model is None or plan.unlisted:
+                return None
+            limits = plan.limits
+            return plan if limits is None or fits(limits, request) else None
+        except Exception:
+            return None  # route() counts what fails
+
+    def plan(self, name: str) -> plans.Plan | None:
+        """``name``'s routing as of the latest route refresh and policy (None for a category not
+        seen yet: the full path makes its state). A refresh or a new policy empties the plans."""
+        found = self._plans.get(name)
+        if found is not None:
+            return found
+        cat = self.categories.get(name)
+        if cat is None:
+            return None
+        kept, generation = self._plans, self.routes.generation
+        found = plans.make(self, cat, name, self.policy, self.routes, generation)
+        if self.routes.generation == generation:  # not made while the tables changed
+            kept[name] = found
+        return found
+
+    def _route(self, name: str, request: dict[str, Any]) -> tuple[CategoryPolicy | None, dict[str, Any]]:
+        """:meth:`route`'s full path: a category seen for the first time, or a call that needs more
+        than its category's plan (a staged rollout's draw, a refused route, the caller's model, the
+        guard's choice, an unlisted category's use noted)."""
+        cat = self.categories.get(name)
+        if cat is None:
+            refused = self._refuse(name)
+            if refused:  # served as the caller sent it, unrouted and unshadowed
+                self.uncategorized(refused)
+                return None, (request if request.get("model") else
+                              {**request, "model": self.policy.models.rungs[-1]})
+            cat = self.category(name)
+        if cat.name not in self.policy.categories:
+            self._unlisted_seen[name] = time.monotonic()
+        if cat.follows_caller and name not in self.routes.moved:  # unlisted, not moved yet
+            return cat, (request if request.get("model") else {**request, "model": cat.reference})
+        model = self.routes.get(name, cat.initial_route)
+        if model not in cat.rungs:
+            model = self._refused_route(cat, model)
+        split = self.routes.splits.get(name)
+        if split is not None and model == split.base:  # a staged rollout's share
+            model = self._split(cat, split, model)
+        if model != cat.reference and too_big(self.policy.limits_for(model), request,
+                                              est := estimate(request)):  # attachments read once
+            model = self._guarded(cat, name, request, model, est)
+        return cat, {**request, "model": model}
+
+    def _guarded(self, cat: CategoryPolicy, name: str, request: dict[str, Any], model: str,
+                 est: Any) -> str:
+        """The cheapest rung above ``model`` that can take a request too big for it (the reference
+        at last), counted ``guarded``."""
+        model = next((m for m in cat.above(model)
+                      if not too_big(self.policy.limits_for(m), request, est)), cat.reference)
+        self.publisher.count(name, model, "guarded")
+        return model
 
     def _split(self, cat: CategoryPolicy, split: Any, model: str) -> str:
         """A staged rollout's pick for a call routed to ``model``; a split to a model the policy does
@@ -181,6 +228,7 @@ class Core:
         for name in [n for n, at in list(self._unlisted_seen.items()) if at < cutoff]:
             self._unlisted_seen.pop(name, None)
             self.categories.pop(name, None)
+            self._plans.pop(name, None)
 
     def tenant_refuses(self, name: str, api_key: str | None) -> bool:
         """With ``gateway_tenants``: whether the caller's key may not name ``name`` (its team's
@@ -205,16 +253,14 @@ class Core:
         if cat is None:
             return False
         try:
-            model = request.get("model", "")
+            model, ladder = request.get("model", ""), cat.ladder
             self.publisher.count(cat.name, model)
-            if model not in cat.rungs and model != self.rolling(cat.name):  # a caller's own model
+            on = model in ladder if ladder else (model == cat.candidate or model == cat.reference)
+            if not on and model != self.rolling(cat.name):  # a caller's own model
                 # off the category's ladder: no evidence
                 self.counts["unshadowed_off_ladder"] += 1
                 return False
-            rate = cat.sample_rate
-            if cat.sampling == "adaptive":  # the rate beat chose, with the routes; else the policy's
-                rate = self.routes.rates.get(cat.name, cat.sample_rate_max)
-            return random.random() < rate
+            return random.random() < plans.sample_rate(cat, self.routes.rates)
         except Exception:
             self._failed("sampling")
             return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import json
 import logging
 import queue
 import threading
@@ -37,7 +38,29 @@ log = logging.getLogger(__name__)
 TRAFFIC_FLUSH_SECONDS = 5.0
 MAX_UNSENT = 100_000  # (category, model, metric) sums held while Redis is down
 MAX_SEEN = 1_000_000  # production calls and usages waiting for the publisher's thread
+ANSWER_HELD_MAX = 16 * 1024  # bytes of an answer whose usage is read on the publisher's thread
+HELD_WHILE = 20_000  # answers are held only while fewer entries wait (else read on the caller's)
+_DECODER = json.JSONDecoder()
 _UNSET = object()
+
+def body_usage(body: bytes) -> dict[str, Any] | None:
+    """The ``usage`` of a Messages API answer: read from its last top-level key (where the API puts
+    it) without parsing the whole answer, else from the whole answer."""
+    at = body.rfind(b'"usage"')
+    start = body.find(b"{", at) if at >= 0 else -1
+    if start > 0 and body[at + 7:start].strip() == b":":
+        try:
+            usage, _ = _DECODER.raw_decode(body[start:].decode())
+        except ValueError:
+            usage = None
+        if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
+            return usage
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    return answer.get("usage") if isinstance(answer, dict) else None
+
 
 @dataclass(frozen=True, slots=True)
 class Sampled:
@@ -95,6 +118,7 @@ class Publisher:
         # no increment lost to a swap); the publisher's thread adds them up and writes Redis.
         self._seen: collections.deque[tuple] = collections.deque(maxlen=MAX_SEEN)
         self._flush_lock = threading.Lock()
+        self._tallied: Counter[tuple[str, str, str]] = Counter()  # drained, not yet written
         self._pauses: collections.deque[tuple[str, float | None]] = collections.deque(maxlen=1000)
         self._views: dict[str, Any] = {}  # model -> the latest production response's headers
         self._unsent: Counter[tuple[str, str, str]] = Counter()  # kept while Redis is down
@@ -154,6 +178,25 @@ class Publisher:
         if usage is not None:
             self._seen.append((category, model, (usage,) if escalated else usage))
 
+    def add_call(self, category: str, model: str, body: bytes) -> None:
+        """Count one production call and its answer's tokens (its JSON ``body``, read whole) in one
+        entry, as :meth:`count` and :meth:`add_answer` would."""
+        seen = self._seen
+        if len(body) <= ANSWER_HELD_MAX and len(seen) < HELD_WHILE:
+            seen.append((category, model, body, "calls"))
+        else:
+            seen.append((category, model, "calls"))
+            self.add_usage(category, model, body_usage(body))
+
+    def add_answer(self, category: str, model: str, body: bytes, escalated: bool = False) -> None:
+        """Add the tokens of a production answer read whole (its JSON ``body``): its usage read on
+        the publisher's thread (a small answer, while few entries wait for it; else now)."""
+        seen = self._seen
+        if not escalated and len(body) <= ANSWER_HELD_MAX and len(seen) < HELD_WHILE:
+            seen.append((category, model, body))
+        else:
+            self.add_usage(category, model, body_usage(body), escalated)
+
     def rate_limited(self, model: str, retry_after: float | None) -> None:
         """Production got a 429 on ``model``: pause its shadows (written by the publisher's thread)."""
         self._pauses.append((model, retry_after))
@@ -194,12 +237,19 @@ class Publisher:
         seen = self._seen
         for _ in range(len(seen)):
             try:
-                category, model, what = seen.popleft()
+                entry = seen.popleft()
             except IndexError:
                 break
+            category, model, what = entry[0], entry[1], entry[2]
+            if len(entry) > 3:  # a call with its answer's body (add_call)
+                counts[(category, model, "calls")] += 1
             if isinstance(what, str):
                 counts[(category, model, what)] += 1
                 continue
+            if isinstance(what, bytes):  # an answer's body: its usage read here
+                what = body_usage(what)
+                if what is None:
+                    continue
             escalated = isinstance(what, tuple)
             for metric, value in traffic.tokens_of(what[0] if escalated else what).items():
                 if value:
@@ -212,9 +262,16 @@ class Publisher:
         with self._flush_lock:  # the publisher's thread and close() may both flush
             self._flush_locked()
 
+    def _tally(self) -> None:
+        """Add up what the callers' threads left since the last time (answers' usage read here): on
+        every turn of the publisher's loop, so that answer bodies are not held for long."""
+        with self._flush_lock:
+            self._tallied.update(self._drain())
+
     def _flush_locked(self) -> None:
         self._traffic_flushed = time.monotonic()
-        fresh = self._drain()
+        fresh, self._tallied = self._tallied, Counter()
+        fresh.update(self._drain())
         for (category, model, metric), n in fresh.items():  # Prometheus: each call once
             if metric in ("calls", "guarded"):
                 (metrics.GUARDED if metric == "guarded" else metrics.CALLS).labels(category, model).inc(n)
@@ -242,12 +299,14 @@ class Publisher:
                 self._send_pauses()
             if self._views:
                 self._send_views()
-            if time.monotonic() - self._traffic_flushed > TRAFFIC_FLUSH_SECONDS:
-                try:
+            try:
+                if self._seen:
+                    self._tally()
+                if time.monotonic() - self._traffic_flushed > TRAFFIC_FLUSH_SECONDS:
                     self._flush_traffic()
-                except Exception:  # never the end of the thread that publishes shadow jobs
-                    self.counts["traffic_reports_dropped"] += 1
-                    log.exception("tierguard: counting production traffic failed")
+            except Exception:  # never the end of the thread that publishes shadow jobs
+                self.counts["traffic_reports_dropped"] += 1
+                log.exception("tierguard: counting production traffic failed")
             try:
                 items = [self.queue.get(timeout=0.2)]
             except queue.Empty:

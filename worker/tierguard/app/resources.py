@@ -22,13 +22,15 @@ from anthropic.resources.messages import AsyncMessages, Messages
 
 from tierguard.app.core import Core
 from tierguard.app.naming import from_user_id
-from tierguard.app.tap import ROUTED
+from tierguard.app.plans import Marked
+from tierguard.app.tap import MARKED, ROUTED
 
 _PLATFORMS = {"AnthropicBedrock": "bedrock", "AsyncAnthropicBedrock": "bedrock",
               "AnthropicVertex": "vertex", "AsyncAnthropicVertex": "vertex"}
 
 
 _ITERABLES = ("messages", "system", "tools", "stop_sequences")
+_PLAIN = (list, str, tuple, dict)
 
 
 def platform_of(client: Any) -> str:
@@ -42,21 +44,64 @@ def platform_of(client: Any) -> str:
 
 def named(core: Core, category: str | None, kwargs: dict[str, Any], platform: str = "anthropic"
           ) -> dict[str, Any]:
-    """The call's arguments routed and marked for the tap (unchanged when no category is named or
-    tierguard declines it: an unknown name past the cap, a refused one)."""
+    """The call's arguments routed and marked for the tap by a header (unchanged when no category
+    is named or tierguard declines it: an unknown name past the cap, a refused one). For a request
+    sent later than the call (``stream``'s manager) and Bedrock's and Vertex's signed requests."""
     by_user, kwargs = from_user_id(kwargs)
     category = by_user if category is None else category  # category= wins over the user id's prefix
     if category is None:
         return kwargs
-    for key in _ITERABLES:  # an iterator (a generator) can be read once: read here, for both
-        if isinstance(kwargs.get(key), Iterator):
-            kwargs = {**kwargs, key: list(kwargs[key])}
+    kwargs = _listed(kwargs)
     if platform != "anthropic":
         return _platform_named(core, category, kwargs, platform)
     cat, kwargs = core.route(category, kwargs)
     if cat is None:
         return kwargs
     return _marked(core, category, kwargs, kwargs["model"])
+
+
+def routed(core: Core, category: str | None, kwargs: dict[str, Any], platform: str = "anthropic",
+           strip: bool = False, count: bool = False) -> tuple[dict[str, Any], Marked | None]:
+    """:func:`named` for a request the SDK sends within the call: the arguments routed (``kwargs``,
+    the call's own, may be changed in place), and the tap's :class:`~tierguard.app.tap.Marked` to
+    set while the SDK sends them (None: none to set; a platform's call is marked by its header).
+    ``strip``: the client's default headers carry the category header; ``count``: ``count_tokens``."""
+    if platform != "anthropic":
+        return named(core, category, kwargs, platform), None
+    if "metadata" in kwargs:
+        by_user, kwargs = from_user_id(kwargs)
+        category = by_user if category is None else category
+    if category is None:
+        return kwargs, None
+    kwargs = _listed(kwargs)
+    extra = kwargs.get("extra_headers")
+    if extra is not None and _names_category(core, extra):  # category= wins over that header
+        cat, kwargs = core.route(category, kwargs)
+        return (kwargs if cat is None else _marked(core, category, kwargs, kwargs["model"])), None
+    plan = core.planned(category, kwargs)
+    if plan is not None:  # most calls: the category's plan is all they need
+        kwargs["model"] = plan.model
+        mark = plan.mark
+        return kwargs, (mark._replace(strip=strip, count=count, quick=False) if strip or count else mark)
+    cat, kwargs = core.route(category, kwargs)
+    if cat is None:
+        return kwargs, None
+    return kwargs, Marked(core, cat, kwargs["model"], None, strip, count)
+
+
+def _names_category(core: Core, headers: Any) -> bool:
+    name = core.settings.category_header.lower()
+    return isinstance(headers, Mapping) and any(str(k).lower() == name for k in headers)
+
+
+def _listed(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """An iterator (a generator) given as a list argument, read into a list: it can be read once,
+    and both the routing's size check and the SDK read it."""
+    for key in _ITERABLES:
+        value = kwargs.get(key)
+        if value is not None and type(value) not in _PLAIN and isinstance(value, Iterator):
+            kwargs = {**kwargs, key: list(value)}
+    return kwargs
 
 
 def _platform_named(core: Core, category: str, kwargs: dict[str, Any], platform: str) -> dict[str, Any]:
@@ -96,33 +141,59 @@ class _Named:
         super().__init__(client)  # type: ignore[call-arg]
         self._core: Core = client.tierguard_core
         self._platform = platform_of(client)
+        header = self._core.settings.category_header.lower()
+        defaults = getattr(client, "default_headers", None) or {}
+        self._strip = any(str(k).lower() == header for k in defaults)
+
+    def _sent(self, send: Any, category: str | None, kwargs: dict[str, Any], count: bool = False) -> Any:
+        """``send(**kwargs)`` routed, the tap's mark set while the SDK sends it."""
+        kwargs, mark = routed(self._core, category, kwargs, self._platform, self._strip, count)
+        if mark is None:
+            return send(**kwargs)
+        token = MARKED.set(mark)
+        try:
+            return send(**kwargs)
+        finally:
+            MARKED.reset(token)
 
     def create(self, *, category: str | None = None, **kwargs: Any) -> Any:
-        return super().create(**named(self._core, category, kwargs, self._platform))  # type: ignore[misc]
+        return self._sent(super().create, category, kwargs)  # type: ignore[misc]
 
     def stream(self, *, category: str | None = None, **kwargs: Any) -> Any:
+        # The request goes when the manager is entered, after this returns: marked by its header.
         return super().stream(**named(self._core, category, kwargs, self._platform))  # type: ignore[misc]
 
     def parse(self, *, category: str | None = None, **kwargs: Any) -> Any:
-        return super().parse(**named(self._core, category, kwargs, self._platform))  # type: ignore[misc]
+        return self._sent(super().parse, category, kwargs)  # type: ignore[misc]
 
     def count_tokens(self, *, category: str | None = None, **kwargs: Any) -> Any:
-        return super().count_tokens(**named(self._core, category, kwargs, self._platform))  # type: ignore[misc]
+        return self._sent(super().count_tokens, category, kwargs, count=True)  # type: ignore[misc]
 
 
 class _AsyncNamed(_Named):
     """:class:`_Named` for the async resources (``stream`` is not a coroutine there either)."""
 
+    async def _asent(self, send: Any, category: str | None, kwargs: dict[str, Any],
+                     count: bool = False) -> Any:
+        kwargs, mark = routed(self._core, category, kwargs, self._platform, self._strip, count)
+        if mark is None:
+            return await send(**kwargs)
+        token = MARKED.set(mark)
+        try:
+            return await send(**kwargs)
+        finally:
+            MARKED.reset(token)
+
     async def create(self, *, category: str | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
-        return await super(_Named, self).create(**named(self._core, category, kwargs, self._platform))  # type: ignore[misc]
+        return await self._asent(super(_Named, self).create, category, kwargs)  # type: ignore[misc]
 
     async def parse(self, *, category: str | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
-        return await super(_Named, self).parse(**named(self._core, category, kwargs, self._platform))  # type: ignore[misc]
+        return await self._asent(super(_Named, self).parse, category, kwargs)  # type: ignore[misc]
 
     async def count_tokens(self, *, category: str | None = None,  # type: ignore[override]
                            **kwargs: Any) -> Any:
-        return await super(_Named, self).count_tokens(  # type: ignore[misc]
-            **named(self._core, category, kwargs, self._platform))
+        return await self._asent(super(_Named, self).count_tokens, category, kwargs,  # type: ignore[misc]
+                                 count=True)
 
 
 if TYPE_CHECKING:  # the same classes as mypy sees them: the SDK's signatures, plus ``category``

@@ -18,7 +18,9 @@ escalated call is shadowed as the answer the caller got. Nothing here raises int
 
 from __future__ import annotations
 
+import contextvars
 import json
+import random
 import time
 from typing import Any
 
@@ -26,57 +28,80 @@ import httpx2
 
 from tierguard.app import escalation
 from tierguard.app.core import Core
+from tierguard.app.plans import Marked
+from tierguard.app.publisher import body_usage as usage_of  # noqa: F401  (its name here before)
 from tierguard.app.relay import Watch
 from tierguard.app.upstream import parse_request, with_model
 from tierguard.contract.job import SHAPING_HEADERS
 from tierguard.routing.platforms import invoke_path, messages_body
 
-_DECODER = json.JSONDecoder()
 ROUTED = ";routed="  # the wrapper's resources mark the header "CATEGORY;routed=MODEL": routed already
 _MESSAGES = "/v1/messages"
 _COUNT = "/v1/messages/count_tokens"
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 
 
+MARKED: contextvars.ContextVar[Marked | None] = contextvars.ContextVar("tierguard_marked", default=None)
+
+
 class Call:
     """One routed request on its way: what its answer is counted and shadowed as."""
 
-    __slots__ = ("core", "cat", "routed", "body", "shaping", "sampled", "started", "watch", "to",
-                 "platform", "failure", "first", "rescued")
+    # Defaults for what most calls never set (assigned per call only when they do).
+    sampled = False
+    rate: float | None = None  # known from the mark: the answer is read by read_whole
+    watch: Watch | None = None
+    platform = False  # Bedrock's or Vertex's path: the model is in it (never escalated)
+    to: str | None = None  # where a failing answer goes (None: not checked)
+    failure: Any = None  # the check the answer failed
+    first: Any = None  # the answer checked: its JSON, or its assembled stream
+    rescued = False  # the caller gets the escalated call's answer
 
     def __init__(self, core: Core, cat: Any, routed: dict[str, Any], body: bytes | None,
                  shaping: dict[str, str] | httpx2.Headers | None, platform: bool = False):
-        self.core, self.cat, self.routed = core, cat, routed
-        self.body, self.shaping = body, shaping
-        self.sampled = False
+        self.core, self.cat, self.routed, self.body, self.shaping = core, cat, routed, body, shaping
         self.started = time.perf_counter()
-        self.watch: Watch | None = None
-        self.platform = platform  # Bedrock's or Vertex's path: the model is in it (never escalated)
-        self.to: str | None = None  # where a failing answer goes (None: not checked)
-        self.failure: Any = None  # the check the answer failed
-        self.first: Any = None  # the answer checked: its JSON, or its assembled stream
-        self.rescued = False  # the caller gets the escalated call's answer
+        if platform:
+            self.platform = True
 
     def answered(self, response: httpx2.Response) -> bool:
         """The answer's head arrived: its rate limits read; True if its body is to be watched."""
         try:
-            return self._answered(response)
+            core, cat, model = self.core, self.cat, self.routed.get("model")
+            status, headers = response.status_code, response.headers
+            if status == 429:
+                core.rate_limited(model, headers.get("retry-after"))
+            if model:
+                core.publisher.saw_headers(model, headers)  # (read on the publisher's thread)
+            if status != 200 or self.body is None:  # an error, or a count of tokens: nothing to watch
+                return False
+            self.sampled = core.sampled(cat, self.routed)
+            if cat.escalate_on and not self.platform:  # else no rollout lookup on the call
+                self.to = escalation.target(cat, model, core.rolling(cat.name))
+            return True
         except Exception:
             self.core._failed("reading an answer's head")
             return False
 
-    def _answered(self, response: httpx2.Response) -> bool:
-        core, model = self.core, self.routed.get("model")
-        status = response.status_code
-        if status == 429:
-            core.rate_limited(model, response.headers.get("retry-after"))
-        core.saw_headers(model, response.headers)
-        if status != 200 or self.body is None:  # an error, or a count of tokens: nothing to watch
-            return False
-        self.sampled = core.sampled(self.cat, self.routed)
-        checked = self.cat.escalate_on and not self.platform  # else no rollout lookup on the call
-        self.to = escalation.target(self.cat, model, core.rolling(self.cat.name)) if checked else None
-        return True
+    def read_whole(self, response: httpx2.Response) -> None:
+        """The answer, read whole, of a call whose mark knows its rate (on the category's ladder,
+        no answer checks): what :meth:`answered` and :meth:`whole` do, in one go."""
+        try:
+            core, model = self.core, self.routed["model"]
+            status, headers = response.status_code, response.headers
+            if status == 429:
+                core.rate_limited(model, headers.get("retry-after"))
+            core.publisher.saw_headers(model, headers)
+            if status != 200 or self.body is None:
+                return
+            if random.random() >= self.rate:  # type: ignore[operator]
+                core.publisher.add_call(self.cat.name, model, response.content)
+                return
+            self.sampled = True
+            core.publisher.count(self.cat.name, model)
+            self._handover(escalation.parsed(response.content))
+        except Exception:
+            self.core._failed("watching an answer")
 
     def checked(self, sse: bool) -> bool:
         """Whether the answer (``sse``: an event stream) is read whole and checked before the caller
@@ -138,12 +163,14 @@ class Call:
         self.watch.status = 200
 
     def whole(self, content: bytes) -> None:
-        """Its body, read whole: counted (only its usage read, unless sampled) and shadowed when sampled."""
+        """Its body, read whole: counted (only its usage read, on the publisher's thread, unless
+        sampled) and shadowed when sampled."""
         try:
             if self.sampled:
                 self._handover(escalation.parsed(content))
             else:
-                self.core.served(self.cat, self.routed, usage_of(content), self.rescued)
+                self.core.publisher.add_answer(self.cat.name, self.routed.get("model", ""), content,
+                                               self.rescued)
         except Exception:
             self.core._failed("handing over an answer")
 
@@ -186,22 +213,6 @@ class Call:
             core.submit(self.cat, self.routed, answer, self.started, shaping, self.body)
 
 
-def usage_of(body: bytes) -> dict[str, Any] | None:
-    """The ``usage`` of a Messages API answer: read from its last top-level key (where the API puts
-    it) without parsing the whole answer, else from the whole answer."""
-    at = body.rfind(b'"usage"')
-    start = body.find(b"{", at) if at >= 0 else -1
-    if start > 0 and body[at + 7:start].strip() == b":":
-        try:
-            usage, _ = _DECODER.raw_decode(body[start:].decode())
-        except ValueError:
-            usage = None
-        if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
-            return usage
-    answer = escalation.parsed(body)
-    return answer.get("usage") if answer is not None else None
-
-
 class Tap:
     """Per client: routes and watches the requests that name a category (see the module)."""
 
@@ -209,9 +220,40 @@ class Tap:
         self.core = core
         self.header = core.settings.category_header.lower()
 
+    def quick(self, mark: Marked, request: httpx2.Request) -> bool:
+        """Whether ``request`` takes :meth:`answered_whole`: marked for this client's core, the rate
+        known, nothing to strip, an answer to count (and then nothing in :meth:`begin` applies)."""
+        return mark.quick and mark.core is self.core and request.method == "POST"
+
+    def answered_whole(self, mark: Marked, request: httpx2.Request, response: httpx2.Response,
+                       started: float) -> None:
+        """Most calls, in one go: a :meth:`quick` request's answer, read whole — its rate limits
+        read, the call counted with its tokens (read on the publisher's thread), or, when sampled,
+        shadowed (``started``: when it was sent)."""
+        try:
+            core, model = self.core, mark.model
+            status, headers = response.status_code, response.headers
+            if status == 429:
+                core.rate_limited(model, headers.get("retry-after"))
+            core.publisher.saw_headers(model, headers)
+            if status != 200:
+                return
+            if random.random() >= mark.rate:  # type: ignore[operator]
+                core.publisher.add_call(mark.cat.name, model, response.content)
+                return
+            core.publisher.count(mark.cat.name, model)
+            call = Call(core, mark.cat, {"model": model}, request.content, headers)
+            call.sampled, call.started = True, started
+            call._handover(escalation.parsed(response.content))
+        except Exception:
+            core._failed("watching an answer")
+
     def begin(self, request: httpx2.Request) -> tuple[httpx2.Request, Call | None]:
         """The request to send (tierguard's headers gone, routed) and its :class:`Call`, or None
         for a request tierguard leaves alone."""
+        mark = MARKED.get()
+        if mark is not None and mark.core is self.core:
+            return request, self._marked(request, mark)
         headers = request.headers
         value = headers.get(self.header)
         if value is None:
@@ -240,6 +282,25 @@ class Tap:
         except Exception:
             self.core._failed("routing a request")
             return request, None
+
+    def _marked(self, request: httpx2.Request, mark: Marked) -> Call | None:
+        """The :class:`Call` of a request the resources routed and marked (:data:`MARKED`): the one
+        request the SDK sends for the call (again, if it retries)."""
+        try:
+            if request.method != "POST":
+                return None
+            headers = request.headers
+            if mark.strip and self.header in headers and \
+                    not headers.get("authorization", "").startswith("AWS4-"):
+                del headers[self.header]
+            if mark.count:
+                return Call(self.core, mark.cat, {"model": mark.model}, None, None)
+            call = Call(self.core, mark.cat, {"model": mark.model}, request.content, headers)
+            call.rate = mark.rate
+            return call
+        except Exception:
+            self.core._failed("routing a request")
+            return None
 
     def _route(self, name: str, request: httpx2.Request, count: bool) -> tuple[httpx2.Request, Call | None]:
         """Route a request the wrapper's resources did not (a category named by header only)."""

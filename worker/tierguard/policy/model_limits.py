@@ -101,6 +101,12 @@ def _chars(value: Any) -> tuple[int, int]:
 
 def _text(request: dict[str, Any]) -> tuple[int, int]:
     """(tokens of text, attachments) in the request: the whole estimate of most requests."""
+    chars, attachments = _text_chars(request)
+    return math.ceil(chars / CHARS_PER_TOKEN), attachments
+
+
+def _text_chars(request: dict[str, Any]) -> tuple[int, int]:
+    """(characters of text, attachments) in the request."""
     chars = attachments = 0
     system = request.get("system")
     if type(system) is str:  # the common shapes first: this runs before every routed call
@@ -119,7 +125,22 @@ def _text(request: dict[str, Any]) -> tuple[int, int]:
         c, a = _chars(request["tools"])
         chars += c
         attachments += a
-    return math.ceil(chars / CHARS_PER_TOKEN), attachments
+    return chars, attachments
+
+
+def fits(limits: tuple[int, int], request: dict[str, Any]) -> bool:
+    """True when ``request`` is text alone and fits ``limits`` (``too_big`` would find nothing): the
+    hot path's check, one pass over the lengths; False when it does not fit or has attachments
+    (then ask :func:`too_big`)."""
+    context, output = limits
+    max_tokens = request.get("max_tokens")
+    if not isinstance(max_tokens, int):
+        max_tokens = 0
+    elif max_tokens > output:
+        return False
+    chars, attachments = _text_chars(request)
+    # ⌈chars ÷ 3.5⌉ + max_tokens ≤ context, without rounding: the same verdict as too_big's
+    return not attachments and chars <= (context - max_tokens) * CHARS_PER_TOKEN
 
 
 def estimate(request: dict[str, Any]) -> Estimate:

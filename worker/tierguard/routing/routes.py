@@ -222,6 +222,8 @@ class RouteTable:
         self.rates: dict[str, float] = {}  # adaptive sample rates (tierguard.routing.rates)
         self.splits: dict[str, Split] = {}  # staged rollouts' splits (tierguard.routing.rollouts)
         self.failures = 0
+        self.generation = 0  # counts refreshes: what a reader derived from an older one is stale
+        self.on_refresh: Callable[[], None] | None = None  # called after each refresh
         self._read_once = False
         self._stop = threading.Event()
         self._loaded = threading.Event()
@@ -264,6 +266,15 @@ class RouteTable:
         self._stop.set()
 
     def refresh(self) -> None:
+        """Read the routes, rates and splits (Redis, else the database); a failure keeps the last."""
+        try:
+            self._refresh()
+        finally:  # after the tables it stamps, whatever happened to them (one writer at a time)
+            self.generation += 1
+            if self.on_refresh is not None:
+                self.on_refresh()
+
+    def _refresh(self) -> None:
         routes = None
         try:
             if self._redis is None:
