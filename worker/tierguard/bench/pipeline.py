@@ -49,14 +49,27 @@ def _cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _floor(base_url: str, calls: int, concurrency: int) -> float:
-    """CPU ms per call of a bare ``AsyncAnthropic`` loop against ``base_url`` (its own process)."""
-    code = ("import sys; from tierguard.bench.pipeline import floor_loop; "
-            "print(floor_loop(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))")
-    done = subprocess.run([sys.executable, "-c", code, base_url, str(calls), str(concurrency)],
-                          capture_output=True, text=True, check=True,
-                          env={**os.environ, "ANTHROPIC_API_KEY": "sk-bench"})
-    return float(done.stdout.strip().splitlines()[-1])
+class _Floor:
+    """A bare ``AsyncAnthropic`` loop in a process of its own, started once per bench: each
+    :meth:`measure` runs ``calls`` calls against ``base_url`` and answers their CPU ms per call."""
+
+    def __init__(self, base_url: str):
+        code = ("import sys; from tierguard.bench.pipeline import floor_loop\n"
+                "for line in sys.stdin:\n"
+                "    calls, concurrency = map(int, line.split())\n"
+                "    print(floor_loop(sys.argv[1], calls, concurrency), flush=True)")
+        self.proc = subprocess.Popen([sys.executable, "-c", code, base_url], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, "ANTHROPIC_API_KEY": "sk-bench"})
+
+    def measure(self, calls: int, concurrency: int) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{calls} {concurrency}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the floor's process ended (exit code {self.proc.wait()})")
+        return float(line)
 
 
 def floor_loop(base_url: str, calls: int, concurrency: int) -> float:
@@ -101,11 +114,12 @@ class _Stack:
     procs: list[subprocess.Popen] = field(default_factory=list)
     servers: list[Any] = field(default_factory=list)
     app: Any = None
+    floor: Any = None  # a _Floor
     truth: Any = None  # a tierguard.sim.models.Simulator of the same scenario: the served answers
 
     @property
     def workers(self) -> list[subprocess.Popen]:
-        return self.procs[1:]
+        return [p for p in self.procs[1:] if p is not getattr(self.floor, "proc", None)]
 
     def stop(self) -> None:
         from tierguard.sim.servers import stop_processes
@@ -168,6 +182,8 @@ def _start(stack: _Stack, workers: int, concurrency: int, latency_ms: float) -> 
             env=env, stdout=open(os.path.join(stack.folder, f"worker-{i}.log"), "w"),
             stderr=subprocess.STDOUT))
     stack.app = make_celery(get_settings(redis_url=redis.url))
+    stack.floor = _Floor(stack.sim_url)
+    stack.procs.append(stack.floor.proc)
     ready_by = time.monotonic() + 60
     while len(stack.app.control.ping(timeout=0.5) or []) < workers:
         dead = [p for p in stack.procs if p.poll() is not None]
@@ -223,7 +239,7 @@ def _count(stack: _Stack, run: int, rows: bool = False) -> Any:
             if not rows:
                 return s.execute(sa.select(sa.func.count()).select_from(Sample).where(mine)).scalar_one()
             return s.execute(sa.select(Sample.created_at, Sample.requested_at, Sample.shadow_latency_ms,
-                                       Sample.error).where(mine)).all()
+                                       Sample.error, Sample.agree).where(mine)).all()
     finally:
         engine.dispose()
 
@@ -238,13 +254,13 @@ def _recorded(stack: _Stack, run: int, sent: int, wait_s: float = 60.0) -> None:
 def _one_run(stack: _Stack, run: int, seconds: float, rate: float, concurrency: int) -> dict[str, Any]:
     """One pipeline window between two halves of the floor; its figures."""
     calls = min(3000, max(500, int(rate * 4))) // 2
-    floor_before = _floor(stack.sim_url, calls, concurrency)
+    floor_before = stack.floor.measure(calls, concurrency)
     cpu_start = sum(_cpu_seconds(p.pid) for p in stack.workers)
     t_start = time.time()
     sent = _produce(stack, run, seconds, rate)
     _recorded(stack, run, sent)
     worker_cpu = sum(_cpu_seconds(p.pid) for p in stack.workers) - cpu_start
-    floor = (floor_before + _floor(stack.sim_url, calls, concurrency)) / 2
+    floor = (floor_before + stack.floor.measure(calls, concurrency)) / 2
     return _figures(_count(stack, run, rows=True), sent, worker_cpu, floor, t_start, seconds)
 
 
@@ -263,6 +279,7 @@ def _figures(rows: list[Any], sent: int, worker_cpu: float, floor: float, t_star
             "floor_cpu_ms_per_call": round(floor, 3),
             "cpu_ratio": round(per_comparison / floor, 3) if floor else None,
             "sent": sent, "recorded": len(rows), "errors": sum(1 for r in rows if r[3]),
+            "agreement": round(sum(1 for r in rows if r[4]) / max(1, len(rows)), 3),
             "comparisons_per_s": round(len(in_window) / (end - warm).total_seconds(), 1),
             "p95_queue_delay_s": round(pct(delays, 95), 3) if delays else None,
             "shadow_call_p50_ms": round(pct(latencies, 50), 1) if latencies else None,
@@ -305,8 +322,26 @@ def pipeline_figures(seconds: float = 20.0, rate: float = 700.0, workers: int = 
 
         with urllib.request.urlopen(stack.sim_url + "/_sim/stats") as response:
             in_flight_max = json.loads(response.read())["in_flight_max"]
+        moved = _route_changes(stack)
     finally:
         stack.stop()
     return {"workers": workers, "concurrency": concurrency, "offered_per_s": rate, **summary(done),
             "goal_cpu_ratio": GOAL_CPU_RATIO, "seconds": seconds, "in_flight_max": in_flight_max,
-            "shadow_latency_ms": latency_ms, "goal_comparisons_per_s": 500, "exercises": list(EXERCISES)}
+            "shadow_latency_ms": latency_ms, "goal_comparisons_per_s": 500, "exercises": list(EXERCISES),
+            "route_changes": moved}
+
+
+def _route_changes(stack: _Stack) -> int:
+    """Route changes the bench made (none: its categories agree, as typical ones do)."""
+    import sqlalchemy as sa
+
+    from tierguard.store.db import make_engine, session
+    from tierguard.store.tables import RouteChange
+
+    engine = make_engine(stack.db_url)
+    try:
+        with session(engine) as s:
+            return s.execute(sa.select(sa.func.count()).select_from(RouteChange)
+                             .where(RouteChange.rule != "policy")).scalar_one()
+    finally:
+        engine.dispose()

@@ -75,6 +75,11 @@ def _owner(result: Result) -> str:
     return result.job.job_id.split(":", 1)[0]
 
 
+_KEEP = """
+for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1]) end
+"""
+
+
 def keep(redis: Any, sealer: Any, results: list[Result], ttl_s: float) -> None:
     """Write each job's results before they are recorded (best effort)."""
     by_job: dict[str, list[dict[str, Any]]] = {}
@@ -83,11 +88,9 @@ def keep(redis: Any, sealer: Any, results: list[Result], ttl_s: float) -> None:
             by_job.setdefault(_owner(result), []).append(encode(result))
     if not by_job or redis is None:
         return
-    try:
-        pipe = redis.pipeline(transaction=False)
-        for job_id, encoded in by_job.items():
-            pipe.set(keys.ANSWERS.format(job_id=job_id), _wrapped(sealer, encoded), ex=max(1, int(ttl_s)))
-        pipe.execute()
+    try:  # one command for the message: SET … EX each
+        redis.eval(_KEEP, len(by_job), *[keys.ANSWERS.format(job_id=j) for j in by_job], max(1, int(ttl_s)),
+                   *[_wrapped(sealer, encoded) for encoded in by_job.values()])
     except Exception as err:  # the results are recorded now anyway; only a rerun would pay again
         metrics.ANSWERS_NOT_KEPT.inc(len(by_job))
         log.warning("answers of %d job(s) not kept before recording (%s)", len(by_job), type(err).__name__)
