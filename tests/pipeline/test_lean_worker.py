@@ -115,3 +115,24 @@ def test_kept_answers_are_written_in_one_command_and_read_back(redis_url):
     assert 0 < r.ttl(keys.ANSWERS.format(job_id=results[0].job.job_id)) <= 60
     kept = answers.kept(r, None, [x.job for x in results])
     assert [kept[x.job.job_id] for x in results] == [[x] for x in results]
+
+
+def test_a_fresh_message_asks_neither_the_database_nor_redis_for_earlier_runs(engine, simulator,
+                                                                               redis_url):
+    from tierguard.pipeline import flow
+    from tierguard.pipeline.context import Context
+
+    sim = simulator(categories={"labels": {"kind": "label", "labels": LABELS}})
+    r = redis.Redis.from_url(redis_url)
+    ctx = Context(policy=POLICY, engine=engine, redis=r, runner=fanout.LoopRunner(
+        lambda: anthropic.AsyncAnthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)))
+    seen = statements(engine)
+    for fresh in (True, False):
+        mgets = r.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
+        del seen[:]
+        after = flow.run(ctx, [result(HAIKU).job.to_dict() for _ in range(3)], 1, max_attempts=3,
+                         retry_cap=1.0, fresh=fresh)
+        assert after.recorded == 3
+        looked_up = [q for q in seen if q.lstrip().upper().startswith("SELECT") and "sample" in q.lower()]
+        assert bool(looked_up) != fresh
+        assert (r.info("commandstats").get("cmdstat_mget", {}).get("calls", 0) > mgets) != fresh

@@ -244,11 +244,14 @@ def _count(stack: _Stack, run: int, rows: bool = False) -> Any:
         engine.dispose()
 
 
-def _recorded(stack: _Stack, run: int, sent: int, wait_s: float = 60.0) -> None:
-    """Wait (at most ``wait_s``) until every job of the run is recorded."""
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline and _count(stack, run) < sent:
+def _recorded(stack: _Stack, run: int, sent: int, stall_s: float = 30.0) -> None:
+    """Wait until every job of the run is recorded (the next run's CPU must not pay for this one's
+    backlog), or until none has been for ``stall_s``."""
+    done, moved = 0, time.monotonic()
+    while done < sent and time.monotonic() - moved < stall_s:
         time.sleep(0.5)
+        now = _count(stack, run)
+        done, moved = now, time.monotonic() if now > done else moved
 
 
 def _one_run(stack: _Stack, run: int, seconds: float, rate: float, concurrency: int) -> dict[str, Any]:
