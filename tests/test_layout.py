@@ -47,7 +47,7 @@ MAX_FUNCTION_LINES, MAX_DEPTH = 60, 4
 LONG_FUNCTIONS = {
     "alerts.monitors.check", "app.stream.feed", "bench.dashboards.dashboard_figures",
     "bench.gateway.gateway_figures", "bench.headroom._run",
-    "bench.ladder._one", "bench.pipeline.pipeline_figures", "cli.replay.replay",
+    "bench.ladder._one", "cli.replay.replay",
     "engine.replay._next_event", "ops.demo.run", "ops.demo._traffic", "ops.replay.from_db",
     "ops.status.category_status", "policy.model_limits._jpeg_size", "store.rollups.accumulate",
 }

@@ -147,26 +147,35 @@ def bench_hotpath(calls: int = typer.Option(5000, min=5000, help="calls each, in
 @bench_app.command("pipeline")
 def bench_pipeline(seconds: float = typer.Option(20.0, min=5.0), rate: float = 700.0,
                    workers: int = typer.Option(1, min=1), concurrency: int = 100,
+                   runs: int = typer.Option(3, min=1, help="runs, each between two halves of the floor; "
+                                                          "medians and min–max reported"),
                    db_outage: float = typer.Option(0.0, min=0.0, help=(
                        "the fault case instead: jobs sent while PostgreSQL is stopped this many "
                        "seconds; shadow calls per job (goal ≤ 1.05)")),
                    as_json: bool = JsonOpt) -> None:
-    """End to end on this host: enqueue → 1 s shadow call → compare → PostgreSQL row."""
+    """End to end on this host: enqueue → 1 s shadow call → compare → PostgreSQL row; the worker's
+    CPU per comparison against a bare SDK loop's per call."""
     from tierguard.bench.pipeline import pipeline_figures
 
     if db_outage:
         return _outage(db_outage, as_json)
 
     with console.status("running the pipeline…") if not as_json else nothing():
-        fig = pipeline_figures(seconds=seconds, rate=rate, workers=workers, concurrency=concurrency)
+        fig = pipeline_figures(seconds=seconds, rate=rate, workers=workers, concurrency=concurrency,
+                               runs=runs)
     if as_json:
         emit(fig)
         return
+    spread = fig["spread"]
     console.print(f"{workers} worker process(es): [bold]{fig['comparisons_per_s']}/s[/] comparisons "
                   f"(goal ≥ {fig['goal_comparisons_per_s']}/s), offered {rate:g}/s; in flight max "
                   f"{fig['in_flight_max']}; queue delay p95 {fig['p95_queue_delay_s']} s; shadow call "
                   f"p50/p95 {fig['shadow_call_p50_ms']}/{fig['shadow_call_p95_ms']} ms; "
                   f"{fig['recorded']}/{fig['sent']} recorded, {fig['errors']} errors")
+    console.print(f"CPU per comparison {fig['worker_cpu_ms_per_comparison']} ms against the bare SDK "
+                  f"loop's {fig['floor_cpu_ms_per_call']} ms: [bold]{fig['cpu_ratio']}×[/] the floor "
+                  f"(median of {runs}; {spread['cpu_ratio'][0]}–{spread['cpu_ratio'][1]}; goal ≤ "
+                  f"{fig['goal_cpu_ratio']})")
 
 
 @bench_app.command("gateway")

@@ -24,7 +24,9 @@ class Comparator(Protocol):
     A comparator that calls a model for each comparison (the judge) says so with a class
     attribute ``needs_model = True`` and may name the model in ``model`` (None: the category's
     reference); :func:`model_called` reads both. Such a comparator's ``compare`` is not called
-    by the worker, which calls the model instead.
+    by the worker, which calls the model instead. One whose ``compare`` is cheap and linear in
+    the texts (the built-in ``exact``, ``label`` and ``numeric``) says so with ``inline = True``:
+    the worker runs it on its event loop for short answers, not on a comparison thread.
     """
 
     def compare(self, primary: str, shadow: str) -> Verdict: ...

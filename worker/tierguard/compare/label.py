@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 from tierguard.compare.base import Verdict, disagree, normalise
 
@@ -11,6 +12,8 @@ from tierguard.compare.base import Verdict, disagree, normalise
 @dataclass(frozen=True)
 class Exact:
     """Equal after collapsing whitespace, case-folding and dropping trailing punctuation."""
+
+    inline: ClassVar[bool] = True  # cheap and linear in the text: the worker compares on its loop
 
     def compare(self, primary: str, shadow: str) -> Verdict:
         if normalise(primary) == normalise(shadow):
@@ -22,6 +25,8 @@ class Exact:
 @dataclass(frozen=True)
 class Label:
     """Each answer must contain exactly one of ``labels`` (whole word, any case)."""
+
+    inline: ClassVar[bool] = True
 
     labels: tuple[str, ...]
 

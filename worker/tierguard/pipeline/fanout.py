@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
+import ssl
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +55,7 @@ class Retry:
 QUEUE_WAITS = 5  # a comparison waits at most this many budgets for a free comparison thread
 COMPARE_THREADS = 4  # comparisons run here, off the loop: a slow one cannot stall the calls
 POOL_SHARD = 8  # connections per client: httpcore scans its whole pool on every request
+INLINE_MAX = 16_384  # characters of each answer an ``inline`` comparator compares on the loop
 
 
 class LoopRunner:
@@ -125,10 +128,25 @@ def async_client(timeout: float, max_connections: int = POOL_SHARD, api_key: str
     """A shadow client; ``api_key`` None: the SDK's own ``ANTHROPIC_API_KEY``. On ``bedrock`` or
     ``vertex`` the platform's client, with ids from ``policy()`` (:mod:`.platform_client`)."""
     limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    http = anthropic.DefaultAsyncHttpxClient(limits=limits)
+    http = anthropic.DefaultAsyncHttpxClient(limits=limits, verify=_tls())
     if platform != "anthropic" and policy is not None:
         return platform_client(platform, policy, max_retries=0, timeout=timeout, http_client=http)
     return anthropic.AsyncAnthropic(api_key=api_key, max_retries=0, timeout=timeout, http_client=http)
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every client of the process (as httpx2 makes its default one): loading
+    the CA bundle for each of a worker's 128 clients cost 25 ms of CPU apiece."""
+    return httpx2.create_ssl_context()
+
+
+def inline(policy: Policy, job: ShadowJob, answer: Answer) -> bool:
+    """Whether the job's comparison runs on the loop: an ``inline`` comparator (cheap, linear in
+    the texts) on answers of at most :data:`INLINE_MAX` characters; the hop to a comparison
+    thread and back costs more than such a comparison."""
+    return (getattr(policy.category(job.category).compare, "inline", False) is True
+            and len(answer.text) <= INLINE_MAX and len(job.primary_text) <= INLINE_MAX)
 
 
 async def run_jobs(runner: LoopRunner, policy: Policy, jobs: list[ShadowJob], *, attempt: int,
@@ -251,7 +269,10 @@ class _Run:
         return out
 
     async def compared(self, job: ShadowJob, answer: Answer) -> Result:
-        """The answer compared off the loop, within the time budget (else ``comparator_timeout``)."""
+        """The answer compared (off the loop unless :func:`inline`), within the time budget (else
+        ``comparator_timeout``)."""
+        if inline(self.policy, job, answer):
+            return result_of(self.policy, job, answer, None, self.attempt)
         result = await self.runner.off_loop(result_of, self.policy, job, answer, None, self.attempt)
         if result is not None:
             return result

@@ -80,13 +80,15 @@ def backoff(attempt: int, retry_after: float | None, cap: float) -> float:
 
 
 def run(ctx: Context, raw: list[Any], attempt: int, *, max_attempts: int, retry_cap: float,
-        max_countdown: float = 30.0) -> Next:
+        max_countdown: float = 30.0, fresh: bool = False) -> Next:
     """Run one message's jobs. Raises :class:`StoreUnavailable` when the payload store or the
     database cannot be reached (the message runs again later). No job is sent again with a
     countdown over ``max_countdown`` (held past the broker's visibility timeout, it would be
-    delivered twice): a longer wait is waited in steps."""
+    delivered twice): a longer wait is waited in steps. ``fresh``: the message's first delivery
+    from the publisher (no earlier run: none of its jobs can be recorded or have answers kept yet,
+    so neither the database nor the kept answers are asked)."""
     opened, refused = _opened(ctx, _parsed(raw), attempt)
-    opened, paid = _unpaid(ctx, opened)
+    opened, paid = _unpaid(ctx, opened, fresh)
     opened, via_batch = _by_batch(ctx, opened, refused, attempt)
     opened, deferred, too_long = defer_paused(ctx, opened, attempt)
     with answers.claimed(ctx.redis, [j.job_id for j in opened], ctx.claim_ttl_s) as busy:
@@ -146,18 +148,20 @@ def _opened(ctx: Context, jobs: list[ShadowJob], attempt: int) -> tuple[list[Sha
     return opened, refused
 
 
-def _unpaid(ctx: Context, jobs: list[ShadowJob]) -> tuple[list[ShadowJob], list[Result]]:
+def _unpaid(ctx: Context, jobs: list[ShadowJob], fresh: bool = False
+            ) -> tuple[list[ShadowJob], list[Result]]:
     """(jobs still to call, results an earlier run of the message paid for). A job already
-    recorded (a redelivered message, a replayed job) is left out: it is never called again."""
+    recorded (a redelivered message, a replayed job) is left out: it is never called again. A
+    ``fresh`` message had no earlier run: neither is looked up."""
     if not jobs:
         return [], []
-    done = _stored(lambda: recorded_ids(ctx.engine, [j.job_id for j in jobs]))
+    done = set() if fresh else _stored(lambda: recorded_ids(ctx.engine, [j.job_id for j in jobs]))
     if done:
         log.info("%d job(s) already recorded: not called again", len(done))
         answers.forget(ctx.redis, sorted(done))
         job_store.forget(ctx.redis, [j for j in jobs if j.job_id in done])
     jobs = [j for j in jobs if j.job_id not in done]
-    kept = answers.kept(ctx.redis, ctx.sealer, jobs)
+    kept = {} if fresh else answers.kept(ctx.redis, ctx.sealer, jobs)
     if kept:
         metrics.ANSWERS_REUSED.inc(len(kept))
         log.info("%d job(s) recorded from answers already paid for", len(kept))

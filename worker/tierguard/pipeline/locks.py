@@ -4,12 +4,18 @@
 process holds it) and, while the block runs, a daemon thread extends it every ``ttl / 3``
 seconds. A holder killed outright stops extending: the lock is free ``ttl`` seconds later,
 not after the longest cycle anyone could imagine.
+
+Many short holders (each message's claims on its jobs) share one heartbeat thread per process
+instead (:data:`BEATS`): a thread started and joined per message cost more than the claims.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -56,6 +62,54 @@ def heartbeat(extend: Callable[[], Any], every: float, what: str) -> Iterator[No
     finally:
         done.set()
         heart.join(1)
+
+
+class Beats:
+    """One daemon thread calling every registered holder's ``extend`` every ``every`` seconds while
+    its block runs (started on first use, and again in a forked child); a failure is logged,
+    never raised."""
+
+    def __init__(self) -> None:
+        self._due: dict[int, tuple[float, float, Callable[[], Any], str]] = {}  # token -> next, every, …
+        self._tokens = itertools.count()
+        self._wake = threading.Condition()
+        self._pid: int | None = None
+
+    @contextmanager
+    def beating(self, extend: Callable[[], Any], every: float, what: str) -> Iterator[None]:
+        token = next(self._tokens)
+        with self._wake:
+            if self._pid != os.getpid():  # this process's thread (a forked child starts its own)
+                self._due = {}
+                threading.Thread(target=self._run, name="tierguard-heartbeats", daemon=True).start()
+                self._pid = os.getpid()
+            self._due[token] = (time.monotonic() + every, every, extend, what)
+            self._wake.notify()
+        try:
+            yield
+        finally:
+            with self._wake:
+                self._due.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                now = time.monotonic()
+                due = [(t, d) for t, d in self._due.items() if d[0] <= now]
+                for token, (_, every, extend, what) in due:
+                    self._due[token] = (now + every, every, extend, what)
+                if not due:
+                    soonest = min((d[0] for d in self._due.values()), default=now + 60.0)
+                    self._wake.wait(max(0.0, soonest - now))
+                    continue
+            for _, (_, _, extend, what) in due:
+                try:
+                    extend()
+                except Exception as err:  # lost (expired, or Redis away): say so, go on
+                    log.warning("%s not extended: %s", what, type(err).__name__)
+
+
+BEATS = Beats()
 
 
 @contextmanager

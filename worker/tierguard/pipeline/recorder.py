@@ -94,6 +94,7 @@ class _Done:
     changed: dict[str, Category] = field(default_factory=dict)
     touched: dict[str, tuple[str, tuple[str, str], float]] = field(default_factory=dict)
     recorded: list[dict] = field(default_factory=list)  # the sample rows inserted
+    fingerprints: dict[str, str | None] = field(default_factory=dict)  # job id -> its row's
 
 
 def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
@@ -111,7 +112,8 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
                            now, done)
         inserted = {row["job_id"] for row in done.recorded}
         started = challengers.record(s, policy, results, inserted, now)
-        rolled_back = rollouts.record(s, policy, results, inserted, now)
+        rolled_back = rollouts.record(s, policy, results, inserted, now,
+                                      {name: t[0] for name, t in done.touched.items()})
         done.changes += rolled_back
         s.commit()
     rollouts.publish_after(r, engine, bool(rolled_back) or started)
@@ -138,6 +140,7 @@ def _insert(s: Session, policy: Policy, results: list[Result], done: _Done) -> d
         if row["job_id"] in inserted:
             fresh.setdefault(row["job_id"], row)
     done.recorded = list(fresh.values())
+    done.fingerprints = {job_id: row["prompt_fingerprint"] for job_id, row in fresh.items()}
     rollups.add(s, done.recorded)
     by_category: dict[str, list[int]] = {}
     for i, x in enumerate(results):
@@ -164,11 +167,13 @@ def _feed_category(s: Session, policy: Policy, cat: CategoryPolicy, items: list[
     checks = dict(row.escalation_state or {}) if cat.escalate_on else None
     for n, (i, x) in enumerate(items):
         change, events = carried if n == 0 else (None, 0)  # the first sample carries a pin expiry
-        state, reset = _track(s, policy, cat, row, tracked, state, x, now)
+        state, reset = _track(s, policy, cat, row, tracked, state, x, now,
+                              done.fingerprints.get(x.job.job_id, ""))
         events += reset
-        held = None if checks is None else _shadow_checks(cat, checks, x)
-        held = held or retired_on(policy.retirements, rung_of(cat, x.job), now.date())  # never promoted
-        state, decision, target = _fed(cat, row, state, x, sit, now, held)
+        rung = rung_of(cat, x.job)
+        held = None if checks is None else _shadow_checks(cat, checks, x, rung)
+        held = held or retired_on(policy.retirements, rung, now.date())  # never promoted
+        state, decision, target = _fed(cat, row, state, x, sit, now, held, rung)
         if decision is not None and decision.changes_route:
             state, change, moved = _move(s, policy, cat, row, state, decision, target, x.job, done,
                                          tracked)
@@ -210,15 +215,16 @@ def _evidence(cat: CategoryPolicy, row: Category) -> dict:
 
 
 def _track(s: Session, policy: Policy, cat: CategoryPolicy, row: Category, tracked: dict,
-           state: dict, x: Result, now: dt.datetime) -> tuple[dict, int]:
-    """Feed one sample's prompt fingerprint and snapshots to the category's tracker (``tracked``,
-    updated in place); on a reset, the state with its promotion evidence restarted (a demotion
-    watch keeps running) and whether an ``evidence_reset`` event was written."""
+           state: dict, x: Result, now: dt.datetime, fingerprint: str | None = "") -> tuple[dict, int]:
+    """Feed one sample's prompt fingerprint (its row's; "": computed here) and snapshots to the
+    category's tracker (``tracked``, updated in place); on a reset, the state with its promotion
+    evidence restarted (a demotion watch keeps running) and whether an ``evidence_reset`` event
+    was written."""
     job = x.job
     snapshots = {job.served_model: job.served_snapshot,
                  job.shadow_model: x.answer.snapshot if x.answer else None}
-    tracked[TRACKED], reset = TRACKER.feed(tracked[TRACKED], fingerprint_of(job), snapshots,
-                                           now.timestamp())
+    tracked[TRACKED], reset = TRACKER.feed(tracked[TRACKED], fingerprint_of(job) if fingerprint == ""
+                                           else fingerprint, snapshots, now.timestamp())
     if reset is None:
         return state, 0
     log.warning("category %s: evidence restarts: %s", cat.name, reset.what)
@@ -230,24 +236,24 @@ def _track(s: Session, policy: Policy, cat: CategoryPolicy, row: Category, track
                                          numbers) is not None)
 
 
-def _shadow_checks(cat: CategoryPolicy, checks: dict, x: Result) -> str | None:
+def _shadow_checks(cat: CategoryPolicy, checks: dict, x: Result, rung: str | None) -> str | None:
     """Check a cheap rung's shadow answer (its escalation stream while it does not serve; ``checks``
-    updated in place); why the sample's rung may not be promoted, or None."""
+    updated in place); why the sample's rung (``rung_of``) may not be promoted, or None."""
     job, answer = x.job, x.answer
     if answer is not None and job.shadow_model in cat.rungs[:-1]:
         failed = cat.checks.check_text(answer.text, answer.stop_reason) is not None
         checks[job.shadow_model] = shadow_checked(checks.get(job.shadow_model), failed)
-    rung = rung_of(cat, job)
     return None if rung is None else cat.escalation_watch.held(checks.get(rung))
 
 
 def _fed(cat: CategoryPolicy, row: Category, state: dict, x: Result, sit: Situation, now: dt.datetime,
-         held: str | None = None) -> tuple[dict, Decision | None, str | None]:
+         held: str | None = None, rung: str | None = "") -> tuple[dict, Decision | None, str | None]:
     """(new state, the decision, the rung it moves to) after one comparison; no decision when the
-    sample compares no pair the detector watches. ``held``: why its rung may not be promoted."""
+    sample compares no pair the detector watches. ``held``: why its rung may not be promoted;
+    ``rung``: the sample's (``rung_of``; "": computed here)."""
     agree = x.verdict.agree  # type: ignore[union-attr]
     if cat.laddered:
-        rung = rung_of(cat, x.job)
+        rung = rung_of(cat, x.job) if rung == "" else rung
         if rung is None:
             return state, None, None
         state, move = cat.ladder_engine.feed(state, row.routed_model, rung, agree, row.pinned,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Mapping
 
 import redis as redis_lib
 import sqlalchemy as sa
@@ -34,9 +35,13 @@ log = logging.getLogger(__name__)
 
 
 def record(s: Session, policy: Policy, results: list[Result], inserted: set[str],
-           now: dt.datetime) -> list[RouteChange]:
-    """Feed running rollouts their new model's comparisons; the roll-backs made."""
-    names = {x.job.category for x in results if x.kind == "shadow" and x.verdict is not None}
+           now: dt.datetime, routes: Mapping[str, str] | None = None) -> list[RouteChange]:
+    """Feed running rollouts their new model's comparisons; the roll-backs made. ``routes``
+    (category -> its route, read under its row lock in this transaction): a rollout is looked
+    up only for a category with a comparison the route did not serve against the reference (a
+    rollout's share; the route is its base), so a transaction without one reads no rollout."""
+    names = {x.job.category for x in results if x.kind == "shadow" and x.verdict is not None
+             and (routes is None or _a_share(policy, routes, x))}
     if not names:
         return []
     found = list(s.exec(select(Rollout).where(Rollout.category.in_(sorted(names)),
@@ -58,6 +63,14 @@ def record(s: Session, policy: Policy, results: list[Result], inserted: set[str]
         rollout.updated_at = now
         s.add(rollout)
     return made
+
+
+def _a_share(policy: Policy, routes: Mapping[str, str], x: Result) -> bool:
+    """Whether ``x`` may be a rollout's share: not served by its category's route, compared with
+    the reference."""
+    job = x.job
+    return (job.served_model != routes.get(job.category)
+            and job.shadow_model == policy.category(job.category).reference)
 
 
 def roll_back(s: Session, policy: Policy, rollout: Rollout, reason: str, job_id: str | None,

@@ -70,7 +70,8 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
     attempt = task.request.retries + 1
     try:
         after = flow.run(context_for(task.app), jobs, attempt, max_attempts=settings.shadow_max_attempts,
-                         retry_cap=settings.retry_after_cap, max_countdown=settings.visibility_timeout / 2)
+                         retry_cap=settings.retry_after_cap, max_countdown=settings.visibility_timeout / 2,
+                         fresh=fresh(task))
     except StoreUnavailable as err:  # nothing lost: the message waits for the store
         delay = min(backoff(min(attempt, 6), None, settings.retry_after_cap), settings.visibility_timeout / 2)
         log.warning("message of %d job(s): %s; retry in %.1fs", len(jobs), err, delay)
@@ -87,6 +88,14 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
     if after.deliver:
         task.app.send_task(DELIVER_TASK, queue=settings.queue)
     return after.counts()
+
+
+def fresh(task: Task) -> bool:
+    """Whether ``task`` runs a message of the publisher's on its first delivery: a ``shadow_batch``
+    neither retried nor redelivered (a message restored after a worker died, or requeued, is marked
+    ``redelivered``; a job sent again travels as a ``shadow`` task)."""
+    info = task.request.delivery_info or {}
+    return task.name == BATCH_TASK and not task.request.retries and not info.get("redelivered")
 
 
 def beat_due(task: Task, beat: bool) -> bool:

@@ -1,0 +1,141 @@
+"""The worker's CPU cuts keep every behaviour: no rollout read without a possible share (a share
+still feeds its rollout), a publisher's first delivery is not looked up, claims kept alive by one
+heartbeat thread, cheap comparisons on the loop, kept answers written in one command."""
+
+import threading
+import time
+import uuid
+from types import SimpleNamespace
+
+import anthropic
+import redis
+import sqlalchemy as sa
+from sqlmodel import select
+
+from tests.helpers import API_KEY
+from tierguard.compare import Verdict
+from tierguard.contract import keys
+from tierguard.contract.broker import BATCH_TASK, SHADOW_TASK
+from tierguard.contract.job import ShadowJob
+from tierguard.pipeline import answers, fanout, rollouts, tasks
+from tierguard.pipeline.calls import Answer
+from tierguard.pipeline.recorder import record_many
+from tierguard.pipeline.results import Result
+from tierguard.policy import parse_policy
+from tierguard.store.db import session, utcnow
+from tierguard.store.tables import Rollout
+
+HAIKU, SONNET, OPUS = "claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7"
+LABELS = ["RED", "GREEN"]
+POLICY = parse_policy({"categories": {"labels": {"comparator": {"type": "label", "labels": LABELS}}}})
+
+
+def result(served: str, shadow: str = OPUS) -> Result:
+    job = ShadowJob(job_id=uuid.uuid4().hex, category="labels", served_model=served, shadow_model=shadow,
+                    request={"max_tokens": 8, "system": "labels: pick",
+                             "messages": [{"role": "user", "content": "x"}]}, primary_text="RED",
+                    requested_at=utcnow().isoformat())
+    return Result(job, Answer("RED", 10, 1, 5.0, snapshot=shadow), Verdict(True, 1.0, "same"), None, 1)
+
+
+def statements(engine):
+    """Every SQL statement the engine runs from now on (a list that fills)."""
+    seen: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a, **_: seen.append(a[2]))
+    return seen
+
+
+def test_a_transaction_without_a_rollout_share_reads_no_rollout_and_a_share_still_feeds(engine):
+    record_many(engine, None, POLICY, [result(HAIKU)])  # the category row, on its candidate
+    seen = statements(engine)
+    record_many(engine, None, POLICY, [result(HAIKU) for _ in range(3)])
+    assert seen and not [q for q in seen if "rollout" in q.lower()]
+
+    with session(engine) as s:
+        rollouts.begin(s, POLICY, "labels", SONNET, (5, 50, 100), 60.0, 100, "test", utcnow())
+        s.commit()
+    record_many(engine, None, POLICY, [result(HAIKU), result(SONNET), result(SONNET)])
+    with session(engine) as s:
+        rollout = s.exec(select(Rollout)).one()
+    assert rollout.status == "running" and rollout.samples == 2  # the new model's comparisons only
+
+
+def test_only_a_publishers_first_delivery_is_fresh():
+    def task(name=BATCH_TASK, retries=0, redelivered=None):
+        info = {} if redelivered is None else {"redelivered": redelivered}
+        return SimpleNamespace(name=name, request=SimpleNamespace(retries=retries, delivery_info=info))
+
+    assert tasks.fresh(task()) and tasks.fresh(task(redelivered=False))
+    assert not tasks.fresh(task(redelivered=True))  # restored after a worker died, or requeued
+    assert not tasks.fresh(task(retries=1))  # the database was away: answers may be kept
+    assert not tasks.fresh(task(SHADOW_TASK))  # a job sent again (another run may record it)
+
+
+def test_claims_live_while_their_runs_do_on_one_heartbeat_thread(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    first, second = [uuid.uuid4().hex for _ in range(2)], [uuid.uuid4().hex for _ in range(2)]
+    with answers.claimed(r, first, 0.3) as busy, answers.claimed(r, second, 0.3):
+        assert busy == {}
+        assert answers.claim(r, first[:1], 0.3).keys() == {first[0]}  # held by the run above
+        time.sleep(0.8)  # past the TTL: extended
+        assert all(r.exists(keys.CLAIM.format(job_id=j)) for j in first + second)
+        beats = [t for t in threading.enumerate() if t.name.startswith("tierguard-heartbeat")]
+        assert [t.name for t in beats] == ["tierguard-heartbeats"]
+    assert not any(r.exists(keys.CLAIM.format(job_id=j)) for j in first + second)  # released
+
+
+def test_cheap_comparisons_run_on_the_loop_and_others_off_it(simulator):
+    sim = simulator(categories={"labels": {"kind": "label", "labels": LABELS}})
+    policy = parse_policy({"categories": {"labels": {"comparator": {"type": "label", "labels": LABELS}},
+                                          "free": {"comparator": "similarity"}}})
+    job = result(HAIKU).job
+    assert fanout.inline(policy, job, Answer("RED", 1, 1, 1.0))
+    assert not fanout.inline(policy, job, Answer("RED " * fanout.INLINE_MAX, 1, 1, 1.0))  # too long
+    assert not fanout.inline(policy, ShadowJob(**{**job.to_dict(), "category": "free"}),
+                             Answer("RED", 1, 1, 1.0))
+
+    runner = fanout.LoopRunner(lambda: anthropic.AsyncAnthropic(base_url=sim.base_url, api_key=API_KEY,
+                                                                max_retries=0))
+    hops = []
+    off_loop = runner.off_loop
+    runner.off_loop = lambda *a: (hops.append(a[0]), off_loop(*a))[1]
+    jobs = [ShadowJob(**{**result(HAIKU).job.to_dict(), "category": c}) for c in ("labels", "free")]
+    done, retries = runner.run(fanout.run_jobs(runner, policy, jobs, attempt=1, final=True))
+    assert retries == [] and all(r.verdict is not None for r in done)
+    assert len(hops) == 1  # the similarity comparison only
+
+
+def test_kept_answers_are_written_in_one_command_and_read_back(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    results = [result(HAIKU) for _ in range(3)]
+    before = r.info("commandstats")
+    answers.keep(r, None, results, 60)
+    after = r.info("commandstats")
+    assert after.get("cmdstat_set", {}).get("calls", 0) - before.get("cmdstat_set", {}).get("calls", 0) == 3
+    assert after["cmdstat_eval"]["calls"] - before.get("cmdstat_eval", {}).get("calls", 0) == 1
+    assert 0 < r.ttl(keys.ANSWERS.format(job_id=results[0].job.job_id)) <= 60
+    kept = answers.kept(r, None, [x.job for x in results])
+    assert [kept[x.job.job_id] for x in results] == [[x] for x in results]
+
+
+def test_a_fresh_message_asks_neither_the_database_nor_redis_for_earlier_runs(engine, simulator,
+                                                                               redis_url, monkeypatch):
+    from tierguard.pipeline import flow
+    from tierguard.pipeline.context import Context
+
+    sim = simulator(categories={"labels": {"kind": "label", "labels": LABELS}})
+    r = redis.Redis.from_url(redis_url)
+    ctx = Context(policy=POLICY, engine=engine, redis=r, runner=fanout.LoopRunner(
+        lambda: anthropic.AsyncAnthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)))
+    kept_reads: list[int] = []
+    kept = answers.kept
+    monkeypatch.setattr(answers, "kept", lambda *a: (kept_reads.append(len(a[2])), kept(*a))[1])
+    seen = statements(engine)
+    for fresh in (True, False):
+        del seen[:], kept_reads[:]
+        after = flow.run(ctx, [result(HAIKU).job.to_dict() for _ in range(3)], 1, max_attempts=3,
+                         retry_cap=1.0, fresh=fresh)
+        assert after.recorded == 3
+        looked_up = [q for q in seen if q.lstrip().lower().startswith("select")
+                     and "from sample" in q.lower()]
+        assert bool(looked_up) != fresh and bool(kept_reads) != fresh
