@@ -140,7 +140,7 @@ def raw_stream(base, body, headers, events):
 
 def test_a_caller_leaving_mid_stream_cancels_upstream_and_nothing_is_shadowed(stack, simulator,
                                                                               sqlite_url):
-    sim = simulator(**SCENARIO, stream_event_ms=150)
+    sim = simulator(**SCENARIO, stream_event_ms=600)  # 3.6 s: room for a busy host to notice
     stack.configure(policy=POLICY, database_url=sqlite_url, base_url=sim.base_url)
     base = stack.start_gateway()
     sock, data = raw_stream(base, {**BODY, "stream": True}, {"x-api-key": API_KEY, **HEADER}, 1)

@@ -26,7 +26,7 @@ from tests.app.gatewayparts import (
 
 def test_slow_request_heads_are_cut_off_and_other_callers_still_served(stack, sim_and_env, tmp_path):
     sim_and_env()
-    gw = start(stack, tmp_path, TIERGUARD_GATEWAY_HEADER_TIMEOUT="1")
+    gw = start(stack, tmp_path, TIERGUARD_GATEWAY_HEADER_TIMEOUT="3")
     opened = time.monotonic()
     slow = [socket.create_connection(gw.address) for _ in range(50)]
     head = b"POST /v1/messages HTTP/1.1\r\nhost: gateway\r\nx-pad: " + b"a" * 1000
@@ -50,16 +50,17 @@ def test_slow_request_heads_are_cut_off_and_other_callers_still_served(stack, si
         answer = httpx2.post(gw.base + "/v1/messages", json=BODY, headers=HEADERS, timeout=10)
         took = time.monotonic() - started
         assert answer.status_code == 200 and answer.json()["model"] == ROUTED
-        assert took < 1.0, f"a request took {took:.2f} s beside 50 slow callers"
-        closed = [closed_at(sock, opened + 4) for sock in slow]
+        # Held behind the slow heads, it would wait for their 3 s timeout (room for a busy host).
+        assert took < 2.0, f"a request took {took:.2f} s beside 50 slow callers"
+        closed = [closed_at(sock, opened + 6) for sock in slow]
     finally:
         stop.set()
         dribbler.join()
         for sock in slow:
             sock.close()
-    assert None not in closed, f"{closed.count(None)} of 50 slow callers still connected after 4 s"
-    assert min(closed) - opened > 0.9, "a slow caller was cut before its timeout"
-    assert max(closed) - opened < 2.5
+    assert None not in closed, f"{closed.count(None)} of 50 slow callers still connected after 6 s"
+    assert min(closed) - opened > 2.9, "a slow caller was cut before its timeout"
+    assert max(closed) - opened < 5.0
     assert gw.stats()["header_timeout"] == 50
     assert len(re.findall("TIERGUARD_GATEWAY_HEADER_TIMEOUT", gw.log.read_text())) == 1  # logged once
 

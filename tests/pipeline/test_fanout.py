@@ -58,7 +58,8 @@ def test_a_slow_comparison_is_a_recorded_timeout_and_the_loop_stays_free(engine,
     assert after.recorded == 7 and mine not in FINISHED  # recorded while the slow comparison still ran
     done.set()
     watcher.join()
-    assert max(lags) < 0.5, f"the loop stalled for {max(lags):.2f}s"
+    # On the loop, the 3 s comparison would stall it for seconds (bound with room for a busy host).
+    assert max(lags) < 1.5, f"the loop stalled for {max(lags):.2f}s"
     with session(engine) as s:
         rows = {r.category: r for r in s.exec(select(Sample))}
         errors = [r.error for r in s.exec(select(Sample).where(Sample.category == "labels"))]
