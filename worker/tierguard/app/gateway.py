@@ -101,7 +101,8 @@ class Gateway:
         if self.core is None:
             self.core = await asyncio.to_thread(Core, s)
         self.core.check_fork()  # its refresher keeps /readyz honest before any request
-        self.upstream = Upstream(upstream_url(s), s.gateway_max_connections, s.gateway_timeout)
+        self.upstream = Upstream(upstream_url(s), s.gateway_max_connections, s.gateway_timeout,
+                                 s.gateway_client)
         if self.upstream.proxy:
             log.info("upstream through the proxy %s", mask_url(self.upstream.proxy))
         gc.collect()  # what start-up made (modules, SDK types) is kept out of every later collection,
