@@ -143,6 +143,7 @@ class Response:
         self.waiter: asyncio.Future | None = None
         self.paused = False
         self.until_close = False
+        self.keep_alive = False  # read with the head: the parser forgets it once the message ends
         self.released = False
 
     @property
@@ -152,8 +153,8 @@ class Response:
     def on_headers_complete(self, status: int) -> None:
         self.status_code = status
         self.head = Head(self.raw)
-        parser = self.conn.parser
-        self.until_close = not parser.should_keep_alive() and not any(
+        self.keep_alive = self.conn.parser.should_keep_alive()
+        self.until_close = not self.keep_alive and not any(
             k in (b"content-length", b"transfer-encoding") for k, _ in self.raw)
         self._wake()
 
@@ -222,7 +223,7 @@ class Response:
         self.released = True
         conn = self.conn
         conn.response = None
-        if self.complete and self.error is None and conn.parser.should_keep_alive() and not conn.closed:
+        if self.complete and self.error is None and self.keep_alive and not conn.closed:
             conn.pool.release(conn)
         else:
             conn.close()
