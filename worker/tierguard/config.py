@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     gateway_max_json_depth: int = Field(128, ge=8, description=(
         "deepest JSON nesting a request body may have (else a 400)"))
     gateway_client: str = Field("lean", pattern="^(lean|httpx2)$", description=(
-        "the gateway's upstream client: lean (app/http1; httpx2 all the same through a proxy) or httpx2"))
+        "the gateway's upstream client: lean (app/lean_client; httpx2 through a proxy) or httpx2"))
     stream_assembly_max: int = Field(8 * 1024 * 1024, gt=0, description=(
         "bytes of a sampled stream assembled for its shadow; a longer stream is relayed unshadowed"))
     # Worker side.

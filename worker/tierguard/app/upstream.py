@@ -8,7 +8,7 @@ any of it, :func:`nesting` measures how deep the body's arrays and objects go (a
 strings dropped, brackets counted, a step at a time), so a body nested past the gateway's
 limit is :class:`TooDeep` before ``json`` recurses into it.
 
-The client: requests go through :mod:`~tierguard.app.http1`'s lean pool when the upstream is
+The client: requests go through :mod:`~tierguard.app.lean_client`'s lean pool when the upstream is
 reached directly (``TIERGUARD_GATEWAY_CLIENT=lean``, the default), else straight to ``httpx2``
 transports (no client-level cookie jar, redirects or auth: a proxy must not carry one caller's
 state to the next), whose connections are spread over shards of ``SHARD`` each, because the
@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import httpx2
 from httpx2._utils import URLPattern, get_environment_proxies
 
-from tierguard.app import http1
+from tierguard.app import lean_client
 
 SHARD = 16
 LEAN = -1  # the "shard" of a request sent by the lean client
@@ -69,7 +69,7 @@ def environment_proxy(url: str) -> str | None:
 
 class Upstream:
     """The upstream's connection pools. ``client="lean"`` (the default) sends through
-    :mod:`~tierguard.app.http1` when the upstream is reached directly; through a proxy, for
+    :mod:`~tierguard.app.lean_client` when the upstream is reached directly; through a proxy, for
     ``HEAD``, or with ``client="httpx2"``, through ``httpx2`` transports."""
 
     def __init__(self, base_url: str, max_connections: int = 1000, timeout: float = 600.0,
@@ -84,11 +84,11 @@ class Upstream:
         self._busy = [0] * len(self._shards)
         self._next = 0
         self._timeout = {"connect": 10.0, "read": timeout, "write": timeout, "pool": timeout}
-        self.lean: http1.Pool | None = None
+        self.lean: lean_client.Pool | None = None
         if client == "lean" and self.proxy is None:
             lean_tls = httpx2.create_ssl_context(trust_env=True)
             lean_tls.set_alpn_protocols(["http/1.1"])
-            self.lean = http1.Pool(self.base_url, max_connections, timeout, lean_tls)
+            self.lean = lean_client.Pool(self.base_url, max_connections, timeout, lean_tls)
 
     def _pick(self) -> int:
         """The next shard in rotation that has a free connection (else the next one)."""

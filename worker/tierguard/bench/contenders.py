@@ -38,7 +38,9 @@ http {{
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
     client_max_body_size 32m;
-    upstream messages_api {{ server 127.0.0.1:{upstream}; keepalive 128; }}
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    upstream messages_api {{ server 127.0.0.1:{upstream}; keepalive 128; keepalive_requests 1000000; }}
     server {{
         listen 127.0.0.1:{port};
         location / {{
@@ -59,6 +61,8 @@ _LITELLM_CONF = """model_list:
       api_key: sk-bench
 litellm_settings:
   telemetry: false
+general_settings:
+  master_key: {key}
 """
 
 
@@ -93,12 +97,16 @@ def litellm_binary() -> str | None:
     return str(beside) if beside.exists() else shutil.which("litellm")
 
 
-def start_litellm(folder: Path, port: int, upstream: int, model: str) -> subprocess.Popen:
-    """LiteLLM's proxy in front of ``upstream`` on ``port``; Unavailable if it cannot start."""
+def start_litellm(folder: Path, port: int, upstream: int, model: str, key: str) -> subprocess.Popen:
+    """LiteLLM's proxy in front of ``upstream`` on ``port``, checking callers' keys against ``key``
+    (the bench's own, sent as ``x-api-key``); Unavailable if it cannot start."""
     binary = litellm_binary()
     if binary is None:
         raise Unavailable("no litellm executable (pip install 'litellm[proxy]', or name one with "
                           "TIERGUARD_BENCH_LITELLM)")
+    if not os.access(binary, os.X_OK):
+        raise Unavailable(f"the litellm executable {binary} does not exist or cannot run "
+                          f"(TIERGUARD_BENCH_LITELLM)")
     python = Path(binary).with_name("python")
     if python.exists():  # its proxy imports fastapi & co.: tell why now rather than time out later
         probe = subprocess.run([str(python), "-c", "import fastapi, backoff, apscheduler, litellm.proxy"],
@@ -109,9 +117,9 @@ def start_litellm(folder: Path, port: int, upstream: int, model: str) -> subproc
                               f"(litellm[proxy]) are missing: install them in a virtualenv of its own "
                               f"and name its litellm with TIERGUARD_BENCH_LITELLM")
     conf = folder / "litellm.yaml"
-    conf.write_text(_LITELLM_CONF.format(model=model, upstream=upstream))
+    conf.write_text(_LITELLM_CONF.format(model=model, upstream=upstream, key=key))
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False",
-           "LITELLM_LOG": "ERROR"}
+           "LITELLM_LOG": "ERROR", "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
     env.pop("ANTHROPIC_BASE_URL", None)
     log = folder / "litellm.log"
     return subprocess.Popen([binary, "--config", str(conf), "--host", "127.0.0.1", "--port", str(port),

@@ -135,7 +135,8 @@ def _start_others(folder: Path, names: tuple[str, ...], upstream: int, procs: li
             if name == "nginx":
                 proc, log, wait = others.start_nginx(folder, port, upstream), folder / "nginx/error.log", 15.0
             elif name == "litellm":
-                proc, log, wait = (others.start_litellm(folder, port, upstream, BODY["model"]),
+                proc, log, wait = (others.start_litellm(folder, port, upstream, BODY["model"],
+                                                        HEADERS["x-api-key"]),
                                    folder / "litellm.log", 120.0)
             else:
                 raise others.Unavailable(f"unknown contender {name!r}")
