@@ -1,16 +1,16 @@
 """The gateway's lean upstream client: HTTP/1.1 over asyncio protocols, parsed by ``httptools``.
 
-One request is one ``write`` (head and body together), its response parsed in C as it arrives:
-no per-request task, cancel scope or header normalisation. Connections are kept alive in a LIFO
-pool (at most ``max_connections``, idle ones dropped after ``KEEPALIVE_S``); a connection whose
-request was cancelled or whose answer was not read to its end is closed, never reused. Bodies
+One request is one ``write`` (head and body together; bodies up to ``MAX_BODY``), its response
+parsed in C as it arrives: no per-request task, cancel scope or header normalisation.
+Connections are kept alive in a LIFO pool (at most ``max_connections``, idle ones dropped after
+``KEEPALIVE_S``); a connection whose request was cancelled or whose answer was not read to its end is closed, never reused. Bodies
 come as the upstream sent them (chunked transfer decoded, content codings untouched); reading
 pauses while ``HIGH_WATER`` bytes wait for a caller that reads slowly.
 
 Failures are ``httpx2``'s exceptions (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``,
-``RemoteProtocolError``, ``ReadError``), so the gateway handles both clients alike; the pool only
-reaches an upstream directly (``http``/``https``): through a proxy the gateway uses ``httpx2``
-(:class:`~tierguard.app.upstream.Upstream`).
+``RemoteProtocolError``, ``ReadError``), so the gateway handles both clients
+alike; the pool only reaches an upstream directly (``http``/``https``): through a proxy the
+gateway uses ``httpx2`` (:class:`~tierguard.app.upstream.Upstream`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import httpx2
 
 KEEPALIVE_S = 30.0
 HIGH_WATER = 256 * 1024  # bytes of body waiting for the caller before the socket is read no further
-_ONE_WRITE = 64 * 1024  # bodies up to this size are copied into the head's write
+MAX_BODY = 64 * 1024  # larger request bodies go through httpx2 (Upstream.send): see the README
 
 
 class Head:
@@ -101,7 +101,7 @@ class Connection(asyncio.Protocol):
                                   "the upstream closed the connection without sending a response"))
 
     def pause_writing(self) -> None:
-        pass
+        pass  # a request is at most MAX_BODY bytes: written at once, the transport buffers the rest
 
     def resume_writing(self) -> None:
         pass
@@ -287,12 +287,8 @@ class Pool:
         response = conn.response = Response(conn, self.timeout)
         head = self._head(method, target, headers, len(body))
         try:
-            if len(body) <= _ONE_WRITE:
-                head += body
-                conn.transport.write(head)  # type: ignore[union-attr]
-            else:
-                conn.transport.write(head)  # type: ignore[union-attr]
-                conn.transport.write(body)  # type: ignore[union-attr]
+            head += body
+            conn.transport.write(head)  # type: ignore[union-attr]
             await response.head_arrived()
         except BaseException:  # cancelled, timed out or broken: this connection is not reused
             response.released = True

@@ -68,9 +68,10 @@ def environment_proxy(url: str) -> str | None:
 
 
 class Upstream:
-    """The upstream's connection pools. ``client="lean"`` (the default) sends through
-    :mod:`~tierguard.app.lean_client` when the upstream is reached directly; through a proxy, for
-    ``HEAD``, or with ``client="httpx2"``, through ``httpx2`` transports."""
+    """The upstream's connection pools. ``client="lean"`` (the default) sends a request whose body
+    is at most ``lean_client.MAX_BODY`` through :mod:`~tierguard.app.lean_client` when the upstream
+    is reached directly; through a proxy, a larger body, ``HEAD``, or with ``client="httpx2"``,
+    through ``httpx2`` transports."""
 
     def __init__(self, base_url: str, max_connections: int = 1000, timeout: float = 600.0,
                  client: str = "lean"):
@@ -103,7 +104,7 @@ class Upstream:
     async def send(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
                    body: bytes) -> tuple[httpx2.Response, int]:
         """Send; the response's body is still to be read. Returns it and its shard (see ``done``)."""
-        if self.lean is not None and method != "HEAD":
+        if self.lean is not None and method != "HEAD" and len(body) <= lean_client.MAX_BODY:
             return await self.lean.send(method, target, headers, body), LEAN  # type: ignore[return-value]
         shard = self._pick()
         request = httpx2.Request(method, self.base_url + target, headers=headers, content=body,
