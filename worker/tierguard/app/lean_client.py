@@ -2,15 +2,16 @@
 
 One request is one ``write`` (head and body together; bodies up to ``MAX_BODY``), its response
 parsed in C as it arrives: no per-request task, cancel scope or header normalisation.
-Connections are kept alive in a LIFO pool (at most ``max_connections``, idle ones dropped after
-``KEEPALIVE_S``); a connection whose request was cancelled or whose answer was not read to its end is closed, never reused. Bodies
-come as the upstream sent them (chunked transfer decoded, content codings untouched); reading
-pauses while ``HIGH_WATER`` bytes wait for a caller that reads slowly.
+Connections are kept alive in a LIFO pool (at most ``max_connections``, idle ones dropped
+after ``KEEPALIVE_S``); a connection whose request was cancelled or whose answer was not read to
+its end is closed, never reused. Bodies come as the upstream sent them (chunked transfer
+decoded, content codings untouched); reading pauses while ``HIGH_WATER`` bytes wait for a
+caller that reads slowly.
 
 Failures are ``httpx2``'s exceptions (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``,
-``RemoteProtocolError``, ``ReadError``), so the gateway handles both clients
-alike; the pool only reaches an upstream directly (``http``/``https``): through a proxy the
-gateway uses ``httpx2`` (:class:`~tierguard.app.upstream.Upstream`).
+``RemoteProtocolError``, ``ReadError``), so the gateway handles both clients alike; the pool
+only reaches an upstream directly (``http``/``https``): through a proxy, and for larger bodies,
+the gateway uses ``httpx2`` (:class:`~tierguard.app.upstream.Upstream`).
 """
 
 from __future__ import annotations
