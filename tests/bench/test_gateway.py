@@ -24,8 +24,9 @@ def test_the_gateway_is_measured_beside_the_direct_call_and_nginx_in_one_run(tmp
     for name in ("direct", "tierguard", "nginx"):
         figures = table[name]
         assert FIELDS <= set(figures), (name, figures)
-        assert figures["rps"] > 0 and figures["cpu_ms_per_request"] > 0, (name, figures)
-        assert [level["connections"] for level in figures["load"]][:1] == [1]
+        first = figures["load"][0]  # rps is 0 only if p99 passed 50 ms at once (a machine that busy)
+        assert first["connections"] == 1 and first["requests"] > 0 and figures["rps"] >= 0, (name, figures)
+        assert figures["cpu_ms_per_request"] > 0, (name, figures)
         assert figures["p50_ms"] > 0 and figures["ttfe_p50_ms"] > 0
     assert table["direct"]["added_p50_ms"] == 0 and table["direct"]["ttfe_added_p50_ms"] == 0
     litellm = table["litellm"]  # measured when its proxy can run here, else why not
