@@ -43,12 +43,11 @@ import logging
 import time
 from typing import Any
 
-import httpx2
-
 from tierguard import metrics
 from tierguard.app import admission, escalating, escalation
 from tierguard.app.admission import error_body
 from tierguard.app.core import Core
+from tierguard.app.forwarding import Forwarding
 from tierguard.app.naming import body_category, names_by_user, path_category
 from tierguard.app.openai_compat import Untranslatable, messages_request
 from tierguard.app.platform_gateway import invoke_path, route_platform_call
@@ -60,15 +59,10 @@ from tierguard.app.relay import (
     caller_key,
     caller_scope,
     content_codings,
-    cutter,
     declared,
-    disconnected,
     maybe_off_loop,
-    pump,
     read_body,
-    remaining,
     respond,
-    settle,
     shaping,
 )
 from tierguard.app.upstream import OFF_LOOP, TooDeep, TooLarge, Upstream, parse_request, with_model
@@ -85,7 +79,7 @@ CHAT_PATH = "/v1/chat/completions"  # OpenAI-compatible: routed and shadowed as 
 __all__ = ["Gateway", "create_app", "error_body", "HOP_BY_HOP"]
 
 
-class Gateway:
+class Gateway(Forwarding):
     """The ASGI app. ``core`` (policy, routes, publisher) is made at startup unless given."""
 
     def __init__(self, settings: Settings | None = None, core: Core | None = None):
@@ -101,7 +95,8 @@ class Gateway:
         if self.core is None:
             self.core = await asyncio.to_thread(Core, s)
         self.core.check_fork()  # its refresher keeps /readyz honest before any request
-        self.upstream = Upstream(upstream_url(s), s.gateway_max_connections, s.gateway_timeout)
+        self.upstream = Upstream(upstream_url(s), s.gateway_max_connections, s.gateway_timeout,
+                                 s.gateway_client)
         if self.upstream.proxy:
             log.info("upstream through the proxy %s", mask_url(self.upstream.proxy))
         gc.collect()  # what start-up made (modules, SDK types) is kept out of every later collection,
@@ -278,87 +273,6 @@ class Gateway:
                     job_headers, job_body = (via.job_headers, None) if via else (shaping(headers), body)
                     core.submit(cat, routed, answer, started, headers=job_headers,
                                 body=None if chat else job_body)
-
-    async def _relay(self, scope: dict, method: str, target: str, headers: list, body: bytes,
-                     receive: Any, send: Any, watch: Watch | None = None) -> bool:
-        """Forward one request and relay its response within the deadline; False unless the whole
-        response reached the caller."""
-        until = asyncio.get_running_loop().time() + self.settings.gateway_deadline
-        left = asyncio.ensure_future(disconnected(receive))
-        try:
-            sent = await self._response_head(method, target, headers, body, send, left, until)
-            if sent is None:
-                return False
-            response, shard = sent
-            try:
-                return await self._response_body(scope, response, send, watch, left, until)
-            finally:
-                await response.aclose()
-                self.upstream.done(shard)  # type: ignore[union-attr]
-        finally:
-            left.cancel()
-
-    async def _response_head(self, method: str, target: str, headers: list, body: bytes, send: Any,
-                             left: asyncio.Future, until: float) -> tuple[httpx2.Response, int] | None:
-        """The upstream's response, its body still to read; None if the caller was answered already
-        (502, 504) or left first (the upstream request is then cancelled)."""
-        upstream = self.upstream
-        assert upstream is not None
-        sent = asyncio.ensure_future(upstream.send(method, target, headers, body))
-        await asyncio.wait((sent, left), timeout=remaining(until), return_when=asyncio.FIRST_COMPLETED)
-        if sent.done() and not left.done():
-            try:
-                return sent.result()
-            except httpx2.TimeoutException:
-                await respond(send, 504, error_body("the upstream API did not answer in time"))
-            except httpx2.TransportError as err:
-                log.warning("upstream %s unreachable: %s", mask_url(upstream.base_url), type(err).__name__)
-                await respond(send, 502, error_body(f"the gateway cannot reach the upstream API "
-                                                    f"({type(err).__name__})"))
-            return None
-        await self._drop(sent)
-        if left.done():  # before any answer: the upstream request is cancelled, nothing shadowed
-            self.core.left()  # type: ignore[union-attr]
-        else:
-            self.core.refuse("deadline_exceeded", "%s", self._late())  # type: ignore[union-attr]
-            await respond(send, 504, error_body(self._late()))
-        return None
-
-    async def _response_body(self, scope: dict, response: httpx2.Response, send: Any,
-                             watch: Watch | None, left: asyncio.Future, until: float) -> bool:
-        if watch is not None:
-            watch.status = response.status_code
-            watch.headers = response.headers
-            if response.status_code == 429:
-                watch.retry_after = response.headers.get("retry-after")
-        await send({"type": "http.response.start", "status": response.status_code,
-                    "headers": [(k.lower(), v) for k, v in response.headers.raw
-                                if k.lower() not in HOP_BY_HOP]})
-        cut = cutter(scope, send, response)
-        pumping = asyncio.ensure_future(pump(response, send, watch, cut))
-        await asyncio.wait((pumping, left), timeout=remaining(until), return_when=asyncio.FIRST_COMPLETED)
-        if pumping.done():
-            return pumping.result()
-        pumping.cancel()
-        await settle(pumping)
-        if left.done():
-            self.core.left()  # type: ignore[union-attr]
-        else:
-            self.core.refuse("deadline_exceeded", "%s", self._late())  # type: ignore[union-attr]
-            await cut(self._late())
-        return False
-
-    def _late(self) -> str:
-        return (f"the upstream API's answer took longer than the gateway's deadline of "
-                f"{self.settings.gateway_deadline:g} s (TIERGUARD_GATEWAY_DEADLINE)")
-
-    async def _drop(self, sent: asyncio.Future) -> None:
-        """Cancel an upstream request (its connection is closed); a response that came anyway is closed."""
-        sent.cancel()
-        if await settle(sent):
-            response, shard = sent.result()
-            await response.aclose()
-            self.upstream.done(shard)  # type: ignore[union-attr]
 
     async def _local(self, path: str, send: Any) -> None:
         core = self.core

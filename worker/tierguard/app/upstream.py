@@ -8,10 +8,11 @@ any of it, :func:`nesting` measures how deep the body's arrays and objects go (a
 strings dropped, brackets counted, a step at a time), so a body nested past the gateway's
 limit is :class:`TooDeep` before ``json`` recurses into it.
 
-The client: requests go straight to ``httpx2`` transports (no client-level cookie jar,
-redirects or auth: a proxy must not carry one caller's state to the next).
-Connections are spread over shards of ``SHARD`` each, because the pool scans
-every connection it holds on each request. The network is the environment's, as the
+The client: requests go through :mod:`~tierguard.app.lean_client`'s lean pool when the upstream is
+reached directly (``TIERGUARD_GATEWAY_CLIENT=lean``, the default), else straight to ``httpx2``
+transports (no client-level cookie jar, redirects or auth: a proxy must not carry one caller's
+state to the next), whose connections are spread over shards of ``SHARD`` each, because the
+pool scans every connection it holds on each request. The network is the environment's, as the
 anthropic SDK reads it: ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` (``NO_PROXY``
 exempts hosts) choose the proxy for the upstream URL once, by ``httpx2``'s own rules;
 ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` name the CAs trusted (one TLS context for all shards).
@@ -30,7 +31,10 @@ from typing import Any, NamedTuple
 import httpx2
 from httpx2._utils import URLPattern, get_environment_proxies
 
+from tierguard.app import lean_client
+
 SHARD = 16
+LEAN = -1  # the "shard" of a request sent by the lean client
 OFF_LOOP = 256 * 1024  # bodies above this many bytes are decoded and parsed on a worker thread
 _WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}  # zlib's window bits per content coding
 _WS = re.compile(r"[ \t\n\r]*")  # JSON whitespace
@@ -64,7 +68,13 @@ def environment_proxy(url: str) -> str | None:
 
 
 class Upstream:
-    def __init__(self, base_url: str, max_connections: int = 1000, timeout: float = 600.0):
+    """The upstream's connection pools. ``client="lean"`` (the default) sends a request whose body
+    is at most ``lean_client.MAX_BODY`` through :mod:`~tierguard.app.lean_client` when the upstream
+    is reached directly; through a proxy, a larger body, ``HEAD``, or with ``client="httpx2"``,
+    through ``httpx2`` transports."""
+
+    def __init__(self, base_url: str, max_connections: int = 1000, timeout: float = 600.0,
+                 client: str = "lean"):
         self.base_url = base_url.rstrip("/")
         self.proxy = environment_proxy(self.base_url)
         limits = httpx2.Limits(max_connections=SHARD, max_keepalive_connections=SHARD,
@@ -75,6 +85,11 @@ class Upstream:
         self._busy = [0] * len(self._shards)
         self._next = 0
         self._timeout = {"connect": 10.0, "read": timeout, "write": timeout, "pool": timeout}
+        self.lean: lean_client.Pool | None = None
+        if client == "lean" and self.proxy is None:
+            lean_tls = httpx2.create_ssl_context(trust_env=True)
+            lean_tls.set_alpn_protocols(["http/1.1"])
+            self.lean = lean_client.Pool(self.base_url, max_connections, timeout, lean_tls)
 
     def _pick(self) -> int:
         """The next shard in rotation that has a free connection (else the next one)."""
@@ -89,6 +104,8 @@ class Upstream:
     async def send(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
                    body: bytes) -> tuple[httpx2.Response, int]:
         """Send; the response's body is still to be read. Returns it and its shard (see ``done``)."""
+        if self.lean is not None and method != "HEAD" and len(body) <= lean_client.MAX_BODY:
+            return await self.lean.send(method, target, headers, body), LEAN  # type: ignore[return-value]
         shard = self._pick()
         request = httpx2.Request(method, self.base_url + target, headers=headers, content=body,
                                  extensions={"timeout": self._timeout})
@@ -100,9 +117,12 @@ class Upstream:
             raise
 
     def done(self, shard: int) -> None:
-        self._busy[shard] -= 1
+        if shard != LEAN:
+            self._busy[shard] -= 1
 
     async def aclose(self) -> None:
+        if self.lean is not None:
+            await self.lean.aclose()
         for transport in self._shards:
             await transport.aclose()
 

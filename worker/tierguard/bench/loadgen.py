@@ -51,7 +51,13 @@ async def _closed_loop(host: str, port: int, payload: bytes, connections: int,
         while time.perf_counter() < stop:
             t0 = time.perf_counter()
             writer.write(payload)
-            status, _ = await _read_response(reader)
+            try:
+                status, _ = await _read_response(reader)
+            except (asyncio.IncompleteReadError, ConnectionError):  # the server closed it: an error
+                errors += 1
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+                continue
             latencies.append(time.perf_counter() - t0)
             errors += status != 200
         writer.close()

@@ -1,0 +1,49 @@
+"""``tierguard bench gateway`` on a short run: the direct floor, tierguard's gateway and nginx measured
+in one run, with the JSON a user reads; LiteLLM's proxy measured too or said to be unavailable."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import last_json
+from tierguard.bench.contenders import NGINX_INSTALL, nginx_binary
+
+FIELDS = {"added_p50_ms", "added_p99_ms", "ttfe_added_p50_ms", "rps", "cpu_ms_per_request"}
+
+
+def test_the_gateway_is_measured_beside_the_direct_call_and_nginx_in_one_run(tmp_path):
+    assert nginx_binary(), f"this test runs nginx beside the gateway; install it: {NGINX_INSTALL}"
+    done = subprocess.run([sys.executable, "-m", "tierguard", "bench", "gateway", "--json",
+                           "--requests", "30", "--seconds", "0.4", "--max-connections", "2"],
+                          capture_output=True, text=True, env=dict(os.environ), cwd=tmp_path, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    fig = last_json(done.stdout)
+    table = fig["contenders"]
+    for name in ("direct", "tierguard", "nginx"):
+        figures = table[name]
+        assert FIELDS <= set(figures), (name, figures)
+        first = figures["load"][0]  # rps is 0 only if p99 passed 50 ms at once (a machine that busy)
+        assert first["connections"] == 1 and first["requests"] > 0 and figures["rps"] >= 0, (name, figures)
+        assert figures["cpu_ms_per_request"] > 0, (name, figures)
+        assert figures["p50_ms"] > 0 and figures["ttfe_p50_ms"] > 0
+    assert table["direct"]["added_p50_ms"] == 0 and table["direct"]["ttfe_added_p50_ms"] == 0
+    litellm = table["litellm"]  # measured when its proxy can run here, else why not
+    assert FIELDS <= set(litellm) or (set(litellm) == {"unavailable"} and "litellm" in litellm["unavailable"]
+                                      .lower()), litellm
+    tierguard = table["tierguard"]  # the older top-level keys are tierguard's figures
+    older = (fig["added_p50_ms"], fig["added_p99_ms"], fig["added_ttfe_ms"], fig["gateway_rps"])
+    assert older == (tierguard["added_p50_ms"], tierguard["added_p99_ms"], tierguard["ttfe_added_p50_ms"],
+                     tierguard["rps"])
+    assert fig["load"] == tierguard["load"] and fig["requests"] == 30
+    assert set(fig["goals_met"]) == set(fig["goals"]) and fig["goals"]["added_p50_ms"] == 0.5
+    assert fig["goals_met"]["nginx_ratio"] is not None  # nginx measured: the ratio goal is judged
+
+
+def test_a_contender_that_cannot_run_says_why(tmp_path, monkeypatch):
+    from tierguard.bench import contenders
+
+    monkeypatch.setenv("TIERGUARD_BENCH_LITELLM", str(tmp_path / "no-such-litellm"))
+    with pytest.raises(contenders.Unavailable, match="no-such-litellm does not exist"):
+        contenders.start_litellm(tmp_path, 1, 2, "claude-opus-4-7", "sk-bench")

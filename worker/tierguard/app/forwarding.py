@@ -1,0 +1,115 @@
+"""The gateway's forwarding: one request sent upstream and its answer relayed to the caller within
+the gateway's deadline (``TIERGUARD_GATEWAY_DEADLINE``).
+
+:class:`Forwarding` is the half of :class:`~tierguard.app.gateway.Gateway` that talks to the
+upstream: before the answer's headers, a caller that leaves cancels the upstream request
+(``caller_left``) and a passed deadline is a 504; after them the body is relayed as it comes
+(:func:`~tierguard.app.relay.pump`) and cut the way the caller can tell (see
+:mod:`~tierguard.app.relay`). An unreachable upstream is a 502, a read timeout a 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx2
+
+from tierguard.app.admission import error_body
+from tierguard.app.relay import HOP_BY_HOP, Watch, cutter, disconnected, pump, remaining, respond, settle
+from tierguard.config import mask_url
+
+log = logging.getLogger("tierguard.app.gateway")
+
+
+class Forwarding:
+    """Sending to the upstream and relaying its answer; mixed into the gateway (which holds
+    ``settings``, ``core`` and ``upstream``)."""
+
+    settings: Any
+    core: Any
+    upstream: Any
+
+    async def _relay(self, scope: dict, method: str, target: str, headers: list, body: bytes,
+                     receive: Any, send: Any, watch: Watch | None = None) -> bool:
+        """Forward one request and relay its response within the deadline; False unless the whole
+        response reached the caller."""
+        until = asyncio.get_running_loop().time() + self.settings.gateway_deadline
+        left = asyncio.ensure_future(disconnected(receive))
+        try:
+            sent = await self._response_head(method, target, headers, body, send, left, until)
+            if sent is None:
+                return False
+            response, shard = sent
+            try:
+                return await self._response_body(scope, response, send, watch, left, until)
+            finally:
+                await response.aclose()
+                self.upstream.done(shard)  # type: ignore[union-attr]
+        finally:
+            left.cancel()
+
+    async def _response_head(self, method: str, target: str, headers: list, body: bytes, send: Any,
+                             left: asyncio.Future, until: float) -> tuple[httpx2.Response, int] | None:
+        """The upstream's response, its body still to read; None if the caller was answered already
+        (502, 504) or left first (the upstream request is then cancelled)."""
+        upstream = self.upstream
+        assert upstream is not None
+        sent = asyncio.ensure_future(upstream.send(method, target, headers, body))
+        await asyncio.wait((sent, left), timeout=remaining(until), return_when=asyncio.FIRST_COMPLETED)
+        if sent.done() and not left.done():
+            try:
+                return sent.result()
+            except httpx2.TimeoutException:
+                await respond(send, 504, error_body("the upstream API did not answer in time"))
+            except httpx2.TransportError as err:
+                log.warning("upstream %s unreachable: %s", mask_url(upstream.base_url), type(err).__name__)
+                await respond(send, 502, error_body(f"the gateway cannot reach the upstream API "
+                                                    f"({type(err).__name__})"))
+            return None
+        await self._drop(sent)
+        if left.done():  # before any answer: the upstream request is cancelled, nothing shadowed
+            self.core.left()  # type: ignore[union-attr]
+        else:
+            self.core.refuse("deadline_exceeded", "%s", self._late())  # type: ignore[union-attr]
+            await respond(send, 504, error_body(self._late()))
+        return None
+
+    async def _response_body(self, scope: dict, response: httpx2.Response, send: Any,
+                             watch: Watch | None, left: asyncio.Future, until: float) -> bool:
+        if watch is not None:
+            watch.status = response.status_code
+            watch.headers = response.headers
+            if response.status_code == 429:
+                watch.retry_after = response.headers.get("retry-after")
+        await send({"type": "http.response.start", "status": response.status_code,
+                    "headers": [(k.lower(), v) for k, v in response.headers.raw
+                                if k.lower() not in HOP_BY_HOP]})
+        cut = cutter(scope, send, response)
+        if getattr(response, "complete", False):  # read whole already (the lean client): nothing to wait on
+            return await pump(response, send, watch, cut)
+        pumping = asyncio.ensure_future(pump(response, send, watch, cut))
+        await asyncio.wait((pumping, left), timeout=remaining(until), return_when=asyncio.FIRST_COMPLETED)
+        if pumping.done():
+            return pumping.result()
+        pumping.cancel()
+        await settle(pumping)
+        if left.done():
+            self.core.left()  # type: ignore[union-attr]
+        else:
+            self.core.refuse("deadline_exceeded", "%s", self._late())  # type: ignore[union-attr]
+            await cut(self._late())
+        return False
+
+    def _late(self) -> str:
+        return (f"the upstream API's answer took longer than the gateway's deadline of "
+                f"{self.settings.gateway_deadline:g} s (TIERGUARD_GATEWAY_DEADLINE)")
+
+    async def _drop(self, sent: asyncio.Future) -> None:
+        """Cancel an upstream request (its connection is closed); a response that came anyway is closed."""
+        sent.cancel()
+        if await settle(sent):
+            response, shard = sent.result()
+            await response.aclose()
+            self.upstream.done(shard)  # type: ignore[union-attr]
