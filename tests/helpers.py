@@ -101,3 +101,15 @@ def flip(engine, policy, category="sentiment"):
         job = ShadowJob(job_id=uuid.uuid4().hex, category=category, served_model="claude-haiku-4-5",
                         shadow_model="claude-opus-4-7", request={"messages": []}, primary_text="POSITIVE")
         record(engine, None, policy, job, Answer("NEGATIVE", 1, 1, 1.0), bad, None, 1)
+
+
+def traffic_totals(r) -> dict[tuple[str, str, str], int]:
+    """The production counters in Redis (every minute's), summed per category, model and metric."""
+    from tierguard.contract import keys
+    from tierguard.store import traffic
+
+    out: dict[tuple[str, str, str], int] = {}
+    for key in r.scan_iter(keys.TRAFFIC.format(minute="*")):
+        for (category, model, metric), n in traffic.parse(r.hgetall(key)).items():
+            out[(category, model, metric)] = out.get((category, model, metric), 0) + n
+    return out

@@ -9,10 +9,9 @@ import redis
 import sqlalchemy as sa
 
 import tierguard
-from tests.helpers import last_json, samples, tg, wait_until
+from tests.helpers import last_json, samples, tg, traffic_totals, wait_until
 from tierguard.app.publisher import Publisher
 from tierguard.config import get_settings
-from tierguard.contract import keys
 from tierguard.store import traffic
 from tierguard.store.db import make_engine, session
 from tierguard.store.tables import Sample
@@ -20,12 +19,7 @@ from tierguard.store.tables import Sample
 LABELS = ["POSITIVE", "NEGATIVE", "NEUTRAL"]
 
 
-def totals(r):
-    out = {}
-    for key in r.scan_iter(keys.TRAFFIC.format(minute="*")):
-        for (category, model, metric), n in traffic.parse(r.hgetall(key)).items():
-            out[(category, model, metric)] = out.get((category, model, metric), 0) + n
-    return out
+totals = traffic_totals
 
 
 def test_counters_lose_no_increment_under_concurrency(redis_url):

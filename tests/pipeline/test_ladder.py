@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 import tierguard
-from tests.helpers import last_json, samples, tg, wait_until
+from tests.helpers import last_json, samples, tg, traffic_totals, wait_until
 from tierguard.config import get_settings
 from tierguard.contract.job import ShadowJob
 from tierguard.pipeline.shadow import probe_rung
@@ -150,9 +150,9 @@ def test_the_guard_sends_an_oversized_haiku_request_one_rung_up(simulator, redis
     big = client.messages.create(category="triage", max_tokens=1500, system="triage: route the ticket",
                                  messages=[{"role": "user", "content": "ticket long"}])
     assert big.model == SONNET  # haiku cannot take 1,500 output tokens; sonnet can
-    seen = list(client.tierguard_core.publisher._seen)
-    assert ("triage", SONNET, "guarded") in seen
-    client.tierguard_close()
+    client.tierguard_close()  # its last traffic report
+    counted = traffic_totals(redis.Redis.from_url(redis_url))
+    assert counted[("triage", SONNET, "guarded")] == 1 and counted[("triage", SONNET, "calls")] == 1
 
 
 def test_the_rung_migration_keeps_every_sample_with_its_candidate(postgres_server, redis_url, tmp_path):
