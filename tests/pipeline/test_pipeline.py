@@ -64,8 +64,10 @@ def test_drifting_category_flips_exactly_once(stack, simulator, postgres_url):
 
 def test_api_errors_are_retried_and_never_disagreements(stack, simulator, sqlite_url):
     sim = simulator(**SCENARIO)
+    # Six attempts: the storm's 45 failures go to whichever calls come first, and on a busy host a
+    # few jobs retrying alone can meet four of them.
     stack.configure(policy=POLICY, database_url=sqlite_url, base_url=sim.base_url,
-                    shadow_max_attempts=4)
+                    shadow_max_attempts=6)
     client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
     for i in range(60):
         wrapped_call(client, "sentiment", i)
@@ -94,8 +96,8 @@ def test_api_errors_are_retried_and_never_disagreements(stack, simulator, sqlite
         failed = list(s.exec(select(Sample).where(Sample.error.is_not(None))))
         changes = list(s.exec(select(RouteChange)))
     assert len(failed) == 20
-    assert {(r.error, r.agree, r.attempts) for r in failed} == {("overloaded", None, 4)}
-    assert all("gave up after 4 attempts" in r.reason for r in failed)
+    assert {(r.error, r.agree, r.attempts) for r in failed} == {("overloaded", None, 6)}
+    assert all("gave up after 6 attempts" in r.reason for r in failed)
     assert changes == []
     client.tierguard_close()
 

@@ -75,7 +75,7 @@ def test_retention_drops_whole_days_and_keeps_the_audit_tables(postgres_url, tmp
         conn.execute(Sample.__table__.insert(), [
             row("recent", NOW - dt.timedelta(days=1), NOW),
             row("old-1", NOW - dt.timedelta(days=45), NOW),     # default partition: no day for it yet
-            row("old-2", NOW - dt.timedelta(days=45, hours=1), NOW),
+            row("old-2", (NOW - dt.timedelta(days=45)).replace(hour=0, minute=0), NOW),  # its day's start
             row("future", NOW + dt.timedelta(days=20), NOW),    # a clock far ahead: default too
         ])
     with session(engine) as s:
