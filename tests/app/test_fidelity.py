@@ -62,6 +62,23 @@ def test_sentinels_are_dropped_and_shaping_headers_and_extra_body_travel(simulat
     client.tierguard_close()
 
 
+def test_a_warm_category_shadows_each_call_with_the_betas_it_was_sent_with(simulator, redis_url,
+                                                                           sqlite_url):
+    # The first call of a category takes the full path; the next ones its plan (the quick path).
+    server = simulator(**SCENARIO)
+    client = tierguard.ShadowedAnthropic(
+        anthropic.Anthropic(base_url=server.base_url, api_key=API_KEY),
+        settings=get_settings(redis_url=redis_url, database_url=sqlite_url, route_ttl=60),
+        policy=parse_policy(LISTED))
+    for beta in ("beta-one", "beta-two", "beta-three"):
+        client.messages.create(category="sentiment", max_tokens=8, extra_headers={"anthropic-beta": beta},
+                               messages=[{"role": "user", "content": beta}])
+    assert client.tierguard_flush()
+    assert [job["headers"] for job in queued_jobs(redis_url)] == [
+        {"anthropic-beta": b} for b in ("beta-one", "beta-two", "beta-three")]
+    client.tierguard_close()
+
+
 def test_snapshot_helpers():
     kwargs = {"model": "m", "max_tokens": 5, "messages": ({"role": "user", "content": "é"},),
               "temperature": anthropic.NOT_GIVEN, "stream": True, "betas": ["a-1", "b-2"],

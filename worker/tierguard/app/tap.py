@@ -49,7 +49,7 @@ class Call:
 
     # Defaults for what most calls never set (assigned per call only when they do).
     sampled = False
-    rate: float | None = None  # known from the mark: the answer is read by read_whole
+    rate: float | None = None  # known from the mark: the answer goes to Tap.answered_whole
     watch: Watch | None = None
     platform = False  # Bedrock's or Vertex's path: the model is in it (never escalated)
     to: str | None = None  # where a failing answer goes (None: not checked)
@@ -82,26 +82,6 @@ class Call:
         except Exception:
             self.core._failed("reading an answer's head")
             return False
-
-    def read_whole(self, response: httpx2.Response) -> None:
-        """The answer, read whole, of a call whose mark knows its rate (on the category's ladder,
-        no answer checks): what :meth:`answered` and :meth:`whole` do, in one go."""
-        try:
-            core, model = self.core, self.routed["model"]
-            status, headers = response.status_code, response.headers
-            if status == 429:
-                core.rate_limited(model, headers.get("retry-after"))
-            core.publisher.saw_headers(model, headers)
-            if status != 200 or self.body is None:
-                return
-            if random.random() >= self.rate:  # type: ignore[operator]
-                core.publisher.add_call(self.cat.name, model, response.content)
-                return
-            self.sampled = True
-            core.publisher.count(self.cat.name, model)
-            self._handover(escalation.parsed(response.content))
-        except Exception:
-            self.core._failed("watching an answer")
 
     def checked(self, sse: bool) -> bool:
         """Whether the answer (``sse``: an event stream) is read whole and checked before the caller
@@ -242,7 +222,7 @@ class Tap:
                 core.publisher.add_call(mark.cat.name, model, response.content)
                 return
             core.publisher.count(mark.cat.name, model)
-            call = Call(core, mark.cat, {"model": model}, request.content, headers)
+            call = Call(core, mark.cat, {"model": model}, request.content, request.headers)
             call.sampled, call.started = True, started
             call._handover(escalation.parsed(response.content))
         except Exception:

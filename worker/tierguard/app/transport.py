@@ -134,9 +134,9 @@ class WatchingClient(_Delegating, httpx2.Client):
             return self.inner.send(request, stream=stream, **kwargs)
         if stream:
             _uncompressed(request)
-        elif call.rate is not None:  # most calls: read whole, nothing to check
+        elif call.rate is not None:  # marked, its header stripped: read whole, nothing to check
             response = self.inner.send(request, stream=stream, **kwargs)
-            call.read_whole(response)
+            self.tap.answered_whole(mark, request, response, call.started)  # type: ignore[arg-type]
             return response
         response = self.inner.send(request, stream=stream, **kwargs)
         if not call.answered(response):
@@ -193,9 +193,9 @@ class AsyncWatchingClient(_Delegating, httpx2.AsyncClient):
             return await self.inner.send(request, stream=stream, **kwargs)
         if stream:
             _uncompressed(request)
-        elif call.rate is not None:  # most calls: read whole, nothing to check
+        elif call.rate is not None:  # marked, its header stripped: read whole, nothing to check
             response = await self.inner.send(request, stream=stream, **kwargs)
-            call.read_whole(response)
+            self.tap.answered_whole(mark, request, response, call.started)  # type: ignore[arg-type]
             return response
         response = await self.inner.send(request, stream=stream, **kwargs)
         if not call.answered(response):
