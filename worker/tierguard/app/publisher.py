@@ -39,7 +39,8 @@ TRAFFIC_FLUSH_SECONDS = 5.0
 MAX_UNSENT = 100_000  # (category, model, metric) sums held while Redis is down
 MAX_SEEN = 1_000_000  # production calls and usages waiting for the publisher's thread
 ANSWER_HELD_MAX = 16 * 1024  # bytes of an answer whose usage is read on the publisher's thread
-HELD_WHILE = 20_000  # answers are held only while fewer entries wait (else read on the caller's)
+HELD_WHILE = 2_000  # answers are held only while fewer entries wait (else read on the caller's):
+# at most 2,000 × 16 KiB = 32 MiB of answers waiting for the publisher's thread
 _DECODER = json.JSONDecoder()
 _UNSET = object()
 
