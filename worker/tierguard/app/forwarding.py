@@ -87,8 +87,6 @@ class Forwarding:
                     "headers": [(k.lower(), v) for k, v in response.headers.raw
                                 if k.lower() not in HOP_BY_HOP]})
         cut = cutter(scope, send, response)
-        if getattr(response, "complete", False):  # read whole already (the lean client): nothing to wait on
-            return await pump(response, send, watch, cut)
         pumping = asyncio.ensure_future(pump(response, send, watch, cut))
         await asyncio.wait((pumping, left), timeout=remaining(until), return_when=asyncio.FIRST_COMPLETED)
         if pumping.done():
