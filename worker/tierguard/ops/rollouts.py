@@ -13,16 +13,14 @@ import logging
 from typing import Any
 
 import redis as redis_lib
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
 from tierguard.alerts.events import for_rollout
 from tierguard.engine import rollouts as plan
 from tierguard.errors import ConfigError
-from tierguard.pipeline.rollouts import RolloutRefused, begin
+from tierguard.pipeline.rollouts import RolloutRefused, begin, publish_after
 from tierguard.policy import Policy
-from tierguard.routing import rollouts as splits
 from tierguard.store.db import session, utcnow
 from tierguard.store.tables import Rollout
 
@@ -53,7 +51,7 @@ def start(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: s
     with session(engine) as s:
         s.add(begin(s, policy, category, model, parsed, step_minutes, step_samples, actor, now))
         s.commit()
-    _publish(r, engine)
+    publish_after(r, engine, True)
 
 
 def act(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: str, action: str,
@@ -74,16 +72,7 @@ def act(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: str
         s.add(rollout)
         for_rollout(s, policy, rollout, now)
         s.commit()
-    _publish(r, engine)
-
-
-def _publish(r: redis_lib.Redis | None, engine: Engine) -> None:
-    """The splits' Redis copy rewritten now (beat rewrites it on its next pass when this fails)."""
-    if r is not None:
-        try:
-            splits.publish(r, engine)
-        except (redis_lib.RedisError, sa.exc.SQLAlchemyError) as err:
-            log.warning("cannot publish the rollouts' splits yet (beat will on its next pass): %s", err)
+    publish_after(r, engine, True)
 
 
 def status(engine: Engine, policy: Policy, category: str | None = None) -> dict[str, Any]:
