@@ -195,7 +195,7 @@ def test_an_unreachable_endpoint_drops_and_counts_and_recording_does_not_wait(en
     print(f"\n{endpoint}: record_many of 25 results, median {statistics.median(baseline) * 1e3:.1f} ms "
           f"without export, {statistics.median(exporting_times) * 1e3:.1f} ms exporting")
     assert sum(exporting_times) < sum(baseline) * 2 + 2
-    assert max(exporting_times) < 0.9
+    assert statistics.median(exporting_times) < 0.5  # a waited export: every round ≥ 1 s
     assert exporter.counts == {"dropped:unreachable": 500}
     assert dropped("unreachable") - before == 500
     warnings = [r for r in caplog.records
