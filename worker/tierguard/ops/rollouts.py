@@ -9,7 +9,6 @@ splits' Redis copy rewritten at once (beat rewrites it on every pass too).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import redis as redis_lib
@@ -23,8 +22,6 @@ from tierguard.pipeline.rollouts import RolloutRefused, begin, publish_after
 from tierguard.policy import Policy
 from tierguard.store.db import session, utcnow
 from tierguard.store.tables import Rollout
-
-log = logging.getLogger(__name__)
 
 
 def start(engine: Engine, r: redis_lib.Redis | None, policy: Policy, category: str, model: str,
