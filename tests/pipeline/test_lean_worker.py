@@ -23,7 +23,7 @@ from tierguard.pipeline.recorder import record_many
 from tierguard.pipeline.results import Result
 from tierguard.policy import parse_policy
 from tierguard.store.db import session, utcnow
-from tierguard.store.tables import Rollout
+from tierguard.store.tables import Rollout, Sample
 
 HAIKU, SONNET, OPUS = "claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7"
 LABELS = ["RED", "GREEN"]
@@ -118,8 +118,8 @@ def test_kept_answers_are_written_in_one_command_and_read_back(redis_url):
     assert [kept[x.job.job_id] for x in results] == [[x] for x in results]
 
 
-def test_a_fresh_message_asks_neither_the_database_nor_redis_for_earlier_runs(engine, simulator,
-                                                                               redis_url, monkeypatch):
+def test_a_fresh_message_asks_the_database_once_and_redis_not_for_earlier_runs(engine, simulator,
+                                                                              redis_url, monkeypatch):
     from tierguard.pipeline import flow
     from tierguard.pipeline.context import Context
 
@@ -138,4 +138,50 @@ def test_a_fresh_message_asks_neither_the_database_nor_redis_for_earlier_runs(en
         assert after.recorded == 3
         looked_up = [q for q in seen if q.lstrip().lower().startswith("select")
                      and "from sample" in q.lower()]
-        assert bool(looked_up) != fresh and bool(kept_reads) != fresh
+        assert len(looked_up) == 1 and bool(kept_reads) != fresh
+
+
+def test_a_job_sent_twice_is_paid_once_even_on_a_fresh_delivery(engine, simulator, redis_url):
+    from tierguard.pipeline import flow
+    from tierguard.pipeline.context import Context
+
+    sim = simulator(categories={"labels": {"kind": "label", "labels": LABELS}})
+    ctx = Context(policy=POLICY, engine=engine, redis=redis.Redis.from_url(redis_url),
+                  runner=fanout.LoopRunner(lambda: anthropic.AsyncAnthropic(base_url=sim.base_url,
+                                                                            api_key=API_KEY, max_retries=0)))
+    jobs = [result(HAIKU).job.to_dict() for _ in range(2)]
+    first = flow.run(ctx, jobs, 1, max_attempts=3, retry_cap=1.0, fresh=True)
+    calls = sum(sim.sim.requests.values())
+    again = flow.run(ctx, jobs + [result(HAIKU).job.to_dict()], 1, max_attempts=3, retry_cap=1.0,
+                     fresh=True)  # the publisher sent two of them again, in a new message
+    assert (first.recorded, again.recorded) == (2, 1)
+    assert sum(sim.sim.requests.values()) == calls + 1  # the new job's call only
+    with session(engine) as s:
+        assert s.execute(sa.select(sa.func.count()).select_from(Sample)).scalar_one() == 3
+
+
+def test_a_forked_child_beats_even_when_the_parent_held_the_heartbeats_lock_at_the_fork(redis_url):
+    import os
+
+    from tierguard.pipeline.locks import BEATS
+
+    r = redis.Redis.from_url(redis_url)
+    job_id = uuid.uuid4().hex
+    with answers.claimed(r, [uuid.uuid4().hex], 30.0):  # the parent's heartbeat thread runs
+        with BEATS._wake:  # held by a parent's thread at the fork
+            pid = os.fork()
+            if pid == 0:  # the child: claims kept alive by its own thread, never the parent's lock
+                code = 1
+                try:
+                    with answers.claimed(r, [job_id], 0.3):
+                        time.sleep(0.8)  # past the TTL: extended
+                        code = 0 if r.exists(keys.CLAIM.format(job_id=job_id)) else 2
+                finally:
+                    os._exit(code)
+        deadline = time.monotonic() + 20
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0
