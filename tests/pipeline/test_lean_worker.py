@@ -185,3 +185,86 @@ def test_a_forked_child_beats_even_when_the_parent_held_the_heartbeats_lock_at_t
             os.kill(pid, 9)
             os.waitpid(pid, 0)
         assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0
+
+
+def test_the_writer_records_many_messages_in_one_transaction_and_a_bad_result_alone(engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tierguard.pipeline.writer import Writer
+
+    writer = Writer(engine, None, POLICY, max_wait=0.5)
+    transactions = []
+    record = record_many
+
+    def counted(e, r, p, results):
+        transactions.append(len(results))
+        if any(x.job.job_id == "bad" for x in results):
+            raise ValueError("a result no transaction takes")
+        return record(e, r, p, results)
+
+    import tierguard.pipeline.writer as writer_module
+    writer_module.record_many, saved = counted, writer_module.record_many
+    try:
+        messages = [[result(HAIKU) for _ in range(3)] for _ in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            outcomes = list(pool.map(writer.record_all, messages))
+        assert [[o.status for o in out] for out in outcomes] == [["recorded"] * 3] * 4
+        assert transactions[0] > 3 and sum(transactions) == 12  # messages share transactions
+
+        bad = result(HAIKU)
+        bad = Result(ShadowJob(**{**bad.job.to_dict(), "job_id": "bad"}), bad.answer, bad.verdict, None, 1)
+        good = [result(HAIKU), result(HAIKU)]
+        try:
+            writer.record_all([good[0], bad, good[1]])
+            raise AssertionError("the message with a bad result must fail")
+        except ValueError:
+            pass
+    finally:
+        writer_module.record_many = saved
+    with session(engine) as s:
+        ids = set(s.exec(select(Sample.job_id)).all())
+    assert {x.job.job_id for x in good} <= ids and "bad" not in ids  # the good ones recorded alone
+
+
+def test_a_transaction_locks_its_categories_in_one_query_and_creates_missing_rows(engine):
+    from tierguard.routing.routes import lock_categories
+
+    policy = parse_policy({"categories": {n: {"comparator": {"type": "label", "labels": LABELS}}
+                                          for n in ("alpha", "beta", "gamma")}})
+    with session(engine) as s:
+        rows = lock_categories(s, [policy.category("gamma"), policy.category("alpha")])  # created
+        s.commit()
+    assert sorted(rows) == ["alpha", "gamma"] and rows["alpha"].routed_model == HAIKU
+    seen = statements(engine)
+    with session(engine) as s:
+        rows = lock_categories(s, [policy.category(n) for n in ("gamma", "beta", "alpha")])
+        s.commit()
+    assert sorted(rows) == ["alpha", "beta", "gamma"]
+    reads = [q for q in seen if q.lstrip().lower().startswith("select") and "from category" in q.lower()]
+    assert len(reads) == 2  # one for all, one again after creating beta
+    del seen[:]
+    import dataclasses
+
+    record_many(engine, None, policy, [dataclasses.replace(x, job=dataclasses.replace(x.job, category=n))
+                                       for n, x in (("gamma", result(HAIKU)), ("alpha", result(HAIKU)),
+                                                    ("beta", result(HAIKU)))])
+    assert len([q for q in seen if q.lstrip().lower().startswith("select")
+                and "from category" in q.lower()]) == 1
+
+
+def test_a_shadow_client_merges_each_path_once_and_calls_the_same_url(simulator):
+    import asyncio
+
+    sim = simulator(categories={"labels": {"kind": "label", "labels": LABELS}})
+    client = fanout.ShadowClient(base_url=sim.base_url + "/api", api_key=API_KEY, max_retries=0)
+    plain = anthropic.AsyncAnthropic(base_url=sim.base_url + "/api", api_key=API_KEY)
+    assert client._prepare_url("/v1/messages") == plain._prepare_url("/v1/messages")
+    assert client._prepare_url("/v1/messages") is client._prepare_url("/v1/messages")
+    client = fanout.ShadowClient(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
+    request = {"max_tokens": 8, "system": "labels: pick", "messages": [{"role": "user", "content": "x"}]}
+
+    async def twice():
+        return [await fanout.call_model_async(client, OPUS, request) for _ in range(2)]
+
+    assert all(answer.text in LABELS for answer in asyncio.run(twice()))
+    assert sum(sim.sim.requests.values()) == 2

@@ -40,7 +40,7 @@ from tierguard.pipeline.calls import Answer
 from tierguard.pipeline.results import Outcome, Result
 from tierguard.pipeline.samples import insert_samples, rung_of, sample_values
 from tierguard.policy import CategoryPolicy, Policy
-from tierguard.routing.routes import change_route, expire_pin, lock_category, publish_quietly
+from tierguard.routing.routes import change_route, expire_pin, lock_categories, publish_quietly
 from tierguard.store import rollups
 from tierguard.store.db import session, utcnow
 from tierguard.store.tables import Category, RouteChange
@@ -111,9 +111,10 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
     with session(engine) as s:
         by_category = _insert(s, policy, results, done)
         now = utcnow()
+        locked = lock_categories(s, [policy.category(name) for name in by_category])
         for name in sorted(by_category):
-            _feed_category(s, policy, policy.category(name), [(i, results[i]) for i in by_category[name]],
-                           now, done)
+            _feed_category(s, policy, policy.category(name), locked[name],
+                           [(i, results[i]) for i in by_category[name]], now, done)
         inserted = set(done.rows)
         started = challengers.record(s, policy, results, inserted, now)
         rolled_back = rollouts.record(s, policy, results, inserted, now,
@@ -157,10 +158,10 @@ def _insert(s: Session, policy: Policy, results: list[Result], done: _Done) -> d
     return by_category
 
 
-def _feed_category(s: Session, policy: Policy, cat: CategoryPolicy, items: list[tuple[int, Result]],
-                   now: dt.datetime, done: _Done) -> None:
-    """Feed one category's comparisons to its detector, in order, acting on each decision."""
-    row = lock_category(s, cat)
+def _feed_category(s: Session, policy: Policy, cat: CategoryPolicy, row: Category,
+                   items: list[tuple[int, Result]], now: dt.datetime, done: _Done) -> None:
+    """Feed one category's comparisons to its detector (``row``: its row, locked), in order,
+    acting on each decision."""
     carried = _expire_pin(s, policy, row, now, done)
     tracked = {TRACKED: (row.detector_state or {}).get(TRACKED)}
     state = _evidence(cat, row)
