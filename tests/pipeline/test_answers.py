@@ -115,3 +115,32 @@ def test_a_run_leaves_jobs_another_live_run_is_calling(engine, simulator, redis_
     assert sorted(a.job_id for a in after.again) == sorted(j["job_id"] for j in jobs[:2])
     assert all(a.delay <= 30.0 and a.retries == 0 for a in after.again)  # no attempt spent
     assert not r.exists(keys.CLAIM.format(job_id=jobs[2]["job_id"]))  # released once recorded
+
+
+@pytest.mark.parametrize("sealed", [False, True, "signed"])
+def test_kept_answers_with_a_nested_value_are_serialised_once_in_every_mode(redis_url, sealed,
+                                                                            monkeypatch):
+    from dataclasses import dataclass
+
+    from tierguard.compare import Verdict
+    from tierguard.pipeline.calls import Answer
+    from tierguard.pipeline.results import Result
+
+    @dataclass
+    class Span:  # a comparator's detail may hold a dataclass
+        start: int
+        end: int
+
+    sealer = (None if not sealed else Sealer([], "s" * 40) if sealed == "signed" else
+              Sealer([Fernet.generate_key().decode()]))
+    j = job(1)
+    kept = Result(j, Answer("RED", 10, 2, 5.0), Verdict(True, 1.0, "same", {"span": Span(0, 3)}), None, 1)
+    r = redis.Redis.from_url(redis_url)
+    dumped = []
+    dumps = answers.json.dumps
+    monkeypatch.setattr(answers.json, "dumps", lambda *a, **k: (dumped.append(a[0]), dumps(*a, **k))[1])
+    answers.keep(r, sealer, [kept], 60)
+    assert len([d for d in dumped if isinstance(d, list)]) == 1  # the results, once
+    monkeypatch.undo()
+    back = answers.kept(r, sealer, [j])[j.job_id]
+    assert [x.verdict.detail for x in back] == [{"span": {"start": 0, "end": 3}}]

@@ -23,7 +23,7 @@ from tierguard.pipeline.recorder import record_many
 from tierguard.pipeline.results import Result
 from tierguard.policy import parse_policy
 from tierguard.store.db import session, utcnow
-from tierguard.store.tables import Rollout
+from tierguard.store.tables import Rollout, Sample
 
 HAIKU, SONNET, OPUS = "claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-7"
 LABELS = ["RED", "GREEN"]
@@ -118,8 +118,8 @@ def test_kept_answers_are_written_in_one_command_and_read_back(redis_url):
     assert [kept[x.job.job_id] for x in results] == [[x] for x in results]
 
 
-def test_a_fresh_message_asks_neither_the_database_nor_redis_for_earlier_runs(engine, simulator,
-                                                                               redis_url, monkeypatch):
+def test_a_fresh_message_asks_the_database_once_and_redis_not_for_earlier_runs(engine, simulator,
+                                                                              redis_url, monkeypatch):
     from tierguard.pipeline import flow
     from tierguard.pipeline.context import Context
 
@@ -138,4 +138,133 @@ def test_a_fresh_message_asks_neither_the_database_nor_redis_for_earlier_runs(en
         assert after.recorded == 3
         looked_up = [q for q in seen if q.lstrip().lower().startswith("select")
                      and "from sample" in q.lower()]
-        assert bool(looked_up) != fresh and bool(kept_reads) != fresh
+        assert len(looked_up) == 1 and bool(kept_reads) != fresh
+
+
+def test_a_job_sent_twice_is_paid_once_even_on_a_fresh_delivery(engine, simulator, redis_url):
+    from tierguard.pipeline import flow
+    from tierguard.pipeline.context import Context
+
+    sim = simulator(categories={"labels": {"kind": "label", "labels": LABELS}})
+    ctx = Context(policy=POLICY, engine=engine, redis=redis.Redis.from_url(redis_url),
+                  runner=fanout.LoopRunner(lambda: anthropic.AsyncAnthropic(base_url=sim.base_url,
+                                                                            api_key=API_KEY, max_retries=0)))
+    jobs = [result(HAIKU).job.to_dict() for _ in range(2)]
+    first = flow.run(ctx, jobs, 1, max_attempts=3, retry_cap=1.0, fresh=True)
+    calls = sum(sim.sim.requests.values())
+    again = flow.run(ctx, jobs + [result(HAIKU).job.to_dict()], 1, max_attempts=3, retry_cap=1.0,
+                     fresh=True)  # the publisher sent two of them again, in a new message
+    assert (first.recorded, again.recorded) == (2, 1)
+    assert sum(sim.sim.requests.values()) == calls + 1  # the new job's call only
+    with session(engine) as s:
+        assert s.execute(sa.select(sa.func.count()).select_from(Sample)).scalar_one() == 3
+
+
+def test_a_forked_child_beats_even_when_the_parent_held_the_heartbeats_lock_at_the_fork(redis_url):
+    import os
+
+    from tierguard.pipeline.locks import BEATS
+
+    r = redis.Redis.from_url(redis_url)
+    job_id = uuid.uuid4().hex
+    with answers.claimed(r, [uuid.uuid4().hex], 30.0):  # the parent's heartbeat thread runs
+        with BEATS._wake:  # held by a parent's thread at the fork
+            pid = os.fork()
+            if pid == 0:  # the child: claims kept alive by its own thread, never the parent's lock
+                code = 1
+                try:
+                    with answers.claimed(r, [job_id], 0.3):
+                        time.sleep(0.8)  # past the TTL: extended
+                        code = 0 if r.exists(keys.CLAIM.format(job_id=job_id)) else 2
+                finally:
+                    os._exit(code)
+        deadline = time.monotonic() + 20
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0
+
+
+def test_the_writer_records_many_messages_in_one_transaction_and_a_bad_result_alone(engine):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tierguard.pipeline.writer import Writer
+
+    writer = Writer(engine, None, POLICY, max_wait=0.5)
+    transactions = []
+    record = record_many
+
+    def counted(e, r, p, results):
+        transactions.append(len(results))
+        if any(x.job.job_id == "bad" for x in results):
+            raise ValueError("a result no transaction takes")
+        return record(e, r, p, results)
+
+    import tierguard.pipeline.writer as writer_module
+    writer_module.record_many, saved = counted, writer_module.record_many
+    try:
+        messages = [[result(HAIKU) for _ in range(3)] for _ in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            outcomes = list(pool.map(writer.record_all, messages))
+        assert [[o.status for o in out] for out in outcomes] == [["recorded"] * 3] * 4
+        assert transactions[0] > 3 and sum(transactions) == 12  # messages share transactions
+
+        bad = result(HAIKU)
+        bad = Result(ShadowJob(**{**bad.job.to_dict(), "job_id": "bad"}), bad.answer, bad.verdict, None, 1)
+        good = [result(HAIKU), result(HAIKU)]
+        try:
+            writer.record_all([good[0], bad, good[1]])
+            raise AssertionError("the message with a bad result must fail")
+        except ValueError:
+            pass
+    finally:
+        writer_module.record_many = saved
+    with session(engine) as s:
+        ids = set(s.exec(select(Sample.job_id)).all())
+    assert {x.job.job_id for x in good} <= ids and "bad" not in ids  # the good ones recorded alone
+
+
+def test_a_transaction_locks_its_categories_in_one_query_and_creates_missing_rows(engine):
+    from tierguard.routing.routes import lock_categories
+
+    policy = parse_policy({"categories": {n: {"comparator": {"type": "label", "labels": LABELS}}
+                                          for n in ("alpha", "beta", "gamma")}})
+    with session(engine) as s:
+        rows = lock_categories(s, [policy.category("gamma"), policy.category("alpha")])  # created
+        s.commit()
+    assert sorted(rows) == ["alpha", "gamma"] and rows["alpha"].routed_model == HAIKU
+    seen = statements(engine)
+    with session(engine) as s:
+        rows = lock_categories(s, [policy.category(n) for n in ("gamma", "beta", "alpha")])
+        s.commit()
+    assert sorted(rows) == ["alpha", "beta", "gamma"]
+    reads = [q for q in seen if q.lstrip().lower().startswith("select") and "from category" in q.lower()]
+    assert len(reads) == 2  # one for all, one again after creating beta
+    del seen[:]
+    import dataclasses
+
+    record_many(engine, None, policy, [dataclasses.replace(x, job=dataclasses.replace(x.job, category=n))
+                                       for n, x in (("gamma", result(HAIKU)), ("alpha", result(HAIKU)),
+                                                    ("beta", result(HAIKU)))])
+    assert len([q for q in seen if q.lstrip().lower().startswith("select")
+                and "from category" in q.lower()]) == 1
+
+
+def test_a_shadow_client_merges_each_path_once_and_calls_the_same_url(simulator):
+    import asyncio
+
+    sim = simulator(categories={"labels": {"kind": "label", "labels": LABELS}})
+    client = fanout.ShadowClient(base_url=sim.base_url + "/api", api_key=API_KEY, max_retries=0)
+    plain = anthropic.AsyncAnthropic(base_url=sim.base_url + "/api", api_key=API_KEY)
+    assert client._prepare_url("/v1/messages") == plain._prepare_url("/v1/messages")
+    assert client._prepare_url("/v1/messages") is client._prepare_url("/v1/messages")
+    client = fanout.ShadowClient(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
+    request = {"max_tokens": 8, "system": "labels: pick", "messages": [{"role": "user", "content": "x"}]}
+
+    async def twice():
+        return [await fanout.call_model_async(client, OPUS, request) for _ in range(2)]
+
+    assert all(answer.text in LABELS for answer in asyncio.run(twice()))
+    assert sum(sim.sim.requests.values()) == 2

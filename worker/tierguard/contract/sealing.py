@@ -55,8 +55,12 @@ class Sealer:
         return self._fernet is not None
 
     def seal(self, payload: dict[str, Any]) -> str:
+        return self.seal_text(json.dumps(payload))
+
+    def seal_text(self, text: str) -> str:
+        """``text`` (a JSON object already serialised) sealed as :meth:`seal` seals a payload."""
         assert self._fernet is not None
-        return self._fernet.encrypt(json.dumps(payload).encode()).decode()
+        return self._fernet.encrypt(text.encode()).decode()
 
     def open(self, token: str) -> dict[str, Any]:
         if self._fernet is None:

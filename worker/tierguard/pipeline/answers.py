@@ -120,13 +120,14 @@ def kept(redis: Any, sealer: Any, jobs: list[ShadowJob]) -> dict[str, list[Resul
 
 
 def _wrapped(sealer: Any, encoded: list[dict[str, Any]]) -> str:
-    """Sealed with payload keys; with a signing key only, in clear with a MAC; else in clear."""
-    if sealer is None:
-        return json.dumps(encoded, default=_json)
-    if sealer.seals:
-        return sealer.seal(json.loads(json.dumps({"results": encoded}, default=_json)))
+    """Sealed with payload keys; with a signing key only, in clear with a MAC; else in clear
+    (the results serialised once in every case)."""
     text = json.dumps(encoded, default=_json)
-    return json.dumps({"results": encoded, "mac": sealer.mac(text.encode())})
+    if sealer is None:
+        return text
+    if sealer.seals:
+        return sealer.seal_text(f'{{"results": {text}}}')
+    return f'{{"results": {text}, "mac": {json.dumps(sealer.mac(text.encode()))}}}'
 
 
 def _unwrapped(sealer: Any, value: bytes) -> list[dict[str, Any]]:

@@ -131,7 +131,22 @@ def async_client(timeout: float, max_connections: int = POOL_SHARD, api_key: str
     http = anthropic.DefaultAsyncHttpxClient(limits=limits, verify=_tls())
     if platform != "anthropic" and policy is not None:
         return platform_client(platform, policy, max_retries=0, timeout=timeout, http_client=http)
-    return anthropic.AsyncAnthropic(api_key=api_key, max_retries=0, timeout=timeout, http_client=http)
+    return ShadowClient(api_key=api_key, max_retries=0, timeout=timeout, http_client=http)
+
+
+class ShadowClient(anthropic.AsyncAnthropic):
+    """``AsyncAnthropic`` whose request URLs are merged with its base URL once per path, not on
+    every call (two URL parses, about 1 % of a shadow call's CPU); everything else is the SDK's."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._urls: dict[str, httpx2.URL] = {}
+
+    def _prepare_url(self, url: str) -> httpx2.URL:
+        merged = self._urls.get(url)
+        if merged is None:
+            merged = self._urls[url] = super()._prepare_url(url)
+        return merged
 
 
 @functools.cache

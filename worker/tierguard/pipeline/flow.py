@@ -85,8 +85,8 @@ def run(ctx: Context, raw: list[Any], attempt: int, *, max_attempts: int, retry_
     database cannot be reached (the message runs again later). No job is sent again with a
     countdown over ``max_countdown`` (held past the broker's visibility timeout, it would be
     delivered twice): a longer wait is waited in steps. ``fresh``: the message's first delivery
-    from the publisher (no earlier run: none of its jobs can be recorded or have answers kept yet,
-    so neither the database nor the kept answers are asked)."""
+    from the publisher (no earlier run of it kept answers, so they are not asked for; whether its
+    jobs are recorded is still asked: a job the publisher sent twice must not be paid twice)."""
     opened, refused = _opened(ctx, _parsed(raw), attempt)
     opened, paid = _unpaid(ctx, opened, fresh)
     opened, via_batch = _by_batch(ctx, opened, refused, attempt)
@@ -151,11 +151,11 @@ def _opened(ctx: Context, jobs: list[ShadowJob], attempt: int) -> tuple[list[Sha
 def _unpaid(ctx: Context, jobs: list[ShadowJob], fresh: bool = False
             ) -> tuple[list[ShadowJob], list[Result]]:
     """(jobs still to call, results an earlier run of the message paid for). A job already
-    recorded (a redelivered message, a replayed job) is left out: it is never called again. A
-    ``fresh`` message had no earlier run: neither is looked up."""
+    recorded (a redelivered message, a replayed job, one sent twice) is left out: it is never
+    called again. A ``fresh`` message had no earlier run: no kept answers are looked up."""
     if not jobs:
         return [], []
-    done = set() if fresh else _stored(lambda: recorded_ids(ctx.engine, [j.job_id for j in jobs]))
+    done = _stored(lambda: recorded_ids(ctx.engine, [j.job_id for j in jobs]))
     if done:
         log.info("%d job(s) already recorded: not called again", len(done))
         answers.forget(ctx.redis, sorted(done))

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -74,6 +75,13 @@ class Beats:
         self._tokens = itertools.count()
         self._wake = threading.Condition()
         self._pid: int | None = None
+        me = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (beats := me()) and beats._forked())
+
+    def _forked(self) -> None:
+        """In a forked child: a new condition (a parent's thread may have held the old one's lock
+        at the fork, and no thread here would ever release it) and no parent's holders."""
+        self._wake, self._due, self._pid = threading.Condition(), {}, None
 
     @contextmanager
     def beating(self, extend: Callable[[], Any], every: float, what: str) -> Iterator[None]:

@@ -38,9 +38,9 @@ from tierguard.otlp import exporter as otlp
 from tierguard.pipeline import challengers, rollouts
 from tierguard.pipeline.calls import Answer
 from tierguard.pipeline.results import Outcome, Result
-from tierguard.pipeline.samples import fingerprint_of, insert_samples, rung_of, sample_values
+from tierguard.pipeline.samples import insert_samples, rung_of, sample_values
 from tierguard.policy import CategoryPolicy, Policy
-from tierguard.routing.routes import change_route, expire_pin, lock_category, publish_quietly
+from tierguard.routing.routes import change_route, expire_pin, lock_categories, publish_quietly
 from tierguard.store import rollups
 from tierguard.store.db import session, utcnow
 from tierguard.store.tables import Category, RouteChange
@@ -93,8 +93,12 @@ class _Done:
     changes: list[RouteChange] = field(default_factory=list)
     changed: dict[str, Category] = field(default_factory=dict)
     touched: dict[str, tuple[str, tuple[str, str], float]] = field(default_factory=dict)
-    recorded: list[dict] = field(default_factory=list)  # the sample rows inserted
-    fingerprints: dict[str, str | None] = field(default_factory=dict)  # job id -> its row's
+    rows: dict[str, dict] = field(default_factory=dict)  # job id -> its sample row, if inserted
+
+    @property
+    def recorded(self) -> list[dict]:
+        """The sample rows inserted."""
+        return list(self.rows.values())
 
 
 def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
@@ -107,10 +111,11 @@ def record_many(engine: Engine, r: redis_lib.Redis | None, policy: Policy,
     with session(engine) as s:
         by_category = _insert(s, policy, results, done)
         now = utcnow()
+        locked = lock_categories(s, [policy.category(name) for name in by_category])
         for name in sorted(by_category):
-            _feed_category(s, policy, policy.category(name), [(i, results[i]) for i in by_category[name]],
-                           now, done)
-        inserted = {row["job_id"] for row in done.recorded}
+            _feed_category(s, policy, policy.category(name), locked[name],
+                           [(i, results[i]) for i in by_category[name]], now, done)
+        inserted = set(done.rows)
         started = challengers.record(s, policy, results, inserted, now)
         rolled_back = rollouts.record(s, policy, results, inserted, now,
                                       {name: t[0] for name, t in done.touched.items()})
@@ -135,12 +140,9 @@ def _insert(s: Session, policy: Policy, results: list[Result], done: _Done) -> d
     rows = [sample_values(policy, x.job, x.answer, x.verdict, x.error, x.attempt, x.kind, x.judge)
             for x in results]
     inserted = insert_samples(s, rows)
-    fresh: dict[str, dict] = {}
     for row in rows:  # each inserted job once (a batch may hold a job twice)
         if row["job_id"] in inserted:
-            fresh.setdefault(row["job_id"], row)
-    done.recorded = list(fresh.values())
-    done.fingerprints = {job_id: row["prompt_fingerprint"] for job_id, row in fresh.items()}
+            done.rows.setdefault(row["job_id"], row)
     rollups.add(s, done.recorded)
     by_category: dict[str, list[int]] = {}
     for i, x in enumerate(results):
@@ -156,10 +158,10 @@ def _insert(s: Session, policy: Policy, results: list[Result], done: _Done) -> d
     return by_category
 
 
-def _feed_category(s: Session, policy: Policy, cat: CategoryPolicy, items: list[tuple[int, Result]],
-                   now: dt.datetime, done: _Done) -> None:
-    """Feed one category's comparisons to its detector, in order, acting on each decision."""
-    row = lock_category(s, cat)
+def _feed_category(s: Session, policy: Policy, cat: CategoryPolicy, row: Category,
+                   items: list[tuple[int, Result]], now: dt.datetime, done: _Done) -> None:
+    """Feed one category's comparisons to its detector (``row``: its row, locked), in order,
+    acting on each decision."""
     carried = _expire_pin(s, policy, row, now, done)
     tracked = {TRACKED: (row.detector_state or {}).get(TRACKED)}
     state = _evidence(cat, row)
@@ -168,7 +170,7 @@ def _feed_category(s: Session, policy: Policy, cat: CategoryPolicy, items: list[
     for n, (i, x) in enumerate(items):
         change, events = carried if n == 0 else (None, 0)  # the first sample carries a pin expiry
         state, reset = _track(s, policy, cat, row, tracked, state, x, now,
-                              done.fingerprints.get(x.job.job_id, ""))
+                              done.rows[x.job.job_id]["prompt_fingerprint"])
         events += reset
         rung = rung_of(cat, x.job)
         held = None if checks is None else _shadow_checks(cat, checks, x, rung)
@@ -215,16 +217,15 @@ def _evidence(cat: CategoryPolicy, row: Category) -> dict:
 
 
 def _track(s: Session, policy: Policy, cat: CategoryPolicy, row: Category, tracked: dict,
-           state: dict, x: Result, now: dt.datetime, fingerprint: str | None = "") -> tuple[dict, int]:
-    """Feed one sample's prompt fingerprint (its row's; "": computed here) and snapshots to the
+           state: dict, x: Result, now: dt.datetime, fingerprint: str | None) -> tuple[dict, int]:
+    """Feed one sample's prompt fingerprint (its row's) and snapshots to the
     category's tracker (``tracked``, updated in place); on a reset, the state with its promotion
     evidence restarted (a demotion watch keeps running) and whether an ``evidence_reset`` event
     was written."""
     job = x.job
     snapshots = {job.served_model: job.served_snapshot,
                  job.shadow_model: x.answer.snapshot if x.answer else None}
-    tracked[TRACKED], reset = TRACKER.feed(tracked[TRACKED], fingerprint_of(job) if fingerprint == ""
-                                           else fingerprint, snapshots, now.timestamp())
+    tracked[TRACKED], reset = TRACKER.feed(tracked[TRACKED], fingerprint, snapshots, now.timestamp())
     if reset is None:
         return state, 0
     log.warning("category %s: evidence restarts: %s", cat.name, reset.what)

@@ -14,7 +14,7 @@ from tierguard.contract.job import ShadowJob, digest, parse_time
 from tierguard.contract.messages import content_text
 from tierguard.pipeline.results import JudgeUsage
 from tierguard.policy import CategoryPolicy, Policy
-from tierguard.store.db import execute_many, session, upsert_insert, utcnow
+from tierguard.store.db import execute_many, upsert_insert, utcnow
 from tierguard.store.tables import Sample
 
 if TYPE_CHECKING:
@@ -96,9 +96,10 @@ def rung_of(cat: CategoryPolicy, job: ShadowJob) -> str | None:
 
 
 def recorded_ids(engine: Engine, job_ids: list[str]) -> set[str]:
-    """The ids among ``job_ids`` that already have a sample."""
-    with session(engine) as s:
-        return set(s.execute(sa.select(Sample.job_id).where(Sample.job_id.in_(job_ids))).scalars())
+    """The ids among ``job_ids`` that already have a sample (one query on a plain connection: a
+    publisher's every message asks it)."""
+    with engine.connect() as c:
+        return set(c.execute(sa.select(Sample.job_id).where(Sample.job_id.in_(job_ids))).scalars())
 
 
 def insert_samples(s: Session, rows: list[dict]) -> set[str]:

@@ -49,19 +49,18 @@ class Writer:
                 self._pid = os.getpid()
 
     def record_all(self, results: list[Result]) -> list[Outcome]:
-        """Queue results for the writer and wait until they are committed."""
+        """Queue a message's results for the writer (one item) and wait until they are committed."""
+        if not results:
+            return []
         self._started()
-        futures: list[Future[Outcome]] = []
-        for result in results:
-            future: Future[Outcome] = Future()
-            self.queue.put((result, future))
-            futures.append(future)
-        return [f.result() for f in futures]
+        future: Future[list[Outcome]] = Future()
+        self.queue.put((results, future))
+        return future.result()
 
-    def _collect(self) -> list[tuple[Result, Future]]:
+    def _collect(self) -> list[tuple[list[Result], Future]]:
         items = [self.queue.get()]
         deadline = time.monotonic() + self.max_wait
-        while len(items) < self.max_results:
+        while sum(len(results) for results, _ in items) < self.max_results:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -71,25 +70,41 @@ class Writer:
                 break
         return items
 
-    def _write(self, items: list[tuple[Result, Future]]) -> None:
+    def _write(self, items: list[tuple[list[Result], Future]]) -> None:
         try:
-            outcomes = record_many(self.engine, self.redis, self.policy, [r for r, _ in items])
+            outcomes = record_many(self.engine, self.redis, self.policy, [r for rs, _ in items for r in rs])
         except sa.exc.OperationalError as err:  # database down: every job retries later
             for _, future in items:
                 future.set_exception(err)
             return
         except Exception:
-            if len(items) == 1:
+            if len(items) == 1 and len(items[0][0]) == 1:
                 raise
-            log.exception("a transaction of %d results failed; recording them one by one", len(items))
-            for item in items:
-                try:
-                    self._write([item])
-                except Exception as err:
-                    item[1].set_exception(err)
+            log.exception("a transaction of %d results failed; recording them one by one",
+                          sum(len(rs) for rs, _ in items))
+            for results, future in items:
+                self._one_by_one(results, future)
             return
-        for (_, future), outcome in zip(items, outcomes, strict=True):
-            future.set_result(outcome)
+        at = 0
+        for results, future in items:
+            future.set_result(outcomes[at:at + len(results)])
+            at += len(results)
+
+    def _one_by_one(self, results: list[Result], future: Future) -> None:
+        """A message's results each in a transaction of its own: every one that can be is recorded;
+        the first failure is the message's (it runs again; the recorded ones are not called again)."""
+        outcomes, failed = [], None
+        for result in results:
+            done: Future[list[Outcome]] = Future()
+            try:
+                self._write([([result], done)])
+                outcomes += done.result()
+            except Exception as err:
+                failed = failed or err
+        if failed is not None:
+            future.set_exception(failed)
+        else:
+            future.set_result(outcomes)
 
     def _run(self) -> None:
         while True:
