@@ -4,7 +4,9 @@ One request is one ``write`` (head and body together; bodies up to ``MAX_BODY``)
 parsed in C as it arrives: no per-request task, cancel scope or header normalisation.
 Connections are kept alive in a LIFO pool (at most ``max_connections``, idle ones dropped
 after ``KEEPALIVE_S``); a connection whose request was cancelled or whose answer was not read to
-its end is closed, never reused. Bodies come as the upstream sent them (chunked transfer
+its end is closed, never reused, and so is one that receives bytes after an answer's end (a
+second answer, garbage: nothing of it reaches this caller or the next). Informational (``1xx``)
+heads are skipped, chunked trailers ignored. Bodies come as the upstream sent them (chunked transfer
 decoded, content codings untouched); reading pauses while ``HIGH_WATER`` bytes wait for a
 caller that reads slowly.
 

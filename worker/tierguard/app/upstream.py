@@ -9,7 +9,7 @@ strings dropped, brackets counted, a step at a time), so a body nested past the 
 limit is :class:`TooDeep` before ``json`` recurses into it.
 
 The client: requests go through :mod:`~tierguard.app.lean_client`'s lean pool when the upstream is
-reached directly (``TIERGUARD_GATEWAY_CLIENT=lean``, opt-in), else straight to ``httpx2``
+reached directly (``TIERGUARD_GATEWAY_CLIENT=lean``, the default), else straight to ``httpx2``
 transports (no client-level cookie jar, redirects or auth: a proxy must not carry one caller's
 state to the next), whose connections are spread over shards of ``SHARD`` each, because the
 pool scans every connection it holds on each request. The network is the environment's, as the

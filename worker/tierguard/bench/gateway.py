@@ -104,9 +104,7 @@ def _stack(folder: Path, sample_rate: float) -> Iterator[tuple[Proxy, Proxy]]:
                                       "categories": {"bench": {}}}))
     sim_port, gw_port = free_port(), free_port()
     env = {**os.environ, "TIERGUARD_REDIS_URL": redis.url, "TIERGUARD_DATABASE_URL": db_url,
-           "TIERGUARD_POLICY": str(policy), "TIERGUARD_UPSTREAM_URL": f"http://{HOST}:{sim_port}",
-           # the lean client unless told otherwise (opt-in in production: see the README)
-           "TIERGUARD_GATEWAY_CLIENT": os.environ.get("TIERGUARD_GATEWAY_CLIENT", "lean")}
+           "TIERGUARD_POLICY": str(policy), "TIERGUARD_UPSTREAM_URL": f"http://{HOST}:{sim_port}"}
     procs: list[subprocess.Popen] = []
     try:
         for name, args, port in (("simulate", ["simulate", "serve", "--port", str(sim_port)], sim_port),
