@@ -4,7 +4,8 @@ The simulator (zero latency, its own process), Redis, a SQLite database and one
 ``tierguard gateway`` process run on this host, with the contenders of
 :mod:`~tierguard.bench.contenders` (nginx, LiteLLM's proxy) that can run here. The same
 request goes direct to the simulator and through each proxy, interleaved per round (the
-order rotating) on one kept-alive connection each (category header set, the default 5 %
+order rotating; each turn opened by an untimed request, so no contender is charged for the work
+of the one before) on one kept-alive connection each (category header set, the default 5 %
 sampled, so routing and publishing are in tierguard's figure); streamed requests give the
 time to the first event. Then, for each, a load generator in its own process raises the
 number of connections until p99 passes 50 ms: ``rps`` is the most requests per second
@@ -150,7 +151,10 @@ def _start_others(folder: Path, names: tuple[str, ...], upstream: int, procs: li
 
 
 def _interleaved(proxies: list[Proxy], requests: int, warm: int) -> None:
-    """Each round: a plain and a streamed request through every proxy, the order rotating."""
+    """Each round: a plain and a streamed request through every proxy, the order rotating. Each turn
+    starts with an untimed plain request, so a timed one follows its own contender's, never another's:
+    in a rotation each contender always comes after the same other one, and paid for the work that one
+    did after its answer (``direct`` came after LiteLLM, so nginx's added came out below zero)."""
     from tierguard.bench.loadgen import Connection
 
     conns = {p.name: Connection(HOST, p.port) for p in proxies}
@@ -159,6 +163,7 @@ def _interleaved(proxies: list[Proxy], requests: int, warm: int) -> None:
             k = i % len(proxies)
             for proxy in proxies[k:] + proxies[:k]:
                 conn = conns[proxy.name]
+                conn.request(proxy.plain)  # what came before (another contender's work) is not timed
                 status, total, _ = conn.request(proxy.plain)
                 _, _, first = conn.request(proxy.streamed)
                 if status != 200 or first is None:
