@@ -83,11 +83,10 @@ class Forwarding:
             watch.headers = response.headers
             if response.status_code == 429:
                 watch.retry_after = response.headers.get("retry-after")
-        await send({"type": "http.response.start", "status": response.status_code,
-                    "headers": [(k.lower(), v) for k, v in response.headers.raw
-                                if k.lower() not in HOP_BY_HOP]})
+        unsent = [{"type": "http.response.start", "status": response.status_code,
+                   "headers": [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]}]
         cut = cutter(scope, send, response)
-        pumping = asyncio.ensure_future(pump(response, send, watch, cut))
+        pumping = asyncio.ensure_future(pump(response, send, watch, cut, unsent))
         await asyncio.wait((pumping, left), timeout=remaining(until), return_when=asyncio.FIRST_COMPLETED)
         if pumping.done():
             return pumping.result()
@@ -97,7 +96,7 @@ class Forwarding:
             self.core.left()  # type: ignore[union-attr]
         else:
             self.core.refuse("deadline_exceeded", "%s", self._late())  # type: ignore[union-attr]
-            await cut(self._late())
+            await (respond(send, 504, error_body(self._late())) if unsent else cut(self._late()))
         return False
 
     def _late(self) -> str:

@@ -213,8 +213,12 @@ def cutter(scope: dict, send: Any, response: httpx2.Response) -> Cut:
     return cut
 
 
-async def pump(response: httpx2.Response, send: Any, watch: Watch | None, cut: Cut) -> bool:
-    """Relay the response's body; False if the upstream broke off before its end."""
+async def pump(response: httpx2.Response, send: Any, watch: Watch | None, cut: Cut,
+               unsent: list[dict] | None = None) -> bool:
+    """Relay the response's body (after the head in ``unsent``, taken from it when sent: in the same
+    turn as the first body bytes, so both go in one write); False if the upstream broke off."""
+    if unsent:
+        await send(unsent.pop())
     try:
         async for chunk in response.aiter_raw():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
