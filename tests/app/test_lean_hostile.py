@@ -76,7 +76,7 @@ class Hostile:
         if path.startswith(b"/echo"):
             writer.write(answer(head))
         elif path == b"/hints":  # the informational head and the answer in one read
-            writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n" + answer(mine))
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\n" + answer(mine))
         elif path == b"/extra":  # a second, unasked-for answer right behind this one
             writer.write(answer(mine, extra=answer(b"STALE")))
         elif path == b"/garbage":
@@ -178,7 +178,8 @@ def test_a_body_cut_short_is_a_transport_error_and_frees_its_place(hostile, clie
 
 
 @pytest.mark.parametrize("client", CLIENTS)
-@pytest.mark.parametrize("target", ["/v1/\u20ac", "/v1/a\r\nx-injected: 1", "/v1/a b", "/v1/\x00", "/v1/\xe9"])
+@pytest.mark.parametrize("target", ["/v1/\u20ac", "/v1/a\r\nx-injected: 1", "/v1/a b", "/v1/\x00",
+                                    "/v1/\xe9"])
 def test_a_target_that_cannot_go_in_a_request_line_is_refused_and_holds_no_place(hostile, client, target):
     async def run() -> None:
         up = Upstream(hostile.url, 2, 5.0, client)
@@ -216,7 +217,8 @@ def raw_exchange(base: str, request: bytes) -> tuple[bytes, bytes]:
             if data.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"):  # the gateway's own, to the caller
                 data = data[len(b"HTTP/1.1 100 Continue\r\n\r\n"):]
             head, _, body = data.partition(b"\r\n\r\n")
-            length = [int(line[15:]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length: ")]
+            length = [int(line[15:]) for line in head.lower().split(b"\r\n")
+                      if line.startswith(b"content-length: ")]
             if length and len(body) >= length[0]:
                 return head, body
             chunk = sock.recv(65536)

@@ -273,11 +273,5 @@ def shaping(headers: list[tuple[bytes, bytes]]) -> dict[str, str] | None:
     return {k: ",".join(v) for k, v in found.items()} or None
 
 
-async def settle(task: asyncio.Future) -> bool:
-    """Wait for a task that was cancelled; True if it finished with a result all the same."""
-    await asyncio.wait((task,))
-    return not task.cancelled() and task.exception() is None
-
-
 async def maybe_off_loop(off: bool, func: Any, *args: Any) -> Any:
     return await asyncio.to_thread(func, *args) if off else func(*args)
