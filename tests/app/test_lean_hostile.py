@@ -11,7 +11,6 @@ import httpx2
 import pytest
 
 from tests.app.gatewayparts import POLICY, SCENARIO
-from tierguard.app import lean_client
 from tierguard.app.relay import request_target
 from tierguard.app.upstream import Upstream
 
