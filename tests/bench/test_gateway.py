@@ -47,3 +47,49 @@ def test_a_contender_that_cannot_run_says_why(tmp_path, monkeypatch):
     monkeypatch.setenv("TIERGUARD_BENCH_LITELLM", str(tmp_path / "no-such-litellm"))
     with pytest.raises(contenders.Unavailable, match="no-such-litellm does not exist"):
         contenders.start_litellm(tmp_path, 1, 2, "claude-opus-4-7", "sk-bench")
+
+
+def test_each_timed_request_follows_its_own_contenders_request():
+    """The rotation puts each contender after the same other one every round; an untimed request opens
+    each turn, so a timed one never pays for another contender's work after its answer."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tierguard.bench import gateway
+
+    arrivals: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["content-length"]))
+            arrivals.append(self.server.server_address[1])
+            streamed = b'"stream": true' in body
+            answer = b"event: message_stop\ndata: {}\n\n" if streamed else b'{"type": "message"}'
+            self.send_response(200)
+            if streamed:
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(answer), answer))
+            else:
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(3)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proxies = [gateway.Proxy(f"p{i}", s.server_address[1], 0) for i, s in enumerate(servers)]
+        gateway._interleaved(proxies, requests=4, warm=2)
+    finally:
+        for server in servers:
+            server.shutdown()
+    assert all(len(p.times) == 4 and len(p.ttfe) == 4 for p in proxies)
+    turns = [arrivals[i:i + 3] for i in range(0, len(arrivals), 3)]
+    assert len(turns) == 6 * 3 and all(len(set(turn)) == 1 for turn in turns), arrivals
+    assert [turn[0] for turn in turns[:3]] != [turn[0] for turn in turns[3:6]]  # the order rotates

@@ -57,9 +57,9 @@ class Settings(BaseSettings):
         "seconds one upstream request may take in all, streamed or not (then it is cut)"))
     gateway_max_json_depth: int = Field(128, ge=8, description=(
         "deepest JSON nesting a request body may have (else a 400)"))
-    gateway_client: str = Field("httpx2", pattern="^(lean|httpx2)$", description=(
-        "the gateway's upstream client: httpx2, or lean (app/lean_client, opt-in: see the README's "
-        "Performance; httpx2 through a proxy)"))
+    gateway_client: str = Field("lean", pattern="^(lean|httpx2)$", description=(
+        "the gateway's upstream client: lean (app/lean_client: bodies up to 64 KiB, reached "
+        "directly), or httpx2 for every request (httpx2 through a proxy and for larger bodies)"))
     stream_assembly_max: int = Field(8 * 1024 * 1024, gt=0, description=(
         "bytes of a sampled stream assembled for its shadow; a longer stream is relayed unshadowed"))
     # Worker side.

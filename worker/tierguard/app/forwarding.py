@@ -11,16 +11,57 @@ upstream: before the answer's headers, a caller that leaves cancels the upstream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 
 from tierguard.app.admission import error_body
-from tierguard.app.relay import HOP_BY_HOP, Watch, cutter, disconnected, pump, remaining, respond, settle
+from tierguard.app.relay import HOP_BY_HOP, Watch, cutter, disconnected, pump, respond
 from tierguard.config import mask_url
 
 log = logging.getLogger("tierguard.app.gateway")
+
+
+class CallerGone(Exception):
+    """The caller left while the request was sent or its answer relayed."""
+
+
+class Leaving:
+    """The caller's leaving (``future``: done when it disconnects), cancelling the waiting task while
+    :meth:`watching`: the upstream request and the relay run in the request's own task, with no task
+    and no ``asyncio.wait`` of their own."""
+
+    __slots__ = ("future", "task", "armed", "fired")
+
+    def __init__(self, future: asyncio.Future):
+        self.future = future
+        self.task = asyncio.current_task()
+        self.armed = self.fired = False
+        future.add_done_callback(self._left)
+
+    def _left(self, _: asyncio.Future) -> None:
+        if self.armed and not self.fired:
+            self.fired = True
+            self.task.cancel()  # type: ignore[union-attr]
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """While in the block, the caller leaving cancels it: CallerGone (any other cancel goes on);
+        CallerGone at once if it has left already."""
+        if self.future.done():
+            raise CallerGone
+        self.armed = True
+        try:
+            yield
+        except asyncio.CancelledError:
+            if not self.fired or self.task.uncancel() > 0:  # type: ignore[union-attr]
+                raise
+            raise CallerGone from None
+        finally:
+            self.armed = False
 
 
 class Forwarding:
@@ -36,7 +77,7 @@ class Forwarding:
         """Forward one request and relay its response within the deadline; False unless the whole
         response reached the caller."""
         until = asyncio.get_running_loop().time() + self.settings.gateway_deadline
-        left = asyncio.ensure_future(disconnected(receive))
+        left = Leaving(asyncio.ensure_future(disconnected(receive)))
         try:
             sent = await self._response_head(method, target, headers, body, send, left, until)
             if sent is None:
@@ -48,66 +89,52 @@ class Forwarding:
                 await response.aclose()
                 self.upstream.done(shard)  # type: ignore[union-attr]
         finally:
-            left.cancel()
+            left.future.cancel()
 
     async def _response_head(self, method: str, target: str, headers: list, body: bytes, send: Any,
-                             left: asyncio.Future, until: float) -> tuple[httpx2.Response, int] | None:
+                             left: Leaving, until: float) -> tuple[httpx2.Response, int] | None:
         """The upstream's response, its body still to read; None if the caller was answered already
-        (502, 504) or left first (the upstream request is then cancelled)."""
+        (502, 504) or left first (the upstream request is then cancelled: its connection closed)."""
         upstream = self.upstream
         assert upstream is not None
-        sent = asyncio.ensure_future(upstream.send(method, target, headers, body))
-        await asyncio.wait((sent, left), timeout=remaining(until), return_when=asyncio.FIRST_COMPLETED)
-        if sent.done() and not left.done():
-            try:
-                return sent.result()
-            except httpx2.TimeoutException:
-                await respond(send, 504, error_body("the upstream API did not answer in time"))
-            except httpx2.TransportError as err:
-                log.warning("upstream %s unreachable: %s", mask_url(upstream.base_url), type(err).__name__)
-                await respond(send, 502, error_body(f"the gateway cannot reach the upstream API "
-                                                    f"({type(err).__name__})"))
-            return None
-        await self._drop(sent)
-        if left.done():  # before any answer: the upstream request is cancelled, nothing shadowed
-            self.core.left()  # type: ignore[union-attr]
-        else:
+        try:
+            with left.watching():
+                async with asyncio.timeout_at(until):
+                    return await upstream.send(method, target, headers, body)
+        except TimeoutError:
             self.core.refuse("deadline_exceeded", "%s", self._late())  # type: ignore[union-attr]
             await respond(send, 504, error_body(self._late()))
+        except httpx2.TimeoutException:
+            await respond(send, 504, error_body("the upstream API did not answer in time"))
+        except httpx2.TransportError as err:
+            log.warning("upstream %s unreachable: %s", mask_url(upstream.base_url), type(err).__name__)
+            await respond(send, 502, error_body(f"the gateway cannot reach the upstream API "
+                                                f"({type(err).__name__})"))
+        except CallerGone:  # before any answer: the upstream request is cancelled, nothing shadowed
+            self.core.left()  # type: ignore[union-attr]
         return None
 
     async def _response_body(self, scope: dict, response: httpx2.Response, send: Any,
-                             watch: Watch | None, left: asyncio.Future, until: float) -> bool:
+                             watch: Watch | None, left: Leaving, until: float) -> bool:
         if watch is not None:
             watch.status = response.status_code
             watch.headers = response.headers
             if response.status_code == 429:
                 watch.retry_after = response.headers.get("retry-after")
-        await send({"type": "http.response.start", "status": response.status_code,
-                    "headers": [(k.lower(), v) for k, v in response.headers.raw
-                                if k.lower() not in HOP_BY_HOP]})
+        head = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
+        unsent = [{"type": "http.response.start", "status": response.status_code, "headers": head}]
         cut = cutter(scope, send, response)
-        pumping = asyncio.ensure_future(pump(response, send, watch, cut))
-        await asyncio.wait((pumping, left), timeout=remaining(until), return_when=asyncio.FIRST_COMPLETED)
-        if pumping.done():
-            return pumping.result()
-        pumping.cancel()
-        await settle(pumping)
-        if left.done():
-            self.core.left()  # type: ignore[union-attr]
-        else:
+        try:
+            with left.watching():
+                async with asyncio.timeout_at(until):
+                    return await pump(response, send, watch, cut, unsent)
+        except TimeoutError:
             self.core.refuse("deadline_exceeded", "%s", self._late())  # type: ignore[union-attr]
-            await cut(self._late())
+            await (respond(send, 504, error_body(self._late())) if unsent else cut(self._late()))
+        except CallerGone:
+            self.core.left()  # type: ignore[union-attr]
         return False
 
     def _late(self) -> str:
         return (f"the upstream API's answer took longer than the gateway's deadline of "
                 f"{self.settings.gateway_deadline:g} s (TIERGUARD_GATEWAY_DEADLINE)")
-
-    async def _drop(self, sent: asyncio.Future) -> None:
-        """Cancel an upstream request (its connection is closed); a response that came anyway is closed."""
-        sent.cancel()
-        if await settle(sent):
-            response, shard = sent.result()
-            await response.aclose()
-            self.upstream.done(shard)  # type: ignore[union-attr]

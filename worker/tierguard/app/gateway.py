@@ -62,6 +62,7 @@ from tierguard.app.relay import (
     declared,
     maybe_off_loop,
     read_body,
+    request_target,
     respond,
     shaping,
 )
@@ -70,7 +71,7 @@ from tierguard.config import Settings, get_settings, mask_url, upstream_url
 
 log = logging.getLogger(__name__)
 
-_NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length"}
+_NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"expect"}  # the body is read whole here
 # Paths whose API limit is above the Messages API's: they keep their own (bytes), and get time for
 # their bodies in proportion (TIERGUARD_GATEWAY_BODY_TIMEOUT per 32 MiB).
 _LARGER_LIMITS = (("/v1/messages/batches", 256_000_000), ("/v1/files", 500_000_000))
@@ -122,6 +123,10 @@ class Gateway(Forwarding):
         core = self.core
         assert core is not None
         method, (path, named) = scope["method"], path_category(scope["path"])
+        try:
+            target = request_target(scope)
+        except ValueError as err:
+            return await self._refuse(send, "bad_target", 400, "invalid_request_error", str(err))
         limit = self._limit(method, path)
         wait = self.settings.gateway_body_timeout * max(1.0, limit / _MESSAGES_LIMIT)
         try:
@@ -141,7 +146,6 @@ class Gateway(Forwarding):
         if method == "POST" and path == "/v1/messages" and names_by_user(body):  # stripped, always
             by_user, body = await maybe_off_loop(len(body) > OFF_LOOP, body_category, body)
             category = category or by_user
-        target = path + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
         if method == "POST" and path in ("/v1/messages", CHAT_PATH):
             if category and not core.tenant_refuses(category, caller_key(headers)):
                 return await self._messages(scope, category, target, headers, body, receive, send,

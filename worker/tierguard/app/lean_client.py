@@ -4,7 +4,9 @@ One request is one ``write`` (head and body together; bodies up to ``MAX_BODY``)
 parsed in C as it arrives: no per-request task, cancel scope or header normalisation.
 Connections are kept alive in a LIFO pool (at most ``max_connections``, idle ones dropped
 after ``KEEPALIVE_S``); a connection whose request was cancelled or whose answer was not read to
-its end is closed, never reused. Bodies come as the upstream sent them (chunked transfer
+its end is closed, never reused, and so is one that receives bytes after an answer's end (a
+second answer, garbage: nothing of it reaches this caller or the next). Informational (``1xx``)
+heads are skipped, chunked trailers ignored. Bodies come as the upstream sent them (chunked transfer
 decoded, content codings untouched); reading pauses while ``HIGH_WATER`` bytes wait for a
 caller that reads slowly.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import ssl
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +31,16 @@ import httpx2
 KEEPALIVE_S = 30.0
 HIGH_WATER = 256 * 1024  # bytes of body waiting for the caller before the socket is read no further
 MAX_BODY = 64 * 1024  # larger request bodies go through httpx2 (Upstream.send): see the README
+_UNSAFE = re.compile(r"[^\x21-\x7e]")  # what a request target's bytes may not be
+
+
+def checked_target(target: str) -> bytes:
+    """A request target's bytes for the request line; ValueError naming it if it has a byte that is
+    not printable ASCII (CR and LF would start header lines upstream, a space would end the target)."""
+    if _UNSAFE.search(target):
+        raise ValueError(f"the request target {target!r} has a control, space or non-ASCII character: "
+                         "it cannot go upstream")
+    return target.encode("ascii")
 
 
 class Head:
@@ -67,6 +80,7 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.closed = False
         self.busy = False  # holds one of the pool's places (a request in flight or being read)
+        self.informational = False  # reading a 1xx head, skipped
 
     # asyncio.Protocol
     def connection_made(self, transport: Any) -> None:
@@ -86,9 +100,6 @@ class Connection(asyncio.Protocol):
             response.fail(httpx2.RemoteProtocolError(f"malformed response from the upstream: {err}"))
             self.close()
 
-    def eof_received(self) -> bool:
-        return False
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
@@ -101,24 +112,39 @@ class Connection(asyncio.Protocol):
                               is not None else httpx2.RemoteProtocolError(
                                   "the upstream closed the connection without sending a response"))
 
-    def pause_writing(self) -> None:
-        pass  # a request is at most MAX_BODY bytes: written at once, the transport buffers the rest
+    # httptools callbacks (the response being read). Informational (1xx) heads are skipped: the final
+    # head follows. Once the answer is complete, whatever comes next (a second answer, garbage) closes
+    # the connection: nothing of it reaches this caller or the next.
+    def on_message_begin(self) -> None:
+        if self.response.complete:  # type: ignore[union-attr]
+            self.close()
 
-    def resume_writing(self) -> None:
-        pass
-
-    # httptools callbacks (the response being read)
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.response.raw.append((name.lower(), value))  # type: ignore[union-attr]
+        response = self.response
+        if response.head is None:  # type: ignore[union-attr]  # after it: chunked trailers, ignored
+            response.raw.append((name.lower(), value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
-        self.response.on_headers_complete(self.parser.get_status_code())  # type: ignore[union-attr]
+        response = self.response
+        if response.head is not None:  # type: ignore[union-attr]  # a message after the answer
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.informational = True
+            response.raw.clear()  # type: ignore[union-attr]
+        else:
+            response.on_headers_complete(status)  # type: ignore[union-attr]
 
     def on_body(self, body: bytes) -> None:
-        self.response.on_body(body)  # type: ignore[union-attr]
+        response = self.response
+        if not response.complete:  # type: ignore[union-attr]
+            response.on_body(body)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
-        self.response.on_message_complete()  # type: ignore[union-attr]
+        if self.informational:
+            self.informational = False
+        elif not self.response.complete:  # type: ignore[union-attr]
+            self.response.on_message_complete()  # type: ignore[union-attr]
 
     def close(self) -> None:
         self.closed = True
@@ -267,7 +293,7 @@ class Pool:
 
     def _head(self, method: str, target: str, headers: list[tuple[bytes, bytes]], size: int) -> bytearray:
         head = bytearray(b"%s %s%s HTTP/1.1\r\nhost: %s\r\n" % (
-            method.encode(), self.prefix, target.encode("latin-1"), self.host_header))
+            method.encode(), self.prefix, checked_target(target), self.host_header))
         for name, value in headers:
             head += b"%s: %s\r\n" % (name, value)
         if size or method in ("POST", "PUT", "PATCH"):
@@ -277,7 +303,10 @@ class Pool:
 
     async def send(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
                    body: bytes) -> Response:
-        """Send one request; its response once the head is in (the body still to read)."""
+        """Send one request; its response once the head is in (the body still to read). A target
+        that cannot go in a request line is a ValueError before any place in the pool is taken."""
+        head = self._head(method, target, headers, len(body))
+        head += body
         loop = self.loop
         await self.slots.acquire()  # type: ignore[union-attr]
         try:
@@ -285,10 +314,9 @@ class Pool:
         except BaseException:
             self.slots.release()  # type: ignore[union-attr]
             raise
+        # From here the place is the connection's: closing it gives the place back (Pool.forget).
         response = conn.response = Response(conn, self.timeout)
-        head = self._head(method, target, headers, len(body))
         try:
-            head += body
             conn.transport.write(head)  # type: ignore[union-attr]
             await response.head_arrived()
         except BaseException:  # cancelled, timed out or broken: this connection is not reused
@@ -300,6 +328,8 @@ class Pool:
 
     async def _connection(self, loop: asyncio.AbstractEventLoop) -> Connection:
         idle, now = self.idle, loop.time()
+        if idle and now - idle[0].idle_since >= KEEPALIVE_S:  # the longest idle, at the bottom
+            idle[0].close()
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < KEEPALIVE_S:

@@ -15,10 +15,13 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote, unquote
 
 import httpx2
 
 from tierguard.app.admission import ABORT, error_body
+from tierguard.app.lean_client import checked_target
+from tierguard.app.naming import path_category
 from tierguard.app.openai_compat import ChatAssembler, messages_answer
 from tierguard.app.stream import USAGE_EVENTS, Assembler, SSEParser, UsageOnly
 from tierguard.app.upstream import TooLarge
@@ -31,6 +34,28 @@ log = logging.getLogger("tierguard.app.gateway")
 CUT_WAIT = 1.0  # seconds an error event may wait for a caller that is not reading
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
               b"trailer", b"trailers", b"transfer-encoding", b"upgrade"}
+
+
+_PATH_SAFE = "/!$&'()*+,;=:@"  # what stays as it is when a decoded path is percent-quoted again
+
+
+def request_target(scope: dict) -> str:
+    """The target to send upstream: the path as the caller sent it (``raw_path``; a decoded one
+    percent-quoted again), less its ``/c/CATEGORY/`` prefix, and the query string. ValueError
+    naming it when it has a control, space or non-ASCII byte."""
+    rest, named = path_category(scope["path"])
+    raw = scope.get("raw_path")
+    target = quote(rest, safe=_PATH_SAFE)
+    if raw:
+        sent = raw.decode("latin-1")
+        stripped, again = path_category(sent) if named else (sent, None)
+        if not named or (again is not None and unquote(stripped) == rest):
+            target = stripped
+    query = scope.get("query_string")
+    if query:
+        target += "?" + query.decode("latin-1")
+    checked_target(target)
+    return target
 
 
 class CallerLeft(Exception):
@@ -188,8 +213,12 @@ def cutter(scope: dict, send: Any, response: httpx2.Response) -> Cut:
     return cut
 
 
-async def pump(response: httpx2.Response, send: Any, watch: Watch | None, cut: Cut) -> bool:
-    """Relay the response's body; False if the upstream broke off before its end."""
+async def pump(response: httpx2.Response, send: Any, watch: Watch | None, cut: Cut,
+               unsent: list[dict] | None = None) -> bool:
+    """Relay the response's body (after the head in ``unsent``, taken from it when sent: in the same
+    turn as the first body bytes, so both go in one write); False if the upstream broke off."""
+    if unsent:
+        await send(unsent.pop())
     try:
         async for chunk in response.aiter_raw():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -242,12 +271,6 @@ def shaping(headers: list[tuple[bytes, bytes]]) -> dict[str, str] | None:
         if name.decode("latin-1") in SHAPING_HEADERS:
             found.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
     return {k: ",".join(v) for k, v in found.items()} or None
-
-
-async def settle(task: asyncio.Future) -> bool:
-    """Wait for a task that was cancelled; True if it finished with a result all the same."""
-    await asyncio.wait((task,))
-    return not task.cancelled() and task.exception() is None
 
 
 async def maybe_off_loop(off: bool, func: Any, *args: Any) -> Any:

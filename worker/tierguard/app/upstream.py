@@ -9,7 +9,7 @@ strings dropped, brackets counted, a step at a time), so a body nested past the 
 limit is :class:`TooDeep` before ``json`` recurses into it.
 
 The client: requests go through :mod:`~tierguard.app.lean_client`'s lean pool when the upstream is
-reached directly (``TIERGUARD_GATEWAY_CLIENT=lean``, opt-in), else straight to ``httpx2``
+reached directly (``TIERGUARD_GATEWAY_CLIENT=lean``, the default), else straight to ``httpx2``
 transports (no client-level cookie jar, redirects or auth: a proxy must not carry one caller's
 state to the next), whose connections are spread over shards of ``SHARD`` each, because the
 pool scans every connection it holds on each request. The network is the environment's, as the
@@ -78,8 +78,9 @@ class Upstream:
         self.base_url = base_url.rstrip("/")
         self.proxy = environment_proxy(self.base_url)
         limits = httpx2.Limits(max_connections=SHARD, max_keepalive_connections=SHARD,
-                               keepalive_expiry=30.0)
+                               keepalive_expiry=lean_client.KEEPALIVE_S)
         tls = httpx2.create_ssl_context(trust_env=True)  # SSL_CERT_FILE / SSL_CERT_DIR
+        tls.set_alpn_protocols(["http/1.1"])  # as httpx2's connections set it (no HTTP/2) for both
         self._shards = [httpx2.AsyncHTTPTransport(limits=limits, verify=tls, proxy=self.proxy)
                         for _ in range(max(1, max_connections // SHARD))]
         self._busy = [0] * len(self._shards)
@@ -87,9 +88,7 @@ class Upstream:
         self._timeout = {"connect": 10.0, "read": timeout, "write": timeout, "pool": timeout}
         self.lean: lean_client.Pool | None = None
         if client == "lean" and self.proxy is None:
-            lean_tls = httpx2.create_ssl_context(trust_env=True)
-            lean_tls.set_alpn_protocols(["http/1.1"])
-            self.lean = lean_client.Pool(self.base_url, max_connections, timeout, lean_tls)
+            self.lean = lean_client.Pool(self.base_url, max_connections, timeout, tls)
 
     def _pick(self) -> int:
         """The next shard in rotation that has a free connection (else the next one)."""
@@ -106,15 +105,18 @@ class Upstream:
         """Send; the response's body is still to be read. Returns it and its shard (see ``done``)."""
         if self.lean is not None and method != "HEAD" and len(body) <= lean_client.MAX_BODY:
             return await self.lean.send(method, target, headers, body), LEAN  # type: ignore[return-value]
+        lean_client.checked_target(target)  # as the lean client refuses it
         shard = self._pick()
         request = httpx2.Request(method, self.base_url + target, headers=headers, content=body,
                                  extensions={"timeout": self._timeout})
         self._busy[shard] += 1
         try:
-            return await self._shards[shard].handle_async_request(request), shard
+            response = await self._shards[shard].handle_async_request(request)
         except BaseException:
             self._busy[shard] -= 1
             raise
+        response.stream = _NotPastItsEnd(response.stream)
+        return response, shard
 
     def done(self, shard: int) -> None:
         if shard != LEAN:
@@ -125,6 +127,26 @@ class Upstream:
             await self.lean.aclose()
         for transport in self._shards:
             await transport.aclose()
+
+
+class _NotPastItsEnd(httpx2.AsyncByteStream):
+    """An ``httpx2`` answer's body whose connection is closed, not kept alive, when bytes came after
+    the answer's end: ``h11`` holds them and would read them as the next request's answer."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        inner = getattr(getattr(stream, "_httpcore_stream", None), "_stream", None)
+        self.connection = getattr(inner, "_connection", None)  # httpcore2's HTTP/1.1 connection
+
+    def __aiter__(self) -> Any:
+        return self.stream.__aiter__()
+
+    async def aclose(self) -> None:
+        state = getattr(self.connection, "_h11_state", None)
+        trailing = state is not None and bool(state.trailing_data[0])
+        await self.stream.aclose()
+        if trailing:
+            await self.connection.aclose()  # type: ignore[union-attr]
 
 
 def inflate(data: bytes, coding: str, limit: int) -> bytes:
