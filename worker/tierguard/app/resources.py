@@ -158,6 +158,8 @@ class _Named:
             MARKED.reset(token)
 
     def create(self, *, category: str | None = None, **kwargs: Any) -> Any:
+        if category is None and "metadata" not in kwargs:  # the SDK's own call
+            return super().create(**kwargs)  # type: ignore[misc]
         if category is not None and self._quick and "metadata" not in kwargs \
                 and "extra_headers" not in kwargs:  # most calls: the category's plan does it all
             plan = self._core._plans.get(category)
@@ -196,6 +198,8 @@ class _AsyncNamed(_Named):
             MARKED.reset(token)
 
     async def create(self, *, category: str | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        if category is None and "metadata" not in kwargs:  # the SDK's own call
+            return await super(_Named, self).create(**kwargs)  # type: ignore[misc]
         if category is not None and self._quick and "metadata" not in kwargs \
                 and "extra_headers" not in kwargs:  # as _Named.create
             plan = self._core._plans.get(category)

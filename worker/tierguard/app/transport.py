@@ -127,7 +127,7 @@ class WatchingClient(_Delegating, httpx2.Client):
         if mark is not None and mark.quick and not stream and mark.core is self.core \
                 and request.method == "POST":  # most calls: see Tap.answered_whole
             started = perf_counter()
-            response = self.inner.send(request, **kwargs)
+            response = self.inner.send(request, **kwargs) if kwargs else self.inner.send(request)
             failed = self.tap.answered_whole(mark, request, response, started)
             return response if failed is None else self._again(*failed, response, False, kwargs)
         request, call = self.tap.begin(request)
@@ -193,7 +193,7 @@ class AsyncWatchingClient(_Delegating, httpx2.AsyncClient):
         if mark is not None and mark.quick and not stream and mark.core is self.core \
                 and request.method == "POST":  # most calls: see Tap.answered_whole
             started = perf_counter()
-            response = await self.inner.send(request, **kwargs)
+            response = await (self.inner.send(request, **kwargs) if kwargs else self.inner.send(request))
             failed = self.tap.answered_whole(mark, request, response, started)
             return response if failed is None else await self._again(*failed, response, False, kwargs)
         request, call = self.tap.begin(request)
