@@ -207,7 +207,6 @@ class Tap:
     def __init__(self, core: Core):
         self.core = core
         self.header = core.settings.category_header.lower()
-        self._raw_header = self.header.encode()
 
     def answered_whole(self, mark: Marked, request: httpx2.Request, response: httpx2.Response,
                        started: float) -> tuple[Call, httpx2.Request | None] | None:
@@ -263,8 +262,6 @@ class Tap:
         if mark is not None and mark.core is self.core:
             return request, self._marked(request, mark)
         headers = request.headers
-        if all(key.lower() != self._raw_header for key, _ in headers.raw):  # (cheaper than a get)
-            return request, None
         value = headers.get(self.header)
         if value is None:
             return request, None
