@@ -4,7 +4,9 @@ Routing a call (:meth:`~tierguard.app.core.Core.route`) reads the policy, the ro
 any staged rollout and the routed model's limits. These change only when the routes are
 refreshed (every ``TIERGUARD_ROUTE_TTL``, :attr:`RouteTable.generation
 <tierguard.routing.routes.RouteTable.generation>`) or the policy reloads, so a category's
-outcome is kept as a :class:`Plan` and a call reads one dict entry (emptied at each refresh).
+outcome is kept as a :class:`Plan` and a call reads one dict entry (emptied at each refresh);
+the wrapper's calls then take the plan's own function (:attr:`Plan.take`), the whole hot
+path of an ordinary call in one step.
 A category whose calls each need more — a staged rollout's draw, a route to a model the
 policy does not list (counted per call), an unlisted category still following the caller's
 model — gets a plan without a model and takes the full path every time. The guard's verdict
@@ -14,9 +16,12 @@ against.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from tierguard.app import escalation, forks
 from tierguard.policy import CategoryPolicy, Policy
+from tierguard.policy.model_limits import fits
 
 
 class Marked(NamedTuple):
@@ -26,10 +31,11 @@ class Marked(NamedTuple):
     core: Any
     cat: CategoryPolicy
     model: str
-    rate: float | None = None  # the share shadowed, known for a model on the ladder and no checks
+    rate: float | None = None  # the share shadowed, known for a model on the ladder
     strip: bool = False  # the client's default headers name a category anyway: not sent upstream
     count: bool = False  # ``count_tokens``: not an answer to count or shadow
     quick: bool = False  # rate known, nothing to strip, an answer: the tap's quick path
+    to: str | None = None  # where an answer failing the category's checks goes (None: not checked)
 
 
 class Plan(NamedTuple):
@@ -41,8 +47,9 @@ class Plan(NamedTuple):
     unlisted: bool  # a category the policy does not list (its last use is noted per call)
     policy: Policy
     generation: int
-    rate: float | None = None  # the share of its calls shadowed; None: answers checked (see tap)
+    rate: float | None = None  # the share of its calls shadowed
     mark: Marked | None = None  # what the tap gets of a call that needs nothing but the plan
+    take: Callable[[dict[str, Any]], Marked | None] | None = None  # the wrapper's hot path (see taker)
 
 
 def sample_rate(cat: CategoryPolicy, rates: dict[str, float]) -> float:
@@ -63,6 +70,37 @@ def make(core: Any, cat: CategoryPolicy, name: str, policy: Policy, routes: Any,
             or (split is not None and model == split.base)):
         return Plan(cat, None, None, unlisted, policy, generation)
     limits = None if model == cat.reference else policy.limits_for(model)
-    rate = None if cat.escalate_on else sample_rate(cat, routes.rates)
-    mark = Marked(core, cat, model, rate, quick=rate is not None)
-    return Plan(cat, model, limits, unlisted, policy, generation, rate, mark)
+    rate = sample_rate(cat, routes.rates)
+    to = escalation.target(cat, model, None if split is None else split.model)
+    mark = Marked(core, cat, model, rate, quick=True, to=to)
+    take = None if unlisted else taker(core, model, limits, mark)
+    return Plan(cat, model, limits, unlisted, policy, generation, rate, mark, take)
+
+
+def taker(core: Any, model: str, limits: tuple[int, int] | None, mark: Marked
+          ) -> Callable[[dict[str, Any]], Marked | None]:
+    """A plan's hot path for the wrapper: ``take(kwargs)`` sets ``kwargs["model"]`` and gives the
+    call's mark when the plan alone routes it — ``core`` running in this process, lists given as
+    lists (nothing to read into one), the guard's fit — else None, and the call takes the full path
+    (``metadata`` and ``extra_headers`` are the resource's to look at first)."""
+
+    def take(kwargs: dict[str, Any]) -> Marked | None:
+        system = kwargs.get("system")
+        if (core._generation != forks.generation or type(kwargs.get("messages")) is not list
+                or (system is not None and type(system) is not str and type(system) is not list)
+                or (("tools" in kwargs or "stop_sequences" in kwargs) and not _lists(kwargs))):
+            return None
+        try:
+            if limits is not None and not fits(limits, kwargs):
+                return None
+        except Exception:  # an odd request: the full path routes it (and counts what fails)
+            return None
+        kwargs["model"] = model
+        return mark
+
+    return take
+
+
+def _lists(kwargs: dict[str, Any]) -> bool:
+    """Whether ``tools`` and ``stop_sequences`` are lists (or absent)."""
+    return all(type(kwargs.get(key)) in (list, type(None)) for key in ("tools", "stop_sequences"))

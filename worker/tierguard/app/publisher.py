@@ -179,9 +179,12 @@ class Publisher:
         if usage is not None:
             self._seen.append((category, model, (usage,) if escalated else usage))
 
-    def add_call(self, category: str, model: str, body: bytes) -> None:
+    def add_call(self, category: str, model: str, body: bytes, headers: Any = None) -> None:
         """Count one production call and its answer's tokens (its JSON ``body``, read whole) in one
-        entry, as :meth:`count` and :meth:`add_answer` would."""
+        entry, as :meth:`count` and :meth:`add_answer` would (``headers``: its answer's, as for
+        :meth:`saw_headers`)."""
+        if headers is not None:
+            self._views[model] = headers
         seen = self._seen
         if len(body) <= ANSWER_HELD_MAX and len(seen) < HELD_WHILE:
             seen.append((category, model, body, "calls"))

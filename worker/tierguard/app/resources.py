@@ -144,6 +144,7 @@ class _Named:
         header = self._core.settings.category_header.lower()
         defaults = getattr(client, "default_headers", None) or {}
         self._strip = any(str(k).lower() == header for k in defaults)
+        self._quick = self._platform == "anthropic" and not self._strip  # create's plan path applies
 
     def _sent(self, send: Any, category: str | None, kwargs: dict[str, Any], count: bool = False) -> Any:
         """``send(**kwargs)`` routed, the tap's mark set while the SDK sends it."""
@@ -157,6 +158,18 @@ class _Named:
             MARKED.reset(token)
 
     def create(self, *, category: str | None = None, **kwargs: Any) -> Any:
+        if category is None and "metadata" not in kwargs:  # the SDK's own call
+            return super().create(**kwargs)  # type: ignore[misc]
+        if category is not None and self._quick and "metadata" not in kwargs \
+                and "extra_headers" not in kwargs:  # most calls: the category's plan does it all
+            plan = self._core._plans.get(category)
+            mark = plan.take(kwargs) if plan is not None and plan.take is not None else None
+            if mark is not None:
+                token = MARKED.set(mark)
+                try:
+                    return super().create(**kwargs)  # type: ignore[misc]
+                finally:
+                    MARKED.reset(token)
         return self._sent(super().create, category, kwargs)  # type: ignore[misc]
 
     def stream(self, *, category: str | None = None, **kwargs: Any) -> Any:
@@ -185,6 +198,18 @@ class _AsyncNamed(_Named):
             MARKED.reset(token)
 
     async def create(self, *, category: str | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        if category is None and "metadata" not in kwargs:  # the SDK's own call
+            return await super(_Named, self).create(**kwargs)  # type: ignore[misc]
+        if category is not None and self._quick and "metadata" not in kwargs \
+                and "extra_headers" not in kwargs:  # as _Named.create
+            plan = self._core._plans.get(category)
+            mark = plan.take(kwargs) if plan is not None and plan.take is not None else None
+            if mark is not None:
+                token = MARKED.set(mark)
+                try:
+                    return await super(_Named, self).create(**kwargs)  # type: ignore[misc]
+                finally:
+                    MARKED.reset(token)
         return await self._asent(super(_Named, self).create, category, kwargs)  # type: ignore[misc]
 
     async def parse(self, *, category: str | None = None, **kwargs: Any) -> Any:  # type: ignore[override]

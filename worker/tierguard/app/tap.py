@@ -41,6 +41,7 @@ _COUNT = "/v1/messages/count_tokens"
 EVENT_STREAM = "application/vnd.amazon.eventstream"
 
 
+_draw = random.random  # (the sampling draw: bound once, it is taken on every call)
 MARKED: contextvars.ContextVar[Marked | None] = contextvars.ContextVar("tierguard_marked", default=None)
 
 
@@ -97,8 +98,15 @@ class Call:
             if answer is not None:
                 self.core.checked(self.cat, self.routed.get("model"),
                                   self.failure.reason if self.failure else None)
-            if self.failure is None:
-                return None
+            return None if self.failure is None else self.again(request)
+        except Exception:
+            self.core._failed("checking an answer")
+            self.failure = None
+            return None
+
+    def again(self, request: httpx2.Request) -> httpx2.Request | None:
+        """The request to send again for an answer that failed its checks (None: it cannot be)."""
+        try:
             return escalation.request_to(request, request.content, self.to,  # type: ignore[arg-type]
                                          self.core.settings.gateway_max_body)
         except Exception:
@@ -200,33 +208,52 @@ class Tap:
         self.core = core
         self.header = core.settings.category_header.lower()
 
-    def quick(self, mark: Marked, request: httpx2.Request) -> bool:
-        """Whether ``request`` takes :meth:`answered_whole`: marked for this client's core, the rate
-        known, nothing to strip, an answer to count (and then nothing in :meth:`begin` applies)."""
-        return mark.quick and mark.core is self.core and request.method == "POST"
-
     def answered_whole(self, mark: Marked, request: httpx2.Request, response: httpx2.Response,
-                       started: float) -> None:
-        """Most calls, in one go: a :meth:`quick` request's answer, read whole — its rate limits
-        read, the call counted with its tokens (read on the publisher's thread), or, when sampled,
-        shadowed (``started``: when it was sent)."""
+                       started: float) -> tuple[Call, httpx2.Request | None] | None:
+        """Most calls, in one go: the answer, read whole, of a request the resources marked
+        ``quick`` (the rate known, nothing to strip; the transport checks) — its rate limits read,
+        checked when its category checks answers, the call counted with its tokens (read on the
+        publisher's thread), or, when sampled, shadowed (``started``: when it was sent). An answer
+        that fails its checks: (its :class:`Call`, the request to send again) for the transport."""
         try:
             core, model = self.core, mark.model
-            status, headers = response.status_code, response.headers
-            if status == 429:
-                core.rate_limited(model, headers.get("retry-after"))
-            core.publisher.saw_headers(model, headers)
-            if status != 200:
-                return
-            if random.random() >= mark.rate:  # type: ignore[operator]
-                core.publisher.add_call(mark.cat.name, model, response.content)
-                return
+            if response.status_code != 200:
+                headers = response.headers
+                if response.status_code == 429:
+                    core.rate_limited(model, headers.get("retry-after"))
+                core.publisher.saw_headers(model, headers)
+                return None
+            answer = None
+            if mark.to is not None:
+                answer = escalation.parsed(response.content)
+                failure = None if answer is None else escalation.failure(mark.cat, answer)
+                if answer is not None:
+                    core.checked(mark.cat, model, None if failure is None else failure.reason)
+                if failure is not None:
+                    return self._failed_check(mark, request, response, started, answer, failure)
+            if _draw() >= mark.rate:  # type: ignore[operator]
+                core.publisher.add_call(mark.cat.name, model, response.content, response.headers)
+                return None
+            core.publisher.saw_headers(model, response.headers)
             core.publisher.count(mark.cat.name, model)
             call = Call(core, mark.cat, {"model": model}, request.content, request.headers)
             call.sampled, call.started = True, started
-            call._handover(escalation.parsed(response.content))
+            call._handover(answer if answer is not None else escalation.parsed(response.content))
         except Exception:
             core._failed("watching an answer")
+        return None
+
+    def _failed_check(self, mark: Marked, request: httpx2.Request, response: httpx2.Response, started: float,
+                answer: dict[str, Any], failure: Any) -> tuple[Call, httpx2.Request | None]:
+        """A quick call's answer that failed its checks: counted and drawn as :meth:`Call.answered`
+        would, its :class:`Call` and the request to send again."""
+        core, model = self.core, mark.model
+        core.publisher.saw_headers(model, response.headers)
+        core.publisher.count(mark.cat.name, model)
+        call = Call(core, mark.cat, {"model": model}, request.content, request.headers)
+        call.sampled, call.started, call.to = _draw() < mark.rate, started, mark.to  # type: ignore[operator]
+        call.first, call.failure = answer, failure
+        return call, call.again(request)
 
     def begin(self, request: httpx2.Request) -> tuple[httpx2.Request, Call | None]:
         """The request to send (tierguard's headers gone, routed) and its :class:`Call`, or None
@@ -276,7 +303,8 @@ class Tap:
             if mark.count:
                 return Call(self.core, mark.cat, {"model": mark.model}, None, None)
             call = Call(self.core, mark.cat, {"model": mark.model}, request.content, headers)
-            call.rate = mark.rate
+            if mark.to is None:  # (else checked on the full path)
+                call.rate = mark.rate
             return call
         except Exception:
             self.core._failed("routing a request")

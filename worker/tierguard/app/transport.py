@@ -13,8 +13,8 @@ else — building requests, timeouts, closing — is the wrapped client's.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator
+from time import perf_counter
 from typing import Any
 
 import httpx2
@@ -119,16 +119,17 @@ class WatchingClient(_Delegating, httpx2.Client):
 
     def __init__(self, inner: httpx2.Client, tap: Tap):
         super().__init__(transport=_Unused(), trust_env=False)
-        self.inner, self.tap = inner, tap
+        self.inner, self.tap, self.core = inner, tap, tap.core
         self.build_request = inner.build_request  # type: ignore[method-assign]  (no frame of ours)
 
     def send(self, request: httpx2.Request, *, stream: bool = False, **kwargs: Any) -> httpx2.Response:
         mark = MARKED.get()
-        if mark is not None and not stream and self.tap.quick(mark, request):  # most calls
-            started = time.perf_counter()
-            response = self.inner.send(request, **kwargs)
-            self.tap.answered_whole(mark, request, response, started)
-            return response
+        if mark is not None and mark.quick and not stream and mark.core is self.core \
+                and request.method == "POST":  # most calls: see Tap.answered_whole
+            started = perf_counter()
+            response = self.inner.send(request, **kwargs) if kwargs else self.inner.send(request)
+            failed = self.tap.answered_whole(mark, request, response, started)
+            return response if failed is None else self._again(*failed, response, False, kwargs)
         request, call = self.tap.begin(request)
         if call is None:
             return self.inner.send(request, stream=stream, **kwargs)
@@ -151,7 +152,13 @@ class WatchingClient(_Delegating, httpx2.Client):
     def _checked(self, request: httpx2.Request, call: Call, response: httpx2.Response, stream: bool,
                  kwargs: dict[str, Any]) -> httpx2.Response:
         """The answer read whole and checked: itself, or the escalated call's when it fails."""
-        again = call.escalation(request, response.content, _sse(response))
+        return self._again(call, call.escalation(request, response.content, _sse(response)), response,
+                           stream, kwargs)
+
+    def _again(self, call: Call, again: httpx2.Request | None, response: httpx2.Response, stream: bool,
+               kwargs: dict[str, Any]) -> httpx2.Response:
+        """``again`` (a checked answer failed; None: nothing to send) sent once more: the caller gets
+        its answer if it comes, else ``response``."""
         if again is not None:
             try:
                 other = self.inner.send(again, stream=stream, **kwargs)
@@ -177,17 +184,18 @@ class AsyncWatchingClient(_Delegating, httpx2.AsyncClient):
 
     def __init__(self, inner: httpx2.AsyncClient, tap: Tap):
         super().__init__(transport=_Unused(), trust_env=False)
-        self.inner, self.tap = inner, tap
+        self.inner, self.tap, self.core = inner, tap, tap.core
         self.build_request = inner.build_request  # type: ignore[method-assign]  (no frame of ours)
 
     async def send(self, request: httpx2.Request, *, stream: bool = False,
                    **kwargs: Any) -> httpx2.Response:
         mark = MARKED.get()
-        if mark is not None and not stream and self.tap.quick(mark, request):  # most calls
-            started = time.perf_counter()
-            response = await self.inner.send(request, **kwargs)
-            self.tap.answered_whole(mark, request, response, started)
-            return response
+        if mark is not None and mark.quick and not stream and mark.core is self.core \
+                and request.method == "POST":  # most calls: see Tap.answered_whole
+            started = perf_counter()
+            response = await (self.inner.send(request, **kwargs) if kwargs else self.inner.send(request))
+            failed = self.tap.answered_whole(mark, request, response, started)
+            return response if failed is None else await self._again(*failed, response, False, kwargs)
         request, call = self.tap.begin(request)
         if call is None:
             return await self.inner.send(request, stream=stream, **kwargs)
@@ -209,7 +217,11 @@ class AsyncWatchingClient(_Delegating, httpx2.AsyncClient):
 
     async def _checked(self, request: httpx2.Request, call: Call, response: httpx2.Response,
                        stream: bool, kwargs: dict[str, Any]) -> httpx2.Response:
-        again = call.escalation(request, response.content, _sse(response))
+        return await self._again(call, call.escalation(request, response.content, _sse(response)),
+                                 response, stream, kwargs)
+
+    async def _again(self, call: Call, again: httpx2.Request | None, response: httpx2.Response,
+                     stream: bool, kwargs: dict[str, Any]) -> httpx2.Response:
         if again is not None:
             try:
                 other = await self.inner.send(again, stream=stream, **kwargs)
