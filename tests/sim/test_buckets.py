@@ -82,9 +82,13 @@ def test_an_empty_bucket_answers_429_with_retry_after_and_refills(simulator):
     assert "anthropic-ratelimit-input-tokens-limit" not in headers  # only the scripted family
     time.sleep(int(headers["retry-after-ms"]) / 1000 + 0.05)
     assert n(call(client)[0], "requests") == 0
-    call(sdk(server, max_retries=3))  # the SDK waits retry-after-ms and gets through
+    emptied, patient = time.monotonic(), sdk(server, max_retries=3)
+    sent = time.monotonic()
+    call(patient)  # the SDK waits retry-after-ms and gets through
     got = stats(server)
-    assert got["rate_limited"][MODEL] >= 2 and got["served"][MODEL] == 4
+    # The fifth call meets an empty bucket unless a busy host let its token refill first (0.5 s).
+    assert got["rate_limited"][MODEL] >= (2 if sent - emptied < 0.3 else 1)
+    assert got["served"][MODEL] == 4
     assert got["by_key"][fp(API_KEY)][MODEL] == {"served": 4, "rate_limited": got["rate_limited"][MODEL]}
 
 
