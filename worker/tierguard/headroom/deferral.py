@@ -59,9 +59,19 @@ class Room:
         """Gate name -> until when it is shut (paused, or short of headroom), for every gate of
         ``models`` that is. Raises ``RedisError``: the caller decides what an unknown means."""
         names = sorted({g for m in models for g in self.gates(m)})
-        waits = pauses.paused(self.redis, names)
-        low = ratelimits.low(self.redis, set(names) - set(waits), self.headroom.min_remaining)
+        if not names:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)  # one round trip: the pauses and the views
+        pipe.mget(pauses.pause_keys(names))
+        for name in names:
+            pipe.hgetall(keys.HEADROOM.format(model=name))
+        values, *views = pipe.execute()
+        now = time.time()
+        waits = pauses.pending(names, values, now)
+        low = ratelimits.lows(names, views, self.headroom.min_remaining, now)
         for name, (_, _, until) in low.items():
+            if name in waits:
+                continue  # paused: the pause says until when
             waits[name] = until  # the headroom is short: wait until it is back at the floor
         return waits
 
@@ -96,8 +106,7 @@ class Room:
             for family, (share, _) in view.items():
                 metrics.HEADROOM.labels(model, family).set(share)
         try:
-            for model, view in views.items():
-                ratelimits.record(self.redis, ratelimits.scoped(model, self.scope), view)
+            ratelimits.record_all(self.redis, {ratelimits.scoped(m, self.scope): v for m, v in views.items()})
         except redis_lib.RedisError as err:
             log.debug("rate-limit views not kept: %s", err)
 

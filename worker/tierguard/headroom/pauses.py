@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import redis as redis_lib
 
@@ -46,9 +47,18 @@ def paused(r: redis_lib.Redis, models: Iterable[str], now: float | None = None) 
     names = sorted(set(models))
     if not names:
         return {}
+    return pending(names, r.mget(pause_keys(names)), now)
+
+
+def pause_keys(names: list[str]) -> list[str]:
+    return [keys.PAUSE.format(model=m) for m in names]
+
+
+def pending(names: list[str], values: list[Any], now: float | None = None) -> dict[str, float]:
+    """The pauses still running among ``names``, given their keys' ``values`` (as MGET answers)."""
     now = now or time.time()
     out = {}
-    for model, value in zip(names, r.mget([keys.PAUSE.format(model=m) for m in names]), strict=True):
+    for model, value in zip(names, values, strict=True):
         try:
             until = float(value) if value is not None else 0.0
         except ValueError:

@@ -56,15 +56,23 @@ def parse(headers: Mapping[str, Any], now: float | None = None) -> dict[str, tup
 def record(r: redis_lib.Redis, model: str, view: dict[str, tuple[float, float]],
            now: float | None = None) -> None:
     """Keep ``view`` as ``model``'s latest, until its last reset."""
-    if not view:
+    record_all(r, {model: view}, now)
+
+
+def record_all(r: redis_lib.Redis, views: Mapping[str, dict[str, tuple[float, float]]],
+               now: float | None = None) -> None:
+    """Keep each model's latest view (model -> view), until its last reset: one transaction."""
+    views = {model: view for model, view in views.items() if view}
+    if not views:
         return
     now = now or time.time()
-    key = keys.HEADROOM.format(model=model)
-    mapping = {f: f"{share:.4f}|{reset:.3f}|{now:.3f}" for f, (share, reset) in view.items()}
-    ttl = max(1, int(max(reset for _, reset in view.values()) - now) + 1)
     pipe = r.pipeline(transaction=True)
-    pipe.hset(key, mapping=mapping)
-    pipe.expire(key, min(ttl, 3600))
+    for model, view in views.items():
+        key = keys.HEADROOM.format(model=model)
+        ttl = max(1, int(max(reset for _, reset in view.values()) - now) + 1)
+        mapping = {f: f"{share:.4f}|{reset:.3f}|{now:.3f}" for f, (share, reset) in view.items()}
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, min(ttl, 3600))
     pipe.execute()
 
 
@@ -91,12 +99,18 @@ def low(r: redis_lib.Redis, models: Iterable[str], min_remaining: float,
     names = sorted(set(models))
     if not names:
         return {}
-    now = now or time.time()
     pipe = r.pipeline(transaction=False)
     for m in names:
         pipe.hgetall(keys.HEADROOM.format(model=m))
+    return lows(names, pipe.execute(), min_remaining, now)
+
+
+def lows(names: list[str], raws: list[Mapping[bytes, bytes]], min_remaining: float,
+         now: float | None = None) -> dict[str, tuple[str, float, float]]:
+    """:func:`low`'s answer from the models' kept views (``raws``, as HGETALL answers)."""
+    now = now or time.time()
     out = {}
-    for model, raw in zip(names, pipe.execute(), strict=True):
+    for model, raw in zip(names, raws, strict=True):
         worst = None
         for family, value in raw.items():
             try:

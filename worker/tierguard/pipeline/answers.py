@@ -15,7 +15,7 @@ import dataclasses
 import hmac
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -168,12 +168,23 @@ def claim(redis: Any, job_ids: list[str], ttl_s: float) -> dict[str, float]:
         return {}
 
 
+class Claims(dict[str, float]):
+    """What :func:`claimed` yields: job id -> seconds left on another live run's claim (the busy
+    jobs), and ``mine``: the jobs this run claimed and has not released yet."""
+
+    def __init__(self, busy: dict[str, float], mine: list[str]):
+        super().__init__(busy)
+        self.mine = mine
+
+
 @contextmanager
-def claimed(redis: Any, job_ids: list[str], ttl_s: float) -> Iterator[dict[str, float]]:
+def claimed(redis: Any, job_ids: list[str], ttl_s: float) -> Iterator[Claims]:
     """:func:`claim` the jobs for the block (the busy ones are yielded), kept alive by a heartbeat
-    while it runs (a killed worker's claims lapse a TTL later), released after it."""
+    while it runs (a killed worker's claims lapse a TTL later), released after it (unless
+    :func:`forget` released them with the answers already)."""
     busy = claim(redis, job_ids, ttl_s)
-    mine = [j for j in job_ids if j not in busy]
+    claims = Claims(busy, [j for j in job_ids if j not in busy])
+    mine = list(claims.mine)
 
     def extend() -> None:  # lapsed claims: another run may call them (a rare double cost)
         pipe = redis.pipeline(transaction=False)
@@ -184,11 +195,11 @@ def claimed(redis: Any, job_ids: list[str], ttl_s: float) -> Iterator[dict[str, 
     try:
         if mine and redis is not None:
             with BEATS.beating(extend, ttl_s / 3, "claims"):
-                yield busy
+                yield claims
         else:
-            yield busy
+            yield claims
     finally:
-        release(redis, mine)
+        release(redis, claims.mine)
 
 
 def release(redis: Any, job_ids: list[str]) -> None:
@@ -196,16 +207,28 @@ def release(redis: Any, job_ids: list[str]) -> None:
     if not job_ids or redis is None:
         return
     try:
-        redis.delete(*[keys.CLAIM.format(job_id=j) for j in sorted(set(job_ids))])
+        redis.delete(*_claim_keys(job_ids))
     except Exception as err:
         log.info("claims not released (they expire): %s", type(err).__name__)
 
 
-def forget(redis: Any, job_ids: list[str]) -> None:
-    """Delete the kept answers of recorded jobs; never raises (they expire anyway)."""
-    if not job_ids or redis is None:
+def _claim_keys(job_ids: list[str]) -> list[str]:
+    return [keys.CLAIM.format(job_id=j) for j in sorted(set(job_ids))]
+
+
+def forget(redis: Any, job_ids: list[str], *, payloads: Sequence[str] = (),
+           claims: Claims | None = None) -> None:
+    """Delete the kept answers of recorded jobs, with the stored ``payloads`` (their keys) and this
+    run's ``claims``, in one command; never raises (they expire anyway)."""
+    mine = claims.mine if claims is not None else []
+    names = [keys.ANSWERS.format(job_id=j) for j in sorted(set(job_ids))] + sorted(set(payloads))
+    if not names + mine or redis is None:
         return
     try:
-        redis.delete(*[keys.ANSWERS.format(job_id=j) for j in sorted(set(job_ids))])
+        redis.delete(*names, *_claim_keys(mine))
     except Exception as err:
-        log.info("kept answers not deleted (they expire): %s", type(err).__name__)
+        log.log(logging.WARNING if payloads else logging.INFO,
+                "kept answers, stored payloads or claims not deleted (they expire): %s", type(err).__name__)
+        return
+    if claims is not None:
+        claims.mine = []

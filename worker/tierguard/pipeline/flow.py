@@ -91,13 +91,14 @@ def run(ctx: Context, raw: list[Any], attempt: int, *, max_attempts: int, retry_
     opened, paid = _unpaid(ctx, opened, fresh)
     opened, via_batch = _by_batch(ctx, opened, refused, attempt)
     opened, deferred, too_long = defer_paused(ctx, opened, attempt)
-    with answers.claimed(ctx.redis, [j.job_id for j in opened], ctx.claim_ttl_s) as busy:
+    with answers.claimed(ctx.redis, [j.job_id for j in opened], ctx.claim_ttl_s) as claims:
+        busy = dict(claims)
         deferred += [(j, busy[j.job_id]) for j in opened if j.job_id in busy]  # another run calls them
         opened = [j for j in opened if j.job_id not in busy]
         results, retries = _called(ctx, opened, attempt, final=attempt >= max_attempts,
                                    retry_cap=retry_cap)
         answers.keep(ctx.redis, ctx.sealer, results, ctx.answers_ttl_s)
-        outcomes = _recorded(ctx, refused + too_long + paid + results, via_batch)
+        outcomes = _recorded(ctx, refused + too_long + paid + results, via_batch, claims)
     again, waiting = _again(ctx, retries, deferred, attempt, retry_cap, max_countdown)
     arrived_deferred = {e.get("job_id") for e in raw if isinstance(e, dict) and e.get("deferred_since")}
     count_deferred(ctx, [job for job in waiting  # one wait counted once, not at each of its hops
@@ -158,8 +159,7 @@ def _unpaid(ctx: Context, jobs: list[ShadowJob], fresh: bool = False
     done = _stored(lambda: recorded_ids(ctx.engine, [j.job_id for j in jobs]))
     if done:
         log.info("%d job(s) already recorded: not called again", len(done))
-        answers.forget(ctx.redis, sorted(done))
-        job_store.forget(ctx.redis, [j for j in jobs if j.job_id in done])
+        answers.forget(ctx.redis, sorted(done), payloads=_refs([j for j in jobs if j.job_id in done]))
     jobs = [j for j in jobs if j.job_id not in done]
     kept = {} if fresh else answers.kept(ctx.redis, ctx.sealer, jobs)
     if kept:
@@ -203,12 +203,19 @@ def _called(ctx: Context, jobs: list[ShadowJob], attempt: int, *, final: bool, r
     return results, retries
 
 
-def _recorded(ctx: Context, results: list[Result], via_batch: list[ShadowJob]) -> list[Outcome]:
-    """Every result recorded in one transaction; the payloads of finished jobs let go."""
+def _recorded(ctx: Context, results: list[Result], via_batch: list[ShadowJob],
+              claims: answers.Claims | None = None) -> list[Outcome]:
+    """Every result recorded in one transaction; then the payloads and kept answers of finished
+    jobs and the run's claims let go, in one command."""
     outcomes = _stored(lambda: ctx.record_all(results)) if results else []
-    job_store.forget(ctx.redis, [r.job for r in results] + via_batch)
-    answers.forget(ctx.redis, [r.job.job_id for r in results if ":" not in r.job.job_id])
+    answers.forget(ctx.redis, [r.job.job_id for r in results if ":" not in r.job.job_id],
+                   payloads=_refs([r.job for r in results] + via_batch), claims=claims)
     return outcomes
+
+
+def _refs(jobs: list[ShadowJob]) -> list[str]:
+    """The keys of these jobs' stored payloads."""
+    return [job.payload_ref for job in jobs if job.payload_ref]
 
 
 def _stored(write: Any) -> Any:

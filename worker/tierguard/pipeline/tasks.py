@@ -47,6 +47,7 @@ from tierguard.pipeline import (
     sentinels,
     yielding,
 )
+from tierguard.pipeline.broker_transport import transport_for
 from tierguard.pipeline.context import context_for
 from tierguard.pipeline.flow import backoff
 from tierguard.pipeline.locks import held
@@ -244,6 +245,9 @@ def register(app: Celery) -> Celery:
 def worker_app(settings: Settings) -> Celery:
     """The Celery app with tierguard's tasks registered: what ``tierguard worker`` runs."""
     app = register(make_celery(settings))
+    transport = transport_for(settings.redis_url)
+    if transport is not None:  # one command client per channel, not one per ack (broker_transport)
+        app.conf.broker_transport = transport
 
     def ready(sender: Any = None, **_: Any) -> None:
         # Connections, policy and detector designs before the first job, not in it.
