@@ -44,13 +44,14 @@ def request_target(scope: dict) -> str:
     percent-quoted again), less its ``/c/CATEGORY/`` prefix, and the query string. ValueError
     naming it when it has a control, space or non-ASCII byte."""
     rest, named = path_category(scope["path"])
-    raw = scope.get("raw_path")
-    target = quote(rest, safe=_PATH_SAFE)
+    raw, target = scope.get("raw_path"), None
     if raw:
         sent = raw.decode("latin-1")
         stripped, again = path_category(sent) if named else (sent, None)
         if not named or (again is not None and unquote(stripped) == rest):
             target = stripped
+    if target is None:
+        target = quote(rest, safe=_PATH_SAFE)
     query = scope.get("query_string")
     if query:
         target += "?" + query.decode("latin-1")
