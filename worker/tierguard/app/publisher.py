@@ -220,11 +220,16 @@ class Publisher:
 
     def _send_views(self) -> None:
         views, self._views = self._views, {}
+        parsed = {}
         for model, headers in views.items():
             try:
-                ratelimits.record(self._client(), model, ratelimits.parse(headers))
+                parsed[model] = ratelimits.parse(headers)
             except Exception:
                 self.counts["headroom_reports_dropped"] += 1
+        try:
+            ratelimits.record_all(self._client(), parsed)  # every model's view in one round trip
+        except Exception:
+            self.counts["headroom_reports_dropped"] += len(parsed)
 
     def _send_pauses(self) -> None:
         while self._pauses:

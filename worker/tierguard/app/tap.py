@@ -94,10 +94,7 @@ class Call:
         try:
             answer = escalation.answer_of(content, sse, self.core.settings.stream_assembly_max)
             self.first = answer
-            self.failure = None if answer is None else escalation.failure(self.cat, answer)
-            if answer is not None:
-                self.core.checked(self.cat, self.routed.get("model"),
-                                  self.failure.reason if self.failure else None)
+            self.failure = _verdict(self.core, self.cat, self.routed.get("model"), answer)
             return None if self.failure is None else self.again(request)
         except Exception:
             self.core._failed("checking an answer")
@@ -201,6 +198,15 @@ class Call:
             core.submit(self.cat, self.routed, answer, self.started, shaping, self.body)
 
 
+def _verdict(core: Any, cat: Any, model: str | None, answer: dict[str, Any] | None) -> Any:
+    """``answer``'s failure of its category's checks (None: it passed, or there is none to check),
+    counted as checked."""
+    failure = None if answer is None else escalation.failure(cat, answer)
+    if answer is not None:
+        core.checked(cat, model, None if failure is None else failure.reason)
+    return failure
+
+
 class Tap:
     """Per client: routes and watches the requests that name a category (see the module)."""
 
@@ -226,9 +232,7 @@ class Tap:
             answer = None
             if mark.to is not None:
                 answer = escalation.parsed(response.content)
-                failure = None if answer is None else escalation.failure(mark.cat, answer)
-                if answer is not None:
-                    core.checked(mark.cat, model, None if failure is None else failure.reason)
+                failure = _verdict(core, mark.cat, model, answer)
                 if failure is not None:
                     return self._failed_check(mark, request, response, started, answer, failure)
             if _draw() >= mark.rate:  # type: ignore[operator]

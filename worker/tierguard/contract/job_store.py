@@ -110,13 +110,3 @@ def _restored(job: ShadowJob, raw: bytes) -> ShadowJob:
     except (ValueError, TypeError, KeyError):
         log.warning("job %s: its stored payload is not one; recorded as a bad request", job.job_id)
         return job
-
-
-def forget(redis: Any, jobs: list[ShadowJob]) -> None:
-    """Delete the stored payloads of recorded jobs; never raises (they expire anyway)."""
-    refs = sorted({job.payload_ref for job in jobs if job.payload_ref})
-    if refs:
-        try:
-            redis.delete(*refs)
-        except Exception as err:
-            log.warning("stored job payloads not deleted (they expire): %s", type(err).__name__)
