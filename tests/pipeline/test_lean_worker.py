@@ -260,6 +260,10 @@ def test_a_shadow_client_merges_each_path_once_and_calls_the_same_url(simulator)
     plain = anthropic.AsyncAnthropic(base_url=sim.base_url + "/api", api_key=API_KEY)
     assert client._prepare_url("/v1/messages") == plain._prepare_url("/v1/messages")
     assert client._prepare_url("/v1/messages") is client._prepare_url("/v1/messages")
+    for i in range(fanout.URLS_KEPT * 2):  # paths with ids: merged right, kept up to the bound
+        path = f"/v1/messages/batches/b{i}"
+        assert client._prepare_url(path) == plain._prepare_url(path)
+    assert len(client._urls) == fanout.URLS_KEPT
     client = fanout.ShadowClient(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
     request = {"max_tokens": 8, "system": "labels: pick", "messages": [{"role": "user", "content": "x"}]}
 
