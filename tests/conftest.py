@@ -55,6 +55,25 @@ def _shared_servers() -> dict[str, object]:
     return _SHARED
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test that ran workers shows the end of each worker's log with its failure (a
+    flake seen only in CI can then be read from CI's output)."""
+    outcome = yield
+    report = outcome.get_result()
+    stack = getattr(item, "funcargs", {}).get("stack")
+    if report.when == "call" and report.failed and stack is not None:
+        for i, text in enumerate(_logs_or_reason(stack)):
+            report.sections.append((f"worker-{i}.log (last 60 lines)", "\n".join(text.splitlines()[-60:])))
+
+
+def _logs_or_reason(stack) -> list[str]:
+    try:
+        return stack.logs()
+    except OSError as err:
+        return [f"(logs unreadable: {err})"]
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
     shared = _shared_servers()

@@ -43,13 +43,16 @@ def wait_for_log(path: Path, text: str, proc: subprocess.Popen, timeout: float =
     raise AssertionError(f"worker not ready after {timeout * SLACK}s:\n{path.read_text()[-3000:]}")
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+def wait_until(predicate: Callable[[], object], timeout: float, what: str | Callable[[], str]) -> None:
+    """Wait for ``predicate``; ``what`` names it in the failure (a function: read at the failure,
+    to say the state it was stuck in)."""
     deadline = time.monotonic() + timeout * SLACK
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout * SLACK}s waiting for {what}")
+    said = what() if callable(what) else what
+    raise AssertionError(f"timed out after {timeout * SLACK}s waiting for {said}")
 
 
 def tg(*args, env, cwd, check=True):

@@ -143,7 +143,11 @@ def test_headroom_seen_by_one_worker_holds_another_and_a_kill_mid_deferral_loses
     second.wait()
     assert samples(postgres_url) == 1
     stack.start_worker(concurrency=4)
-    wait_until(lambda: samples(postgres_url) == 11, 60, "every deferred job, once")
+    r = redis.Redis.from_url(stack.env["TIERGUARD_REDIS_URL"])
+    wait_until(lambda: samples(postgres_url) == 11, 60,
+               lambda: f"every deferred job, once ({samples(postgres_url)} recorded; kombu's restore lock "
+                       f"TTL {r.ttl('unacked_mutex')} s, {r.hlen('unacked')} unacked, "
+                       f"queue {r.llen(stack.env.get('TIERGUARD_QUEUE', 'tierguard'))})")
     rows = recorded(postgres_url)
     assert len({x.job_id for x in rows}) == 11
     later = [x for x in rows if x.created_at.timestamp() >= back]

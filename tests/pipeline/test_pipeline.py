@@ -10,10 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import anthropic
 import httpx2
 import sqlalchemy as sa
+from kombu.transport import redis as kombu_redis
 from sqlmodel import select
 
 import tierguard
 from tests.helpers import API_KEY, POLICY, QUEUES, SCENARIO, SYSTEM, samples, wait_until, wrapped_call
+from tierguard.config import get_settings
+from tierguard.contract.broker import make_celery
 from tierguard.store.db import make_engine, session
 from tierguard.store.tables import Alert, RouteChange, Sample
 
@@ -153,6 +156,21 @@ def test_loop_works_against_another_messages_api_server(stack, sqlite_url):
         server.shutdown()
 
 
+def hold_the_restore_lock_as_a_killed_worker_would(stack):
+    """kombu's restore lock taken through the worker's own broker settings and never released
+    (a worker killed inside its once-a-second restore leaves it so)."""
+    app = make_celery(get_settings(redis_url=stack.env["TIERGUARD_REDIS_URL"], visibility_timeout=5))
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        held = kombu_redis.Mutex(channel.client, channel.qos.unacked_mutex_key,
+                                 channel.qos.unacked_mutex_expire)
+        try:
+            held.__enter__()  # never left, as by a process killed inside it
+        except kombu_redis.MutexHeld:  # the victim was killed holding it: the same state
+            pass
+        assert 0 < channel.client.ttl(channel.qos.unacked_mutex_key) <= 10
+
+
 def test_killed_worker_jobs_are_redelivered_and_counted_once(stack, simulator, postgres_url):
     sim = simulator(**{**SCENARIO, "latency_ms": 1500})
     stack.configure(policy=POLICY, database_url=postgres_url, base_url=sim.base_url,
@@ -161,17 +179,20 @@ def test_killed_worker_jobs_are_redelivered_and_counted_once(stack, simulator, p
     for i in range(40):  # production calls are slow here too; send them in parallel
         threading.Thread(target=wrapped_call, args=(client, "sentiment", i)).start()
     wait_until(lambda: client.tierguard_stats().get("published", 0) == 40, 30, "40 published")
-    victim = stack.start_worker(concurrency=40)
-    time.sleep(1.0)  # every job is in flight, none finished (each call takes 1.5 s)
-    os.killpg(victim.pid, signal.SIGKILL)
-    victim.wait()
-    assert samples(postgres_url) == 0
-    stack.start_worker(concurrency=40)
-    wait_until(lambda: samples(postgres_url) == 40, 60, "all 40 jobs after redelivery")
-    time.sleep(3)  # a duplicate delivery would show up now
-    with session(make_engine(postgres_url)) as s:
-        assert len(s.exec(select(Sample.job_id)).all()) == 40
-    client.tierguard_close()
+    try:
+        victim = stack.start_worker(concurrency=40)
+        time.sleep(1.0)  # every job is in flight, none finished (each call takes 1.5 s)
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+        assert samples(postgres_url) == 0
+        hold_the_restore_lock_as_a_killed_worker_would(stack)
+        stack.start_worker(concurrency=40)
+        wait_until(lambda: samples(postgres_url) == 40, 60, "all 40 jobs after redelivery")
+        time.sleep(3)  # a duplicate delivery would show up now
+        with session(make_engine(postgres_url)) as s:
+            assert len(s.exec(select(Sample.job_id)).all()) == 40
+    finally:  # a client left open would copy its database's routes into the next test's Redis
+        client.tierguard_close()
 
 
 def test_eight_workers_racing_on_one_category_flip_it_once(stack, simulator, postgres_url,

@@ -52,6 +52,9 @@ def send_at_start(app: Celery) -> None:
     beat_init.connect(send, weak=False)
 
 
+UNACKED_MUTEX_EXPIRE_S = 10
+
+
 def make_celery(settings: Settings) -> Celery:
     app = Celery("tierguard", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
@@ -70,6 +73,10 @@ def make_celery(settings: Settings) -> Celery:
             "visibility_timeout": settings.visibility_timeout,
             "unacked_restore_interval": 1,
             "unacked_restore_throttle": 1,
+            # The restore takes a Redis lock each second; a worker killed while holding it left it
+            # for kombu's default 300 s, holding every redelivery up that long. Two restores at
+            # once are safe (kombu WATCHes the unacked hash), so a short lock costs nothing.
+            "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
         },
