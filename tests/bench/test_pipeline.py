@@ -35,3 +35,56 @@ def test_two_short_runs_each_measure_against_their_floor_in_half_a_minute():
 def test_bad_arguments_name_the_field():
     with pytest.raises(ValueError, match="runs"):
         pipeline_figures(runs=0)
+
+
+def test_a_bench_stopped_by_sigterm_stops_the_worker_and_database_it_started():
+    """``timeout`` sends SIGTERM: the bench's worker, simulator, Redis and PostgreSQL stop with it."""
+    import os
+    import pathlib
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    import psutil
+
+    from tests.helpers import wait_until
+
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="tierguard-sigterm-"))
+    tmp_path.chmod(0o755)  # PostgreSQL runs as its own user when the tests run as root
+
+    bench = subprocess.Popen([sys.executable, "-m", "tierguard", "bench", "pipeline", "--seconds", "5",
+                              "--runs", "1", "--json"], env={**os.environ, "TMPDIR": str(tmp_path)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    me = psutil.Process(bench.pid)
+
+    def cmdline(p):
+        try:
+            return p.cmdline()
+        except psutil.Error:  # gone, or a zombie
+            return []
+
+    def started():  # the worker is up (after Redis and PostgreSQL)
+        return any("worker" in cmdline(c) for c in me.children(recursive=True))
+
+    started_by_it = []
+    try:
+        wait_until(started, 60, "the bench's worker")
+        pids = list(tmp_path.glob("tierguard-pg-*/postmaster.pid"))
+        assert pids, "the bench's PostgreSQL runs in TMPDIR"
+        postmaster = int(pids[0].read_text().split()[0])
+        started_by_it = me.children(recursive=True) + [psutil.Process(postmaster)]
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(60) == 128 + signal.SIGTERM
+        time.sleep(0.5)
+        alive = [cmdline(p) for p in started_by_it if cmdline(p)]
+        assert alive == [], f"left running: {alive}"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+        for p in started_by_it:  # what a failure here would leave
+            if cmdline(p):
+                p.kill()
+        shutil.rmtree(tmp_path, ignore_errors=True)

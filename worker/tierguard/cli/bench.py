@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+from typing import Any
+
 import typer
 from rich.table import Table
 
 from tierguard.cli.apps import bench_app
 from tierguard.cli.common import JsonOpt, console, emit, nothing
+
+
+@bench_app.callback()
+def _bench() -> None:
+    """Benchmarks: figures measured in one run."""
+    # A benchmark stopped by SIGTERM (a timeout, an orchestrator) leaves through its ``finally``
+    # blocks, which stop the workers, simulators and database servers it started.
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    sys.exit(128 + signum)
 
 
 @bench_app.command("engine")
