@@ -652,6 +652,26 @@ def test_constraints_pin_every_runtime_dependency_at_the_version_the_tests_run()
         assert extra_only not in pins, f"{extra_only} is a test/demo extra, not the image's"
 
 
+def test_the_test_tools_are_pinned_at_the_versions_the_tests_run():
+    from packaging.utils import canonicalize_name
+
+    tool = load_constraints_tool()
+    runtime = pinned()
+    tools = {}
+    for line in (ROOT / "tests" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"not pinned: {line}"
+            tools[canonicalize_name(name)] = version
+    installed = {name: dist.version for name, dist in tool.closure(tool.direct(extra="test")).items()
+                 if name not in runtime}
+    assert tools == installed, "tests/constraints.txt is not what the test extra installs here: " \
+        "run python deploy/constraints.py"
+    assert not set(tools) & set(runtime), "a package pinned twice"
+    scripts_test = (ROOT / "scripts" / "test").read_text()
+    assert "-c deploy/constraints.txt" in scripts_test and "-c tests/constraints.txt" in scripts_test
+
+
 def dockerfile_steps():
     """The Dockerfile's lines up to and including the RUN that installs the dependencies, with
     continuation lines joined."""
