@@ -2,7 +2,8 @@
 
 Phoenix's dependencies do not belong in tierguard's venv, so it lives in a venv of its own,
 ``.venv-phoenix/`` at the repository's root (git-ignored; ``TIERGUARD_PHOENIX_VENV`` moves it),
-created and filled from the package index on first use (about 50 s here) and reused after;
+created and filled from the package index on first use (about 50 s here; every package at the
+version ``phoenix-constraints.txt`` pins) and reused after;
 ``phoenix serve`` then runs with a temporary working dir on free ports (ready in about 12 s).
 A failed install or start is a test failure saying why, never a skip.
 """
@@ -30,6 +31,7 @@ from tierguard.sim.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PHOENIX = "arize-phoenix>=20.20,<21"
+PHOENIX_PINS = Path(__file__).with_name("phoenix-constraints.txt")  # its whole venv, pinned
 INSTALL_TIMEOUT, START_TIMEOUT = 900, 120
 
 
@@ -43,7 +45,7 @@ def phoenix_venv() -> Path:
             return venv
         for step in ([sys.executable, "-m", "venv", "--clear", str(venv)],
                      [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-                      "--disable-pip-version-check", PHOENIX]):
+                      "--disable-pip-version-check", "-c", str(PHOENIX_PINS), PHOENIX]):
             try:
                 done = subprocess.run(step, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
             except subprocess.TimeoutExpired:
