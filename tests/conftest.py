@@ -55,6 +55,45 @@ def _shared_servers() -> dict[str, object]:
     return _SHARED
 
 
+_CORES: list = []  # every wrapper core this test process built (app/core.Core), oldest first
+
+
+def _record_cores() -> None:
+    from tierguard.app.core import Core
+
+    if getattr(Core.__init__, "_recorded", False):
+        return
+    built, close = Core.__init__, Core.close
+
+    def recorded(self, *args, **kwargs):
+        built(self, *args, **kwargs)
+        _CORES.append(self)
+
+    def closed(self):
+        if self in _CORES:
+            _CORES.remove(self)
+        close(self)
+
+    recorded._recorded = True  # type: ignore[attr-defined]
+    Core.__init__, Core.close = recorded, closed
+
+
+@pytest.fixture(autouse=True)
+def _close_left_clients() -> Iterator[None]:
+    """Close the wrapped clients a test left open. One left open keeps refreshing its routes, and a
+    route refresh that finds Redis empty (flushed for the next test) copies its own database's
+    routes into it: the next test in this process would route by the last one's database."""
+    _record_cores()
+    start = len(_CORES)
+    yield
+    left, _CORES[start:] = _CORES[start:], []
+    for core in left:  # (those it closed itself are no longer listed)
+        try:
+            core.close()
+        except Exception:  # closed already, or its Redis stopped by the test: nothing to keep
+            pass
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """A failed test that ran workers shows the end of each worker's log with its failure (a
