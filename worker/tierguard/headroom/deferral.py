@@ -63,8 +63,7 @@ class Room:
             return {}
         pipe = self.redis.pipeline(transaction=False)  # one round trip: the pauses and the views
         pipe.mget(pauses.pause_keys(names))
-        for name in names:
-            pipe.hgetall(keys.HEADROOM.format(model=name))
+        ratelimits.ask(pipe, names)
         values, *views = pipe.execute()
         now = time.time()
         waits = pauses.pending(names, values, now)

@@ -53,12 +53,6 @@ def parse(headers: Mapping[str, Any], now: float | None = None) -> dict[str, tup
     return out
 
 
-def record(r: redis_lib.Redis, model: str, view: dict[str, tuple[float, float]],
-           now: float | None = None) -> None:
-    """Keep ``view`` as ``model``'s latest, until its last reset."""
-    record_all(r, {model: view}, now)
-
-
 def record_all(r: redis_lib.Redis, views: Mapping[str, dict[str, tuple[float, float]]],
                now: float | None = None) -> None:
     """Keep each model's latest view (model -> view), until its last reset: one transaction."""
@@ -100,9 +94,14 @@ def low(r: redis_lib.Redis, models: Iterable[str], min_remaining: float,
     if not names:
         return {}
     pipe = r.pipeline(transaction=False)
-    for m in names:
-        pipe.hgetall(keys.HEADROOM.format(model=m))
+    ask(pipe, names)
     return lows(names, pipe.execute(), min_remaining, now)
+
+
+def ask(pipe: Any, names: list[str]) -> None:
+    """Queue the reads of ``names``' kept views on ``pipe`` (their answers: :func:`lows`'s ``raws``)."""
+    for name in names:
+        pipe.hgetall(keys.HEADROOM.format(model=name))
 
 
 def lows(names: list[str], raws: list[Mapping[bytes, bytes]], min_remaining: float,

@@ -184,16 +184,15 @@ def claimed(redis: Any, job_ids: list[str], ttl_s: float) -> Iterator[Claims]:
     :func:`forget` released them with the answers already)."""
     busy = claim(redis, job_ids, ttl_s)
     claims = Claims(busy, [j for j in job_ids if j not in busy])
-    mine = list(claims.mine)
 
     def extend() -> None:  # lapsed claims: another run may call them (a rare double cost)
         pipe = redis.pipeline(transaction=False)
-        for job_id in mine:
+        for job_id in claims.mine:  # (none once forget released them)
             pipe.pexpire(keys.CLAIM.format(job_id=job_id), max(1, int(ttl_s * 1000)))
         pipe.execute()
 
     try:
-        if mine and redis is not None:
+        if claims.mine and redis is not None:
             with BEATS.beating(extend, ttl_s / 3, "claims"):
                 yield claims
         else:

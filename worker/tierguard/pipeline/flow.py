@@ -91,14 +91,13 @@ def run(ctx: Context, raw: list[Any], attempt: int, *, max_attempts: int, retry_
     opened, paid = _unpaid(ctx, opened, fresh)
     opened, via_batch = _by_batch(ctx, opened, refused, attempt)
     opened, deferred, too_long = defer_paused(ctx, opened, attempt)
-    with answers.claimed(ctx.redis, [j.job_id for j in opened], ctx.claim_ttl_s) as claims:
-        busy = dict(claims)
+    with answers.claimed(ctx.redis, [j.job_id for j in opened], ctx.claim_ttl_s) as busy:
         deferred += [(j, busy[j.job_id]) for j in opened if j.job_id in busy]  # another run calls them
         opened = [j for j in opened if j.job_id not in busy]
         results, retries = _called(ctx, opened, attempt, final=attempt >= max_attempts,
                                    retry_cap=retry_cap)
         answers.keep(ctx.redis, ctx.sealer, results, ctx.answers_ttl_s)
-        outcomes = _recorded(ctx, refused + too_long + paid + results, via_batch, claims)
+        outcomes = _recorded(ctx, refused + too_long + paid + results, via_batch, busy)
     again, waiting = _again(ctx, retries, deferred, attempt, retry_cap, max_countdown)
     arrived_deferred = {e.get("job_id") for e in raw if isinstance(e, dict) and e.get("deferred_since")}
     count_deferred(ctx, [job for job in waiting  # one wait counted once, not at each of its hops

@@ -59,8 +59,8 @@ class Writer:
 
     def _collect(self) -> list[tuple[list[Result], Future]]:
         items = [self.queue.get()]
-        deadline = time.monotonic() + self.max_wait
-        while sum(len(results) for results, _ in items) < self.max_results:
+        count, deadline = len(items[0][0]), time.monotonic() + self.max_wait
+        while count < self.max_results:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -68,6 +68,7 @@ class Writer:
                 items.append(self.queue.get(timeout=remaining))
             except queue.Empty:
                 break
+            count += len(items[-1][0])
         return items
 
     def _write(self, items: list[tuple[list[Result], Future]]) -> None:
