@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from typing import Any
 
 import typer
@@ -18,7 +19,8 @@ def _bench() -> None:
     """Benchmarks: figures measured in one run."""
     # A benchmark stopped by SIGTERM (a timeout, an orchestrator) leaves through its ``finally``
     # blocks, which stop the workers, simulators and database servers it started.
-    signal.signal(signal.SIGTERM, _terminated)
+    if threading.current_thread() is threading.main_thread():  # (only there can it be set)
+        signal.signal(signal.SIGTERM, _terminated)
 
 
 def _terminated(signum: int, frame: Any) -> None:
