@@ -50,6 +50,27 @@ def test_returns_the_sdk_message_and_publishes_a_job(simulator, redis_url, sqlit
     client.tierguard_close()
 
 
+def test_a_message_carries_its_jobs_once_and_no_repr_of_them(simulator, redis_url, sqlite_url):
+    """Celery would put a repr of the jobs (prompts and answers) in every message's headers, at a
+    cost of most of a publish's CPU: the publisher names their count instead."""
+    import base64
+    import json
+
+    server = simulator(**SCENARIO)
+    client = wrapper(server, redis_url=redis_url, database_url=sqlite_url)
+    for i in range(3):
+        call(client, f"secret prompt {i}")
+    assert client.tierguard_flush()
+    raw = [json.loads(m) for m in redis.Redis.from_url(redis_url).lrange("tierguard", 0, -1)]
+    jobs = [job for m in raw for job in json.loads(base64.b64decode(m["body"]))[0][0]]
+    assert sorted(j["request"]["messages"][0]["content"] for j in jobs) == [f"secret prompt {i}" for i in range(3)]
+    for m in raw:
+        n = len(json.loads(base64.b64decode(m["body"]))[0][0])
+        assert m["headers"]["argsrepr"] == f"[<{n} shadow jobs>]"
+        assert "secret prompt" not in json.dumps(m["headers"])
+    client.tierguard_close()
+
+
 def test_route_changes_in_redis_reach_the_wrapper(simulator, redis_url, sqlite_url):
     server = simulator(**SCENARIO)
     client = wrapper(server, redis_url=redis_url, database_url=sqlite_url, route_ttl=0.05)

@@ -10,6 +10,7 @@ the broker again after a short pause instead of queueing without bound.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -36,6 +37,7 @@ from tierguard.store import traffic
 log = logging.getLogger(__name__)
 
 TRAFFIC_FLUSH_SECONDS = 5.0
+VIEWS_EVERY = 0.25  # s between two sends of production's rate-limit views (the latest headers win)
 MAX_UNSENT = 100_000  # (category, model, metric) sums held while Redis is down
 MAX_SEEN = 1_000_000  # production calls and usages waiting for the publisher's thread
 ANSWER_HELD_MAX = 16 * 1024  # bytes of an answer whose usage is read on the publisher's thread
@@ -43,6 +45,14 @@ HELD_WHILE = 2_000  # answers are held only while fewer entries wait (else read 
 # at most 2,000 × 16 KiB = 32 MiB of answers waiting for the publisher's thread
 _DECODER = json.JSONDecoder()
 _UNSET = object()
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(ShadowJob))
+
+
+def _fields(job: ShadowJob) -> dict[str, Any]:
+    """``job.to_dict()`` without its deep copy: serialised at once, never changed."""
+    return {name: getattr(job, name) for name in _FIELDS}
+
 
 def body_usage(body: bytes) -> dict[str, Any] | None:
     """The ``usage`` of a Messages API answer: read from its last top-level key (where the API puts
@@ -94,7 +104,7 @@ def build_job(s: Sampled) -> ShadowJob:
 
 class Publisher:
     def __init__(self, settings: Settings, broker_pause: float = 1.0, jobs_per_message: int = 50,
-                 gather_wait: float = 0.02):
+                 gather_wait: float = 0.1):
         self.settings = settings
         self.jobs_per_message, self.gather_wait = jobs_per_message, gather_wait
         self.broker_pause = broker_pause
@@ -122,6 +132,7 @@ class Publisher:
         self._tallied: Counter[tuple[str, str, str]] = Counter()  # drained, not yet written
         self._pauses: collections.deque[tuple[str, float | None]] = collections.deque(maxlen=1000)
         self._views: dict[str, Any] = {}  # model -> the latest production response's headers
+        self._views_due = 0.0
         self._unsent: Counter[tuple[str, str, str]] = Counter()  # kept while Redis is down
         self._traffic_flushed = time.monotonic()
         self._redis = None
@@ -154,8 +165,10 @@ class Publisher:
     def _send(self, jobs: list[ShadowJob]) -> None:
         if self._app is None:
             self._app = make_celery(self.settings)
-        self._app.send_task(BATCH_TASK, args=[[j.to_dict() for j in jobs]], task_id=jobs[0].job_id,
-                            queue=self.settings.queue, retry=False)
+        # (argsrepr given: Celery would walk every job to build its repr for the message's headers)
+        self._app.send_task(BATCH_TASK, args=[[_fields(j) for j in jobs]], task_id=jobs[0].job_id,
+                            queue=self.settings.queue, retry=False,
+                            argsrepr=f"[<{len(jobs)} shadow jobs>]", kwargsrepr="{}")
 
     def _sealer(self) -> Sealer | None:
         if self._sealing is _UNSET:
@@ -306,7 +319,8 @@ class Publisher:
         while not self._stop.is_set():
             if self._pauses:
                 self._send_pauses()
-            if self._views:
+            if self._views and time.monotonic() >= self._views_due:
+                self._views_due = time.monotonic() + VIEWS_EVERY
                 self._send_views()
             try:
                 if self._seen:
@@ -335,8 +349,8 @@ class Publisher:
                     self.queue.task_done()
 
     def _publish(self, items: list[tuple[float, Sampled]]) -> None:
-        for _, sampled in items:
-            metrics.SAMPLED.labels(sampled.category).inc()
+        for category, n in Counter(sampled.category for _, sampled in items).items():
+            metrics.SAMPLED.labels(category).inc(n)
         if time.monotonic() < self._down_until:
             self.counts["dropped_broker_down"] += len(items)
             metrics.DROPPED.labels("broker_down").inc(len(items))
