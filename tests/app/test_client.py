@@ -63,7 +63,8 @@ def test_a_message_carries_its_jobs_once_and_no_repr_of_them(simulator, redis_ur
     assert client.tierguard_flush()
     raw = [json.loads(m) for m in redis.Redis.from_url(redis_url).lrange("tierguard", 0, -1)]
     jobs = [job for m in raw for job in json.loads(base64.b64decode(m["body"]))[0][0]]
-    assert sorted(j["request"]["messages"][0]["content"] for j in jobs) == [f"secret prompt {i}" for i in range(3)]
+    sent = sorted(j["request"]["messages"][0]["content"] for j in jobs)
+    assert sent == [f"secret prompt {i}" for i in range(3)]
     for m in raw:
         n = len(json.loads(base64.b64decode(m["body"]))[0][0])
         assert m["headers"]["argsrepr"] == f"[<{n} shadow jobs>]"
