@@ -107,6 +107,24 @@ def test_a_caller_leaving_before_the_answer_cancels_the_upstream_call(stack, sim
     assert not gw.errors()
 
 
+def test_a_caller_leaving_with_a_next_request_sent_is_seen_too(stack, sim_and_env, tmp_path):
+    """A pipelined next request makes uvicorn stop reading the connection; the gateway reads on
+    while it waits for the upstream, so a caller who leaves is still seen at once."""
+    sim = sim_and_env()
+    gw = start(stack, tmp_path)
+    httpx2.post(sim.base_url + "/_sim/fail", json={"status": 0, "delay": 3, "count": 1})
+    started = time.monotonic()
+    sock = socket.create_connection(gw.address)
+    sock.sendall(request_bytes(json.dumps(BODY).encode()) * 2)  # the second waits for the first
+    wait_until(lambda: len(sim_stats(sim)["recent_headers"]) == 1, 2, "the request to reach upstream")
+    sock.close()
+    wait_until(lambda: gw.stats().get("caller_left") == 1, 1, "the gateway to see the caller leave")
+    wait_until(lambda: upstream_connections(gw.proc, sim) == 0, 1, "the upstream request to be cancelled")
+    assert time.monotonic() - started < 2.5
+    assert len(sim_stats(sim)["recent_headers"]) == 1  # the second request never went upstream
+    assert not gw.errors()
+
+
 def test_the_deadline_cuts_slow_answers_and_long_streams(stack, sim_and_env, tmp_path):
     sim = sim_and_env(stream_event_ms=800)  # 6 events: 4.8 s
     gw = start(stack, tmp_path, TIERGUARD_GATEWAY_DEADLINE="1.5")

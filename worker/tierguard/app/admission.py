@@ -20,7 +20,9 @@ uvicorn's httptools protocol with two checks added, served by ``tierguard gatewa
   ``OVER_CAP_WAIT`` seconds to send it) and closed (``too_many_clients``).
 
 A response the gateway must cut short after its headers (a deadline passed) can close the
-connection under it through the scope's ``ABORT`` extension, without uvicorn logging an error.
+connection under it through the scope's ``ABORT`` extension, without uvicorn logging an error;
+the ``LEFT`` extension gives the connection's future that is done when the caller leaves (one
+per connection, instead of a task per request waiting on ``receive`` for the disconnect).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ OVER_CAP_WAIT = 0.5  # seconds a connection past the cap may take to send the he
 EVICT_AFTER = 0.1  # seconds a connection must have waited for a request head before it gives way
 DRAIN_MAX = 64 * 1024  # bytes of a refused request read before its 503 (closing on unread data resets)
 ABORT = "tierguard.abort"  # scope["extensions"][ABORT](): close this request's connection now
+LEFT = "tierguard.left"  # scope["extensions"][LEFT](): a future done when the caller's connection is lost
 FD_MARGIN = 64  # open files a gateway process needs besides its callers and upstream connections
 
 
@@ -131,6 +134,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.door = current()
         self.head_timer: asyncio.TimerHandle | None = None
         self.counted = False
+        self.gone: asyncio.Future | None = None  # done when the connection is lost (see leaving)
+        self.running: Any = None  # the cycle that last asked (see leaving)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -158,13 +163,31 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         extensions = self.scope.setdefault("extensions", {})  # type: ignore[typeddict-item]
         extensions[ABORT] = functools.partial(self.abort, self.cycle)
+        extensions[LEFT] = functools.partial(self.leaving, self.cycle)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing() and self.cycle.response_complete:  # none pipelined
             self.door.waiting[self] = self.loop.time()  # kept alive: waiting for the next head
 
+    def leaving(self, cycle: Any) -> asyncio.Future:
+        """A future done when the caller's connection is lost, for ``cycle``'s request; reading is
+        resumed (as uvicorn's ``receive`` does) so that a caller who leaves is seen even while a next
+        request waits (uvicorn then marks only that next one disconnected: this one is marked too)."""
+        self.running = cycle
+        if self.gone is None:
+            self.gone = self.loop.create_future()
+            if self.transport.is_closing() or cycle.disconnected:
+                self.gone.set_result(None)
+        if not self.gone.done():
+            self.flow.resume_reading()
+        return self.gone
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.running is not None and not self.running.response_complete:
+            self.running.disconnected = True  # (no 500 written for it on the closed connection)
+        if self.gone is not None and not self.gone.done():
+            self.gone.set_result(None)
         self.stop_timer()
         self.door.waiting.pop(self, None)
         if self.counted:

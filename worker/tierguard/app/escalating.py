@@ -22,7 +22,8 @@ import httpx2
 
 from tierguard.app import escalation
 from tierguard.app.admission import error_body
-from tierguard.app.relay import HOP_BY_HOP, ChatWatch, Watch, disconnected, remaining, respond
+from tierguard.app.forwarding import Leaving
+from tierguard.app.relay import HOP_BY_HOP, ChatWatch, Watch, remaining, respond
 from tierguard.app.upstream import parse_request, with_model
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]  # status, headers to relay, body
@@ -157,7 +158,8 @@ async def checked_relay(gateway: Any, scope: dict, cat: Any, routed: dict, to: s
     """Relay the answer the caller gets, checked; (whether it reached the caller, the routed
     request it answers: the escalated one when it was)."""
     until = asyncio.get_running_loop().time() + gateway.settings.gateway_deadline
-    left = asyncio.ensure_future(disconnected(receive))
+    leaving = Leaving.of(scope, receive)
+    left = leaving.future
     try:
         first = await _read(gateway, "POST", target, headers, body, until,
                             gateway.settings.stream_assembly_max)
@@ -192,4 +194,4 @@ async def checked_relay(gateway: Any, scope: dict, cat: Any, routed: dict, to: s
         watch.feed(final[2])
         return True, routed
     finally:
-        left.cancel()
+        leaving.close()

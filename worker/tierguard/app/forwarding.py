@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx2
 
-from tierguard.app.admission import error_body
+from tierguard.app.admission import LEFT, error_body
 from tierguard.app.relay import HOP_BY_HOP, Watch, cutter, disconnected, pump, respond
 from tierguard.config import mask_url
 
@@ -34,13 +34,29 @@ class Leaving:
     :meth:`watching`: the upstream request and the relay run in the request's own task, with no task
     and no ``asyncio.wait`` of their own."""
 
-    __slots__ = ("future", "task", "armed", "fired")
+    __slots__ = ("future", "task", "armed", "fired", "own")
 
-    def __init__(self, future: asyncio.Future):
-        self.future = future
+    def __init__(self, future: asyncio.Future, own: bool = True):
+        self.future, self.own = future, own  # own: made for this request (else the connection's)
         self.task = asyncio.current_task()
         self.armed = self.fired = False
         future.add_done_callback(self._left)
+
+    @classmethod
+    def of(cls, scope: dict, receive: Any) -> Leaving:
+        """The caller's leaving: the connection's future where the server gives one
+        (:data:`~tierguard.app.admission.LEFT`), else a task waiting for ``http.disconnect``."""
+        leaving = (scope.get("extensions") or {}).get(LEFT)
+        if leaving is not None:
+            return cls(leaving(), own=False)
+        return cls(asyncio.ensure_future(disconnected(receive)))
+
+    def close(self) -> None:
+        """The request is over: its own future cancelled, or the connection's left alone."""
+        if self.own:
+            self.future.cancel()
+        else:
+            self.future.remove_done_callback(self._left)
 
     def _left(self, _: asyncio.Future) -> None:
         if self.armed and not self.fired:
@@ -77,7 +93,7 @@ class Forwarding:
         """Forward one request and relay its response within the deadline; False unless the whole
         response reached the caller."""
         until = asyncio.get_running_loop().time() + self.settings.gateway_deadline
-        left = Leaving(asyncio.ensure_future(disconnected(receive)))
+        left = Leaving.of(scope, receive)
         try:
             sent = await self._response_head(method, target, headers, body, send, left, until)
             if sent is None:
@@ -89,7 +105,7 @@ class Forwarding:
                 await response.aclose()
                 self.upstream.done(shard)  # type: ignore[union-attr]
         finally:
-            left.future.cancel()
+            left.close()
 
     async def _response_head(self, method: str, target: str, headers: list, body: bytes, send: Any,
                              left: Leaving, until: float) -> tuple[httpx2.Response, int] | None:
