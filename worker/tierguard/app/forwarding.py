@@ -11,9 +11,7 @@ upstream: before the answer's headers, a caller that leaves cancels the upstream
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import httpx2
@@ -63,21 +61,21 @@ class Leaving:
             self.fired = True
             self.task.cancel()  # type: ignore[union-attr]
 
-    @contextlib.contextmanager
-    def watching(self) -> Iterator[None]:
+    def watching(self) -> Leaving:
         """While in the block, the caller leaving cancels it: CallerGone (any other cancel goes on);
         CallerGone at once if it has left already."""
+        return self
+
+    def __enter__(self) -> None:
         if self.future.done():
             raise CallerGone
         self.armed = True
-        try:
-            yield
-        except asyncio.CancelledError:
-            if not self.fired or self.task.uncancel() > 0:  # type: ignore[union-attr]
-                raise
+
+    def __exit__(self, kind: Any, err: Any, tb: Any) -> None:
+        self.armed = False
+        if self.fired and kind is not None and issubclass(kind, asyncio.CancelledError) \
+                and self.task.uncancel() <= 0:  # type: ignore[union-attr]
             raise CallerGone from None
-        finally:
-            self.armed = False
 
 
 class Forwarding:

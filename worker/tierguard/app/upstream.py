@@ -36,6 +36,7 @@ from tierguard.app import lean_client
 SHARD = 16
 LEAN = -1  # the "shard" of a request sent by the lean client
 OFF_LOOP = 256 * 1024  # bodies above this many bytes are decoded and parsed on a worker thread
+QUICK_PARSE = 64 * 1024  # bodies up to this many bytes may be parsed whole at once (_quick)
 _WBITS = {"gzip": 31, "x-gzip": 31, "deflate": 15}  # zlib's window bits per content coding
 _WS = re.compile(r"[ \t\n\r]*")  # JSON whitespace
 _DECODER = json.JSONDecoder()
@@ -192,11 +193,37 @@ def parse_request(body: bytes, codings: list[str], limit: int, max_depth: int | 
         body = inflate(body, coding, limit)
     if max_depth is not None and nesting(body, max_depth) > max_depth:
         raise TooDeep(max_depth)
+    if len(body) <= QUICK_PARSE:
+        quick = _quick(body)
+        if quick is not None:
+            return quick
     decoder, step = codecs.getincrementaldecoder("utf-8")(), 1 << 20
     text = "".join(decoder.decode(body[i:i + step]) for i in range(0, len(body), step))
     text += decoder.decode(b"", final=True)
     request, spans, first = scan_object(text)
     return Parsed(body, text, request, spans, first)
+
+
+def _quick(body: bytes) -> Parsed | None:
+    """A small body that names ``model`` at most once, written plainly (no ``\\u`` escape, no BOM),
+    parsed whole by ``json.loads``: what :func:`scan_object` would find; None when it must scan."""
+    text = body.decode("utf-8")
+    if text.count('"model"') > 1 or "\\u" in text or text.startswith("\ufeff"):
+        return None
+    request = json.loads(text)
+    if not isinstance(request, dict):
+        raise ValueError("the body is not a JSON object")
+    ws = _WS.match
+    first = ws(text, ws(text).end() + 1).end()
+    at = text.find('"model"')
+    if at < 0:
+        return None if "model" in request else Parsed(body, text, request, [], first)
+    colon = ws(text, at + 7).end()
+    if "model" not in request or not text.startswith(":", colon):
+        return None  # "model" in a string or a nested key: the scan tells
+    start = ws(text, colon + 1).end()
+    value, end = _DECODER.raw_decode(text, start)
+    return Parsed(body, text, request, [(start, end)], first) if value == request["model"] else None
 
 
 def nesting(data: bytes, stop: int | None = None) -> int:
