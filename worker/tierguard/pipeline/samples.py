@@ -99,7 +99,17 @@ def recorded_ids(engine: Engine, job_ids: list[str]) -> set[str]:
     """The ids among ``job_ids`` that already have a sample (one query on a plain connection: a
     publisher's every message asks it)."""
     with engine.connect() as c:
+        if engine.dialect.name == "postgresql":  # one bound array: no IN list expanded per call
+            cursor = c.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(_RECORDED_PG, (job_ids,))
+                return {row[0] for row in cursor.fetchall()}
+            finally:
+                cursor.close()
         return set(c.execute(sa.select(Sample.job_id).where(Sample.job_id.in_(job_ids))).scalars())
+
+
+_RECORDED_PG = f"SELECT job_id FROM {Sample.__tablename__} WHERE job_id = ANY(%s)"
 
 
 def insert_samples(s: Session, rows: list[dict]) -> set[str]:

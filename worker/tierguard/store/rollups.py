@@ -48,30 +48,21 @@ def accumulate(samples: Iterable[dict[str, Any]]) -> tuple[list[dict], list[dict
     """(rollup rows, rollup_error rows) for sample rows, both grains, sorted by key."""
     rows: dict[tuple, dict[str, Any]] = {}
     errors: dict[tuple, int] = {}
+    periods: dict[tuple[int, int], dt.datetime] = {}
     for x in samples:
+        counts, error = _counts(x)
+        at_s = _seconds(x["created_at"])
         for grain, seconds in GRAINS.items():
-            at = _period(x["created_at"], seconds)
+            start = at_s // seconds * seconds
+            at = periods.get((start, seconds))
+            if at is None:
+                at = periods[(start, seconds)] = dt.datetime.fromtimestamp(start, dt.UTC)
             key = (grain, x["category"], at, x["served_model"], x["shadow_model"], x.get("kind") or "shadow")
             r = rows.get(key)
             if r is None:
                 r = rows[key] = dict(zip(KEY, key, strict=True), **dict.fromkeys(SUMS, 0))
-            r["samples"] += 1
-            error = x.get("error")
-            if error == "skipped":
-                r["skipped"] += 1
-            elif error:
-                r["errors"] += 1
-            elif x.get("agree") is True:
-                r["agreements"] += 1
-            elif x.get("agree") is False:
-                r["disagreements"] += 1
-            for name in SUMS[5:]:
-                r[name] += x.get(name) or 0
-            for side in ("primary", "shadow"):
-                ms = x.get(f"{side}_latency_ms")
-                if ms is not None:
-                    col = f"{side}_lat_{latency_bucket(ms):02d}"
-                    r[col] = r.get(col, 0) + 1
+            for name, value in counts:
+                r[name] = r.get(name, 0) + value
             if error:
                 ekey = (grain, x["category"], at, error)
                 errors[ekey] = errors.get(ekey, 0) + 1
@@ -80,6 +71,27 @@ def accumulate(samples: Iterable[dict[str, Any]]) -> tuple[list[dict], list[dict
     return [rows[k] for k in sorted(rows)], error_rows
 
 
+def _seconds(at: dt.datetime) -> int:
+    """A sample's ``created_at`` in whole epoch seconds (naive: UTC), as :func:`_period` reads it."""
+    return int((at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)).timestamp())
+
+
+def _counts(x: dict[str, Any]) -> tuple[list[tuple[str, Any]], Any]:
+    """(what one sample adds to its rollup rows: column, amount; its error), the same for every
+    grain: worked out once per sample, not once per grain."""
+    error = x.get("error")
+    agree = x.get("agree")
+    outcome = ("skipped" if error == "skipped" else "errors" if error else "agreements" if agree is True
+               else "disagreements" if agree is False else None)
+    counts: list[tuple[str, Any]] = [("samples", 1)]
+    if outcome is not None:
+        counts.append((outcome, 1))
+    counts += [(name, x.get(name) or 0) for name in SUMS[5:]]
+    for side in ("primary", "shadow"):
+        ms = x.get(f"{side}_latency_ms")
+        if ms is not None:
+            counts.append((f"{side}_lat_{latency_bucket(ms):02d}", 1))
+    return counts, error
 
 
 def add(s: Session, samples: list[dict[str, Any]]) -> None:
