@@ -10,6 +10,7 @@ rows in key order, so concurrent writers never deadlock.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from tierguard.store.db import execute_many, upsert_insert
+from tierguard.store.db import dialect_insert, execute_many
 from tierguard.store.tables import LATENCY_BUCKETS, Rollup, RollupError
 
 GRAINS = {"1m": 60, "5m": 300, "1h": 3600}  # dashboards read 1m up to 6 h, 5m up to 3 days
@@ -99,20 +100,27 @@ def add(s: Session, samples: list[dict[str, Any]]) -> None:
     if not samples:
         return
     rows, error_rows = accumulate(samples)
-    insert = upsert_insert(s)
-    table = Rollup.__table__
-    columns = [c.name for c in table.c if c.name not in KEY]
-    full = [{**dict.fromkeys(columns, 0), **r} for r in rows]
+    stmt, estmt, columns = _upserts(s.get_bind().dialect.name)
+    zeros = dict.fromkeys(columns, 0)
+    execute_many(s, "rollup_add", stmt, [{**zeros, **r} for r in rows])
+    if error_rows:
+        execute_many(s, "rollup_error_add", estmt, error_rows)
+
+
+@functools.cache
+def _upserts(dialect: str) -> tuple[Any, Any, tuple[str, ...]]:
+    """(the rollup upsert, the rollup_error upsert, the rollup's summed columns) for ``dialect``,
+    built once: their ~60 ``column + excluded.column`` expressions cost milliseconds a transaction."""
+    insert = dialect_insert(dialect)
+    table, etable = Rollup.__table__, RollupError.__table__
+    columns = tuple(c.name for c in table.c if c.name not in KEY)
     stmt = insert(table)
     stmt = stmt.on_conflict_do_update(index_elements=list(KEY),
                                       set_={c: table.c[c] + stmt.excluded[c] for c in columns})
-    execute_many(s, "rollup_add", stmt, full)
-    if error_rows:
-        etable = RollupError.__table__
-        estmt = insert(etable)
-        estmt = estmt.on_conflict_do_update(index_elements=["grain", "category", "at", "error"],
-                                            set_={"count": etable.c.count + estmt.excluded.count})
-        execute_many(s, "rollup_error_add", estmt, error_rows)
+    estmt = insert(etable)
+    estmt = estmt.on_conflict_do_update(index_elements=["grain", "category", "at", "error"],
+                                        set_={"count": etable.c.count + estmt.excluded.count})
+    return stmt, estmt, columns
 
 
 def rebuild(s: Session, since: dt.datetime | None = None) -> int:
