@@ -101,12 +101,7 @@ def recorded_ids(engine: Engine, job_ids: list[str]) -> set[str]:
     publisher's every message asks it)."""
     with engine.connect() as c:
         if engine.dialect.name == "postgresql":  # one bound array: no IN list expanded per call
-            cursor = c.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.execute(_RECORDED_PG, (job_ids,))
-                return {row[0] for row in cursor.fetchall()}
-            finally:
-                cursor.close()
+            return set(c.exec_driver_sql(_RECORDED_PG, (job_ids,)).scalars())
         return set(c.execute(sa.select(Sample.job_id).where(Sample.job_id.in_(job_ids))).scalars())
 
 

@@ -317,13 +317,10 @@ class Policy(Strict):
     def limits_for(self, model: str) -> tuple[int, int] | None:
         """(context tokens, max output tokens) of ``model``: the policy's, else its family's."""
         limits = self.__pydantic_private__["_limits"]  # as in category()
-        try:
-            return limits[model]
-        except KeyError:
+        if model not in limits:
             own = self.limits.get(model)
-            found = limits[model] = ((own.context_tokens, own.max_output_tokens) if own
-                                     else family_limits(model))
-            return found
+            limits[model] = (own.context_tokens, own.max_output_tokens) if own else family_limits(model)
+        return limits[model]
 
     @property
     def known_models(self) -> set[str]:
