@@ -49,7 +49,7 @@ LONG_FUNCTIONS = {
     "bench.headroom._run",
     "bench.ladder._one", "cli.replay.replay",
     "engine.replay._next_event", "ops.demo.run", "ops.demo._traffic", "ops.replay.from_db",
-    "ops.status.category_status", "policy.model_limits._jpeg_size", "store.rollups.accumulate",
+    "ops.status.category_status", "policy.model_limits._jpeg_size",
 }
 BLOCKS = (ast.If, ast.For, ast.While, ast.With, ast.Try, ast.AsyncFor, ast.AsyncWith, ast.Match)
 

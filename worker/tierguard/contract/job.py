@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -47,8 +48,14 @@ class ShadowJob:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShadowJob:
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = _field_names(cls)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    """A dataclass's field names, worked out once (every job a worker opens is built from a dict)."""
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
 
 def digest(value: Any) -> str:

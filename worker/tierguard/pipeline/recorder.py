@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 
 import redis as redis_lib
@@ -286,12 +287,15 @@ def _move(s: Session, policy: Policy, cat: CategoryPolicy, row: Category, state:
 
 @metrics.safely
 def _observe(results: list[Result], done: _Done) -> None:
+    counted: Counter[tuple[str, str]] = Counter()  # one labelled increment per pair, not per sample
     for x, o in zip(results, done.outcomes, strict=True):
         if o is None or o.status == "duplicate" or x.kind != "shadow":
             continue
         outcome = ((x.error[0] if x.error[0] == "skipped" else "error") if x.error
                    else "agree" if x.verdict and x.verdict.agree else "disagree")
-        metrics.RESULTS.labels(x.job.category, outcome).inc()
+        counted[(x.job.category, outcome)] += 1
+    for (category, outcome), n in counted.items():
+        metrics.RESULTS.labels(category, outcome).inc(n)
     for change in done.changes:
         if change.applied and change.from_model != change.to_model:
             metrics.ROUTE_CHANGES.labels(change.category, change.rule, change.to_model).inc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -14,7 +15,7 @@ from tierguard.contract.job import ShadowJob, digest, parse_time
 from tierguard.contract.messages import content_text
 from tierguard.pipeline.results import JudgeUsage
 from tierguard.policy import CategoryPolicy, Policy
-from tierguard.store.db import execute_many, upsert_insert, utcnow
+from tierguard.store.db import dialect_insert, execute_many, utcnow
 from tierguard.store.tables import Sample
 
 if TYPE_CHECKING:
@@ -99,14 +100,18 @@ def recorded_ids(engine: Engine, job_ids: list[str]) -> set[str]:
     """The ids among ``job_ids`` that already have a sample (one query on a plain connection: a
     publisher's every message asks it)."""
     with engine.connect() as c:
+        if engine.dialect.name == "postgresql":  # one bound array: no IN list expanded per call
+            return set(c.exec_driver_sql(_RECORDED_PG, (job_ids,)).scalars())
         return set(c.execute(sa.select(Sample.job_id).where(Sample.job_id.in_(job_ids))).scalars())
+
+
+_RECORDED_PG = f"SELECT job_id FROM {Sample.__tablename__} WHERE job_id = ANY(%s)"
 
 
 def insert_samples(s: Session, rows: list[dict]) -> set[str]:
     """Insert sample rows, skipping job ids already recorded; returns the ids inserted."""
     if not rows:
         return set()
-    insert = upsert_insert(s)
     table = Sample.__table__
     unstamped = [row for row in rows if row.get("requested_at") is None]
     if unstamped:
@@ -122,5 +127,11 @@ def insert_samples(s: Session, rows: list[dict]) -> set[str]:
             return set()
     keys = sorted(set().union(*rows))
     rows = [{k: row.get(k) for k in keys} for row in rows]
-    stmt = insert(table).on_conflict_do_nothing().returning(table.c.job_id)
-    return set(execute_many(s, "insert_samples", stmt, rows, returning=True))
+    return set(execute_many(s, "insert_samples", _insert(s.get_bind().dialect.name), rows, returning=True))
+
+
+@functools.cache
+def _insert(dialect: str) -> Any:
+    """The sample insert (new job ids only, returning them) for ``dialect``, built once."""
+    table = Sample.__table__
+    return dialect_insert(dialect)(table).on_conflict_do_nothing().returning(table.c.job_id)

@@ -29,9 +29,15 @@ from tierguard.policy import Policy
 log = logging.getLogger(__name__)
 
 
+# A transaction costs about 6 ms of CPU whatever it holds (its session, the categories locked and
+# updated, the commit): gathering a busy worker's messages for 0.1 s instead of 0.02 s makes it
+# hold ~3-4 messages instead of ~1-2, for 0.08 s more before a message is acknowledged.
+MAX_WAIT_S = 0.1
+
+
 class Writer:
     def __init__(self, engine: Engine, r: redis_lib.Redis | None, policy: Policy,
-                 max_results: int = 500, max_wait: float = 0.02):
+                 max_results: int = 500, max_wait: float = MAX_WAIT_S):
         self.engine, self.redis, self.policy = engine, r, policy
         self.max_results, self.max_wait = max_results, max_wait
         self.queue: queue.Queue[tuple[Result, Future]] = queue.Queue()

@@ -289,9 +289,10 @@ class Policy(Strict):
 
     def category(self, name: str) -> CategoryPolicy:
         """Effective settings for ``name``; unknown categories get the defaults."""
-        found = self._resolved.get(name)
+        resolved = self.__pydantic_private__["_resolved"]  # not self._resolved: ~2 µs a read
+        found = resolved.get(name)
         if found is None:
-            found = self._resolved[name] = self._merged(name)
+            found = resolved[name] = self._merged(name)
         return found
 
     def sentinel_file(self, name: str) -> Path | None:
@@ -315,13 +316,11 @@ class Policy(Strict):
 
     def limits_for(self, model: str) -> tuple[int, int] | None:
         """(context tokens, max output tokens) of ``model``: the policy's, else its family's."""
-        try:
-            return self._limits[model]
-        except KeyError:
+        limits = self.__pydantic_private__["_limits"]  # as in category()
+        if model not in limits:
             own = self.limits.get(model)
-            found = self._limits[model] = ((own.context_tokens, own.max_output_tokens) if own
-                                           else family_limits(model))
-            return found
+            limits[model] = (own.context_tokens, own.max_output_tokens) if own else family_limits(model)
+        return limits[model]
 
     @property
     def known_models(self) -> set[str]:

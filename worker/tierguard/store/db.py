@@ -77,7 +77,12 @@ def execute_many(session: Session, name: str, stmt: Any, rows: list[dict[str, An
 
 def upsert_insert(session: Session) -> Any:
     """The dialect's ``insert`` (with ``on_conflict_do_*``): PostgreSQL's or SQLite's."""
-    if session.get_bind().dialect.name == "postgresql":
+    return dialect_insert(session.get_bind().dialect.name)
+
+
+def dialect_insert(dialect: str) -> Any:
+    """:func:`upsert_insert` for the dialect named ``dialect``."""
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert

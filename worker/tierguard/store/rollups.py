@@ -10,6 +10,7 @@ rows in key order, so concurrent writers never deadlock.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from tierguard.store.db import execute_many, upsert_insert
+from tierguard.store.db import dialect_insert, execute_many
 from tierguard.store.tables import LATENCY_BUCKETS, Rollup, RollupError
 
 GRAINS = {"1m": 60, "5m": 300, "1h": 3600}  # dashboards read 1m up to 6 h, 5m up to 3 days
@@ -48,30 +49,21 @@ def accumulate(samples: Iterable[dict[str, Any]]) -> tuple[list[dict], list[dict
     """(rollup rows, rollup_error rows) for sample rows, both grains, sorted by key."""
     rows: dict[tuple, dict[str, Any]] = {}
     errors: dict[tuple, int] = {}
+    periods: dict[tuple[int, int], dt.datetime] = {}
     for x in samples:
+        counts, error = _counts(x)
+        at_s = _seconds(x["created_at"])
         for grain, seconds in GRAINS.items():
-            at = _period(x["created_at"], seconds)
+            start = at_s // seconds * seconds
+            at = periods.get((start, seconds))
+            if at is None:
+                at = periods[(start, seconds)] = dt.datetime.fromtimestamp(start, dt.UTC)
             key = (grain, x["category"], at, x["served_model"], x["shadow_model"], x.get("kind") or "shadow")
             r = rows.get(key)
             if r is None:
                 r = rows[key] = dict(zip(KEY, key, strict=True), **dict.fromkeys(SUMS, 0))
-            r["samples"] += 1
-            error = x.get("error")
-            if error == "skipped":
-                r["skipped"] += 1
-            elif error:
-                r["errors"] += 1
-            elif x.get("agree") is True:
-                r["agreements"] += 1
-            elif x.get("agree") is False:
-                r["disagreements"] += 1
-            for name in SUMS[5:]:
-                r[name] += x.get(name) or 0
-            for side in ("primary", "shadow"):
-                ms = x.get(f"{side}_latency_ms")
-                if ms is not None:
-                    col = f"{side}_lat_{latency_bucket(ms):02d}"
-                    r[col] = r.get(col, 0) + 1
+            for name, value in counts:
+                r[name] = r.get(name, 0) + value
             if error:
                 ekey = (grain, x["category"], at, error)
                 errors[ekey] = errors.get(ekey, 0) + 1
@@ -80,6 +72,27 @@ def accumulate(samples: Iterable[dict[str, Any]]) -> tuple[list[dict], list[dict
     return [rows[k] for k in sorted(rows)], error_rows
 
 
+def _seconds(at: dt.datetime) -> int:
+    """A sample's ``created_at`` in whole epoch seconds (naive: UTC), as :func:`_period` reads it."""
+    return int((at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)).timestamp())
+
+
+def _counts(x: dict[str, Any]) -> tuple[list[tuple[str, Any]], Any]:
+    """(what one sample adds to its rollup rows: column, amount; its error), the same for every
+    grain: worked out once per sample, not once per grain."""
+    error = x.get("error")
+    agree = x.get("agree")
+    outcome = ("skipped" if error == "skipped" else "errors" if error else "agreements" if agree is True
+               else "disagreements" if agree is False else None)
+    counts: list[tuple[str, Any]] = [("samples", 1)]
+    if outcome is not None:
+        counts.append((outcome, 1))
+    counts += [(name, x.get(name) or 0) for name in SUMS[5:]]
+    for side in ("primary", "shadow"):
+        ms = x.get(f"{side}_latency_ms")
+        if ms is not None:
+            counts.append((f"{side}_lat_{latency_bucket(ms):02d}", 1))
+    return counts, error
 
 
 def add(s: Session, samples: list[dict[str, Any]]) -> None:
@@ -87,20 +100,27 @@ def add(s: Session, samples: list[dict[str, Any]]) -> None:
     if not samples:
         return
     rows, error_rows = accumulate(samples)
-    insert = upsert_insert(s)
-    table = Rollup.__table__
-    columns = [c.name for c in table.c if c.name not in KEY]
-    full = [{**dict.fromkeys(columns, 0), **r} for r in rows]
+    stmt, estmt, columns = _upserts(s.get_bind().dialect.name)
+    zeros = dict.fromkeys(columns, 0)
+    execute_many(s, "rollup_add", stmt, [{**zeros, **r} for r in rows])
+    if error_rows:
+        execute_many(s, "rollup_error_add", estmt, error_rows)
+
+
+@functools.cache
+def _upserts(dialect: str) -> tuple[Any, Any, tuple[str, ...]]:
+    """(the rollup upsert, the rollup_error upsert, the rollup's summed columns) for ``dialect``,
+    built once: their ~60 ``column + excluded.column`` expressions cost milliseconds a transaction."""
+    insert = dialect_insert(dialect)
+    table, etable = Rollup.__table__, RollupError.__table__
+    columns = tuple(c.name for c in table.c if c.name not in KEY)
     stmt = insert(table)
     stmt = stmt.on_conflict_do_update(index_elements=list(KEY),
                                       set_={c: table.c[c] + stmt.excluded[c] for c in columns})
-    execute_many(s, "rollup_add", stmt, full)
-    if error_rows:
-        etable = RollupError.__table__
-        estmt = insert(etable)
-        estmt = estmt.on_conflict_do_update(index_elements=["grain", "category", "at", "error"],
-                                            set_={"count": etable.c.count + estmt.excluded.count})
-        execute_many(s, "rollup_error_add", estmt, error_rows)
+    estmt = insert(etable)
+    estmt = estmt.on_conflict_do_update(index_elements=["grain", "category", "at", "error"],
+                                        set_={"count": etable.c.count + estmt.excluded.count})
+    return stmt, estmt, columns
 
 
 def rebuild(s: Session, since: dt.datetime | None = None) -> int:
