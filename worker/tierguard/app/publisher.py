@@ -10,7 +10,6 @@ the broker again after a short pause instead of queueing without bound.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -45,14 +44,6 @@ HELD_WHILE = 2_000  # answers are held only while fewer entries wait (else read 
 # at most 2,000 × 16 KiB = 32 MiB of answers waiting for the publisher's thread
 _DECODER = json.JSONDecoder()
 _UNSET = object()
-
-_FIELDS = tuple(f.name for f in dataclasses.fields(ShadowJob))
-
-
-def _fields(job: ShadowJob) -> dict[str, Any]:
-    """``job.to_dict()`` without its deep copy: serialised at once, never changed."""
-    return {name: getattr(job, name) for name in _FIELDS}
-
 
 def body_usage(body: bytes) -> dict[str, Any] | None:
     """The ``usage`` of a Messages API answer: read from its last top-level key (where the API puts
@@ -166,7 +157,7 @@ class Publisher:
         if self._app is None:
             self._app = make_celery(self.settings)
         # (argsrepr given: Celery would walk every job to build its repr for the message's headers)
-        self._app.send_task(BATCH_TASK, args=[[_fields(j) for j in jobs]], task_id=jobs[0].job_id,
+        self._app.send_task(BATCH_TASK, args=[[j.fields() for j in jobs]], task_id=jobs[0].job_id,
                             queue=self.settings.queue, retry=False,
                             argsrepr=f"[<{len(jobs)} shadow jobs>]", kwargsrepr="{}")
 

@@ -46,6 +46,10 @@ class ShadowJob:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def fields(self) -> dict[str, Any]:
+        """:meth:`to_dict` without its deep copy, for a dict serialised at once and never changed."""
+        return {name: getattr(self, name) for name in _field_names(type(self))}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShadowJob:
         known = _field_names(cls)
