@@ -72,6 +72,22 @@ def test_a_message_carries_its_jobs_once_and_no_repr_of_them(simulator, redis_ur
     client.tierguard_close()
 
 
+def test_jobs_are_gathered_into_messages_of_at_most_the_set_size(simulator, redis_url, sqlite_url):
+    import base64
+    import json
+
+    server = simulator(**SCENARIO)
+    client = wrapper(server, redis_url=redis_url, database_url=sqlite_url,
+                     publish_jobs_per_message=2, publish_gather_s=3)
+    for i in range(5):
+        call(client, f"text {i}")
+    assert client.tierguard_flush(15)
+    raw = [json.loads(m) for m in redis.Redis.from_url(redis_url).lrange("tierguard", 0, -1)]
+    sizes = sorted(len(json.loads(base64.b64decode(m["body"]))[0][0]) for m in raw)
+    assert sizes == [1, 2, 2]  # five calls in three seconds: two full messages, then the last one
+    client.tierguard_close()
+
+
 def test_route_changes_in_redis_reach_the_wrapper(simulator, redis_url, sqlite_url):
     server = simulator(**SCENARIO)
     client = wrapper(server, redis_url=redis_url, database_url=sqlite_url, route_ttl=0.05)

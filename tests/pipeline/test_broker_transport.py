@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
+import anthropic
 import pytest
 import redis
 from kombu import Connection
 
+import tierguard
+from tests.helpers import POLICY, SCENARIO, samples, wait_until, wrapped_call
 from tierguard.config import Settings
 from tierguard.pipeline import broker_transport
 from tierguard.pipeline.broker_transport import TRANSPORT, transport_for
 from tierguard.pipeline.tasks import worker_app
 
 OPTIONS = {"visibility_timeout": 1, "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+LANDING = {**OPTIONS, "priority_steps": [0]}  # one list per queue, as tierguard's apps use
 
 
 @pytest.mark.parametrize(("url", "chosen"), [
@@ -81,3 +87,82 @@ def test_an_unacked_message_comes_back_after_the_visibility_timeout(redis_url):
         again.ack()
         queue.close()
     assert r.hlen("unacked") == 0 and r.llen("tq2") == 0
+
+
+def test_a_message_lands_through_the_channels_own_list_recorded_in_one_step(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    with Connection(redis_url, transport=TRANSPORT, transport_options=LANDING) as conn:
+        queue = _queue(conn, "tq3")
+        queue.put({"n": 3})
+        message = queue.get(timeout=5)
+        (landing,) = r.zrange("unacked_inflight", 0, -1)  # its heartbeat
+        assert landing.startswith(b"unacked_inflight:") and landing.endswith(b":tq3")
+        assert r.llen(landing) == 0 and r.hlen("unacked") == 1  # moved out as it was recorded
+        message.ack()
+        assert r.hlen("unacked") == 0
+        queue.close()
+    with Connection(redis_url, transport=TRANSPORT, transport_options=OPTIONS) as conn:
+        queue = _queue(conn, "tq3")  # several lists (kombu's priorities): kombu's own pop
+        queue.put({"n": 4})
+        assert queue.get(timeout=5).payload == {"n": 4}
+        assert r.zcard("unacked_inflight") == 1
+        queue.close()
+
+
+def test_a_message_stranded_in_a_stopped_channels_list_goes_back_to_its_queue(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    with Connection(redis_url, transport=TRANSPORT, transport_options=LANDING) as producer:
+        queue = _queue(producer, "tq5")
+        queue.put({"n": 5})
+        queue.put({"n": 6})
+        queue.close()
+    stopped, alive = (f"unacked_inflight:{c * 32}:tq5" for c in "ab")
+    r.lmove("tq5", stopped, "RIGHT", "LEFT")  # what a channel's BLMOVE did before it was killed
+    r.lmove("tq5", alive, "RIGHT", "LEFT")  # a channel that beats: about to record its message
+    r.zadd("unacked_inflight", {stopped: time.time() - 2, alive: time.time() + 60})
+    with Connection(redis_url, transport=TRANSPORT, transport_options=LANDING) as conn:
+        conn.default_channel.qos.restore_visible(num=10, interval=1)
+        assert r.exists(stopped) == 0 and r.zscore("unacked_inflight", stopped) is None
+        assert r.llen(alive) == 1  # left to its channel
+        queue = _queue(conn, "tq5")
+        again = queue.get(timeout=5)
+        assert again.payload == {"n": 5} and again.headers["redelivered"] is True
+        again.ack()
+        queue.close()
+
+
+def _blocked_pops(r: redis.Redis) -> int:
+    db = r.connection_pool.connection_kwargs.get("db", 0)
+    return sum(c["db"] == str(db) and "b" in c["flags"] and c["cmd"] in ("blmove", "brpop")
+               for c in r.client_list())
+
+
+def test_a_worker_killed_as_a_message_reaches_it_loses_nothing(stack, simulator, sqlite_url):
+    """kombu's pop removes a message from Redis before the worker records it: a worker stopped in
+    between (here: SIGSTOP while it waits on the queue, then SIGKILL) held it nowhere else."""
+    sim = simulator(**SCENARIO)
+    stack.configure(policy=POLICY, database_url=sqlite_url, base_url=sim.base_url,
+                    visibility_timeout=5)
+    r = redis.Redis.from_url(stack.env["TIERGUARD_REDIS_URL"])
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    wrapped_call(client, "sentiment", 0)
+    assert client.tierguard_flush(10)
+    r.rename("tierguard", "held")  # the job, kept aside until the worker is stopped mid-wait
+    victim = stack.start_worker(concurrency=4)
+    for _ in range(100):
+        os.killpg(victim.pid, signal.SIGSTOP)
+        if _blocked_pops(r) == 1:
+            r.lmove("held", "tierguard", "RIGHT", "LEFT")
+            if r.llen("tierguard") == 0:  # taken by the stopped worker's pending pop
+                break
+            r.lmove("tierguard", "held", "RIGHT", "LEFT")
+        os.killpg(victim.pid, signal.SIGCONT)
+        time.sleep(0.05)
+    else:
+        raise AssertionError("never caught the worker waiting on the queue")
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert r.llen("tierguard") == 0 and r.hlen("unacked") == 0 and samples(sqlite_url) == 0
+    stack.start_worker(concurrency=4)
+    wait_until(lambda: samples(sqlite_url) == 1, 30, "the job the killed worker had taken")
+    client.tierguard_close()

@@ -201,7 +201,8 @@ def test_eight_workers_racing_on_one_category_flip_it_once(stack, simulator, pos
     stack.configure(policy={"defaults": {"sample_rate": 1.0, "min_samples": 20},
                             "categories": {"race": {"comparator": {"type": "label", "labels": QUEUES}}},
                             "alerts": [{"type": "webhook", "url": receiver.url + "/hook"}]},
-                    database_url=postgres_url, base_url=sim.base_url)
+                    database_url=postgres_url, base_url=sim.base_url,
+                    publish_jobs_per_message=5)  # 40+ messages: every worker gets some to race with
     client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
     threads = [threading.Thread(target=client.messages.create, kwargs=dict(
         category="race", max_tokens=8, system="race: route",

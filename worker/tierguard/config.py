@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     # Wrapper side.
     route_ttl: float = Field(1.0, gt=0, description="seconds between route refreshes")
     publish_buffer: int = Field(10_000, gt=0, description="shadow jobs held before dropping")
+    publish_jobs_per_message: int = Field(50, ge=1, le=1000, description=(
+        "shadow jobs the wrapper sends in one broker message at most (fewer: a burst is spread "
+        "over more workers; more: less CPU per job on both sides)"))
+    publish_gather_s: float = Field(0.1, ge=0, le=5, description=(
+        "seconds the wrapper's publisher gathers jobs for one message after the first"))
     job_inline_max: int = Field(256 * 1024, ge=0, description=(
         "bytes of request and answer a shadow job may carry in its broker message; a larger "
         "job's payload is stored once in Redis (tierguard.contract.job_store)"))

@@ -1,10 +1,10 @@
 """Hands shadow jobs to Celery from a background thread, so callers never wait on Redis.
 
-``submit`` is a non-blocking put into a bounded queue; a full queue drops the
-job and counts it. The publishing thread builds the jobs (hashing, JSON) and
-sends up to ``jobs_per_message`` of them, gathered for at most ``gather_wait`` s, as one
-``shadow_batch`` message; when Redis is unreachable it drops, counts, and tries
-the broker again after a short pause instead of queueing without bound.
+``submit`` is a non-blocking put into a bounded queue; a full queue drops the job and counts
+it. The publishing thread builds the jobs (hashing, JSON) and sends up to
+``TIERGUARD_PUBLISH_JOBS_PER_MESSAGE`` of them, gathered for at most ``TIERGUARD_PUBLISH_GATHER_S``,
+as one ``shadow_batch`` message; when Redis is unreachable it drops, counts, and tries the broker
+again after a short pause instead of queueing without bound.
 """
 
 from __future__ import annotations
@@ -94,10 +94,10 @@ def build_job(s: Sampled) -> ShadowJob:
 
 
 class Publisher:
-    def __init__(self, settings: Settings, broker_pause: float = 1.0, jobs_per_message: int = 50,
-                 gather_wait: float = 0.1):
+    def __init__(self, settings: Settings, broker_pause: float = 1.0):
         self.settings = settings
-        self.jobs_per_message, self.gather_wait = jobs_per_message, gather_wait
+        self.jobs_per_message = settings.publish_jobs_per_message
+        self.gather_wait = settings.publish_gather_s
         self.broker_pause = broker_pause
         self._last_warning = 0.0
         self._sealing: Any = _UNSET

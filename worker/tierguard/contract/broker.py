@@ -77,6 +77,10 @@ def make_celery(settings: Settings) -> Celery:
             # for kombu's default 300 s, holding every redelivery up that long. Two restores at
             # once are safe (kombu WATCHes the unacked hash), so a short lock costs nothing.
             "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
+            # One Redis list per queue (tierguard sends no priorities): a worker then moves each
+            # message into a list of its own before recording it (pipeline.broker_transport), so a
+            # worker killed as a message arrives loses nothing.
+            "priority_steps": [0],
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
         },

@@ -1,22 +1,41 @@
-"""The worker's Redis broker transport: kombu's, keeping one command client per channel.
+"""The worker's Redis broker transport: kombu's, with nothing lost between Redis and a worker.
 
-kombu's Redis channel builds a new ``redis.Redis`` for every ``conn_or_acquire`` (each
-unacked-message append, each ack, each restore), about 100 µs of the Celery main thread's
-CPU per message. A redis-py client over a connection pool is thread-safe, so this channel
-keeps one for its pool and builds a new one only when the pool is replaced (after a fork or
-a reconnect). The client kombu uses for BRPOP (``Channel.client``, whose connection it holds)
-and the pub/sub client are kombu's own, unchanged; so are the visibility timeout, the unacked
-restore and the acks.
+**Landing.** kombu pops a message with ``BRPOP`` and only then records it as unacknowledged
+(``unacked``): a worker killed between the two (its reply still in the socket) loses the
+message for good, and a busy worker with a backlog nearly always has one there. Consuming one
+Redis list (the worker's one queue, ``priority_steps`` ``[0]``), this channel moves the message
+with ``BLMOVE`` into a list of its own (``unacked_inflight:TOKEN:QUEUE``), and records it as
+unacknowledged and empties that list in one transaction. Each channel's lists are indexed in the
+``unacked_inflight`` sorted set by a heartbeat (about every second); a list whose channel has not
+beaten for the visibility timeout is pushed back onto its queue, marked redelivered, by the next
+restore sweep of any worker. Consuming several lists, a channel falls back to kombu's ``BRPOP``.
+
+**One command client per channel.** kombu's channel builds a new ``redis.Redis`` for every
+``conn_or_acquire`` (each unacked-message append, each ack, each restore), about 100 µs of the
+Celery main thread's CPU per message. A redis-py client over a connection pool is thread-safe,
+so this channel keeps one for its pool and builds a new one only when the pool is replaced
+(after a fork or a reconnect). The client kombu uses for blocking pops (``Channel.client``) and
+the pub/sub client are kombu's own; so are the visibility timeout, the unacked restore and acks.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+import uuid
+from functools import partial
+from queue import Empty
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from kombu.transport import redis
+from kombu.transport import redis, virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+
+log = logging.getLogger(__name__)
 
 TRANSPORT = "tierguard.pipeline.broker_transport:Transport"
+SWEEP_LIMIT = 100  # stranded lists pushed back per sweep
 
 
 def transport_for(url: str) -> str | None:
@@ -33,11 +52,41 @@ def transport_for(url: str) -> str | None:
     return None
 
 
-class Channel(redis.Channel):
-    """kombu's Redis channel with its command client (not the BRPOP one) built once per pool."""
+class QoS(redis.QoS):
+    """kombu's ack emulation; a message moved into the channel's landing list is recorded as
+    unacknowledged and taken out of that list at once."""
 
+    def append(self, message: Any, delivery_tag: str) -> None:
+        landing, self.channel._landing = self.channel._landing, None
+        if landing is None:
+            return super().append(message, delivery_tag)
+        delivery = message.delivery_info
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()}) \
+                .hset(self.unacked_key, delivery_tag,
+                      dumps([message._raw, delivery["exchange"], delivery["routing_key"]])) \
+                .delete(landing).execute()
+            virtual.QoS.append(self, message, delivery_tag)
+
+    def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
+        sweep = not self._vrestore_count % (interval or 1)  # kombu's throttle, counted below
+        self.channel._beat(force=True)
+        super().restore_visible(start, num, interval)
+        if sweep:
+            restore_stranded(self.channel, time.time() - self.visibility_timeout)
+
+
+class Channel(redis.Channel):
+    """kombu's Redis channel: messages land through a list of its own; its command client (not
+    the blocking one) is built once per pool."""
+
+    QoS = QoS
     _command_client: Any = None
     _command_pool: Any = None
+    _landing: str | None = None  # the list holding the message being delivered, until recorded
+    _moving: tuple[str, str] | None = None  # (queue, its list) of the BLMOVE in flight
+    _unsure = False  # a landing failed half-way: the list may hold a message
+    _beaten_at = 0.0
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
@@ -47,6 +96,121 @@ class Channel(redis.Channel):
             self._command_client = super()._create_client()
             self._command_pool = pool
         return self._command_client
+
+    @property
+    def _index(self) -> str:
+        return f"{self.unacked_key}_inflight"
+
+    def _landing_list(self, key: str) -> str:
+        if "_token" not in self.__dict__:
+            self.__dict__["_token"] = uuid.uuid4().hex
+        return f"{self._index}:{self.__dict__['_token']}:{key}"
+
+    def _single_list(self) -> tuple[str, str] | None:
+        """(queue, its one Redis list) when this channel consumes exactly one list."""
+        if self.global_keyprefix or len(self.active_queues) != 1:
+            return None
+        queue = next(iter(self.active_queues))
+        keys = {self._q_for_pri(queue, pri) for pri in self.priority_steps}
+        return (queue, keys.pop()) if len(keys) == 1 else None
+
+    def _beat(self, force: bool = False) -> None:
+        """This channel's landing list marked alive (at most about once a second)."""
+        if self._moving is None and "_token" not in self.__dict__:
+            return
+        now = time.monotonic()
+        if not force and now - self._beaten_at < min(1.0, self.visibility_timeout / 5):
+            return
+        single = self._single_list()
+        if single is not None:
+            with self.conn_or_acquire() as client:
+                client.zadd(self._index, {self._landing_list(single[1]): time.time()})
+            self._beaten_at = now
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        single = self._single_list()
+        if single is None:
+            self._moving = None
+            return super()._brpop_start(timeout)
+        queue, key = single
+        self._queue_cycle.consume(1)
+        self._moving = single
+        if self._unsure:  # nothing is in flight now: what the list holds is stranded
+            with self.conn_or_acquire() as client:
+                name = self._landing_list(key)
+                client.transaction(partial(_push_back, self._index, name, None), self._index, name)
+            self._unsure = False
+            self._beaten_at = 0.0
+        self._beat()
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        wait = self.brpop_timeout if timeout is None else timeout
+        self.client.connection.send_command("BLMOVE", key, self._landing_list(key), "RIGHT", "LEFT",
+                                            wait or 0)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        if self._moving is None:
+            return super()._brpop_read(**options)
+        (queue, key), self._moving = self._moving, None
+        try:
+            try:
+                item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if item is None:
+                raise Empty()
+            self._queue_cycle.rotate(queue)
+            self._landing = landing = self._landing_list(key)
+            self.connection._deliver(loads(bytes_to_str(item)), queue)
+            if self._landing is not None:  # consumed without acks: nothing to record
+                self._landing = None
+                with self.conn_or_acquire() as client:
+                    client.delete(landing)
+            return True
+        except Empty:
+            raise
+        except BaseException:
+            self._unsure, self._landing = True, None
+            raise
+        finally:
+            self._in_poll = None
+            getattr(self, "_flush_brpop_reauth", lambda: None)()
+
+
+def restore_stranded(channel: Channel, ceil: float) -> int:
+    """Push back onto their queues the messages of landing lists whose channel has not beaten since
+    ``ceil`` (a worker killed as a message landed); returns how many."""
+    index = channel._index
+    with channel.conn_or_acquire() as client:
+        names = [bytes_to_str(n) for n in client.zrange(index, "-inf", ceil, byscore=True,
+                                                        offset=0, num=SWEEP_LIMIT)]
+        restored = sum(client.transaction(partial(_push_back, index, name, ceil), index, name,
+                                          value_from_callable=True) for name in names)
+    if restored:
+        log.warning("%d message(s) a stopped worker had taken from the queue before recording them "
+                    "were put back", restored)
+    return restored
+
+
+def _push_back(index: str, name: str, ceil: float | None, pipe: Any) -> int:
+    """One landing list's messages back onto their queue, if its channel has not beaten since
+    ``ceil`` (``None``: whatever it holds)."""
+    score = pipe.zscore(index, name)
+    stale = ceil is None or (score is not None and score <= ceil)
+    raws = pipe.lrange(name, 0, -1) if stale else None
+    pipe.multi()
+    if raws is None:
+        return 0
+    source = name[len(index) + 34:]  # INDEX:TOKEN:SOURCE, the token 32 hex digits
+    for raw in raws:  # the newest first: the oldest ends rightmost, to be popped first
+        payload = loads(bytes_to_str(raw))
+        for part in (payload.get("headers"), payload.get("properties", {}).get("delivery_info")):
+            if isinstance(part, dict):
+                part["redelivered"] = True
+        pipe.rpush(source, dumps(payload))
+    pipe.delete(name).zrem(index, name)
+    return len(raws)
 
 
 class Transport(redis.Transport):
