@@ -119,10 +119,13 @@ def test_a_message_stranded_in_a_stopped_channels_list_goes_back_to_its_queue(re
     stopped, alive = (f"unacked_inflight:{c * 32}:tq5" for c in "ab")
     r.lmove("tq5", stopped, "RIGHT", "LEFT")  # what a channel's BLMOVE did before it was killed
     r.lmove("tq5", alive, "RIGHT", "LEFT")  # a channel that beats: about to record its message
-    r.zadd("unacked_inflight", {stopped: time.time() - 2, alive: time.time() + 60})
+    odd = f"unacked_inflight:{'c' * 32}:tq6"
+    r.lpush(odd, b"not kombu's JSON")
+    r.zadd("unacked_inflight", {stopped: time.time() - 2, alive: time.time() + 60, odd: 0})
     with Connection(redis_url, transport=TRANSPORT, transport_options=LANDING) as conn:
         conn.default_channel.qos.restore_visible(num=10, interval=1)
         assert r.exists(stopped) == 0 and r.zscore("unacked_inflight", stopped) is None
+        assert r.lrange("tq6", 0, -1) == [b"not kombu's JSON"]  # back as it came
         assert r.llen(alive) == 1  # left to its channel
         queue = _queue(conn, "tq5")
         again = queue.get(timeout=5)

@@ -204,13 +204,25 @@ def _push_back(index: str, name: str, ceil: float | None, pipe: Any) -> int:
         return 0
     source = name[len(index) + 34:]  # INDEX:TOKEN:SOURCE, the token 32 hex digits
     for raw in raws:  # the newest first: the oldest ends rightmost, to be popped first
-        payload = loads(bytes_to_str(raw))
-        for part in (payload.get("headers"), payload.get("properties", {}).get("delivery_info")):
-            if isinstance(part, dict):
-                part["redelivered"] = True
-        pipe.rpush(source, dumps(payload))
+        pipe.rpush(source, _redelivered(raw))
     pipe.delete(name).zrem(index, name)
     return len(raws)
+
+
+def _redelivered(raw: bytes) -> str | bytes:
+    """A message marked redelivered, as kombu marks the unacked ones it restores (one that is not
+    kombu's JSON goes back as it came)."""
+    try:
+        payload = loads(bytes_to_str(raw))
+    except ValueError:
+        return raw
+    if not isinstance(payload, dict):
+        return raw
+    props = payload.get("properties")
+    for part in (payload.get("headers"), props.get("delivery_info") if isinstance(props, dict) else None):
+        if isinstance(part, dict):
+            part["redelivered"] = True
+    return dumps(payload)
 
 
 class Transport(redis.Transport):
