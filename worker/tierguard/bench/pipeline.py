@@ -209,19 +209,24 @@ def _job(stack: _Stack, run: int, i: int) -> dict[str, Any]:
 
 
 def _produce(stack: _Stack, run: int, seconds: float, rate: float) -> int:
-    """Offer jobs at ``rate`` for ``seconds`` as the wrapper's publisher does (batches of up to 50
-    gathered for 20 ms); how many were sent."""
+    """Offer jobs at ``rate`` for ``seconds`` as the wrapper's publisher sends them (a message once
+    ``TIERGUARD_PUBLISH_JOBS_PER_MESSAGE`` jobs are due, or ``TIERGUARD_PUBLISH_GATHER_S`` after the
+    first of them was); how many were sent."""
+    from tierguard.config import get_settings
     from tierguard.contract.broker import BATCH_TASK
 
+    settings = get_settings()
+    per, gather = settings.publish_jobs_per_message, settings.publish_gather_s
     sent, total, start = 0, int(seconds * rate), time.monotonic()
     with stack.app.producer_or_acquire() as producer:
-        while time.monotonic() - start < seconds:
+        while sent < total:
+            send_at = start + min((sent + per - 1) / rate, sent / rate + gather)
+            time.sleep(max(0.0, send_at - time.monotonic()))
             due = min(int((time.monotonic() - start) * rate) + 1, total)
-            batch = [_job(stack, run, i) for i in range(sent, min(due, sent + 50))]
+            batch = [_job(stack, run, i) for i in range(sent, min(due, sent + per))]
             sent += len(batch)
-            if batch:
-                stack.app.send_task(BATCH_TASK, args=[batch], task_id=batch[0]["job_id"], producer=producer)
-            time.sleep(0.02)
+            stack.app.send_task(BATCH_TASK, args=[batch], task_id=batch[0]["job_id"], producer=producer,
+                                argsrepr=f"[<{len(batch)} shadow jobs>]", kwargsrepr="{}")
     return sent
 
 
