@@ -88,6 +88,33 @@ def test_jobs_are_gathered_into_messages_of_at_most_the_set_size(simulator, redi
     client.tierguard_close()
 
 
+def test_a_process_that_exits_after_its_calls_publishes_them_first(simulator, redis_url, sqlite_url,
+                                                                   tmp_path):
+    """No ``tierguard_close``: the interpreter's exit waits (briefly) for the jobs still queued."""
+    import subprocess
+    import sys
+
+    server = simulator(**SCENARIO)
+    script = tmp_path / "app.py"
+    script.write_text(
+        "import anthropic, tierguard\n"
+        "from tierguard.config import get_settings\n"
+        "from tierguard.policy import parse_policy\n"
+        f"policy = parse_policy({POLICY.model_dump(mode='json', exclude_unset=True)!r})\n"
+        f"sdk = anthropic.Anthropic(base_url={server.base_url!r}, api_key={API_KEY!r})\n"
+        f"settings = get_settings(redis_url={redis_url!r}, database_url={sqlite_url!r})\n"
+        "client = tierguard.ShadowedAnthropic(sdk, settings=settings, policy=policy)\n"
+        "for i in range(3):\n"
+        "    client.messages.create(category='sentiment', max_tokens=8, system='sentiment: classify',\n"
+        "                           messages=[{'role': 'user', 'content': f'text {i}'}])\n")
+    subprocess.run([sys.executable, str(script)], check=True, timeout=60)
+    import base64
+    import json
+
+    raw = [json.loads(m) for m in redis.Redis.from_url(redis_url).lrange("tierguard", 0, -1)]
+    assert sum(len(json.loads(base64.b64decode(m["body"]))[0][0]) for m in raw) == 3
+
+
 def test_route_changes_in_redis_reach_the_wrapper(simulator, redis_url, sqlite_url):
     server = simulator(**SCENARIO)
     client = wrapper(server, redis_url=redis_url, database_url=sqlite_url, route_ttl=0.05)

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
         "over more workers; more: less CPU per job on both sides)"))
     publish_gather_s: float = Field(0.1, ge=0, le=5, description=(
         "seconds the wrapper's publisher gathers jobs for one message after the first"))
+    exit_flush_s: float = Field(2.0, ge=0, le=60, description=(
+        "seconds a process's exit waits for its shadow jobs still queued to be sent"))
     job_inline_max: int = Field(256 * 1024, ge=0, description=(
         "bytes of request and answer a shadow job may carry in its broker message; a larger "
         "job's payload is stored once in Redis (tierguard.contract.job_store)"))

@@ -20,7 +20,7 @@ from typing import Any
 import redis as redis_lib
 
 from tierguard import metrics
-from tierguard.app import forks, plans, snapshot, stream
+from tierguard.app import exits, forks, plans, snapshot, stream
 from tierguard.app.publisher import Publisher, Sampled
 from tierguard.config import Settings, get_settings
 from tierguard.headroom import ratelimits
@@ -87,6 +87,7 @@ class Core:
 
     def _start(self) -> None:
         self.publisher.start()
+        exits.watch(self.publisher)
         if self._start_routes:
             self.routes.start(wait=0)
             if self.live is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import json
 import logging
 import queue
 import threading
@@ -27,7 +26,7 @@ from tierguard.config import Settings
 from tierguard.contract import job_store, keys
 from tierguard.contract.broker import BATCH_TASK, make_celery
 from tierguard.contract.job import ShadowJob
-from tierguard.contract.messages import cache_tokens_of, message_text, snapshot_of, usage_of
+from tierguard.contract.messages import body_usage, cache_tokens_of, message_text, snapshot_of, usage_of
 from tierguard.contract.sealing import Sealer, seal_job, sealer
 from tierguard.errors import ConfigError
 from tierguard.headroom import pauses, ratelimits
@@ -42,27 +41,7 @@ MAX_SEEN = 1_000_000  # production calls and usages waiting for the publisher's 
 ANSWER_HELD_MAX = 16 * 1024  # bytes of an answer whose usage is read on the publisher's thread
 HELD_WHILE = 2_000  # answers are held only while fewer entries wait (else read on the caller's):
 # at most 2,000 × 16 KiB = 32 MiB of answers waiting for the publisher's thread
-_DECODER = json.JSONDecoder()
 _UNSET = object()
-
-def body_usage(body: bytes) -> dict[str, Any] | None:
-    """The ``usage`` of a Messages API answer: read from its last top-level key (where the API puts
-    it) without parsing the whole answer, else from the whole answer."""
-    at = body.rfind(b'"usage"')
-    start = body.find(b"{", at) if at >= 0 else -1
-    if start > 0 and body[at + 7:start].strip() == b":":
-        try:
-            usage, _ = _DECODER.raw_decode(body[start:].decode())
-        except ValueError:
-            usage = None
-        if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
-            return usage
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        return None
-    return answer.get("usage") if isinstance(answer, dict) else None
-
 
 @dataclass(frozen=True, slots=True)
 class Sampled:
@@ -393,6 +372,10 @@ class Publisher:
         while self.queue.unfinished_tasks and time.monotonic() < deadline:
             time.sleep(0.01)
         return not self.queue.unfinished_tasks
+
+    def live(self) -> bool:
+        """Its thread runs in this process (not in the parent of a fork) and it is not closed."""
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
     def close(self, timeout: float = 2.0) -> None:
         self.flush(timeout)

@@ -85,3 +85,25 @@ def content_json_text(blocks: list[dict[str, Any]]) -> str:
             parts.append(json.dumps({"tool": block.get("name"), "input": block.get("input")},
                                     sort_keys=True))
     return "\n".join(parts)
+
+
+_DECODER = json.JSONDecoder()
+
+
+def body_usage(body: bytes) -> dict[str, Any] | None:
+    """The ``usage`` of a Messages API answer: read from its last top-level key (where the API puts
+    it) without parsing the whole answer, else from the whole answer."""
+    at = body.rfind(b'"usage"')
+    start = body.find(b"{", at) if at >= 0 else -1
+    if start > 0 and body[at + 7:start].strip() == b":":
+        try:
+            usage, _ = _DECODER.raw_decode(body[start:].decode())
+        except ValueError:
+            usage = None
+        if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
+            return usage
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    return answer.get("usage") if isinstance(answer, dict) else None
