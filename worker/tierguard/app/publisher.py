@@ -304,10 +304,11 @@ class Publisher:
                 items = [self.queue.get(timeout=0.2)]
             except queue.Empty:
                 continue
-            deadline = time.monotonic() + self.gather_wait
-            while len(items) < self.jobs_per_message and (left := deadline - time.monotonic()) > 0:
+            if self.queue.qsize() < self.jobs_per_message - 1:  # (woken once, not by each job)
+                self._stop.wait(self.gather_wait)
+            while len(items) < self.jobs_per_message:
                 try:
-                    items.append(self.queue.get(timeout=left))
+                    items.append(self.queue.get_nowait())
                 except queue.Empty:
                     break
             if self._pauses:  # before these jobs: a worker must see the pause first
