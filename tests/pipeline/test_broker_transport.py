@@ -169,3 +169,30 @@ def test_a_worker_killed_as_a_message_reaches_it_loses_nothing(stack, simulator,
     stack.start_worker(concurrency=4)
     wait_until(lambda: samples(sqlite_url) == 1, 30, "the job the killed worker had taken")
     client.tierguard_close()
+
+
+def _registered(channel) -> None:
+    """A connection for the channel's blocking client, as kombu's poller gives it one."""
+    if getattr(channel.client, "connection", None) is None:
+        channel.client.connection = channel.client.connection_pool.get_connection()
+
+
+def test_a_blocking_move_whose_reply_was_lost_is_not_stranded_in_a_live_channel(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    with Connection(redis_url, transport=TRANSPORT, transport_options=LANDING) as conn:
+        queue = _queue(conn, "tq7")
+        queue._consume()
+        channel = conn.default_channel
+        queue.put({"n": 7})
+        _registered(channel)
+        channel._brpop_start(timeout=1)
+        wait_until(lambda: r.llen("tq7") == 0, 5, "the message moved into the landing list")
+        channel.client.connection.disconnect()  # the connection lost before the reply was read
+        channel._in_poll = None
+        _registered(channel)
+        channel._brpop_start(timeout=1)  # the next wait puts it back first, then takes it again
+        assert channel._brpop_read() is True
+        assert queue.buffer.popleft().payload == {"n": 7}
+        (landing,) = r.zrange("unacked_inflight", 0, -1)
+        assert r.llen(landing) == 0 and r.hlen("unacked") == 1 and r.llen("tq7") == 0
+        queue.close()

@@ -134,6 +134,8 @@ class Channel(redis.Channel):
             return super()._brpop_start(timeout)
         queue, key = single
         self._queue_cycle.consume(1)
+        if self._moving is not None:  # the last BLMOVE's reply was never read (a lost connection)
+            self._unsure = True
         self._moving = single
         if self._unsure:  # nothing is in flight now: what the list holds is stranded
             with self.conn_or_acquire() as client:
