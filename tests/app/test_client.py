@@ -115,6 +115,18 @@ def test_a_process_that_exits_after_its_calls_publishes_them_first(simulator, re
     assert sum(len(json.loads(base64.b64decode(m["body"]))[0][0]) for m in raw) == 3
 
 
+def test_closing_sends_at_once_what_the_publisher_is_gathering(simulator, redis_url, sqlite_url):
+    import time
+
+    server = simulator(**SCENARIO)
+    client = wrapper(server, redis_url=redis_url, database_url=sqlite_url, publish_gather_s=5)
+    call(client, "the last one")
+    started = time.monotonic()
+    client.tierguard_close()
+    assert time.monotonic() - started < 1.5  # not the 5 s of gathering, nor close's 2 s
+    assert redis.Redis.from_url(redis_url).llen("tierguard") == 1
+
+
 def test_route_changes_in_redis_reach_the_wrapper(simulator, redis_url, sqlite_url):
     server = simulator(**SCENARIO)
     client = wrapper(server, redis_url=redis_url, database_url=sqlite_url, route_ttl=0.05)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from queue import Empty
 
 import anthropic
 import pytest
@@ -177,7 +178,7 @@ def _registered(channel) -> None:
         channel.client.connection = channel.client.connection_pool.get_connection()
 
 
-def test_a_blocking_move_whose_reply_was_lost_is_not_stranded_in_a_live_channel(redis_url):
+def test_a_message_whose_reply_was_lost_is_left_to_the_sweep_not_to_its_live_channel(redis_url):
     r = redis.Redis.from_url(redis_url)
     with Connection(redis_url, transport=TRANSPORT, transport_options=LANDING) as conn:
         queue = _queue(conn, "tq7")
@@ -187,12 +188,35 @@ def test_a_blocking_move_whose_reply_was_lost_is_not_stranded_in_a_live_channel(
         _registered(channel)
         channel._brpop_start(timeout=1)
         wait_until(lambda: r.llen("tq7") == 0, 5, "the message moved into the landing list")
+        (lost,) = r.zrange("unacked_inflight", 0, -1)
         channel.client.connection.disconnect()  # the connection lost before the reply was read
         channel._in_poll = None
         _registered(channel)
-        channel._brpop_start(timeout=1)  # the next wait puts it back first, then takes it again
+        channel._brpop_start(timeout=1)  # the channel lands through a new list from now on
+        assert r.zcard("unacked_inflight") == 2 and r.llen(lost) == 1
+        r.zadd("unacked_inflight", {lost: time.time() - 2})  # a visibility timeout later
+        channel.qos.restore_visible(num=10, interval=1)  # (the new list beats, the old does not)
         assert channel._brpop_read() is True
         assert queue.buffer.popleft().payload == {"n": 7}
+        assert r.exists(lost) == 0 and r.hlen("unacked") == 1 and r.llen("tq7") == 0
+        queue.close()
+
+
+def test_a_message_that_is_not_kombus_is_dropped_once_and_the_channel_goes_on(redis_url, caplog):
+    r = redis.Redis.from_url(redis_url)
+    with Connection(redis_url, transport=TRANSPORT, transport_options=LANDING) as conn:
+        queue = _queue(conn, "tq8")
+        queue._consume()
+        channel = conn.default_channel
+        r.lpush("tq8", b"not JSON")
+        queue.put({"n": 8})
+        _registered(channel)
+        channel._brpop_start(timeout=1)
+        with pytest.raises(Empty):
+            channel._brpop_read()
+        assert "not a kombu message" in caplog.text and "not JSON" not in caplog.text
+        channel._brpop_start(timeout=1)
+        assert channel._brpop_read() is True and queue.buffer.popleft().payload == {"n": 8}
         (landing,) = r.zrange("unacked_inflight", 0, -1)
-        assert r.llen(landing) == 0 and r.hlen("unacked") == 1 and r.llen("tq7") == 0
+        assert r.llen(landing) == 0 and r.llen("tq8") == 0
         queue.close()

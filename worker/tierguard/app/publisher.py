@@ -107,6 +107,7 @@ class Publisher:
         self._traffic_flushed = time.monotonic()
         self._redis = None
         self._stop = threading.Event()
+        self._hurry = threading.Event()  # set while flushing: no gathering
 
     def restart_after_fork(self) -> None:
         """In a forked child: start empty (what the parent held is the parent's to publish and
@@ -305,7 +306,7 @@ class Publisher:
             except queue.Empty:
                 continue
             if self.queue.qsize() < self.jobs_per_message - 1:  # (woken once, not by each job)
-                self._stop.wait(self.gather_wait)
+                self._hurry.wait(max(0.0, items[0][0] + self.gather_wait - time.monotonic()))
             while len(items) < self.jobs_per_message:
                 try:
                     items.append(self.queue.get_nowait())
@@ -370,8 +371,12 @@ class Publisher:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every submitted job is published or dropped."""
         deadline = time.monotonic() + timeout
-        while self.queue.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self._hurry.set()
+        try:
+            while self.queue.unfinished_tasks and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            self._hurry.clear()
         return not self.queue.unfinished_tasks
 
     def live(self) -> bool:

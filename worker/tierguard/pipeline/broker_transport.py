@@ -5,10 +5,12 @@
 message for good, and a busy worker with a backlog nearly always has one there. Consuming one
 Redis list (the worker's one queue, ``priority_steps`` ``[0]``), this channel moves the message
 with ``BLMOVE`` into a list of its own (``unacked_inflight:TOKEN:QUEUE``), and records it as
-unacknowledged and empties that list in one transaction. Each channel's lists are indexed in the
-``unacked_inflight`` sorted set by a heartbeat (about every second); a list whose channel has not
-beaten for the visibility timeout is pushed back onto its queue, marked redelivered, by the next
-restore sweep of any worker. Consuming several lists, a channel falls back to kombu's ``BRPOP``.
+unacknowledged and takes it out of that list in one transaction. Each channel's list is indexed in
+the ``unacked_inflight`` sorted set by a heartbeat (about every second); a list whose channel has
+not beaten for the visibility timeout is pushed back onto its queue, marked redelivered, by the
+next restore sweep of any worker. A channel whose reply was lost with its connection lands through
+a new list from then on, leaving the old one to that sweep. Consuming several lists, a channel
+falls back to kombu's ``BRPOP``.
 
 **One command client per channel.** kombu's channel builds a new ``redis.Redis`` for every
 ``conn_or_acquire`` (each unacked-message append, each ack, each restore), about 100 µs of the
@@ -57,7 +59,7 @@ class QoS(redis.QoS):
     unacknowledged and taken out of that list at once."""
 
     def append(self, message: Any, delivery_tag: str) -> None:
-        landing, self.channel._landing = self.channel._landing, None
+        landing = self.channel._landing
         if landing is None:
             return super().append(message, delivery_tag)
         delivery = message.delivery_info
@@ -65,12 +67,15 @@ class QoS(redis.QoS):
             pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()}) \
                 .hset(self.unacked_key, delivery_tag,
                       dumps([message._raw, delivery["exchange"], delivery["routing_key"]])) \
-                .delete(landing).execute()
+                .lrem(landing[0], 1, landing[1]).execute()
+            self.channel._landing = None
             virtual.QoS.append(self, message, delivery_tag)
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         sweep = not self._vrestore_count % (interval or 1)  # kombu's throttle, counted below
-        self.channel._beat(force=True)
+        for channel in getattr(self.channel.connection, "channels", None) or [self.channel]:
+            if isinstance(channel, Channel):  # (kombu sweeps through one channel: all beat here)
+                channel._beat(force=True)
         super().restore_visible(start, num, interval)
         if sweep:
             restore_stranded(self.channel, time.time() - self.visibility_timeout)
@@ -83,9 +88,8 @@ class Channel(redis.Channel):
     QoS = QoS
     _command_client: Any = None
     _command_pool: Any = None
-    _landing: str | None = None  # the list holding the message being delivered, until recorded
+    _landing: tuple[str, bytes] | None = None  # (its list, the message) being delivered, until recorded
     _moving: tuple[str, str] | None = None  # (queue, its list) of the BLMOVE in flight
-    _unsure = False  # a landing failed half-way: the list may hold a message
     _beaten_at = 0.0
 
     def _create_client(self, asynchronous: bool = False) -> Any:
@@ -105,6 +109,13 @@ class Channel(redis.Channel):
         if "_token" not in self.__dict__:
             self.__dict__["_token"] = uuid.uuid4().hex
         return f"{self._index}:{self.__dict__['_token']}:{key}"
+
+    def _new_token(self) -> None:
+        """Land through a new list from now on: the old one, if a message reached it unrecorded (a
+        reply lost with its connection), stops beating and the sweep puts it back (nothing of it is
+        ever deleted here, whatever a stale connection moves into it later)."""
+        self.__dict__.pop("_token", None)
+        self._beaten_at = 0.0
 
     def _single_list(self) -> tuple[str, str] | None:
         """(queue, its one Redis list) when this channel consumes exactly one list."""
@@ -135,14 +146,8 @@ class Channel(redis.Channel):
         queue, key = single
         self._queue_cycle.consume(1)
         if self._moving is not None:  # the last BLMOVE's reply was never read (a lost connection)
-            self._unsure = True
+            self._new_token()
         self._moving = single
-        if self._unsure:  # nothing is in flight now: what the list holds is stranded
-            with self.conn_or_acquire() as client:
-                name = self._landing_list(key)
-                client.transaction(partial(_push_back, self._index, name, None), self._index, name)
-            self._unsure = False
-            self._beaten_at = 0.0
         self._beat()
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
@@ -159,25 +164,46 @@ class Channel(redis.Channel):
                 item = self.client.parse_response(self.client.connection, "BLMOVE", **options)
             except self.connection_errors:
                 self.client.connection.disconnect()
+                self._new_token()
                 raise
             if item is None:
                 raise Empty()
             self._queue_cycle.rotate(queue)
-            self._landing = landing = self._landing_list(key)
-            self.connection._deliver(loads(bytes_to_str(item)), queue)
-            if self._landing is not None:  # consumed without acks: nothing to record
-                self._landing = None
-                with self.conn_or_acquire() as client:
-                    client.delete(landing)
+            self._deliver_landed(queue, self._landing_list(key), item)
             return True
-        except Empty:
-            raise
-        except BaseException:
-            self._unsure, self._landing = True, None
-            raise
         finally:
             self._in_poll = None
             getattr(self, "_flush_brpop_reauth", lambda: None)()
+
+    def _deliver_landed(self, queue: str, landing: str, item: bytes) -> None:
+        """Hand a landed message to its consumer; recording it (kombu's ``qos.append``) takes it out
+        of the landing list. One that is not kombu's JSON is dropped and logged, as kombu's pop
+        drops it (once: never back onto the queue, where it would stop every worker in turn)."""
+        self._landing = (landing, item)
+        try:
+            self.connection._deliver(loads(bytes_to_str(item)), queue)
+        except self.connection_errors:
+            if self._landing is not None:  # not recorded: the list is the sweep's
+                self._new_token()
+            raise
+        except Exception as err:
+            if self._landing is None:  # recorded: the consumer's own error, as kombu raises it
+                raise
+            log.error("dropping a %d-byte message on %s that is not a kombu message (%s)",
+                      len(item), queue, type(err).__name__)
+            self._discard(landing, item)
+            raise Empty() from None
+        if self._landing is not None:  # consumed without acks: nothing to record
+            self._discard(landing, item)
+
+    def _discard(self, landing: str, item: bytes) -> None:
+        self._landing = None
+        try:
+            with self.conn_or_acquire() as client:
+                client.lrem(landing, 1, item)
+        except self.connection_errors:
+            self._new_token()
+            raise
 
 
 def restore_stranded(channel: Channel, ceil: float) -> int:
@@ -195,12 +221,11 @@ def restore_stranded(channel: Channel, ceil: float) -> int:
     return restored
 
 
-def _push_back(index: str, name: str, ceil: float | None, pipe: Any) -> int:
+def _push_back(index: str, name: str, ceil: float, pipe: Any) -> int:
     """One landing list's messages back onto their queue, if its channel has not beaten since
-    ``ceil`` (``None``: whatever it holds)."""
+    ``ceil``."""
     score = pipe.zscore(index, name)
-    stale = ceil is None or (score is not None and score <= ceil)
-    raws = pipe.lrange(name, 0, -1) if stale else None
+    raws = pipe.lrange(name, 0, -1) if score is not None and score <= ceil else None
     pipe.multi()
     if raws is None:
         return 0
