@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from contextlib import contextmanager
 from queue import Empty
 
 import anthropic
@@ -219,4 +220,38 @@ def test_a_message_that_is_not_kombus_is_dropped_once_and_the_channel_goes_on(re
         assert channel._brpop_read() is True and queue.buffer.popleft().payload == {"n": 8}
         (landing,) = r.zrange("unacked_inflight", 0, -1)
         assert r.llen(landing) == 0 and r.llen("tq8") == 0
+        queue.close()
+
+
+def test_a_message_whose_record_failed_is_left_to_the_sweep(redis_url, monkeypatch):
+    """Redis refusing the record (full, read-only): the message stays in its landing list."""
+    r = redis.Redis.from_url(redis_url)
+    with Connection(redis_url, transport=TRANSPORT, transport_options=LANDING) as conn:
+        queue = _queue(conn, "tq9")
+        queue._consume()
+        channel = conn.default_channel
+        queue.put({"n": 9})
+        _registered(channel)
+        channel._brpop_start(timeout=1)
+        real = broker_transport.QoS.pipe_or_acquire
+
+        @contextmanager
+        def refusing(self, pipe=None, client=None):
+            with real(self, pipe, client) as p:
+                def execute(*_, **__):
+                    raise redis.exceptions.OutOfMemoryError("OOM command not allowed")
+                p.execute = execute
+                yield p
+
+        monkeypatch.setattr(broker_transport.QoS, "pipe_or_acquire", refusing)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            channel._brpop_read()
+        monkeypatch.undo()
+        (stuck,) = r.zrange("unacked_inflight", 0, -1)
+        assert r.llen(stuck) == 1 and r.hlen("unacked") == 0  # kept, not dropped
+        r.zadd("unacked_inflight", {stuck: time.time() - 2})  # a visibility timeout later
+        channel.qos.restore_visible(num=10, interval=1)
+        channel._brpop_start(timeout=1)
+        assert channel._brpop_read() is True and queue.buffer.popleft().payload == {"n": 9}
+        assert r.exists(stuck) == 0 and r.hlen("unacked") == 1
         queue.close()

@@ -107,7 +107,8 @@ class Publisher:
         self._traffic_flushed = time.monotonic()
         self._redis = None
         self._stop = threading.Event()
-        self._hurry = threading.Event()  # set while flushing: no gathering
+        self._hurry = threading.Event()  # set while anyone flushes, and once closing: no gathering
+        self._flushing, self._closing, self._hurry_lock = 0, False, threading.Lock()
 
     def restart_after_fork(self) -> None:
         """In a forked child: start empty (what the parent held is the parent's to publish and
@@ -371,12 +372,17 @@ class Publisher:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every submitted job is published or dropped."""
         deadline = time.monotonic() + timeout
-        self._hurry.set()
+        with self._hurry_lock:
+            self._flushing += 1
+            self._hurry.set()
         try:
             while self.queue.unfinished_tasks and time.monotonic() < deadline:
                 time.sleep(0.01)
         finally:
-            self._hurry.clear()
+            with self._hurry_lock:
+                self._flushing -= 1
+                if not self._flushing and not self._closing:
+                    self._hurry.clear()
         return not self.queue.unfinished_tasks
 
     def live(self) -> bool:
@@ -384,6 +390,7 @@ class Publisher:
         return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
     def close(self, timeout: float = 2.0) -> None:
+        self._closing = True  # (no gathering from now on, whoever else flushes)
         self.flush(timeout)
         self._stop.set()
         self._flush_traffic()

@@ -63,13 +63,17 @@ class QoS(redis.QoS):
         if landing is None:
             return super().append(message, delivery_tag)
         delivery = message.delivery_info
-        with self.pipe_or_acquire() as pipe:
-            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()}) \
-                .hset(self.unacked_key, delivery_tag,
-                      dumps([message._raw, delivery["exchange"], delivery["routing_key"]])) \
-                .lrem(landing[0], 1, landing[1]).execute()
-            self.channel._landing = None
-            virtual.QoS.append(self, message, delivery_tag)
+        self.channel._landing = None
+        try:
+            with self.pipe_or_acquire() as pipe:
+                pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()}) \
+                    .hset(self.unacked_key, delivery_tag,
+                          dumps([message._raw, delivery["exchange"], delivery["routing_key"]])) \
+                    .lrem(landing[0], 1, landing[1]).execute()
+        except BaseException:  # not recorded (Redis full, read-only, gone): the list is the sweep's
+            self.channel._new_token()
+            raise
+        virtual.QoS.append(self, message, delivery_tag)
 
     def restore_visible(self, start: int = 0, num: int = 10, interval: int = 10) -> None:
         sweep = not self._vrestore_count % (interval or 1)  # kombu's throttle, counted below
@@ -177,22 +181,26 @@ class Channel(redis.Channel):
 
     def _deliver_landed(self, queue: str, landing: str, item: bytes) -> None:
         """Hand a landed message to its consumer; recording it (kombu's ``qos.append``) takes it out
-        of the landing list. One that is not kombu's JSON is dropped and logged, as kombu's pop
+        of the landing list. One that is not a kombu message is dropped and logged, as kombu's pop
         drops it (once: never back onto the queue, where it would stop every worker in turn)."""
-        self._landing = (landing, item)
         try:
-            self.connection._deliver(loads(bytes_to_str(item)), queue)
-        except self.connection_errors:
-            if self._landing is not None:  # not recorded: the list is the sweep's
-                self._new_token()
-            raise
-        except Exception as err:
-            if self._landing is None:  # recorded: the consumer's own error, as kombu raises it
-                raise
+            payload = loads(bytes_to_str(item))
+            props = payload.get("properties") if isinstance(payload, dict) else None
+            if not isinstance(props, dict) or "delivery_tag" not in props:
+                raise ValueError("no properties.delivery_tag")
+        except (ValueError, TypeError) as err:
             log.error("dropping a %d-byte message on %s that is not a kombu message (%s)",
                       len(item), queue, type(err).__name__)
             self._discard(landing, item)
             raise Empty() from None
+        self._landing = (landing, item)
+        try:
+            self.connection._deliver(payload, queue)
+        except BaseException:
+            if self._landing is not None:  # not recorded: the list is the sweep's
+                self._landing = None
+                self._new_token()
+            raise
         if self._landing is not None:  # consumed without acks: nothing to record
             self._discard(landing, item)
 
