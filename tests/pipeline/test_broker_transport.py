@@ -179,15 +179,26 @@ def _registered(channel) -> None:
         channel.client.connection = channel.client.connection_pool.get_connection()
 
 
-def test_a_message_whose_reply_was_lost_is_left_to_the_sweep_not_to_its_live_channel(redis_url):
-    r = redis.Redis.from_url(redis_url)
+@contextmanager
+def _waiting(redis_url: str, name: str, *raws: bytes, payload: dict):
+    """A consumer of queue ``name`` (``raws`` pushed first, then ``payload`` put) whose channel has
+    sent its first blocking move: (queue, channel)."""
     with Connection(redis_url, transport=TRANSPORT, transport_options=LANDING) as conn:
-        queue = _queue(conn, "tq7")
+        queue = _queue(conn, name)
         queue._consume()
+        for raw in raws:
+            redis.Redis.from_url(redis_url).lpush(name, raw)
+        queue.put(payload)
         channel = conn.default_channel
-        queue.put({"n": 7})
         _registered(channel)
         channel._brpop_start(timeout=1)
+        yield queue, channel
+        queue.close()
+
+
+def test_a_message_whose_reply_was_lost_is_left_to_the_sweep_not_to_its_live_channel(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    with _waiting(redis_url, "tq7", payload={"n": 7}) as (queue, channel):
         wait_until(lambda: r.llen("tq7") == 0, 5, "the message moved into the landing list")
         (lost,) = r.zrange("unacked_inflight", 0, -1)
         channel.client.connection.disconnect()  # the connection lost before the reply was read
@@ -200,19 +211,11 @@ def test_a_message_whose_reply_was_lost_is_left_to_the_sweep_not_to_its_live_cha
         assert channel._brpop_read() is True
         assert queue.buffer.popleft().payload == {"n": 7}
         assert r.exists(lost) == 0 and r.hlen("unacked") == 1 and r.llen("tq7") == 0
-        queue.close()
 
 
 def test_a_message_that_is_not_kombus_is_dropped_once_and_the_channel_goes_on(redis_url, caplog):
     r = redis.Redis.from_url(redis_url)
-    with Connection(redis_url, transport=TRANSPORT, transport_options=LANDING) as conn:
-        queue = _queue(conn, "tq8")
-        queue._consume()
-        channel = conn.default_channel
-        r.lpush("tq8", b"not JSON")
-        queue.put({"n": 8})
-        _registered(channel)
-        channel._brpop_start(timeout=1)
+    with _waiting(redis_url, "tq8", b"not JSON", payload={"n": 8}) as (queue, channel):
         with pytest.raises(Empty):
             channel._brpop_read()
         assert "not a kombu message" in caplog.text and "not JSON" not in caplog.text
@@ -220,19 +223,12 @@ def test_a_message_that_is_not_kombus_is_dropped_once_and_the_channel_goes_on(re
         assert channel._brpop_read() is True and queue.buffer.popleft().payload == {"n": 8}
         (landing,) = r.zrange("unacked_inflight", 0, -1)
         assert r.llen(landing) == 0 and r.llen("tq8") == 0
-        queue.close()
 
 
 def test_a_message_whose_record_failed_is_left_to_the_sweep(redis_url, monkeypatch):
     """Redis refusing the record (full, read-only): the message stays in its landing list."""
     r = redis.Redis.from_url(redis_url)
-    with Connection(redis_url, transport=TRANSPORT, transport_options=LANDING) as conn:
-        queue = _queue(conn, "tq9")
-        queue._consume()
-        channel = conn.default_channel
-        queue.put({"n": 9})
-        _registered(channel)
-        channel._brpop_start(timeout=1)
+    with _waiting(redis_url, "tq9", payload={"n": 9}) as (queue, channel):
         real = broker_transport.QoS.pipe_or_acquire
 
         @contextmanager
@@ -254,4 +250,3 @@ def test_a_message_whose_record_failed_is_left_to_the_sweep(redis_url, monkeypat
         channel._brpop_start(timeout=1)
         assert channel._brpop_read() is True and queue.buffer.popleft().payload == {"n": 9}
         assert r.exists(stuck) == 0 and r.hlen("unacked") == 1
-        queue.close()
