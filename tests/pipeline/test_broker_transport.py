@@ -19,6 +19,7 @@ from tierguard.config import Settings
 from tierguard.pipeline import broker_transport
 from tierguard.pipeline.broker_transport import TRANSPORT, transport_for
 from tierguard.pipeline.tasks import worker_app
+from tierguard.sim.servers import RedisServer
 
 OPTIONS = {"visibility_timeout": 1, "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
 LANDING = {**OPTIONS, "priority_steps": [0]}  # one list per queue, as tierguard's apps use
@@ -225,28 +226,25 @@ def test_a_message_that_is_not_kombus_is_dropped_once_and_the_channel_goes_on(re
         assert r.llen(landing) == 0 and r.llen("tq8") == 0
 
 
-def test_a_message_whose_record_failed_is_left_to_the_sweep(redis_url, monkeypatch):
-    """Redis refusing the record (full, read-only): the message stays in its landing list."""
-    r = redis.Redis.from_url(redis_url)
-    with _waiting(redis_url, "tq9", payload={"n": 9}) as (queue, channel):
-        real = broker_transport.QoS.pipe_or_acquire
-
-        @contextmanager
-        def refusing(self, pipe=None, client=None):
-            with real(self, pipe, client) as p:
-                def execute(*_, **__):
-                    raise redis.exceptions.OutOfMemoryError("OOM command not allowed")
-                p.execute = execute
-                yield p
-
-        monkeypatch.setattr(broker_transport.QoS, "pipe_or_acquire", refusing)
-        with pytest.raises(redis.exceptions.OutOfMemoryError):
-            channel._brpop_read()
-        monkeypatch.undo()
-        (stuck,) = r.zrange("unacked_inflight", 0, -1)
-        assert r.llen(stuck) == 1 and r.hlen("unacked") == 0  # kept, not dropped
-        r.zadd("unacked_inflight", {stuck: time.time() - 2})  # a visibility timeout later
-        channel.qos.restore_visible(num=10, interval=1)
-        channel._brpop_start(timeout=1)
-        assert channel._brpop_read() is True and queue.buffer.popleft().payload == {"n": 9}
-        assert r.exists(stuck) == 0 and r.hlen("unacked") == 1
+def test_a_message_whose_record_failed_is_left_to_the_sweep():
+    """Redis refusing the record (here: full, on a Redis of this test's own): the message stays in
+    its landing list."""
+    server = RedisServer().start()
+    try:
+        r = redis.Redis.from_url(server.url)
+        with _waiting(server.url, "tq9", payload={"n": 9}) as (queue, channel):
+            wait_until(lambda: r.llen("tq9") == 0, 5, "the message moved into the landing list")
+            r.config_set("maxmemory-policy", "noeviction")
+            r.config_set("maxmemory", 1)  # every write that may grow memory refused (OOM)
+            with pytest.raises(redis.exceptions.ResponseError):
+                channel._brpop_read()
+            r.config_set("maxmemory", 0)
+            (stuck,) = r.zrange("unacked_inflight", 0, -1)
+            assert r.llen(stuck) == 1 and r.hlen("unacked") == 0  # kept, not dropped
+            r.zadd("unacked_inflight", {stuck: time.time() - 2})  # a visibility timeout later
+            channel.qos.restore_visible(num=10, interval=1)
+            channel._brpop_start(timeout=1)
+            assert channel._brpop_read() is True and queue.buffer.popleft().payload == {"n": 9}
+            assert r.exists(stuck) == 0 and r.hlen("unacked") == 1
+    finally:
+        server.stop()
