@@ -54,6 +54,16 @@ def transport_for(url: str) -> str | None:
     return None
 
 
+def landing_name(index: str, token: str, source: str) -> str:
+    """A channel's landing list for the Redis list ``source``: ``INDEX:TOKEN:SOURCE``."""
+    return f"{index}:{token}:{source}"
+
+
+def source_of(index: str, name: str) -> str:
+    """The Redis list a landing list takes from (the token is 32 hex digits; any name may follow)."""
+    return name[len(index) + 34:]
+
+
 class QoS(redis.QoS):
     """kombu's ack emulation; a message moved into the channel's landing list is recorded as
     unacknowledged and taken out of that list at once."""
@@ -112,7 +122,7 @@ class Channel(redis.Channel):
     def _landing_list(self, key: str) -> str:
         if "_token" not in self.__dict__:
             self.__dict__["_token"] = uuid.uuid4().hex
-        return f"{self._index}:{self.__dict__['_token']}:{key}"
+        return landing_name(self._index, self.__dict__["_token"], key)
 
     def _new_token(self) -> None:
         """Land through a new list from now on: the old one, if a message reached it unrecorded (a
@@ -237,7 +247,7 @@ def _push_back(index: str, name: str, ceil: float, pipe: Any) -> int:
     pipe.multi()
     if raws is None:
         return 0
-    source = name[len(index) + 34:]  # INDEX:TOKEN:SOURCE, the token 32 hex digits
+    source = source_of(index, name)
     for raw in raws:  # the newest first: the oldest ends rightmost, to be popped first
         pipe.rpush(source, _redelivered(raw))
     pipe.delete(name).zrem(index, name)
