@@ -86,7 +86,8 @@ def build_context(settings: Settings) -> Context:
     key = settings.shadow_api_key.get_secret_value() if settings.shadow_api_key else None
     runner = LoopRunner(lambda: async_client(settings.shadow_timeout, api_key=key,
                                              platform=settings.shadow_platform, policy=lambda: ctx.policy),
-                        shards=settings.max_in_flight // POOL_SHARD, compare_timeout=settings.compare_timeout)
+                        shards=settings.max_in_flight // POOL_SHARD, compare_timeout=settings.compare_timeout,
+                        loop=settings.worker_loop)
     ctx = Context(policy=live.current, engine=engine, redis=r, recorder=writer.record_all,
                   runner=runner, sealer=sealer(settings),
                   scope=ratelimits.fingerprint(key) if key else "", caps=ShadowCaps(settings.redis_url),

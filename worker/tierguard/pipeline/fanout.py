@@ -63,12 +63,14 @@ class LoopRunner:
 
     Requests rotate over ``shards`` clients of ``POOL_SHARD`` connections each:
     one pool of hundreds of connections costs milliseconds of CPU per request.
-    The loop's thread starts on first use, and again (with new clients) in a forked child.
+    The loop's thread starts on first use, and again (with new clients) in a forked child;
+    ``loop`` is ``uvloop`` or ``asyncio`` (``TIERGUARD_WORKER_LOOP``, see :func:`new_loop`).
     """
 
     def __init__(self, client_factory: Callable[[], anthropic.AsyncAnthropic], shards: int = 1,
-                 compare_timeout: float = 2.0):
+                 compare_timeout: float = 2.0, loop: str = "asyncio"):
         self._factory = client_factory
+        self._new_loop = new_loop(loop)
         self.compare_timeout = compare_timeout
         self._compare_pool: ThreadPoolExecutor | None = None
         self._clients: list[anthropic.AsyncAnthropic] = []
@@ -87,7 +89,7 @@ class LoopRunner:
                     self._clients, self._next = [], 0  # a parent's connections are the parent's
                     self._compare_pool = ThreadPoolExecutor(COMPARE_THREADS,
                                                             thread_name_prefix="tierguard-compare")
-                    self._loop = asyncio.new_event_loop()
+                    self._loop = self._new_loop()
                     threading.Thread(target=self._loop.run_forever, name="tierguard-fanout",
                                      daemon=True).start()
                     self._pid = os.getpid()
@@ -152,6 +154,18 @@ class ShadowClient(anthropic.AsyncAnthropic):
             if len(self._urls) < URLS_KEPT:  # paths with ids (batches) must not grow it for ever
                 self._urls[url] = merged
         return merged
+
+
+def new_loop(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """How a runner makes its loop: ``uvloop``'s (where it is installed) or ``asyncio``'s."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # not on every platform (Windows): asyncio's serves
+            log.info("uvloop is not installed: shadow calls run on asyncio's event loop")
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 @functools.cache
