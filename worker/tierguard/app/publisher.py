@@ -24,7 +24,7 @@ from tierguard import metrics
 from tierguard.app.snapshot import job_request
 from tierguard.config import Settings
 from tierguard.contract import job_store, keys
-from tierguard.contract.broker import BATCH_TASK, make_celery
+from tierguard.contract.broker import BATCH_TASK, job_reprs, make_celery
 from tierguard.contract.job import ShadowJob
 from tierguard.contract.messages import body_usage, cache_tokens_of, message_text, snapshot_of, usage_of
 from tierguard.contract.sealing import Sealer, seal_job, sealer
@@ -137,10 +137,8 @@ class Publisher:
     def _send(self, jobs: list[ShadowJob]) -> None:
         if self._app is None:
             self._app = make_celery(self.settings)
-        # (argsrepr given: Celery would walk every job to build its repr for the message's headers)
         self._app.send_task(BATCH_TASK, args=[[j.fields() for j in jobs]], task_id=jobs[0].job_id,
-                            queue=self.settings.queue, retry=False,
-                            argsrepr=f"[<{len(jobs)} shadow jobs>]", kwargsrepr="{}")
+                            queue=self.settings.queue, retry=False, **job_reprs(len(jobs)))
 
     def _sealer(self) -> Sealer | None:
         if self._sealing is _UNSET:

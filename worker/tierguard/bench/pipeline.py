@@ -213,7 +213,7 @@ def _produce(stack: _Stack, run: int, seconds: float, rate: float) -> int:
     ``TIERGUARD_PUBLISH_JOBS_PER_MESSAGE`` jobs are due, or ``TIERGUARD_PUBLISH_GATHER_S`` after the
     first of them was); how many were sent."""
     from tierguard.config import get_settings
-    from tierguard.contract.broker import BATCH_TASK
+    from tierguard.contract.broker import BATCH_TASK, job_reprs
 
     settings = get_settings()
     per, gather = settings.publish_jobs_per_message, settings.publish_gather_s
@@ -226,7 +226,7 @@ def _produce(stack: _Stack, run: int, seconds: float, rate: float) -> int:
             batch = [_job(stack, run, i) for i in range(sent, min(due, sent + per))]
             sent += len(batch)
             stack.app.send_task(BATCH_TASK, args=[batch], task_id=batch[0]["job_id"], producer=producer,
-                                argsrepr=f"[<{len(batch)} shadow jobs>]", kwargsrepr="{}")
+                                **job_reprs(len(batch)))
     return sent
 
 

@@ -26,6 +26,13 @@ SENTINELS_TASK = "tierguard.sentinels"
 MODELS_TASK = "tierguard.models"
 
 
+def job_reprs(jobs: int | None = None) -> dict[str, str]:
+    """``send_task``'s reprs for a message of ``jobs`` shadow jobs (None: one, alone): a count, never
+    the jobs (Celery would walk every job, prompts and answers, to build the message's headers)."""
+    return {"argsrepr": "[<a shadow job>]" if jobs is None else f"[<{jobs} shadow jobs>]",
+            "kwargsrepr": "{}"}
+
+
 def beat_entries(settings: Settings) -> list[tuple[str, str, float]]:
     """(schedule name, task, period in seconds) of everything beat sends."""
     return [("deliver-alerts", DELIVER_TASK, settings.alert_sweep_seconds),

@@ -32,6 +32,7 @@ from tierguard.contract.broker import (
     SENTINELS_TASK,
     SHADOW_TASK,
     beat_entries,
+    job_reprs,
     make_celery,
 )
 from tierguard.errors import StoreUnavailable
@@ -85,8 +86,7 @@ def shadow_batch(task: Task, jobs: list[dict[str, Any]]) -> dict[str, int]:
                                        settings.visibility_timeout / 2)) from err
     for again in after.again:
         task.app.send_task(SHADOW_TASK, args=[again.job], task_id=again.job_id, queue=settings.queue,
-                           countdown=again.delay, retries=again.retries,
-                           argsrepr="[<a shadow job>]", kwargsrepr="{}")  # (no repr of its prompt)
+                           countdown=again.delay, retries=again.retries, **job_reprs())
     if after.deliver:
         task.app.send_task(DELIVER_TASK, queue=settings.queue)
     return after.counts()
