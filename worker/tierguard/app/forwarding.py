@@ -17,6 +17,7 @@ from typing import Any
 import httpx2
 
 from tierguard.app.admission import LEFT, error_body
+from tierguard.app.deadline import Deadline
 from tierguard.app.relay import HOP_BY_HOP, Watch, cutter, disconnected, pump, respond
 from tierguard.config import mask_url
 
@@ -113,7 +114,7 @@ class Forwarding:
         assert upstream is not None
         try:
             with left.watching():
-                async with asyncio.timeout_at(until):
+                with Deadline(until):
                     return await upstream.send(method, target, headers, body)
         except TimeoutError:
             self.core.refuse("deadline_exceeded", "%s", self._late())  # type: ignore[union-attr]
@@ -140,7 +141,7 @@ class Forwarding:
         cut = cutter(scope, send, response)
         try:
             with left.watching():
-                async with asyncio.timeout_at(until):
+                with Deadline(until):
                     return await pump(response, send, watch, cut, unsent)
         except TimeoutError:
             self.core.refuse("deadline_exceeded", "%s", self._late())  # type: ignore[union-attr]

@@ -47,6 +47,7 @@ from tierguard import metrics
 from tierguard.app import admission, escalating, escalation
 from tierguard.app.admission import error_body
 from tierguard.app.core import Core
+from tierguard.app.deadline import Deadline
 from tierguard.app.forwarding import Forwarding
 from tierguard.app.naming import body_category, names_by_user, path_category
 from tierguard.app.openai_compat import Untranslatable, messages_request
@@ -130,7 +131,7 @@ class Gateway(Forwarding):
         limit = self._limit(method, path)
         wait = self.settings.gateway_body_timeout * max(1.0, limit / _MESSAGES_LIMIT)
         try:
-            async with asyncio.timeout(wait):
+            with Deadline.after(wait):
                 body = await read_body(receive, limit, declared(scope["headers"]))
         except TooLarge:
             return await self._too_large(send, limit)
