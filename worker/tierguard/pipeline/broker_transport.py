@@ -9,8 +9,10 @@ unacknowledged and takes it out of that list in one transaction. Each channel's 
 the ``unacked_inflight`` sorted set by a heartbeat (about every second); a list whose channel has
 not beaten for the visibility timeout is pushed back onto its queue, marked redelivered, by the
 next restore sweep of any worker. A channel whose reply was lost with its connection lands through
-a new list from then on, leaving the old one to that sweep. Consuming several lists, a channel
-falls back to kombu's ``BRPOP``.
+a new list from then on, leaving the old one to that sweep. Redis full (``noeviction``) or
+read-only refuses ``BLMOVE``, the heartbeat and the record, where kombu's ``BRPOP`` is not refused
+but its record is (the message lost): the channel then takes nothing for a second at a time, and
+its worker goes on. Consuming several lists, a channel falls back to kombu's ``BRPOP``.
 
 **One command client per channel.** kombu's channel builds a new ``redis.Redis`` for every
 ``conn_or_acquire`` (each unacked-message append, each ack, each restore), about 100 µs of the
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 TRANSPORT = "tierguard.pipeline.broker_transport:Transport"
 SWEEP_LIMIT = 100  # stranded lists pushed back per sweep
+REFUSED_S = 1.0  # after Redis refused a landing write (full, read-only): this long without one
 
 
 def transport_for(url: str) -> str | None:
@@ -80,8 +83,11 @@ class QoS(redis.QoS):
                     .hset(self.unacked_key, delivery_tag,
                           dumps([message._raw, delivery["exchange"], delivery["routing_key"]])) \
                     .lrem(landing[0], 1, landing[1]).execute()
-        except BaseException:  # not recorded (Redis full, read-only, gone): the list is the sweep's
+        except BaseException as err:  # not recorded (Redis full, read-only, gone): the sweep's
             self.channel._new_token()
+            if isinstance(err, self.channel.ResponseError):  # refused: the worker goes on
+                self.channel._refuse(err)
+                raise Empty() from None
             raise
         virtual.QoS.append(self, message, delivery_tag)
 
@@ -89,7 +95,7 @@ class QoS(redis.QoS):
         sweep = not self._vrestore_count % (interval or 1)  # kombu's throttle, counted below
         for channel in getattr(self.channel.connection, "channels", None) or [self.channel]:
             if isinstance(channel, Channel):  # (kombu sweeps through one channel: all beat here)
-                channel._beat(force=True)
+                channel._beat_or_refuse(force=True)
         super().restore_visible(start, num, interval)
         if sweep:
             restore_stranded(self.channel, time.time() - self.visibility_timeout)
@@ -105,6 +111,7 @@ class Channel(redis.Channel):
     _landing: tuple[str, bytes] | None = None  # (its list, the message) being delivered, until recorded
     _moving: tuple[str, str] | None = None  # (queue, its list) of the BLMOVE in flight
     _beaten_at = 0.0
+    _refused_at = float("-inf")
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
@@ -152,22 +159,46 @@ class Channel(redis.Channel):
                 client.zadd(self._index, {self._landing_list(single[1]): time.time()})
             self._beaten_at = now
 
+    def _beat_or_refuse(self, force: bool = False) -> bool:
+        """:meth:`_beat`; ``False`` if Redis refused it (or any landing write within REFUSED_S)."""
+        if time.monotonic() - self._refused_at < REFUSED_S:
+            return False
+        try:
+            self._beat(force)
+        except self.ResponseError as err:
+            self._refuse(err)
+            return False
+        return True
+
+    def _refuse(self, err: Exception) -> None:
+        """Redis refused a landing write (full under noeviction, a read-only replica): the channel
+        waits REFUSED_S instead (kombu's BRPOP would take messages whose record Redis refuses, lost)
+        and its worker goes on."""
+        now = time.monotonic()
+        if now - self._refused_at > 60:
+            log.warning("Redis refused a worker's write (%s): taking no message until it accepts "
+                        "writes again", type(err).__name__)
+        self._refused_at = now
+
     def _brpop_start(self, timeout: float | None = None) -> None:
+        if self._moving is not None:  # the last BLMOVE's reply was never read (a lost connection)
+            self._new_token()
+            self._moving = None
         single = self._single_list()
         if single is None:
-            self._moving = None
             return super()._brpop_start(timeout)
         queue, key = single
         self._queue_cycle.consume(1)
-        if self._moving is not None:  # the last BLMOVE's reply was never read (a lost connection)
-            self._new_token()
         self._moving = single
-        self._beat()
+        if not self._beat_or_refuse():
+            self._moving = None  # a wait on a list nothing fills, read as kombu's empty BRPOP
+            command: tuple[Any, ...] = ("BRPOP", f"{self._index}:refused", REFUSED_S)
+        else:
+            wait = self.brpop_timeout if timeout is None else timeout
+            command = ("BLMOVE", key, self._landing_list(key), "RIGHT", "LEFT", wait or 0)
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
-        wait = self.brpop_timeout if timeout is None else timeout
-        self.client.connection.send_command("BLMOVE", key, self._landing_list(key), "RIGHT", "LEFT",
-                                            wait or 0)
+        self.client.connection.send_command(*command)
 
     def _brpop_read(self, **options: Any) -> bool:
         if self._moving is None:
@@ -180,6 +211,9 @@ class Channel(redis.Channel):
                 self.client.connection.disconnect()
                 self._new_token()
                 raise
+            except self.ResponseError as err:  # refused: nothing moved
+                self._refuse(err)
+                raise Empty() from None
             if item is None:
                 raise Empty()
             self._queue_cycle.rotate(queue)
