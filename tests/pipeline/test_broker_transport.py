@@ -310,3 +310,23 @@ def test_a_lost_reply_is_left_to_the_sweep_across_a_change_of_queues(redis_url):
         channel.qos.restore_visible(num=10, interval=1)
         assert channel._brpop_read() is True and queue.buffer.popleft().payload == {"n": 12}
         assert r.exists(lost) == 0 and r.hlen("unacked") == 1
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"body": "", "properties": {"delivery_tag": "t1"}}',  # no delivery_info
+    b'{"body": "!not base64", "properties": {"delivery_tag": "t2", "body_encoding": "base64",'
+    b' "delivery_info": {"exchange": "", "routing_key": "tq14"}}}',
+])
+def test_a_message_kombu_cannot_read_is_dropped_once_too(redis_url, raw, caplog):
+    """Shaped like kombu's but unreadable by it: dropped and logged, not left to the sweep, which
+    would put it back to stop the next worker a visibility timeout later."""
+    r = redis.Redis.from_url(redis_url)
+    with _waiting(redis_url, "tq14", raw, payload={"n": 14}) as (queue, channel):
+        with pytest.raises(Empty):
+            channel._brpop_read()
+        assert "not a kombu message" in caplog.text
+        (landing,) = r.zrange("unacked_inflight", 0, -1)
+        assert r.llen(landing) == 0 and r.hlen("unacked") == 0
+        channel._brpop_start(timeout=1)
+        assert channel._brpop_read() is True and queue.buffer.popleft().payload == {"n": 14}
+        assert r.llen(landing) == 0 and r.llen("tq14") == 0

@@ -29,12 +29,13 @@ import time
 import uuid
 from functools import partial
 from queue import Empty
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qs, urlsplit
 
 from kombu.transport import redis, virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +76,13 @@ class QoS(redis.QoS):
         landing = self.channel._landing
         if landing is None:
             return super().append(message, delivery_tag)
-        delivery = message.delivery_info
+        delivery = message.delivery_info  # (fields missing: raised while it is still landing)
+        record = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         self.channel._landing = None
         try:
             with self.pipe_or_acquire() as pipe:
                 pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()}) \
-                    .hset(self.unacked_key, delivery_tag,
-                          dumps([message._raw, delivery["exchange"], delivery["routing_key"]])) \
+                    .hset(self.unacked_key, delivery_tag, record) \
                     .lrem(landing[0], 1, landing[1]).execute()
         except BaseException as err:  # not recorded (Redis full, read-only, gone): the sweep's
             self.channel._new_token()
@@ -225,7 +226,7 @@ class Channel(redis.Channel):
 
     def _deliver_landed(self, queue: str, landing: str, item: bytes) -> None:
         """Hand a landed message to its consumer; recording it (kombu's ``qos.append``) takes it out
-        of the landing list. One that is not a kombu message is dropped and logged, as kombu's pop
+        of the landing list. One that kombu cannot read is dropped and logged, as kombu's pop
         drops it (once: never back onto the queue, where it would stop every worker in turn)."""
         try:
             payload = loads(bytes_to_str(item))
@@ -233,20 +234,26 @@ class Channel(redis.Channel):
             if not isinstance(props, dict) or "delivery_tag" not in props:
                 raise ValueError("no properties.delivery_tag")
         except (ValueError, TypeError) as err:
-            log.error("dropping a %d-byte message on %s that is not a kombu message (%s)",
-                      len(item), queue, type(err).__name__)
-            self._discard(landing, item)
-            raise Empty() from None
+            self._drop(queue, landing, item, err)
         self._landing = (landing, item)
         try:
             self.connection._deliver(payload, queue)
-        except BaseException:
-            if self._landing is not None:  # not recorded: the list is the sweep's
-                self._landing = None
-                self._new_token()
+        except BaseException as err:
+            if self._landing is None:
+                raise
+            if isinstance(err, Exception) and not isinstance(err, (RedisError, OSError)):
+                self._drop(queue, landing, item, err)  # kombu's reading of it failed, no Redis
+            self._landing = None  # not recorded: the list is the sweep's
+            self._new_token()
             raise
         if self._landing is not None:  # consumed without acks: nothing to record
             self._discard(landing, item)
+
+    def _drop(self, queue: str, landing: str, item: bytes, err: BaseException) -> NoReturn:
+        log.error("dropping a %d-byte message on %s that is not a kombu message (%s)",
+                  len(item), queue, type(err).__name__)
+        self._discard(landing, item)
+        raise Empty() from None
 
     def _discard(self, landing: str, item: bytes) -> None:
         self._landing = None
