@@ -9,10 +9,10 @@ unacknowledged and takes it out of that list in one transaction. Each channel's 
 the ``unacked_inflight`` sorted set by a heartbeat (about every second); a list whose channel has
 not beaten for the visibility timeout is pushed back onto its queue, marked redelivered, by the
 next restore sweep of any worker. A channel whose reply was lost with its connection lands through
-a new list from then on, leaving the old one to that sweep. Redis full (``noeviction``) or
-read-only refuses ``BLMOVE``, the heartbeat and the record, where kombu's ``BRPOP`` is not refused
-but its record is (the message lost): the channel then takes nothing for a second at a time, and
-its worker goes on. Consuming several lists, a channel falls back to kombu's ``BRPOP``.
+a new list from then on, leaving the old one to that sweep. A full Redis (``noeviction``)
+refuses ``BLMOVE``, the heartbeat and the record, where kombu's ``BRPOP`` is not refused but its
+record is (the message lost): the channel then takes nothing for a second at a time, and its worker
+goes on. Consuming several lists, a channel falls back to kombu's ``BRPOP``.
 
 **One command client per channel.** kombu's channel builds a new ``redis.Redis`` for every
 ``conn_or_acquire`` (each unacked-message append, each ack, each restore), about 100 µs of the
@@ -35,13 +35,13 @@ from urllib.parse import parse_qs, urlsplit
 from kombu.transport import redis, virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 log = logging.getLogger(__name__)
 
 TRANSPORT = "tierguard.pipeline.broker_transport:Transport"
 SWEEP_LIMIT = 100  # stranded lists pushed back per sweep
-REFUSED_S = 1.0  # after Redis refused a landing write (full, read-only): this long without one
+REFUSED_S = 1.0  # after a full Redis refused a landing write: this long without one
 
 
 def transport_for(url: str) -> str | None:
@@ -86,7 +86,7 @@ class QoS(redis.QoS):
                     .lrem(landing[0], 1, landing[1]).execute()
         except BaseException as err:  # not recorded (Redis full, read-only, gone): the sweep's
             self.channel._new_token()
-            if isinstance(err, self.channel.ResponseError):  # refused: the worker goes on
+            if isinstance(err, OutOfMemoryError):  # Redis full: the worker goes on
                 self.channel._refuse(err)
                 raise Empty() from None
             raise
@@ -166,15 +166,14 @@ class Channel(redis.Channel):
             return False
         try:
             self._beat(force)
-        except self.ResponseError as err:
+        except OutOfMemoryError as err:
             self._refuse(err)
             return False
         return True
 
     def _refuse(self, err: Exception) -> None:
-        """Redis refused a landing write (full under noeviction, a read-only replica): the channel
-        waits REFUSED_S instead (kombu's BRPOP would take messages whose record Redis refuses, lost)
-        and its worker goes on."""
+        """Redis full (noeviction) refused a landing write: the channel waits REFUSED_S instead
+        (kombu's BRPOP would take messages whose record Redis refuses, lost), its worker goes on."""
         now = time.monotonic()
         if now - self._refused_at > 60:
             log.warning("Redis refused a worker's write (%s): taking no message until it accepts "
@@ -212,7 +211,7 @@ class Channel(redis.Channel):
                 self.client.connection.disconnect()
                 self._new_token()
                 raise
-            except self.ResponseError as err:  # refused: nothing moved
+            except OutOfMemoryError as err:  # refused: nothing moved
                 self._refuse(err)
                 raise Empty() from None
             if item is None:
