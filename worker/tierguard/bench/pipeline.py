@@ -5,7 +5,10 @@ processes call a simulator that answers after a fixed latency, compare and write
 PostgreSQL rows. The floor is a bare ``AsyncAnthropic`` call loop against the same
 simulator: what a call costs with nothing of tierguard's. Each of ``runs`` runs
 measures the floor just before and just after its pipeline window (their mean is
-its floor), so a machine whose load drifts moves both sides of the ratio alike.
+its floor), so a machine whose load drifts moves both sides of the ratio alike. The same loop on
+uvloop's event loop (what a worker runs on by default) is measured beside it each time:
+``cpu_ratio`` is against the bare loop on asyncio's own loop, ``cpu_ratio_uvloop_floor`` against
+the bare loop on uvloop's.
 
 The bench's categories are what a category typically has now: a ``label``
 comparator with every ``escalate_on`` check, half of them served by the reference
@@ -56,15 +59,15 @@ class _Floor:
     def __init__(self, base_url: str):
         code = ("import sys; from tierguard.bench.pipeline import floor_loop\n"
                 "for line in sys.stdin:\n"
-                "    calls, concurrency = map(int, line.split())\n"
-                "    print(floor_loop(sys.argv[1], calls, concurrency), flush=True)")
+                "    calls, concurrency, loop = line.split()\n"
+                "    print(floor_loop(sys.argv[1], int(calls), int(concurrency), loop), flush=True)")
         self.proc = subprocess.Popen([sys.executable, "-c", code, base_url], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True,
                                      env={**os.environ, "ANTHROPIC_API_KEY": "sk-bench"})
 
-    def measure(self, calls: int, concurrency: int) -> float:
+    def measure(self, calls: int, concurrency: int, loop: str = "asyncio") -> float:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{calls} {concurrency}\n")
+        self.proc.stdin.write(f"{calls} {concurrency} {loop}\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
@@ -72,7 +75,9 @@ class _Floor:
         return float(line)
 
 
-def floor_loop(base_url: str, calls: int, concurrency: int) -> float:
+def floor_loop(base_url: str, calls: int, concurrency: int, loop: str = "asyncio") -> float:
+    """CPU ms per call of ``calls`` bare SDK calls, ``concurrency`` at a time, on ``loop``'s event
+    loop (``asyncio`` or ``uvloop``)."""
     import asyncio
     import resource
 
@@ -99,7 +104,10 @@ def floor_loop(base_url: str, calls: int, concurrency: int) -> float:
         await client.close()
 
     spent = [0.0]
-    asyncio.run(run())
+    from tierguard.pipeline.fanout import new_loop
+
+    with asyncio.Runner(loop_factory=new_loop(loop)) as runner:
+        runner.run(run())
     return spent[0] * 1000 / calls
 
 
@@ -263,16 +271,18 @@ def _one_run(stack: _Stack, run: int, seconds: float, rate: float, concurrency: 
     """One pipeline window between two halves of the floor; its figures."""
     calls = min(3000, max(500, int(rate * 4))) // 2
     floor_before = stack.floor.measure(calls, concurrency)
+    uvloop_before = stack.floor.measure(calls, concurrency, "uvloop")
     cpu_start = sum(_cpu_seconds(p.pid) for p in stack.workers)
     t_start = time.time()
     sent = _produce(stack, run, seconds, rate)
     _recorded(stack, run, sent)
     worker_cpu = sum(_cpu_seconds(p.pid) for p in stack.workers) - cpu_start
-    floor = (floor_before + stack.floor.measure(calls, concurrency)) / 2
-    return _figures(_count(stack, run, rows=True), sent, worker_cpu, floor, t_start, seconds)
+    floors = ((floor_before + stack.floor.measure(calls, concurrency)) / 2,
+              (uvloop_before + stack.floor.measure(calls, concurrency, "uvloop")) / 2)
+    return _figures(_count(stack, run, rows=True), sent, worker_cpu, floors, t_start, seconds)
 
 
-def _figures(rows: list[Any], sent: int, worker_cpu: float, floor: float, t_start: float,
+def _figures(rows: list[Any], sent: int, worker_cpu: float, floors: tuple[float, float], t_start: float,
              seconds: float) -> dict[str, Any]:
     def aware(t: dt.datetime) -> dt.datetime:
         return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
@@ -283,9 +293,12 @@ def _figures(rows: list[Any], sent: int, worker_cpu: float, floor: float, t_star
     delays = [(aware(r[0]) - aware(r[1])).total_seconds() - (r[2] or 0) / 1000 for r in rows if r[1]]
     latencies = [r[2] for r in rows if r[2]]
     per_comparison = worker_cpu * 1000 / max(1, len(rows))
+    floor, on_uvloop = floors
     return {"worker_cpu_ms_per_comparison": round(per_comparison, 3),
             "floor_cpu_ms_per_call": round(floor, 3),
             "cpu_ratio": round(per_comparison / floor, 3) if floor else None,
+            "floor_uvloop_cpu_ms_per_call": round(on_uvloop, 3),
+            "cpu_ratio_uvloop_floor": round(per_comparison / on_uvloop, 3) if on_uvloop else None,
             "sent": sent, "recorded": len(rows), "errors": sum(1 for r in rows if r[3]),
             "agreement": round(sum(1 for r in rows if r[4]) / max(1, len(rows)), 3),
             "comparisons_per_s": round(len(in_window) / (end - warm).total_seconds(), 1),
@@ -294,8 +307,8 @@ def _figures(rows: list[Any], sent: int, worker_cpu: float, floor: float, t_star
             "shadow_call_p95_ms": round(pct(latencies, 95), 1) if latencies else None}
 
 
-SPREAD = ("cpu_ratio", "worker_cpu_ms_per_comparison", "floor_cpu_ms_per_call", "comparisons_per_s",
-          "p95_queue_delay_s")
+SPREAD = ("cpu_ratio", "worker_cpu_ms_per_comparison", "floor_cpu_ms_per_call", "cpu_ratio_uvloop_floor",
+          "floor_uvloop_cpu_ms_per_call", "comparisons_per_s", "p95_queue_delay_s")
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
