@@ -104,3 +104,90 @@ def test_the_worker_loop_setting_picks_the_runners_loop(simulator):
         assert "worker_loop" in str(err) and "uvloop|asyncio" in str(err)
     else:
         raise AssertionError("an unknown loop was accepted")
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    """A certificate and key for 127.0.0.1, made here (PEM files)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+def test_shadow_calls_over_tls_on_uvloop(tmp_path):
+    """Workers call the API over HTTPS: the SDK's TLS connections on uvloop's loop, kept alive."""
+    import http.server
+    import json
+    import ssl
+
+    import httpx2
+
+    cert, key = _self_signed(tmp_path)
+    answer = json.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-opus-4-7",
+                         "content": [{"type": "text", "text": "RED"}], "stop_reason": "end_turn",
+                         "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 1}}).encode()
+    connections = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            connections.append(self.client_address)
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    server.socket = server_tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    trust = ssl.create_default_context(cafile=cert)
+    runner = LoopRunner(lambda: anthropic.AsyncAnthropic(
+        base_url=f"https://127.0.0.1:{server.server_address[1]}", api_key=API_KEY, max_retries=0,
+        http_client=anthropic.DefaultAsyncHttpxClient(verify=trust, limits=httpx2.Limits(max_connections=4))),
+        loop="uvloop")
+
+    async def calls() -> list[str]:
+        client = runner.client
+
+        async def one(i: int) -> str:
+            reply = await client.messages.create(model="claude-opus-4-7", max_tokens=8,
+                                                 messages=[{"role": "user", "content": f"item {i}"}])
+            return reply.content[0].text
+
+        return await asyncio.gather(*(one(i) for i in range(40)))
+
+    try:
+        assert runner.run(calls()) == ["RED"] * 40
+        assert type(runner.loop).__module__.startswith("uvloop")
+        assert 1 <= len(connections) <= 4  # kept alive: 40 calls over at most the pool's 4 connections
+    finally:
+        server.shutdown()
