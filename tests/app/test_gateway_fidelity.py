@@ -259,9 +259,9 @@ def test_a_large_body_does_not_hold_other_requests_up(stack, simulator, sqlite_u
         assert probe.stdout.readline().strip() == "ready"
         with httpx2.Client(base_url=base, timeout=60) as client:
             client.post("/v1/messages", content=big, headers=HEADERS)  # warm up: code paths, pools
-            # Up to three rounds: a busy host (parallel tests) can stall one; a body parsed on the
-            # event loop stalls every round.
-            while len(tries) < 3 and (not tries or tries[-1] >= 0.075):
+            # Up to five rounds: a busy host (parallel tests) can stall some (three once all
+            # stalled in a full run); a body parsed on the event loop stalls every round.
+            while len(tries) < 5 and (not tries or tries[-1] >= 0.075):
                 tries.append(worst_wait(client, probe, big))
     finally:
         probe.kill()

@@ -199,7 +199,7 @@ def test_invalid_batches_are_refused(simulator, requests, message):
 
 
 def test_unknown_batches_are_not_found(simulator):
-    client = sdk(simulator(**SCENARIO))
+    client = sdk(simulator(**{**SCENARIO, "batch_delay_s": 60}))  # still processing when deleted
     with pytest.raises(anthropic.NotFoundError):
         client.messages.batches.retrieve("msgbatch_nope")
     with pytest.raises(anthropic.NotFoundError):
