@@ -19,7 +19,6 @@ from tierguard.config import Settings
 from tierguard.pipeline import broker_transport
 from tierguard.pipeline.broker_transport import TRANSPORT, transport_for
 from tierguard.pipeline.tasks import worker_app
-from tierguard.sim.servers import RedisServer
 
 OPTIONS = {"visibility_timeout": 1, "unacked_restore_interval": 1, "unacked_restore_throttle": 1}
 LANDING = {**OPTIONS, "priority_steps": [0]}  # one list per queue, as tierguard's apps use
@@ -236,67 +235,59 @@ def test_a_message_that_is_not_kombus_is_dropped_once_and_the_channel_goes_on(re
         assert r.llen(landing) == 0 and r.llen("tq8") == 0
 
 
-def test_a_message_whose_record_failed_is_left_to_the_sweep():
+def test_a_message_whose_record_failed_is_left_to_the_sweep(private_redis):
     """Redis refusing the record (here: full, on a Redis of this test's own): the message stays in
     its landing list."""
-    server = RedisServer().start()
-    try:
-        r = redis.Redis.from_url(server.url)
-        with _waiting(server.url, "tq9", payload={"n": 9}) as (queue, channel):
-            wait_until(lambda: r.llen("tq9") == 0, 5, "the message moved into the landing list")
-            r.config_set("maxmemory-policy", "noeviction")
-            r.config_set("maxmemory", 1)  # every write that may grow memory refused (OOM)
-            with pytest.raises(Empty):  # the worker goes on
-                channel._brpop_read()
-            r.config_set("maxmemory", 0)
-            (stuck,) = r.zrange("unacked_inflight", 0, -1)
-            assert r.llen(stuck) == 1 and r.hlen("unacked") == 0  # kept, not dropped
-            r.zadd("unacked_inflight", {stuck: time.time() - 2})  # a visibility timeout later
-            time.sleep(broker_transport.REFUSED_S)  # (no landing write meanwhile)
-            channel.qos.restore_visible(num=10, interval=1)
-            channel._brpop_start(timeout=1)
-            assert channel._brpop_read() is True and queue.buffer.popleft().payload == {"n": 9}
-            assert r.exists(stuck) == 0 and r.hlen("unacked") == 1
-    finally:
-        server.stop()
+    r = redis.Redis.from_url(private_redis.url)
+    with _waiting(private_redis.url, "tq9", payload={"n": 9}) as (queue, channel):
+        wait_until(lambda: r.llen("tq9") == 0, 5, "the message moved into the landing list")
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", 1)  # every write that may grow memory refused (OOM)
+        with pytest.raises(Empty):  # the worker goes on
+            channel._brpop_read()
+        r.config_set("maxmemory", 0)
+        (stuck,) = r.zrange("unacked_inflight", 0, -1)
+        assert r.llen(stuck) == 1 and r.hlen("unacked") == 0  # kept, not dropped
+        r.zadd("unacked_inflight", {stuck: time.time() - 2})  # a visibility timeout later
+        time.sleep(broker_transport.REFUSED_S)  # (no landing write meanwhile)
+        channel.qos.restore_visible(num=10, interval=1)
+        channel._brpop_start(timeout=1)
+        assert channel._brpop_read() is True and queue.buffer.popleft().payload == {"n": 9}
+        assert r.exists(stuck) == 0 and r.hlen("unacked") == 1
 
 
 @pytest.mark.parametrize("refused", ["heartbeat", "move"])
-def test_a_full_redis_stops_no_worker_and_loses_nothing(refused, caplog):
+def test_a_full_redis_stops_no_worker_and_loses_nothing(refused, caplog, private_redis):
     """Redis full under noeviction (deploy/redis/redis.conf) refuses the heartbeat and BLMOVE, which
     may grow memory: the channel takes nothing meanwhile (kombu's BRPOP would, and lose it to a
     refused record), waits a second between tries, raises nothing, and lands it when Redis can."""
-    server = RedisServer().start()
-    try:
-        r = redis.Redis.from_url(server.url)
-        with Connection(server.url, transport=TRANSPORT, transport_options=LANDING) as conn:
-            queue, channel = _queue(conn, "tq10"), conn.default_channel
-            queue._consume()
-            queue.put({"n": 10, "pad": "secret"})
-            r.config_set("maxmemory-policy", "noeviction")
-            r.config_set("maxmemory", 1)
-            with pytest.raises(redis.exceptions.OutOfMemoryError):
-                r.lpush("tq10", b"{}")  # full: a write that may grow memory is refused
-            channel._beaten_at = 0.0 if refused == "heartbeat" else time.monotonic() + 60
-            _registered(channel)
-            started = time.monotonic()
-            for _ in range(4):  # a refused try, then a wait of REFUSED_S
-                channel._brpop_start()
-                with pytest.raises(Empty):
-                    channel._brpop_read()
-            assert time.monotonic() - started >= 2 * broker_transport.REFUSED_S  # no hot loop
-            assert r.llen("tq10") == 1 and r.hlen("unacked") == 0
-            assert caplog.text.count("Redis refused") == 1 and "secret" not in caplog.text
-            r.config_set("maxmemory", 0)
-            time.sleep(broker_transport.REFUSED_S)
-            channel._beaten_at = 0.0
+    r = redis.Redis.from_url(private_redis.url)
+    with Connection(private_redis.url, transport=TRANSPORT, transport_options=LANDING) as conn:
+        queue, channel = _queue(conn, "tq10"), conn.default_channel
+        queue._consume()
+        queue.put({"n": 10, "pad": "secret"})
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", 1)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            r.lpush("tq10", b"{}")  # full: a write that may grow memory is refused
+        channel._beaten_at = 0.0 if refused == "heartbeat" else time.monotonic() + 60
+        _registered(channel)
+        started = time.monotonic()
+        for _ in range(4):  # a refused try, then a wait of REFUSED_S
             channel._brpop_start()
-            assert channel._brpop_read() is True and queue.buffer.popleft().payload["n"] == 10
-            (landing,) = r.zrange("unacked_inflight", 0, -1)
-            assert r.llen(landing) == 0 and r.llen("tq10") == 0 and r.hlen("unacked") == 1
-            queue.close()
-    finally:
-        server.stop()
+            with pytest.raises(Empty):
+                channel._brpop_read()
+        assert time.monotonic() - started >= 2 * broker_transport.REFUSED_S  # no hot loop
+        assert r.llen("tq10") == 1 and r.hlen("unacked") == 0
+        assert caplog.text.count("Redis refused") == 1 and "secret" not in caplog.text
+        r.config_set("maxmemory", 0)
+        time.sleep(broker_transport.REFUSED_S)
+        channel._beaten_at = 0.0
+        channel._brpop_start()
+        assert channel._brpop_read() is True and queue.buffer.popleft().payload["n"] == 10
+        (landing,) = r.zrange("unacked_inflight", 0, -1)
+        assert r.llen(landing) == 0 and r.llen("tq10") == 0 and r.hlen("unacked") == 1
+        queue.close()
 
 
 @pytest.mark.parametrize("raw", [
