@@ -53,7 +53,6 @@ def test_returns_the_sdk_message_and_publishes_a_job(simulator, redis_url, sqlit
 def test_a_message_carries_its_jobs_once_and_no_repr_of_them(simulator, redis_url, sqlite_url):
     """Celery would put a repr of the jobs (prompts and answers) in every message's headers, at a
     cost of most of a publish's CPU: the publisher names their count instead."""
-    import base64
     import json
 
     server = simulator(**SCENARIO)
@@ -61,29 +60,22 @@ def test_a_message_carries_its_jobs_once_and_no_repr_of_them(simulator, redis_ur
     for i in range(3):
         call(client, f"secret prompt {i}")
     assert client.tierguard_flush()
-    raw = [json.loads(m) for m in redis.Redis.from_url(redis_url).lrange("tierguard", 0, -1)]
-    jobs = [job for m in raw for job in json.loads(base64.b64decode(m["body"]))[0][0]]
-    sent = sorted(j["request"]["messages"][0]["content"] for j in jobs)
+    sent = sorted(j["request"]["messages"][0]["content"] for j in queued_jobs(redis_url))
     assert sent == [f"secret prompt {i}" for i in range(3)]
-    for m in raw:
-        n = len(json.loads(base64.b64decode(m["body"]))[0][0])
-        assert m["headers"]["argsrepr"] == f"[<{n} shadow jobs>]"
-        assert "secret prompt" not in json.dumps(m["headers"])
+    for headers, jobs in queued_messages(redis_url):
+        assert headers["argsrepr"] == f"[<{len(jobs)} shadow jobs>]"
+        assert "secret prompt" not in json.dumps(headers)
     client.tierguard_close()
 
 
 def test_jobs_are_gathered_into_messages_of_at_most_the_set_size(simulator, redis_url, sqlite_url):
-    import base64
-    import json
-
     server = simulator(**SCENARIO)
     client = wrapper(server, redis_url=redis_url, database_url=sqlite_url,
                      publish_jobs_per_message=2, publish_gather_s=3)
     for i in range(5):
         call(client, f"text {i}")
     assert client.tierguard_flush(15)
-    raw = [json.loads(m) for m in redis.Redis.from_url(redis_url).lrange("tierguard", 0, -1)]
-    sizes = sorted(len(json.loads(base64.b64decode(m["body"]))[0][0]) for m in raw)
+    sizes = sorted(len(jobs) for _, jobs in queued_messages(redis_url))
     assert sizes == [1, 2, 2]  # five calls in three seconds: two full messages, then the last one
     client.tierguard_close()
 
@@ -108,11 +100,7 @@ def test_a_process_that_exits_after_its_calls_publishes_them_first(simulator, re
         "    client.messages.create(category='sentiment', max_tokens=8, system='sentiment: classify',\n"
         "                           messages=[{'role': 'user', 'content': f'text {i}'}])\n")
     subprocess.run([sys.executable, str(script)], check=True, timeout=60)
-    import base64
-    import json
-
-    raw = [json.loads(m) for m in redis.Redis.from_url(redis_url).lrange("tierguard", 0, -1)]
-    assert sum(len(json.loads(base64.b64decode(m["body"]))[0][0]) for m in raw) == 3
+    assert len(queued_jobs(redis_url)) == 3
 
 
 def test_closing_sends_at_once_what_the_publisher_is_gathering(simulator, redis_url, sqlite_url):
@@ -178,16 +166,18 @@ def test_async_twin(simulator, redis_url, sqlite_url):
     client.tierguard_close()
 
 
-def queued_jobs(redis_url, queue="tierguard"):
-    """Every shadow job waiting in the broker queue, oldest first."""
+def queued_messages(redis_url, queue="tierguard"):
+    """(headers, shadow jobs) of every message waiting in the broker queue, oldest first."""
     import base64
     import json
 
-    out = []
-    for raw in reversed(redis.Redis.from_url(redis_url).lrange(queue, 0, -1)):
-        args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
-        out.extend(args[0])
-    return out
+    messages = [json.loads(raw) for raw in reversed(redis.Redis.from_url(redis_url).lrange(queue, 0, -1))]
+    return [(m["headers"], json.loads(base64.b64decode(m["body"]))[0][0]) for m in messages]
+
+
+def queued_jobs(redis_url, queue="tierguard"):
+    """Every shadow job waiting in the broker queue, oldest first."""
+    return [job for _, jobs in queued_messages(redis_url, queue) for job in jobs]
 
 
 def test_streams_are_the_sdks_own_and_shadowed_once_complete(simulator, redis_url, sqlite_url):

@@ -132,7 +132,7 @@ def test_the_async_surface(simulator, redis_url, sqlite_url):
 def test_an_unsampled_answers_usage_is_read_from_its_last_key_else_from_the_whole():
     import json
 
-    from tierguard.app.tap import usage_of
+    from tierguard.contract.messages import body_usage as usage_of
 
     usage = {"input_tokens": 3, "output_tokens": 1}
     quoted = {"content": [{"type": "text", "text": '"usage": {"input_tokens": 9}'}], "usage": usage}

@@ -32,7 +32,6 @@ from tierguard.app.plans import Marked
 from tierguard.app.relay import Watch
 from tierguard.app.upstream import parse_request, with_model
 from tierguard.contract.job import SHAPING_HEADERS
-from tierguard.contract.messages import body_usage as usage_of  # noqa: F401  (its name here before)
 from tierguard.routing.platforms import invoke_path, messages_body
 
 ROUTED = ";routed="  # the wrapper's resources mark the header "CATEGORY;routed=MODEL": routed already
