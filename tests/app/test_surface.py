@@ -129,20 +129,6 @@ def test_the_async_surface(simulator, redis_url, sqlite_url):
     assert len(queued_jobs(redis_url)) == 3
 
 
-def test_an_unsampled_answers_usage_is_read_from_its_last_key_else_from_the_whole():
-    import json
-
-    from tierguard.contract.messages import body_usage as usage_of
-
-    usage = {"input_tokens": 3, "output_tokens": 1}
-    quoted = {"content": [{"type": "text", "text": '"usage": {"input_tokens": 9}'}], "usage": usage}
-    assert usage_of(json.dumps(quoted).encode()) == usage
-    later = {"content": [], "usage": usage, "context_management": {"usage": "n/a"}}  # a later "usage"
-    assert usage_of(json.dumps(later).encode()) == usage
-    assert usage_of(b'{"usage": {"input_tokens": "x"}}') == {"input_tokens": "x"}  # as the API said
-    assert usage_of(b"not json") is None
-
-
 def test_odd_but_valid_calls_go_as_the_sdk_sends_them(simulator, redis_url, sqlite_url):
     server = simulator(**SCENARIO)
     client = wrapped(server, redis_url, sqlite_url)
