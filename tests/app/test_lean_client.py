@@ -79,6 +79,6 @@ def test_an_upstream_that_is_not_there_is_a_connect_error():
         pool = lean_client.Pool("http://127.0.0.1:9", 8, 10.0, None)  # the discard port: closed here
         with pytest.raises(httpx2.ConnectError):
             await pool.send("POST", "/v1/messages", ASK, b"{}")
-        assert pool.slots._value == 8  # its place given back
+        assert pool.slots.free == 8  # its place given back
 
     asyncio.run(run())

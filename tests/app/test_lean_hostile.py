@@ -111,7 +111,7 @@ async def exchange(up: Upstream, path: str, mine: bytes) -> tuple[int, object, b
 
 
 def places_free(up: Upstream) -> bool:
-    return up.lean is None or up.lean.slots is None or up.lean.slots._value == up.lean.max_connections
+    return up.lean is None or up.lean.slots is None or up.lean.slots.free == up.lean.max_connections
 
 
 @pytest.mark.parametrize("client", CLIENTS)

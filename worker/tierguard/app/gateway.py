@@ -48,6 +48,7 @@ from tierguard.app import admission, escalating, escalation
 from tierguard.app.admission import error_body
 from tierguard.app.core import Core
 from tierguard.app.deadline import Deadline
+from tierguard.app.express import SAMPLED, Lane
 from tierguard.app.forwarding import Forwarding
 from tierguard.app.naming import body_category, names_by_user, path_category
 from tierguard.app.openai_compat import Untranslatable, messages_request
@@ -90,6 +91,7 @@ class Gateway(Forwarding):
         self.upstream: Upstream | None = None
         self.header = self.settings.category_header.lower().encode()
         self.door = admission.configure(self.settings)
+        self.lane: Lane | None = None  # the express lane (app/express), once started
 
     async def startup(self) -> None:
         s = self.settings
@@ -101,10 +103,13 @@ class Gateway(Forwarding):
                                  s.gateway_client)
         if self.upstream.proxy:
             log.info("upstream through the proxy %s", mask_url(self.upstream.proxy))
+        if s.gateway_express and self.upstream.lean is not None:
+            self.lane = Lane(self)
         gc.collect()  # what start-up made (modules, SDK types) is kept out of every later collection,
         gc.freeze()  # so a large body's objects do not make the collector walk them all on the loop
 
     async def shutdown(self) -> None:
+        self.lane = None
         if self.upstream is not None:
             await self.upstream.aclose()
         if self.core is not None:
@@ -251,7 +256,8 @@ class Gateway(Forwarding):
         call's route); count its answer, and shadow it when sampled."""
         core = self.core
         assert core is not None
-        sampled = core.sampled(cat, routed)
+        drawn = (scope.get("extensions") or {}).get(SAMPLED)  # by the express lane, counted there
+        sampled = core.sampled(cat, routed) if drawn is None else drawn
         started = time.perf_counter()
         streamed, limit = routed.get("stream") is True, self.settings.stream_assembly_max
         watch = ChatWatch(streamed, not sampled, limit) if chat else \

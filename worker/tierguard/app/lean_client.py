@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 import httptools
 import httpx2
 
+from tierguard.app.slots import Slots
+
 KEEPALIVE_S = 30.0
 HIGH_WATER = 256 * 1024  # bytes of body waiting for the caller before the socket is read no further
 MAX_BODY = 64 * 1024  # larger request bodies go through httpx2 (Upstream.send): see the README
@@ -245,6 +247,10 @@ class Response:
                 await self._wait(httpx2.ReadTimeout, "data")
 
     async def aclose(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Give the connection back: kept alive only if the answer was read to its end."""
         if self.released:
             return
         self.released = True
@@ -281,14 +287,14 @@ class Pool:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.idle: list[Connection] = []
-        self.slots: asyncio.Semaphore | None = None
+        self.slots: Slots | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-            self.slots = asyncio.Semaphore(self.max_connections)
+            self.slots = Slots(self.max_connections)
         return self._loop
 
     def _head(self, method: str, target: str, headers: list[tuple[bytes, bytes]], size: int) -> bytearray:
@@ -308,11 +314,11 @@ class Pool:
         head = self._head(method, target, headers, len(body))
         head += body
         loop = self.loop
-        await self.slots.acquire()  # type: ignore[union-attr]
+        await self.slots.take()  # type: ignore[union-attr]
         try:
             conn = await self._connection(loop)
         except BaseException:
-            self.slots.release()  # type: ignore[union-attr]
+            self.slots.give()  # type: ignore[union-attr]
             raise
         # From here the place is the connection's: closing it gives the place back (Pool.forget).
         response = conn.response = Response(conn, self.timeout)
@@ -326,8 +332,9 @@ class Pool:
             raise
         return response
 
-    async def _connection(self, loop: asyncio.AbstractEventLoop) -> Connection:
-        idle, now = self.idle, loop.time()
+    def _kept(self, now: float) -> Connection | None:
+        """The most recently used kept-alive connection still good (marked busy), or None."""
+        idle = self.idle
         if idle and now - idle[0].idle_since >= KEEPALIVE_S:  # the longest idle, at the bottom
             idle[0].close()
         while idle:
@@ -336,6 +343,22 @@ class Pool:
                 conn.busy = True
                 return conn
             conn.close()
+        return None
+
+    def take_idle(self) -> Connection | None:
+        """A kept-alive connection and its place, at once, or None (no place free, none kept):
+        for a request sent without awaiting (:mod:`~tierguard.app.express`)."""
+        if not self.idle or not self.slots.try_take():  # type: ignore[union-attr]
+            return None
+        conn = self._kept(self.loop.time())
+        if conn is None:
+            self.slots.give()  # type: ignore[union-attr]
+        return conn
+
+    async def _connection(self, loop: asyncio.AbstractEventLoop) -> Connection:
+        conn = self._kept(loop.time())
+        if conn is not None:
+            return conn
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
@@ -354,13 +377,13 @@ class Pool:
         conn.idle_since = self.loop.time()
         conn.parser = httptools.HttpResponseParser(conn)
         self.idle.append(conn)
-        self.slots.release()  # type: ignore[union-attr]
+        self.slots.give()  # type: ignore[union-attr]
 
     def forget(self, conn: Connection) -> None:
         """A connection closed: out of the idle list, and its place free again if it held one."""
         if conn.busy:
             conn.busy = False
-            self.slots.release()  # type: ignore[union-attr]
+            self.slots.give()  # type: ignore[union-attr]
         elif conn in self.idle:
             self.idle.remove(conn)
 

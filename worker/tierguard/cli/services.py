@@ -112,10 +112,10 @@ def gateway(host: str = typer.Option("127.0.0.1", help="interface to listen on")
     logging.getLogger("tierguard.gateway").info(
         "gateway on http://%s:%d -> %s (category header %s)", host, port, mask_url(upstream_url(settings)),
         settings.category_header)
-    # The guarded protocol times request heads out and caps caller connections (app/admission.py), and
-    # writes a head with its first body bytes (app/writes.py); the gateway serves no WebSocket and reads
-    # no X-Forwarded-* headers.
+    # The guarded protocol times request heads out and caps caller connections (app/admission.py),
+    # writes a head with its first body bytes (app/writes.py) and relays most unsampled calls without
+    # the ASGI cycle (app/express.py); the gateway serves no WebSocket and reads no X-Forwarded-* headers.
     uvicorn.run("tierguard.app.gateway:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level=loglevel.lower(), access_log=False, lifespan="on",
                 timeout_keep_alive=75, server_header=False, date_header=False,
-                http="tierguard.app.writes:OneWriteProtocol", ws="none", proxy_headers=False)
+                http="tierguard.app.express:ExpressProtocol", ws="none", proxy_headers=False)

@@ -1,0 +1,281 @@
+"""The gateway's express lane: unsampled plain Messages calls relayed without the ASGI cycle.
+
+Most calls through a gateway are ``POST /v1/messages`` with the category header and a small JSON
+body that arrives in one piece, not streamed, not sampled, routed by their category's plan alone and
+not checked: they need their ``model`` rewritten, their bytes relayed and their answer counted.
+:class:`ExpressProtocol` (what ``tierguard gateway`` serves) takes such a call from uvicorn's parser
+callbacks straight to a kept-alive upstream connection and writes the answer back in one write: no
+task, no ASGI message, no future. Any other call — and any the lane cannot take whole at once (its
+body not in within ``BODY_WAIT_S`` of its head, no idle upstream connection, an error to word) —
+goes to the ASGI app as before; one the lane drew for sampling goes there with its draw (scope
+extension :data:`SAMPLED`): no call is counted or drawn twice.
+
+The outcome is the ASGI path's: the same bytes upstream (the caller's headers but the category
+header, hop-by-hop ones and ``accept-encoding``, sent as ``identity``; the body with its ``model``
+rewritten in place), the answer's status, headers (hop-by-hop ones dropped; framed by its length)
+and body, the same counts (the call, its tokens, the rate-limit view, a 429's pause), the same 502
+and 504 answers (one timer: ``TIERGUARD_GATEWAY_DEADLINE`` or ``TIERGUARD_GATEWAY_TIMEOUT``, the
+sooner); a caller that leaves closes the upstream connection. Counted in
+``/tierguard/stats`` as ``express``. ``TIERGUARD_GATEWAY_EXPRESS=false`` turns the lane off.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+import httpx2
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+
+from tierguard.app import lean_client
+from tierguard.app.admission import error_body
+from tierguard.app.naming import names_by_user
+from tierguard.app.relay import HOP_BY_HOP
+from tierguard.app.upstream import parse_request, with_model
+from tierguard.app.writes import OneWriteProtocol
+from tierguard.config import mask_url
+
+log = logging.getLogger("tierguard.app.gateway")
+
+SAMPLED = "tierguard.sampled"  # scope["extensions"][SAMPLED]: the lane's draw for this call
+PATH = b"/v1/messages"
+_NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"accept-encoding"}
+_NOT_EXPRESS = (b"transfer-encoding", b"content-encoding", b"expect")
+BODY_WAIT_S = 0.05  # how long a held request's body may take to follow its head (then the ASGI path
+# reads the rest, within TIERGUARD_GATEWAY_BODY_TIMEOUT): clients that write the head and the body
+# apart (httpx, the Python SDK's) send both at once
+JSON = [(b"content-type", b"application/json")]  # the head of the lane's own answers (errors)
+
+
+class Held(NamedTuple):
+    """A request the lane may take once its body is in: uvicorn's cycle, its app, its category."""
+
+    cycle: Any
+    app: Any
+    name: str
+
+
+class Lane:
+    """One gateway's express lane (its core, upstream pool and settings)."""
+
+    def __init__(self, gateway: Any):
+        s = gateway.settings
+        self.core, self.pool, self.settings = gateway.core, gateway.upstream.lean, s
+        self.header, self.base_url = gateway.header, gateway.upstream.base_url
+        self.max_body = min(s.gateway_max_body, lean_client.MAX_BODY)
+
+    def category(self, parser: Any, url: bytes, headers: list[tuple[bytes, bytes]]) -> str | None:
+        """The category of a request whose head the lane can take (else None)."""
+        if url != PATH or parser.get_method() != b"POST" or parser.get_http_version() != "1.1" \
+                or self.core.policy.gateway_tenants:
+            return None
+        name, size = None, None
+        for key, value in headers:
+            if key == self.header:
+                name = value.decode("latin-1").strip()
+            elif key == b"content-length":
+                size = int(value) if value.isdigit() else None
+            elif key in _NOT_EXPRESS:
+                return None
+        return name if name and size is not None and size <= self.max_body else None
+
+    def take(self, held: Held, headers: list[tuple[bytes, bytes]]) -> tuple[Any, bytes] | bool | None:
+        """(the call's plan, the request's bytes) when the lane sends it; else None (the ASGI path,
+        nothing counted) or True (the ASGI path, counted and drawn for sampling)."""
+        body = bytes(held.cycle.body)
+        if self.pool.slots is None or not self.pool.idle or names_by_user(body):
+            return None
+        s = self.settings
+        try:
+            parsed = parse_request(body, [], s.gateway_max_body, s.gateway_max_json_depth)
+        except Exception:  # too deep, unreadable: the ASGI path words it
+            return None
+        request = parsed.request
+        if type(request) is not dict or request.get("stream") is True:
+            return None
+        plan = self.core.planned(held.name, request)
+        if plan is None or plan.mark is None or plan.mark.to is not None:
+            return None
+        if self.core.sampled(plan.cat, {"model": plan.model}):
+            return True
+        if request.get("model") != plan.model:
+            body = with_model(parsed, plan.model)
+        forwarded = [(k, v) for k, v in headers if k not in _NOT_FORWARDED and k != self.header]
+        forwarded.append((b"accept-encoding", b"identity"))
+        head = self.pool._head("POST", "/v1/messages", forwarded, len(body))
+        head += body
+        return plan, bytes(head)
+
+    def counted(self, plan: Any, flight: Flight, body: bytes) -> None:
+        """A relayed answer counted as the ASGI path counts it (never raises)."""
+        core, model = self.core, plan.model
+        try:
+            if flight.status_code == 429:
+                core.rate_limited(model, flight.head.get("retry-after"))
+            core.saw_headers(model, flight.head)
+            if flight.status_code == 200:
+                core.publisher.add_answer(plan.cat.name, model, body)
+        except Exception:
+            core._failed("counting an answer")
+
+
+class Flight(lean_client.Response):
+    """One express call upstream: the answer read whole, then written to the caller at once."""
+
+    def __init__(self, conn: Any, protocol: ExpressProtocol, lane: Lane, plan: Any):
+        super().__init__(conn, lane.settings.gateway_timeout)
+        self.protocol, self.lane, self.plan = protocol, lane, plan
+        self.over = False
+        loop = conn.loop
+        now, s = loop.time(), lane.settings
+        self.late = s.gateway_deadline <= s.gateway_timeout  # which limit the one timer is
+        self.timer = loop.call_at(now + min(s.gateway_deadline, s.gateway_timeout), self.timed_out)
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)  # read whole, never paused: no one reads it until it ends
+
+    def _wake(self) -> None:  # (in the upstream connection's parser callbacks)
+        if self.over or (self.error is None and not self.complete):
+            return
+        self._end(later=True)  # the parser is still feeding this connection
+        if self.error is not None:
+            return self.failed(self.error)
+        body = b"".join(self.chunks)
+        self.protocol.answer(self.status_code, self.raw, body)
+        self.lane.counted(self.plan, self, body)
+
+    def _end(self, later: bool = False) -> None:
+        """Over: the connection given back (kept alive if read to its end, else closed)."""
+        self.over = True
+        self.timer.cancel()
+        if later:
+            self.conn.loop.call_soon(self.close)
+        else:
+            self.close()
+
+    def failed(self, err: Exception) -> None:
+        if isinstance(err, httpx2.TimeoutException):
+            return self.protocol.answer(504, JSON, error_body("the upstream API did not answer in time"))
+        log.warning("upstream %s unreachable: %s", mask_url(self.lane.base_url), type(err).__name__)
+        self.protocol.answer(502, JSON, error_body(f"the gateway cannot reach the upstream API "
+                                                 f"({type(err).__name__})"))
+
+    def timed_out(self) -> None:
+        if self.over:
+            return
+        self._end()
+        if not self.late:
+            return self.protocol.answer(504, JSON, error_body("the upstream API did not answer in time"))
+        late = (f"the upstream API's answer took longer than the gateway's deadline of "
+                f"{self.lane.settings.gateway_deadline:g} s (TIERGUARD_GATEWAY_DEADLINE)")
+        self.lane.core.refuse("deadline_exceeded", "%s", late)
+        self.protocol.answer(504, JSON, error_body(late))
+
+    def caller_left(self) -> None:
+        if not self.over:
+            self._end()
+            self.lane.core.left()
+
+
+class ExpressProtocol(OneWriteProtocol):
+    """The gateway's protocol: the door, one write per answer, and the express lane."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.holding: str | None = None  # the category of a head the lane may take (while uvicorn
+        self.held: Held | None = None  # makes its cycle); the request whose body is awaited
+        self.flight: Flight | None = None
+        self.held_timer: Any = None
+
+    def on_headers_complete(self) -> None:
+        lane = getattr(self.app, "lane", None)
+        if lane is not None and self.held is None and (self.cycle is None or self.cycle.response_complete):
+            self.holding = lane.category(self.parser, self.url, self.headers)
+        try:
+            super().on_headers_complete()
+        finally:
+            self.holding = None
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        if self.holding is not None and app is self.app:
+            self.held = Held(cycle, app, self.holding)
+            return
+        super()._start_asgi_task(cycle, app)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.held is not None and self.held_timer is None:  # its body comes apart from its head
+            self.held_timer = self.loop.call_later(BODY_WAIT_S, self._to_app, None)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        held = self.held
+        if held is None or held.cycle is not self.cycle:
+            return
+        self._stop_waiting()
+        lane = self.app.lane
+        try:
+            taken = lane.take(held, self.headers)
+        except Exception:
+            lane.core._failed("the gateway's express lane")
+            taken = None
+        if taken is None or taken is True:
+            return self._to_app(taken)
+        conn = lane.pool.take_idle()
+        if conn is None:  # (none since take looked: cannot happen between two callbacks)
+            return self._to_app(None)
+        self.held = None
+        plan, request = taken
+        self.flight = conn.response = Flight(conn, self, lane, plan)
+        lane.core.counts["express"] += 1
+        conn.transport.write(request)
+
+    def _to_app(self, sampled: bool | None) -> None:
+        """The held request to the ASGI app (with the lane's draw, when it drew one)."""
+        self._stop_waiting()
+        held, self.held = self.held, None
+        if held is None:
+            return
+        if sampled is not None:
+            held.cycle.scope.setdefault("extensions", {})[SAMPLED] = sampled  # type: ignore[union-attr]
+        super()._start_asgi_task(held.cycle, held.app)  # type: ignore[union-attr]
+
+    def _stop_waiting(self) -> None:
+        if self.held_timer is not None:
+            self.held_timer.cancel()
+            self.held_timer = None
+
+    def answer(self, status: int, raw: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Write the express call's answer (upstream's ``raw`` headers, names lower-cased) in one
+        write, as uvicorn would have written the ASGI path's, and end the call's cycle."""
+        cycle, self.flight = self.cycle, None
+        if not cycle.disconnected and not self.transport.is_closing():
+            parts = [STATUS_LINE[status], *(b"%s: %s\r\n" % h for h in cycle.default_headers)]
+            sized = False
+            for name, value in raw:
+                if name not in HOP_BY_HOP:
+                    sized = sized or name == b"content-length"
+                    parts.append(b"%s: %s\r\n" % (name, value))
+            if not sized and status not in (204, 304):
+                parts.append(b"content-length: %d\r\n" % len(body))
+            if not cycle.keep_alive:
+                parts.append(b"connection: close\r\n")
+            parts += (b"\r\n", body)
+            self.transport.write(b"".join(parts))
+        cycle.response_started = cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            self.transport.close()
+        cycle.on_response()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
+        if self.held is not None:  # its body never came whole: nothing went upstream
+            self.held = None
+            lane = getattr(self.app, "lane", None)
+            if lane is not None:
+                lane.core.left()
+        if self.flight is not None:
+            flight, self.flight = self.flight, None
+            flight.caller_left()
+        super().connection_lost(exc)
