@@ -39,6 +39,7 @@ class Scripted(socketserver.ThreadingTCPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.script: list[str] = []
         self.seen: list[bytes] = []
+        self.sent = 0  # bytes of stream events sent
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
@@ -65,7 +66,31 @@ class _Handler(socketserver.BaseRequestHandler):
             step = self.server.script.pop(0) if self.server.script else "plain"
             if step == "close":
                 return
+            if step.startswith("stream"):
+                self._stream(step)
+                continue
             self.request.sendall(_answer(step))
+
+    def _stream(self, step: str) -> None:
+        """An SSE answer, chunked, an event a chunk (``stream-slow``: past the deadline after the first)."""
+        self.request.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                             b"transfer-encoding: chunked\r\nrequest-id: req_2\r\n\r\n")
+        big = _sse(BIG) * 64  # 64 events a write
+        events = EVENTS[:2] + [big] * (BIG_COUNT // 64) + EVENTS[2:] if step == "stream-big" else EVENTS
+        for i, event in enumerate(events):
+            if step == "stream-slow" and i == 1:
+                time.sleep(1.5)
+            data = event if isinstance(event, bytes) else _sse(event)
+            try:
+                self.request.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+            except OSError:
+                return
+            self.server.sent += len(data)
+        self.request.sendall(b"0\r\n\r\n")
+
+
+def _sse(event: dict) -> bytes:
+    return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
 
 
 def _answer(step: str) -> bytes:
@@ -86,7 +111,18 @@ def _answer(step: str) -> bytes:
     return (head + f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 
-STEPS = ["plain", "plain", "chunked", "429", "plain", "400", "close", "plain", "slow", "plain"]
+EVENTS = [{"type": "message_start", "message": {**ANSWER, "content": [], "stop_reason": None,
+                                                "usage": {"input_tokens": 11, "output_tokens": 1}}},
+          {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+          {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "NEGATIVE"}},
+          {"type": "content_block_stop", "index": 0},
+          {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+           "usage": {"output_tokens": 3}},
+          {"type": "message_stop"}]
+BIG = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "x" * 1000}}
+BIG_COUNT = 32 * 1024  # a 32 MB stream
+STEPS = ["plain", "plain", "chunked", "429", "plain", "400", "close", "plain", "slow", "plain", "stream",
+         "stream-slow", "plain"]
 FRAMING = {"content-length", "transfer-encoding"}  # each path frames the answer its own way
 
 
@@ -95,8 +131,9 @@ def _run(gw, upstream: Scripted, category: str) -> list[tuple]:
     upstream.script, upstream.seen = list(STEPS), []
     got = []
     with httpx2.Client(timeout=10) as client:
-        for _ in STEPS:
-            r = client.post(gw.base + "/v1/messages", json=BODY,
+        for step in STEPS:
+            body = {**BODY, "stream": True} if step.startswith("stream") else BODY
+            r = client.post(gw.base + "/v1/messages", json=body,
                             headers={**HEADERS, "x-tierguard-category": category})
             headers = [(k, v) for k, v in r.headers.multi_items() if k not in FRAMING]
             got.append((r.status_code, headers, r.content))
@@ -130,19 +167,21 @@ def test_the_express_lane_sends_answers_and_counts_as_the_asgi_path(stack, scrip
     through_on = _run(on, scripted, "on")
     sent_on = scripted.seen
     through_off = _run(off, scripted, "off")
-    assert [s for s, _, _ in through_on] == [200, 200, 200, 429, 200, 400, 502, 200, 504, 200]
+    assert [s for s, _, _ in through_on] == [200, 200, 200, 429, 200, 400, 502, 200, 504, 200, 200, 200, 200]
     assert through_on == through_off
+    assert b"message_stop" in through_on[10][2] and b"event: error" in through_on[11][2]
     assert sent_on == scripted.seen  # byte for byte (the category header is not sent upstream)
     assert b'"model":"claude-haiku-4-5"' in sent_on[0] and b"x-tierguard-category" not in sent_on[0]
     stats_on, stats_off = on.stats(), off.stats()
-    # Express: every call but those on a new upstream connection (the first, after the close).
-    assert stats_on.pop("express") == len(STEPS) - 3 and "express" not in stats_off
-    assert stats_on == stats_off and stats_on["deadline_exceeded"] == 1, stats_on
+    # Express: every call but those on a new upstream connection (the first, after each close).
+    assert stats_on.pop("express") == len(STEPS) - 4 and "express" not in stats_off
+    assert stats_on == stats_off and stats_on["deadline_exceeded"] == 2, stats_on
     wait_until(lambda: _traffic(redis_url, "on").get("calls") == len(STEPS), 15, "the counts to be flushed")
     wait_until(lambda: _traffic(redis_url, "off").get("calls") == len(STEPS), 15, "the counts to be flushed")
     counted = _traffic(redis_url, "on")
     assert counted == _traffic(redis_url, "off")
-    assert counted["input_tokens"] == 11 * 6 and counted["output_tokens"] == 3 * 6, counted  # the 200s
+    # Every whole 200 (the cut stream has no usage to count: it never ended)
+    assert counted["input_tokens"] == 11 * 8 and counted["output_tokens"] == 3 * 8, counted
     paused = redis.Redis.from_url(redis_url).keys("*pause*")
     assert paused, "the 429 paused the shadows of its model"
     assert not on.errors() and not off.errors()
@@ -177,4 +216,36 @@ def test_a_caller_leaving_an_express_call_closes_its_upstream_connection(stack, 
     sock.close()
     wait_until(lambda: gw.stats().get("caller_left") == 1, 1, "the gateway to see the caller leave")
     wait_until(lambda: upstream_connections(gw.proc, scripted) == 0, 1, "the upstream connection to close")
+    assert not gw.errors()
+
+
+def test_an_express_stream_to_a_caller_not_reading_pauses_the_upstream(stack, scripted, tmp_path):
+    """The caller reads nothing for a while: the gateway stops reading the upstream (its memory does
+    not take the stream in), then relays the rest once the caller reads."""
+    import psutil
+
+    gw = start(stack, tmp_path, TIERGUARD_GATEWAY_DEADLINE="60")
+    named = {**HEADERS, "x-tierguard-category": "on"}
+    with httpx2.Client(timeout=10) as client:  # the pool's first connection (the ASGI path's)
+        assert client.post(gw.base + "/v1/messages", json=BODY, headers=named).status_code == 200
+    scripted.script, scripted.sent = ["stream-big"], 0
+    process = psutil.Process(gw.proc.pid)
+    before = process.memory_info().rss
+    sock = socket.create_connection(gw.address)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(request_bytes(json.dumps({**BODY, "stream": True}).encode(), named))
+    wait_until(lambda: scripted.sent > 1_000_000, 5, "the stream to start")
+    time.sleep(2)
+    held = scripted.sent
+    assert held < 24 * 1024 * 1024, held  # the upstream waits (socket buffers hold the rest)
+    assert process.memory_info().rss - before < 16 * 1024 * 1024
+    received = b""
+    sock.settimeout(10)
+    while not received.endswith(b"0\r\n\r\n"):
+        data = sock.recv(1 << 20)
+        assert data, received[-300:]
+        received += data
+    assert b"message_stop" in received and len(received) > 32 * 1024 * 1024
+    assert gw.stats()["express"] == 1
+    sock.close()
     assert not gw.errors()

@@ -68,8 +68,8 @@ class Settings(BaseSettings):
         "the gateway's upstream client: lean (app/lean_client: bodies up to 64 KiB, reached "
         "directly), or httpx2 for every request (httpx2 through a proxy and for larger bodies)"))
     gateway_express: bool = Field(True, description=(
-        "relay unsampled plain Messages calls (small body, not streamed, no checks) without the ASGI "
-        "cycle (app/express); false: every call takes the ASGI path"))
+        "relay unsampled Messages calls (small body, answers not checked) without the ASGI cycle "
+        "(app/express); false: every call takes the ASGI path"))
     stream_assembly_max: int = Field(8 * 1024 * 1024, gt=0, description=(
         "bytes of a sampled stream assembled for its shadow; a longer stream is relayed unshadowed"))
     # Worker side.

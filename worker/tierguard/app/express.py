@@ -1,41 +1,37 @@
-"""The gateway's express lane: unsampled plain Messages calls relayed without the ASGI cycle.
+"""The gateway's express lane: unsampled Messages calls relayed without the ASGI cycle.
 
 Most calls through a gateway are ``POST /v1/messages`` with the category header and a small JSON
-body that arrives in one piece, not streamed, not sampled, routed by their category's plan alone and
-not checked: they need their ``model`` rewritten, their bytes relayed and their answer counted.
+body that arrives in one piece, not sampled, routed by their category's plan alone and not checked:
+they need their ``model`` rewritten, their bytes relayed and their answer counted.
 :class:`ExpressProtocol` (what ``tierguard gateway`` serves) takes such a call from uvicorn's parser
-callbacks straight to a kept-alive upstream connection and writes the answer back in one write: no
-task, no ASGI message, no future. Any other call — and any the lane cannot take whole at once (its
-body not in within ``BODY_WAIT_S`` of its head, no idle upstream connection, an error to word) —
-goes to the ASGI app as before; one the lane drew for sampling goes there with its draw (scope
-extension :data:`SAMPLED`): no call is counted or drawn twice.
+callbacks straight to a kept-alive upstream connection (:class:`~tierguard.app.flight.Flight`): a
+plain answer written back in one write, a stream relayed as it comes; no task, no ASGI message, no
+future. Any other call — and any the lane cannot take whole at once (its body not in within
+``BODY_WAIT_S`` of its head, no idle upstream connection, an error to word) — goes to the ASGI app
+as before; one the lane drew for sampling goes there with its draw (scope extension
+:data:`SAMPLED`): no call is counted or drawn twice.
 
 The outcome is the ASGI path's: the same bytes upstream (the caller's headers but the category
 header, hop-by-hop ones and ``accept-encoding``, sent as ``identity``; the body with its ``model``
-rewritten in place), the answer's status, headers (hop-by-hop ones dropped; framed by its length)
-and body, the same counts (the call, its tokens, the rate-limit view, a 429's pause), the same 502
-and 504 answers (one timer: ``TIERGUARD_GATEWAY_DEADLINE`` or ``TIERGUARD_GATEWAY_TIMEOUT``, the
-sooner); a caller that leaves closes the upstream connection. Counted in
+rewritten in place), the answer's status, headers (hop-by-hop ones dropped) and body, the same
+counts (the call, its tokens, the rate-limit view, a 429's pause, a stream too long to watch), the
+same 502 and 504 answers and cut streams within ``TIERGUARD_GATEWAY_DEADLINE`` and
+``TIERGUARD_GATEWAY_TIMEOUT``; a caller that leaves closes the upstream connection. Counted in
 ``/tierguard/stats`` as ``express``. ``TIERGUARD_GATEWAY_EXPRESS=false`` turns the lane off.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any, NamedTuple
 
-import httpx2
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from tierguard.app import lean_client
-from tierguard.app.admission import error_body
+from tierguard.app.flight import Flight
 from tierguard.app.naming import names_by_user
 from tierguard.app.relay import HOP_BY_HOP
 from tierguard.app.upstream import parse_request, with_model
 from tierguard.app.writes import OneWriteProtocol
-from tierguard.config import mask_url
-
-log = logging.getLogger("tierguard.app.gateway")
 
 SAMPLED = "tierguard.sampled"  # scope["extensions"][SAMPLED]: the lane's draw for this call
 PATH = b"/v1/messages"
@@ -44,7 +40,6 @@ _NOT_EXPRESS = (b"transfer-encoding", b"content-encoding", b"expect")
 BODY_WAIT_S = 0.05  # how long a held request's body may take to follow its head (then the ASGI path
 # reads the rest, within TIERGUARD_GATEWAY_BODY_TIMEOUT): clients that write the head and the body
 # apart (httpx, the Python SDK's) send both at once
-JSON = [(b"content-type", b"application/json")]  # the head of the lane's own answers (errors)
 
 
 class Held(NamedTuple):
@@ -79,9 +74,9 @@ class Lane:
                 return None
         return name if name and size is not None and size <= self.max_body else None
 
-    def take(self, held: Held, headers: list[tuple[bytes, bytes]]) -> tuple[Any, bytes] | bool | None:
-        """(the call's plan, the request's bytes) when the lane sends it; else None (the ASGI path,
-        nothing counted) or True (the ASGI path, counted and drawn for sampling)."""
+    def take(self, held: Held, headers: list[tuple[bytes, bytes]]) -> tuple[Any, bytes, bool] | bool | None:
+        """(the call's plan, the request's bytes, streamed) when the lane sends it; else None (the
+        ASGI path, nothing counted) or True (the ASGI path, counted and drawn for sampling)."""
         body = bytes(held.cycle.body)
         if self.pool.slots is None or not self.pool.idle or names_by_user(body):
             return None
@@ -91,11 +86,13 @@ class Lane:
         except Exception:  # too deep, unreadable: the ASGI path words it
             return None
         request = parsed.request
-        if type(request) is not dict or request.get("stream") is True:
+        if type(request) is not dict:
             return None
+        streamed = request.get("stream") is True
         plan = self.core.planned(held.name, request)
-        if plan is None or plan.mark is None or plan.mark.to is not None:
-            return None
+        if plan is None or plan.mark is None or (
+                plan.mark.to is not None and not (streamed and not plan.cat.buffer_streams)):
+            return None  # (a checked answer: the ASGI path reads it whole and escalates it)
         if self.core.sampled(plan.cat, {"model": plan.model}):
             return True
         if request.get("model") != plan.model:
@@ -104,77 +101,28 @@ class Lane:
         forwarded.append((b"accept-encoding", b"identity"))
         head = self.pool._head("POST", "/v1/messages", forwarded, len(body))
         head += body
-        return plan, bytes(head)
+        return plan, bytes(head), streamed
 
-    def counted(self, plan: Any, flight: Flight, body: bytes) -> None:
-        """A relayed answer counted as the ASGI path counts it (never raises)."""
-        core, model = self.core, plan.model
+    def counted(self, plan: Any, flight: Flight, body: bytes | None) -> None:
+        """A relayed answer (``body``: a plain one's; a stream's was watched) counted as the ASGI
+        path counts it (never raises)."""
+        core, model, watch = self.core, plan.model, flight.watch
         try:
             if flight.status_code == 429:
                 core.rate_limited(model, flight.head.get("retry-after"))
             core.saw_headers(model, flight.head)
-            if flight.status_code == 200:
-                core.publisher.add_answer(plan.cat.name, model, body)
+            if watch is None:
+                if flight.status_code == 200:
+                    core.publisher.add_answer(plan.cat.name, model, body)
+                return
+            if watch.overflowed:
+                core.refuse("stream_too_long", "a stream event was longer than TIERGUARD_STREAM_ASSEMBLY_MAX "
+                            "(%d): relayed whole, not watched", self.settings.stream_assembly_max)
+            answer = watch.answer() if watch.status == 200 else None
+            if answer is not None:
+                core.served(plan.cat, {"model": model}, answer.get("usage"))
         except Exception:
             core._failed("counting an answer")
-
-
-class Flight(lean_client.Response):
-    """One express call upstream: the answer read whole, then written to the caller at once."""
-
-    def __init__(self, conn: Any, protocol: ExpressProtocol, lane: Lane, plan: Any):
-        super().__init__(conn, lane.settings.gateway_timeout)
-        self.protocol, self.lane, self.plan = protocol, lane, plan
-        self.over = False
-        loop = conn.loop
-        now, s = loop.time(), lane.settings
-        self.late = s.gateway_deadline <= s.gateway_timeout  # which limit the one timer is
-        self.timer = loop.call_at(now + min(s.gateway_deadline, s.gateway_timeout), self.timed_out)
-
-    def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)  # read whole, never paused: no one reads it until it ends
-
-    def _wake(self) -> None:  # (in the upstream connection's parser callbacks)
-        if self.over or (self.error is None and not self.complete):
-            return
-        self._end(later=True)  # the parser is still feeding this connection
-        if self.error is not None:
-            return self.failed(self.error)
-        body = b"".join(self.chunks)
-        self.protocol.answer(self.status_code, self.raw, body)
-        self.lane.counted(self.plan, self, body)
-
-    def _end(self, later: bool = False) -> None:
-        """Over: the connection given back (kept alive if read to its end, else closed)."""
-        self.over = True
-        self.timer.cancel()
-        if later:
-            self.conn.loop.call_soon(self.close)
-        else:
-            self.close()
-
-    def failed(self, err: Exception) -> None:
-        if isinstance(err, httpx2.TimeoutException):
-            return self.protocol.answer(504, JSON, error_body("the upstream API did not answer in time"))
-        log.warning("upstream %s unreachable: %s", mask_url(self.lane.base_url), type(err).__name__)
-        self.protocol.answer(502, JSON, error_body(f"the gateway cannot reach the upstream API "
-                                                 f"({type(err).__name__})"))
-
-    def timed_out(self) -> None:
-        if self.over:
-            return
-        self._end()
-        if not self.late:
-            return self.protocol.answer(504, JSON, error_body("the upstream API did not answer in time"))
-        late = (f"the upstream API's answer took longer than the gateway's deadline of "
-                f"{self.lane.settings.gateway_deadline:g} s (TIERGUARD_GATEWAY_DEADLINE)")
-        self.lane.core.refuse("deadline_exceeded", "%s", late)
-        self.protocol.answer(504, JSON, error_body(late))
-
-    def caller_left(self) -> None:
-        if not self.over:
-            self._end()
-            self.lane.core.left()
 
 
 class ExpressProtocol(OneWriteProtocol):
@@ -225,8 +173,8 @@ class ExpressProtocol(OneWriteProtocol):
         if conn is None:  # (none since take looked: cannot happen between two callbacks)
             return self._to_app(None)
         self.held = None
-        plan, request = taken
-        self.flight = conn.response = Flight(conn, self, lane, plan)
+        plan, request, streamed = taken
+        self.flight = conn.response = Flight(conn, self, lane, plan, streamed)
         lane.core.counts["express"] += 1
         conn.transport.write(request)
 
@@ -245,28 +193,54 @@ class ExpressProtocol(OneWriteProtocol):
             self.held_timer.cancel()
             self.held_timer = None
 
+    def head(self, status: int, raw: list[tuple[bytes, bytes]], length: int | None) -> tuple[bytes, bytes]:
+        """An answer's head as uvicorn writes the ASGI path's (upstream's ``raw`` headers, names
+        lower-cased, hop-by-hop ones dropped) and its framing: ``length`` (the upstream's
+        ``content-length``, else ``length`` given), ``chunked``, or ``none`` (204, 304)."""
+        cycle = self.cycle
+        parts = [STATUS_LINE[status], *(b"%s: %s\r\n" % h for h in cycle.default_headers)]
+        framing = b"none" if status in (204, 304) else None
+        for name, value in raw:
+            if name not in HOP_BY_HOP:
+                if name == b"content-length":
+                    framing = b"length"
+                parts.append(b"%s: %s\r\n" % (name, value))
+        if framing is None:
+            framing = b"length" if length is not None else b"chunked"
+            parts.append(b"content-length: %d\r\n" % length if length is not None
+                         else b"transfer-encoding: chunked\r\n")
+        if not cycle.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts), framing
+
+    def write(self, data: bytes) -> None:
+        if not self.cycle.disconnected and not self.transport.is_closing():
+            self.transport.write(data)
+
     def answer(self, status: int, raw: list[tuple[bytes, bytes]], body: bytes) -> None:
-        """Write the express call's answer (upstream's ``raw`` headers, names lower-cased) in one
-        write, as uvicorn would have written the ASGI path's, and end the call's cycle."""
+        """Write a whole answer in one write and end the call's cycle."""
+        self.write(self.head(status, raw, len(body))[0] + body)
+        self.finish()
+
+    def finish(self) -> None:
+        """The express call's answer is written: its cycle ends as uvicorn ends one."""
         cycle, self.flight = self.cycle, None
-        if not cycle.disconnected and not self.transport.is_closing():
-            parts = [STATUS_LINE[status], *(b"%s: %s\r\n" % h for h in cycle.default_headers)]
-            sized = False
-            for name, value in raw:
-                if name not in HOP_BY_HOP:
-                    sized = sized or name == b"content-length"
-                    parts.append(b"%s: %s\r\n" % (name, value))
-            if not sized and status not in (204, 304):
-                parts.append(b"content-length: %d\r\n" % len(body))
-            if not cycle.keep_alive:
-                parts.append(b"connection: close\r\n")
-            parts += (b"\r\n", body)
-            self.transport.write(b"".join(parts))
         cycle.response_started = cycle.response_complete = True
         cycle.message_event.set()
         if not cycle.keep_alive:
             self.transport.close()
         cycle.on_response()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.flight is not None:
+            self.flight.pause(True)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.flight is not None:
+            self.flight.pause(False)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()

@@ -1,0 +1,156 @@
+"""One express call upstream (:mod:`~tierguard.app.express`): the lean client's response, driven by
+its connection's parser callbacks instead of awaited.
+
+A plain answer is read whole and written to the caller at once. A stream is relayed as it comes:
+its head with its first bytes (or alone on the loop's next turn), each chunk as it arrives, framed
+as uvicorn frames the ASGI path's (the upstream's ``content-length``, else chunked), its usage read
+on the way (:class:`~tierguard.app.relay.Watch`); upstream reading pauses while the caller's
+transport is full. One timer holds both limits: the deadline, and ``TIERGUARD_GATEWAY_TIMEOUT``
+since the last bytes. What the ASGI path does at each end, this does too: before the answer's head
+a 502 or 504; after it, a stream cut with an ``error`` event (an SSE stream) or the connection
+closed; a caller who leaves closes the upstream connection; the same counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx2
+
+from tierguard.app import lean_client
+from tierguard.app.admission import error_body
+from tierguard.app.relay import Watch
+from tierguard.config import mask_url
+
+log = logging.getLogger("tierguard.app.gateway")
+
+JSON = [(b"content-type", b"application/json")]  # the head of the lane's own answers (errors)
+SLOW = "the upstream API did not answer in time"
+
+
+class Flight(lean_client.Response):
+    """One express call: ``protocol`` the caller's connection, ``plan`` its category's routing."""
+
+    def __init__(self, conn: Any, protocol: Any, lane: Any, plan: Any, streamed: bool):
+        super().__init__(conn, lane.settings.gateway_timeout)
+        self.protocol, self.lane, self.plan = protocol, lane, plan
+        self.over = False
+        self.watch = Watch(True, True, lane.settings.stream_assembly_max) if streamed else None
+        self.framing: bytes | None = None  # a relayed stream's: b"chunked", b"length" or b"close"
+        self.sse = False
+        self.held: bytes | None = None  # a stream's head, until its first bytes or the next turn
+        self.loop = loop = conn.loop
+        self.last = now = loop.time()
+        self.until = now + lane.settings.gateway_deadline
+        self.timer = loop.call_at(min(self.until, now + self.timeout), self.timed_out)
+
+    # The connection's parser (lean_client.Connection) drives these.
+    def on_headers_complete(self, status: int) -> None:
+        super().on_headers_complete(status)
+        if self.watch is not None and not self.over:
+            self.watch.status, self.watch.headers = status, self.head
+            head, self.framing = self.protocol.head(status, self.raw, None)
+            self.sse = self.framing == b"chunked" and (self.head.get("content-type") or "").startswith(
+                "text/event-stream")
+            self.held = head
+            self.loop.call_soon(self._flush)
+
+    def on_body(self, body: bytes) -> None:
+        self.last = self.loop.time()
+        if self.watch is None:
+            self.chunks.append(body)  # read whole, never paused: no one reads it until it ends
+        elif not self.over:
+            self._write(b"%x\r\n%s\r\n" % (len(body), body) if self.framing == b"chunked" else body)
+            try:
+                self.watch.feed(body)
+            except Exception:
+                log.exception("watching a response failed; it is not shadowed")
+                self.watch.status = -1
+
+    def _wake(self) -> None:
+        if self.over or (self.error is None and not self.complete):
+            return
+        self._end(later=True)  # (still in the parser's callbacks: the connection is given back after)
+        if self.error is not None:
+            return self._broke(self.error)
+        if self.watch is None:
+            body = b"".join(self.chunks)
+            self.protocol.answer(self.status_code, self.raw, body)
+            return self.lane.counted(self.plan, self, body)
+        self._write(b"0\r\n\r\n" if self.framing == b"chunked" else b"")
+        self.protocol.finish()
+        self.lane.counted(self.plan, self, None)
+
+    # The caller's side.
+    def _write(self, data: bytes) -> None:
+        held, self.held = self.held, None
+        if held is not None:
+            data = held + data
+        if data:
+            self.protocol.write(data)
+
+    def _flush(self) -> None:
+        if self.held is not None and not self.over:
+            self._write(b"")
+
+    def _end(self, later: bool = False) -> None:
+        """Over: the connection given back (kept alive if read to its end, else closed)."""
+        self.over = True
+        self.timer.cancel()
+        if later:
+            self.loop.call_soon(self.close)
+        else:
+            self.close()
+
+    def _broke(self, err: Exception) -> None:
+        """The upstream failed: before a relayed head, the ASGI path's 502 or 504; after, a cut."""
+        if self.framing is not None:
+            log.warning("upstream response broke off: %s", type(err).__name__)
+            return self._cut(f"the upstream API broke off its answer ({type(err).__name__})")
+        if isinstance(err, httpx2.TimeoutException):
+            return self.protocol.answer(504, JSON, error_body(SLOW))
+        log.warning("upstream %s unreachable: %s", mask_url(self.lane.base_url), type(err).__name__)
+        self.protocol.answer(502, JSON, error_body(f"the gateway cannot reach the upstream API "
+                                                   f"({type(err).__name__})"))
+
+    def _cut(self, message: str) -> None:
+        """End a relayed stream early: an SSE stream with an ``error`` event, else by closing."""
+        if self.sse:
+            event = b"event: error\ndata: " + error_body(message) + b"\n\n"
+            self._write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
+            self.protocol.finish()
+        else:
+            self._write(b"")
+            self.protocol.abort(self.protocol.cycle)
+        self.lane.counted(self.plan, self, None)
+
+    def timed_out(self) -> None:
+        if self.over:
+            return
+        now = self.loop.time()
+        if now < self.until and now < self.last + self.timeout:  # bytes came since it was set
+            self.timer = self.loop.call_at(min(self.until, self.last + self.timeout), self.timed_out)
+            return
+        self._end()
+        if now < self.until:
+            return self._broke(httpx2.ReadTimeout(SLOW))
+        late = (f"the upstream API's answer took longer than the gateway's deadline of "
+                f"{self.lane.settings.gateway_deadline:g} s (TIERGUARD_GATEWAY_DEADLINE)")
+        self.lane.core.refuse("deadline_exceeded", "%s", late)
+        if self.framing is not None:
+            return self._cut(late)
+        self.protocol.answer(504, JSON, error_body(late))
+
+    def caller_left(self) -> None:
+        if not self.over:
+            self._end()
+            self.lane.core.left()
+            if self.framing is not None:
+                self.lane.counted(self.plan, self, None)
+
+    def pause(self, paused: bool) -> None:
+        """The caller's transport is full (or has room again): stop (resume) reading upstream."""
+        transport = self.conn.transport
+        if self.watch is not None and not self.over and transport is not None and not self.conn.closed:
+            (transport.pause_reading if paused else transport.resume_reading)()
