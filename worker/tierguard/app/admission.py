@@ -133,6 +133,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.door = current()
         self.head_timer: asyncio.TimerHandle | None = None
+        self.head_from: float | None = None  # when a request head began that has no timer yet
         self.counted = False
         self.gone: asyncio.Future | None = None  # done when the connection is lost (see leaving)
         self.running: Any = None  # the cycle that last asked (see leaving)
@@ -154,16 +155,28 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self.head_timer is None:  # the next request on a kept-alive connection has begun
-            self.head_timer = self.loop.call_later(self.door.header_timeout, self.head_timed_out)
+        if self.head_timer is None:  # the next request on a kept-alive connection has begun: timed
+            self.head_from = self.loop.time()  # once data_received ends without its whole head
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.head_from is not None and self.head_timer is None and not self.transport.is_closing():
+            self.head_timer = self.loop.call_at(self.head_from + self.door.header_timeout,
+                                                self.head_timed_out)
 
     def on_headers_complete(self) -> None:
         self.stop_timer()
         self.door.waiting.pop(self, None)
         super().on_headers_complete()
-        extensions = self.scope.setdefault("extensions", {})  # type: ignore[typeddict-item]
-        extensions[ABORT] = functools.partial(self.abort, self.cycle)
-        extensions[LEFT] = functools.partial(self.leaving, self.cycle)
+        self.dress(self.cycle)
+
+    def dress(self, cycle: Any) -> None:
+        """A request's cycle made: its scope's extensions (the caller's leaving, aborting)."""
+        if cycle is None:  # (no cycle made: an upgrade uvicorn answers itself)
+            return
+        extensions = cycle.scope.setdefault("extensions", {})
+        extensions[ABORT] = functools.partial(self.abort, cycle)
+        extensions[LEFT] = functools.partial(self.leaving, cycle)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -196,6 +209,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def stop_timer(self) -> None:
+        self.head_from = None
         if self.head_timer is not None:
             self.head_timer.cancel()
             self.head_timer = None

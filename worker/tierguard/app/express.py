@@ -144,6 +144,10 @@ class ExpressProtocol(OneWriteProtocol):
         finally:
             self.holding = None
 
+    def dress(self, cycle: Any) -> None:
+        if self.held is None or self.held.cycle is not cycle:  # (a held one is dressed if it goes on)
+            super().dress(cycle)
+
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if self.holding is not None and app is self.app:
             self.held = Held(cycle, app, self.holding)
@@ -184,9 +188,10 @@ class ExpressProtocol(OneWriteProtocol):
         held, self.held = self.held, None
         if held is None:
             return
+        super().dress(held.cycle)
         if sampled is not None:
-            held.cycle.scope.setdefault("extensions", {})[SAMPLED] = sampled  # type: ignore[union-attr]
-        super()._start_asgi_task(held.cycle, held.app)  # type: ignore[union-attr]
+            held.cycle.scope.setdefault("extensions", {})[SAMPLED] = sampled
+        super()._start_asgi_task(held.cycle, held.app)
 
     def _stop_waiting(self) -> None:
         if self.held_timer is not None:

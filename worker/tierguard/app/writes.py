@@ -61,8 +61,7 @@ class HeadHolder:
 class OneWriteProtocol(GuardedProtocol):
     """The gateway's protocol: the door's checks, and one write for a head and its first bytes."""
 
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        cycle = self.cycle
+    def dress(self, cycle: Any) -> None:
+        super().dress(cycle)
         if cycle is not None and cycle.transport is self.transport:  # a cycle was made for this request
             cycle.transport = HeadHolder(self.transport, self.loop)  # type: ignore[assignment]
