@@ -1,10 +1,12 @@
 """A shadow is the request production sent: snapshots, sentinels, headers, unlisted categories,
 clients tierguard cannot route, and jobs too large for a broker message (issue 23)."""
 
+import asyncio
 import base64
 import json
 
 import anthropic
+import httpx2
 import redis
 
 import tierguard
@@ -40,6 +42,26 @@ def test_a_chat_loop_shadows_each_turn_as_it_was_sent(simulator, redis_url, sqli
     assert [len(j["request"]["messages"]) for j in jobs] == [1, 3, 5, 7]
     assert [j["request"]["messages"][0]["content"][0]["text"].count("(edited)") for j in jobs] == [0, 1, 2, 3]
     client.tierguard_close()
+
+
+def test_production_requests_carry_the_callers_own_user_agent(simulator, redis_url, sqlite_url):
+    """The SDK names its user agent after the client's class: the wrapper's class must not show."""
+    sim = simulator(**SCENARIO)
+    bare = anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY)
+    client = wrapped(sim, redis_url, sqlite_url, policy={"defaults": {"sample_rate": 0.0}, "categories": {
+        "sentiment": LISTED["categories"]["sentiment"]}})
+    sdk = anthropic.AsyncAnthropic(base_url=sim.base_url, api_key=API_KEY)
+    asynced = tierguard.AsyncShadowedAnthropic(sdk, settings=client.tierguard_core.settings)
+    request = {"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    bare.messages.create(model="claude-opus-4-7", **request)
+    client.messages.create(category="sentiment", **request)
+    client.with_options(timeout=30).messages.create(category="sentiment", **request)
+    asyncio.run(asynced.messages.create(model="claude-opus-4-7", **request))
+    agents = [h["user-agent"] for h in httpx2.get(sim.base_url + "/_sim/stats").json()["recent_headers"][-4:]]
+    version = anthropic.__version__
+    assert agents == [f"Anthropic/Python {version}"] * 3 + [f"AsyncAnthropic/Python {version}"], agents
+    client.tierguard_close()
+    asynced.tierguard_close()
 
 
 def test_sentinels_are_dropped_and_shaping_headers_and_extra_body_travel(simulator, redis_url,

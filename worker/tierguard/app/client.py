@@ -112,6 +112,15 @@ class _Shadowing:
 
     with_options = copy
 
+    @property
+    def user_agent(self) -> str:
+        """The caller's client's own (the SDK names it after the client's class): wrapping changes
+        nothing production sends."""
+        kind = self._tierguard_base
+        agent = kind.user_agent.fget(self) if isinstance(kind.user_agent, property) else str(kind.user_agent)
+        mine = type(self).__name__ + "/"
+        return kind.__name__ + "/" + agent[len(mine):] if agent.startswith(mine) else agent
+
     def tierguard_stats(self) -> dict[str, int]:
         """Counters: submitted, published, dropped_* and internal errors."""
         return self.tierguard_core.stats()
