@@ -175,12 +175,21 @@ class ExpressProtocol(OneWriteProtocol):
             return self._to_app(taken)
         conn = lane.pool.take_idle()
         if conn is None:  # (none since take looked: cannot happen between two callbacks)
-            return self._to_app(None)
-        self.held = None
-        plan, request, streamed = taken
-        self.flight = conn.response = Flight(conn, self, lane, plan, streamed)
+            return self._to_app(False)  # counted and drawn already
+        flight = None
+        try:
+            flight = conn.response = Flight(conn, self, lane, taken[0], taken[2])
+            conn.transport.write(taken[1])
+        except Exception:  # never into the server's callbacks: the ASGI path serves it
+            lane.core._failed("the gateway's express lane")
+            if flight is not None:
+                flight.over = True
+                flight.timer.cancel()
+            conn.response = None
+            conn.close()
+            return self._to_app(False)
+        self.held, self.flight = None, flight
         lane.core.counts["express"] += 1
-        conn.transport.write(request)
 
     def _to_app(self, sampled: bool | None) -> None:
         """The held request to the ASGI app (with the lane's draw, when it drew one)."""
@@ -203,7 +212,8 @@ class ExpressProtocol(OneWriteProtocol):
         lower-cased, hop-by-hop ones dropped) and its framing: ``length`` (the upstream's
         ``content-length``, else ``length`` given), ``chunked``, or ``none`` (204, 304)."""
         cycle = self.cycle
-        parts = [STATUS_LINE[status], *(b"%s: %s\r\n" % h for h in cycle.default_headers)]
+        parts = [STATUS_LINE.get(status) or b"HTTP/1.1 %d \r\n" % status,  # (past 599: as sent)
+                 *(b"%s: %s\r\n" % h for h in cycle.default_headers)]
         framing = b"none" if status in (204, 304) else None
         for name, value in raw:
             if name not in HOP_BY_HOP:
