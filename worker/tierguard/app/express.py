@@ -207,11 +207,12 @@ class ExpressProtocol(OneWriteProtocol):
             self.held_timer.cancel()
             self.held_timer = None
 
-    def head(self, status: int, raw: list[tuple[bytes, bytes]], length: int | None) -> tuple[bytes, bytes]:
-        """An answer's head as uvicorn writes the ASGI path's (upstream's ``raw`` headers, names
-        lower-cased, hop-by-hop ones dropped) and its framing: ``length`` (the upstream's
-        ``content-length``, else ``length`` given), ``chunked``, or ``none`` (204, 304)."""
-        cycle = self.cycle
+    def head(self, cycle: Any, status: int, raw: list[tuple[bytes, bytes]],
+             length: int | None) -> tuple[bytes, bytes]:
+        """``cycle``'s answer's head as uvicorn writes the ASGI path's (upstream's ``raw`` headers,
+        names lower-cased, hop-by-hop ones dropped) and its framing: ``length`` (the upstream's
+        ``content-length``, else ``length`` given), ``chunked``, or ``none`` (204, 304). The express
+        call's ``cycle`` is its own: a request pipelined behind it is the protocol's ``cycle``."""
         parts = [STATUS_LINE.get(status) or b"HTTP/1.1 %d \r\n" % status,  # (past 599: as sent)
                  *(b"%s: %s\r\n" % h for h in cycle.default_headers)]
         framing = b"none" if status in (204, 304) else None
@@ -229,18 +230,18 @@ class ExpressProtocol(OneWriteProtocol):
         parts.append(b"\r\n")
         return b"".join(parts), framing
 
-    def write(self, data: bytes) -> None:
-        if not self.cycle.disconnected and not self.transport.is_closing():
+    def write(self, cycle: Any, data: bytes) -> None:
+        if not cycle.disconnected and not self.transport.is_closing():
             self.transport.write(data)
 
-    def answer(self, status: int, raw: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def answer(self, cycle: Any, status: int, raw: list[tuple[bytes, bytes]], body: bytes) -> None:
         """Write a whole answer in one write and end the call's cycle."""
-        self.write(self.head(status, raw, len(body))[0] + body)
-        self.finish()
+        self.write(cycle, self.head(cycle, status, raw, len(body))[0] + body)
+        self.finish(cycle)
 
-    def finish(self) -> None:
+    def finish(self, cycle: Any) -> None:
         """The express call's answer is written: its cycle ends as uvicorn ends one."""
-        cycle, self.flight = self.cycle, None
+        self.flight = None
         cycle.response_started = cycle.response_complete = True
         cycle.message_event.set()
         if not cycle.keep_alive:

@@ -35,6 +35,7 @@ class Flight(lean_client.Response):
     def __init__(self, conn: Any, protocol: Any, lane: Any, plan: Any, streamed: bool):
         super().__init__(conn, lane.settings.gateway_timeout)
         self.protocol, self.lane, self.plan = protocol, lane, plan
+        self.cycle = protocol.cycle  # this call's (one pipelined behind it becomes the protocol's)
         self.over = False
         self.watch = Watch(True, True, lane.settings.stream_assembly_max) if streamed else None
         self.framing: bytes | None = None  # a relayed stream's: b"chunked", b"length" or b"close"
@@ -50,7 +51,7 @@ class Flight(lean_client.Response):
         super().on_headers_complete(status)
         if self.watch is not None and not self.over:
             self.watch.status, self.watch.headers = status, self.head
-            head, self.framing = self.protocol.head(status, self.raw, None)
+            head, self.framing = self.protocol.head(self.cycle, status, self.raw, None)
             self.sse = self.framing == b"chunked" and (self.head.get("content-type") or "").startswith(
                 "text/event-stream")
             self.held = head
@@ -76,10 +77,10 @@ class Flight(lean_client.Response):
             return self._broke(self.error)
         if self.watch is None:
             body = b"".join(self.chunks)
-            self.protocol.answer(self.status_code, self.raw, body)
+            self.protocol.answer(self.cycle, self.status_code, self.raw, body)
             return self.lane.counted(self.plan, self, body)
         self._write(b"0\r\n\r\n" if self.framing == b"chunked" else b"")
-        self.protocol.finish()
+        self.protocol.finish(self.cycle)
         self.lane.counted(self.plan, self, None)
 
     # The caller's side.
@@ -88,7 +89,7 @@ class Flight(lean_client.Response):
         if held is not None:
             data = held + data
         if data:
-            self.protocol.write(data)
+            self.protocol.write(self.cycle, data)
 
     def _flush(self) -> None:
         if self.held is not None and not self.over:
@@ -109,20 +110,20 @@ class Flight(lean_client.Response):
             log.warning("upstream response broke off: %s", type(err).__name__)
             return self._cut(f"the upstream API broke off its answer ({type(err).__name__})")
         if isinstance(err, httpx2.TimeoutException):
-            return self.protocol.answer(504, JSON, error_body(SLOW))
+            return self.protocol.answer(self.cycle, 504, JSON, error_body(SLOW))
         log.warning("upstream %s unreachable: %s", mask_url(self.lane.base_url), type(err).__name__)
-        self.protocol.answer(502, JSON, error_body(f"the gateway cannot reach the upstream API "
-                                                   f"({type(err).__name__})"))
+        self.protocol.answer(self.cycle, 502, JSON, error_body(f"the gateway cannot reach the upstream "
+                                                               f"API ({type(err).__name__})"))
 
     def _cut(self, message: str) -> None:
         """End a relayed stream early: an SSE stream with an ``error`` event, else by closing."""
         if self.sse:
             event = b"event: error\ndata: " + error_body(message) + b"\n\n"
             self._write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
-            self.protocol.finish()
+            self.protocol.finish(self.cycle)
         else:
             self._write(b"")
-            self.protocol.abort(self.protocol.cycle)
+            self.protocol.abort(self.cycle)
         self.lane.counted(self.plan, self, None)
 
     def timed_out(self) -> None:
@@ -140,7 +141,7 @@ class Flight(lean_client.Response):
         self.lane.core.refuse("deadline_exceeded", "%s", late)
         if self.framing is not None:
             return self._cut(late)
-        self.protocol.answer(504, JSON, error_body(late))
+        self.protocol.answer(self.cycle, 504, JSON, error_body(late))
 
     def caller_left(self) -> None:
         if not self.over:

@@ -1,0 +1,64 @@
+"""The express lane (app/express.py) where its path and the ASGI path part: calls pipelined behind an
+express call, a call after the pool's kept-alive connections expired, an answer the upstream breaks
+off, a status no server can write — each through a real ``tierguard gateway`` in front of the
+scripted upstream — and a kept-alive connection left paused by a slow reader (the lean pool alone)."""
+
+import json
+import socket
+import time
+
+import httptools
+import httpx2
+
+from tests.app import test_gateway_express as express
+from tests.app.gatewayparts import BODY, HEADERS, request_bytes, start
+
+scripted = express.scripted  # the scripted upstream, as a fixture here too
+NAMED = {**HEADERS, "x-tierguard-category": "on"}
+
+
+def _warm(gw) -> None:
+    """One call through ``gw``: the ASGI path's, which leaves a kept-alive upstream connection."""
+    with httpx2.Client(timeout=10) as client:
+        assert client.post(gw.base + "/v1/messages", json=BODY, headers=NAMED).status_code == 200
+
+
+def _answers(sock: socket.socket, n: int, wait: float = 3.0) -> list[tuple[int, bytes]]:
+    """The answers (status, body) read from ``sock`` until ``n`` are in, it closes, or ``wait`` passes."""
+    got: list[tuple[int, bytes]] = []
+    body: list[bytes] = []
+
+    class Reader:
+        def on_body(self, chunk: bytes) -> None:
+            body.append(chunk)
+
+        def on_message_complete(self) -> None:
+            got.append((parser.get_status_code(), b"".join(body)))
+            body.clear()
+
+    parser = httptools.HttpResponseParser(Reader())
+    until = time.monotonic() + wait
+    while len(got) < n and (left := until - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            break
+        if not data:
+            break
+        parser.feed_data(data)
+    return got
+
+
+def test_calls_pipelined_behind_an_express_call_are_answered_in_order(stack, scripted, tmp_path):
+    gw = start(stack, tmp_path)
+    _warm(gw)
+    scripted.script = ["plain", "400"]
+    one = request_bytes(json.dumps(BODY).encode(), NAMED)
+    with socket.create_connection(gw.address) as sock:
+        sock.sendall(one + one + one)  # the first taken by the lane, the others wait behind it
+        got = _answers(sock, 3)
+    assert [status for status, _ in got] == [200, 400, 200]
+    assert json.loads(got[0][1])["model"] == "claude-haiku-4-5"
+    stats = gw.stats()
+    assert stats["express"] >= 1 and not stats.get("caller_left") and not gw.errors(), stats
