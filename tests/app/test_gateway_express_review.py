@@ -12,6 +12,8 @@ import httpx2
 
 from tests.app import test_gateway_express as express
 from tests.app.gatewayparts import BODY, HEADERS, request_bytes, start
+from tests.helpers import wait_until
+from tierguard.app import lean_client
 
 scripted = express.scripted  # the scripted upstream, as a fixture here too
 NAMED = {**HEADERS, "x-tierguard-category": "on"}
@@ -62,3 +64,15 @@ def test_calls_pipelined_behind_an_express_call_are_answered_in_order(stack, scr
     assert json.loads(got[0][1])["model"] == "claude-haiku-4-5"
     stats = gw.stats()
     assert stats["express"] >= 1 and not stats.get("caller_left") and not gw.errors(), stats
+
+
+def test_a_call_after_the_kept_alive_connections_expired_is_counted_once(stack, scripted, redis_url,
+                                                                         tmp_path):
+    gw = start(stack, tmp_path)
+    _warm(gw)
+    time.sleep(lean_client.KEEPALIVE_S + 0.5)  # the pool's idle connection is too old to be taken
+    _warm(gw)  # the lane drew it, found no connection to take: the ASGI path sends it
+    wait_until(lambda: express._traffic(redis_url, "on").get("calls", 0) >= 2, 15, "the counts to be flushed")
+    time.sleep(1.0)
+    assert express._traffic(redis_url, "on")["calls"] == 2
+    assert not gw.errors()

@@ -174,7 +174,7 @@ class ExpressProtocol(OneWriteProtocol):
         if taken is None or taken is True:
             return self._to_app(taken)
         conn = lane.pool.take_idle()
-        if conn is None:  # (none since take looked: cannot happen between two callbacks)
+        if conn is None:  # the kept ones too old (KEEPALIVE_S), or no place free
             return self._to_app(False)  # counted and drawn already
         flight = None
         try:
