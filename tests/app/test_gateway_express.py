@@ -31,7 +31,8 @@ LIMITS = [("anthropic-ratelimit-requests-limit", "50"), ("anthropic-ratelimit-re
 
 class Scripted(socketserver.ThreadingTCPServer):
     """An upstream on a loopback port whose answers follow ``script`` (one step per request:
-    ``plain``, ``chunked``, ``429``, ``400``, ``close`` or ``slow``); ``seen``: each request's bytes."""
+    ``plain``, ``chunked``, ``429``, ``400``, ``close``, ``slow`` or ``cut429``: a 429 closed mid-body);
+    ``seen``: each request's bytes."""
 
     daemon_threads = allow_reuse_address = True
 
@@ -70,6 +71,8 @@ class _Handler(socketserver.BaseRequestHandler):
                 self._stream(step)
                 continue
             self.request.sendall(_answer(step))
+            if step == "cut429":
+                return
 
     def _stream(self, step: str) -> None:
         """An SSE answer, chunked, an event a chunk (``stream-slow``: past the deadline after the first)."""
@@ -95,7 +98,7 @@ def _sse(event: dict) -> bytes:
 
 def _answer(step: str) -> bytes:
     status, body, more = 200, json.dumps(ANSWER).encode(), list(LIMITS)
-    if step == "429":
+    if step in ("429", "cut429"):
         status, more = 429, [*more, ("retry-after", "7")]
         body = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
     elif step == "400":
@@ -108,6 +111,8 @@ def _answer(step: str) -> bytes:
         half = len(body) // 2
         chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in (body[:half], body[half:]))
         return (head + "transfer-encoding: chunked\r\n\r\n").encode() + chunks + b"0\r\n\r\n"
+    if step == "cut429":  # its head and a part of its body, then the connection closes
+        return (head + f"content-length: {len(body)}\r\n\r\n").encode() + body[:10]
     return (head + f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 

@@ -9,6 +9,7 @@ import time
 
 import httptools
 import httpx2
+import redis
 
 from tests.app import test_gateway_express as express
 from tests.app.gatewayparts import BODY, HEADERS, request_bytes, start
@@ -76,3 +77,18 @@ def test_a_call_after_the_kept_alive_connections_expired_is_counted_once(stack, 
     time.sleep(1.0)
     assert express._traffic(redis_url, "on")["calls"] == 2
     assert not gw.errors()
+
+
+def test_a_429_broken_off_mid_body_pauses_the_shadows_as_on_the_asgi_path(stack, scripted, redis_url,
+                                                                          tmp_path):
+    gw = start(stack, tmp_path)
+    _warm(gw)
+    scripted.script = ["cut429"]
+    with httpx2.Client(timeout=10) as client:
+        try:
+            client.post(gw.base + "/v1/messages", json=BODY, headers=NAMED)
+        except httpx2.TransportError:
+            pass  # the ASGI path relays the head, then cuts the connection
+    assert gw.stats()["express"] == 1
+    paused = redis.Redis.from_url(redis_url)
+    wait_until(lambda: paused.keys("*pause*"), 5, "the 429 to pause the shadows of its model")

@@ -104,15 +104,15 @@ class Lane:
         return plan, bytes(head), streamed
 
     def counted(self, plan: Any, flight: Flight, body: bytes | None) -> None:
-        """A relayed answer (``body``: a plain one's; a stream's was watched) counted as the ASGI
-        path counts it (never raises)."""
+        """A relayed answer (``body``: a plain one's, None if it did not come whole; a stream's was
+        watched) counted as the ASGI path counts it (never raises)."""
         core, model, watch = self.core, plan.model, flight.watch
         try:
             if flight.status_code == 429:
                 core.rate_limited(model, flight.head.get("retry-after"))
             core.saw_headers(model, flight.head)
             if watch is None:
-                if flight.status_code == 200:
+                if flight.status_code == 200 and body is not None:
                     core.publisher.add_answer(plan.cat.name, model, body)
                 return
             if watch.overflowed:

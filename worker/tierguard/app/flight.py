@@ -110,10 +110,18 @@ class Flight(lean_client.Response):
             log.warning("upstream response broke off: %s", type(err).__name__)
             return self._cut(f"the upstream API broke off its answer ({type(err).__name__})")
         if isinstance(err, httpx2.TimeoutException):
-            return self.protocol.answer(self.cycle, 504, JSON, error_body(SLOW))
-        log.warning("upstream %s unreachable: %s", mask_url(self.lane.base_url), type(err).__name__)
-        self.protocol.answer(self.cycle, 502, JSON, error_body(f"the gateway cannot reach the upstream "
-                                                               f"API ({type(err).__name__})"))
+            self.protocol.answer(self.cycle, 504, JSON, error_body(SLOW))
+        else:
+            log.warning("upstream %s unreachable: %s", mask_url(self.lane.base_url), type(err).__name__)
+            self.protocol.answer(self.cycle, 502, JSON, error_body(
+                f"the gateway cannot reach the upstream API ({type(err).__name__})"))
+        self._head_counted()
+
+    def _head_counted(self) -> None:
+        """An answer that did not come whole: its head counted if it came, as the ASGI path counts
+        it (a 429's pause, the rate-limit view; a stream what was watched)."""
+        if self.head is not None:
+            self.lane.counted(self.plan, self, None)
 
     def _cut(self, message: str) -> None:
         """End a relayed stream early: an SSE stream with an ``error`` event, else by closing."""
@@ -142,13 +150,13 @@ class Flight(lean_client.Response):
         if self.framing is not None:
             return self._cut(late)
         self.protocol.answer(self.cycle, 504, JSON, error_body(late))
+        self._head_counted()
 
     def caller_left(self) -> None:
         if not self.over:
             self._end()
             self.lane.core.left()
-            if self.framing is not None:
-                self.lane.counted(self.plan, self, None)
+            self._head_counted()
 
     def pause(self, paused: bool) -> None:
         """The caller's transport is full (or has room again): stop (resume) reading upstream."""
