@@ -31,7 +31,8 @@ LIMITS = [("anthropic-ratelimit-requests-limit", "50"), ("anthropic-ratelimit-re
 
 class Scripted(socketserver.ThreadingTCPServer):
     """An upstream on a loopback port whose answers follow ``script`` (one step per request:
-    ``plain``, ``chunked``, ``429``, ``400``, ``close``, ``slow`` or ``cut429``: a 429 closed mid-body);
+    ``plain``, ``chunked``, ``429``, ``400``, ``close``, ``slow``, ``cut429``: a 429 closed mid-body,
+    ``999``: a status no server can write);
     ``seen``: each request's bytes."""
 
     daemon_threads = allow_reuse_address = True
@@ -103,6 +104,8 @@ def _answer(step: str) -> bytes:
         body = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
     elif step == "400":
         status, body = 400, b'{"type":"error","error":{"type":"invalid_request_error","message":"no"}}'
+    elif step == "999":
+        status = 999
     elif step == "slow":
         time.sleep(1.5)
     head = f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\nconnection: keep-alive\r\n"

@@ -92,3 +92,14 @@ def test_a_429_broken_off_mid_body_pauses_the_shadows_as_on_the_asgi_path(stack,
     assert gw.stats()["express"] == 1
     paused = redis.Redis.from_url(redis_url)
     wait_until(lambda: paused.keys("*pause*"), 5, "the 429 to pause the shadows of its model")
+
+
+def test_an_answer_with_a_status_past_599_is_written_as_sent(stack, scripted, tmp_path):
+    gw = start(stack, tmp_path)  # (uvicorn's status lines stop at 599: writing it raised KeyError)
+    _warm(gw)
+    scripted.script = ["999"]
+    with httpx2.Client(timeout=5) as client:
+        r = client.post(gw.base + "/v1/messages", json=BODY, headers=NAMED)
+        assert r.status_code == 999 and r.json()["model"] == "claude-haiku-4-5"
+        assert client.post(gw.base + "/v1/messages", json=BODY, headers=NAMED).status_code == 200
+    assert gw.stats()["express"] == 2 and not gw.errors()
