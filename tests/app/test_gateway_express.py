@@ -16,6 +16,7 @@ import redis
 
 from tests.app.gatewayparts import BODY, HEADERS, LABELS, request_bytes, start, upstream_connections
 from tests.helpers import wait_until
+from tierguard.app.lean_client import HIGH_WATER
 from tierguard.contract import keys
 
 COMPARATOR = {"type": "label", "labels": LABELS}
@@ -32,7 +33,7 @@ LIMITS = [("anthropic-ratelimit-requests-limit", "50"), ("anthropic-ratelimit-re
 class Scripted(socketserver.ThreadingTCPServer):
     """An upstream on a loopback port whose answers follow ``script`` (one step per request:
     ``plain``, ``chunked``, ``429``, ``400``, ``close``, ``slow``, ``cut429``: a 429 closed mid-body,
-    ``999``: a status no server can write);
+    ``999``: a status no server can write, ``big``: a body just over the lean client's HIGH_WATER);
     ``seen``: each request's bytes."""
 
     daemon_threads = allow_reuse_address = True
@@ -104,6 +105,8 @@ def _answer(step: str) -> bytes:
         body = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
     elif step == "400":
         status, body = 400, b'{"type":"error","error":{"type":"invalid_request_error","message":"no"}}'
+    elif step == "big":
+        body = b" " * (HIGH_WATER + 1)  # past it only with its last byte: paused as it ends
     elif step == "999":
         status = 999
     elif step == "slow":

@@ -3,6 +3,7 @@ express call, a call after the pool's kept-alive connections expired, an answer 
 off, a status no server can write — each through a real ``tierguard gateway`` in front of the
 scripted upstream — and a kept-alive connection left paused by a slow reader (the lean pool alone)."""
 
+import asyncio
 import json
 import socket
 import time
@@ -103,3 +104,29 @@ def test_an_answer_with_a_status_past_599_is_written_as_sent(stack, scripted, tm
         assert r.status_code == 999 and r.json()["model"] == "claude-haiku-4-5"
         assert client.post(gw.base + "/v1/messages", json=BODY, headers=NAMED).status_code == 200
     assert gw.stats()["express"] == 2 and not gw.errors()
+
+
+def test_a_connection_paused_for_a_slow_reader_is_read_again_once_kept_alive():
+    upstream = express.Scripted()
+    upstream.script = ["big", "plain"]
+
+    async def run() -> int:
+        pool = lean_client.Pool(upstream.base_url, 16, 2.0, None)
+        response = await pool.send("POST", "/v1/messages", [], b"{}")
+        while not response.complete:  # nobody reads it: the socket is paused past HIGH_WATER
+            await asyncio.sleep(0.01)
+        assert response.paused
+        await response.aclose()  # all of it in: the connection is kept, and taken next (the lane's way)
+        conn = pool.take_idle()
+        assert conn is not None
+        conn.response = again = lean_client.Response(conn, 2.0)
+        conn.transport.write(pool._head("POST", "/v1/messages", [], 2) + b"{}")
+        await again.head_arrived()
+        again.close()
+        return again.status_code
+
+    try:
+        assert asyncio.run(run()) == 200
+    finally:
+        upstream.shutdown()
+        upstream.server_close()

@@ -162,4 +162,5 @@ class Flight(lean_client.Response):
         """The caller's transport is full (or has room again): stop (resume) reading upstream."""
         transport = self.conn.transport
         if self.watch is not None and not self.over and transport is not None and not self.conn.closed:
+            self.paused = paused  # (a stream that ends paused: reading resumes when its connection is kept)
             (transport.pause_reading if paused else transport.resume_reading)()

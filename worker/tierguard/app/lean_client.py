@@ -257,6 +257,8 @@ class Response:
         conn = self.conn
         conn.response = None
         if self.complete and self.error is None and self.keep_alive and not conn.closed:
+            if self.paused:  # its end came while its reader lagged: the next answer must be read
+                conn.transport.resume_reading()  # type: ignore[union-attr]
             conn.pool.release(conn)
         else:
             conn.close()
