@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import time
+from typing import Any
 
 import httptools
 import httpx2
@@ -127,6 +128,28 @@ def test_a_connection_paused_for_a_slow_reader_is_read_again_once_kept_alive():
 
     try:
         assert asyncio.run(run()) == 200
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def test_a_kept_connection_the_upstream_ended_is_not_taken_before_it_is_lost():
+    upstream = express.Scripted()
+
+    async def run() -> tuple[Any, int]:
+        pool = lean_client.Pool(upstream.base_url, 16, 2.0, None)
+        response = await pool.send("POST", "/v1/messages", [], b"{}")
+        assert [chunk async for chunk in response.aiter_raw()]
+        await response.aclose()
+        (conn,) = pool.idle
+        conn.transport.close()  # as the loop closes one the upstream ended: lost only on its next turn
+        taken = pool.take_idle()  # (the lane takes from the parser's callbacks, without awaiting)
+        await asyncio.sleep(0.05)
+        return taken, pool.slots.free
+
+    try:
+        taken, free = asyncio.run(run())
+        assert taken is None and free == 16  # a request written on it would be lost: a 502
     finally:
         upstream.shutdown()
         upstream.server_close()

@@ -341,7 +341,7 @@ class Pool:
             idle[0].close()
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < KEEPALIVE_S:
+            if not conn.closed and not conn.transport.is_closing() and now - conn.idle_since < KEEPALIVE_S:
                 conn.busy = True
                 return conn
             conn.close()
