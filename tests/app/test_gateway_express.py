@@ -33,7 +33,7 @@ LIMITS = [("anthropic-ratelimit-requests-limit", "50"), ("anthropic-ratelimit-re
 class Scripted(socketserver.ThreadingTCPServer):
     """An upstream on a loopback port whose answers follow ``script`` (one step per request:
     ``plain``, ``chunked``, ``429``, ``400``, ``close``, ``slow``, ``cut429``: a 429 closed mid-body,
-    ``999``: a status no server can write, ``big``: a body just over the lean client's HIGH_WATER);
+    ``999``: a status past uvicorn's 599, ``big``: a body just over the lean client's HIGH_WATER);
     ``seen``: each request's bytes."""
 
     daemon_threads = allow_reuse_address = True

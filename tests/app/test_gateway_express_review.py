@@ -1,6 +1,6 @@
 """The express lane (app/express.py) where its path and the ASGI path part: calls pipelined behind an
 express call, a call after the pool's kept-alive connections expired, an answer the upstream breaks
-off, a status no server can write — each through a real ``tierguard gateway`` in front of the
+off, a status past 599 — each through a real ``tierguard gateway`` in front of the
 scripted upstream — and a kept-alive connection left paused by a slow reader (the lean pool alone)."""
 
 import asyncio
