@@ -166,6 +166,8 @@ class ExpressProtocol(OneWriteProtocol):
             return
         self._stop_waiting()
         lane = self.app.lane
+        if lane is None:  # the gateway is shutting down: the ASGI path answers
+            return self._to_app(None)
         try:
             taken = lane.take(held, self.headers)
         except Exception:
