@@ -121,7 +121,7 @@ def test_a_connection_paused_for_a_slow_reader_is_read_again_once_kept_alive():
         conn = pool.take_idle()
         assert conn is not None
         conn.response = again = lean_client.Response(conn, 2.0)
-        conn.transport.write(pool._head("POST", "/v1/messages", [], 2) + b"{}")
+        conn.transport.write(pool.request_head("POST", "/v1/messages", [], 2) + b"{}")
         await again.head_arrived()
         again.close()
         return again.status_code

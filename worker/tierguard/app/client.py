@@ -112,10 +112,10 @@ class _Shadowing:
 
     with_options = copy
 
-    @property
+    @cached_property
     def user_agent(self) -> str:
         """The caller's client's own (the SDK names it after the client's class): wrapping changes
-        nothing production sends."""
+        nothing production sends. Read for every request's headers: worked out once."""
         kind = self._tierguard_base
         agent = kind.user_agent.fget(self) if isinstance(kind.user_agent, property) else str(kind.user_agent)
         mine = type(self).__name__ + "/"

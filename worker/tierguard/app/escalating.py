@@ -187,8 +187,6 @@ async def checked_relay(gateway: Any, scope: dict, cat: Any, routed: dict, to: s
         if isinstance(final, Long):
             return await _relay_long(gateway, final, send, watch, until, left), routed
         watch.status, watch.headers = final[0], httpx2.Headers(final[1])
-        if final[0] == 429:
-            watch.retry_after = watch.headers.get("retry-after")
         await send({"type": "http.response.start", "status": final[0], "headers": final[1]})
         await send({"type": "http.response.body", "body": final[2]})
         watch.feed(final[2])

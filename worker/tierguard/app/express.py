@@ -29,13 +29,13 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from tierguard.app import lean_client
 from tierguard.app.flight import Flight
 from tierguard.app.naming import names_by_user
-from tierguard.app.relay import HOP_BY_HOP
+from tierguard.app.relay import HOP_BY_HOP, NOT_FORWARDED, heard
 from tierguard.app.upstream import parse_request, with_model
 from tierguard.app.writes import OneWriteProtocol
 
 SAMPLED = "tierguard.sampled"  # scope["extensions"][SAMPLED]: the lane's draw for this call
 PATH = b"/v1/messages"
-_NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"accept-encoding"}
+_NOT_FORWARDED = NOT_FORWARDED | {b"accept-encoding"}  # (sent as identity: see the gateway)
 _NOT_EXPRESS = (b"transfer-encoding", b"content-encoding", b"expect")
 BODY_WAIT_S = 0.05  # how long a held request's body may take to follow its head (then the ASGI path
 # reads the rest, within TIERGUARD_GATEWAY_BODY_TIMEOUT): clients that write the head and the body
@@ -43,10 +43,9 @@ BODY_WAIT_S = 0.05  # how long a held request's body may take to follow its head
 
 
 class Held(NamedTuple):
-    """A request the lane may take once its body is in: uvicorn's cycle, its app, its category."""
+    """A request the lane may take once its body is in: uvicorn's cycle, its category."""
 
     cycle: Any
-    app: Any
     name: str
 
 
@@ -78,7 +77,7 @@ class Lane:
         """(the call's plan, the request's bytes, streamed) when the lane sends it; else None (the
         ASGI path, nothing counted) or True (the ASGI path, counted and drawn for sampling)."""
         body = bytes(held.cycle.body)
-        if self.pool.slots is None or not self.pool.idle or names_by_user(body):
+        if not self.pool.idle or names_by_user(body):
             return None
         s = self.settings
         try:
@@ -99,7 +98,7 @@ class Lane:
             body = with_model(parsed, plan.model)
         forwarded = [(k, v) for k, v in headers if k not in _NOT_FORWARDED and k != self.header]
         forwarded.append((b"accept-encoding", b"identity"))
-        head = self.pool._head("POST", "/v1/messages", forwarded, len(body))
+        head = self.pool.request_head("POST", "/v1/messages", forwarded, len(body))
         head += body
         return plan, bytes(head), streamed
 
@@ -108,16 +107,12 @@ class Lane:
         watched) counted as the ASGI path counts it (never raises)."""
         core, model, watch = self.core, plan.model, flight.watch
         try:
-            if flight.status_code == 429:
-                core.rate_limited(model, flight.head.get("retry-after"))
-            core.saw_headers(model, flight.head)
+            heard(core, model, flight.status_code, flight.head, watch is not None and watch.overflowed,
+                  self.settings.stream_assembly_max)
             if watch is None:
                 if flight.status_code == 200 and body is not None:
                     core.publisher.add_answer(plan.cat.name, model, body)
                 return
-            if watch.overflowed:
-                core.refuse("stream_too_long", "a stream event was longer than TIERGUARD_STREAM_ASSEMBLY_MAX "
-                            "(%d): relayed whole, not watched", self.settings.stream_assembly_max)
             answer = watch.answer() if watch.status == 200 else None
             if answer is not None:
                 core.served(plan.cat, {"model": model}, answer.get("usage"))
@@ -150,7 +145,7 @@ class ExpressProtocol(OneWriteProtocol):
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if self.holding is not None and app is self.app:
-            self.held = Held(cycle, app, self.holding)
+            self.held = Held(cycle, self.holding)
             return
         super()._start_asgi_task(cycle, app)
 
@@ -202,7 +197,7 @@ class ExpressProtocol(OneWriteProtocol):
         super().dress(held.cycle)
         if sampled is not None:
             held.cycle.scope.setdefault("extensions", {})[SAMPLED] = sampled
-        super()._start_asgi_task(held.cycle, held.app)
+        super()._start_asgi_task(held.cycle, self.app)
 
     def _stop_waiting(self) -> None:
         if self.held_timer is not None:

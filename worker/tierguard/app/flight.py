@@ -13,20 +13,15 @@ closed; a caller who leaves closes the upstream connection; the same counts.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import httpx2
 
 from tierguard.app import lean_client
 from tierguard.app.admission import error_body
-from tierguard.app.relay import Watch
-from tierguard.config import mask_url
-
-log = logging.getLogger("tierguard.app.gateway")
+from tierguard.app.relay import UNANSWERED, Watch, broke_off, error_event, is_sse, late, unreachable
 
 JSON = [(b"content-type", b"application/json")]  # the head of the lane's own answers (errors)
-SLOW = "the upstream API did not answer in time"
 
 
 class Flight(lean_client.Response):
@@ -38,7 +33,7 @@ class Flight(lean_client.Response):
         self.cycle = protocol.cycle  # this call's (one pipelined behind it becomes the protocol's)
         self.over = False
         self.watch = Watch(True, True, lane.settings.stream_assembly_max) if streamed else None
-        self.framing: bytes | None = None  # a relayed stream's: b"chunked", b"length" or b"close"
+        self.framing: bytes | None = None  # a relayed stream's: b"chunked", b"length" or b"none"
         self.sse = False
         self.held: bytes | None = None  # a stream's head, until its first bytes or the next turn
         self.loop = loop = conn.loop
@@ -52,8 +47,7 @@ class Flight(lean_client.Response):
         if self.watch is not None and not self.over:
             self.watch.status, self.watch.headers = status, self.head
             head, self.framing = self.protocol.head(self.cycle, status, self.raw, None)
-            self.sse = self.framing == b"chunked" and (self.head.get("content-type") or "").startswith(
-                "text/event-stream")
+            self.sse = self.framing == b"chunked" and is_sse(self.head)
             self.held = head
             self.loop.call_soon(self._flush)
 
@@ -63,11 +57,7 @@ class Flight(lean_client.Response):
             self.chunks.append(body)  # read whole, never paused: no one reads it until it ends
         elif not self.over:
             self._write(b"%x\r\n%s\r\n" % (len(body), body) if self.framing == b"chunked" else body)
-            try:
-                self.watch.feed(body)
-            except Exception:
-                log.exception("watching a response failed; it is not shadowed")
-                self.watch.status = -1
+            self.watch.see(body)
 
     def _wake(self) -> None:
         if self.over or (self.error is None and not self.complete):
@@ -107,14 +97,11 @@ class Flight(lean_client.Response):
     def _broke(self, err: Exception) -> None:
         """The upstream failed: before a relayed head, the ASGI path's 502 or 504; after, a cut."""
         if self.framing is not None:
-            log.warning("upstream response broke off: %s", type(err).__name__)
-            return self._cut(f"the upstream API broke off its answer ({type(err).__name__})")
+            return self._cut(broke_off(err))
         if isinstance(err, httpx2.TimeoutException):
-            self.protocol.answer(self.cycle, 504, JSON, error_body(SLOW))
+            self.protocol.answer(self.cycle, 504, JSON, error_body(UNANSWERED))
         else:
-            log.warning("upstream %s unreachable: %s", mask_url(self.lane.base_url), type(err).__name__)
-            self.protocol.answer(self.cycle, 502, JSON, error_body(
-                f"the gateway cannot reach the upstream API ({type(err).__name__})"))
+            self.protocol.answer(self.cycle, 502, JSON, unreachable(self.lane.base_url, err))
         self._head_counted()
 
     def _head_counted(self) -> None:
@@ -126,7 +113,7 @@ class Flight(lean_client.Response):
     def _cut(self, message: str) -> None:
         """End a relayed stream early: an SSE stream with an ``error`` event, else by closing."""
         if self.sse:
-            event = b"event: error\ndata: " + error_body(message) + b"\n\n"
+            event = error_event(message)
             self._write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(event), event))
             self.protocol.finish(self.cycle)
         else:
@@ -143,13 +130,12 @@ class Flight(lean_client.Response):
             return
         self._end()
         if now < self.until:
-            return self._broke(httpx2.ReadTimeout(SLOW))
-        late = (f"the upstream API's answer took longer than the gateway's deadline of "
-                f"{self.lane.settings.gateway_deadline:g} s (TIERGUARD_GATEWAY_DEADLINE)")
-        self.lane.core.refuse("deadline_exceeded", "%s", late)
+            return self._broke(httpx2.ReadTimeout(UNANSWERED))
+        why = late(self.lane.settings.gateway_deadline)
+        self.lane.core.refuse("deadline_exceeded", "%s", why)
         if self.framing is not None:
-            return self._cut(late)
-        self.protocol.answer(self.cycle, 504, JSON, error_body(late))
+            return self._cut(why)
+        self.protocol.answer(self.cycle, 504, JSON, error_body(why))
         self._head_counted()
 
     def caller_left(self) -> None:

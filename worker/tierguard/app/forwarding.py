@@ -11,17 +11,23 @@ upstream: before the answer's headers, a caller that leaves cancels the upstream
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import httpx2
 
 from tierguard.app.admission import LEFT, error_body
 from tierguard.app.deadline import Deadline
-from tierguard.app.relay import HOP_BY_HOP, Watch, cutter, disconnected, pump, respond
-from tierguard.config import mask_url
-
-log = logging.getLogger("tierguard.app.gateway")
+from tierguard.app.relay import (
+    HOP_BY_HOP,
+    UNANSWERED,
+    Watch,
+    cutter,
+    disconnected,
+    late,
+    pump,
+    respond,
+    unreachable,
+)
 
 
 class CallerGone(Exception):
@@ -120,11 +126,9 @@ class Forwarding:
             self.core.refuse("deadline_exceeded", "%s", self._late())  # type: ignore[union-attr]
             await respond(send, 504, error_body(self._late()))
         except httpx2.TimeoutException:
-            await respond(send, 504, error_body("the upstream API did not answer in time"))
+            await respond(send, 504, error_body(UNANSWERED))
         except httpx2.TransportError as err:
-            log.warning("upstream %s unreachable: %s", mask_url(upstream.base_url), type(err).__name__)
-            await respond(send, 502, error_body(f"the gateway cannot reach the upstream API "
-                                                f"({type(err).__name__})"))
+            await respond(send, 502, unreachable(upstream.base_url, err))
         except CallerGone:  # before any answer: the upstream request is cancelled, nothing shadowed
             self.core.left()  # type: ignore[union-attr]
         return None
@@ -134,8 +138,6 @@ class Forwarding:
         if watch is not None:
             watch.status = response.status_code
             watch.headers = response.headers
-            if response.status_code == 429:
-                watch.retry_after = response.headers.get("retry-after")
         head = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in HOP_BY_HOP]
         unsent = [{"type": "http.response.start", "status": response.status_code, "headers": head}]
         cut = cutter(scope, send, response)
@@ -151,5 +153,4 @@ class Forwarding:
         return False
 
     def _late(self) -> str:
-        return (f"the upstream API's answer took longer than the gateway's deadline of "
-                f"{self.settings.gateway_deadline:g} s (TIERGUARD_GATEWAY_DEADLINE)")
+        return late(self.settings.gateway_deadline)

@@ -55,6 +55,7 @@ from tierguard.app.openai_compat import Untranslatable, messages_request
 from tierguard.app.platform_gateway import invoke_path, route_platform_call
 from tierguard.app.relay import (
     HOP_BY_HOP,
+    NOT_FORWARDED,
     CallerLeft,
     ChatWatch,
     Watch,
@@ -62,6 +63,7 @@ from tierguard.app.relay import (
     caller_scope,
     content_codings,
     declared,
+    heard,
     maybe_off_loop,
     read_body,
     request_target,
@@ -73,7 +75,6 @@ from tierguard.config import Settings, get_settings, mask_url, upstream_url
 
 log = logging.getLogger(__name__)
 
-_NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"expect"}  # the body is read whole here
 # Paths whose API limit is above the Messages API's: they keep their own (bytes), and get time for
 # their bodies in proportion (TIERGUARD_GATEWAY_BODY_TIMEOUT per 32 MiB).
 _LARGER_LIMITS = (("/v1/messages/batches", 256_000_000), ("/v1/files", 500_000_000))
@@ -169,7 +170,7 @@ class Gateway(Forwarding):
             name = name.lower()
             if name == self.header:
                 category = value.decode("latin-1").strip() or None
-            elif name not in _NOT_FORWARDED:
+            elif name not in NOT_FORWARDED:
                 headers.append((name, value))
         return headers, category
 
@@ -270,12 +271,7 @@ class Gateway(Forwarding):
             done, routed = await escalating.checked_relay(self, scope, cat, routed, to, target, headers,
                                                           body, receive, send, watch, chat)
         scope_key = caller_scope(core.policy, headers)  # with tenants: each key's limits are its own
-        if watch.status == 429:  # production is rate-limited on this model: its shadows wait
-            core.rate_limited(routed.get("model"), watch.retry_after, scope_key)
-        core.saw_headers(routed.get("model"), watch.headers, scope_key)
-        if watch.overflowed:
-            core.refuse("stream_too_long", "a stream event was longer than TIERGUARD_STREAM_ASSEMBLY_MAX "
-                        "(%d): relayed whole, not watched", self.settings.stream_assembly_max)
+        heard(core, routed.get("model"), watch.status, watch.headers, watch.overflowed, limit, scope_key)
         if (done or streamed) and watch.status == 200:  # a stream: complete once its end event went out
             answer = watch.answer()
             if answer is not None:

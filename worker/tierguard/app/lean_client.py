@@ -299,7 +299,9 @@ class Pool:
             self.slots = Slots(self.max_connections)
         return self._loop
 
-    def _head(self, method: str, target: str, headers: list[tuple[bytes, bytes]], size: int) -> bytearray:
+    def request_head(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
+                     size: int) -> bytearray:
+        """A request's line and headers (``host`` and ``content-length`` the pool's), one buffer."""
         head = bytearray(b"%s %s%s HTTP/1.1\r\nhost: %s\r\n" % (
             method.encode(), self.prefix, checked_target(target), self.host_header))
         for name, value in headers:
@@ -313,7 +315,7 @@ class Pool:
                    body: bytes) -> Response:
         """Send one request; its response once the head is in (the body still to read). A target
         that cannot go in a request line is a ValueError before any place in the pool is taken."""
-        head = self._head(method, target, headers, len(body))
+        head = self.request_head(method, target, headers, len(body))
         head += body
         loop = self.loop
         await self.slots.take()  # type: ignore[union-attr]

@@ -25,6 +25,7 @@ from tierguard.app.naming import path_category
 from tierguard.app.openai_compat import ChatAssembler, messages_answer
 from tierguard.app.stream import USAGE_EVENTS, Assembler, SSEParser, UsageOnly
 from tierguard.app.upstream import TooLarge
+from tierguard.config import mask_url
 from tierguard.contract.eventstream import EventStreamParser
 from tierguard.contract.job import SHAPING_HEADERS
 from tierguard.headroom import ratelimits
@@ -34,6 +35,7 @@ log = logging.getLogger("tierguard.app.gateway")
 CUT_WAIT = 1.0  # seconds an error event may wait for a caller that is not reading
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
               b"trailer", b"trailers", b"transfer-encoding", b"upgrade"}
+NOT_FORWARDED = HOP_BY_HOP | {b"host", b"content-length", b"expect"}  # a request's: the body is read whole
 
 
 _PATH_SAFE = "/!$&'()*+,;=:@"  # what stays as it is when a decoded path is percent-quoted again
@@ -125,7 +127,6 @@ class Watch:
         self.parser = parser(limit, USAGE_EVENTS if usage_only else None) if stream else None
         self.assembler = (UsageOnly() if usage_only else Assembler(limit)) if stream else None
         self.message: dict | None = None
-        self.retry_after: str | None = None
         self.headers: Any = None
 
     def feed(self, chunk: bytes) -> None:
@@ -142,6 +143,14 @@ class Watch:
         for event in parser.feed(chunk):
             if assembler.feed(event):
                 self.message = assembler.message()
+
+    def see(self, chunk: bytes) -> None:
+        """:meth:`feed`, never raising: a chunk it cannot read ends the watch (logged; no shadow)."""
+        try:
+            self.feed(chunk)
+        except Exception:
+            log.exception("watching a response failed; it is not shadowed")
+            self.status = -1
 
     @property
     def overflowed(self) -> bool:
@@ -188,19 +197,61 @@ class ChatWatch(Watch):
         return messages_answer(super().answer())
 
 
+UNANSWERED = "the upstream API did not answer in time"  # a read timeout's 504
+
+
+def unreachable(base_url: str, err: Exception) -> bytes:
+    """The 502's body for an upstream the gateway cannot reach (logged, its URL masked)."""
+    log.warning("upstream %s unreachable: %s", mask_url(base_url), type(err).__name__)
+    return error_body(f"the gateway cannot reach the upstream API ({type(err).__name__})")
+
+
+def broke_off(err: Exception) -> str:
+    """Why an answer is cut when the upstream broke off after its head (logged)."""
+    log.warning("upstream response broke off: %s", type(err).__name__)
+    return f"the upstream API broke off its answer ({type(err).__name__})"
+
+
+def late(deadline: float) -> str:
+    """Why an answer past the gateway's deadline is a 504, or cut."""
+    return (f"the upstream API's answer took longer than the gateway's deadline of {deadline:g} s "
+            f"(TIERGUARD_GATEWAY_DEADLINE)")
+
+
+def is_sse(headers: Any) -> bool:
+    """An answer streamed as server-sent events without a length: cut with an ``error`` event."""
+    return "content-length" not in headers and (headers.get("content-type") or "").startswith(
+        "text/event-stream")
+
+
+def error_event(message: str) -> bytes:
+    """The ``error`` event that ends a cut stream, as the API sends one mid-stream."""
+    return b"event: error\ndata: " + error_body(message) + b"\n\n"
+
+
+def heard(core: Any, model: str | None, status: int, headers: Any, overflowed: bool, limit: int,
+          scope: str = "") -> None:
+    """What a relayed answer's head tells ``core``: a 429 pauses its model's shadows, its rate-limit
+    view; a stream event too long to watch is refused (counted)."""
+    if status == 429:  # production is rate-limited on this model: its shadows wait
+        core.rate_limited(model, headers.get("retry-after"), scope)
+    core.saw_headers(model, headers, scope)
+    if overflowed:
+        core.refuse("stream_too_long", "a stream event was longer than TIERGUARD_STREAM_ASSEMBLY_MAX "
+                    "(%d): relayed whole, not watched", limit)
+
+
 Cut = Callable[[str], Awaitable[None]]
 
 
 def cutter(scope: dict, send: Any, response: httpx2.Response) -> Cut:
     """How to end ``response``'s relay early, with a reason (see the module's docstring)."""
-    headers = response.headers
-    sse = "content-length" not in headers and headers.get("content-type", "").startswith(
-        "text/event-stream")
+    sse = is_sse(response.headers)
     abort = (scope.get("extensions") or {}).get(ABORT)
 
     async def cut(message: str) -> None:
         if sse:
-            event = b"event: error\ndata: " + error_body(message) + b"\n\n"
+            event = error_event(message)
             try:
                 async with asyncio.timeout(CUT_WAIT):  # a caller not reading: closed instead
                     await send({"type": "http.response.body", "body": event, "more_body": True})
@@ -224,14 +275,9 @@ async def pump(response: httpx2.Response, send: Any, watch: Watch | None, cut: C
         async for chunk in response.aiter_raw():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if watch is not None:
-                try:
-                    watch.feed(chunk)
-                except Exception:
-                    log.exception("watching a response failed; it is not shadowed")
-                    watch.status = -1
+                watch.see(chunk)
     except httpx2.TransportError as err:  # the upstream broke off mid-body
-        log.warning("upstream response broke off: %s", type(err).__name__)
-        await cut(f"the upstream API broke off its answer ({type(err).__name__})")
+        await cut(broke_off(err))
         return False
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     return True

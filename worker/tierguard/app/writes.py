@@ -2,11 +2,12 @@
 
 uvicorn writes a response's head as soon as the app sends ``http.response.start`` and each
 body message as it comes: two system calls (and two reads for the caller) for an answer
-that could be one. :class:`OneWriteProtocol` (what ``tierguard gateway`` serves, on top of
-:class:`~tierguard.app.admission.GuardedProtocol`) gives each request's cycle a
-:class:`HeadHolder` in place of the connection's transport: it holds the head until the
-next write (then one write for both) or until the event loop's next turn, so a streamed
-answer's head never waits for its first event.
+that could be one. :class:`OneWriteProtocol` (on top of
+:class:`~tierguard.app.admission.GuardedProtocol`; under
+:class:`~tierguard.app.express.ExpressProtocol`, what ``tierguard gateway`` serves) gives each
+request's cycle a :class:`HeadHolder` in place of the connection's transport: it holds the head
+until the next write (then one write for both) or until the event loop's next turn, so a
+streamed answer's head never waits for its first event.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class HeadHolder:
 
 
 class OneWriteProtocol(GuardedProtocol):
-    """The gateway's protocol: the door's checks, and one write for a head and its first bytes."""
+    """The door's checks, and one write for a head and its first bytes (each request's cycle dressed)."""
 
     def dress(self, cycle: Any) -> None:
         super().dress(cycle)
