@@ -9,6 +9,7 @@ from tierguard.bench.pipeline import EXERCISES, GOAL_CPU_RATIO, pipeline_figures
 def test_the_summary_gives_medians_sums_and_each_figures_spread():
     runs = [{"cpu_ratio": r, "worker_cpu_ms_per_comparison": 2 * r, "floor_cpu_ms_per_call": 2.0,
              "cpu_ratio_uvloop_floor": r + 0.5, "floor_uvloop_cpu_ms_per_call": 1.9,
+             "cpu_ratio_tuned_gc_floor": r + 0.25, "floor_tuned_gc_cpu_ms_per_call": 1.7,
              "comparisons_per_s": 300.0, "p95_queue_delay_s": None, "agreement": 0.99, "sent": 10,
              "recorded": 10, "errors": 0}
             for r in (1.4, 1.1, 1.2)]
@@ -17,6 +18,7 @@ def test_the_summary_gives_medians_sums_and_each_figures_spread():
     assert out["sent"] == 30 and out["recorded"] == 30 and out["p95_queue_delay_s"] is None
     assert out["spread"]["cpu_ratio"] == [1.1, 1.4] and out["spread"]["p95_queue_delay_s"] is None
     assert out["spread"]["cpu_ratio_uvloop_floor"] == [1.6, 1.9]
+    assert out["spread"]["cpu_ratio_tuned_gc_floor"] == [1.35, 1.65]
     assert out["runs"] == runs
 
 
@@ -31,7 +33,10 @@ def test_two_short_runs_each_measure_against_their_floor_in_half_a_minute():
         assert run["floor_uvloop_cpu_ms_per_call"] > 0  # the same bare loop on uvloop, beside it
         assert run["cpu_ratio_uvloop_floor"] == pytest.approx(run["worker_cpu_ms_per_comparison"]
                                                               / run["floor_uvloop_cpu_ms_per_call"], abs=0.01)
-    for key in ("cpu_ratio", "cpu_ratio_uvloop_floor"):
+        assert run["floor_tuned_gc_cpu_ms_per_call"] > 0  # and under the worker's collector settings
+        assert run["cpu_ratio_tuned_gc_floor"] == pytest.approx(
+            run["worker_cpu_ms_per_comparison"] / run["floor_tuned_gc_cpu_ms_per_call"], abs=0.01)
+    for key in ("cpu_ratio", "cpu_ratio_uvloop_floor", "cpu_ratio_tuned_gc_floor"):
         low, high = fig["spread"][key]
         assert low <= fig[key] <= high
     assert fig["recorded"] == fig["sent"] and fig["exercises"] == list(EXERCISES)

@@ -74,6 +74,9 @@ class Settings(BaseSettings):
         "bytes of a sampled stream assembled for its shadow; a longer stream is relayed unshadowed"))
     # Worker side.
     worker_concurrency: int = Field(64, gt=0, description="Celery task threads per process")
+    worker_gc_threshold: int = Field(50_000, ge=0, description=(
+        "a worker's young-generation garbage collection threshold, in allocations (the older "
+        "generations after 20 and 100 younger collections); 0 keeps Python's own (700, 10, 10)"))
     max_in_flight: int = Field(1024, ge=32, description="shadow calls in flight per process")
     worker_loop: str = Field("uvloop", pattern="^(uvloop|asyncio)$", description=(
         "the event loop of a worker's shadow calls: uvloop (about 12 % less CPU per comparison; "

@@ -6,9 +6,11 @@ PostgreSQL rows. The floor is a bare ``AsyncAnthropic`` call loop against the sa
 simulator: what a call costs with nothing of tierguard's. Each of ``runs`` runs
 measures the floor just before and just after its pipeline window (their mean is
 its floor), so a machine whose load drifts moves both sides of the ratio alike. The same loop on
-uvloop's event loop (what a worker runs on by default) is measured beside it each time:
-``cpu_ratio`` is against the bare loop on asyncio's own loop, ``cpu_ratio_uvloop_floor`` against
-the bare loop on uvloop's.
+uvloop's event loop (what a worker runs on by default) is measured beside it each time, and on
+uvloop under the garbage collector's settings a worker runs with (``TIERGUARD_WORKER_GC_THRESHOLD``,
+start-up's objects frozen): ``cpu_ratio`` is against the bare loop on asyncio's own loop,
+``cpu_ratio_uvloop_floor`` against the bare loop on uvloop's, ``cpu_ratio_tuned_gc_floor`` against
+the bare loop on uvloop with the worker's collector settings.
 
 The bench's categories are what a category typically has now: a ``label``
 comparator with every ``escalate_on`` check, half of them served by the reference
@@ -59,15 +61,15 @@ class _Floor:
     def __init__(self, base_url: str):
         code = ("import sys; from tierguard.bench.pipeline import floor_loop\n"
                 "for line in sys.stdin:\n"
-                "    calls, concurrency, loop = line.split()\n"
-                "    print(floor_loop(sys.argv[1], int(calls), int(concurrency), loop), flush=True)")
+                "    calls, concurrency, loop, gc = line.split()\n"
+                "    print(floor_loop(sys.argv[1], int(calls), int(concurrency), loop, int(gc)), flush=True)")
         self.proc = subprocess.Popen([sys.executable, "-c", code, base_url], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True,
                                      env={**os.environ, "ANTHROPIC_API_KEY": "sk-bench"})
 
-    def measure(self, calls: int, concurrency: int, loop: str = "asyncio") -> float:
+    def measure(self, calls: int, concurrency: int, loop: str = "asyncio", gc_threshold: int = 0) -> float:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"{calls} {concurrency} {loop}\n")
+        self.proc.stdin.write(f"{calls} {concurrency} {loop} {gc_threshold}\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
@@ -75,9 +77,27 @@ class _Floor:
         return float(line)
 
 
-def floor_loop(base_url: str, calls: int, concurrency: int, loop: str = "asyncio") -> float:
+def floor_loop(base_url: str, calls: int, concurrency: int, loop: str = "asyncio",
+               gc_threshold: int = 0) -> float:
     """CPU ms per call of ``calls`` bare SDK calls, ``concurrency`` at a time, on ``loop``'s event
-    loop (``asyncio`` or ``uvloop``)."""
+    loop (``asyncio`` or ``uvloop``); with ``gc_threshold``, under the garbage collector's settings a
+    worker runs with (:mod:`tierguard.pipeline.collector`), Python's own restored after."""
+    import gc
+
+    from tierguard.pipeline import collector
+
+    before = gc.get_threshold()
+    if gc_threshold:
+        collector.tune(gc_threshold)
+        collector.settle()
+    try:
+        return _floor_run(base_url, calls, concurrency, loop)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def _floor_run(base_url: str, calls: int, concurrency: int, loop: str) -> float:
     import asyncio
     import resource
 
@@ -123,6 +143,7 @@ class _Stack:
     servers: list[Any] = field(default_factory=list)
     app: Any = None
     floor: Any = None  # a _Floor
+    gc_threshold: int = 0  # the workers' TIERGUARD_WORKER_GC_THRESHOLD (the tuned floor's too)
     truth: Any = None  # a tierguard.sim.models.Simulator of the same scenario: the served answers
 
     @property
@@ -191,6 +212,7 @@ def _start(stack: _Stack, workers: int, concurrency: int, latency_ms: float) -> 
             stderr=subprocess.STDOUT))
     stack.app = make_celery(get_settings(redis_url=redis.url))
     stack.floor = _Floor(stack.sim_url)
+    stack.gc_threshold = get_settings().worker_gc_threshold
     stack.procs.append(stack.floor.proc)
     ready_by = time.monotonic() + 60
     while len(stack.app.control.ping(timeout=0.5) or []) < workers:
@@ -272,18 +294,20 @@ def _one_run(stack: _Stack, run: int, seconds: float, rate: float, concurrency: 
     calls = min(3000, max(500, int(rate * 4))) // 2
     floor_before = stack.floor.measure(calls, concurrency)
     uvloop_before = stack.floor.measure(calls, concurrency, "uvloop")
+    tuned_before = stack.floor.measure(calls, concurrency, "uvloop", stack.gc_threshold)
     cpu_start = sum(_cpu_seconds(p.pid) for p in stack.workers)
     t_start = time.time()
     sent = _produce(stack, run, seconds, rate)
     _recorded(stack, run, sent)
     worker_cpu = sum(_cpu_seconds(p.pid) for p in stack.workers) - cpu_start
     floors = ((floor_before + stack.floor.measure(calls, concurrency)) / 2,
-              (uvloop_before + stack.floor.measure(calls, concurrency, "uvloop")) / 2)
+              (uvloop_before + stack.floor.measure(calls, concurrency, "uvloop")) / 2,
+              (tuned_before + stack.floor.measure(calls, concurrency, "uvloop", stack.gc_threshold)) / 2)
     return _figures(_count(stack, run, rows=True), sent, worker_cpu, floors, t_start, seconds)
 
 
-def _figures(rows: list[Any], sent: int, worker_cpu: float, floors: tuple[float, float], t_start: float,
-             seconds: float) -> dict[str, Any]:
+def _figures(rows: list[Any], sent: int, worker_cpu: float, floors: tuple[float, float, float],
+             t_start: float, seconds: float) -> dict[str, Any]:
     def aware(t: dt.datetime) -> dt.datetime:
         return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
@@ -293,12 +317,14 @@ def _figures(rows: list[Any], sent: int, worker_cpu: float, floors: tuple[float,
     delays = [(aware(r[0]) - aware(r[1])).total_seconds() - (r[2] or 0) / 1000 for r in rows if r[1]]
     latencies = [r[2] for r in rows if r[2]]
     per_comparison = worker_cpu * 1000 / max(1, len(rows))
-    floor, on_uvloop = floors
+    floor, on_uvloop, tuned = floors
     return {"worker_cpu_ms_per_comparison": round(per_comparison, 3),
             "floor_cpu_ms_per_call": round(floor, 3),
             "cpu_ratio": round(per_comparison / floor, 3) if floor else None,
             "floor_uvloop_cpu_ms_per_call": round(on_uvloop, 3),
             "cpu_ratio_uvloop_floor": round(per_comparison / on_uvloop, 3) if on_uvloop else None,
+            "floor_tuned_gc_cpu_ms_per_call": round(tuned, 3),
+            "cpu_ratio_tuned_gc_floor": round(per_comparison / tuned, 3) if tuned else None,
             "sent": sent, "recorded": len(rows), "errors": sum(1 for r in rows if r[3]),
             "agreement": round(sum(1 for r in rows if r[4]) / max(1, len(rows)), 3),
             "comparisons_per_s": round(len(in_window) / (end - warm).total_seconds(), 1),
@@ -308,7 +334,8 @@ def _figures(rows: list[Any], sent: int, worker_cpu: float, floors: tuple[float,
 
 
 SPREAD = ("cpu_ratio", "worker_cpu_ms_per_comparison", "floor_cpu_ms_per_call", "cpu_ratio_uvloop_floor",
-          "floor_uvloop_cpu_ms_per_call", "comparisons_per_s", "p95_queue_delay_s")
+          "floor_uvloop_cpu_ms_per_call", "cpu_ratio_tuned_gc_floor", "floor_tuned_gc_cpu_ms_per_call",
+          "comparisons_per_s", "p95_queue_delay_s")
 
 
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
