@@ -107,6 +107,17 @@ def test_an_answer_with_a_status_past_599_is_written_as_sent(stack, scripted, tm
     assert gw.stats()["express"] == 2 and not gw.errors()
 
 
+def test_the_asgi_path_writes_a_status_past_599_as_sent_too(stack, scripted, tmp_path):
+    gw = start(stack, tmp_path, TIERGUARD_GATEWAY_EXPRESS="false")  # (it raised KeyError: an error
+    scripted.script = ["plain", "999"]  # logged, the connection closed, no answer)
+    with httpx2.Client(timeout=5) as client:
+        assert client.post(gw.base + "/v1/messages", json=BODY, headers=NAMED).status_code == 200
+        r = client.post(gw.base + "/v1/messages", json=BODY, headers=NAMED)
+        assert r.status_code == 999 and r.json()["model"] == "claude-haiku-4-5"
+        assert client.post(gw.base + "/v1/messages", json=BODY, headers=NAMED).status_code == 200
+    assert gw.stats().get("express", 0) == 0 and not gw.errors()
+
+
 def test_a_connection_paused_for_a_slow_reader_is_read_again_once_kept_alive():
     upstream = express.Scripted()
     upstream.script = ["big", "plain"]
