@@ -92,7 +92,7 @@ async def _relay_long(gateway: Any, long: Long, send: Any, watch: Watch, until: 
         await send({"type": "http.response.start", "status": response.status_code,
                     "headers": _kept(response) + long.marked})
         await send({"type": "http.response.body", "body": long.read, "more_body": True})
-        watch.feed(long.read)
+        watch.see(long.read)
         while True:
             chunk = await asyncio.wait_for(anext(long.rest, b""), remaining(until))
             if not chunk:
@@ -101,7 +101,7 @@ async def _relay_long(gateway: Any, long: Long, send: Any, watch: Watch, until: 
                 gateway.core.left()
                 return False
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            watch.feed(chunk)
+            watch.see(chunk)
         await send({"type": "http.response.body", "body": b""})
         return True
     except (TimeoutError, httpx2.TransportError, OSError):
@@ -189,7 +189,7 @@ async def checked_relay(gateway: Any, scope: dict, cat: Any, routed: dict, to: s
         watch.status, watch.headers = final[0], httpx2.Headers(final[1])
         await send({"type": "http.response.start", "status": final[0], "headers": final[1]})
         await send({"type": "http.response.body", "body": final[2]})
-        watch.feed(final[2])
+        watch.see(final[2])
         return True, routed
     finally:
         leaving.close()
