@@ -33,7 +33,8 @@ LIMITS = [("anthropic-ratelimit-requests-limit", "50"), ("anthropic-ratelimit-re
 class Scripted(socketserver.ThreadingTCPServer):
     """An upstream on a loopback port whose answers follow ``script`` (one step per request:
     ``plain``, ``chunked``, ``429``, ``400``, ``close``, ``slow``, ``cut429``: a 429 closed mid-body,
-    ``999``: a status past uvicorn's 599, ``big``: a body just over the lean client's HIGH_WATER);
+    ``999``: a status past uvicorn's 599, ``099``: three digits below any status, ``big``: a body
+    just over the lean client's HIGH_WATER);
     ``seen``: each request's bytes."""
 
     daemon_threads = allow_reuse_address = True
@@ -109,9 +110,11 @@ def _answer(step: str) -> bytes:
         body = b" " * (HIGH_WATER + 1)  # past it only with its last byte: paused as it ends
     elif step == "999":
         status = 999
+    elif step == "099":  # three digits, yet no HTTP status
+        status = 99
     elif step == "slow":
         time.sleep(1.5)
-    head = f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\nconnection: keep-alive\r\n"
+    head = f"HTTP/1.1 {status:03d} X\r\ncontent-type: application/json\r\nconnection: keep-alive\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in more)
     if step == "chunked":
         half = len(body) // 2

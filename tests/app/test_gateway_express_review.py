@@ -11,6 +11,7 @@ from typing import Any
 
 import httptools
 import httpx2
+import pytest
 import redis
 
 from tests.app import test_gateway_express as express
@@ -116,6 +117,18 @@ def test_the_asgi_path_writes_a_status_past_599_as_sent_too(stack, scripted, tmp
         assert r.status_code == 999 and r.json()["model"] == "claude-haiku-4-5"
         assert client.post(gw.base + "/v1/messages", json=BODY, headers=NAMED).status_code == 200
     assert gw.stats().get("express", 0) == 0 and not gw.errors()
+
+
+@pytest.mark.parametrize("lane", ["true", "false"])
+def test_a_status_below_100_is_the_gateways_502_on_either_path(stack, scripted, tmp_path, lane):
+    gw = start(stack, tmp_path, TIERGUARD_GATEWAY_EXPRESS=lane)  # (the ASGI path raised KeyError, the
+    scripted.script = ["plain", "099"]  # lane wrote "HTTP/1.1 99", a status line no client reads)
+    with httpx2.Client(timeout=5) as client:
+        assert client.post(gw.base + "/v1/messages", json=BODY, headers=NAMED).status_code == 200
+        r = client.post(gw.base + "/v1/messages", json=BODY, headers=NAMED)
+        assert r.status_code == 502 and "RemoteProtocolError" in r.text  # (as for any malformed head)
+        assert client.post(gw.base + "/v1/messages", json=BODY, headers=NAMED).status_code == 200
+    assert not gw.errors()
 
 
 def test_a_connection_paused_for_a_slow_reader_is_read_again_once_kept_alive():

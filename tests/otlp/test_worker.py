@@ -32,6 +32,8 @@ def test_a_prefork_worker_exports_every_comparison_and_the_flip(stack, simulator
     assert client.tierguard_flush(10)
     wait_until(lambda: samples(postgres_url) == 80, 90, "80 samples")
     stack.stop_workers()  # a warm shutdown: what the pool's children still queue is flushed
+    # the pool's children tuned their garbage collector too (inherited), and froze start-up as they began
+    assert stack.logs()[0].count("garbage collector: thresholds (50000, 10, 10)") >= 3
     client.tierguard_close()
 
     with session(make_engine(postgres_url)) as s:

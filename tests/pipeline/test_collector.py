@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 import pytest
+from celery.signals import worker_process_init, worker_ready
 
 from tierguard.config import get_settings
 from tierguard.pipeline import collector
@@ -16,11 +17,13 @@ def restored():
     yield
     gc.set_threshold(*before)
     gc.unfreeze()
+    for signal in (worker_ready, worker_process_init):
+        signal.disconnect(collector._settled)
 
 
-def test_the_young_threshold_is_raised_and_the_older_ones_follow(restored):
-    assert collector.tune(50_000) == (50_000, 20, 100)
-    assert gc.get_threshold() == (50_000, 20, 100)
+def test_the_young_threshold_is_raised_and_the_older_ones_stay_pythons(restored):
+    assert collector.tune(50_000) == (50_000, 10, 10)
+    assert gc.get_threshold() == (50_000, 10, 10)
 
 
 def test_zero_keeps_pythons_own_thresholds(restored):
@@ -35,8 +38,31 @@ def test_settling_freezes_what_start_up_made_and_says_so(restored, caplog):
     assert f"{frozen} start-up objects frozen" in caplog.text
 
 
-def test_the_setting_defaults_to_fifty_thousand_and_refuses_a_negative(monkeypatch):
+def test_installed_the_worker_and_each_prefork_child_freeze_once_ready(restored):
+    collector.install(50_000)
+    assert gc.get_threshold() == (50_000, 10, 10)
+    worker_process_init.send(sender=None)
+    assert gc.get_freeze_count() > 1000
+    gc.unfreeze()
+    worker_ready.send(sender=None)
+    assert gc.get_freeze_count() > 1000
+
+
+def test_installed_with_zero_nothing_changes(restored):
+    gc.set_threshold(700, 10, 10)
+    frozen = gc.get_freeze_count()
+    collector.install(0)
+    worker_ready.send(sender=None)
+    worker_process_init.send(sender=None)
+    assert gc.get_threshold() == (700, 10, 10) and gc.get_freeze_count() == frozen
+
+
+def test_the_setting_defaults_to_fifty_thousand_and_refuses_what_would_collect_more(monkeypatch):
     assert get_settings().worker_gc_threshold == 50_000
-    monkeypatch.setenv("TIERGUARD_WORKER_GC_THRESHOLD", "-1")
-    with pytest.raises(Exception, match="worker_gc_threshold"):
-        get_settings()
+    monkeypatch.setenv("TIERGUARD_WORKER_GC_THRESHOLD", "0")
+    assert get_settings().worker_gc_threshold == 0
+    for bad, why in (("-1", "greater than or equal to 0"), ("500", "below Python's own 700"),
+                     ("2000000", "less than or equal to 1000000")):
+        monkeypatch.setenv("TIERGUARD_WORKER_GC_THRESHOLD", bad)
+        with pytest.raises(Exception, match=f"(?s)worker_gc_threshold.*{why}"):
+            get_settings()

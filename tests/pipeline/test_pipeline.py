@@ -220,7 +220,7 @@ def test_eight_workers_racing_on_one_category_flip_it_once(stack, simulator, pos
         changes = list(s.exec(select(RouteChange)))
     busy = [log for log in stack.logs() if log.count("succeeded in") > 0]
     assert len(busy) >= 4, "the jobs should have been spread over the workers"
-    assert all("garbage collector: thresholds (50000, 20, 100)" in log for log in stack.logs())
+    assert all("garbage collector: thresholds (50000, 10, 10)" in log for log in stack.logs())
     wait_until(lambda: len(receiver.requests) >= 1, 30, "the demotion alert")
     time.sleep(2)  # a duplicate would arrive now
     assert [r.json["event"] for r in receiver.requests] == ["demoted"]

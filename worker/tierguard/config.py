@@ -74,9 +74,10 @@ class Settings(BaseSettings):
         "bytes of a sampled stream assembled for its shadow; a longer stream is relayed unshadowed"))
     # Worker side.
     worker_concurrency: int = Field(64, gt=0, description="Celery task threads per process")
-    worker_gc_threshold: int = Field(50_000, ge=0, description=(
+    worker_gc_threshold: int = Field(50_000, ge=0, le=1_000_000, description=(
         "a worker's young-generation garbage collection threshold, in allocations (the older "
-        "generations after 20 and 100 younger collections); 0 keeps Python's own (700, 10, 10)"))
+        "generations after 10 younger collections each, as Python's); 0 keeps Python's own collector (700, "
+        "10, 10; nothing frozen)"))
     max_in_flight: int = Field(1024, ge=32, description="shadow calls in flight per process")
     worker_loop: str = Field("uvloop", pattern="^(uvloop|asyncio)$", description=(
         "the event loop of a worker's shadow calls: uvloop (about 12 % less CPU per comparison; "
@@ -118,6 +119,14 @@ class Settings(BaseSettings):
     def _platform(cls, v: str) -> str:
         if v not in ("anthropic", "bedrock", "vertex"):
             raise ValueError(f"TIERGUARD_SHADOW_PLATFORM: {v!r} is not anthropic, bedrock or vertex")
+        return v
+
+    @field_validator("worker_gc_threshold")
+    @classmethod
+    def _gc_threshold(cls, v: int) -> int:
+        if 0 < v < 700:
+            raise ValueError(f"TIERGUARD_WORKER_GC_THRESHOLD: {v} is below Python's own 700 (collections "
+                             "would run more often, not less); 0 keeps Python's own")
         return v
 
     @model_validator(mode="after")

@@ -33,9 +33,6 @@ from tierguard.app.relay import HOP_BY_HOP, NOT_FORWARDED, heard
 from tierguard.app.upstream import parse_request, with_model
 from tierguard.app.writes import OneWriteProtocol
 
-# uvicorn words the status lines of 100–599 only (past them its cycle raised KeyError: an error logged,
-# the connection closed): an upstream's three-digit status past 599 is written as sent, on both paths.
-STATUS_LINE.update({code: b"HTTP/1.1 %d \r\n" % code for code in range(600, 1000)})
 SAMPLED = "tierguard.sampled"  # scope["extensions"][SAMPLED]: the lane's draw for this call
 PATH = b"/v1/messages"
 _NOT_FORWARDED = NOT_FORWARDED | {b"accept-encoding"}  # (sent as identity: see the gateway)

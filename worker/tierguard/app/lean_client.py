@@ -131,7 +131,9 @@ class Connection(asyncio.Protocol):
         if response.head is not None:  # type: ignore[union-attr]  # a message after the answer
             return
         status = self.parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if status < 100:  # (three digits, 000–099: not a status; httpx2's parser refuses it too)
+            raise ValueError(f"status {status:03d} is not an HTTP status")
+        if status < 200 and status != 101:
             self.informational = True
             response.raw.clear()  # type: ignore[union-attr]
         else:

@@ -15,7 +15,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+
 from tierguard.app.admission import GuardedProtocol
+
+# uvicorn words the status lines of 100–599 only (past them its cycle raised KeyError: an error logged,
+# the connection closed, no answer): an upstream's status of 600–999 is written as sent, as the express
+# lane writes it (one of 000–099 never gets here: the upstream clients refuse it, a 502).
+STATUS_LINE.update({code: b"HTTP/1.1 %d \r\n" % code for code in range(600, 1000)})
 
 
 class HeadHolder:

@@ -20,8 +20,6 @@ def worker(concurrency: int | None = typer.Option(
            pool: str = typer.Option("threads", help="threads (default) or another Celery pool"),
            loglevel: str = "INFO") -> None:
     """Run a Celery worker that executes shadow jobs (threads pool, at-least-once)."""
-    from celery.signals import worker_ready
-
     from tierguard.contract.sealing import sealer
     from tierguard.otlp import exporter as otlp
     from tierguard.pipeline import collector
@@ -46,8 +44,7 @@ def worker(concurrency: int | None = typer.Option(
 
     threading.Thread(target=sync_routes, name="tierguard-route-sync", daemon=True).start()
     celery = worker_app(settings)
-    collector.tune(settings.worker_gc_threshold)  # (a prefork pool's children inherit it)
-    worker_ready.connect(lambda **_: collector.settle(), weak=False)  # after the context is built
+    collector.install(settings.worker_gc_threshold)
     if settings.metrics_port:
         from tierguard import metrics
         from tierguard.pipeline.health import probes
