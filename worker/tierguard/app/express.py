@@ -29,13 +29,12 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from tierguard.app import lean_client
 from tierguard.app.flight import Flight
 from tierguard.app.naming import names_by_user
-from tierguard.app.relay import HOP_BY_HOP, NOT_FORWARDED, heard
+from tierguard.app.relay import HOP_BY_HOP, heard, uncompressed, upstream_headers
 from tierguard.app.upstream import parse_request, with_model
 from tierguard.app.writes import OneWriteProtocol
 
 SAMPLED = "tierguard.sampled"  # scope["extensions"][SAMPLED]: the lane's draw for this call
 PATH = b"/v1/messages"
-_NOT_FORWARDED = NOT_FORWARDED | {b"accept-encoding"}  # (sent as identity: see the gateway)
 _NOT_EXPRESS = (b"transfer-encoding", b"content-encoding", b"expect")
 BODY_WAIT_S = 0.05  # how long a held request's body may take to follow its head (then the ASGI path
 # reads the rest, within TIERGUARD_GATEWAY_BODY_TIMEOUT): clients that write the head and the body
@@ -96,9 +95,8 @@ class Lane:
             return True
         if request.get("model") != plan.model:
             body = with_model(parsed, plan.model)
-        forwarded = [(k, v) for k, v in headers if k not in _NOT_FORWARDED and k != self.header]
-        forwarded.append((b"accept-encoding", b"identity"))
-        head = self.pool.request_head("POST", "/v1/messages", forwarded, len(body))
+        sent = uncompressed(upstream_headers(headers, self.header)[0])  # (as the ASGI path sends them)
+        head = self.pool.request_head("POST", "/v1/messages", sent, len(body))
         head += body
         return plan, bytes(head), streamed
 
@@ -210,7 +208,7 @@ class ExpressProtocol(OneWriteProtocol):
         names lower-cased, hop-by-hop ones dropped) and its framing: ``length`` (the upstream's
         ``content-length``, else ``length`` given), ``chunked``, or ``none`` (204, 304). The express
         call's ``cycle`` is its own: a request pipelined behind it is the protocol's ``cycle``."""
-        parts = [STATUS_LINE.get(status) or b"HTTP/1.1 %d \r\n" % status,
+        parts = [STATUS_LINE[status],  # (100–999: app/writes; the lean client refuses others)
                  *(b"%s: %s\r\n" % h for h in cycle.default_headers)]
         framing = b"none" if status in (204, 304) else None
         for name, value in raw:

@@ -55,7 +55,6 @@ from tierguard.app.openai_compat import Untranslatable, messages_request
 from tierguard.app.platform_gateway import invoke_path, route_platform_call
 from tierguard.app.relay import (
     HOP_BY_HOP,
-    NOT_FORWARDED,
     CallerLeft,
     ChatWatch,
     Watch,
@@ -69,6 +68,8 @@ from tierguard.app.relay import (
     request_target,
     respond,
     shaping,
+    uncompressed,
+    upstream_headers,
 )
 from tierguard.app.upstream import OFF_LOOP, TooDeep, TooLarge, Upstream, parse_request, with_model
 from tierguard.config import Settings, get_settings, mask_url, upstream_url
@@ -148,7 +149,7 @@ class Gateway(Forwarding):
             return await self._refuse(send, "body_timeout", 408, "timeout_error", close=True,
                                       why=f"the request body did not arrive within {wait:g} s "
                                           f"(TIERGUARD_GATEWAY_BODY_TIMEOUT)")
-        headers, category = self._forwarded(scope["headers"])
+        headers, category = upstream_headers(scope["headers"], self.header)
         category = category or named  # the header wins over a /c/CATEGORY/ path prefix
         if method == "POST" and path == "/v1/messages" and names_by_user(body):  # stripped, always
             by_user, body = await maybe_off_loop(len(body) > OFF_LOOP, body_category, body)
@@ -163,16 +164,6 @@ class Gateway(Forwarding):
             return await self._platform(scope, invoke, category, target, headers, body, receive, send)
         await self._relay(scope, method, target, headers, body, receive, send)
         return None
-
-    def _forwarded(self, raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], str | None]:
-        headers, category = [], None
-        for name, value in raw:
-            name = name.lower()
-            if name == self.header:
-                category = value.decode("latin-1").strip() or None
-            elif name not in NOT_FORWARDED:
-                headers.append((name, value))
-        return headers, category
 
     def _limit(self, method: str, path: str) -> int:
         limit = self.settings.gateway_max_body
@@ -222,8 +213,7 @@ class Gateway(Forwarding):
             return None
         # Every answer is read on the side (its usage: production's tokens, measured; the whole
         # answer when sampled): ask for it uncompressed. The body goes decoded.
-        drop = (b"accept-encoding", b"content-encoding") if codings else (b"accept-encoding",)
-        headers = [h for h in headers if h[0] not in drop] + [(b"accept-encoding", b"identity")]
+        headers = uncompressed(headers, decoded=bool(codings))
         await self._routed(scope, cat, routed, target, headers, forwarded, receive, send, chat)
         return None
 

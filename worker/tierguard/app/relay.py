@@ -197,6 +197,29 @@ class ChatWatch(Watch):
         return messages_answer(super().answer())
 
 
+Headers = list[tuple[bytes, bytes]]
+
+
+def upstream_headers(raw: Headers, header: bytes) -> tuple[Headers, str | None]:
+    """A request's headers as they go upstream (names lower-cased; hop-by-hop ones, ``host``,
+    ``content-length``, ``expect`` and the category ``header`` dropped), and its category."""
+    headers, category = [], None
+    for name, value in raw:
+        name = name.lower()
+        if name == header:
+            category = value.decode("latin-1").strip() or None
+        elif name not in NOT_FORWARDED:
+            headers.append((name, value))
+    return headers, category
+
+
+def uncompressed(headers: Headers, decoded: bool = False) -> Headers:
+    """``headers`` asking for an uncompressed answer (every answer is read on the side); ``decoded``:
+    the body goes decoded, without its ``content-encoding``."""
+    drop = (b"accept-encoding", b"content-encoding") if decoded else (b"accept-encoding",)
+    return [h for h in headers if h[0] not in drop] + [(b"accept-encoding", b"identity")]
+
+
 UNANSWERED = "the upstream API did not answer in time"  # a read timeout's 504
 
 
