@@ -4,6 +4,7 @@ scripted upstream (answers plain and chunked, a 429, a 400, a connection closed 
 an answer past the deadline): the upstream receives the same bytes, the callers the same answers,
 and the gateways count the same."""
 
+import http.client
 import json
 import socket
 import socketserver
@@ -140,18 +141,58 @@ STEPS = ["plain", "plain", "chunked", "429", "plain", "400", "close", "plain", "
 FRAMING = {"content-length", "transfer-encoding"}  # each path frames the answer its own way
 
 
-def _run(gw, upstream: Scripted, category: str) -> list[tuple]:
-    """Every step of STEPS through ``gw`` (one kept-alive caller connection): what the caller got."""
+def _run(gw, upstream: Scripted, category: str, whole: bool = False) -> list[tuple]:
+    """Every step of STEPS through ``gw`` (one kept-alive caller connection): what the caller got.
+    ``whole``: each request written in one piece (``http.client``), else head and body apart
+    (``httpx2``)."""
     upstream.script, upstream.seen = list(STEPS), []
     got = []
-    with httpx2.Client(timeout=10) as client:
+    send = _whole_sender(gw) if whole else _httpx_sender(gw)
+    with send:
         for step in STEPS:
             body = {**BODY, "stream": True} if step.startswith("stream") else BODY
-            r = client.post(gw.base + "/v1/messages", json=body,
-                            headers={**HEADERS, "x-tierguard-category": category})
-            headers = [(k, v) for k, v in r.headers.multi_items() if k not in FRAMING]
-            got.append((r.status_code, headers, r.content))
+            got.append(send.post(body, {**HEADERS, "x-tierguard-category": category}))
     return got
+
+
+class _httpx_sender:
+    def __init__(self, gw):
+        self.base, self.client = gw.base, httpx2.Client(timeout=10)
+
+    def post(self, body: dict, headers: dict) -> tuple:
+        r = self.client.post(self.base + "/v1/messages", json=body, headers=headers)
+        return r.status_code, [(k, v) for k, v in r.headers.multi_items() if k not in FRAMING], r.content
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.client.close()
+
+
+class _OneWrite(http.client.HTTPConnection):
+    """``http.client``'s connection writing a request's head and body in one ``send``."""
+
+    def _send_output(self, message_body=None, encode_chunked=False) -> None:
+        self._buffer.extend((b"", b""))
+        head = b"\r\n".join(self._buffer)
+        del self._buffer[:]
+        self.send(head + (message_body or b""))
+
+
+class _whole_sender(_httpx_sender):
+    def __init__(self, gw):
+        self.conn = _OneWrite(*gw.address, timeout=10)
+
+    def post(self, body: dict, headers: dict) -> tuple:
+        data = json.dumps(body, separators=(",", ":")).encode()  # (as httpx2 writes it)
+        self.conn.request("POST", "/v1/messages", body=data, headers=headers)
+        r = self.conn.getresponse()
+        content = r.read()
+        return r.status, [(k.lower(), v) for k, v in r.getheaders() if k.lower() not in FRAMING], content
+
+    def __exit__(self, *exc) -> None:
+        self.conn.close()
 
 
 def _traffic(redis_url: str, category: str) -> dict[str, int]:
@@ -176,11 +217,15 @@ def scripted(stack, sqlite_url):
     upstream.server_close()
 
 
-def test_the_express_lane_sends_answers_and_counts_as_the_asgi_path(stack, scripted, redis_url, tmp_path):
+@pytest.mark.parametrize("whole", [False, True], ids=["head-and-body-apart", "whole"])
+def test_the_express_lane_sends_answers_and_counts_as_the_asgi_path(stack, scripted, redis_url, tmp_path,
+                                                                    whole):
+    """Both ways a request arrives: its head and body apart (the parser's callbacks take it), or
+    whole in one write (read past the parser, app/wholes)."""
     on, off = start(stack, tmp_path), start(stack, tmp_path, TIERGUARD_GATEWAY_EXPRESS="false")
-    through_on = _run(on, scripted, "on")
+    through_on = _run(on, scripted, "on", whole)
     sent_on = scripted.seen
-    through_off = _run(off, scripted, "off")
+    through_off = _run(off, scripted, "off", whole)
     assert [s for s, _, _ in through_on] == [200, 200, 200, 429, 200, 400, 502, 200, 504, 200, 200, 200, 200]
     assert through_on == through_off
     assert b"message_stop" in through_on[10][2] and b"event: error" in through_on[11][2]
@@ -189,6 +234,8 @@ def test_the_express_lane_sends_answers_and_counts_as_the_asgi_path(stack, scrip
     stats_on, stats_off = on.stats(), off.stats()
     # Express: every call but those on a new upstream connection (the first, after each close).
     assert stats_on.pop("express") == len(STEPS) - 4 and "express" not in stats_off
+    read_whole = stats_on.pop("express_whole", 0)  # (apart: both may have arrived by the first read)
+    assert read_whole == len(STEPS) - 4 if whole else read_whole <= len(STEPS) - 4, read_whole
     assert stats_on == stats_off and stats_on["deadline_exceeded"] == 2, stats_on
     wait_until(lambda: _traffic(redis_url, "on").get("calls") == len(STEPS), 15, "the counts to be flushed")
     wait_until(lambda: _traffic(redis_url, "off").get("calls") == len(STEPS), 15, "the counts to be flushed")

@@ -9,7 +9,11 @@ plain answer written back in one write, a stream relayed as it comes; no task, n
 future. Any other call — and any the lane cannot take whole at once (its body not in within
 ``BODY_WAIT_S`` of its head, no idle upstream connection, an error to word) — goes to the ASGI app
 as before; one the lane drew for sampling goes there with its draw (scope extension
-:data:`SAMPLED`): no call is counted or drawn twice.
+:data:`SAMPLED`): no call is counted or drawn twice. A request that arrives whole in one chunk
+(:mod:`~tierguard.app.wholes`: the head and body written at once, as most clients but ``httpx``'s
+write a small request) is read without the parser and uvicorn's cycle at all (an :class:`Own`
+cycle in its place); the lane declining it, or drawing it for sampling, the parser reads it as
+usual, the lane's decision carried.
 
 The outcome is the ASGI path's: the same bytes upstream (the caller's headers but the category
 header, hop-by-hop ones and ``accept-encoding``, sent as ``identity``; the body with its ``model``
@@ -17,7 +21,8 @@ rewritten in place), the answer's status, headers (hop-by-hop ones dropped) and 
 counts (the call, its tokens, the rate-limit view, a 429's pause, a stream too long to watch), the
 same 502 and 504 answers and cut streams within ``TIERGUARD_GATEWAY_DEADLINE`` and
 ``TIERGUARD_GATEWAY_TIMEOUT``; a caller that leaves closes the upstream connection. Counted in
-``/tierguard/stats`` as ``express``. ``TIERGUARD_GATEWAY_EXPRESS=false`` turns the lane off.
+``/tierguard/stats`` as ``express`` (of which ``express_whole``: read without the parser).
+``TIERGUARD_GATEWAY_EXPRESS=false`` turns the lane off.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from tierguard.app.flight import Flight
 from tierguard.app.naming import names_by_user
 from tierguard.app.relay import HOP_BY_HOP, heard, uncompressed, upstream_headers
 from tierguard.app.upstream import parse_request, with_model
+from tierguard.app.wholes import START, whole
 from tierguard.app.writes import OneWriteProtocol
 
+_UNDECIDED = object()
 SAMPLED = "tierguard.sampled"  # scope["extensions"][SAMPLED]: the lane's draw for this call
 PATH = b"/v1/messages"
 _NOT_EXPRESS = (b"transfer-encoding", b"content-encoding", b"expect")
@@ -72,10 +79,19 @@ class Lane:
                 return None
         return name if name and size is not None and size <= self.max_body else None
 
-    def take(self, held: Held, headers: list[tuple[bytes, bytes]]) -> tuple[Any, bytes, bool] | bool | None:
+    def take(self, body: bytes, name: str, headers: list[tuple[bytes, bytes]]
+             ) -> tuple[Any, bytes, bool] | bool | None:
         """(the call's plan, the request's bytes, streamed) when the lane sends it; else None (the
-        ASGI path, nothing counted) or True (the ASGI path, counted and drawn for sampling)."""
-        body = bytes(held.cycle.body)
+        ASGI path, nothing counted) or True (the ASGI path, counted and drawn for sampling).
+        Never raises (into the server's callbacks)."""
+        try:
+            return self._take(body, name, headers)
+        except Exception:
+            self.core._failed("the gateway's express lane")
+            return None
+
+    def _take(self, body: bytes, name: str, headers: list[tuple[bytes, bytes]]
+              ) -> tuple[Any, bytes, bool] | bool | None:
         if not self.pool.idle or names_by_user(body):
             return None
         s = self.settings
@@ -87,7 +103,7 @@ class Lane:
         if type(request) is not dict:
             return None
         streamed = request.get("stream") is True
-        plan = self.core.planned(held.name, request)
+        plan = self.core.planned(name, request)
         if plan is None or plan.mark is None or (
                 plan.mark.to is not None and not (streamed and not plan.cat.buffer_streams)):
             return None  # (a checked answer: the ASGI path reads it whole and escalates it)
@@ -118,11 +134,30 @@ class Lane:
             core._failed("counting an answer")
 
 
+class _Unawaited:
+    def set(self) -> None:
+        """(no one waits on a request read whole: nothing to wake)"""
+
+
+class Own:
+    """The cycle of a request read whole (:mod:`~tierguard.app.wholes`): what the lane, the protocol
+    and uvicorn's connection handling read of uvicorn's ``RequestResponseCycle``."""
+
+    message_event = _Unawaited()
+
+    def __init__(self, default_headers: list[tuple[bytes, bytes]], on_response: Any):
+        self.default_headers, self.on_response = default_headers, on_response
+        self.keep_alive, self.disconnected = True, False
+        self.response_started = self.response_complete = False
+
+
 class ExpressProtocol(OneWriteProtocol):
     """The gateway's protocol: the door, one write per answer, and the express lane."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.boundary = True  # the parser is between requests (a whole one may pass it by)
+        self.decided: Any = _UNDECIDED  # the lane's decision on a request read whole, then parsed
         self.holding: str | None = None  # the category of a head the lane may take (while uvicorn
         self.held: Held | None = None  # makes its cycle); the request whose body is awaited
         self.flight: Flight | None = None
@@ -148,12 +183,19 @@ class ExpressProtocol(OneWriteProtocol):
         super()._start_asgi_task(cycle, app)
 
     def data_received(self, data: bytes) -> None:
+        if self.boundary and data.startswith(START) and self._whole(data):
+            return
         super().data_received(data)
         if self.held is not None and self.held_timer is None:  # its body comes apart from its head
             self.held_timer = self.loop.call_later(BODY_WAIT_S, self._to_app, None)
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.boundary = False
+
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        self.boundary = True
         held = self.held
         if held is None or held.cycle is not self.cycle:
             return
@@ -161,19 +203,25 @@ class ExpressProtocol(OneWriteProtocol):
         lane = self.app.lane
         if lane is None:  # the gateway is shutting down: the ASGI path answers
             return self._to_app(None)
-        try:
-            taken = lane.take(held, self.headers)
-        except Exception:
-            lane.core._failed("the gateway's express lane")
-            taken = None
+        if self.decided is not _UNDECIDED:  # read whole before the parser: the lane's decision
+            return self._to_app(self.decided)
+        taken = lane.take(bytes(held.cycle.body), held.name, self.headers)
         if taken is None or taken is True:
             return self._to_app(taken)
+        if self._send(lane, taken, held.cycle):
+            self.held = None
+        else:
+            self._to_app(False)  # counted and drawn already
+
+    def _send(self, lane: Lane, taken: tuple[Any, bytes, bool], cycle: Any) -> bool:
+        """``taken`` sent upstream on an idle connection for ``cycle``; False when none is idle (the
+        kept ones too old, KEEPALIVE_S, or no place free) or the write failed."""
         conn = lane.pool.take_idle()
-        if conn is None:  # the kept ones too old (KEEPALIVE_S), or no place free
-            return self._to_app(False)  # counted and drawn already
+        if conn is None:
+            return False
         flight = None
         try:
-            flight = conn.response = Flight(conn, self, lane, taken[0], taken[2])
+            flight = conn.response = Flight(conn, self, lane, taken[0], taken[2], cycle)
             conn.transport.write(taken[1])
         except Exception:  # never into the server's callbacks: the ASGI path serves it
             lane.core._failed("the gateway's express lane")
@@ -182,9 +230,40 @@ class ExpressProtocol(OneWriteProtocol):
                 flight.timer.cancel()
             conn.response = None
             conn.close()
-            return self._to_app(False)
-        self.held, self.flight = None, flight
+            return False
+        self.flight = flight
         lane.core.counts["express"] += 1
+        return True
+
+    def _whole(self, data: bytes) -> bool:
+        """A whole express request in ``data`` taken past uvicorn's parser (True); False when the
+        parser is to read ``data`` (nothing done). A request the lane declines or draws for
+        sampling is parsed as usual, the lane's decision carried (never drawn twice)."""
+        lane, cycle = getattr(self.app, "lane", None), self.cycle
+        if (lane is None or self.held is not None or self.flight is not None or self.pipeline
+                or (cycle is not None and not cycle.response_complete) or self.limit_concurrency
+                or lane.core.policy.gateway_tenants or self.transport.is_closing()):
+            return False
+        request = whole(data, lane.header, lane.max_body)
+        if request is None:
+            return False
+        self._unset_keepalive_if_required()
+        self.stop_timer()
+        self.door.waiting.pop(self, None)
+        taken = lane.take(request.body, request.name, request.headers)
+        if taken is not None and taken is not True:
+            own = Own(self.server_state.default_headers, self.on_response_complete)
+            if self._send(lane, taken, own):
+                self.cycle = own
+                lane.core.counts["express_whole"] += 1
+                return True
+            taken = False  # counted and drawn already
+        self.decided = taken
+        try:
+            super().data_received(data)
+        finally:
+            self.decided = _UNDECIDED
+        return True
 
     def _to_app(self, sampled: bool | None) -> None:
         """The held request to the ASGI app (with the lane's draw, when it drew one)."""

@@ -25,12 +25,13 @@ JSON = [(b"content-type", b"application/json")]  # the head of the lane's own an
 
 
 class Flight(lean_client.Response):
-    """One express call: ``protocol`` the caller's connection, ``plan`` its category's routing."""
+    """One express call: ``protocol`` the caller's connection, ``plan`` its category's routing,
+    ``cycle`` its request's."""
 
-    def __init__(self, conn: Any, protocol: Any, lane: Any, plan: Any, streamed: bool):
+    def __init__(self, conn: Any, protocol: Any, lane: Any, plan: Any, streamed: bool, cycle: Any):
         super().__init__(conn, lane.settings.gateway_timeout)
         self.protocol, self.lane, self.plan = protocol, lane, plan
-        self.cycle = protocol.cycle  # this call's (one pipelined behind it becomes the protocol's)
+        self.cycle = cycle  # this call's (one pipelined behind it becomes the protocol's)
         self.over = False
         self.watch = Watch(True, True, lane.settings.stream_assembly_max) if streamed else None
         self.framing: bytes | None = None  # a relayed stream's: b"chunked", b"length" or b"none"
