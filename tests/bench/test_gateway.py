@@ -49,47 +49,82 @@ def test_a_contender_that_cannot_run_says_why(tmp_path, monkeypatch):
         contenders.start_litellm(tmp_path, 1, 2, "claude-opus-4-7", "sk-bench")
 
 
+class _Servers:
+    """Three local servers answering the bench's plain and streamed requests; ``arrivals``: the port
+    each request reached, in order."""
+
+    def __init__(self, n: int = 3):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        arrivals = self.arrivals = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                arrivals.append(self.server.server_address[1])
+                streamed = b'"stream": true' in body
+                answer = b"event: message_stop\ndata: {}\n\n" if streamed else b'{"type": "message"}'
+                self.send_response(200)
+                if streamed:
+                    self.send_header("transfer-encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(answer), answer))
+                else:
+                    self.send_header("content-length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.servers = [ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(n)]
+        for server in self.servers:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def proxies(self, names: list[str]):
+        from tierguard.bench import gateway
+
+        return [gateway.Proxy(name, s.server_address[1], 0)
+                for name, s in zip(names, self.servers, strict=True)]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
 def test_each_timed_request_follows_its_own_contenders_request():
     """The rotation puts each contender after the same other one every round; an untimed request opens
     each turn, so a timed one never pays for another contender's work after its answer."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from tierguard.bench import gateway
 
-    arrivals: list[int] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["content-length"]))
-            arrivals.append(self.server.server_address[1])
-            streamed = b'"stream": true' in body
-            answer = b"event: message_stop\ndata: {}\n\n" if streamed else b'{"type": "message"}'
-            self.send_response(200)
-            if streamed:
-                self.send_header("transfer-encoding", "chunked")
-                self.end_headers()
-                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(answer), answer))
-            else:
-                self.send_header("content-length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-        def log_message(self, *args):
-            pass
-
-    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(3)]
-    for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        proxies = [gateway.Proxy(f"p{i}", s.server_address[1], 0) for i, s in enumerate(servers)]
+    with _Servers() as servers:
+        proxies = servers.proxies(["p0", "p1", "p2"])
         gateway._interleaved(proxies, requests=4, warm=2)
-    finally:
-        for server in servers:
-            server.shutdown()
+    arrivals = servers.arrivals
     assert all(len(p.times) == 4 and len(p.ttfe) == 4 for p in proxies)
     turns = [arrivals[i:i + 3] for i in range(0, len(arrivals), 3)]
     assert len(turns) == 6 * 3 and all(len(set(turn)) == 1 for turn in turns), arrivals
     assert [turn[0] for turn in turns[:3]] != [turn[0] for turn in turns[3:6]]  # the order rotates
+
+
+def test_litellm_is_timed_in_a_pass_of_its_own_beside_direct():
+    """LiteLLM's leftover work after each answer never falls between the others' turns: it is
+    interleaved after them, with a ``direct`` of its own that its added time is measured against."""
+    from tierguard.bench import gateway
+
+    with _Servers() as servers:
+        proxies = servers.proxies(["direct", "tierguard", "litellm"])
+        beside = gateway._timed(proxies, requests=10)
+    direct, _, litellm = (s.server_address[1] for s in servers.servers)
+    first_litellm = servers.arrivals.index(litellm)
+    assert litellm not in servers.arrivals[:first_litellm] and set(servers.arrivals[first_litellm:]) == {
+        direct, litellm}  # after the others' pass: only LiteLLM and direct
+    assert list(beside) == ["litellm"] and beside["litellm"] is not proxies[0]
+    assert len(beside["litellm"].times) == len(proxies[0].times) == len(proxies[2].times) == 10
