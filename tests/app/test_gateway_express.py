@@ -248,16 +248,16 @@ def test_the_express_lane_sends_answers_and_counts_as_the_asgi_path(stack, scrip
     assert not on.errors() and not off.errors()
 
 
+@pytest.mark.parametrize("whole", [False, True], ids=["head-and-body-apart", "whole"])
 def test_a_call_drawn_for_sampling_by_the_lane_is_counted_and_drawn_once(stack, scripted, redis_url,
-                                                                         tmp_path):
+                                                                         tmp_path, whole):
     gw = start(stack, tmp_path)
-    with httpx2.Client(timeout=10) as client:
+    with _whole_sender(gw) if whole else _httpx_sender(gw) as send:
         for _ in range(60):
-            r = client.post(gw.base + "/v1/messages", json=BODY,
-                            headers={**HEADERS, "x-tierguard-category": "half"})
-            assert r.status_code == 200
+            assert send.post(BODY, {**HEADERS, "x-tierguard-category": "half"})[0] == 200
     stats = gw.stats()
     assert 0 < stats.get("submitted", 0) < 60 and stats["express"] + stats["submitted"] <= 60, stats
+    assert stats.get("express_whole", 0) == (stats["express"] if whole else stats.get("express_whole", 0))
     # Counted once each: the ASGI path takes the lane's draw, it does not count and draw again.
     wait_until(lambda: _traffic(redis_url, "half").get("calls") == 60, 15, "the counts to be flushed")
     time.sleep(0.5)

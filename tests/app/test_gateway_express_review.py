@@ -70,12 +70,85 @@ def test_calls_pipelined_behind_an_express_call_are_answered_in_order(stack, scr
     assert stats["express"] >= 1 and not stats.get("caller_left") and not gw.errors(), stats
 
 
+def test_a_whole_request_written_while_an_express_call_is_in_flight_waits_behind_it(stack, scripted,
+                                                                                    tmp_path):
+    """A second request, written whole while the first (read whole) is still upstream, is not read
+    past the parser: it waits behind the first and is answered after it (then by the ASGI path)."""
+    gw = start(stack, tmp_path)
+    _warm(gw)
+    scripted.script = ["slow", "400"]
+    one = request_bytes(json.dumps(BODY).encode(), NAMED)
+    with socket.create_connection(gw.address) as sock:
+        sock.sendall(one)
+        wait_until(lambda: len(scripted.seen) == 2, 3, "the first request to reach upstream")
+        sock.sendall(one)
+        got = _answers(sock, 2, wait=6.0)
+    assert [status for status, _ in got] == [504, 400]  # (the first past the fixture's 0.6 s deadline)
+    stats = gw.stats()
+    assert stats["express"] == stats["express_whole"] == 1 and not gw.errors(), stats
+
+
+def test_a_body_that_looks_like_a_request_is_read_as_the_body_it_is(stack, scripted, tmp_path):
+    """A head, then, in a later write, a body that is byte for byte a whole express request: one
+    request, that body sent upstream as its body (not JSON: the ASGI path relays it for the API to
+    refuse), never a second request read past the parser."""
+    gw = start(stack, tmp_path)
+    _warm(gw)
+    inner = request_bytes(json.dumps(BODY).encode(), NAMED)
+    with socket.create_connection(gw.address) as sock:
+        sock.sendall(request_bytes(b"", NAMED, length=len(inner)))
+        time.sleep(0.2)
+        sock.sendall(inner)
+        got = _answers(sock, 2, wait=2.0)
+    assert [status for status, _ in got] == [200], got
+    assert len(scripted.seen) == 2 and scripted.seen[1].endswith(b"\r\n\r\n" + inner), scripted.seen
+    stats = gw.stats()
+    assert not stats.get("express_whole") and not gw.errors(), stats
+
+
+def test_a_whole_request_after_a_partial_head_is_the_parsers(stack, scripted, tmp_path):
+    """Half a head, then a write that would be a whole express request on its own: the parser is
+    within a request, so it reads those bytes as that head's lines (and answers 400)."""
+    gw = start(stack, tmp_path)
+    _warm(gw)
+    with socket.create_connection(gw.address) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nhost: gateway\r\n")
+        time.sleep(0.2)
+        sock.sendall(request_bytes(json.dumps(BODY).encode(), NAMED))
+        got = _answers(sock, 2, wait=2.0)
+    assert [status for status, _ in got] == [400], got
+    assert len(scripted.seen) == 1 and not gw.stats().get("express_whole")
+
+
+def test_a_content_length_past_int_s_digits_is_served_by_the_asgi_path(stack, scripted, tmp_path):
+    """``content-length: 000…0N`` (5,000 zeros: more digits than ``int()`` reads): neither read whole
+    nor raised on in the lane's head check (it was: a 400), but the ASGI path's call."""
+    gw = start(stack, tmp_path)
+    _warm(gw)
+    body = json.dumps(BODY).encode()
+    data = request_bytes(body, NAMED).replace(b"content-length: ", b"content-length: " + b"0" * 5000)
+    with socket.create_connection(gw.address) as sock:
+        sock.sendall(data)
+        got = _answers(sock, 1)
+    assert [status for status, _ in got] == [200], got
+    assert len(scripted.seen) == 2 and not gw.stats().get("express")
+    assert not gw.errors()
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["head-and-body-apart", "whole"])
 def test_a_call_after_the_kept_alive_connections_expired_is_counted_once(stack, scripted, redis_url,
-                                                                         tmp_path):
+                                                                         tmp_path, whole):
+    """``whole``: the second call written in one piece (read past the parser, the lane's draw then
+    carried to the ASGI path)."""
     gw = start(stack, tmp_path)
     _warm(gw)
     time.sleep(lean_client.KEEPALIVE_S + 0.5)  # the pool's idle connection is too old to be taken
-    _warm(gw)  # the lane drew it, found no connection to take: the ASGI path sends it
+    if whole:
+        with socket.create_connection(gw.address) as sock:
+            sock.sendall(request_bytes(json.dumps(BODY).encode(), NAMED))
+            assert [status for status, _ in _answers(sock, 1)] == [200]
+    else:
+        _warm(gw)  # the lane drew it, found no connection to take: the ASGI path sends it
     wait_until(lambda: express._traffic(redis_url, "on").get("calls", 0) >= 2, 15, "the counts to be flushed")
     time.sleep(1.0)
     assert express._traffic(redis_url, "on")["calls"] == 2

@@ -21,7 +21,8 @@ class _Parsed:
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = b""
         self.complete = 0
-        httptools.HttpRequestParser(self).feed_data(data)
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.feed_data(data)
 
     def on_header(self, name: bytes, value: bytes) -> None:  # as uvicorn lists them
         self.headers.append((name.lower(), value.rstrip(b" \t")))
@@ -33,15 +34,20 @@ class _Parsed:
         self.complete += 1
 
 
-def test_a_whole_request_is_read_as_uvicorns_parser_reads_it():
-    data = request(b"X-Tierguard-Category:  sentiment \t", b"x-api-key: sk-ant\t ",
-                   b"anthropic-beta: a, b", b"Connection: keep-alive")
+@pytest.mark.parametrize("lines", [
+    (b"X-Tierguard-Category:  sentiment \t", b"x-api-key: sk-ant\t ", b"anthropic-beta: a, b",
+     b"Connection: keep-alive"),
+    (b"x-tierguard-category:routing", b"x-empty:", b"X-UPPER: Value With  Inner  Blanks"),
+    (b"x-tierguard-category: caf\xe9", b"x-obs-text: \x80\xff", b"x-tab: a\tb"),
+])
+def test_a_whole_request_is_read_as_uvicorns_parser_reads_it(lines):
+    data = request(*lines)
     got = whole(data, HEADER, 1024)
     parsed = _Parsed(data)
-    assert got is not None and parsed.complete == 1
-    assert got.name == "sentiment" and got.body == parsed.body == BODY
-    assert got.headers == parsed.headers
-    assert (b"x-tierguard-category", b"sentiment") in got.headers
+    assert got is not None and parsed.complete == 1 and parsed.parser.should_keep_alive()
+    assert got.body == parsed.body == BODY and got.headers == parsed.headers
+    category = dict(parsed.headers)[HEADER].decode("latin-1").strip()
+    assert got.name == category
 
 
 @pytest.mark.parametrize("data, why", [
@@ -62,7 +68,15 @@ def test_a_whole_request_is_read_as_uvicorns_parser_reads_it():
     (request(b"x-tierguard-category: a", b"upgrade: websocket"), "upgrade"),
     (request(b"x-tierguard-category: a", b"connection: close"), "connection: close"),
     (request(b"x-tierguard-category : a"), "a blank before the colon"),
-    (request(b"x-tierguard-category: a", b" folded"), "an obsolete line folding"),
+    (request(b"x-tierguard-category: a", b"x-a: b", b" folded: c"), "an obsolete line folding"),
+    (request(b"x-tierguard-category: a", b"proxy-connection: close"), "proxy-connection"),
+    (request(b"x-tierguard-category: a").replace(b"Content-Length: ", b"Content-Length: " + b"0" * 5000),
+     "a content-length past int()'s digits"),
+    (request(b"x-tierguard-category: a", b"x-odd: a\nb"), "a bare line feed"),
+    (request(b"x-tierguard-category: a", b"x-odd: a\rb"), "a bare carriage return"),
+    (request(b"x-tierguard-category: a", b"x-odd: a\x00b"), "a NUL byte"),
+    (request(b"x-tierguard-category: a", b"x-odd: a\x7fb"), "a DEL byte"),
+    (request(b"x-tierguard-category: a", b"x-o\tdd: a"), "a tab in a name"),
     (request(b"x-tierguard-category: a", b"x-odd: a\x01b"), "a control byte in a value"),
     (request(b"x-tierguard-category: a", b"no-colon"), "a line without a colon"),
     (request(b"x-tierguard-category: a")[:60], "no end of head"),

@@ -122,9 +122,9 @@ def test_litellm_is_timed_in_a_pass_of_its_own_beside_direct():
     with _Servers() as servers:
         proxies = servers.proxies(["direct", "tierguard", "litellm"])
         beside = gateway._timed(proxies, requests=10)
-    direct, _, litellm = (s.server_address[1] for s in servers.servers)
+    direct, tierguard, litellm = (s.server_address[1] for s in servers.servers)
     first_litellm = servers.arrivals.index(litellm)
-    assert litellm not in servers.arrivals[:first_litellm] and set(servers.arrivals[first_litellm:]) == {
-        direct, litellm}  # after the others' pass: only LiteLLM and direct
+    assert set(servers.arrivals[:first_litellm]) == {direct, tierguard}  # the others' pass, then
+    assert set(servers.arrivals[first_litellm:]) == {direct, litellm}  # LiteLLM's beside direct
     assert list(beside) == ["litellm"] and beside["litellm"] is not proxies[0]
     assert len(beside["litellm"].times) == len(proxies[0].times) == len(proxies[2].times) == 10

@@ -74,7 +74,7 @@ class Lane:
             if key == self.header:
                 name = value.decode("latin-1").strip()
             elif key == b"content-length":
-                size = int(value) if value.isdigit() else None
+                size = int(value) if value.isdigit() and len(value) <= 18 else None  # (else: ASGI's)
             elif key in _NOT_EXPRESS:
                 return None
         return name if name and size is not None and size <= self.max_body else None

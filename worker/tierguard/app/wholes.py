@@ -6,7 +6,8 @@ lane (:mod:`~tierguard.app.express`) then relays it without the parser's callbac
 scope and uvicorn's request cycle. It is stricter than the parser: anything it does not read
 plainly (another method, path or version, a header it cannot read as a token and a value, a
 repeated category header or ``content-length``, transfer or content codings, ``expect``,
-``upgrade``, a ``connection`` other than ``keep-alive``, a body not exactly whole, bytes
+``upgrade``, a ``connection`` other than ``keep-alive`` or any ``proxy-connection``, a
+``content-length`` of more than 18 digits, a body not exactly whole, bytes
 pipelined behind it) is left to the parser, as if never looked at.
 """
 
@@ -17,7 +18,9 @@ from typing import NamedTuple
 START = b"POST /v1/messages HTTP/1.1\r\n"
 _TCHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _VCHARS = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])  # a field value's (RFC 9110 5.5)
-_PARSER_ONLY = frozenset((b"transfer-encoding", b"content-encoding", b"expect", b"upgrade"))
+_PARSER_ONLY = frozenset((b"transfer-encoding", b"content-encoding", b"expect", b"upgrade",
+                          b"proxy-connection"))  # (llhttp reads its "close" as connection's)
+_DIGITS_MAX = 18  # a longer content-length is the parser's (int() refuses past 4,300 digits)
 
 
 class Whole(NamedTuple):
@@ -52,7 +55,7 @@ def whole(data: bytes, header: bytes, max_body: int) -> Whole | None:
                 return None
             name = value
         elif key == b"content-length":
-            if size is not None or not value.isdigit():
+            if size is not None or not value.isdigit() or len(value) > _DIGITS_MAX:
                 return None
             size = int(value)
         elif key in _PARSER_ONLY or (key == b"connection" and value.lower() != b"keep-alive"):
