@@ -71,7 +71,9 @@ def test_a_batch_cycle_end_to_end_with_worker_and_beat_killed_mid_batch(stack, s
         full = policy.cost_usd(OPUS, x.shadow_input_tokens, x.shadow_output_tokens)
         assert abs(x.shadow_cost_usd - full * 0.5) < 1e-12
     stats = httpx2.get(sim.base_url + "/_sim/stats").json()["batches"]
-    assert stats["created"] == 2 and stats["requests"] == 40  # 30 + 10, nothing sent twice
+    # Nothing sent twice: 40 requests. In 30 + 10, or more batches when the last jobs reach the
+    # database further apart than the category's wait (CI, 2026-12-05: 3 on a busy host).
+    assert stats["requests"] == 40 and stats["created"] >= 2, stats
     assert {b.status for b in rows_of(postgres_url, ShadowBatch)} == {"recorded"}
     status = last_json(tg("status", "--json", env=stack.env_for_cli(), cwd=tmp_path).stdout)
     a = status["categories"]["a"]
