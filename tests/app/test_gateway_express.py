@@ -147,7 +147,7 @@ def _run(gw, upstream: Scripted, category: str, whole: bool = False) -> list[tup
     (``httpx2``)."""
     upstream.script, upstream.seen = list(STEPS), []
     got = []
-    send = _whole_sender(gw) if whole else _httpx_sender(gw)
+    send = _WholeSender(gw) if whole else _HttpxSender(gw)
     with send:
         for step in STEPS:
             body = {**BODY, "stream": True} if step.startswith("stream") else BODY
@@ -155,7 +155,7 @@ def _run(gw, upstream: Scripted, category: str, whole: bool = False) -> list[tup
     return got
 
 
-class _httpx_sender:
+class _HttpxSender:
     def __init__(self, gw):
         self.base, self.client = gw.base, httpx2.Client(timeout=10)
 
@@ -180,7 +180,7 @@ class _OneWrite(http.client.HTTPConnection):
         self.send(head + (message_body or b""))
 
 
-class _whole_sender(_httpx_sender):
+class _WholeSender(_HttpxSender):
     def __init__(self, gw):
         self.conn = _OneWrite(*gw.address, timeout=10)
 
@@ -252,12 +252,13 @@ def test_the_express_lane_sends_answers_and_counts_as_the_asgi_path(stack, scrip
 def test_a_call_drawn_for_sampling_by_the_lane_is_counted_and_drawn_once(stack, scripted, redis_url,
                                                                          tmp_path, whole):
     gw = start(stack, tmp_path)
-    with _whole_sender(gw) if whole else _httpx_sender(gw) as send:
+    with _WholeSender(gw) if whole else _HttpxSender(gw) as send:
         for _ in range(60):
             assert send.post(BODY, {**HEADERS, "x-tierguard-category": "half"})[0] == 200
     stats = gw.stats()
     assert 0 < stats.get("submitted", 0) < 60 and stats["express"] + stats["submitted"] <= 60, stats
-    assert stats.get("express_whole", 0) == (stats["express"] if whole else stats.get("express_whole", 0))
+    if whole:  # (apart: head and body may still arrive in one read, then read whole too)
+        assert stats.get("express_whole", 0) == stats["express"], stats
     # Counted once each: the ASGI path takes the lane's draw, it does not count and draw again.
     wait_until(lambda: _traffic(redis_url, "half").get("calls") == 60, 15, "the counts to be flushed")
     time.sleep(0.5)

@@ -36,7 +36,7 @@ from tierguard.app.flight import Flight
 from tierguard.app.naming import names_by_user
 from tierguard.app.relay import HOP_BY_HOP, heard, uncompressed, upstream_headers
 from tierguard.app.upstream import parse_request, with_model
-from tierguard.app.wholes import START, whole
+from tierguard.app.wholes import START, length, whole
 from tierguard.app.writes import OneWriteProtocol
 
 _UNDECIDED = object()
@@ -74,7 +74,7 @@ class Lane:
             if key == self.header:
                 name = value.decode("latin-1").strip()
             elif key == b"content-length":
-                size = int(value) if value.isdigit() and len(value) <= 18 else None  # (else: ASGI's)
+                size = length(value)  # (None: the ASGI path's)
             elif key in _NOT_EXPRESS:
                 return None
         return name if name and size is not None and size <= self.max_body else None
@@ -240,9 +240,10 @@ class ExpressProtocol(OneWriteProtocol):
         parser is to read ``data`` (nothing done). A request the lane declines or draws for
         sampling is parsed as usual, the lane's decision carried (never drawn twice)."""
         lane, cycle = getattr(self.app, "lane", None), self.cycle
-        if (lane is None or self.held is not None or self.flight is not None or self.pipeline
-                or (cycle is not None and not cycle.response_complete) or self.limit_concurrency
-                or lane.core.policy.gateway_tenants or self.transport.is_closing()):
+        if (lane is None or not lane.pool.idle or self.held is not None or self.flight is not None
+                or self.pipeline or (cycle is not None and not cycle.response_complete)
+                or self.limit_concurrency or lane.core.policy.gateway_tenants
+                or self.transport.is_closing()):  # (no idle upstream connection: the lane declines)
             return False
         request = whole(data, lane.header, lane.max_body)
         if request is None:

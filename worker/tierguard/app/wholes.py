@@ -32,6 +32,11 @@ class Whole(NamedTuple):
     body: bytes
 
 
+def length(value: bytes) -> int | None:
+    """A ``content-length`` value the express lane reads (digits, at most 18 of them), else None."""
+    return int(value) if value.isdigit() and len(value) <= _DIGITS_MAX else None
+
+
 def whole(data: bytes, header: bytes, max_body: int) -> Whole | None:
     """``data`` read as one whole express request naming its category in ``header`` (a lower-case
     name) with a body of at most ``max_body`` bytes; None for anything else."""
@@ -55,9 +60,8 @@ def whole(data: bytes, header: bytes, max_body: int) -> Whole | None:
                 return None
             name = value
         elif key == b"content-length":
-            if size is not None or not value.isdigit() or len(value) > _DIGITS_MAX:
+            if size is not None or (size := length(value)) is None:  # (twice, or not plain digits)
                 return None
-            size = int(value)
         elif key in _PARSER_ONLY or (key == b"connection" and value.lower() != b"keep-alive"):
             return None
         headers.append((key, value))
