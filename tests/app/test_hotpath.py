@@ -3,6 +3,9 @@ without a header, an unsampled answer counted in one entry, the guard's one-pass
 
 import json
 import random
+import threading
+import time
+import weakref
 
 import redis
 
@@ -116,3 +119,56 @@ def test_the_sdk_client_wrapped_again_keeps_one_mark_per_core(simulator, redis_u
     assert len(queued_jobs(redis_url)) == 1
     outer.tierguard_close()
     inner.tierguard_close()
+
+
+def test_a_held_call_is_settled_on_the_publishers_thread_with_its_own_latency(simulator, redis_url,
+                                                                               sqlite_url):
+    """An unchecked call's answer is only appended by the caller's thread; the publisher's thread
+    settles it (draws, counts, shadows, releases it), and a sampled one keeps the latency it had
+    however long it waited there."""
+    client = wrapped(simulator(latency_ms=60, **SCENARIO), redis_url, sqlite_url)
+    publisher, settled_by = client.tierguard_core.publisher, []
+    tap = client._client.tap
+    settle = tap.settle
+    tap.settle = lambda *call: settled_by.append(threading.current_thread().name) or settle(*call)
+    client.messages.create(category="sentiment", **ASK)  # the first call starts the threads
+    assert client.tierguard_flush()
+    settled_by.clear()
+    with publisher._flush_lock:  # the publisher's thread cannot drain while the test holds this
+        answer = client.messages.create(category="sentiment", **ASK)
+        held = [entry for entry in publisher._seen if type(entry[0]) is not str]
+        assert len(held) == 1 and held[0][3].json()["id"] == answer.id and not settled_by
+        released = weakref.ref(held[0][3])
+        del held
+        time.sleep(0.5)
+    deadline = time.monotonic() + 5
+    while (publisher._seen or released() is not None) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert settled_by == ["tierguard-publisher"] and released() is None
+    assert client.tierguard_flush()
+    first, job = queued_jobs(redis_url)
+    assert 60 <= job["primary_latency_ms"] < 400  # the answer's 60 ms, not the half second it waited
+    client.tierguard_close()
+
+
+def test_calls_are_settled_by_the_caller_when_many_wait_or_the_publisher_stopped(simulator, redis_url,
+                                                                                 sqlite_url, monkeypatch):
+    from tierguard.app import tap
+
+    client = wrapped(simulator(**SCENARIO), redis_url, sqlite_url, policy={**LISTED, "defaults": {
+        "sample_rate": 0.0}})
+    publisher = client.tierguard_core.publisher
+    client.messages.create(category="sentiment", **ASK)  # the first call starts the threads
+    assert client.tierguard_flush() and not publisher._seen
+    with publisher._flush_lock:
+        monkeypatch.setattr(tap, "HELD_WHILE", 0)  # as if 2,000 entries waited
+        client.messages.create(category="sentiment", **ASK)
+        monkeypatch.undo()
+        assert [type(entry[0]) for entry in publisher._seen] == [str]  # counted with its answer now
+        publisher._stop.set()
+    publisher._thread.join()
+    assert publisher.held is None
+    client.messages.create(category="sentiment", **ASK)
+    assert [type(entry[0]) for entry in publisher._seen] == [str, str]
+    assert publisher._drain()[("sentiment", HAIKU, "calls")] == 2  # (the first call's were drained)
+    client.tierguard_close()

@@ -21,7 +21,8 @@ import redis as redis_lib
 
 from tierguard import metrics
 from tierguard.app import exits, forks, plans, snapshot, stream
-from tierguard.app.publisher import Publisher, Sampled
+from tierguard.app.publisher import Publisher
+from tierguard.app.snapshot import Sampled
 from tierguard.config import Settings, get_settings
 from tierguard.headroom import ratelimits
 from tierguard.policy import CategoryPolicy, Policy, valid_category

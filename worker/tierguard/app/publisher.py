@@ -10,23 +10,20 @@ again after a short pause instead of queueing without bound.
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import logging
 import queue
 import threading
 import time
-import uuid
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from tierguard import metrics
-from tierguard.app.snapshot import job_request
+from tierguard.app.snapshot import Sampled, build_job
 from tierguard.config import Settings
 from tierguard.contract import job_store, keys
 from tierguard.contract.broker import BATCH_TASK, job_reprs, make_celery
 from tierguard.contract.job import ShadowJob
-from tierguard.contract.messages import body_usage, cache_tokens_of, message_text, snapshot_of, usage_of
+from tierguard.contract.messages import body_usage
 from tierguard.contract.sealing import Sealer, seal_job, sealer
 from tierguard.errors import ConfigError
 from tierguard.headroom import pauses, ratelimits
@@ -41,36 +38,8 @@ MAX_SEEN = 1_000_000  # production calls and usages waiting for the publisher's 
 ANSWER_HELD_MAX = 16 * 1024  # bytes of an answer whose usage is read on the publisher's thread
 HELD_WHILE = 2_000  # answers are held only while fewer entries wait (else read on the caller's):
 # at most 2,000 × 16 KiB = 32 MiB of answers waiting for the publisher's thread
+SETTLING_ADDS = 2  # the most entries settling a held call adds (a sampled call's count and usage)
 _UNSET = object()
-
-@dataclass(frozen=True, slots=True)
-class Sampled:
-    """One sampled call, handed from the caller's thread to the publisher's: ``body`` is the
-    request as sent (:mod:`tierguard.app.snapshot`), ``message`` the served answer."""
-
-    category: str
-    served: str
-    shadow: str
-    body: str | bytes
-    headers: dict[str, str] | None
-    message: Any
-    latency_ms: float
-    requested_at: dt.datetime
-
-
-def build_job(s: Sampled) -> ShadowJob:
-    """The job for one sampled call (built on the publisher's thread)."""
-    inp, out = usage_of(s.message)
-    write, read = cache_tokens_of(s.message)
-    return ShadowJob(job_id=uuid.uuid4().hex, category=s.category, served_model=s.served,
-                     shadow_model=s.shadow, request=job_request(s.body),
-                     primary_text=message_text(s.message), primary_input_tokens=inp,
-                     primary_output_tokens=out, primary_cache_write_tokens=write,
-                     primary_cache_read_tokens=read, primary_latency_ms=round(s.latency_ms, 3),
-                     requested_at=s.requested_at.isoformat(),
-                     headers=dict(s.headers) if s.headers else None,
-                     served_snapshot=snapshot_of(s.message))
-
 
 class Publisher:
     def __init__(self, settings: Settings, broker_pause: float = 1.0):
@@ -88,6 +57,7 @@ class Publisher:
         """The publishing thread (started on first use, not at construction: see Core)."""
         self._thread = threading.Thread(target=self._run, name="tierguard-publisher", daemon=True)
         self._thread.start()
+        self.held = self._seen
 
     def _fresh(self) -> None:
         """Empty queues, counters, locks and no connections: a new publisher's or a forked child's."""
@@ -98,6 +68,11 @@ class Publisher:
         # Production calls and their tokens: the caller's thread only appends (atomic, no lock,
         # no increment lost to a swap); the publisher's thread adds them up and writes Redis.
         self._seen: collections.deque[tuple] = collections.deque(maxlen=MAX_SEEN)
+        # While the publishing thread runs, the callers' threads may hold a call whose answer was
+        # read whole here, (settler, *arguments), for this thread to settle — settler.settle(*arguments):
+        # reading, counting and releasing it there — while fewer than HELD_WHILE entries wait and
+        # the answer is at most ANSWER_HELD_MAX bytes (else they settle it themselves).
+        self.held: collections.deque[tuple] | None = None
         self._flush_lock = threading.Lock()
         self._tallied: Counter[tuple[str, str, str]] = Counter()  # drained, not yet written
         self._pauses: collections.deque[tuple[str, float | None]] = collections.deque(maxlen=1000)
@@ -227,11 +202,17 @@ class Publisher:
         """What was seen since the last drain (the caller's threads only append)."""
         counts: Counter[tuple[str, str, str]] = Counter()
         seen = self._seen
-        for _ in range(len(seen)):
+        left = len(seen)  # (the callers' threads may go on appending: not drained for ever)
+        while left > 0:
+            left -= 1
             try:
                 entry = seen.popleft()
             except IndexError:
                 break
+            if type(entry[0]) is not str:  # a held call (see held): what settling it adds is drained too
+                entry[0].settle(*entry[1:])
+                left += SETTLING_ADDS
+                continue
             category, model, what = entry[0], entry[1], entry[2]
             if len(entry) > 3:  # a call with its answer's body (add_call)
                 counts[(category, model, "calls")] += 1
@@ -286,6 +267,12 @@ class Publisher:
                 self.counts["traffic_reports_dropped"] += 1
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:  # (stopped, or ended by what it could not catch): callers settle their own calls
+            self.held = None
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             if self._pauses:
                 self._send_pauses()
@@ -368,8 +355,13 @@ class Publisher:
             self._warn(f"cannot publish to the broker ({type(err).__name__}: {err})")
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until every submitted job is published or dropped."""
+        """Wait until every submitted job is published or dropped (the calls held for the publishing
+        thread settled first, here: a sampled one is then submitted)."""
         deadline = time.monotonic() + timeout
+        try:
+            self._tally()
+        except Exception:
+            log.exception("tierguard: counting production traffic failed")
         with self._hurry_lock:
             self._flushing += 1
             self._hurry.set()
@@ -388,7 +380,7 @@ class Publisher:
         return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
     def close(self, timeout: float = 2.0) -> None:
-        self._closing = True  # (no gathering from now on, whoever else flushes)
+        self._closing, self.held = True, None  # (no gathering from now on, whoever else flushes)
         self.flush(timeout)
         self._stop.set()
         self._flush_traffic()

@@ -7,17 +7,22 @@ and parsed back on the publisher's thread. What the SDK would send is what is
 kept: its sentinels (``NOT_GIVEN``, ``omit``) are dropped, ``extra_body`` is
 merged in, transport options (``timeout``, ``extra_query``, ``stream``) are left
 out, and the headers that shape the request (``anthropic-beta``, also from
-``betas=[…]``) travel beside it. Credentials never do.
+``betas=[…]``) travel beside it. Credentials never do. A sampled call goes to the
+publisher's thread as a :class:`Sampled`, built there into its job (:func:`build_job`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import anthropic
 
-from tierguard.contract.job import SHAPING_HEADERS
+from tierguard.contract.job import SHAPING_HEADERS, ShadowJob
+from tierguard.contract.messages import cache_tokens_of, message_text, snapshot_of, usage_of
 
 # Keyword arguments of ``messages.create`` that are transport options, not the model request.
 TRANSPORT_KEYS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout", "stream", "model",
@@ -87,3 +92,32 @@ def job_request(snapshot: str | bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValueError("a shadow job's request must be a JSON object")
     return {k: v for k, v in body.items() if k not in TRANSPORT_KEYS}
+
+
+@dataclass(frozen=True, slots=True)
+class Sampled:
+    """One sampled call, handed from the caller's thread to the publisher's: ``body`` is the
+    request as sent (:mod:`tierguard.app.snapshot`), ``message`` the served answer."""
+
+    category: str
+    served: str
+    shadow: str
+    body: str | bytes
+    headers: dict[str, str] | None
+    message: Any
+    latency_ms: float
+    requested_at: dt.datetime
+
+
+def build_job(s: Sampled) -> ShadowJob:
+    """The job for one sampled call (built on the publisher's thread)."""
+    inp, out = usage_of(s.message)
+    write, read = cache_tokens_of(s.message)
+    return ShadowJob(job_id=uuid.uuid4().hex, category=s.category, served_model=s.served,
+                     shadow_model=s.shadow, request=job_request(s.body),
+                     primary_text=message_text(s.message), primary_input_tokens=inp,
+                     primary_output_tokens=out, primary_cache_write_tokens=write,
+                     primary_cache_read_tokens=read, primary_latency_ms=round(s.latency_ms, 3),
+                     requested_at=s.requested_at.isoformat(),
+                     headers=dict(s.headers) if s.headers else None,
+                     served_snapshot=snapshot_of(s.message))

@@ -29,6 +29,7 @@ import httpx2
 from tierguard.app import escalation
 from tierguard.app.core import Core
 from tierguard.app.plans import Marked
+from tierguard.app.publisher import ANSWER_HELD_MAX, HELD_WHILE
 from tierguard.app.relay import Watch
 from tierguard.app.upstream import parse_request, with_model
 from tierguard.contract.job import SHAPING_HEADERS
@@ -216,10 +217,23 @@ class Tap:
     def answered_whole(self, mark: Marked, request: httpx2.Request, response: httpx2.Response,
                        started: float) -> tuple[Call, httpx2.Request | None] | None:
         """Most calls, in one go: the answer, read whole, of a request the resources marked
-        ``quick`` (the rate known, nothing to strip; the transport checks) — its rate limits read,
-        checked when its category checks answers, the call counted with its tokens (read on the
-        publisher's thread), or, when sampled, shadowed (``started``: when it was sent). An answer
-        that fails its checks: (its :class:`Call`, the request to send again) for the transport."""
+        ``quick`` (the rate known, nothing to strip; the transport checks). One its category does not
+        check is held for the publisher's thread to :meth:`settle` (the caller's thread only appends
+        it: reading it, counting it and releasing it happen there), while few wait; else settled now.
+        An answer that fails its checks: (its :class:`Call`, the request to send again) for the
+        transport."""
+        held = self.core.publisher.held
+        if held is not None and mark.to is None and len(held) < HELD_WHILE \
+                and len(response.content) <= ANSWER_HELD_MAX:
+            held.append((self, mark, request, response, started))
+            return None
+        return self.settle(mark, request, response, started)
+
+    def settle(self, mark: Marked, request: httpx2.Request, response: httpx2.Response,
+               started: float) -> tuple[Call, httpx2.Request | None] | None:
+        """A quick call's answer: its rate limits read, checked when its category checks answers,
+        the call counted with its tokens (read on the publisher's thread), or, when sampled, shadowed
+        (``started``: when it was sent); see :meth:`answered_whole`."""
         try:
             core, model = self.core, mark.model
             if response.status_code != 200:
@@ -240,7 +254,7 @@ class Tap:
             core.publisher.saw_headers(model, response.headers)
             core.publisher.count(mark.cat.name, model)
             call = Call(core, mark.cat, {"model": model}, request.content, request.headers)
-            call.sampled, call.started = True, started
+            call.sampled, call.started = True, _sent_at(response, started)
             call._handover(answer if answer is not None else escalation.parsed(response.content))
         except Exception:
             core._failed("watching an answer")
@@ -325,6 +339,15 @@ class Tap:
             body = with_model(parsed, routed["model"])
             request = _with_body(request, body)
         return request, (None if count else Call(self.core, cat, routed, body, _shaping(request.headers)))
+
+
+def _sent_at(response: httpx2.Response, started: float) -> float:
+    """When a request whose answer was read whole went, on ``time.perf_counter``'s clock: now less
+    its time on the wire (a call settled later on the publisher's thread keeps its latency)."""
+    try:
+        return time.perf_counter() - response.elapsed.total_seconds()
+    except Exception:  # (an answer never closed has no elapsed time)
+        return started
 
 
 def _as_messages(platform: str, body: bytes, shaping: dict[str, str] | None

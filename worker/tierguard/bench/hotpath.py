@@ -5,7 +5,9 @@ call's time on the wire (inside the HTTP transport, :class:`WireClock`: the requ
 simulator's answer, its bytes read) is taken out of its whole time, and the wrapped calls' time on
 the caller's side is compared with the bare calls' (medians, 99th percentiles). Nothing inside
 tierguard is clocked, so no instrument of its own slows it, and the SDK's extra work the wrapper
-causes counts too. The median ratio compares whole calls. Each figure is measured in ``runs``
+causes counts too. The median ratio compares whole calls. Work the wrapper hands to the
+publisher's thread is not on the caller's side: ``cpu_added_us`` is what it adds to the process's
+CPU time per call on every thread (:func:`process_cpu`). Each figure is measured in ``runs``
 runs (three by default): the figures are the runs' medians, with each run's and their spread.
 """
 
@@ -24,7 +26,7 @@ US = 1e6
 GOALS = {"median_ratio": 1.01, "p50_added_us": 10, "p99_added_us": 100, "redis_down_p99_added_us": 1000,
          "checks_p50_added_us": 50}
 RUN_KEYS = ("median_ratio", "bare_median_us", "wrapped_median_us", "p50_added_us", "p99_added_us",
-            "max_added_us", "redis_down_p50_added_us", "redis_down_p99_added_us")
+            "max_added_us", "redis_down_p50_added_us", "redis_down_p99_added_us", "cpu_added_us")
 
 
 class WireClock(httpx2.BaseTransport):
@@ -118,16 +120,16 @@ def spread(runs: list[dict[str, Any]], keys: tuple[str, ...] = RUN_KEYS) -> dict
 
 BENCH_REQUEST = {"category": "bench", "max_tokens": 16, "system": "bench: classify",
                  "messages": [{"role": "user", "content": "The parcel arrived damaged."}]}
+BARE_REQUEST = {k: v for k, v in BENCH_REQUEST.items() if k != "category"} | {"model": "claude-haiku-4-5"}
 
 
 def measured(base_url: str, settings: Any, policy: Any, calls: int) -> tuple[dict[str, Any], dict]:
     """The wrapper (``settings``, ``policy``) and the bare call, interleaved: (timings, its stats)."""
     from tierguard.app.client import ShadowedAnthropic
 
-    bare_request = {k: v for k, v in BENCH_REQUEST.items() if k != "category"} | {"model": "claude-haiku-4-5"}
     sdk, wire = clocked_sdk(base_url)
     wrapped = ShadowedAnthropic(sdk, settings=settings, policy=policy)
-    timed = interleaved({"bare": lambda: sdk.messages.create(**bare_request),
+    timed = interleaved({"bare": lambda: sdk.messages.create(**BARE_REQUEST),
                          "wrapped": lambda: wrapped.messages.create(**BENCH_REQUEST)}, wire, calls)
     wrapped.tierguard_flush(10)
     stats = wrapped.tierguard_stats()
@@ -135,9 +137,33 @@ def measured(base_url: str, settings: Any, policy: Any, calls: int) -> tuple[dic
     return timed, stats
 
 
+def process_cpu(base_url: str, settings: Any, policy: Any, calls: int) -> float:
+    """What the wrapper adds to the process's CPU time per call, on every thread — the publisher's
+    settling, counting and publishing included, not only the caller's side — in µs: blocks of
+    bare and of wrapped calls in turn (bare, wrapped, wrapped, bare), the wrapped ones flushed."""
+    from tierguard.app.client import ShadowedAnthropic
+
+    sdk, _ = clocked_sdk(base_url)
+    wrapped = ShadowedAnthropic(sdk, settings=settings, policy=policy)
+    block = max(1, calls // 2)
+    spent = {"bare": 0.0, "wrapped": 0.0}
+    for name in ("warm", "bare", "wrapped", "wrapped", "bare"):
+        started = time.process_time()
+        for _ in range(block):
+            if name == "bare":
+                sdk.messages.create(**BARE_REQUEST)
+            else:
+                wrapped.messages.create(**BENCH_REQUEST)
+        if name != "bare":
+            wrapped.tierguard_flush(10)
+        spent[name] = spent.get(name, 0.0) + time.process_time() - started
+    wrapped.tierguard_close()
+    return round((spent["wrapped"] - spent["bare"]) / (2 * block) * US, 1)
+
+
 def one_run(base_url: str, settings: Any, down: Any, policy: Any, calls: int) -> dict[str, Any]:
     """One run: the wrapper and the bare call, interleaved; then the same with Redis down
-    (``down``: settings naming a port nothing listens on)."""
+    (``down``: settings naming a port nothing listens on); then the process's CPU per call."""
     timed, stats = measured(base_url, settings, policy, calls)
     (bare_t, bare_side), (wrapped_t, wrapped_side) = timed["bare"], timed["wrapped"]
     more = added(wrapped_side, bare_side)
@@ -148,6 +174,7 @@ def one_run(base_url: str, settings: Any, down: Any, policy: Any, calls: int) ->
             "wrapped_median_us": round(pct(wrapped_t, 50) * US, 1),
             "p50_added_us": more["p50"], "p99_added_us": more["p99"], "max_added_us": more["max"],
             "redis_down_p50_added_us": more_down["p50"], "redis_down_p99_added_us": more_down["p99"],
+            "cpu_added_us": process_cpu(base_url, settings, policy, calls // 2),
             "published": stats.get("published", 0),
             "redis_down_dropped": stats_down.get("dropped_broker_down", 0)}
 

@@ -154,6 +154,7 @@ def bench_hotpath(calls: int = typer.Option(5000, min=5000, help="calls each, in
     table.add_row("added by tierguard, p99", shown("p99_added_us"), f"≤ {g['p99_added_us']} µs")
     table.add_row("added with Redis down, p50 / p99", f"{shown('redis_down_p50_added_us')} / "
                   f"{shown('redis_down_p99_added_us')}", f"p99 ≤ {g['redis_down_p99_added_us']} µs")
+    table.add_row("added to the process's CPU per call (every thread)", shown("cpu_added_us"), "")
     table.add_row("bare SDK call, median", shown("bare_median_us"), "")
     c = fig["checks"]
     table.add_row(f"answer checks on ({c['answer_bytes']:,} B JSON + schema), added p50 / p99",
