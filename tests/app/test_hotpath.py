@@ -7,6 +7,9 @@ import threading
 import time
 import weakref
 
+import anthropic
+import httpx2
+import pytest
 import redis
 
 import tierguard
@@ -171,4 +174,25 @@ def test_calls_are_settled_by_the_caller_when_many_wait_or_the_publisher_stopped
     client.messages.create(category="sentiment", **ASK)
     assert [type(entry[0]) for entry in publisher._seen] == [str, str]
     assert publisher._drain()[("sentiment", HAIKU, "calls")] == 2  # (the first call's were drained)
+    client.tierguard_close()
+
+
+def test_only_small_200_answers_wait_for_the_publishers_thread(simulator, redis_url, sqlite_url):
+    """A 429 pauses the shadows at once (before any job sent later), and a call whose request and
+    answer pass 16 KiB is settled by the caller: neither is held."""
+    server = simulator(**SCENARIO)
+    sdk = anthropic.Anthropic(base_url=server.base_url, api_key="sk-test", max_retries=0)
+    client = wrapped(server, redis_url, sqlite_url, client=sdk)
+    publisher = client.tierguard_core.publisher
+    client.messages.create(category="sentiment", **ASK)  # the first call starts the threads
+    assert client.tierguard_flush()
+    with publisher._flush_lock:  # the publisher's thread cannot drain while the test holds this
+        client.messages.create(category="sentiment", max_tokens=8, system="x" * 17_000,
+                               messages=ASK["messages"])
+        assert [type(entry[0]) for entry in publisher._seen] == [str, str]  # its count and usage
+        httpx2.post(server.base_url + "/_sim/fail", json={"status": 429, "retry_after": 7})
+        with pytest.raises(anthropic.RateLimitError):
+            client.messages.create(category="sentiment", **ASK)
+        assert list(publisher._pauses) == [(HAIKU, 7.0)] and len(publisher._seen) == 2
+    assert client.tierguard_flush() and len(queued_jobs(redis_url)) == 2
     client.tierguard_close()

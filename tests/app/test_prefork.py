@@ -264,8 +264,10 @@ def child_run(client, redis_url: str, policy_path: Path, ttl: float) -> dict:
     write_policy(policy_path, edited)
     edited_at, out["policy_followed_after_s"] = time.monotonic(), None
     while time.monotonic() < edited_at + 0.1 + MARGIN:
+        client.tierguard_flush(2.0)  # (a held call is settled, its draw taken, by the flush)
         before = client.tierguard_stats().get("submitted", 0)
         call(client, "after the policy edit")
+        client.tierguard_flush(2.0)
         if client.tierguard_stats().get("submitted", 0) == before:  # not sampled: the new policy
             out["policy_followed_after_s"] = round(time.monotonic() - edited_at, 3)
             break

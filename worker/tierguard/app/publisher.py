@@ -35,9 +35,10 @@ TRAFFIC_FLUSH_SECONDS = 5.0
 VIEWS_EVERY = 0.25  # s between two sends of production's rate-limit views (the latest headers win)
 MAX_UNSENT = 100_000  # (category, model, metric) sums held while Redis is down
 MAX_SEEN = 1_000_000  # production calls and usages waiting for the publisher's thread
-ANSWER_HELD_MAX = 16 * 1024  # bytes of an answer whose usage is read on the publisher's thread
-HELD_WHILE = 2_000  # answers are held only while fewer entries wait (else read on the caller's):
-# at most 2,000 × 16 KiB = 32 MiB of answers waiting for the publisher's thread
+ANSWER_HELD_MAX = 16 * 1024  # bytes of an answer whose usage is read on the publisher's thread, and
+# of a call (its request and its answer) held whole for that thread to settle
+HELD_WHILE = 2_000  # answers and calls are held only while fewer entries wait (else read on the
+# caller's): at most 2,000 × 16 KiB = 32 MiB of bodies waiting for the publisher's thread
 SETTLING_ADDS = 2  # the most entries settling a held call adds (a sampled call's count and usage)
 _UNSET = object()
 
@@ -56,8 +57,8 @@ class Publisher:
     def start(self) -> None:
         """The publishing thread (started on first use, not at construction: see Core)."""
         self._thread = threading.Thread(target=self._run, name="tierguard-publisher", daemon=True)
+        self.held = self._seen  # (before the thread starts: one that ends at once leaves it None)
         self._thread.start()
-        self.held = self._seen
 
     def _fresh(self) -> None:
         """Empty queues, counters, locks and no connections: a new publisher's or a forked child's."""
@@ -68,10 +69,10 @@ class Publisher:
         # Production calls and their tokens: the caller's thread only appends (atomic, no lock,
         # no increment lost to a swap); the publisher's thread adds them up and writes Redis.
         self._seen: collections.deque[tuple] = collections.deque(maxlen=MAX_SEEN)
-        # While the publishing thread runs, the callers' threads may hold a call whose answer was
-        # read whole here, (settler, *arguments), for this thread to settle — settler.settle(*arguments):
+        # While the publishing thread runs, the callers' threads may hold a 200 answer read whole
+        # here, (settler, *arguments), for this thread to settle — settler.settle(*arguments):
         # reading, counting and releasing it there — while fewer than HELD_WHILE entries wait and
-        # the answer is at most ANSWER_HELD_MAX bytes (else they settle it themselves).
+        # its request and answer come to at most ANSWER_HELD_MAX bytes (else they settle it).
         self.held: collections.deque[tuple] | None = None
         self._flush_lock = threading.Lock()
         self._tallied: Counter[tuple[str, str, str]] = Counter()  # drained, not yet written
@@ -199,19 +200,25 @@ class Publisher:
                 self.counts["shadow_pauses_dropped"] += 1
 
     def _drain(self) -> Counter[tuple[str, str, str]]:
-        """What was seen since the last drain (the caller's threads only append)."""
+        """What was seen since the last drain (the callers' threads only append): the entries there
+        now, then those settling the held calls among them added (not drained for ever while the
+        callers' threads go on appending)."""
         counts: Counter[tuple[str, str, str]] = Counter()
-        seen = self._seen
-        left = len(seen)  # (the callers' threads may go on appending: not drained for ever)
-        while left > 0:
-            left -= 1
+        settled = self._take(counts, len(self._seen))
+        self._take(counts, SETTLING_ADDS * settled)
+        return counts
+
+    def _take(self, counts: Counter[tuple[str, str, str]], n: int) -> int:
+        """Up to ``n`` entries added to ``counts``, held calls settled: how many were."""
+        seen, settled = self._seen, 0
+        for _ in range(n):
             try:
                 entry = seen.popleft()
             except IndexError:
                 break
-            if type(entry[0]) is not str:  # a held call (see held): what settling it adds is drained too
+            if type(entry[0]) is not str:  # a held call (see held)
                 entry[0].settle(*entry[1:])
-                left += SETTLING_ADDS
+                settled += 1
                 continue
             category, model, what = entry[0], entry[1], entry[2]
             if len(entry) > 3:  # a call with its answer's body (add_call)
@@ -229,17 +236,22 @@ class Publisher:
                     counts[(category, model, metric)] += value
                     if escalated:
                         counts[(category, model, f"escalated_{metric}")] += value
-        return counts
+        return settled
 
     def _flush_traffic(self) -> None:
         with self._flush_lock:  # the publisher's thread and close() may both flush
             self._flush_locked()
 
-    def _tally(self) -> None:
-        """Add up what the callers' threads left since the last time (answers' usage read here): on
-        every turn of the publisher's loop, so that answer bodies are not held for long."""
-        with self._flush_lock:
+    def _tally(self, wait: float = -1) -> None:
+        """Add up what the callers' threads left since the last time (answers' usage read here, held
+        calls settled): on every turn of the publisher's loop, so that answer bodies are not held
+        for long. ``wait``: the longest wait for a flush in progress (-1: as long as it takes)."""
+        if not self._flush_lock.acquire(timeout=wait):
+            return
+        try:
             self._tallied.update(self._drain())
+        finally:
+            self._flush_lock.release()
 
     def _flush_locked(self) -> None:
         self._traffic_flushed = time.monotonic()
@@ -359,7 +371,7 @@ class Publisher:
         thread settled first, here: a sampled one is then submitted)."""
         deadline = time.monotonic() + timeout
         try:
-            self._tally()
+            self._tally(wait=timeout)
         except Exception:
             log.exception("tierguard: counting production traffic failed")
         with self._hurry_lock:

@@ -22,6 +22,7 @@ import contextvars
 import json
 import random
 import time
+from time import perf_counter
 from typing import Any
 
 import httpx2
@@ -217,23 +218,25 @@ class Tap:
     def answered_whole(self, mark: Marked, request: httpx2.Request, response: httpx2.Response,
                        started: float) -> tuple[Call, httpx2.Request | None] | None:
         """Most calls, in one go: the answer, read whole, of a request the resources marked
-        ``quick`` (the rate known, nothing to strip; the transport checks). One its category does not
-        check is held for the publisher's thread to :meth:`settle` (the caller's thread only appends
-        it: reading it, counting it and releasing it happen there), while few wait; else settled now.
-        An answer that fails its checks: (its :class:`Call`, the request to send again) for the
-        transport."""
+        ``quick`` (the rate known, nothing to strip; the transport checks). A 200 answer its category
+        does not check is held for the publisher's thread to :meth:`settle` (the caller's thread
+        only appends it: reading, drawing, counting and releasing it happen there), while few wait
+        and it is small; else settled now. An answer that fails its checks: (its :class:`Call`, the
+        request to send again) for the transport."""
         held = self.core.publisher.held
-        if held is not None and mark.to is None and len(held) < HELD_WHILE \
-                and len(response.content) <= ANSWER_HELD_MAX:
-            held.append((self, mark, request, response, started))
+        if held is not None and mark.to is None and response.status_code == 200 \
+                and len(held) < HELD_WHILE \
+                and len(response.content) + len(request.content) <= ANSWER_HELD_MAX:
+            held.append((self, mark, request, response, started, perf_counter()))
             return None
         return self.settle(mark, request, response, started)
 
-    def settle(self, mark: Marked, request: httpx2.Request, response: httpx2.Response,
-               started: float) -> tuple[Call, httpx2.Request | None] | None:
+    def settle(self, mark: Marked, request: httpx2.Request, response: httpx2.Response, started: float,
+               answered: float | None = None) -> tuple[Call, httpx2.Request | None] | None:
         """A quick call's answer: its rate limits read, checked when its category checks answers,
         the call counted with its tokens (read on the publisher's thread), or, when sampled, shadowed
-        (``started``: when it was sent); see :meth:`answered_whole`."""
+        (``started``: when it was sent; ``answered``: when its answer was read, for a call settled
+        later); see :meth:`answered_whole`."""
         try:
             core, model = self.core, mark.model
             if response.status_code != 200:
@@ -254,7 +257,8 @@ class Tap:
             core.publisher.saw_headers(model, response.headers)
             core.publisher.count(mark.cat.name, model)
             call = Call(core, mark.cat, {"model": model}, request.content, request.headers)
-            call.sampled, call.started = True, _sent_at(response, started)
+            waited = 0.0 if answered is None else perf_counter() - answered  # (held: not its latency)
+            call.sampled, call.started = True, started + waited
             call._handover(answer if answer is not None else escalation.parsed(response.content))
         except Exception:
             core._failed("watching an answer")
@@ -339,15 +343,6 @@ class Tap:
             body = with_model(parsed, routed["model"])
             request = _with_body(request, body)
         return request, (None if count else Call(self.core, cat, routed, body, _shaping(request.headers)))
-
-
-def _sent_at(response: httpx2.Response, started: float) -> float:
-    """When a request whose answer was read whole went, on ``time.perf_counter``'s clock: now less
-    its time on the wire (a call settled later on the publisher's thread keeps its latency)."""
-    try:
-        return time.perf_counter() - response.elapsed.total_seconds()
-    except Exception:  # (an answer never closed has no elapsed time)
-        return started
 
 
 def _as_messages(platform: str, body: bytes, shaping: dict[str, str] | None
