@@ -14,6 +14,7 @@ runs (three by default): the figures are the runs' medians, with each run's and 
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -137,28 +138,48 @@ def measured(base_url: str, settings: Any, policy: Any, calls: int) -> tuple[dic
     return timed, stats
 
 
+WRAPPER_THREADS = ("tierguard-publisher", "tierguard-routes", "tierguard-policy")
+
+
 def process_cpu(base_url: str, settings: Any, policy: Any, calls: int) -> float:
-    """What the wrapper adds to the process's CPU time per call, on every thread — the publisher's
-    settling, counting and publishing included, not only the caller's side — in µs: blocks of
-    bare and of wrapped calls in turn (bare, wrapped, wrapped, bare), the wrapped ones flushed."""
+    """What the wrapper adds to the process's CPU time per call, in µs: on the caller's thread
+    (its CPU time around each call, bare and wrapped calls in turn, the wrapper's flushed at the
+    end) and on the wrapper's own threads (the publisher's settling, counting and publishing, the
+    route refreshes) — not the simulator's."""
     from tierguard.app.client import ShadowedAnthropic
 
     sdk, _ = clocked_sdk(base_url)
     wrapped = ShadowedAnthropic(sdk, settings=settings, policy=policy)
-    block = max(1, calls // 2)
+    each = {"bare": lambda: sdk.messages.create(**BARE_REQUEST),
+            "wrapped": lambda: wrapped.messages.create(**BENCH_REQUEST)}
+    for _ in range(100):
+        each["bare"](), each["wrapped"]()
+    wrapped.tierguard_flush(10)
+    before = _threads_cpu()
     spent = {"bare": 0.0, "wrapped": 0.0}
-    for name in ("warm", "bare", "wrapped", "wrapped", "bare"):
-        started = time.process_time()
-        for _ in range(block):
-            if name == "bare":
-                sdk.messages.create(**BARE_REQUEST)
-            else:
-                wrapped.messages.create(**BENCH_REQUEST)
-        if name != "bare":
-            wrapped.tierguard_flush(10)
-        spent[name] = spent.get(name, 0.0) + time.process_time() - started
+    for i in range(calls):
+        for name in ("bare", "wrapped") if i % 2 else ("wrapped", "bare"):
+            started = time.thread_time()
+            each[name]()
+            spent[name] += time.thread_time() - started
+    started = time.thread_time()
+    wrapped.tierguard_flush(10)
+    spent["wrapped"] += time.thread_time() - started
+    background = sum(cpu - before.get(ident, 0.0) for ident, cpu in _threads_cpu().items())
     wrapped.tierguard_close()
-    return round((spent["wrapped"] - spent["bare"]) / (2 * block) * US, 1)
+    return round((spent["wrapped"] - spent["bare"] + background) / calls * US, 1)
+
+
+def _threads_cpu() -> dict[int, float]:
+    """The CPU time so far of each of the wrapper's threads running in this process."""
+    out = {}
+    for thread in threading.enumerate():
+        if thread.name in WRAPPER_THREADS and thread.ident is not None:
+            try:
+                out[thread.ident] = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+            except OSError:  # (ended meanwhile)
+                continue
+    return out
 
 
 def one_run(base_url: str, settings: Any, down: Any, policy: Any, calls: int) -> dict[str, Any]:
