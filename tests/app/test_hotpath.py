@@ -196,3 +196,22 @@ def test_only_small_200_answers_wait_for_the_publishers_thread(simulator, redis_
         assert list(publisher._pauses) == [(HAIKU, 7.0)] and len(publisher._seen) == 2
     assert client.tierguard_flush() and len(queued_jobs(redis_url)) == 2
     client.tierguard_close()
+
+
+def test_a_request_body_never_read_is_settled_on_the_callers_thread_without_raising(redis_url, sqlite_url):
+    """Holding reads the request's size; a body sent from an iterator has none to read: the call is
+    settled at once, and what fails there is counted, never raised into the caller."""
+    from tierguard.app.tap import Tap
+
+    core = Core(get_settings(redis_url=redis_url, database_url=sqlite_url), parse_policy(LISTED),
+                start_routes=False)
+    core.check_fork()  # the publisher's thread running: calls may be held
+    core.route("sentiment", {"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]})
+    mark = core.plan("sentiment").mark
+    request = httpx2.Request("POST", "http://api.local/v1/messages", content=iter([b"{}"]))
+    body = json.dumps({"content": [], "usage": {"input_tokens": 1, "output_tokens": 1}}).encode()
+    response = httpx2.Response(200, content=body, request=request)
+    assert Tap(core).answered_whole(mark, request, response, time.perf_counter()) is None
+    assert not [entry for entry in core.publisher._seen if type(entry[0]) is not str]
+    assert core.stats()["internal_errors"] == 1  # sampled (rate 1): its body could not be read
+    core.close()

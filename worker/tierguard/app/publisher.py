@@ -39,7 +39,6 @@ ANSWER_HELD_MAX = 16 * 1024  # bytes of an answer whose usage is read on the pub
 # of a call (its request and its answer) held whole for that thread to settle
 HELD_WHILE = 2_000  # answers and calls are held only while fewer entries wait (else read on the
 # caller's): at most 2,000 × 16 KiB = 32 MiB of bodies waiting for the publisher's thread
-SETTLING_ADDS = 2  # the most entries settling a held call adds (a sampled call's count and usage)
 _UNSET = object()
 
 class Publisher:
@@ -201,11 +200,11 @@ class Publisher:
 
     def _drain(self) -> Counter[tuple[str, str, str]]:
         """What was seen since the last drain (the callers' threads only append): the entries there
-        now, then those settling the held calls among them added (not drained for ever while the
-        callers' threads go on appending)."""
+        now and, when held calls were settled among them, once more those there then (what settling
+        added; not drained for ever while the callers' threads go on appending)."""
         counts: Counter[tuple[str, str, str]] = Counter()
-        settled = self._take(counts, len(self._seen))
-        self._take(counts, SETTLING_ADDS * settled)
+        if self._take(counts, len(self._seen)):
+            self._take(counts, len(self._seen))
         return counts
 
     def _take(self, counts: Counter[tuple[str, str, str]], n: int) -> int:

@@ -224,11 +224,14 @@ class Tap:
         and it is small; else settled now. An answer that fails its checks: (its :class:`Call`, the
         request to send again) for the transport."""
         held = self.core.publisher.held
-        if held is not None and mark.to is None and response.status_code == 200 \
-                and len(held) < HELD_WHILE \
-                and len(response.content) + len(request.content) <= ANSWER_HELD_MAX:
-            held.append((self, mark, request, response, started, perf_counter()))
-            return None
+        try:
+            if held is not None and mark.to is None and response.status_code == 200 \
+                    and len(held) < HELD_WHILE \
+                    and len(response.content) + len(request.content) <= ANSWER_HELD_MAX:
+                held.append((self, mark, request, response, started, perf_counter()))
+                return None
+        except Exception:  # (a body not read: settled now, where what fails is counted)
+            pass
         return self.settle(mark, request, response, started)
 
     def settle(self, mark: Marked, request: httpx2.Request, response: httpx2.Response, started: float,

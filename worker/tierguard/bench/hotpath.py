@@ -83,10 +83,11 @@ def clocked_sdk(base_url: str) -> tuple[Any, WireClock]:
     return client, wire
 
 
-def interleaved(calls: dict[str, Callable[[], Any]], wire: WireClock, n: int, warm: int = 200
-                ) -> dict[str, tuple[list[float], list[float]]]:
+def interleaved(calls: dict[str, Callable[[], Any]], wire: WireClock, n: int, warm: int = 200,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, tuple[list[float], list[float]]]:
     """Each of ``calls`` ``n`` times, in turn (the order rotating): per name, (whole times, times on
-    the caller's side: whole less the time on the wire)."""
+    the caller's side: whole less the time on the wire). ``clock``: another clock for the whole
+    times (``time.thread_time``: the caller's CPU time; its side times then mean nothing)."""
     names = list(calls)
     for _ in range(warm):  # connections, caches, the route table
         for name in names:
@@ -96,9 +97,9 @@ def interleaved(calls: dict[str, Callable[[], Any]], wire: WireClock, n: int, wa
         k = i % len(names)
         for name in names[k:] + names[:k]:
             wire.lap()
-            t0 = time.perf_counter()
+            t0 = clock()
             calls[name]()
-            whole = time.perf_counter() - t0
+            whole = clock() - t0
             out[name][0].append(whole)
             out[name][1].append(whole - wire.lap())
     return out
@@ -148,26 +149,21 @@ def process_cpu(base_url: str, settings: Any, policy: Any, calls: int) -> float:
     route refreshes) — not the simulator's."""
     from tierguard.app.client import ShadowedAnthropic
 
-    sdk, _ = clocked_sdk(base_url)
+    sdk, wire = clocked_sdk(base_url)
     wrapped = ShadowedAnthropic(sdk, settings=settings, policy=policy)
     each = {"bare": lambda: sdk.messages.create(**BARE_REQUEST),
             "wrapped": lambda: wrapped.messages.create(**BENCH_REQUEST)}
-    for _ in range(100):
-        each["bare"](), each["wrapped"]()
+    interleaved(each, wire, 0, warm=100)
     wrapped.tierguard_flush(10)
     before = _threads_cpu()
-    spent = {"bare": 0.0, "wrapped": 0.0}
-    for i in range(calls):
-        for name in ("bare", "wrapped") if i % 2 else ("wrapped", "bare"):
-            started = time.thread_time()
-            each[name]()
-            spent[name] += time.thread_time() - started
+    timed = interleaved(each, wire, calls, warm=0, clock=time.thread_time)
     started = time.thread_time()
     wrapped.tierguard_flush(10)
-    spent["wrapped"] += time.thread_time() - started
+    flushed = time.thread_time() - started
     background = sum(cpu - before.get(ident, 0.0) for ident, cpu in _threads_cpu().items())
     wrapped.tierguard_close()
-    return round((spent["wrapped"] - spent["bare"] + background) / calls * US, 1)
+    caller = sum(timed["wrapped"][0]) + flushed - sum(timed["bare"][0])
+    return round((caller + background) / calls * US, 1)
 
 
 def _threads_cpu() -> dict[int, float]:
