@@ -96,14 +96,17 @@ def _close_left_clients() -> Iterator[None]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """A failed test that ran workers shows the end of each worker's log with its failure (a
-    flake seen only in CI can then be read from CI's output)."""
+    """A failed test that ran workers (or gateways) shows the end of each one's log with its failure,
+    and each running gateway's ``/tierguard/stats`` (a flake seen only in CI can then be read from
+    CI's output)."""
     outcome = yield
     report = outcome.get_result()
     stack = getattr(item, "funcargs", {}).get("stack")
     if report.when == "call" and report.failed and stack is not None:
         for i, text in enumerate(_logs_or_reason(stack)):
             report.sections.append((f"worker-{i}.log (last 60 lines)", "\n".join(text.splitlines()[-60:])))
+        for name, text in stack.gateway_reports():
+            report.sections.append((name, text))
 
 
 def _logs_or_reason(stack) -> list[str]:
@@ -223,6 +226,7 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
         def __init__(self) -> None:
             self.workers: list[subprocess.Popen] = []
             self.others: list[subprocess.Popen] = []
+            self.gateways: list[str] = []  # base URLs
             self.env: dict[str, str] = {}
 
         def configure(self, *, policy: dict, database_url: str, base_url: str,
@@ -280,10 +284,30 @@ def stack(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch):
                     return False
 
             wait_until(ready, 90, "the gateway to be ready")
+            self.gateways.append(base)
             return base
 
         def logs(self) -> list[str]:
             return [(tmp_path / f"worker-{i}.log").read_text() for i in range(len(self.workers))]
+
+        def gateway_reports(self) -> list[tuple[str, str]]:
+            """(title, text): each gateway's stats (while it runs) and the end of its log."""
+            import httpx2
+
+            out = []
+            for base in self.gateways:
+                port = base.rsplit(":", 1)[1]
+                try:
+                    out.append((f"gateway {port} /tierguard/stats",
+                                httpx2.get(base + "/tierguard/stats", timeout=2).text))
+                except Exception as err:
+                    out.append((f"gateway {port} /tierguard/stats", f"(unread: {err!r})"))
+                try:
+                    text = (tmp_path / f"gateway-{port}.log").read_text()
+                except OSError as err:
+                    text = f"(unreadable: {err})"
+                out.append((f"gateway-{port}.log (last 40 lines)", "\n".join(text.splitlines()[-40:])))
+            return out
 
         def wait_ready(self) -> None:
             for i, proc in enumerate(self.workers):

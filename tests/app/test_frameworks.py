@@ -130,16 +130,26 @@ def rows(url: str) -> list[Sample]:
         return list(s.exec(select(Sample)))
 
 
+def reached(sim: Any) -> list[tuple[str, str, bool]]:
+    """(model, last message, streamed) of each request the simulator kept, in order."""
+    try:
+        return [(b.get("model"), last_user_text(b), b.get("stream") is True) for _, b in sim_requests(sim)]
+    except Exception as err:  # (a failure's message: never a second failure)
+        return [("unread", repr(err), False)]
+
+
 def describe(found: list[Sample]) -> list[tuple]:
     return [(r.category, r.served_model, r.shadow_model, r.error, r.reason) for r in found]
 
 
-def assert_one_row_per_call(url: str, expected: int) -> list[Sample]:
-    """Exactly ``expected`` rows, one per job: each a comparison or an error with its reason."""
+def assert_one_row_per_call(url: str, expected: int, sim: Any = None) -> list[Sample]:
+    """Exactly ``expected`` rows, one per job: each a comparison or an error with its reason (when
+    they do not come: with ``sim``, what reached the simulator, by model and last message)."""
     try:
         wait_until(lambda: samples(url) >= expected, WAIT, f"{expected} sample rows")
     except AssertionError as err:
-        raise AssertionError(f"{err}; rows so far: {describe(rows(url))}") from None
+        seen = "" if sim is None else f"; the simulator's requests: {reached(sim)}"
+        raise AssertionError(f"{err}; rows so far: {describe(rows(url))}{seen}") from None
     found = rows(url)
     assert len(found) == len({r.job_id for r in found}) == expected, describe(found)
     for r in found:
@@ -198,7 +208,7 @@ def test_litellm_through_the_gateway_every_call_recorded_with_its_temperature(
     assert on_opus.model == HAIKU  # the route, not the body's model
     texts = ["litellm: plain", "litellm: streamed", "litellm: top_p and top_k", "litellm: opus"]
 
-    found = assert_one_row_per_call(sqlite_url, len(texts))
+    found = assert_one_row_per_call(sqlite_url, len(texts), sim)
     assert {(r.category, r.served_model, r.shadow_model) for r in found} == {("sentiment", HAIKU, OPUS)}
     production = requests_by_text(sim, HAIKU)
     assert production["litellm: plain"][0][1]["temperature"] == 0.2
@@ -236,7 +246,7 @@ def test_langchain_through_the_gateway_every_call_recorded_with_its_temperature(
     assert beta.content in LABELS
     texts = ["langchain: invoke", "langchain: stream", "langchain: top_k", "langchain: beta"]
 
-    found = assert_one_row_per_call(sqlite_url, len(texts))
+    found = assert_one_row_per_call(sqlite_url, len(texts), sim)
     assert {(r.category, r.served_model, r.shadow_model) for r in found} == {("sentiment", HAIKU, OPUS)}
     production = requests_by_text(sim, HAIKU)
     assert all(production[t][0][1]["temperature"] == 0.2 for t in texts)  # sent via extra_body
@@ -268,7 +278,7 @@ def test_a_chat_loop_appending_to_one_list_shadows_each_turn_as_it_was(stack, si
     finally:
         client.tierguard_close()
 
-    found = assert_one_row_per_call(sqlite_url, 5)
+    found = assert_one_row_per_call(sqlite_url, 5, sim)
     assert {(r.category, r.served_model, r.shadow_model, r.error) for r in found} == {
         ("sentiment", HAIKU, OPUS, None)}
     shadows = [body for _, body in sim_requests(sim) if body["model"] == OPUS]
@@ -350,7 +360,7 @@ def test_a_batch_of_awkward_jobs_gives_one_row_each(stack, simulator, sqlite_url
     for category in through_wrapper:
         assert answers[category].model == HAIKU
 
-    found = assert_one_row_per_call(sqlite_url, len(through_gateway) + len(through_wrapper))
+    found = assert_one_row_per_call(sqlite_url, len(through_gateway) + len(through_wrapper), sim)
     assert sorted(r.category for r in found) == sorted([*through_gateway, *through_wrapper])
     assert {(r.served_model, r.shadow_model) for r in found} == {(HAIKU, OPUS)}
     production = requests_by_text(sim, HAIKU)
@@ -383,7 +393,7 @@ def test_a_misspelled_category_is_served_by_the_callers_model_tracked_and_shadow
         assert client.tierguard_flush(10)
     finally:
         client.tierguard_close()
-    found = assert_one_row_per_call(sqlite_url, 3)
+    found = assert_one_row_per_call(sqlite_url, 3, sim)
     assert sorted((r.category, r.served_model, r.shadow_model, r.error) for r in found) == [
         ("sentiment", HAIKU, OPUS, None), ("sentimnet", OPUS, HAIKU, None),
         ("sentimnet", OPUS, HAIKU, None)]
