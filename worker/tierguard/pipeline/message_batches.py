@@ -5,15 +5,19 @@
     worker   shadow_via: batch ──▶ batch_job (waiting)                        enqueue()
     beat, every batch_poll_seconds ──▶ cycle():
       submit   batch_max_jobs waiting, or the oldest waited batch_max_wait_minutes
-               ──▶ shadow_batch (submitting) ── messages.batches.create ──▶ in_progress
+               ──▶ shadow_batch (submitting) ──▶ creating ── messages.batches.create
+               ──▶ in_progress
+      find     a creating batch whose create's answer was lost: found among the API's
+               batches ──▶ in_progress, or not there in time ──▶ submitting (batch_creates)
       collect  an ended batch's results, streamed, compared and recorded as sync results
                are (record_many: once per job id); errored, expired and canceled requests
                wait again until shadow_max_attempts, then are recorded as errors
 
 Each arrow is one transaction; a process killed between two repeats its step, and the
-sample's job id keeps every job recorded once. One window is left: killed after the API
-took a batch and before its id was stored, the batch is sent again (paid twice, recorded
-once). Noise-floor twins are not sent by batch; a judge is asked synchronously.
+sample's job id keeps every job recorded once. A create is never sent twice blindly: killed
+(or cut off, or the database down) after the API took a batch and before its id was stored,
+the batch is found at the API and adopted. Noise-floor twins are not sent by batch; a judge
+is asked synchronously.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from tierguard.contract.job import ShadowJob, digest
 from tierguard.contract.messages import cache_tokens_of, message_text, snapshot_of, usage_of
 from tierguard.contract.sealing import open_job, seal_job
 from tierguard.errors import PayloadInvalid, RetryableCallError
+from tierguard.pipeline import batch_creates
 from tierguard.pipeline.calls import Answer, classify
 from tierguard.pipeline.context import Context
 from tierguard.pipeline.judging import JudgeCall, needs_judge
@@ -70,11 +75,12 @@ def enqueue(ctx: Context, jobs: list[ShadowJob], attempt: int = 1) -> int:
 
 
 def cycle(ctx: Context, client: anthropic.Anthropic, max_attempts: int,
-          now: dt.datetime | None = None, owned: Callable[[], bool] = lambda: True
-          ) -> tuple[Counter[str], list[Outcome]]:
-    """Send the batches that are due, then collect every ended one. ``owned`` says whether this
-    worker still holds the cycle's lock: no batch is created once it does not (two workers
-    creating the same batch would pay for it twice)."""
+          now: dt.datetime | None = None, owned: Callable[[], bool] = lambda: True,
+          unseen_after: float = 90.0) -> tuple[Counter[str], list[Outcome]]:
+    """Look for the batches whose create's answer was lost, send the batches that are due, then
+    collect every ended one. ``owned`` says whether this worker still holds the cycle's lock: no
+    batch is created once it does not (two workers creating the same batch would pay for it
+    twice); ``unseen_after``: see :mod:`~tierguard.pipeline.batch_creates`."""
     now = now or utcnow()
     counts: Counter[str] = Counter()
     outcomes: list[Outcome] = []
@@ -84,12 +90,14 @@ def cycle(ctx: Context, client: anthropic.Anthropic, max_attempts: int,
         for _ in range(math.ceil(n / cat.batch_max_jobs) if aged else n // cat.batch_max_jobs):
             if batch_jobs.claim(ctx.engine, name, cat.batch_max_jobs) is None:
                 break
-    for batch in batch_jobs.batches(ctx.engine, "submitting"):
-        if not owned():
-            log.warning("the Message Batches lock is no longer this worker's: no batch is sent")
-            counts["lock_lost"] += 1
-            break
-        outcomes += _each(submit, ctx, client, batch, counts)
+    for status, step, args in (("creating", batch_creates.reconcile, (now, unseen_after)),
+                               ("submitting", submit, ())):
+        for batch in batch_jobs.batches(ctx.engine, status):
+            if not owned():
+                log.warning("the Message Batches lock is no longer this worker's: no batch is sent")
+                counts["lock_lost"] += 1
+                break
+            outcomes += _each(step, ctx, client, batch, counts, *args)
     for batch in batch_jobs.batches(ctx.engine, "in_progress"):
         outcomes += _each(collect, ctx, client, batch, counts, max_attempts)
     return counts, outcomes
@@ -128,31 +136,44 @@ def submit(ctx: Context, client: anthropic.Anthropic, batch: ShadowBatch,
         batch_jobs.settle(ctx.engine, batch.id, [], [], status="recorded")
         return outcomes
     requests = [{"custom_id": custom_id(job.job_id), "params": params(job)} for _, job in jobs]
+    if not batch_jobs.creating(ctx.engine, batch.id, len(requests)):
+        return outcomes  # (no longer submitting: another cycle took it)
     try:
         created = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
-    except anthropic.AnthropicError as err:
-        error = classify(err)
-        if isinstance(error, RetryableCallError):  # sent again on the next cycle
-            log.warning("batch %s (%s, %d jobs) not sent yet: %s", batch.id, batch.category,
-                        len(jobs), error)
-            counts["submit_retry"] += 1
-            return outcomes
-        if error.status in (400, 413) and batch_jobs.split(ctx.engine, batch.id):
-            # Too large, or one request the API will not take: halves, until it is one job.
-            log.warning("batch %s (%s, %d jobs) refused (%s): split in two", batch.id, batch.category,
-                        len(jobs), error)
-            counts["split"] += 1
-            return outcomes
-        log.error("batch %s (%s, %d jobs) refused: %s", batch.id, batch.category, len(jobs), error)
-        results = [Result(job, None, None, ("batch_refused", str(error)), row.attempt)
-                   for row, job in jobs]
-        outcomes += _record(ctx, batch.id, results, status="refused", error=str(error))
-        counts["refused"] += 1
+    except anthropic.APIStatusError as err:  # answered: not taken
+        batch_jobs.reopen(ctx.engine, batch.id)
+        return outcomes + _not_taken(ctx, batch, jobs, err, counts)
+    except anthropic.AnthropicError as err:  # no answer: the API may have taken it
+        log.warning("batch %s (%s, %d jobs): no answer to its create (%s); looked for among the "
+                    "API's batches next cycle", batch.id, batch.category, len(jobs), err)
+        counts["create_unanswered"] += 1
         return outcomes
     batch_jobs.submitted(ctx.engine, batch.id, created.id)
     log.info("batch %s (%s): %d jobs sent as %s", batch.id, batch.category, len(jobs), created.id)
     counts["submitted"] += 1
     return outcomes
+
+
+def _not_taken(ctx: Context, batch: ShadowBatch, jobs: list[tuple[BatchJob, ShadowJob]],
+               err: anthropic.APIStatusError, counts: Counter[str]) -> list[Outcome]:
+    """A create the API answered with an error: sent again later, split, or its jobs refused."""
+    error = classify(err)
+    if isinstance(error, RetryableCallError):  # sent again on the next cycle
+        log.warning("batch %s (%s, %d jobs) not sent yet: %s", batch.id, batch.category,
+                    len(jobs), error)
+        counts["submit_retry"] += 1
+        return []
+    if error.status in (400, 413) and batch_jobs.split(ctx.engine, batch.id):
+        # Too large, or one request the API will not take: halves, until it is one job.
+        log.warning("batch %s (%s, %d jobs) refused (%s): split in two", batch.id, batch.category,
+                    len(jobs), error)
+        counts["split"] += 1
+        return []
+    log.error("batch %s (%s, %d jobs) refused: %s", batch.id, batch.category, len(jobs), error)
+    results = [Result(job, None, None, ("batch_refused", str(error)), row.attempt)
+               for row, job in jobs]
+    counts["refused"] += 1
+    return _record(ctx, batch.id, results, status="refused", error=str(error))
 
 
 def _failure(result: Any) -> tuple[str, str, bool]:

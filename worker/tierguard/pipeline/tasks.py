@@ -127,11 +127,12 @@ def batch_cycle(task: Task, beat: bool = False) -> dict[str, int]:
             if ctx.batch_client is None:
                 key = settings.shadow_api_key
                 # No SDK retries: a create retried after a timeout may make a second batch; the next
-                # cycle sends it again instead, and collecting is idempotent.
+                # cycle looks for it at the API instead (pipeline/batch_creates).
                 ctx.batch_client = anthropic.Anthropic(api_key=key.get_secret_value() if key else None,
                                                        max_retries=0, timeout=settings.shadow_timeout)
             counts, outcomes = message_batches.cycle(ctx, ctx.batch_client, settings.shadow_max_attempts,
-                                                     owned=ours.still)
+                                                     owned=ours.still,
+                                                     unseen_after=2 * settings.shadow_timeout)
         except sa.exc.OperationalError as err:  # the database is down: the next cycle does it
             log.warning("batch shadows wait for the database: %s", type(err.orig).__name__)
             return {"database_unavailable": 1}

@@ -2,8 +2,10 @@
 
 A job in ``batch_job`` is waiting while its ``batch_id`` is null, then belongs to
 one ``shadow_batch`` until its result is recorded, when its row is deleted (the
-sample is the record). A batch is ``submitting`` from the moment it holds jobs
-until the API has given it an id, then ``in_progress`` until its results are
+sample is the record). A batch is ``submitting`` from the moment it holds jobs,
+``creating`` from just before its create is sent until the API's id is stored (a
+create whose answer was lost stays ``creating`` until it is found among the API's
+batches or known not to have landed), then ``in_progress`` until its results are
 recorded (``recorded``), or ``refused`` / ``lost`` when the API would not take
 it or no longer knows it (its jobs go back to waiting or are recorded as errors).
 Every step is one transaction, so any process can die between two of them.
@@ -21,7 +23,7 @@ from sqlalchemy.engine import Engine
 from tierguard.store.db import session, upsert_insert, utcnow
 from tierguard.store.tables import BatchJob, Sample, ShadowBatch
 
-OPEN = ("submitting", "in_progress")
+OPEN = ("submitting", "creating", "in_progress")
 
 
 def enqueue(engine: Engine, payloads: list[dict[str, Any]], attempt: int = 1) -> int:
@@ -50,7 +52,7 @@ def waiting(engine: Engine) -> dict[str, tuple[int, dt.datetime]]:
     with session(engine) as s:
         q = (sa.select(BatchJob.category, sa.func.count(), sa.func.min(BatchJob.queued_at))
              .where(BatchJob.batch_id.is_(None)).group_by(BatchJob.category))
-        return {name: (int(n), _aware(oldest)) for name, n, oldest in s.execute(q).all()}
+        return {name: (int(n), aware(oldest)) for name, n, oldest in s.execute(q).all()}
 
 
 def claim(engine: Engine, category: str, limit: int) -> str | None:
@@ -90,11 +92,40 @@ def jobs_of(engine: Engine, batch_id: str) -> list[BatchJob]:
                 .order_by(BatchJob.job_id))
 
 
+def creating(engine: Engine, batch_id: str, sent: int) -> bool:
+    """A ``submitting`` batch whose create (``sent`` requests) is about to go: ``creating`` from now
+    (``submitted_at``), committed first; False if it was not ``submitting`` (taken meanwhile)."""
+    return _moved(engine, batch_id, "submitting", status="creating", jobs=sent, submitted_at=utcnow())
+
+
+def reopen(engine: Engine, batch_id: str) -> bool:
+    """A ``creating`` batch the API did not take: ``submitting`` again (sent on the next try)."""
+    return _moved(engine, batch_id, "creating", status="submitting", submitted_at=None)
+
+
+def _moved(engine: Engine, batch_id: str, was: str, **values: Any) -> bool:
+    with session(engine) as s:
+        moved = s.execute(sa.update(ShadowBatch).where(ShadowBatch.id == batch_id,
+                                                       ShadowBatch.status == was)
+                          .values(**values)).rowcount
+        s.commit()
+    return moved == 1
+
+
 def submitted(engine: Engine, batch_id: str, api_id: str) -> None:
     with session(engine) as s:
         s.execute(sa.update(ShadowBatch).where(ShadowBatch.id == batch_id)
                   .values(api_id=api_id, status="in_progress", submitted_at=utcnow()))
         s.commit()
+
+
+def known(engine: Engine, api_ids: list[str]) -> set[str]:
+    """Those of ``api_ids`` some batch here holds already."""
+    if not api_ids:
+        return set()
+    with session(engine) as s:
+        return set(s.execute(sa.select(ShadowBatch.api_id).where(ShadowBatch.api_id.in_(api_ids)))
+                   .scalars())
 
 
 IN_CHUNK = 5_000  # ids per IN (...): PostgreSQL takes at most 65,535 parameters a statement
@@ -164,5 +195,6 @@ def summary(engine: Engine) -> dict[str, dict[str, int]]:
     return out
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
+def aware(value: dt.datetime) -> dt.datetime:
+    """A time read back from the database, in UTC (SQLite's come naive)."""
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

@@ -1,0 +1,127 @@
+"""A Message Batch create whose answer was lost is found at the API, not bought twice
+(pipeline/batch_creates): the process killed, the create timed out, or the database down between
+the API taking a batch and its id being stored; and a create that never reached the API is sent once
+it can no longer land, without adopting another batch of the same size."""
+
+import datetime as dt
+import time
+from collections import Counter
+
+import anthropic
+import httpx2
+import pytest
+import sqlalchemy as sa
+
+from tests.helpers import API_KEY
+from tests.pipeline.test_batches import POLICY, _job, _settle, rows_of
+from tierguard.pipeline import message_batches
+from tierguard.pipeline.context import Context
+from tierguard.policy import parse_policy
+from tierguard.store import batch_jobs
+from tierguard.store.db import make_engine, upgrade, utcnow
+from tierguard.store.tables import Sample, ShadowBatch
+
+CATS = {"a": {"kind": "label", "labels": ["POSITIVE", "NEGATIVE", "NEUTRAL"], "agreement": 1.0}}
+
+
+class Killed(BaseException):
+    """The process dying (SIGKILL): none of the cycle's own handling runs."""
+
+
+def _setup(simulator, url: str, jobs: int) -> tuple[object, Context, anthropic.Anthropic]:
+    sim = simulator(categories=CATS, batch_delay_s=0.2)
+    engine = make_engine(url)
+    upgrade(engine)
+    policy = parse_policy({**POLICY, "categories": {"a": {**POLICY["categories"]["a"], "batch_max_jobs": 10,
+                                                          "batch_max_wait_minutes": 0.0001}}})
+    ctx = Context(policy=policy, engine=engine)
+    message_batches.enqueue(ctx, [_job(sim.base_url, i) for i in range(jobs)])
+    time.sleep(0.01)  # (waited its 6 ms)
+    return sim, ctx, anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
+
+
+def _dying(sim, error: BaseException, sent: bool, spared: int = 0) -> anthropic.Anthropic:
+    """A client whose batch creates raise ``error`` (after the API took the batch when ``sent``),
+    but for the first ``spared`` of them."""
+    client = anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
+    real, calls = client.messages.batches.create, Counter()
+
+    def create(**kwargs):
+        calls["n"] += 1
+        if calls["n"] <= spared:
+            return real(**kwargs)
+        if sent:
+            real(**kwargs)
+        raise error
+
+    client.messages.batches.create = create  # type: ignore[method-assign]
+    return client
+
+
+def _at_the_api(sim) -> tuple[int, int]:
+    stats = httpx2.get(sim.base_url + "/_sim/stats").json()["batches"]
+    return stats["created"], stats["requests"]
+
+
+def _timed_out(sim) -> anthropic.APITimeoutError:
+    return anthropic.APITimeoutError(request=httpx2.Request("POST", sim.base_url))
+
+
+@pytest.mark.parametrize("lost", ["killed", "timed_out", "database_down"])
+def test_a_batch_the_api_took_before_its_id_was_stored_is_found_not_sent_again(
+        simulator, sqlite_url, monkeypatch, lost):
+    sim, ctx, client = _setup(simulator, sqlite_url, 10)
+    if lost == "database_down":  # the create answered, the id's store refused
+        def refused(*args):
+            raise sa.exc.OperationalError("UPDATE shadow_batch", {}, Exception("server closed"))
+
+        with monkeypatch.context() as m:
+            m.setattr(batch_jobs, "submitted", refused)
+            with pytest.raises(sa.exc.OperationalError):
+                message_batches.cycle(ctx, client, 2)
+    elif lost == "killed":
+        with pytest.raises(Killed):
+            message_batches.cycle(ctx, _dying(sim, Killed(), sent=True), 2)
+    else:
+        counts, _ = message_batches.cycle(ctx, _dying(sim, _timed_out(sim), sent=True), 2)
+        assert counts["create_unanswered"] == 1 and counts["submitted"] == 0
+    assert _at_the_api(sim) == (1, 10)
+    [batch] = rows_of(sqlite_url, ShadowBatch)
+    assert (batch.status, batch.api_id, batch.jobs) == ("creating", None, 10)
+    total = _settle(ctx, client, 2)
+    assert total["create_found"] == 1 and total["submitted"] == 0 and total["create_unseen"] == 0
+    assert _at_the_api(sim) == (1, 10)  # paid once
+    assert len({s.job_id for s in rows_of(sqlite_url, Sample)}) == len(rows_of(sqlite_url, Sample)) == 10
+    assert [b.status for b in rows_of(sqlite_url, ShadowBatch)] == ["recorded"]
+
+
+def test_a_create_that_never_reached_the_api_is_sent_once_it_cannot_land(simulator, sqlite_url):
+    sim, ctx, client = _setup(simulator, sqlite_url, 20)
+    # Two batches of 10: the first is created and stored, the second's process dies before its create.
+    with pytest.raises(Killed):
+        message_batches.cycle(ctx, _dying(sim, Killed(), sent=False, spared=1), 2)
+    assert _at_the_api(sim) == (1, 10)
+    statuses = Counter(b.status for b in rows_of(sqlite_url, ShadowBatch))
+    assert statuses == {"in_progress": 1, "creating": 1}
+    # Not found at the API (the first batch, as large, is another's: its id is held here): it waits.
+    counts, _ = message_batches.cycle(ctx, client, 2, unseen_after=60)
+    assert (counts["create_found"], counts["create_unseen"], counts["submitted"]) == (0, 0, 0)
+    assert _at_the_api(sim) == (1, 10)
+    later = utcnow() + dt.timedelta(seconds=61)  # past the time its create could have landed
+    counts, _ = message_batches.cycle(ctx, client, 2, now=later, unseen_after=60)
+    assert (counts["create_unseen"], counts["submitted"]) == (1, 1)
+    _settle(ctx, client, 2)
+    assert _at_the_api(sim) == (2, 20)  # each job paid once
+    assert len({s.job_id for s in rows_of(sqlite_url, Sample)}) == 20
+    assert Counter(b.status for b in rows_of(sqlite_url, ShadowBatch)) == {"recorded": 2}
+
+
+def test_a_create_the_api_refused_with_an_answer_is_sent_again_at_once(simulator, sqlite_url):
+    sim, ctx, client = _setup(simulator, sqlite_url, 10)
+    overloaded = anthropic.InternalServerError(
+        "overloaded", response=httpx2.Response(529, request=httpx2.Request("POST", sim.base_url)), body=None)
+    counts, _ = message_batches.cycle(ctx, _dying(sim, overloaded, sent=False), 2)
+    assert counts["submit_retry"] == 1
+    assert [b.status for b in rows_of(sqlite_url, ShadowBatch)] == ["submitting"]  # not looked for
+    counts, _ = message_batches.cycle(ctx, client, 2)
+    assert counts["submitted"] == 1 and _at_the_api(sim) == (1, 10)
