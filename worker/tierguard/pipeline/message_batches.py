@@ -90,17 +90,25 @@ def cycle(ctx: Context, client: anthropic.Anthropic, max_attempts: int,
         for _ in range(math.ceil(n / cat.batch_max_jobs) if aged else n // cat.batch_max_jobs):
             if batch_jobs.claim(ctx.engine, name, cat.batch_max_jobs) is None:
                 break
+    outcomes += _send(ctx, client, counts, owned, now, unseen_after)
+    for batch in batch_jobs.batches(ctx.engine, "in_progress"):
+        outcomes += _each(collect, ctx, client, batch, counts, max_attempts)
+    return counts, outcomes
+
+
+def _send(ctx: Context, client: Any, counts: Counter[str], owned: Callable[[], bool],
+          now: dt.datetime, unseen_after: float) -> list[Outcome]:
+    """The lost creates looked for, then the claimed batches sent, while the lock is this worker's."""
+    outcomes: list[Outcome] = []
     for status, step, args in (("creating", batch_creates.reconcile, (now, unseen_after)),
                                ("submitting", submit, ())):
         for batch in batch_jobs.batches(ctx.engine, status):
             if not owned():
                 log.warning("the Message Batches lock is no longer this worker's: no batch is sent")
                 counts["lock_lost"] += 1
-                break
+                return outcomes
             outcomes += _each(step, ctx, client, batch, counts, *args)
-    for batch in batch_jobs.batches(ctx.engine, "in_progress"):
-        outcomes += _each(collect, ctx, client, batch, counts, max_attempts)
-    return counts, outcomes
+    return outcomes
 
 
 def _each(step: Any, ctx: Context, client: Any, batch: Any, counts: Counter[str], *args: Any
