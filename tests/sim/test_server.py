@@ -62,6 +62,12 @@ def test_injected_errors_reach_the_sdk_as_its_own_exceptions(simulator):
         with pytest.raises(exc) as err:
             ask(client, "claude-opus-4-7", "x")
         assert err.value.response.headers["retry-after"] == "2"
+    # A string goes as the header's value (an HTTP date, or one a client cannot read).
+    for value in ("Wed, 21 Oct 2026 07:28:00 GMT", "soon"):
+        httpx2.post(server.base_url + "/_sim/fail", json={"status": 429, "retry_after": value})
+        with pytest.raises(anthropic.RateLimitError) as err:
+            ask(client, "claude-opus-4-7", "x")
+        assert err.value.response.headers["retry-after"] == value
     assert ask(client, "claude-opus-4-7", "x").content
 
 

@@ -21,7 +21,10 @@ from typing import Any
 
 import httpx2
 
+from tierguard.app import publisher
 from tierguard.bench.stats import pct
+from tierguard.policy import live
+from tierguard.routing import routes
 
 US = 1e6
 GOALS = {"median_ratio": 1.01, "p50_added_us": 10, "p99_added_us": 100, "redis_down_p99_added_us": 1000,
@@ -139,7 +142,7 @@ def measured(base_url: str, settings: Any, policy: Any, calls: int) -> tuple[dic
     return timed, stats
 
 
-WRAPPER_THREADS = ("tierguard-publisher", "tierguard-routes", "tierguard-policy")
+WRAPPER_THREADS = (publisher.THREAD, routes.THREAD, live.THREAD)
 
 
 def process_cpu(base_url: str, settings: Any, policy: Any, calls: int) -> float:

@@ -18,7 +18,8 @@ The API (as the ``anthropic`` SDK calls it; errors are ``{"type": "error", "erro
 
 Test controls:
 
-- ``POST /_sim/fail`` ``{"status", "count", "delay", "retry_after", "judge"}``: fail the next calls.
+- ``POST /_sim/fail`` ``{"status", "count", "delay", "retry_after", "judge"}``: fail the next calls
+  (``retry_after``: seconds, or a string sent as the header's value).
 - ``POST /_sim/ratelimit`` ``{"model", "limit", "remaining", "reset_in"}``: fixed headers for a
   model without buckets.
 - ``POST /_sim/batches`` ``{"delay_s", "cancel_delay_s", "error_rate", "errored", "error_type":
@@ -181,11 +182,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(obj).encode(), headers=headers)
 
-    def _error(self, status: int, message: str, retry_after: float | None = None,
+    def _error(self, status: int, message: str, retry_after: float | str | None = None,
                headers: dict[str, str] | None = None) -> None:
         headers = dict(headers or {})
-        if retry_after is not None:
-            headers["retry-after"] = f"{retry_after:g}"
+        if retry_after is not None:  # (a string goes as it is: an HTTP date, or one unreadable)
+            headers["retry-after"] = retry_after if isinstance(retry_after, str) else f"{retry_after:g}"
         self._json(status, {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"),
                                                         "message": message}}, headers)
 
