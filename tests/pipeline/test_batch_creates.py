@@ -67,7 +67,12 @@ def _timed_out(sim) -> anthropic.APITimeoutError:
     return anthropic.APITimeoutError(request=httpx2.Request("POST", sim.base_url))
 
 
-@pytest.mark.parametrize("lost", ["killed", "timed_out", "database_down"])
+def _status_error(sim, cls: type, status: int) -> anthropic.APIStatusError:
+    response = httpx2.Response(status, request=httpx2.Request("POST", sim.base_url))
+    return cls(f"HTTP {status}", response=response, body=None)
+
+
+@pytest.mark.parametrize("lost", ["killed", "timed_out", "database_down", "gateway_timeout"])
 def test_a_batch_the_api_took_before_its_id_was_stored_is_found_not_sent_again(
         simulator, sqlite_url, monkeypatch, lost):
     sim, ctx, client = _setup(simulator, sqlite_url, 10)
@@ -82,8 +87,10 @@ def test_a_batch_the_api_took_before_its_id_was_stored_is_found_not_sent_again(
     elif lost == "killed":
         with pytest.raises(Killed):
             message_batches.cycle(ctx, _dying(sim, Killed(), sent=True), 2)
-    else:
-        counts, _ = message_batches.cycle(ctx, _dying(sim, _timed_out(sim), sent=True), 2)
+    else:  # no answer, or a proxy's 504 after the API took it: either may have landed
+        error = _timed_out(sim) if lost == "timed_out" else \
+            _status_error(sim, anthropic.InternalServerError, 504)
+        counts, _ = message_batches.cycle(ctx, _dying(sim, error, sent=True), 2)
         assert counts["create_unanswered"] == 1 and counts["submitted"] == 0
     assert _at_the_api(sim) == (1, 10)
     [batch] = rows_of(sqlite_url, ShadowBatch)
@@ -116,10 +123,49 @@ def test_a_create_that_never_reached_the_api_is_sent_once_it_cannot_land(simulat
     assert Counter(b.status for b in rows_of(sqlite_url, ShadowBatch)) == {"recorded": 2}
 
 
+def test_while_a_lost_create_is_unresolved_no_batch_as_large_is_sent(simulator, sqlite_url):
+    """Two lost creates of one size could not be told apart at the API: the second waits."""
+    sim, ctx, client = _setup(simulator, sqlite_url, 20)
+    cut_off = anthropic.APIConnectionError(request=httpx2.Request("POST", sim.base_url))
+    counts, _ = message_batches.cycle(ctx, _dying(sim, cut_off, sent=False), 2)
+    assert (counts["create_unanswered"], counts["waits_for_lost_create"]) == (1, 1)
+    assert Counter(b.status for b in rows_of(sqlite_url, ShadowBatch)) == {"creating": 1, "submitting": 1}
+    counts, _ = message_batches.cycle(ctx, client, 2, unseen_after=60)  # still unresolved: both wait
+    assert (counts["waits_for_lost_create"], counts["submitted"]) == (1, 0) and _at_the_api(sim) == (0, 0)
+    later = utcnow() + dt.timedelta(seconds=61)
+    counts, _ = message_batches.cycle(ctx, client, 2, now=later, unseen_after=60)
+    assert (counts["create_unseen"], counts["submitted"]) == (1, 2)
+    _settle(ctx, client, 2)
+    assert _at_the_api(sim) == (2, 20)
+    assert len({s.job_id for s in rows_of(sqlite_url, Sample)}) == 20
+
+
+def test_a_key_that_may_not_list_batches_sends_a_lost_create_again_once_it_cannot_land(
+        simulator, sqlite_url, caplog):
+    sim, ctx, client = _setup(simulator, sqlite_url, 10)
+    with pytest.raises(Killed):
+        message_batches.cycle(ctx, _dying(sim, Killed(), sent=True), 2)
+    unlisted = anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
+    forbidden = _status_error(sim, anthropic.PermissionDeniedError, 403)
+
+    def refuse(**kwargs):
+        raise forbidden
+
+    unlisted.messages.batches.list = refuse  # type: ignore[method-assign]
+    counts, _ = message_batches.cycle(ctx, unlisted, 2, unseen_after=60)
+    assert counts["create_lookup_refused"] == 1 and counts["submitted"] == 0
+    assert "cannot be listed" in caplog.text and "possibly paid twice" in caplog.text
+    later = utcnow() + dt.timedelta(seconds=61)
+    counts, _ = message_batches.cycle(ctx, unlisted, 2, now=later, unseen_after=60)
+    assert (counts["create_unseen"], counts["submitted"]) == (1, 1)  # not stuck: sent again
+    _settle(ctx, client, 2)
+    assert _at_the_api(sim) == (2, 20)  # the price of not being able to look
+    assert len({s.job_id for s in rows_of(sqlite_url, Sample)}) == len(rows_of(sqlite_url, Sample)) == 10
+
+
 def test_a_create_the_api_refused_with_an_answer_is_sent_again_at_once(simulator, sqlite_url):
     sim, ctx, client = _setup(simulator, sqlite_url, 10)
-    overloaded = anthropic.InternalServerError(
-        "overloaded", response=httpx2.Response(529, request=httpx2.Request("POST", sim.base_url)), body=None)
+    overloaded = _status_error(sim, anthropic.InternalServerError, 529)
     counts, _ = message_batches.cycle(ctx, _dying(sim, overloaded, sent=False), 2)
     assert counts["submit_retry"] == 1
     assert [b.status for b in rows_of(sqlite_url, ShadowBatch)] == ["submitting"]  # not looked for

@@ -82,7 +82,9 @@ class Settings(BaseSettings):
     worker_loop: str = Field("uvloop", pattern="^(uvloop|asyncio)$", description=(
         "the event loop of a worker's shadow calls: uvloop (about 12 % less CPU per comparison; "
         "asyncio's own where uvloop is not installed) or asyncio"))
-    shadow_timeout: float = Field(45.0, gt=0, description="seconds per shadow model call")
+    shadow_timeout: float = Field(45.0, gt=0, description=(
+        "seconds per shadow model call (twice this: how long a lost Message Batch create is looked "
+        "for before it is sent again)"))
     shadow_api_key: SecretStr | None = Field(
         None, description="the key shadow, judge and batch calls use (else ANTHROPIC_API_KEY)")
     shadow_platform: str = Field("anthropic", description=(

@@ -1,14 +1,18 @@
 """A Message Batch create whose answer was never seen: found at the API, or sent once it cannot land.
 
 A batch is marked ``creating`` (committed) before its create goes. When the answer is lost — the
-process killed, a timeout, a dropped connection, the database down before the id was stored — the
-batch stays ``creating``, and the next cycle looks for it among the API's batches instead of paying
-for it twice: one created since the attempt (``SKEW_S`` of clock difference allowed) with as many
-requests, whose id no batch here holds, is adopted (the nearest in time when several are). One not
-there ``unseen_after`` seconds after the attempt (twice the create's own timeout: a request cut off
-by then has long been answered or dropped) was not taken, and is sent again. Should an adopted
-batch be another's with the same count, collecting finds none of its jobs in the results and sends
-them again, as after any lost batch: nothing is recorded from another's answers.
+process stopped, a timeout, a dropped connection, a 5xx or 408 (a proxy's 502 or 504 may come after
+the API took it), the database down before the id was stored — the batch stays ``creating`` and the
+next cycles look for it among the API's batches instead of paying for it twice. A batch the API
+took is one created between its claim and ``unseen_after`` after the create gave up (``SKEW_S`` of
+clock difference allowed either side), with as many requests, whose id no batch here holds: the
+oldest such is adopted. Not there ``unseen_after`` seconds (twice the create's timeout) after the
+create gave up — or after a cycle first found it ``creating``, its process gone — it never landed,
+and is sent again. While a lost create is unresolved, no other batch of the same size is sent (two
+could not be told apart). A batch of another's on the same key, of the same size and in the same
+minutes, could still be adopted: collecting then finds none of the jobs in its results and sends
+them again. An API key that may not list batches cannot look: the batch is sent again once
+``unseen_after`` has passed, logged as possibly paid twice.
 """
 
 from __future__ import annotations
@@ -18,44 +22,81 @@ import logging
 from collections import Counter
 from typing import Any
 
+import anthropic
+
 from tierguard.pipeline.context import Context
 from tierguard.store import batch_jobs
 from tierguard.store.tables import ShadowBatch
 
 log = logging.getLogger(__name__)
-SKEW_S = 300  # seconds the API's clock may be behind ours
+SKEW_S = 60  # seconds the API's clock may differ from ours
 PAGE = 100  # batches listed per request
+STOPPED = "the create's answer was lost (its process stopped)"
+
+
+def refused(err: anthropic.APIStatusError) -> bool:
+    """An answered create error that says the API did not take the batch: a 4xx but 408, or 529."""
+    status = err.status_code
+    return status == 529 or (400 <= status < 500 and status != 408)
+
+
+def blocked(ctx: Context, requests: int) -> bool:
+    """A batch of ``requests`` waits while a lost create of as many is unresolved."""
+    return requests in batch_jobs.creating_sizes(ctx.engine)
+
+
+def unanswered(ctx: Context, batch: ShadowBatch, err: Exception, counts: Counter[str]) -> None:
+    """A create that got no answer telling whether the API took it: looked for from the next cycle."""
+    log.warning("batch %s (%s, %d jobs): no answer to its create (%s); looked for among the API's "
+                "batches from the next cycle", batch.id, batch.category, batch.jobs, err)
+    batch_jobs.unanswered(ctx.engine, batch.id, f"no answer to its create: {err}")
+    counts["create_unanswered"] += 1
 
 
 def reconcile(ctx: Context, client: Any, batch: ShadowBatch, counts: Counter[str],
               now: dt.datetime, unseen_after: float) -> list:
     """One ``creating`` batch: adopted, sent again, or left for the next cycle (no outcomes)."""
-    attempted = batch_jobs.aware(batch.submitted_at or batch.created_at)
-    found = taken(ctx, client, batch.jobs, attempted)
+    since = batch_jobs.aware(batch.submitted_at or batch.created_at)
+    found = _looked_up(ctx, client, batch, since + dt.timedelta(seconds=unseen_after), counts)
     if found is not None:
-        batch_jobs.submitted(ctx.engine, batch.id, found)
-        log.warning("batch %s (%s): its create's answer was lost; the API had taken it as %s",
-                    batch.id, batch.category, found)
-        counts["create_found"] += 1
-    elif (now - attempted).total_seconds() > unseen_after:
-        if batch_jobs.reopen(ctx.engine, batch.id):
-            log.warning("batch %s (%s): not among the API's batches %.0f s after its create: sent "
-                        "again", batch.id, batch.category, unseen_after)
-            counts["create_unseen"] += 1
+        if batch_jobs.submitted(ctx.engine, batch.id, found):
+            log.warning("batch %s (%s): its create's answer was lost; the API had taken it as %s",
+                        batch.id, batch.category, found)
+            counts["create_found"] += 1
+    elif batch.error is None:  # its process stopped mid-create: timed from now
+        batch_jobs.unanswered(ctx.engine, batch.id, STOPPED)
+    elif (now - since).total_seconds() > unseen_after and batch_jobs.reopen(ctx.engine, batch.id):
+        log.warning("batch %s (%s): not among the API's batches %.0f s after its create (%s): sent "
+                    "again", batch.id, batch.category, unseen_after, batch.error)
+        counts["create_unseen"] += 1
     return []
 
 
-def taken(ctx: Context, client: Any, requests: int, attempted: dt.datetime) -> str | None:
-    """The id of the API's batch that a create of ``requests`` requests at ``attempted`` made, or
-    None if there is none."""
-    since = attempted - dt.timedelta(seconds=SKEW_S)
+def _looked_up(ctx: Context, client: Any, batch: ShadowBatch, until: dt.datetime,
+               counts: Counter[str]) -> str | None:
+    """:func:`taken`; None, logged, when the API refuses the list (a transient failure raises)."""
+    try:
+        return taken(ctx, client, batch.jobs, batch_jobs.aware(batch.created_at), until)
+    except anthropic.APIStatusError as err:
+        if not refused(err):
+            raise
+        log.error("batch %s (%s): the API's batches cannot be listed (%s): once its create cannot "
+                  "land it is sent again, possibly paid twice", batch.id, batch.category, err)
+        counts["create_lookup_refused"] += 1
+        return None
+
+
+def taken(ctx: Context, client: Any, requests: int, claimed: dt.datetime,
+          until: dt.datetime) -> str | None:
+    """The id of the API's batch that a create of ``requests`` requests, claimed at ``claimed``, made
+    (created by ``until``), or None if there is none."""
+    skew = dt.timedelta(seconds=SKEW_S)
     candidates = []
     for api in client.messages.batches.list(limit=PAGE):  # newest first, page after page
-        if api.created_at < since:
+        if api.created_at < claimed - skew:
             break
-        if sum(api.request_counts.model_dump().values()) == requests:
+        if api.created_at <= until + skew and sum(api.request_counts.model_dump().values()) == requests:
             candidates.append(api)
     held = batch_jobs.known(ctx.engine, [c.id for c in candidates])
-    fresh = [c for c in candidates if c.id not in held]
-    nearest = min(fresh, key=lambda c: abs((c.created_at - attempted).total_seconds()), default=None)
-    return nearest.id if nearest is not None else None
+    oldest = min((c for c in candidates if c.id not in held), key=lambda c: c.created_at, default=None)
+    return oldest.id if oldest is not None else None

@@ -144,19 +144,24 @@ def submit(ctx: Context, client: anthropic.Anthropic, batch: ShadowBatch,
         batch_jobs.settle(ctx.engine, batch.id, [], [], status="recorded")
         return outcomes
     requests = [{"custom_id": custom_id(job.job_id), "params": params(job)} for _, job in jobs]
+    if batch_creates.blocked(ctx, len(requests)):  # a lost create of as many is unresolved
+        counts["waits_for_lost_create"] += 1
+        return outcomes
     if not batch_jobs.creating(ctx.engine, batch.id, len(requests)):
         return outcomes  # (no longer submitting: another cycle took it)
     try:
         created = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
-    except anthropic.APIStatusError as err:  # answered: not taken
-        batch_jobs.reopen(ctx.engine, batch.id)
-        return outcomes + _not_taken(ctx, batch, jobs, err, counts)
-    except anthropic.AnthropicError as err:  # no answer: the API may have taken it
-        log.warning("batch %s (%s, %d jobs): no answer to its create (%s); looked for among the "
-                    "API's batches next cycle", batch.id, batch.category, len(jobs), err)
-        counts["create_unanswered"] += 1
+    except anthropic.AnthropicError as err:
+        if not (isinstance(err, anthropic.APIStatusError) and batch_creates.refused(err)):
+            batch_creates.unanswered(ctx, batch, err, counts)  # the API may have taken it
+        elif batch_jobs.reopen(ctx.engine, batch.id):  # answered: not taken
+            outcomes += _not_taken(ctx, batch, jobs, err, counts)
         return outcomes
-    batch_jobs.submitted(ctx.engine, batch.id, created.id)
+    if not batch_jobs.submitted(ctx.engine, batch.id, created.id):
+        log.error("batch %s (%s): sent as %s after another worker had taken it over; that batch's "
+                  "answers are not read", batch.id, batch.category, created.id)
+        counts["create_orphaned"] += 1
+        return outcomes
     log.info("batch %s (%s): %d jobs sent as %s", batch.id, batch.category, len(jobs), created.id)
     counts["submitted"] += 1
     return outcomes

@@ -95,12 +95,25 @@ def jobs_of(engine: Engine, batch_id: str) -> list[BatchJob]:
 def creating(engine: Engine, batch_id: str, sent: int) -> bool:
     """A ``submitting`` batch whose create (``sent`` requests) is about to go: ``creating`` from now
     (``submitted_at``), committed first; False if it was not ``submitting`` (taken meanwhile)."""
-    return _moved(engine, batch_id, "submitting", status="creating", jobs=sent, submitted_at=utcnow())
+    return _moved(engine, batch_id, "submitting", status="creating", jobs=sent, submitted_at=utcnow(),
+                  error=None)
+
+
+def unanswered(engine: Engine, batch_id: str, why: str) -> bool:
+    """A ``creating`` batch whose create's answer is known lost (``why``), from now (``submitted_at``)."""
+    return _moved(engine, batch_id, "creating", error=why[:2000], submitted_at=utcnow())
 
 
 def reopen(engine: Engine, batch_id: str) -> bool:
     """A ``creating`` batch the API did not take: ``submitting`` again (sent on the next try)."""
-    return _moved(engine, batch_id, "creating", status="submitting", submitted_at=None)
+    return _moved(engine, batch_id, "creating", status="submitting", submitted_at=None, error=None)
+
+
+def submitted(engine: Engine, batch_id: str, api_id: str) -> bool:
+    """A ``creating`` batch the API took as ``api_id``: ``in_progress``; False if it was no longer
+    ``creating`` (another worker, once this one's lock lapsed, had sent it again)."""
+    return _moved(engine, batch_id, "creating", api_id=api_id, status="in_progress",
+                  submitted_at=utcnow(), error=None)
 
 
 def _moved(engine: Engine, batch_id: str, was: str, **values: Any) -> bool:
@@ -112,11 +125,11 @@ def _moved(engine: Engine, batch_id: str, was: str, **values: Any) -> bool:
     return moved == 1
 
 
-def submitted(engine: Engine, batch_id: str, api_id: str) -> None:
+def creating_sizes(engine: Engine) -> set[int]:
+    """The request counts of the batches ``creating`` now."""
     with session(engine) as s:
-        s.execute(sa.update(ShadowBatch).where(ShadowBatch.id == batch_id)
-                  .values(api_id=api_id, status="in_progress", submitted_at=utcnow()))
-        s.commit()
+        return {int(n) for n in s.execute(sa.select(ShadowBatch.jobs)
+                                          .where(ShadowBatch.status == "creating")).scalars()}
 
 
 def known(engine: Engine, api_ids: list[str]) -> set[str]:
