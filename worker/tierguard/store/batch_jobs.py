@@ -34,17 +34,26 @@ def enqueue(engine: Engine, payloads: list[dict[str, Any]], attempt: int = 1) ->
     ids = [p["job_id"] for p in payloads]
     now = utcnow()
     with session(engine) as s:
-        recorded = {j for chunk in _chunks(ids)
-                    for j in s.execute(sa.select(Sample.job_id).where(Sample.job_id.in_(chunk))).scalars()}
+        recorded = _recorded(s, ids)
         rows = [{"job_id": p["job_id"], "category": p["category"], "payload": p, "attempt": attempt,
                  "queued_at": now} for p in payloads if p["job_id"] not in recorded]
         if not rows:
             return 0
         table = BatchJob.__table__
         stmt = upsert_insert(s)(table).on_conflict_do_nothing().returning(table.c.job_id)
-        new = len(s.execute(stmt, rows).all())
+        new = [job_id for (job_id,) in s.execute(stmt, rows).all()]
+        # Looked at again once inserted: a job whose sample was recorded, and its row deleted, after
+        # the first look (a collection finishing meanwhile) would otherwise wait for a second batch.
+        late = _recorded(s, new)
+        for chunk in _chunks(sorted(late)):
+            s.execute(sa.delete(BatchJob).where(BatchJob.job_id.in_(chunk)))
         s.commit()
-    return new
+    return len(new) - len(late)
+
+
+def _recorded(s: Any, ids: list[str]) -> set[str]:
+    return {j for chunk in _chunks(ids)
+            for j in s.execute(sa.select(Sample.job_id).where(Sample.job_id.in_(chunk))).scalars()}
 
 
 def waiting(engine: Engine) -> dict[str, tuple[int, dt.datetime]]:
