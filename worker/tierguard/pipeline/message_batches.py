@@ -16,8 +16,8 @@
 Each arrow is one transaction; a process killed between two repeats its step, and the
 sample's job id keeps every job recorded once. A create is never sent twice blindly: killed
 (or cut off, or the database down) after the API took a batch and before its id was stored,
-the batch is found at the API and adopted. Noise-floor twins are not sent by batch; a judge
-is asked synchronously.
+the batch is found at the API and adopted (what is left: :mod:`batch_creates`). Noise-floor
+twins are not sent by batch; a judge is asked synchronously.
 """
 
 from __future__ import annotations
