@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from tests.helpers import API_KEY
 from tests.pipeline.test_batches import POLICY, _job, _settle, rows_of
-from tierguard.pipeline import message_batches
+from tierguard.pipeline import batch_creates, message_batches
 from tierguard.pipeline.context import Context
 from tierguard.policy import parse_policy
 from tierguard.store import batch_jobs
@@ -171,3 +171,25 @@ def test_a_create_the_api_refused_with_an_answer_is_sent_again_at_once(simulator
     assert [b.status for b in rows_of(sqlite_url, ShadowBatch)] == ["submitting"]  # not looked for
     counts, _ = message_batches.cycle(ctx, client, 2)
     assert counts["submitted"] == 1 and _at_the_api(sim) == (1, 10)
+
+
+def test_a_list_that_keeps_failing_leaves_no_batch_creating_for_ever(simulator, sqlite_url):
+    sim, ctx, client = _setup(simulator, sqlite_url, 10)
+    message_batches.cycle(ctx, _dying(sim, _timed_out(sim), sent=False), 2)  # never landed
+    failing = anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
+    down = _status_error(sim, anthropic.InternalServerError, 500)
+
+    def fail(**kwargs):
+        raise down
+
+    failing.messages.batches.list = fail  # type: ignore[method-assign]
+    soon = utcnow() + dt.timedelta(seconds=61)  # past the wait, but a 5xx may pass: looked for again
+    counts, _ = message_batches.cycle(ctx, failing, 2, now=soon, unseen_after=60)
+    assert (counts["step_failed"], counts["create_unseen"], counts["submitted"]) == (1, 0, 0)
+    assert [b.status for b in rows_of(sqlite_url, ShadowBatch)] == ["creating"]
+    patience = utcnow() + dt.timedelta(seconds=60 * batch_creates.PATIENCE + 1)
+    counts, _ = message_batches.cycle(ctx, failing, 2, now=patience, unseen_after=60)
+    assert (counts["create_lookup_refused"], counts["create_unseen"], counts["submitted"]) == (1, 1, 1)
+    _settle(ctx, client, 2)
+    assert _at_the_api(sim) == (1, 10)
+    assert len(rows_of(sqlite_url, Sample)) == 10

@@ -12,7 +12,8 @@ and is sent again. While a lost create is unresolved, no other batch of the same
 could not be told apart). A batch of another's on the same key, of the same size and in the same
 minutes, could still be adopted: collecting then finds none of the jobs in its results and sends
 them again. An API key that may not list batches cannot look: the batch is sent again once
-``unseen_after`` has passed, logged as possibly paid twice.
+``unseen_after`` has passed, logged as possibly paid twice; so is one whose list fails (a 5xx, no
+answer) for ``PATIENCE`` waits in a row (until then it is tried again each cycle).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 SKEW_S = 60  # seconds the API's clock may differ from ours
 PAGE = 100  # batches listed per request
 STOPPED = "the create's answer was lost (its process stopped)"
+PATIENCE = 10  # waits (unseen_after) a list failing transiently is tried again before it counts as refused
 
 
 def refused(err: anthropic.APIStatusError) -> bool:
@@ -57,7 +59,9 @@ def reconcile(ctx: Context, client: Any, batch: ShadowBatch, counts: Counter[str
               now: dt.datetime, unseen_after: float) -> list:
     """One ``creating`` batch: adopted, sent again, or left for the next cycle (no outcomes)."""
     since = batch_jobs.aware(batch.submitted_at or batch.created_at)
-    found = _looked_up(ctx, client, batch, since + dt.timedelta(seconds=unseen_after), counts)
+    waited = (now - since).total_seconds()
+    found = _looked_up(ctx, client, batch, since + dt.timedelta(seconds=unseen_after), counts,
+                       patient=waited <= PATIENCE * unseen_after)
     if found is not None:
         if batch_jobs.submitted(ctx.engine, batch.id, found):
             log.warning("batch %s (%s): its create's answer was lost; the API had taken it as %s",
@@ -65,7 +69,7 @@ def reconcile(ctx: Context, client: Any, batch: ShadowBatch, counts: Counter[str
             counts["create_found"] += 1
     elif batch.error is None:  # its process stopped mid-create: timed from now
         batch_jobs.unanswered(ctx.engine, batch.id, STOPPED)
-    elif (now - since).total_seconds() > unseen_after and batch_jobs.reopen(ctx.engine, batch.id):
+    elif waited > unseen_after and batch_jobs.reopen(ctx.engine, batch.id):
         log.warning("batch %s (%s): not among the API's batches %.0f s after its create (%s): sent "
                     "again", batch.id, batch.category, unseen_after, batch.error)
         counts["create_unseen"] += 1
@@ -73,12 +77,13 @@ def reconcile(ctx: Context, client: Any, batch: ShadowBatch, counts: Counter[str
 
 
 def _looked_up(ctx: Context, client: Any, batch: ShadowBatch, until: dt.datetime,
-               counts: Counter[str]) -> str | None:
-    """:func:`taken`; None, logged, when the API refuses the list (a transient failure raises)."""
+               counts: Counter[str], patient: bool) -> str | None:
+    """:func:`taken`; None, logged, when the API refuses the list — or fails it still after
+    ``PATIENCE`` waits (else a transient failure raises: looked for again next cycle)."""
     try:
         return taken(ctx, client, batch.jobs, batch_jobs.aware(batch.created_at), until)
-    except anthropic.APIStatusError as err:
-        if not refused(err):
+    except anthropic.AnthropicError as err:
+        if patient and not (isinstance(err, anthropic.APIStatusError) and refused(err)):
             raise
         log.error("batch %s (%s): the API's batches cannot be listed (%s): once its create cannot "
                   "land it is sent again, possibly paid twice", batch.id, batch.category, err)
