@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.helpers import API_KEY
-from tests.pipeline.test_batches import POLICY, _job, _settle, rows_of
+from tests.pipeline.test_batches import OPUS, POLICY, _job, _settle, rows_of
 from tierguard.pipeline import batch_creates, message_batches
 from tierguard.pipeline.context import Context
 from tierguard.policy import parse_policy
@@ -192,4 +192,38 @@ def test_a_list_that_keeps_failing_leaves_no_batch_creating_for_ever(simulator, 
     assert (counts["create_lookup_refused"], counts["create_unseen"], counts["submitted"]) == (1, 1, 1)
     _settle(ctx, client, 2)
     assert _at_the_api(sim) == (1, 10)
+    assert len(rows_of(sqlite_url, Sample)) == 10
+
+
+def test_a_rate_limited_list_is_waited_out_not_taken_for_a_refusal(simulator, sqlite_url):
+    sim, ctx, client = _setup(simulator, sqlite_url, 10)
+    message_batches.cycle(ctx, _dying(sim, _timed_out(sim), sent=True), 2)  # taken, answer lost
+    limited = anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
+    too_many = _status_error(sim, anthropic.RateLimitError, 429)
+
+    def refuse(**kwargs):
+        raise too_many
+
+    limited.messages.batches.list = refuse  # type: ignore[method-assign]
+    later = utcnow() + dt.timedelta(seconds=61)  # past the wait: a 429 there must not send it again
+    counts, _ = message_batches.cycle(ctx, limited, 2, now=later, unseen_after=60)
+    assert (counts["step_failed"], counts["create_lookup_refused"], counts["submitted"]) == (1, 0, 0)
+    total = _settle(ctx, client, 2)
+    assert total["create_found"] == 1 and _at_the_api(sim) == (1, 10)
+
+
+def test_the_batch_created_nearest_the_send_is_adopted_not_an_older_one_as_large(simulator, sqlite_url):
+    sim, ctx, client = _setup(simulator, sqlite_url, 10)
+    other = [{"custom_id": f"other-{i}", "params": {"model": OPUS, "max_tokens": 8,
+                                                     "messages": [{"role": "user", "content": "x"}]}}
+             for i in range(10)]
+    theirs = client.messages.batches.create(requests=other).id  # another's, as large, just before
+    time.sleep(0.05)
+    with pytest.raises(Killed):
+        message_batches.cycle(ctx, _dying(sim, Killed(), sent=True), 2)
+    counts, _ = message_batches.cycle(ctx, client, 2)
+    [batch] = rows_of(sqlite_url, ShadowBatch)
+    assert counts["create_found"] == 1 and batch.api_id not in (None, theirs)
+    _settle(ctx, client, 2)
+    assert _at_the_api(sim) == (2, 20)  # theirs and ours, each once
     assert len(rows_of(sqlite_url, Sample)) == 10

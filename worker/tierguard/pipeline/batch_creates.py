@@ -1,19 +1,20 @@
 """A Message Batch create whose answer was never seen: found at the API, or sent once it cannot land.
 
-A batch is marked ``creating`` (committed) before its create goes. When the answer is lost — the
-process stopped, a timeout, a dropped connection, a 5xx or 408 (a proxy's 502 or 504 may come after
-the API took it), the database down before the id was stored — the batch stays ``creating`` and the
-next cycles look for it among the API's batches instead of paying for it twice. A batch the API
-took is one created between its claim and ``unseen_after`` after the create gave up (``SKEW_S`` of
-clock difference allowed either side), with as many requests, whose id no batch here holds: the
-oldest such is adopted. Not there ``unseen_after`` seconds (twice the create's timeout) after the
-create gave up — or after a cycle first found it ``creating``, its process gone — it never landed,
-and is sent again. While a lost create is unresolved, no other batch of the same size is sent (two
-could not be told apart). A batch of another's on the same key, of the same size and in the same
-minutes, could still be adopted: collecting then finds none of the jobs in its results and sends
-them again. An API key that may not list batches cannot look: the batch is sent again once
-``unseen_after`` has passed, logged as possibly paid twice; so is one whose list fails (a 5xx, no
-answer) for ``PATIENCE`` waits in a row (until then it is tried again each cycle).
+A batch is marked ``creating`` (committed, ``submitted_at``: when its create is sent) before its
+create goes. When the answer is lost — the process stopped, a timeout, a dropped connection, a 5xx
+or 408 (a proxy's 502 or 504 may come after the API took it), the database down before the id was
+stored — the batch stays ``creating``, lost since the create gave up (``ended_at``; for a process
+that stopped, since a cycle first found it so), and the next cycles look for it among the API's
+batches instead of paying for it twice. A batch the API took is one created between the send and
+``unseen_after`` after the loss (``SKEW_S`` of clock difference allowed either side), with as many
+requests, whose id no batch here holds: the one created nearest the send is adopted. Not there
+``unseen_after`` seconds (twice the create's timeout) after the loss, it never landed, and is sent
+again. While a lost create is unresolved, no other batch of the same size is sent (two could not be
+told apart). What is left: a batch of another's on the same key, of the same size and in the same
+minutes, could be adopted (collecting then finds none of the jobs in its results: they are sent
+again, an attempt each, and recorded as ``batch_missing`` at the last); an API key that may not list
+batches (401, 403, 404) cannot look, nor can one whose list keeps failing (429, 5xx, no answer) for
+``PATIENCE`` waits: the batch is then sent again, logged as possibly paid twice.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def refused(err: anthropic.APIStatusError) -> bool:
     return status == 529 or (400 <= status < 500 and status != 408)
 
 
+def _may_not_list(err: Exception) -> bool:
+    """A list refused for good (the key, or a base URL without the endpoint): 401, 403, 404."""
+    return isinstance(err, anthropic.APIStatusError) and err.status_code in (401, 403, 404)
+
+
 def blocked(ctx: Context, requests: int) -> bool:
     """A batch of ``requests`` waits while a lost create of as many is unresolved."""
     return requests in batch_jobs.creating_sizes(ctx.engine)
@@ -58,32 +64,36 @@ def unanswered(ctx: Context, batch: ShadowBatch, err: Exception, counts: Counter
 def reconcile(ctx: Context, client: Any, batch: ShadowBatch, counts: Counter[str],
               now: dt.datetime, unseen_after: float) -> list:
     """One ``creating`` batch: adopted, sent again, or left for the next cycle (no outcomes)."""
-    since = batch_jobs.aware(batch.submitted_at or batch.created_at)
-    waited = (now - since).total_seconds()
-    found = _looked_up(ctx, client, batch, since + dt.timedelta(seconds=unseen_after), counts,
-                       patient=waited <= PATIENCE * unseen_after)
+    sent = batch_jobs.aware(batch.submitted_at or batch.created_at)
+    if batch.ended_at is None:  # its process stopped mid-create: lost from now
+        batch_jobs.unanswered(ctx.engine, batch.id, batch.error or STOPPED, at=now)
+        lost = now
+    else:
+        lost = batch_jobs.aware(batch.ended_at)
+    waited = (now - lost).total_seconds()
+    window = (sent, lost + dt.timedelta(seconds=unseen_after))
+    found = _looked_up(ctx, client, batch, window, counts, patient=waited <= PATIENCE * unseen_after)
     if found is not None:
         if batch_jobs.submitted(ctx.engine, batch.id, found):
             log.warning("batch %s (%s): its create's answer was lost; the API had taken it as %s",
                         batch.id, batch.category, found)
             counts["create_found"] += 1
-    elif batch.error is None:  # its process stopped mid-create: timed from now
-        batch_jobs.unanswered(ctx.engine, batch.id, STOPPED)
     elif waited > unseen_after and batch_jobs.reopen(ctx.engine, batch.id):
-        log.warning("batch %s (%s): not among the API's batches %.0f s after its create (%s): sent "
-                    "again", batch.id, batch.category, unseen_after, batch.error)
+        log.warning("batch %s (%s): not among the API's batches %.0f s after its create's answer was "
+                    "lost (%s): sent again", batch.id, batch.category, unseen_after,
+                    batch.error or STOPPED)
         counts["create_unseen"] += 1
     return []
 
 
-def _looked_up(ctx: Context, client: Any, batch: ShadowBatch, until: dt.datetime,
+def _looked_up(ctx: Context, client: Any, batch: ShadowBatch, window: tuple[dt.datetime, dt.datetime],
                counts: Counter[str], patient: bool) -> str | None:
-    """:func:`taken`; None, logged, when the API refuses the list — or fails it still after
-    ``PATIENCE`` waits (else a transient failure raises: looked for again next cycle)."""
+    """:func:`taken`; None, logged, when the list is refused for good — or still fails after
+    ``PATIENCE`` waits (until then a failure raises: looked for again next cycle)."""
     try:
-        return taken(ctx, client, batch.jobs, batch_jobs.aware(batch.created_at), until)
+        return taken(ctx, client, batch.jobs, *window)
     except anthropic.AnthropicError as err:
-        if patient and not (isinstance(err, anthropic.APIStatusError) and refused(err)):
+        if patient and not _may_not_list(err):
             raise
         log.error("batch %s (%s): the API's batches cannot be listed (%s): once its create cannot "
                   "land it is sent again, possibly paid twice", batch.id, batch.category, err)
@@ -91,17 +101,17 @@ def _looked_up(ctx: Context, client: Any, batch: ShadowBatch, until: dt.datetime
         return None
 
 
-def taken(ctx: Context, client: Any, requests: int, claimed: dt.datetime,
-          until: dt.datetime) -> str | None:
-    """The id of the API's batch that a create of ``requests`` requests, claimed at ``claimed``, made
+def taken(ctx: Context, client: Any, requests: int, sent: dt.datetime, until: dt.datetime) -> str | None:
+    """The id of the API's batch that a create of ``requests`` requests sent at ``sent`` made
     (created by ``until``), or None if there is none."""
     skew = dt.timedelta(seconds=SKEW_S)
     candidates = []
     for api in client.messages.batches.list(limit=PAGE):  # newest first, page after page
-        if api.created_at < claimed - skew:
+        if api.created_at < sent - skew:
             break
         if api.created_at <= until + skew and sum(api.request_counts.model_dump().values()) == requests:
             candidates.append(api)
     held = batch_jobs.known(ctx.engine, [c.id for c in candidates])
-    oldest = min((c for c in candidates if c.id not in held), key=lambda c: c.created_at, default=None)
-    return oldest.id if oldest is not None else None
+    nearest = min((c for c in candidates if c.id not in held),
+                  key=lambda c: abs((c.created_at - sent).total_seconds()), default=None)
+    return nearest.id if nearest is not None else None

@@ -157,10 +157,11 @@ def submit(ctx: Context, client: anthropic.Anthropic, batch: ShadowBatch,
         elif batch_jobs.reopen(ctx.engine, batch.id):  # answered: not taken
             outcomes += _not_taken(ctx, batch, jobs, err, counts)
         return outcomes
-    if not batch_jobs.submitted(ctx.engine, batch.id, created.id):
-        log.error("batch %s (%s): sent as %s after another worker had taken it over; that batch's "
-                  "answers are not read", batch.id, batch.category, created.id)
-        counts["create_orphaned"] += 1
+    if not batch_jobs.submitted(ctx.engine, batch.id, created.id):  # another worker took it over
+        if batch_jobs.api_id_of(ctx.engine, batch.id) != created.id:  # (not found there: sent again)
+            log.error("batch %s (%s): sent as %s after another worker had taken it over; that "
+                      "batch's answers are not read", batch.id, batch.category, created.id)
+            counts["create_orphaned"] += 1
         return outcomes
     log.info("batch %s (%s): %d jobs sent as %s", batch.id, batch.category, len(jobs), created.id)
     counts["submitted"] += 1

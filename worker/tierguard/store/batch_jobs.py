@@ -3,11 +3,12 @@
 A job in ``batch_job`` is waiting while its ``batch_id`` is null, then belongs to
 one ``shadow_batch`` until its result is recorded, when its row is deleted (the
 sample is the record). A batch is ``submitting`` from the moment it holds jobs,
-``creating`` from just before its create is sent until the API's id is stored (a
-create whose answer was lost stays ``creating`` until it is found among the API's
-batches or known not to have landed), then ``in_progress`` until its results are
-recorded (``recorded``), or ``refused`` / ``lost`` when the API would not take
-it or no longer knows it (its jobs go back to waiting or are recorded as errors).
+``creating`` from just before its create is sent (``submitted_at``) until the API's id
+is stored (a create whose answer was lost — since ``ended_at`` — stays ``creating``
+until it is found among the API's batches or known not to have landed), then
+``in_progress`` until its results are recorded (``recorded``), or ``refused`` /
+``lost`` when the API would not take it or no longer knows it (its jobs go back to
+waiting or are recorded as errors).
 Every step is one transaction, so any process can die between two of them.
 """
 
@@ -105,24 +106,31 @@ def creating(engine: Engine, batch_id: str, sent: int) -> bool:
     """A ``submitting`` batch whose create (``sent`` requests) is about to go: ``creating`` from now
     (``submitted_at``), committed first; False if it was not ``submitting`` (taken meanwhile)."""
     return _moved(engine, batch_id, "submitting", status="creating", jobs=sent, submitted_at=utcnow(),
-                  error=None)
+                  ended_at=None, error=None)
 
 
-def unanswered(engine: Engine, batch_id: str, why: str) -> bool:
-    """A ``creating`` batch whose create's answer is known lost (``why``), from now (``submitted_at``)."""
-    return _moved(engine, batch_id, "creating", error=why[:2000], submitted_at=utcnow())
+def unanswered(engine: Engine, batch_id: str, why: str, at: dt.datetime | None = None) -> bool:
+    """A ``creating`` batch whose create's answer is known lost (``why``) since ``at`` (now): kept in
+    ``ended_at`` while it is ``creating`` (``submitted_at`` stays when the create was sent)."""
+    return _moved(engine, batch_id, "creating", error=why[:2000], ended_at=at or utcnow())
 
 
 def reopen(engine: Engine, batch_id: str) -> bool:
     """A ``creating`` batch the API did not take: ``submitting`` again (sent on the next try)."""
-    return _moved(engine, batch_id, "creating", status="submitting", submitted_at=None, error=None)
+    return _moved(engine, batch_id, "creating", status="submitting", submitted_at=None, ended_at=None,
+                  error=None)
 
 
 def submitted(engine: Engine, batch_id: str, api_id: str) -> bool:
     """A ``creating`` batch the API took as ``api_id``: ``in_progress``; False if it was no longer
-    ``creating`` (another worker, once this one's lock lapsed, had sent it again)."""
+    ``creating`` (another worker, once this one's lock lapsed, had sent or found it)."""
     return _moved(engine, batch_id, "creating", api_id=api_id, status="in_progress",
-                  submitted_at=utcnow(), error=None)
+                  submitted_at=utcnow(), ended_at=None, error=None)
+
+
+def api_id_of(engine: Engine, batch_id: str) -> str | None:
+    with session(engine) as s:
+        return s.execute(sa.select(ShadowBatch.api_id).where(ShadowBatch.id == batch_id)).scalar()
 
 
 def _moved(engine: Engine, batch_id: str, was: str, **values: Any) -> bool:
