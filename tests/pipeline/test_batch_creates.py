@@ -1,7 +1,8 @@
 """A Message Batch create whose answer was lost is found at the API, not bought twice
 (pipeline/batch_creates): the process killed, the create timed out, or the database down between
 the API taking a batch and its id being stored; and a create that never reached the API is sent once
-it can no longer land, without adopting another batch of the same size."""
+it can no longer land, without adopting another batch of the same size; and end to end, a real
+worker and beat killed while a proxy holds the API's answer to their create."""
 
 import datetime as dt
 import time
@@ -227,3 +228,94 @@ def test_the_batch_created_nearest_the_send_is_adopted_not_an_older_one_as_large
     _settle(ctx, client, 2)
     assert _at_the_api(sim) == (2, 20)  # theirs and ours, each once
     assert len(rows_of(sqlite_url, Sample)) == 10
+
+
+class HoldingProxy:
+    """The simulator behind a proxy that holds the API's answer to a batch create until released:
+    the window between the API taking a batch and its id being stored, held open for a kill."""
+
+    def __init__(self, upstream: str):
+        import http.server
+        import threading
+
+        self.upstream = upstream
+        self.took, self.release = threading.Event(), threading.Event()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "content-length", "connection")}
+                answer = httpx2.request(self.command, proxy.upstream + self.path, headers=headers,
+                                        content=body, timeout=30)
+                if self.command == "POST" and self.path.startswith("/v1/messages/batches"):
+                    proxy.took.set()  # the API has taken it; its answer waits
+                    proxy.release.wait(60)
+                try:
+                    self.send_response(answer.status_code)
+                    for k, v in answer.headers.items():
+                        if k.lower() not in ("content-length", "transfer-encoding", "connection",
+                                             "content-encoding"):
+                            self.send_header(k, v)
+                    self.send_header("content-length", str(len(answer.content)))
+                    self.end_headers()
+                    self.wfile.write(answer.content)
+                except OSError:  # the caller was killed meanwhile
+                    pass
+
+            do_GET = do_POST = do_DELETE = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_worker_and_beat_killed_before_the_batch_id_was_stored_pay_for_it_once(
+        stack, simulator, postgres_url):
+    import os
+    import signal
+
+    import tierguard
+    from tests.helpers import samples, wait_until
+
+    sim = simulator(categories=CATS, batch_delay_s=1)
+    proxy = HoldingProxy(sim.base_url)
+    try:
+        quick = {**POLICY, "categories": {"a": {**POLICY["categories"]["a"], "batch_max_jobs": 10}}}
+        stack.configure(policy=quick, database_url=postgres_url, base_url=proxy.base_url,
+                        batch_poll_seconds=0.5)
+        client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+        for i in range(10):
+            client.messages.create(category="a", max_tokens=8, system="a: label it",
+                                   messages=[{"role": "user", "content": f"item {i}"}])
+        assert client.tierguard_flush(10)
+        worker, beat = stack.start_worker(concurrency=4), stack.start_beat()
+        assert proxy.took.wait(60), "no batch create reached the API"
+        wait_until(lambda: [b.status for b in rows_of(postgres_url, ShadowBatch)] == ["creating"], 10,
+                   "the batch creating, its id not stored")
+        for proc in (worker, beat):  # both die with the API's answer on its way
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proxy.release.set()
+        assert _at_the_api(sim) == (1, 10)
+        stack.start_worker(concurrency=4)
+        stack.start_beat()
+        wait_until(lambda: samples(postgres_url) == 10, 60, "all 10 recorded from the one batch")
+        assert _at_the_api(sim) == (1, 10)  # found at the API, not bought again
+        [batch] = rows_of(postgres_url, ShadowBatch)
+        assert batch.status == "recorded" and batch.api_id
+        client.tierguard_close()
+    finally:
+        proxy.stop()
