@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.helpers import API_KEY
-from tests.pipeline.test_batches import OPUS, POLICY, _job, _settle, rows_of
+from tests.pipeline.test_batches import OPUS, POLICY, _job, _settle, produced, rows_of
 from tierguard.pipeline import batch_creates, message_batches
 from tierguard.pipeline.context import Context
 from tierguard.policy import parse_policy
@@ -287,7 +287,6 @@ def test_a_worker_and_beat_killed_before_the_batch_id_was_stored_pay_for_it_once
     import os
     import signal
 
-    import tierguard
     from tests.helpers import samples, wait_until
 
     sim = simulator(categories=CATS, batch_delay_s=1)
@@ -296,12 +295,7 @@ def test_a_worker_and_beat_killed_before_the_batch_id_was_stored_pay_for_it_once
         quick = {**POLICY, "categories": {"a": {**POLICY["categories"]["a"], "batch_max_jobs": 10}}}
         stack.configure(policy=quick, database_url=postgres_url, base_url=proxy.base_url,
                         batch_poll_seconds=0.5)
-        client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
-        for i in range(10):
-            client.messages.create(category="a", max_tokens=8, system="a: label it",
-                                   messages=[{"role": "user", "content": f"item {i}"}])
-        assert client.tierguard_flush(10)
-        worker, beat = stack.start_worker(concurrency=4), stack.start_beat()
+        client, worker, beat = produced(stack, 10)
         assert proxy.took.wait(60), "no batch create reached the API"
         wait_until(lambda: [b.status for b in rows_of(postgres_url, ShadowBatch)] == ["creating"], 10,
                    "the batch creating, its id not stored")

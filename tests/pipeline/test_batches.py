@@ -34,6 +34,17 @@ def rows_of(url, table):
         return list(s.exec(select(table)))
 
 
+def produced(stack, calls: int) -> tuple[tierguard.ShadowedAnthropic, object, object]:
+    """``calls`` production calls of category ``a`` through the wrapper, their jobs published; then
+    a worker and beat started: (the wrapped client, the worker, beat)."""
+    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
+    for i in range(calls):
+        client.messages.create(category="a", max_tokens=8, system="a: label it",
+                               messages=[{"role": "user", "content": f"item {i}"}])
+    assert client.tierguard_flush(10)
+    return client, stack.start_worker(concurrency=4), stack.start_beat()
+
+
 def test_a_batch_cycle_end_to_end_with_worker_and_beat_killed_mid_batch(stack, simulator, postgres_url,
                                                                         tmp_path):
     sim = simulator(categories=CATS, batch_delay_s=6)
@@ -42,12 +53,7 @@ def test_a_batch_cycle_end_to_end_with_worker_and_beat_killed_mid_batch(stack, s
     waits = {**POLICY, "categories": {"a": {**POLICY["categories"]["a"], "batch_max_wait_minutes": 0.1}}}
     stack.configure(policy=waits, database_url=postgres_url, base_url=sim.base_url,
                     batch_poll_seconds=0.5)
-    client = tierguard.ShadowedAnthropic(anthropic.Anthropic(max_retries=0))
-    for i in range(40):
-        client.messages.create(category="a", max_tokens=8, system="a: label it",
-                               messages=[{"role": "user", "content": f"item {i}"}])
-    assert client.tierguard_flush(10)
-    worker, beat = stack.start_worker(concurrency=4), stack.start_beat()
+    client, worker, beat = produced(stack, 40)
     wait_until(lambda: len(rows_of(postgres_url, BatchJob)) == 40, 30, "40 jobs waiting for a batch")
     assert sim.sim.requests[(OPUS, "a")] == 0  # none called one by one
     def all_at_the_api() -> bool:  # (one read: two could see a batch claimed but not yet sent)
