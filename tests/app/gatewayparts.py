@@ -71,6 +71,7 @@ def start(stack, tmp_path, nofile: int | tuple[int, int] | None = None, **env: s
             return False
 
     wait_until(ready, 90, "the gateway to be ready")
+    stack.gateways.append(running.base)  # (its stats and log shown if the test fails)
     return running
 
 

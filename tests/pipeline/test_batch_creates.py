@@ -5,6 +5,7 @@ it can no longer land, without adopting another batch of the same size; and end 
 worker and beat killed while a proxy holds the API's answer to their create."""
 
 import datetime as dt
+import itertools
 import time
 from collections import Counter
 
@@ -45,11 +46,10 @@ def _dying(sim, error: BaseException, sent: bool, spared: int = 0) -> anthropic.
     """A client whose batch creates raise ``error`` (after the API took the batch when ``sent``),
     but for the first ``spared`` of them."""
     client = anthropic.Anthropic(base_url=sim.base_url, api_key=API_KEY, max_retries=0)
-    real, calls = client.messages.batches.create, Counter()
+    real, calls = client.messages.batches.create, itertools.count(1)
 
     def create(**kwargs):
-        calls["n"] += 1
-        if calls["n"] <= spared:
+        if next(calls) <= spared:
             return real(**kwargs)
         if sent:
             real(**kwargs)

@@ -26,6 +26,8 @@ from typing import Any
 
 import anthropic
 
+from tierguard.errors import ShadowCallError
+from tierguard.pipeline.calls import classify
 from tierguard.pipeline.context import Context
 from tierguard.store import batch_jobs
 from tierguard.store.tables import ShadowBatch
@@ -37,15 +39,11 @@ STOPPED = "the create's answer was lost (its process stopped)"
 PATIENCE = 10  # waits (unseen_after) a list failing transiently is tried again before it counts as refused
 
 
-def refused(err: anthropic.APIStatusError) -> bool:
-    """An answered create error that says the API did not take the batch: a 4xx but 408, or 529."""
-    status = err.status_code
-    return status == 529 or (400 <= status < 500 and status != 408)
-
-
-def _may_not_list(err: Exception) -> bool:
-    """A list refused for good (the key, or a base URL without the endpoint): 401, 403, 404."""
-    return isinstance(err, anthropic.APIStatusError) and err.status_code in (401, 403, 404)
+def refused(error: ShadowCallError) -> bool:
+    """A create error (:func:`~tierguard.pipeline.calls.classify`'s) that says the API did not take
+    the batch: an answered 4xx but 408, or 529."""
+    status = error.status
+    return status is not None and (status == 529 or (400 <= status < 500 and status != 408))
 
 
 def blocked(ctx: Context, requests: int) -> bool:
@@ -53,7 +51,7 @@ def blocked(ctx: Context, requests: int) -> bool:
     return requests in batch_jobs.creating_sizes(ctx.engine)
 
 
-def unanswered(ctx: Context, batch: ShadowBatch, err: Exception, counts: Counter[str]) -> None:
+def unanswered(ctx: Context, batch: ShadowBatch, err: ShadowCallError, counts: Counter[str]) -> None:
     """A create that got no answer telling whether the API took it: looked for from the next cycle."""
     log.warning("batch %s (%s, %d jobs): no answer to its create (%s); looked for among the API's "
                 "batches from the next cycle", batch.id, batch.category, batch.jobs, err)
@@ -93,7 +91,7 @@ def _looked_up(ctx: Context, client: Any, batch: ShadowBatch, window: tuple[dt.d
     try:
         return taken(ctx, client, batch.jobs, *window)
     except anthropic.AnthropicError as err:
-        if patient and not _may_not_list(err):
+        if patient and classify(err).status not in (401, 403, 404):  # (for good: the key, the URL)
             raise
         log.error("batch %s (%s): the API's batches cannot be listed (%s): once its create cannot "
                   "land it is sent again, possibly paid twice", batch.id, batch.category, err)

@@ -37,7 +37,7 @@ import httpx2
 from tierguard.contract.job import ShadowJob, digest
 from tierguard.contract.messages import cache_tokens_of, message_text, snapshot_of, usage_of
 from tierguard.contract.sealing import open_job, seal_job
-from tierguard.errors import PayloadInvalid, RetryableCallError
+from tierguard.errors import PayloadInvalid, RetryableCallError, ShadowCallError
 from tierguard.pipeline import batch_creates
 from tierguard.pipeline.calls import Answer, classify
 from tierguard.pipeline.context import Context
@@ -152,10 +152,11 @@ def submit(ctx: Context, client: anthropic.Anthropic, batch: ShadowBatch,
     try:
         created = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
     except anthropic.AnthropicError as err:
-        if not (isinstance(err, anthropic.APIStatusError) and batch_creates.refused(err)):
-            batch_creates.unanswered(ctx, batch, err, counts)  # the API may have taken it
+        error = classify(err)
+        if not batch_creates.refused(error):
+            batch_creates.unanswered(ctx, batch, error, counts)  # the API may have taken it
         elif batch_jobs.reopen(ctx.engine, batch.id):  # answered: not taken
-            outcomes += _not_taken(ctx, batch, jobs, err, counts)
+            outcomes += _not_taken(ctx, batch, jobs, error, counts)
         return outcomes
     if not batch_jobs.submitted(ctx.engine, batch.id, created.id):  # another worker took it over
         if batch_jobs.api_id_of(ctx.engine, batch.id) != created.id:  # (not found there: sent again)
@@ -169,9 +170,8 @@ def submit(ctx: Context, client: anthropic.Anthropic, batch: ShadowBatch,
 
 
 def _not_taken(ctx: Context, batch: ShadowBatch, jobs: list[tuple[BatchJob, ShadowJob]],
-               err: anthropic.APIStatusError, counts: Counter[str]) -> list[Outcome]:
+               error: ShadowCallError, counts: Counter[str]) -> list[Outcome]:
     """A create the API answered with an error: sent again later, split, or its jobs refused."""
-    error = classify(err)
     if isinstance(error, RetryableCallError):  # sent again on the next cycle
         log.warning("batch %s (%s, %d jobs) not sent yet: %s", batch.id, batch.category,
                     len(jobs), error)
