@@ -181,6 +181,30 @@ def test_beyond_max_clients_a_caller_takes_an_idle_place_or_gets_a_quick_503(sta
     assert stats["caller_left"] == 10  # the requests left unfinished
 
 
+def test_a_caller_whose_request_is_in_takes_a_place_from_one_that_only_just_connected(
+        stack, sim_and_env, tmp_path):
+    """Every place held by connections made an instant ago (none has waited 0.1 s for its head): a
+    caller whose whole request is in takes the place of the one that has waited longest, instead of
+    a 503 — slow callers reconnecting as fast as they are closed (the flood above) lock no one out."""
+    sim_and_env()
+    gw = start(stack, tmp_path, TIERGUARD_GATEWAY_MAX_CLIENTS="10")
+    idle = [socket.create_connection(gw.address) for _ in range(10)]  # no head yet
+    caller = socket.create_connection(gw.address)
+    try:
+        caller.sendall(request_bytes(json.dumps(BODY).encode()))
+        caller.settimeout(10)
+        answer = b""
+        while b"\r\n" not in answer:
+            answer += caller.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert closed_at(idle[0], time.monotonic() + 1) is not None  # the first to connect gave way
+    finally:
+        for sock in (*idle, caller):
+            sock.close()
+    stats = gw.stats()
+    assert stats["evicted_idle"] == 1 and "too_many_clients" not in stats, stats
+
+
 def test_a_body_sent_too_slowly_is_a_408_and_nothing_goes_upstream(stack, sim_and_env, tmp_path):
     sim = sim_and_env()
     gw = start(stack, tmp_path, TIERGUARD_GATEWAY_BODY_TIMEOUT="1")

@@ -14,10 +14,13 @@ uvicorn's httptools protocol with two checks added, served by ``tierguard gatewa
   connection takes the place of the one that has waited longest for a request head — a
   caller still sending its first head, or a kept-alive connection between requests — if
   that one has waited ``EVICT_AFTER`` seconds or more: it is closed (``evicted_idle``), as
-  a server closes an idle kept-alive connection. Slow callers holding every place therefore
-  never lock out a caller that sends its request at once. With no such connection, the new
-  one is answered with an Anthropic-shaped 503 as soon as its request is in (it has
-  ``OVER_CAP_WAIT`` seconds to send it) and closed (``too_many_clients``).
+  a server closes an idle kept-alive connection. With no such connection, the new one has
+  ``OVER_CAP_WAIT`` seconds to send its request head; when it does, it takes the place of the
+  one that has waited longest for a head, however briefly (a whole head beats one still
+  awaited). Slow callers holding every place, however often they reconnect, therefore never
+  lock out a caller that sends its request at once. When every place holds a request in
+  progress, the new one is answered with an Anthropic-shaped 503 and closed
+  (``too_many_clients``; also counted when it sends no head in time).
 
 A response the gateway must cut short after its headers (a deadline passed) can close the
 connection under it through the scope's ``ABORT`` extension, without uvicorn logging an error;
@@ -71,11 +74,11 @@ class Door:
             self._logged.add(kind)
             log.warning(why + " (counted as %s; later ones are only counted)", *args, kind)
 
-    def make_room(self, now: float) -> bool:
+    def make_room(self, now: float, any_age: bool = False) -> bool:
         """Close the connection that has waited longest for a request head, if it has waited
-        ``EVICT_AFTER`` or more; whether one was closed."""
+        ``EVICT_AFTER`` or more (``any_age``: however long); whether one was closed."""
         oldest = next(iter(self.waiting.items()), None)
-        if oldest is None or now - oldest[1] < EVICT_AFTER:
+        if oldest is None or (not any_age and now - oldest[1] < EVICT_AFTER):
             return False
         del self.waiting[oldest[0]]
         oldest[0].evict()
@@ -137,6 +140,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.counted = False
         self.gone: asyncio.Future | None = None  # done when the connection is lost (see leaving)
         self.running: Any = None  # the cycle that last asked (see leaving)
+        self.over: Any = None  # past the cap at connecting: the app it is served if admitted
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -145,10 +149,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.counted = True
         wait, now = door.header_timeout, self.loop.time()
         if door.open > door.max_clients and not door.make_room(now):
-            self.app = door.over_capacity  # answered as soon as its head is in
-            wait = min(wait, OVER_CAP_WAIT)
-            door.refuse("too_many_clients", "a caller connection beyond TIERGUARD_GATEWAY_MAX_CLIENTS "
-                        "(%d) was answered 503", door.max_clients)
+            self.over, self.app = self.app, door.over_capacity  # 503 once its head is in, unless
+            wait = min(wait, OVER_CAP_WAIT)  # a place is made then (on_headers_complete)
         else:
             door.waiting[self] = now
         self.head_timer = self.loop.call_later(wait, self.head_timed_out)
@@ -166,7 +168,14 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.stop_timer()
-        self.door.waiting.pop(self, None)
+        door = self.door
+        door.waiting.pop(self, None)
+        if self.over is not None:  # a whole head beats one still awaited, however long it waited
+            if door.make_room(self.loop.time(), any_age=True):
+                self.app = self.over
+            else:
+                self._refused()
+            self.over = None
         super().on_headers_complete()
         self.dress(self.cycle)
 
@@ -196,7 +205,15 @@ class GuardedProtocol(HttpToolsProtocol):
             self.flow.resume_reading()
         return self.gone
 
+    def _refused(self) -> None:
+        self.door.refuse("too_many_clients", "a caller connection beyond TIERGUARD_GATEWAY_MAX_CLIENTS "
+                         "(%d) was answered 503 (or closed, its head not sent in time)",
+                         self.door.max_clients)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.over is not None:  # past the cap, gone before its head
+            self.over = None
+            self._refused()
         if self.running is not None and not self.running.response_complete:
             self.running.disconnected = True  # (no 500 written for it on the closed connection)
         if self.gone is not None and not self.gone.done():
@@ -221,7 +238,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def head_timed_out(self) -> None:
         self.head_timer = None
         self.door.waiting.pop(self, None)
-        if self.app == self.door.over_capacity:  # refused already (too_many_clients)
+        if self.app == self.door.over_capacity:  # past the cap: refused (too_many_clients)
             self.transport.close()
         elif not self.transport.is_closing():
             self.door.refuse("header_timeout", "a caller that had not sent its request head within "
